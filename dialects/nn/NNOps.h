@@ -1,0 +1,34 @@
+//===- NNOps.h - nn dialect operations --------------------------*- C++ -*-===//
+//
+// Declares the nn ops (generated from NNOps.td).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_DIALECTS_NN_NNOPS_H
+#define NNC_DIALECTS_NN_NNOPS_H
+
+#include "dialects/nn/NNDialect.h"
+
+#include "mlir/Bytecode/BytecodeOpInterface.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/OpDefinition.h"
+#include "mlir/Interfaces/InferTypeOpInterface.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
+#define GET_OP_CLASSES
+#include "dialects/nn/NNOps.h.inc"
+
+namespace nnc::nn {
+/// Names of the attributes the frontend attaches to a model's function
+/// arguments and results, and to the module.
+namespace attr {
+inline constexpr llvm::StringLiteral kName = "nn.name";
+inline constexpr llvm::StringLiteral kRole = "nn.role";
+inline constexpr llvm::StringLiteral kInit = "nn.init";
+inline constexpr llvm::StringLiteral kDims = "nn.dims";
+inline constexpr llvm::StringLiteral kModel = "nn.model";
+inline constexpr llvm::StringLiteral kTrain = "nn.train";
+} // namespace attr
+} // namespace nnc::nn
+
+#endif // NNC_DIALECTS_NN_NNOPS_H

@@ -1,0 +1,464 @@
+//===- NNOps.td - nn dialect operations --------------------*- tablegen -*-===//
+//
+// One record per op. Every op infers its result type (InferTypeOpAdaptor);
+// the rule is a short function in NNOps.cpp that calls ShapeRules.h, so the
+// assembly formats name operand types only.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NN_OPS_TD
+#define NN_OPS_TD
+
+include "NNDialect.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/IR/BuiltinAttributeInterfaces.td"
+
+//===----------------------------------------------------------------------===//
+// Constants
+//===----------------------------------------------------------------------===//
+
+def NN_ConstantOp : NN_Op<"constant",
+    [ConstantLike, Pure, InferTypeOpAdaptor]> {
+  let summary = "tensor constant";
+  let description = [{
+    A dense tensor literal (f32 or i32).
+
+    ```mlir
+    %c = nn.constant dense<[1.0, 2.0]> : tensor<2xf32>
+    ```
+  }];
+  let arguments = (ins ElementsAttr:$value);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "attr-dict $value";
+  let hasFolder = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise unary ops (f32 -> f32, same shape)
+//===----------------------------------------------------------------------===//
+
+class NN_UnaryOp<string mnemonic, string formula, list<Trait> traits = []>
+    : NN_Op<mnemonic, !listconcat([Pure, InferTypeOpAdaptor], traits)> {
+  let summary = "elementwise " # formula;
+  let description = "Computes `" # formula # "` for every element.\n\n"
+    "```mlir\n%y = nn." # mnemonic # " %x : tensor<?x10xf32>\n```";
+  let arguments = (ins NN_F32Tensor:$input);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::inferReturnTypes(
+        ::mlir::MLIRContext *, std::optional<::mlir::Location>,
+        Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      types.push_back(adaptor.getInput().getType());
+      return ::mlir::success();
+    }
+  }];
+}
+
+def NN_NegOp : NN_UnaryOp<"neg", "-x"> { let hasFolder = 1; }
+def NN_ExpOp : NN_UnaryOp<"exp", "e^x">;
+def NN_LogOp : NN_UnaryOp<"log", "ln(x)">;
+def NN_SqrtOp : NN_UnaryOp<"sqrt", "sqrt(x)">;
+def NN_AbsOp : NN_UnaryOp<"abs", "|x|">;
+def NN_SigmoidOp : NN_UnaryOp<"sigmoid", "1 / (1 + e^-x)">;
+def NN_TanhOp : NN_UnaryOp<"tanh", "tanh(x)">;
+def NN_ReluOp : NN_UnaryOp<"relu", "max(x, 0)">;
+def NN_SoftplusOp : NN_UnaryOp<"softplus", "ln(1 + e^x)">;
+def NN_StepOp : NN_UnaryOp<"step", "x > 0 ? 1 : 0 (not differentiable)">;
+def NN_IdentityOp : NN_UnaryOp<"identity", "x"> { let hasFolder = 1; }
+
+def NN_LeakyReluOp : NN_Op<"leaky_relu", [Pure, InferTypeOpAdaptor]> {
+  let summary = "elementwise x > 0 ? x : alpha * x";
+  let description = [{
+    PyTorch's `leaky_relu(x, negative_slope=alpha)`.
+
+    ```mlir
+    %y = nn.leaky_relu %x {alpha = 0.01 : f32} : tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, F32Attr:$alpha);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_DropoutOp : NN_Op<"dropout", [InferTypeOpAdaptor]> {
+  let summary = "inverted dropout (training only)";
+  let description = [{
+    In training, zeroes each element with probability `rate` and scales the
+    others by `1 / (1 - rate)` (PyTorch's `Dropout`); in evaluation it is the
+    identity. Not `Pure`: each execution draws a new mask.
+
+    ```mlir
+    %y = nn.dropout %x {rate = 0.5 : f32} : tensor<?x128xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, F32Attr:$rate);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise binary ops with numpy broadcasting
+//===----------------------------------------------------------------------===//
+
+class NN_BinaryOp<string mnemonic, string formula, list<Trait> traits = []>
+    : NN_Op<mnemonic, !listconcat([Pure, InferTypeOpAdaptor], traits)> {
+  let summary = "elementwise " # formula # " with numpy-style broadcasting";
+  let description = "Computes `" # formula # "`; operand shapes broadcast as "
+    "in numpy (trailing axes aligned, size-1 axes stretched).\n\n"
+    "```mlir\n%c = nn." # mnemonic # " %a, %b : tensor<?x10xf32>, tensor<10xf32>\n```";
+  let arguments = (ins NN_Tensor:$lhs, NN_Tensor:$rhs);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::inferReturnTypes(
+        ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
+        Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      return ::nnc::nn::inferBroadcast(loc,
+          adaptor.getLhs(), adaptor.getRhs(), types);
+    }
+  }];
+}
+
+def NN_AddOp : NN_BinaryOp<"add", "a + b", [Commutative]> { let hasFolder = 1; }
+def NN_SubOp : NN_BinaryOp<"sub", "a - b"> { let hasFolder = 1; }
+def NN_MulOp : NN_BinaryOp<"mul", "a * b", [Commutative]> { let hasFolder = 1; }
+def NN_DivOp : NN_BinaryOp<"div", "a / b"> { let hasFolder = 1; }
+def NN_PowOp : NN_BinaryOp<"pow", "a ^ b">;
+
+//===----------------------------------------------------------------------===//
+// Linear algebra and shape manipulation
+//===----------------------------------------------------------------------===//
+
+def NN_MatmulOp : NN_Op<"matmul", [Pure, InferTypeOpAdaptor]> {
+  let summary = "matrix product [M, K] x [K, N] -> [M, N]";
+  let description = [{
+    `torch.mm`. Both operands are rank 2 f32 tensors.
+
+    ```mlir
+    %y = nn.matmul %x, %w : tensor<?x784xf32>, tensor<784x128xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$lhs, NN_F32Tensor:$rhs);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs)";
+}
+
+def NN_ReshapeOp : NN_Op<"reshape", [Pure, InferTypeOpAdaptor]> {
+  let summary = "reshape, keeping the element order";
+  let description = [{
+    `shape` lists the new sizes; at most one entry is -1 and is inferred
+    (it becomes a dynamic dimension when the input has one).
+
+    ```mlir
+    %y = nn.reshape %x {shape = array<i64: -1, 1, 28, 28>} : tensor<?x784xf32>
+    ```
+  }];
+  let arguments = (ins NN_Tensor:$input, DenseI64ArrayAttr:$shape);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasFolder = 1;
+}
+
+def NN_TransposeOp : NN_Op<"transpose", [Pure, InferTypeOpAdaptor]> {
+  let summary = "permute axes: result axis i is input axis perm[i]";
+  let description = [{
+    `torch.permute(x, perm)`.
+
+    ```mlir
+    %y = nn.transpose %x {perm = array<i64: 1, 0>} : tensor<4x3xf32>
+    ```
+  }];
+  let arguments = (ins NN_Tensor:$input, DenseI64ArrayAttr:$perm);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasFolder = 1;
+}
+
+def NN_ConcatOp : NN_Op<"concat", [Pure, InferTypeOpAdaptor]> {
+  let summary = "join tensors along an axis";
+  let description = [{
+    `torch.cat(inputs, dim=axis)`; all other axes must agree.
+
+    ```mlir
+    %y = nn.concat %a, %b {axis = 1 : i64} : tensor<?x3xf32>, tensor<?x5xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<NN_Tensor>:$inputs, I64Attr:$axis);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "$inputs attr-dict `:` type($inputs)";
+}
+
+//===----------------------------------------------------------------------===//
+// Reductions
+//===----------------------------------------------------------------------===//
+
+class NN_ReduceOp<string mnemonic, string what>
+    : NN_Op<mnemonic, [Pure, InferTypeOpAdaptor]> {
+  let summary = what # " over `axes` (all axes when empty)";
+  let description = "Reduces the listed axes; `keepdims` keeps them as size 1 "
+    "(`torch." # !subst("reduce_", "", mnemonic) # "(x, dim, keepdim)`).\n\n"
+    "```mlir\n%s = nn." # mnemonic # " %x {axes = array<i64: 1>} : tensor<?x10xf32>\n```";
+  let arguments = (ins NN_F32Tensor:$input, DenseI64ArrayAttr:$axes,
+                       DefaultValuedAttr<BoolAttr, "false">:$keepdims);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::inferReturnTypes(
+        ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
+        Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      return ::nnc::nn::inferReduce(loc, adaptor.getInput(),
+          adaptor.getAxes(), adaptor.getKeepdims(), types);
+    }
+  }];
+}
+
+def NN_ReduceSumOp : NN_ReduceOp<"reduce_sum", "sum">;
+def NN_ReduceMeanOp : NN_ReduceOp<"reduce_mean", "mean">;
+def NN_ReduceMaxOp : NN_ReduceOp<"reduce_max", "maximum">;
+
+def NN_ArgmaxOp : NN_Op<"argmax", [Pure, InferTypeOpAdaptor]> {
+  let summary = "index of the maximum along an axis (i32, not differentiable)";
+  let description = [{
+    `torch.argmax(x, dim=axis)`: the axis is removed; ties pick the first.
+
+    ```mlir
+    %i = nn.argmax %x {axis = 1 : i64} : tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, I64Attr:$axis);
+  let results = (outs NN_I32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_OneHotOp : NN_Op<"one_hot", [Pure, InferTypeOpAdaptor]> {
+  let summary = "i32 labels [...] -> f32 one-hot [..., num_classes]";
+  let description = [{
+    `torch.nn.functional.one_hot(labels, num_classes).float()`.
+
+    ```mlir
+    %t = nn.one_hot %y {num_classes = 10 : i64} : tensor<?xi32>
+    ```
+  }];
+  let arguments = (ins NN_I32Tensor:$input, I64Attr:$num_classes);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_SoftmaxOp : NN_Op<"softmax", [Pure, InferTypeOpAdaptor]> {
+  let summary = "softmax along an axis";
+  let description = [{
+    `exp(x - max) / sum(exp(x - max))` along `axis` (`torch.softmax`).
+
+    ```mlir
+    %p = nn.softmax %x {axis = 1 : i64} : tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, I64Attr:$axis);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_LogSoftmaxOp : NN_Op<"log_softmax", [Pure, InferTypeOpAdaptor]> {
+  let summary = "log of softmax along an axis, computed stably";
+  let description = [{
+    `x - max - log(sum(exp(x - max)))` along `axis` (`torch.log_softmax`).
+
+    ```mlir
+    %p = nn.log_softmax %x {axis = 1 : i64} : tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, I64Attr:$axis);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+//===----------------------------------------------------------------------===//
+// Convolution, pooling, normalization
+//===----------------------------------------------------------------------===//
+
+def NN_Conv2dOp : NN_Op<"conv2d", [Pure, InferTypeOpAdaptor]> {
+  let summary = "2-D convolution, NCHW input, OIHW weight";
+  let description = [{
+    `torch.nn.functional.conv2d(x, w, stride, padding, groups=groups)` without
+    bias (a bias is a broadcast `nn.add`). Output size per spatial axis:
+    `(in + 2 * padding - kernel) / stride + 1`.
+
+    ```mlir
+    %y = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>,
+                           groups = 1 : i64} : tensor<?x1x28x28xf32>, tensor<32x1x5x5xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, NN_F32Tensor:$weight,
+                       DenseI64ArrayAttr:$stride, DenseI64ArrayAttr:$padding,
+                       DefaultValuedAttr<I64Attr, "1">:$groups);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input `,` $weight attr-dict `:` type($input) `,` type($weight)";
+}
+
+class NN_PoolOp<string mnemonic, string what, dag extra = (ins)>
+    : NN_Op<mnemonic, [Pure, InferTypeOpAdaptor]> {
+  let summary = "2-D " # what # " pooling over NCHW input";
+  let description = "Window `kernel`, step `stride`, implicit zero (avg) or "
+    "-inf (max) padding `padding` (`torch.nn.functional." # mnemonic # "`).\n\n"
+    "```mlir\n%y = nn." # mnemonic # " %x {kernel = array<i64: 2, 2>, "
+    "stride = array<i64: 2, 2>, padding = array<i64: 0, 0>} : tensor<?x32x28x28xf32>\n```";
+  let arguments = !con((ins NN_F32Tensor:$input, DenseI64ArrayAttr:$kernel,
+                            DenseI64ArrayAttr:$stride,
+                            DenseI64ArrayAttr:$padding), extra);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::inferReturnTypes(
+        ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
+        Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      return ::nnc::nn::inferPool(loc, getOperationName(), adaptor.getInput(),
+          adaptor.getKernel(), adaptor.getStride(), adaptor.getPadding(), types);
+    }
+  }];
+}
+
+def NN_MaxPool2dOp : NN_PoolOp<"max_pool2d", "max">;
+def NN_AvgPool2dOp : NN_PoolOp<"avg_pool2d", "average",
+    (ins DefaultValuedAttr<BoolAttr, "true">:$count_include_pad)>;
+
+def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
+  let summary = "batch normalization over axis 1 ([N, C] or [N, C, H, W])";
+  let description = [{
+    `torch.nn.functional.batch_norm`. In training, normalizes with the batch
+    mean and biased variance and updates the running statistics with
+    `running = (1 - momentum) * running + momentum * batch` (unbiased variance);
+    in evaluation, normalizes with `running_mean` / `running_var`.
+    `y = (x - mean) / sqrt(var + eps) * gamma + beta`.
+
+    ```mlir
+    %y = nn.batch_norm %x, %g, %b, %rm, %rv {eps = 1.0e-05 : f32, momentum = 0.1 : f32}
+        : tensor<?x32x28x28xf32>, tensor<32xf32>, tensor<32xf32>, tensor<32xf32>, tensor<32xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, NN_F32Tensor:$gamma,
+                       NN_F32Tensor:$beta, NN_F32Tensor:$running_mean,
+                       NN_F32Tensor:$running_var, F32Attr:$eps, F32Attr:$momentum);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $gamma `,` $beta `,` $running_mean `,` $running_var attr-dict `:`
+    type($input) `,` type($gamma) `,` type($beta) `,` type($running_mean) `,`
+    type($running_var)
+  }];
+}
+
+def NN_GroupNormOp : NN_Op<"group_norm", [Pure, InferTypeOpAdaptor]> {
+  let summary = "group normalization over channel groups";
+  let description = [{
+    `torch.nn.functional.group_norm(x, groups, gamma, beta, eps)`: channels
+    split into `groups` groups; each (sample, group) is normalized with its
+    own mean and biased variance, then scaled per channel.
+
+    ```mlir
+    %y = nn.group_norm %x, %g, %b {groups = 4 : i64, eps = 1.0e-05 : f32}
+        : tensor<?x32x8x8xf32>, tensor<32xf32>, tensor<32xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, NN_F32Tensor:$gamma,
+                       NN_F32Tensor:$beta, I64Attr:$groups, F32Attr:$eps);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $gamma `,` $beta attr-dict `:` type($input) `,` type($gamma) `,`
+    type($beta)
+  }];
+}
+
+def NN_LocalResponseNormOp : NN_Op<"local_response_norm",
+    [Pure, InferTypeOpAdaptor]> {
+  let summary = "local response normalization across channels";
+  let description = [{
+    `torch.nn.LocalResponseNorm(size, alpha, beta, k)`:
+    `y[c] = x[c] / (k + alpha / size * sum_{c' in window(c)} x[c']^2) ^ beta`,
+    the window covering channels `c - size/2 .. c + (size-1)/2` (zero outside).
+
+    ```mlir
+    %y = nn.local_response_norm %x {size = 5 : i64, alpha = 1.0e-04 : f32,
+        beta = 0.75 : f32, k = 2.0 : f32} : tensor<?x64x8x8xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, I64Attr:$size, F32Attr:$alpha,
+                       F32Attr:$beta, F32Attr:$k);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+//===----------------------------------------------------------------------===//
+// Losses
+//===----------------------------------------------------------------------===//
+
+class NN_LossOp<string mnemonic, string what, Type targetType>
+    : NN_Op<mnemonic, [Pure, InferTypeOpAdaptor]> {
+  let summary = what;
+  let arguments = (ins NN_F32Tensor:$input, targetType:$target,
+                       DefaultValuedAttr<NN_ReductionAttr, "\"mean\"">:$reduction);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input `,` $target attr-dict `:` type($input) `,` type($target)";
+}
+
+def NN_MseLossOp : NN_LossOp<"mse_loss", "mean squared error", NN_F32Tensor> {
+  let description = [{
+    `torch.nn.MSELoss(reduction)`: `(input - target)^2`, averaged over all
+    elements for `mean`. Shapes must match.
+
+    ```mlir
+    %l = nn.mse_loss %p, %t : tensor<?x784xf32>, tensor<?x784xf32>
+    ```
+  }];
+}
+
+def NN_L1LossOp : NN_LossOp<"l1_loss", "mean absolute error", NN_F32Tensor> {
+  let description = [{
+    `torch.nn.L1Loss(reduction)`: `|input - target|`. Shapes must match.
+
+    ```mlir
+    %l = nn.l1_loss %p, %t : tensor<?x1xf32>, tensor<?x1xf32>
+    ```
+  }];
+}
+
+def NN_BceLossOp : NN_LossOp<"bce_loss", "binary cross-entropy on probabilities",
+                             NN_F32Tensor> {
+  let description = [{
+    `torch.nn.BCELoss(reduction)`:
+    `-(t * log(p) + (1 - t) * log(1 - p))`, logs clamped at -100 as PyTorch does.
+
+    ```mlir
+    %l = nn.bce_loss %p, %t : tensor<?x1xf32>, tensor<?x1xf32>
+    ```
+  }];
+}
+
+def NN_CrossEntropyOp : NN_LossOp<"cross_entropy",
+    "categorical cross-entropy on probabilities", NN_Tensor> {
+  let description = [{
+    Input `p` holds class probabilities [N, C]. The target is either i32 class
+    indices [N] (then the loss is `-log(p[n, y[n]])`, `torch.nn.NLLLoss` on
+    `log(p)`) or f32 probabilities [N, C] (then `-sum_c t * log(p)`). Reduced
+    over the batch by `reduction`.
+
+    ```mlir
+    %l = nn.cross_entropy %p, %y : tensor<?x10xf32>, tensor<?xi32>
+    ```
+  }];
+}
+
+def NN_SoftmaxCrossEntropyOp : NN_LossOp<"softmax_cross_entropy",
+    "softmax followed by cross-entropy, on logits", NN_I32Tensor> {
+  let description = [{
+    `torch.nn.CrossEntropyLoss(reduction)`: logits [N, C], i32 class indices
+    [N]; `logsumexp(x[n]) - x[n, y[n]]`, computed stably.
+
+    ```mlir
+    %l = nn.softmax_cross_entropy %x, %y : tensor<?x10xf32>, tensor<?xi32>
+    ```
+  }];
+}
+
+#endif // NN_OPS_TD

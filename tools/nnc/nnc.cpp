@@ -1,0 +1,364 @@
+//===- nnc.cpp - the nnc command-line driver ------------------------------===//
+//
+// One binary with subcommands. Each subcommand declares its options in a
+// table, which drives parsing, `--help` and "did you mean" for typos.
+//
+// Exit codes: 0 success, 1 user error (bad model, bad data, failed check),
+// 2 usage error (unknown command or option, missing argument).
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/frontend/AST.h"
+#include "compiler/frontend/MLIRGen.h"
+#include "dialects/nn/NNDialect.h"
+#include "dialects/nn/NNOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+
+#include "llvm/ADT/StringMap.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace nnc;
+
+namespace {
+
+enum ExitCode { kOk = 0, kUserError = 1, kUsageError = 2 };
+
+struct OptionSpec {
+  const char *name;  // without leading dashes; "o" is spelled -o
+  const char *value; // placeholder for its value, or nullptr for a flag
+  const char *help;
+};
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;
+
+  bool has(const std::string &name) const { return options.count(name) != 0; }
+  std::string get(const std::string &name, const std::string &dflt = {}) const {
+    auto it = options.find(name);
+    return it == options.end() ? dflt : it->second;
+  }
+};
+
+struct Command {
+  const char *name;
+  const char *usage;
+  const char *summary;
+  std::vector<OptionSpec> options;
+  int (*run)(const Args &);
+};
+
+int runCheck(const Args &args);
+int runCompile(const Args &args);
+int notYet(const Args &args);
+
+const char *kEmitKinds = "ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx";
+
+const std::vector<Command> &commands() {
+  static const std::vector<Command> table = {
+      {"check", "nnc check FILE", "Parse and verify a model; print a summary.",
+       {{"verify-diagnostics", nullptr,
+         "Check diagnostics against expected-error annotations in FILE"}},
+       runCheck},
+      {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
+       "Compile a model and print one stage of its IR.",
+       {{"emit", "KIND", "Stage to print: ast|nn (later stages: grad|train|fused|"
+                         "loops|llvm|asm|cuda|ptx)"},
+        {"stats", nullptr, "Print op and parameter counts to stderr"},
+        {"locs", nullptr, "Print the source location of every op"},
+        {"o", "OUT", "Write to OUT instead of standard output"}},
+       runCompile},
+      {"train", "nnc train FILE [options]", "Train a model on its data.",
+       {{"data", "DIR", "Data directory"},
+        {"epochs", "N", "Number of epochs"},
+        {"batch", "N", "Mini-batch size"},
+        {"lr", "X", "Learning rate"},
+        {"seed", "N", "Random seed"},
+        {"threads", "N", "Worker threads"},
+        {"target", "T", "cpu|cuda|auto"},
+        {"checkpoint", "PATH", "Checkpoint file"},
+        {"resume", nullptr, "Resume from the checkpoint"}},
+       notYet},
+      {"eval", "nnc eval FILE --checkpoint PATH", "Evaluate a trained model.",
+       {{"checkpoint", "PATH", "Checkpoint file"}, {"data", "DIR", "Data directory"}},
+       notYet},
+      {"predict", "nnc predict FILE --checkpoint PATH --input FILE",
+       "Run a trained model on inputs.",
+       {{"checkpoint", "PATH", "Checkpoint file"}, {"input", "FILE", "Input file"}},
+       notYet},
+      {"build", "nnc build FILE -o EXE", "Build a standalone training executable.",
+       {{"o", "EXE", "Output executable"}, {"target", "T", "cpu|cuda"}},
+       notYet},
+      {"gradcheck", "nnc gradcheck FILE",
+       "Compare symbolic gradients with finite differences.", {}, notYet},
+      {"bench", "nnc bench FILE|KERNEL", "Benchmark a model's kernels.", {}, notYet},
+  };
+  return table;
+}
+
+void printTopHelp(llvm::raw_ostream &os) {
+  os << "nnc: a neural-network compiler\n\nUsage: nnc COMMAND [options]\n\n"
+        "Commands:\n";
+  for (const Command &c : commands())
+    os << "  " << llvm::left_justify(c.name, 10) << " " << c.summary
+       << (c.run == notYet ? " (not available yet)" : "") << "\n";
+  os << "\nRun 'nnc COMMAND --help' for a command's options.\n"
+        "Exit codes: 0 success, 1 error in the input, 2 usage error.\n";
+}
+
+void printHelp(const Command &c, llvm::raw_ostream &os) {
+  os << "Usage: " << c.usage << "\n\n" << c.summary << "\n";
+  if (!c.options.empty())
+    os << "\nOptions:\n";
+  for (const OptionSpec &o : c.options) {
+    std::string flag = std::string(o.name[1] ? "--" : "-") + o.name;
+    if (o.value)
+      flag += std::string(o.name[1] ? "=" : " ") + o.value;
+    os << "  " << llvm::left_justify(flag, 24) << " " << o.help << "\n";
+  }
+  os << "  " << llvm::left_justify("--help", 24) << " Show this help\n";
+}
+
+int usageError(const std::string &msg, const Command *c = nullptr) {
+  llvm::errs() << "nnc: error: " << msg << "\n";
+  llvm::errs() << "Run 'nnc " << (c ? std::string(c->name) + " " : "")
+               << "--help' for usage.\n";
+  return kUsageError;
+}
+
+/// Parses argv after the command name; returns an exit code on error.
+std::optional<int> parseArgs(const Command &c, int argc, char **argv, Args &out) {
+  for (int i = 0; i < argc; ++i) {
+    llvm::StringRef arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      printHelp(c, llvm::outs());
+      return kOk;
+    }
+    if (!arg.starts_with("-") || arg == "-") {
+      out.positional.push_back(arg.str());
+      continue;
+    }
+    llvm::StringRef body = arg.ltrim('-');
+    auto [name, value] = body.split('=');
+    bool hasValue = body.contains('=');
+    const OptionSpec *spec = nullptr;
+    for (const OptionSpec &o : c.options)
+      if (name == o.name)
+        spec = &o;
+    if (!spec) {
+      std::string hint;
+      for (const OptionSpec &o : c.options)
+        if (name.edit_distance(o.name) <= 2)
+          hint = std::string("; did you mean '--") + o.name + "'?";
+      return usageError("unknown option '" + arg.str() + "' for '" + c.name + "'" + hint, &c);
+    }
+    if (!spec->value) {
+      if (hasValue)
+        return usageError("option '--" + name.str() + "' takes no value", &c);
+      out.options[spec->name] = "";
+      continue;
+    }
+    if (!hasValue) {
+      if (i + 1 >= argc)
+        return usageError("option '" + arg.str() + "' needs a value (" + spec->value + ")", &c);
+      value = argv[++i];
+    }
+    out.options[spec->name] = value.str();
+  }
+  return std::nullopt;
+}
+
+//===----------------------------------------------------------------------===//
+// Loading a model
+//===----------------------------------------------------------------------===//
+
+struct Session {
+  mlir::MLIRContext ctx;
+  llvm::SourceMgr sourceMgr;
+
+  Session() {
+    ctx.loadDialect<nnc::nn::NNDialect, mlir::func::FuncDialect>();
+    ctx.printOpOnDiagnostic(false);
+  }
+
+  /// Reads FILE into the source manager; reports a missing file.
+  bool open(const std::string &path) {
+    auto buf = llvm::MemoryBuffer::getFileOrSTDIN(path, /*IsText=*/true);
+    if (std::error_code ec = buf.getError()) {
+      llvm::errs() << "nnc: error: cannot read '" << path << "': " << ec.message() << "\n";
+      return false;
+    }
+    sourceMgr.AddNewSourceBuffer(std::move(*buf), llvm::SMLoc());
+    return true;
+  }
+};
+
+std::optional<int> needFile(const Command &c, const Args &args) {
+  if (args.positional.size() != 1)
+    return usageError(args.positional.empty()
+                          ? std::string("missing the model FILE")
+                          : "expected one FILE, got " + std::to_string(args.positional.size()),
+                      &c);
+  return std::nullopt;
+}
+
+const Command &command(llvm::StringRef name) {
+  for (const Command &c : commands())
+    if (name == c.name)
+      return c;
+  llvm_unreachable("unknown command");
+}
+
+/// A one-line summary of a lowered model.
+void summarize(mlir::ModuleOp module, llvm::raw_ostream &os) {
+  auto fn = *module.getOps<mlir::func::FuncOp>().begin();
+  std::map<std::string, unsigned> counts;
+  int64_t values = 0;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
+    auto role = fn.getArgAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole);
+    ++counts[role.str()];
+    auto type = llvm::cast<mlir::RankedTensorType>(fn.getArgument(i).getType());
+    if (role.getValue() == "param")
+      values += type.getNumElements();
+  }
+  unsigned ops = 0;
+  fn.walk([&](mlir::Operation *op) { ops += op->getDialect() &&
+                                            op->getDialect()->getNamespace() == "nn"; });
+  bool hasLoss = false;
+  for (unsigned i = 0; i < fn.getNumResults(); ++i)
+    if (auto role = fn.getResultAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole))
+      hasLoss |= role.getValue() == "loss";
+  os << "model " << fn.getName() << ": " << counts["input"] << " inputs, "
+     << counts["param"] << " parameters (" << values << " values), "
+     << counts["frozen"] + counts["state"] << " frozen/state tensors, " << ops
+     << " ops, " << fn.getNumResults() - hasLoss << " outputs"
+     << (hasLoss ? ", minimizes a loss" : "") << "\n";
+}
+
+int runCheck(const Args &args) {
+  const Command &c = command("check");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  Session s;
+  if (!s.open(args.positional[0]))
+    return kUserError;
+  if (args.has("verify-diagnostics")) {
+    mlir::SourceMgrDiagnosticVerifierHandler handler(s.sourceMgr, &s.ctx);
+    if (auto file = parseSource(s.sourceMgr, s.ctx))
+      (void)mlirGen(s.ctx, *file, args.positional[0]);
+    return mlir::succeeded(handler.verify()) ? kOk : kUserError;
+  }
+  mlir::SourceMgrDiagnosticHandler handler(s.sourceMgr, &s.ctx);
+  auto file = parseSource(s.sourceMgr, s.ctx);
+  if (!file)
+    return kUserError;
+  auto module = mlirGen(s.ctx, *file, args.positional[0]);
+  if (!module)
+    return kUserError;
+  llvm::outs() << args.positional[0] << ": ok: ";
+  summarize(*module, llvm::outs());
+  return kOk;
+}
+
+int runCompile(const Args &args) {
+  const Command &c = command("compile");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  std::string emit = args.get("emit", "nn");
+  llvm::SmallVector<llvm::StringRef> kinds;
+  llvm::StringRef(kEmitKinds).split(kinds, '|');
+  if (!llvm::is_contained(kinds, emit))
+    return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
+  if (emit != "ast" && emit != "nn") {
+    llvm::errs() << "nnc: error: --emit=" << emit
+                 << " is not available yet; this version emits ast and nn\n";
+    return kUserError;
+  }
+  Session s;
+  if (!s.open(args.positional[0]))
+    return kUserError;
+  mlir::SourceMgrDiagnosticHandler handler(s.sourceMgr, &s.ctx);
+  auto file = parseSource(s.sourceMgr, s.ctx);
+  if (!file)
+    return kUserError;
+  // The whole output is produced before the file is kept, so a failure never
+  // leaves a half-written OUT behind.
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  if (emit == "ast") {
+    dumpAST(*file, os);
+  } else {
+    module = mlirGen(s.ctx, *file, args.positional[0]);
+    if (!module)
+      return kUserError;
+    mlir::OpPrintingFlags flags;
+    if (args.has("locs"))
+      flags.enableDebugInfo(true, /*prettyForm=*/true);
+    module->print(os, flags);
+  }
+  if (args.has("stats") && module)
+    summarize(*module, llvm::errs());
+  std::string out = args.get("o", "-");
+  std::error_code ec;
+  llvm::ToolOutputFile file_(out, ec, llvm::sys::fs::OF_Text);
+  if (ec) {
+    llvm::errs() << "nnc: error: cannot write '" << out << "': " << ec.message() << "\n";
+    return kUserError;
+  }
+  file_.os() << text;
+  file_.keep();
+  return kOk;
+}
+
+int notYet(const Args &) { return kUserError; }
+
+} // namespace
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    printTopHelp(llvm::errs());
+    return kUsageError;
+  }
+  llvm::StringRef name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    printTopHelp(llvm::outs());
+    return kOk;
+  }
+  if (name == "--version") {
+    llvm::outs() << "nnc 0.1.0\n";
+    return kOk;
+  }
+  for (const Command &c : commands()) {
+    if (name != c.name)
+      continue;
+    Args args;
+    if (auto rc = parseArgs(c, argc - 2, argv + 2, args))
+      return *rc;
+    if (c.run == notYet) {
+      llvm::errs() << "nnc: error: '" << c.name
+                   << "' is not available yet in this version of nnc\n";
+      return kUserError;
+    }
+    return c.run(args);
+  }
+  std::string hint;
+  for (const Command &c : commands())
+    if (name.edit_distance(c.name) <= 2)
+      hint = std::string("; did you mean '") + c.name + "'?";
+  return usageError("unknown command '" + name.str() + "'" + hint);
+}
