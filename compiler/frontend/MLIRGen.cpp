@@ -346,6 +346,7 @@ Value MLIRGen::make(Loc l, ValueRange operands, ArrayRef<NamedAttribute> attrs) 
   OperationState state(loc(l), OpTy::getOperationName());
   state.addOperands(operands);
   state.addAttributes(attrs);
+  state.name.populateDefaultAttrs(state.attributes);
   SmallVector<Type> types;
   // Infer first: the generated builders would abort on a shape error.
   if (failed(OpTy::inferReturnTypes(&ctx, state.location, state.operands,

@@ -199,7 +199,8 @@ LogicalResult Conv2dOp::inferReturnTypes(MLIRContext *,
   return finish(loc,
                 shape::conv2d(shapeOf(adaptor.getInput()),
                               shapeOf(adaptor.getWeight()), adaptor.getStride(),
-                              adaptor.getPadding(), adaptor.getGroups()),
+                              adaptor.getPadding(),
+                              adaptor.getGroupsAttr() ? adaptor.getGroups() : 1),
                 elementOf(adaptor.getInput()), types);
 }
 
@@ -255,9 +256,12 @@ LogicalResult LocalResponseNormOp::inferReturnTypes(
 // Losses
 //===----------------------------------------------------------------------===//
 
+// Default-valued attributes are read through their Attr getters: during
+// parsing, inference runs before defaults are filled in.
 template <typename Adaptor>
 static bool reduces(Adaptor &adaptor) {
-  return adaptor.getReduction() != "none";
+  auto r = adaptor.getReductionAttr();
+  return !r || r.getValue() != "none";
 }
 
 LogicalResult MseLossOp::inferReturnTypes(MLIRContext *,

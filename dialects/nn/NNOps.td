@@ -210,7 +210,8 @@ class NN_ReduceOp<string mnemonic, string what>
         ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
       return ::nnc::nn::inferReduce(loc, adaptor.getInput(),
-          adaptor.getAxes(), adaptor.getKeepdims(), types);
+          adaptor.getAxes(),
+          adaptor.getKeepdimsAttr() && adaptor.getKeepdimsAttr().getValue(), types);
     }
   }];
 }

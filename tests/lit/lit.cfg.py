@@ -1,0 +1,22 @@
+# lit configuration for nnc: FileCheck tests over nnc, nnc-opt and the docs.
+import os
+import lit.formats
+
+config.name = "nnc"
+config.test_format = lit.formats.ShTest(execute_external=False)
+config.suffixes = [".mlir", ".nn", ".test"]
+config.excludes = ["lit.cfg.py", "lit.site.cfg.py.in", "Inputs"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.nnc_obj_root, "tests", "lit")
+
+config.environment["PATH"] = os.pathsep.join(
+    [
+        os.path.join(config.nnc_tools_dir, "nnc"),
+        os.path.join(config.nnc_tools_dir, "nnc-opt"),
+        config.llvm_tools_dir,
+        config.environment.get("PATH", os.environ.get("PATH", "")),
+    ]
+)
+config.substitutions.append(("%examples", os.path.join(config.nnc_src_root, "examples")))
+config.substitutions.append(("%srcroot", config.nnc_src_root))
+config.substitutions.append(("%python", config.python_executable))
