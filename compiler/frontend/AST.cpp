@@ -20,9 +20,13 @@ public:
     for (const Model &m : file.models)
       print(m);
     if (file.train) {
-      line(0, file.train->loc) << "train\n";
+      line(0, file.train->loc) << "train";
+      at(file.train->loc);
+      os << "\n";
       for (const KwArg &kw : file.train->entries) {
-        line(1, kw.loc) << "set " << kw.name << "\n";
+        line(1, kw.loc) << "set " << kw.name;
+        at(kw.loc);
+        os << "\n";
         print(*kw.value, 2);
       }
     }

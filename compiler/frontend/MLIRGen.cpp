@@ -653,17 +653,40 @@ Value MLIRGen::reshape(Call &c) {
     return nullptr;
   }
   SmallVector<int64_t> target;
+  std::string symbol; // a dimension name used in the target, e.g. B
+  std::string spelled;
   for (const ExprPtr &d : e->args) {
+    spelled += spelled.empty() ? "[" : ", ";
     if (auto v = intLiteral(*d)) {
       target.push_back(*v);
+      spelled += std::to_string(*v);
     } else if (d->kind == Expr::Name && dimSymbols.contains(d->text)) {
       target.push_back(-1); // a symbolic size is inferred
+      symbol = d->text;
+      spelled += d->text;
     } else {
       std::vector<std::string> syms;
       for (auto &s : dimSymbols)
         syms.push_back(s.getKey().str());
       error(d->loc) << "reshape sizes must be integers or dimension names"
                     << (d->kind == Expr::Name ? didYouMean(d->text, syms) : "");
+      return nullptr;
+    }
+  }
+  // A dimension name keeps that dimension: with one dynamic input size and
+  // one name in the target, the other sizes must hold the same elements.
+  ArrayRef<int64_t> in = shapeOf(x);
+  if (!symbol.empty() && llvm::count(in, ShapedType::kDynamic) == 1 &&
+      llvm::count(target, -1) == 1) {
+    int64_t inRest = 1, outRest = 1;
+    for (int64_t d : in)
+      inRest *= d == ShapedType::kDynamic ? 1 : d;
+    for (int64_t d : target)
+      outRest *= d == -1 ? 1 : d;
+    if (inRest != outRest) {
+      error(c.expr.loc) << "cannot reshape " << shape::str(in) << " to " << spelled
+                        << "]: the sizes besides " << symbol << " hold " << inRest
+                        << " elements, not " << outRest;
       return nullptr;
     }
   }

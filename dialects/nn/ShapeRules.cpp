@@ -204,6 +204,8 @@ static std::string checkPair(llvm::StringRef what, llvm::StringRef name,
 static int64_t windowOut(int64_t in, int64_t k, int64_t s, int64_t p) {
   if (in == kDynamic)
     return kDynamic;
+  if (in + 2 * p < k)
+    return 0; // the window does not fit even once
   return (in + 2 * p - k) / s + 1;
 }
 

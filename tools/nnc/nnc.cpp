@@ -308,7 +308,7 @@ int runCompile(const Args &args) {
       return kUserError;
     mlir::OpPrintingFlags flags;
     if (args.has("locs"))
-      flags.enableDebugInfo(true, /*prettyForm=*/true);
+      flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
     module->print(os, flags);
   }
   if (args.has("stats") && module)
