@@ -2,7 +2,7 @@
 
 #include "compiler/frontend/Lexer.h"
 
-#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/FormatVariadic.h"
 
 #include <algorithm>
 #include <cctype>
@@ -64,7 +64,7 @@ Token Lexer::next() {
         advance();
       continue;
     }
-    if (c == '\n' && nesting == 0)
+    if (c == '\n')
       break;
     if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
       advance();
@@ -87,10 +87,10 @@ Token Lexer::next() {
     return lexNumber(start);
   switch (c) {
   case '\n': return make(Tok::Newline, start);
-  case '(': ++nesting; return make(Tok::LParen, start);
-  case '[': ++nesting; return make(Tok::LBracket, start);
-  case ')': nesting = nesting > 0 ? nesting - 1 : 0; return make(Tok::RParen, start);
-  case ']': nesting = nesting > 0 ? nesting - 1 : 0; return make(Tok::RBracket, start);
+  case '(': return make(Tok::LParen, start);
+  case '[': return make(Tok::LBracket, start);
+  case ')': return make(Tok::RParen, start);
+  case ']': return make(Tok::RBracket, start);
   case '{': return make(Tok::LBrace, start);
   case '}': return make(Tok::RBrace, start);
   case ',': return make(Tok::Comma, start);
@@ -112,7 +112,7 @@ Token Lexer::next() {
   }
   std::string shown = std::isprint(static_cast<unsigned char>(c))
                           ? std::string("'") + c + "'"
-                          : "byte 0x" + llvm::utohexstr(static_cast<unsigned char>(c), true, 2);
+                          : llvm::formatv("byte {0:x2}", static_cast<unsigned char>(c)).str();
   return make(Tok::Error, start, "unexpected character " + shown);
 }
 

@@ -1,7 +1,8 @@
 //===- Lexer.h - tokens of the .nn language ---------------------*- C++ -*-===//
 //
-// Splits a .nn buffer into tokens. Newlines are tokens (they end statements)
-// except inside parentheses and brackets, so a long call may span lines.
+// Splits a .nn buffer into tokens. Newlines are tokens (they end statements);
+// the parser skips them inside parentheses and brackets, so a long call may
+// span lines.
 // `#` starts a comment that runs to the end of the line. The lexer never
 // fails: bad characters become Error tokens that the parser reports.
 //
@@ -73,7 +74,6 @@ private:
   llvm::StringRef buf;
   size_t pos = 0;
   unsigned line = 1, col = 1;
-  int nesting = 0; // depth of ( and [: newlines inside are whitespace
 };
 
 } // namespace nnc

@@ -48,8 +48,12 @@ std::optional<File> nnc::parseSource(llvm::SourceMgr &sourceMgr,
 
 /// The closest of `candidates` to `name`, if close enough to suggest.
 static std::string closest(StringRef name, ArrayRef<std::string> candidates) {
+  // Allow about one edit in three, but never a complete rewrite: a one-letter
+  // name gets no suggestion.
   std::string best;
-  unsigned bestDist = std::max<unsigned>(2, name.size() / 3) + 1;
+  unsigned limit = std::min<unsigned>(std::max<unsigned>(2, name.size() / 3),
+                                      name.empty() ? 0 : name.size() - 1);
+  unsigned bestDist = limit + 1;
   for (const std::string &c : candidates) {
     unsigned d = name.edit_distance(c, true, bestDist);
     if (d < bestDist) {

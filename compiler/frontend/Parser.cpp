@@ -46,7 +46,9 @@ void Parser::skipNewlines() {
 }
 
 void Parser::recover() {
-  // Skip the rest of the statement; braces opened on the way are balanced.
+  // Skip the rest of the statement, ending at a newline even inside an
+  // unclosed parenthesis; braces opened on the way are balanced.
+  nesting = 0;
   int braces = 0;
   while (!at(Tok::Eof)) {
     if (braces == 0 && (at(Tok::Newline) || at(Tok::Semicolon) || at(Tok::RBrace)))
@@ -55,7 +57,7 @@ void Parser::recover() {
       ++braces;
     else if (at(Tok::RBrace))
       --braces;
-    consume();
+    tok = lexer.next();
   }
 }
 
@@ -82,6 +84,7 @@ File Parser::parseFile() {
       do
         consume();
       while (!at(Tok::Eof) && !atKeyword("model") && !atKeyword("train"));
+      nesting = 0;
     }
   }
   return file;

@@ -46,7 +46,16 @@ public:
   unsigned errors() const { return numErrors; }
 
 private:
-  void consume() { tok = lexer.next(); }
+  /// Moves to the next token; inside ( ) and [ ] newlines are whitespace.
+  void consume() {
+    if (tok.kind == Tok::LParen || tok.kind == Tok::LBracket)
+      ++nesting;
+    else if ((tok.kind == Tok::RParen || tok.kind == Tok::RBracket) && nesting > 0)
+      --nesting;
+    tok = lexer.next();
+    while (nesting > 0 && tok.kind == Tok::Newline)
+      tok = lexer.next();
+  }
   bool at(Tok kind) const { return tok.kind == kind; }
   bool atKeyword(llvm::StringRef kw) const {
     return tok.kind == Tok::Ident && tok.text == kw;
@@ -79,6 +88,7 @@ private:
   Token tok;
   unsigned numErrors = 0;
   unsigned depth = 0;
+  unsigned nesting = 0; // open ( and [ around the current token
   bool stopped = false;
 };
 
