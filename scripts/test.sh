@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's second command (and CI's): install what is missing, build, and
+# run the whole test suite (GoogleTest, lit, the bounded fuzz run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+scripts/setup.sh
+echo "==> running the test suite"
+cd "${BUILD_DIR:-build}"
+ctest --output-on-failure -j "$(nproc)"
+echo "==> tests finished in $(( $(date +%s) - start )) s (set-up and build included)"
