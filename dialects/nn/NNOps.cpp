@@ -98,7 +98,8 @@ LogicalResult DropoutOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location>,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
-  types.push_back(adaptor.getInput().getType());
+  types.push_back(adaptor.getInput().getType()); // result
+  types.push_back(adaptor.getInput().getType()); // mask
   return success();
 }
 
@@ -315,6 +316,76 @@ LogicalResult SoftmaxCrossEntropyOp::inferReturnTypes(
                                  shapeOf(adaptor.getTarget()), true,
                                  reduces(adaptor)),
                 elementOf(adaptor.getInput()), types);
+}
+
+//===----------------------------------------------------------------------===//
+// Ops created by autodiff
+//===----------------------------------------------------------------------===//
+
+LogicalResult BroadcastLikeOp::inferReturnTypes(MLIRContext *ctx,
+                                                std::optional<Location> loc,
+                                                Adaptor adaptor,
+                                                SmallVectorImpl<Type> &types) {
+  ArrayRef<int64_t> like = shapeOf(adaptor.getLike());
+  shape::Inferred r = shape::broadcast(shapeOf(adaptor.getInput()), like);
+  if (r.ok() && r.shape.size() != like.size())
+    r = shape::Inferred::fail("broadcast_like input " + shape::str(shapeOf(adaptor.getInput())) +
+                              " has a higher rank than " + shape::str(like));
+  if (!r.ok())
+    return emitOptionalError(loc, r.error);
+  types.push_back(RankedTensorType::get(like, Float32Type::get(ctx)));
+  return success();
+}
+
+LogicalResult CountOp::inferReturnTypes(MLIRContext *ctx,
+                                        std::optional<Location> loc,
+                                        Adaptor adaptor,
+                                        SmallVectorImpl<Type> &types) {
+  shape::Inferred r = shape::reduce(shapeOf(adaptor.getInput()), adaptor.getAxes(), false);
+  return finish(loc, r.ok() ? shape::Inferred::of({}) : r, Float32Type::get(ctx), types);
+}
+
+LogicalResult SliceOp::inferReturnTypes(MLIRContext *,
+                                        std::optional<Location> loc,
+                                        Adaptor adaptor,
+                                        SmallVectorImpl<Type> &types) {
+  return finish(loc,
+                shape::slice(shapeOf(adaptor.getInput()), adaptor.getAxis(),
+                             adaptor.getStart(), adaptor.getSize()),
+                elementOf(adaptor.getInput()), types);
+}
+
+LogicalResult ChannelWindowSumOp::inferReturnTypes(
+    MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
+    SmallVectorImpl<Type> &types) {
+  if (shapeOf(adaptor.getInput()).size() < 2 || adaptor.getBefore() < 0 ||
+      adaptor.getAfter() < 0)
+    return emitOptionalError(loc, "channel_window_sum needs rank >= 2 and a "
+                                  "non-negative window");
+  types.push_back(adaptor.getInput().getType());
+  return success();
+}
+
+LogicalResult Conv2dGradInputOp::inferReturnTypes(
+    MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
+    SmallVectorImpl<Type> &types) {
+  return finish(loc,
+                shape::conv2dGradInput(shapeOf(adaptor.getGrad()),
+                                       shapeOf(adaptor.getWeight()),
+                                       adaptor.getStride(), adaptor.getPadding(),
+                                       adaptor.getGroups(), adaptor.getInputSize()),
+                elementOf(adaptor.getGrad()), types);
+}
+
+LogicalResult Conv2dGradWeightOp::inferReturnTypes(
+    MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
+    SmallVectorImpl<Type> &types) {
+  return finish(loc,
+                shape::conv2dGradWeight(shapeOf(adaptor.getInput()),
+                                        shapeOf(adaptor.getGrad()),
+                                        adaptor.getStride(), adaptor.getPadding(),
+                                        adaptor.getGroups(), adaptor.getKernel()),
+                elementOf(adaptor.getGrad()), types);
 }
 
 //===----------------------------------------------------------------------===//

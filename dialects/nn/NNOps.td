@@ -85,16 +85,18 @@ def NN_LeakyReluOp : NN_Op<"leaky_relu", [Pure, InferTypeOpAdaptor]> {
 def NN_DropoutOp : NN_Op<"dropout", [InferTypeOpAdaptor]> {
   let summary = "inverted dropout (training only)";
   let description = [{
-    In training, zeroes each element with probability `rate` and scales the
-    others by `1 / (1 - rate)` (PyTorch's `Dropout`); in evaluation it is the
-    identity. Not `Pure`: each execution draws a new mask.
+    With `training`, zeroes each element with probability `rate` and scales
+    the others by `1 / (1 - rate)` (PyTorch's `Dropout`); without it, the
+    identity. The second result is the mask the input was multiplied by
+    (0 or `1 / (1 - rate)`, all ones without `training`), which the gradient
+    reuses. Not `Pure`: each execution draws a new mask.
 
     ```mlir
-    %y = nn.dropout %x {rate = 0.5 : f32} : tensor<?x128xf32>
+    %y, %mask = nn.dropout %x {rate = 0.5 : f32, training} : tensor<?x128xf32>
     ```
   }];
-  let arguments = (ins NN_F32Tensor:$input, F32Attr:$rate);
-  let results = (outs NN_F32Tensor:$result);
+  let arguments = (ins NN_F32Tensor:$input, F32Attr:$rate, UnitAttr:$training);
+  let results = (outs NN_F32Tensor:$result, NN_F32Tensor:$mask);
   let assemblyFormat = "$input attr-dict `:` type($input)";
   let hasVerifier = 1;
 }
@@ -328,10 +330,11 @@ def NN_AvgPool2dOp : NN_PoolOp<"avg_pool2d", "average",
 def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
   let summary = "batch normalization over axis 1 ([N, C] or [N, C, H, W])";
   let description = [{
-    `torch.nn.functional.batch_norm`. In training, normalizes with the batch
-    mean and biased variance and updates the running statistics with
-    `running = (1 - momentum) * running + momentum * batch` (unbiased variance);
-    in evaluation, normalizes with `running_mean` / `running_var`.
+    `torch.nn.functional.batch_norm`. With `training`, normalizes with the
+    batch mean and biased variance over every axis but 1 (the training step
+    then updates the running statistics with
+    `running = (1 - momentum) * running + momentum * batch`, unbiased
+    variance); without it, normalizes with `running_mean` / `running_var`.
     `y = (x - mean) / sqrt(var + eps) * gamma + beta`.
 
     ```mlir
@@ -341,7 +344,8 @@ def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
   }];
   let arguments = (ins NN_F32Tensor:$input, NN_F32Tensor:$gamma,
                        NN_F32Tensor:$beta, NN_F32Tensor:$running_mean,
-                       NN_F32Tensor:$running_var, F32Attr:$eps, F32Attr:$momentum);
+                       NN_F32Tensor:$running_var, F32Attr:$eps, F32Attr:$momentum,
+                       UnitAttr:$training);
   let results = (outs NN_F32Tensor:$result);
   let assemblyFormat = [{
     $input `,` $gamma `,` $beta `,` $running_mean `,` $running_var attr-dict `:`
@@ -461,5 +465,136 @@ def NN_SoftmaxCrossEntropyOp : NN_LossOp<"softmax_cross_entropy",
     ```
   }];
 }
+
+//===----------------------------------------------------------------------===//
+// Ops that autodiff creates: broadcasts, counts and the backward kernels of
+// ops whose gradient is not a composition of other ops.
+//===----------------------------------------------------------------------===//
+
+def NN_BroadcastLikeOp : NN_Op<"broadcast_like", [Pure, InferTypeOpAdaptor]> {
+  let summary = "broadcast a tensor to the shape of another";
+  let description = [{
+    Numpy-broadcasts `input` to the shape of `like` (whose values are not
+    read). The gradient of a reduction or broadcast uses it.
+
+    ```mlir
+    %y = nn.broadcast_like %g, %x : tensor<?x1xf32>, tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, NN_Tensor:$like);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input `,` $like attr-dict `:` type($input) `,` type($like)";
+}
+
+def NN_CountOp : NN_Op<"count", [Pure, InferTypeOpAdaptor]> {
+  let summary = "number of elements over axes, as an f32 scalar";
+  let description = [{
+    The product of the sizes of `input` along `axes` (all axes when empty),
+    known at run time when an axis is dynamic. Mean reductions divide by it.
+
+    ```mlir
+    %n = nn.count %x {axes = array<i64: 0>} : tensor<?x10xf32>
+    ```
+  }];
+  let arguments = (ins NN_Tensor:$input, DenseI64ArrayAttr:$axes);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_SliceOp : NN_Op<"slice", [Pure, InferTypeOpAdaptor]> {
+  let summary = "a contiguous range along one axis";
+  let description = [{
+    Elements `start .. start + size - 1` along `axis` (`torch.narrow`).
+
+    ```mlir
+    %y = nn.slice %x {axis = 1 : i64, start = 3 : i64, size = 5 : i64} : tensor<?x8xf32>
+    ```
+  }];
+  let arguments = (ins NN_Tensor:$input, I64Attr:$axis, I64Attr:$start, I64Attr:$size);
+  let results = (outs NN_Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_ChannelWindowSumOp : NN_Op<"channel_window_sum", [Pure, InferTypeOpAdaptor]> {
+  let summary = "sum over a window of neighbouring channels";
+  let description = [{
+    `y[n, c, ...] = sum of x[n, c', ...] for c - before <= c' <= c + after`
+    (channels outside the tensor count as zero). Local response normalization
+    and its gradient are built from it.
+
+    ```mlir
+    %y = nn.channel_window_sum %x {before = 2 : i64, after = 2 : i64} : tensor<?x64x8x8xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, I64Attr:$before, I64Attr:$after);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def NN_Conv2dGradInputOp : NN_Op<"conv2d_grad_input", [Pure, InferTypeOpAdaptor]> {
+  let summary = "gradient of conv2d with respect to its input";
+  let description = [{
+    Given the output gradient `dy` [N, O, OH, OW] and the weight [O, I/g, KH,
+    KW], the input gradient [N, I, H, W] (a transposed convolution;
+    `torch.nn.grad.conv2d_input`). `input_size` is [H, W].
+
+    ```mlir
+    %dx = nn.conv2d_grad_input %dy, %w {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>,
+        groups = 1 : i64, input_size = array<i64: 28, 28>} : tensor<?x32x28x28xf32>, tensor<32x1x5x5xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$grad, NN_F32Tensor:$weight,
+                       DenseI64ArrayAttr:$stride, DenseI64ArrayAttr:$padding,
+                       I64Attr:$groups, DenseI64ArrayAttr:$input_size);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$grad `,` $weight attr-dict `:` type($grad) `,` type($weight)";
+}
+
+def NN_Conv2dGradWeightOp : NN_Op<"conv2d_grad_weight", [Pure, InferTypeOpAdaptor]> {
+  let summary = "gradient of conv2d with respect to its weight";
+  let description = [{
+    Given the input [N, I, H, W] and the output gradient [N, O, OH, OW], the
+    weight gradient [O, I/g, KH, KW] summed over the batch
+    (`torch.nn.grad.conv2d_weight`). `kernel` is [KH, KW].
+
+    ```mlir
+    %dw = nn.conv2d_grad_weight %x, %dy {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>,
+        groups = 1 : i64, kernel = array<i64: 5, 5>} : tensor<?x1x28x28xf32>, tensor<?x32x28x28xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, NN_F32Tensor:$grad,
+                       DenseI64ArrayAttr:$stride, DenseI64ArrayAttr:$padding,
+                       I64Attr:$groups, DenseI64ArrayAttr:$kernel);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input `,` $grad attr-dict `:` type($input) `,` type($grad)";
+}
+
+class NN_PoolGradOp<string mnemonic, string what, dag extra = (ins)>
+    : NN_Op<mnemonic, [Pure, InferTypeOpAdaptor]> {
+  let summary = "gradient of " # what # " pooling with respect to its input";
+  let description = "Scatters the output gradient `grad` back over the "
+    "pooling windows of `input` (same attributes as the forward op); the "
+    "result has `input`'s shape.\n\n"
+    "```mlir\n%dx = nn." # mnemonic # " %dy, %x {kernel = array<i64: 2, 2>, "
+    "stride = array<i64: 2, 2>, padding = array<i64: 0, 0>} : "
+    "tensor<?x32x14x14xf32>, tensor<?x32x28x28xf32>\n```";
+  let arguments = !con((ins NN_F32Tensor:$grad, NN_F32Tensor:$input,
+                            DenseI64ArrayAttr:$kernel, DenseI64ArrayAttr:$stride,
+                            DenseI64ArrayAttr:$padding), extra);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$grad `,` $input attr-dict `:` type($grad) `,` type($input)";
+  let extraClassDefinition = [{
+    ::llvm::LogicalResult $cppClass::inferReturnTypes(
+        ::mlir::MLIRContext *, std::optional<::mlir::Location>,
+        Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      types.push_back(adaptor.getInput().getType());
+      return ::mlir::success();
+    }
+  }];
+}
+
+def NN_MaxPool2dGradOp : NN_PoolGradOp<"max_pool2d_grad", "max">;
+def NN_AvgPool2dGradOp : NN_PoolGradOp<"avg_pool2d_grad", "average",
+    (ins DefaultValuedAttr<BoolAttr, "true">:$count_include_pad)>;
 
 #endif // NN_OPS_TD

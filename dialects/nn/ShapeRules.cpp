@@ -321,4 +321,59 @@ Inferred classLoss(llvm::StringRef what, llvm::ArrayRef<int64_t> in,
   return reduce ? Inferred::of({}) : Inferred::of({in[0]});
 }
 
+Inferred slice(llvm::ArrayRef<int64_t> in, int64_t axis, int64_t start,
+               int64_t size) {
+  Inferred r = checkAxis("slice", in, axis);
+  if (!r.ok())
+    return r;
+  if (start < 0 || size < 1 || (in[axis] != kDynamic && start + size > in[axis]))
+    return Inferred::fail(fmt::format("slice [{}, {}) is out of range for axis {} of {}",
+                                      start, start + size, axis, str(in)));
+  r.shape[axis] = size;
+  return r;
+}
+
+/// Checks that `out` is the conv2d output of `in` under `w`.
+static Inferred checkConvPair(llvm::StringRef what, llvm::ArrayRef<int64_t> in,
+                              llvm::ArrayRef<int64_t> w, llvm::ArrayRef<int64_t> out,
+                              llvm::ArrayRef<int64_t> stride,
+                              llvm::ArrayRef<int64_t> padding, int64_t groups) {
+  Inferred fwd = conv2d(in, w, stride, padding, groups);
+  if (!fwd.ok())
+    return fwd;
+  bool same = fwd.shape.size() == out.size();
+  for (size_t i = 0; same && i < out.size(); ++i)
+    same = compatible(fwd.shape[i], out[i]);
+  if (!same)
+    return Inferred::fail(fmt::format(
+        "{} gradient {} does not match the convolution output {}", what.str(),
+        str(out), str(fwd.shape)));
+  return fwd;
+}
+
+Inferred conv2dGradInput(llvm::ArrayRef<int64_t> grad, llvm::ArrayRef<int64_t> w,
+                         llvm::ArrayRef<int64_t> stride,
+                         llvm::ArrayRef<int64_t> padding, int64_t groups,
+                         llvm::ArrayRef<int64_t> inputSize) {
+  if (grad.size() != 4 || w.size() != 4 || inputSize.size() != 2 || groups < 1)
+    return Inferred::fail("conv2d_grad_input needs rank-4 grad and weight and a 2-entry input_size");
+  Shape in = {grad[0], w[1] == kDynamic ? kDynamic : w[1] * groups, inputSize[0],
+              inputSize[1]};
+  Inferred r = checkConvPair("conv2d_grad_input", in, w, grad, stride, padding, groups);
+  return r.ok() ? Inferred::of(in) : r;
+}
+
+Inferred conv2dGradWeight(llvm::ArrayRef<int64_t> in, llvm::ArrayRef<int64_t> grad,
+                          llvm::ArrayRef<int64_t> stride,
+                          llvm::ArrayRef<int64_t> padding, int64_t groups,
+                          llvm::ArrayRef<int64_t> kernel) {
+  if (in.size() != 4 || grad.size() != 4 || kernel.size() != 2 || groups < 1 ||
+      in[1] == kDynamic || in[1] % groups)
+    return Inferred::fail("conv2d_grad_weight needs rank-4 input and grad, static "
+                          "input channels divisible by groups, and a 2-entry kernel");
+  Shape w = {grad[1], in[1] / groups, kernel[0], kernel[1]};
+  Inferred r = checkConvPair("conv2d_grad_weight", in, w, grad, stride, padding, groups);
+  return r.ok() ? Inferred::of(w) : r;
+}
+
 } // namespace nnc::shape

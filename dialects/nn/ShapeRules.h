@@ -56,6 +56,22 @@ Inferred checkAxis(llvm::StringRef what, llvm::ArrayRef<int64_t> in,
                    int64_t axis);
 Inferred removeAxis(llvm::StringRef what, llvm::ArrayRef<int64_t> in,
                     int64_t axis);
+/// Elements [start, start + size) along `axis`.
+Inferred slice(llvm::ArrayRef<int64_t> in, int64_t axis, int64_t start,
+               int64_t size);
+/// The input shape of a convolution whose output gradient and weight are
+/// given; `inputSize` is [H, W].
+Inferred conv2dGradInput(llvm::ArrayRef<int64_t> grad,
+                         llvm::ArrayRef<int64_t> weight,
+                         llvm::ArrayRef<int64_t> stride,
+                         llvm::ArrayRef<int64_t> padding, int64_t groups,
+                         llvm::ArrayRef<int64_t> inputSize);
+/// The weight shape of a convolution with this input and output gradient.
+Inferred conv2dGradWeight(llvm::ArrayRef<int64_t> in,
+                          llvm::ArrayRef<int64_t> grad,
+                          llvm::ArrayRef<int64_t> stride,
+                          llvm::ArrayRef<int64_t> padding, int64_t groups,
+                          llvm::ArrayRef<int64_t> kernel);
 Inferred conv2d(llvm::ArrayRef<int64_t> in, llvm::ArrayRef<int64_t> weight,
                 llvm::ArrayRef<int64_t> stride, llvm::ArrayRef<int64_t> padding,
                 int64_t groups);

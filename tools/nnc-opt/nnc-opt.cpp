@@ -1,10 +1,11 @@
 //===- nnc-opt.cpp - mlir-opt with the nn dialect -------------------------===//
 //
-// Runs passes over textual IR for lit tests: the nn and func dialects, plus
-// the upstream canonicalizer and CSE (which exercise the nn folders).
+// Runs passes over textual IR for lit tests: the nn and func dialects, nnc's
+// passes, and the upstream canonicalizer and CSE (which exercise the folders).
 //
 //===----------------------------------------------------------------------===//
 
+#include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNDialect.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -15,6 +16,7 @@
 int main(int argc, char **argv) {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
+  nnc::registerPasses();
   mlir::DialectRegistry registry;
   registry.insert<nnc::nn::NNDialect, mlir::func::FuncDialect>();
   return mlir::asMainReturnCode(

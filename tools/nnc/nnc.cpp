@@ -10,6 +10,8 @@
 
 #include "compiler/frontend/AST.h"
 #include "compiler/frontend/MLIRGen.h"
+#include "compiler/reference/GradCheck.h"
+#include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNDialect.h"
 #include "dialects/nn/NNOps.h"
 
@@ -18,6 +20,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
 
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/FileSystem.h"
@@ -65,6 +68,7 @@ struct Command {
 int runCheck(const Args &args);
 int runCompile(const Args &args);
 int notYet(const Args &args);
+int runGradcheck(const Args &args);
 
 const char *kEmitKinds = "ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx";
 
@@ -103,8 +107,14 @@ const std::vector<Command> &commands() {
       {"build", "nnc build FILE -o EXE", "Build a standalone training executable.",
        {{"o", "EXE", "Output executable"}, {"target", "T", "cpu|cuda"}},
        notYet},
-      {"gradcheck", "nnc gradcheck FILE",
-       "Compare symbolic gradients with finite differences.", {}, notYet},
+      {"gradcheck", "nnc gradcheck FILE [options]",
+       "Compare symbolic gradients with finite differences.",
+       {{"seed", "N", "Seed for the parameters and random inputs (default 1)"},
+        {"batch", "N", "Size of symbolic dimensions such as B (default 3)"},
+        {"samples", "N", "Elements checked per parameter (default 32; 0 = all)"},
+        {"tolerance", "X", "Largest relative error accepted (default 1e-4)"},
+        {"inputs", nullptr, "Also check gradients with respect to f32 inputs"}},
+       runGradcheck},
       {"bench", "nnc bench FILE|KERNEL", "Benchmark a model's kernels.", {}, notYet},
   };
   return table;
@@ -283,9 +293,9 @@ int runCompile(const Args &args) {
   llvm::StringRef(kEmitKinds).split(kinds, '|');
   if (!llvm::is_contained(kinds, emit))
     return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
-  if (emit != "ast" && emit != "nn") {
+  if (emit != "ast" && emit != "nn" && emit != "grad" && emit != "train") {
     llvm::errs() << "nnc: error: --emit=" << emit
-                 << " is not available yet; this version emits ast and nn\n";
+                 << " is not available yet; this version emits ast, nn, grad and train\n";
     return kUserError;
   }
   Session s;
@@ -306,6 +316,10 @@ int runCompile(const Args &args) {
     module = mlirGen(s.ctx, *file, args.positional[0]);
     if (!module)
       return kUserError;
+    mlir::PassManager pm(&s.ctx);
+    buildPipeline(pm, emit == "grad" ? Stage::Grad : emit == "train" ? Stage::Train : Stage::Nn);
+    if (mlir::failed(pm.run(*module)))
+      return kUserError;
     mlir::OpPrintingFlags flags;
     if (args.has("locs"))
       flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
@@ -323,6 +337,52 @@ int runCompile(const Args &args) {
   file_.os() << text;
   file_.keep();
   return kOk;
+}
+
+/// Parses a numeric option; reports a usage error for a bad value.
+template <typename T>
+std::optional<int> numberOption(const Args &args, const Command &c, const char *name,
+                                T &out) {
+  if (!args.has(name))
+    return std::nullopt;
+  std::string v = args.get(name);
+  char *end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || x < 0 ||
+      (std::is_integral_v<T> && x != static_cast<double>(static_cast<int64_t>(x))))
+    return usageError("option '--" + std::string(name) + "' needs a non-negative " +
+                          (std::is_integral_v<T> ? "integer" : "number") + ", got '" + v + "'",
+                      &c);
+  out = static_cast<T>(x);
+  return std::nullopt;
+}
+
+int runGradcheck(const Args &args) {
+  const Command &c = command("gradcheck");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  ref::GradCheckOptions opts;
+  for (auto rc : {numberOption(args, c, "seed", opts.seed),
+                  numberOption(args, c, "batch", opts.batch),
+                  numberOption(args, c, "samples", opts.samples),
+                  numberOption(args, c, "tolerance", opts.tolerance)})
+    if (rc)
+      return *rc;
+  opts.wrtInputs = args.has("inputs");
+  Session s;
+  if (!s.open(args.positional[0]))
+    return kUserError;
+  mlir::SourceMgrDiagnosticHandler handler(s.sourceMgr, &s.ctx);
+  auto file = parseSource(s.sourceMgr, s.ctx);
+  if (!file)
+    return kUserError;
+  auto module = mlirGen(s.ctx, *file, args.positional[0]);
+  if (!module)
+    return kUserError;
+  auto report = ref::gradcheck(*module, opts, llvm::outs());
+  if (mlir::failed(report))
+    return kUserError;
+  return report->passed ? kOk : kUserError;
 }
 
 int notYet(const Args &) { return kUserError; }

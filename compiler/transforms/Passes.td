@@ -1,0 +1,39 @@
+//===- Passes.td - nnc compiler passes ---------------------*- tablegen -*-===//
+
+#ifndef NNC_TRANSFORMS_PASSES_TD
+#define NNC_TRANSFORMS_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def Autodiff : Pass<"nnc-autodiff", "mlir::ModuleOp"> {
+  let summary = "Derive the backward graph of every model that minimizes a loss";
+  let description = [{
+    For each model function `@m` with a result of role `loss`, adds
+    `@m_grad`: the forward computation in training mode (batch statistics,
+    dropout masks), then the gradient of the loss with respect to every
+    trainable parameter, built in reverse mode from the per-op rules in
+    GradientRules.cpp. Results: the loss, the outputs, then one gradient per
+    parameter (`nn.role = "grad"`, `nn.name` = the parameter's name).
+    Backward ops carry `NameLoc("grad", forward location)`.
+  }];
+  let options = [
+    Option<"wrtInputs", "wrt-inputs", "bool", /*default=*/"false",
+           "Also return gradients with respect to the f32 inputs">
+  ];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
+def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
+  let summary = "Build the training step: forward, backward and optimizer update";
+  let description = [{
+    For each `@m_grad`, adds `@m_train_step`. Its arguments are the model's,
+    then the optimizer state of each parameter (`nn.role = "opt_state"`), then
+    the step number `t` (f32, from 1). It returns the loss, the outputs, and
+    the new value of every parameter, batch-norm running statistic and
+    optimizer state, each named like the argument it replaces. The optimizer
+    and its hyper-parameters come from the module's `nn.train` attribute.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
+#endif // NNC_TRANSFORMS_PASSES_TD

@@ -1,0 +1,37 @@
+//===- Mnist.h - the MNIST IDX loader ---------------------------*- C++ -*-===//
+//
+// Reads MNIST in its IDX format: an images file (magic 2051, count, rows,
+// cols, then one byte a pixel) and a labels file (magic 2049, count, then one
+// byte a label). Every header field, the file sizes and the label range are
+// validated; errors name the file and what is wrong.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_MNIST_H
+#define NNC_RUNTIME_MNIST_H
+
+#include "runtime/Status.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+struct Dataset {
+  int64_t count = 0;
+  int64_t features = 0;       // pixels per image (784)
+  std::vector<float> images;  // count * features, scaled to [0, 1]
+  std::vector<int32_t> labels; // count, in [0, 9]
+};
+
+/// Loads one split: `split` is "train" or "t10k" inside directory `dir`.
+Status loadMnist(const std::string &dir, const std::string &split, Dataset &out);
+
+/// Loads an images file and a labels file given by path.
+Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
+               Dataset &out);
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_MNIST_H
