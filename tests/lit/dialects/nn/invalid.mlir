@@ -162,7 +162,7 @@ func.func @lrn_rank(%x: tensor<?x32xf32>) {
 
 func.func @dropout_rate(%x: tensor<?x32xf32>) {
   // expected-error @+1 {{'nn.dropout' op rate must be in [0, 1), got 1.5}}
-  %0 = nn.dropout %x {rate = 1.5 : f32} : tensor<?x32xf32>
+  %0, %m = nn.dropout %x {rate = 1.5 : f32} : tensor<?x32xf32>
   return
 }
 
@@ -204,5 +204,30 @@ func.func @wrong_result_type(%a: tensor<2x3xf32>) {
 func.func @one_hot_int(%y: tensor<4xf32>) {
   // expected-error @+1 {{operand #0 must be ranked tensor of 32-bit signless integer values}}
   %0 = "nn.one_hot"(%y) {num_classes = 3 : i64} : (tensor<4xf32>) -> tensor<4x3xf32>
+  return
+}
+
+// -----
+
+func.func @slice_range(%x: tensor<?x8xf32>) {
+  // expected-error @+1 {{slice [6, 9) is out of range for axis 1 of [?, 8]}}
+  %0 = nn.slice %x {axis = 1 : i64, start = 6 : i64, size = 3 : i64} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @conv_grad_mismatch(%dy: tensor<?x32x27x27xf32>, %w: tensor<32x1x5x5xf32>) {
+  // expected-error @+1 {{conv2d_grad_input gradient [?, 32, 27, 27] does not match the convolution output [?, 32, 28, 28]}}
+  %0 = nn.conv2d_grad_input %dy, %w {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>, groups = 1 : i64,
+      input_size = array<i64: 28, 28>} : tensor<?x32x27x27xf32>, tensor<32x1x5x5xf32>
+  return
+}
+
+// -----
+
+func.func @broadcast_like_rank(%a: tensor<2x3xf32>, %b: tensor<3xf32>) {
+  // expected-error @+1 {{broadcast_like input [2, 3] has a higher rank than [3]}}
+  %0 = nn.broadcast_like %a, %b : tensor<2x3xf32>, tensor<3xf32>
   return
 }

@@ -40,8 +40,9 @@ func.func @elementwise(%x: tensor<?x10xf32>, %b: tensor<10xf32>) -> tensor<?x10x
   %15 = nn.identity %14 : tensor<?x10xf32>
   // CHECK: nn.leaky_relu %{{.*}} {alpha = 0.00999999977 : f32}
   %16 = nn.leaky_relu %15 {alpha = 0.01 : f32} : tensor<?x10xf32>
-  // CHECK: nn.dropout %{{.*}} {rate = 5.000000e-01 : f32}
-  %17 = nn.dropout %16 {rate = 0.5 : f32} : tensor<?x10xf32>
+  // CHECK: %[[D:.*]], %[[MASK:.*]] = nn.dropout %{{.*}} {rate = 5.000000e-01 : f32, training}
+  %17, %mask = nn.dropout %16 {rate = 0.5 : f32, training} : tensor<?x10xf32>
+  // CHECK: return %[[D]]
   return %17 : tensor<?x10xf32>
 }
 
@@ -114,4 +115,35 @@ func.func @losses(%p: tensor<?x10xf32>, %t: tensor<?x10xf32>, %y: tensor<?xi32>)
   // CHECK: nn.softmax_cross_entropy
   %5 = nn.softmax_cross_entropy %p, %y : tensor<?x10xf32>, tensor<?xi32>
   return %0, %1, %2, %3, %4, %5 : tensor<f32>, tensor<?x10xf32>, tensor<f32>, tensor<?xf32>, tensor<f32>, tensor<f32>
+}
+
+// Ops that autodiff creates.
+// CHECK-LABEL: func.func @backward
+func.func @backward(%x: tensor<?x1x28x28xf32>, %w: tensor<32x1x5x5xf32>, %dy: tensor<?x32x28x28xf32>,
+                    %g: tensor<?x1xf32>, %p: tensor<?x32x14x14xf32>, %c: tensor<?x8xf32>)
+    -> (tensor<?x1x28x28xf32>, tensor<32x1x5x5xf32>, tensor<?x32x28x28xf32>, tensor<?x32x28x28xf32>,
+        tensor<?x28x28xf32>, tensor<f32>, tensor<?x3xf32>, tensor<?x32x28x28xf32>) {
+  // CHECK: nn.conv2d_grad_input %{{.*}}, %{{.*}} {groups = 1 : i64, input_size = array<i64: 28, 28>, padding = array<i64: 2, 2>, stride = array<i64: 1, 1>}
+  %0 = nn.conv2d_grad_input %dy, %w {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>, groups = 1 : i64,
+      input_size = array<i64: 28, 28>} : tensor<?x32x28x28xf32>, tensor<32x1x5x5xf32>
+  // CHECK: nn.conv2d_grad_weight %{{.*}}, %{{.*}} {groups = 1 : i64, kernel = array<i64: 5, 5>
+  %1 = nn.conv2d_grad_weight %x, %dy {stride = array<i64: 1, 1>, padding = array<i64: 2, 2>, groups = 1 : i64,
+      kernel = array<i64: 5, 5>} : tensor<?x1x28x28xf32>, tensor<?x32x28x28xf32>
+  // CHECK: nn.max_pool2d_grad
+  %2 = nn.max_pool2d_grad %p, %dy {kernel = array<i64: 2, 2>, stride = array<i64: 2, 2>, padding = array<i64: 0, 0>}
+      : tensor<?x32x14x14xf32>, tensor<?x32x28x28xf32>
+  // CHECK: nn.avg_pool2d_grad
+  %3 = nn.avg_pool2d_grad %p, %dy {kernel = array<i64: 2, 2>, stride = array<i64: 2, 2>, padding = array<i64: 0, 0>}
+      : tensor<?x32x14x14xf32>, tensor<?x32x28x28xf32>
+  // CHECK: nn.broadcast_like %{{.*}}, %{{.*}} : tensor<?x1xf32>, tensor<?x28x28xf32>
+  %r = nn.reshape %x {shape = array<i64: -1, 28, 28>} : tensor<?x1x28x28xf32>
+  %4 = nn.broadcast_like %g, %r : tensor<?x1xf32>, tensor<?x28x28xf32>
+  // CHECK: nn.count %{{.*}} {axes = array<i64: 0>}
+  %5 = nn.count %x {axes = array<i64: 0>} : tensor<?x1x28x28xf32>
+  // CHECK: nn.slice %{{.*}} {axis = 1 : i64, size = 3 : i64, start = 4 : i64}
+  %6 = nn.slice %c {axis = 1 : i64, start = 4 : i64, size = 3 : i64} : tensor<?x8xf32>
+  // CHECK: nn.channel_window_sum %{{.*}} {after = 1 : i64, before = 2 : i64}
+  %7 = nn.channel_window_sum %dy {before = 2 : i64, after = 1 : i64} : tensor<?x32x28x28xf32>
+  return %0, %1, %2, %3, %4, %5, %6, %7 : tensor<?x1x28x28xf32>, tensor<32x1x5x5xf32>, tensor<?x32x28x28xf32>,
+      tensor<?x32x28x28xf32>, tensor<?x28x28xf32>, tensor<f32>, tensor<?x3xf32>, tensor<?x32x28x28xf32>
 }

@@ -1,0 +1,91 @@
+//===- Trainer.cpp - training on the reference evaluator ------------------===//
+
+#include "compiler/reference/Trainer.h"
+#include "compiler/transforms/Passes.h"
+
+#include "dialects/nn/NNOps.h"
+
+using namespace mlir;
+using namespace nnc;
+using namespace nnc::ref;
+namespace nnops = nnc::nn;
+
+static StringRef attrOf(func::FuncOp fn, unsigned i, StringRef name, bool result = false) {
+  auto a = result ? fn.getResultAttrOfType<StringAttr>(i, name)
+                  : fn.getArgAttrOfType<StringAttr>(i, name);
+  return a ? a.getValue() : "";
+}
+
+FailureOr<Trainer> Trainer::create(ModuleOp module, uint64_t seed) {
+  Trainer t;
+  t.seed = seed;
+  for (auto fn : module.getOps<func::FuncOp>())
+    if (fn.getName().ends_with(kTrainStepSuffix))
+      t.trainStep = fn;
+  if (!t.trainStep)
+    return module.emitError("no training step in the module");
+  t.model = module.lookupSymbol<func::FuncOp>(
+      t.trainStep.getName().drop_back(kTrainStepSuffix.size()));
+  if (!t.model)
+    return module.emitError("no model function for ") << t.trainStep.getName();
+  func::FuncOp fn = t.trainStep;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
+    StringRef role = attrOf(fn, i, nnops::attr::kRole);
+    t.names.push_back(attrOf(fn, i, nnops::attr::kName).str());
+    auto type = cast<RankedTensorType>(fn.getArgument(i).getType());
+    if (role == "input") {
+      t.inputArgs.push_back(i);
+      t.args.emplace_back();
+    } else if (role == "opt_state" || role == "step") {
+      t.args.push_back(Tensor::filled(std::vector<int64_t>(type.getShape().begin(),
+                                                           type.getShape().end())));
+      if (role == "step")
+        t.stepArg = i;
+    } else {
+      // The model's own arguments come first and match the train step's.
+      auto init = initialValue(t.model, i, seed);
+      if (failed(init))
+        return failure();
+      t.args.push_back(std::move(*init));
+    }
+  }
+  for (unsigned r = 0; r < fn.getNumResults(); ++r) {
+    StringRef role = attrOf(fn, r, nnops::attr::kRole, true);
+    if (role != "param" && role != "state" && role != "opt_state")
+      continue;
+    StringRef name = attrOf(fn, r, nnops::attr::kName, true);
+    auto it = llvm::find(t.names, name);
+    if (it == t.names.end())
+      return fn.emitError("result '") << name << "' updates no argument";
+    t.updates.push_back({r, static_cast<unsigned>(it - t.names.begin())});
+  }
+  return t;
+}
+
+FailureOr<double> Trainer::step(ArrayRef<Tensor> inputs) {
+  if (inputs.size() != inputArgs.size())
+    return trainStep.emitError("expected ") << inputArgs.size() << " inputs";
+  for (auto [i, t] : llvm::zip(inputArgs, inputs))
+    args[i] = t;
+  ++stepCount;
+  args[stepArg] = Tensor::scalar(static_cast<double>(stepCount));
+  Evaluator eval(EvalOptions{seed, stepCount});
+  auto results = eval.run(trainStep, args);
+  if (failed(results))
+    return failure();
+  for (auto [r, a] : updates)
+    args[a] = std::move((*results)[r]);
+  return (*results)[0].data[0];
+}
+
+FailureOr<std::vector<Tensor>> Trainer::evaluate(ArrayRef<Tensor> inputs) {
+  std::vector<Tensor> modelArgs(args.begin(), args.begin() + model.getNumArguments());
+  for (auto [i, t] : llvm::zip(inputArgs, inputs))
+    modelArgs[i] = t;
+  return Evaluator(EvalOptions{seed, stepCount}).run(model, modelArgs);
+}
+
+Tensor *Trainer::tensor(StringRef name) {
+  auto it = llvm::find(names, name);
+  return it == names.end() ? nullptr : &args[it - names.begin()];
+}

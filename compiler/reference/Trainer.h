@@ -1,0 +1,54 @@
+//===- Trainer.h - training on the reference evaluator ----------*- C++ -*-===//
+//
+// Holds a model's state (parameters, frozen tensors, batch-norm statistics,
+// optimizer state, step number) and runs `@m_train_step` on the reference
+// evaluator, feeding each step's new values back in. It lets training be
+// tested end to end before code generation exists, and is the oracle the
+// compiled training step is compared with.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_COMPILER_REFERENCE_TRAINER_H
+#define NNC_COMPILER_REFERENCE_TRAINER_H
+
+#include "compiler/reference/Evaluator.h"
+
+#include "mlir/IR/BuiltinOps.h"
+
+#include <string>
+
+namespace nnc::ref {
+
+class Trainer {
+public:
+  /// `module` must hold `@m`, `@m_train_step` (the training pipeline's
+  /// output). Parameters are initialized from their initializers with `seed`.
+  static mlir::FailureOr<Trainer> create(mlir::ModuleOp module, uint64_t seed);
+
+  /// One step on a mini-batch (one tensor per model input, in order).
+  /// Returns the loss before the update.
+  mlir::FailureOr<double> step(llvm::ArrayRef<Tensor> inputs);
+
+  /// Runs the model in evaluation mode with the current state; returns its
+  /// outputs (and loss, if it has one) in result order.
+  mlir::FailureOr<std::vector<Tensor>> evaluate(llvm::ArrayRef<Tensor> inputs);
+
+  /// A state tensor by name (`w1`, `c.running_mean`, `w1.exp_avg`).
+  Tensor *tensor(llvm::StringRef name);
+  uint64_t steps() const { return stepCount; }
+
+private:
+  Trainer() = default;
+
+  mlir::func::FuncOp model, trainStep;
+  std::vector<Tensor> args;          // one per train-step argument
+  std::vector<unsigned> inputArgs;   // indices of the model inputs
+  std::vector<std::pair<unsigned, unsigned>> updates; // result -> argument
+  std::vector<std::string> names;    // per argument
+  unsigned stepArg = 0;
+  uint64_t seed = 0, stepCount = 0;
+};
+
+} // namespace nnc::ref
+
+#endif // NNC_COMPILER_REFERENCE_TRAINER_H

@@ -1,0 +1,61 @@
+//===- TestUtil.h - compiling .nn sources in tests --------------*- C++ -*-===//
+
+#ifndef NNC_TESTS_UNIT_TESTUTIL_H
+#define NNC_TESTS_UNIT_TESTUTIL_H
+
+#include "compiler/frontend/MLIRGen.h"
+#include "compiler/transforms/Pipeline.h"
+#include "dialects/nn/NNDialect.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
+
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
+
+#include <string>
+#include <vector>
+
+namespace nnc::test {
+
+/// A model compiled from source (or a file) up to a pipeline stage, with
+/// every diagnostic collected as text.
+struct Compiled {
+  mlir::MLIRContext ctx;
+  llvm::SourceMgr sm;
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::vector<std::string> errors;
+
+  Compiled(llvm::StringRef text, Stage stage, llvm::StringRef name = "test.nn") {
+    ctx.loadDialect<nnc::nn::NNDialect, mlir::func::FuncDialect>();
+    mlir::ScopedDiagnosticHandler handler(&ctx, [&](mlir::Diagnostic &d) {
+      errors.push_back(d.str());
+      return mlir::success();
+    });
+    sm.AddNewSourceBuffer(llvm::MemoryBuffer::getMemBufferCopy(text, name), llvm::SMLoc());
+    auto file = parseSource(sm, ctx);
+    if (!file)
+      return;
+    module = mlirGen(ctx, *file, name);
+    if (!module)
+      return;
+    mlir::PassManager pm(&ctx);
+    buildPipeline(pm, stage);
+    if (mlir::failed(pm.run(*module)))
+      module = nullptr;
+  }
+
+  std::string firstError() const { return errors.empty() ? "" : errors.front(); }
+};
+
+/// Reads a file of the source tree (NNC_SOURCE_DIR is set by CMake).
+inline std::string readSource(const std::string &relative) {
+  auto buf = llvm::MemoryBuffer::getFile(std::string(NNC_SOURCE_DIR) + "/" + relative);
+  return buf ? (*buf)->getBuffer().str() : std::string();
+}
+
+} // namespace nnc::test
+
+#endif // NNC_TESTS_UNIT_TESTUTIL_H
