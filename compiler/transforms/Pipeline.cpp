@@ -16,6 +16,7 @@ using namespace mlir;
 void nnc::buildPipeline(OpPassManager &pm, Stage stage) {
   if (stage == Stage::Nn)
     return;
+  pm.addPass(createCanonicalizerPass()); // stable forms (softmax + CE) first
   pm.addPass(createAutodiff());          // @m -> @m_grad (forward + backward)
   if (stage == Stage::Train)
     pm.addPass(createBuildTrainStep());  // @m_grad -> @m_train_step

@@ -13,6 +13,7 @@
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
 #include "mlir/IR/TypeUtilities.h"
 
 using namespace mlir;
@@ -498,6 +499,48 @@ OpFoldResult TransposeOp::fold(FoldAdaptor) {
     return getResult();
   }
   return {};
+}
+
+//===----------------------------------------------------------------------===//
+// Canonicalization patterns: numerically stable forms
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// cross_entropy(softmax(x, axis=1), labels) -> softmax_cross_entropy(x, labels):
+/// the fused form never takes the log of a probability that underflowed.
+struct FuseSoftmaxCrossEntropy : public OpRewritePattern<CrossEntropyOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(CrossEntropyOp op, PatternRewriter &rewriter) const override {
+    auto softmax = op.getInput().getDefiningOp<SoftmaxOp>();
+    if (!softmax || softmax.getAxis() != 1 ||
+        !getElementTypeOrSelf(op.getTarget().getType()).isInteger(32))
+      return failure();
+    rewriter.replaceOpWithNewOp<SoftmaxCrossEntropyOp>(
+        op, ValueRange{softmax.getInput(), op.getTarget()}, op->getAttrs());
+    return success();
+  }
+};
+
+/// log(softmax(x)) -> log_softmax(x).
+struct FuseLogSoftmax : public OpRewritePattern<LogOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(LogOp op, PatternRewriter &rewriter) const override {
+    auto softmax = op.getInput().getDefiningOp<SoftmaxOp>();
+    if (!softmax)
+      return failure();
+    rewriter.replaceOpWithNewOp<LogSoftmaxOp>(op, ValueRange{softmax.getInput()},
+                                              softmax->getAttrs());
+    return success();
+  }
+};
+} // namespace
+
+void CrossEntropyOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *ctx) {
+  results.add<FuseSoftmaxCrossEntropy>(ctx);
+}
+
+void LogOp::getCanonicalizationPatterns(RewritePatternSet &results, MLIRContext *ctx) {
+  results.add<FuseLogSoftmax>(ctx);
 }
 
 #define GET_OP_CLASSES

@@ -58,7 +58,7 @@ class NN_UnaryOp<string mnemonic, string formula, list<Trait> traits = []>
 
 def NN_NegOp : NN_UnaryOp<"neg", "-x"> { let hasFolder = 1; }
 def NN_ExpOp : NN_UnaryOp<"exp", "e^x">;
-def NN_LogOp : NN_UnaryOp<"log", "ln(x)">;
+def NN_LogOp : NN_UnaryOp<"log", "ln(x)"> { let hasCanonicalizer = 1; }
 def NN_SqrtOp : NN_UnaryOp<"sqrt", "sqrt(x)">;
 def NN_AbsOp : NN_UnaryOp<"abs", "|x|">;
 def NN_SigmoidOp : NN_UnaryOp<"sigmoid", "1 / (1 + e^-x)">;
@@ -442,11 +442,14 @@ def NN_BceLossOp : NN_LossOp<"bce_loss", "binary cross-entropy on probabilities"
 
 def NN_CrossEntropyOp : NN_LossOp<"cross_entropy",
     "categorical cross-entropy on probabilities", NN_Tensor> {
+  let hasCanonicalizer = 1;
   let description = [{
     Input `p` holds class probabilities [N, C]. The target is either i32 class
     indices [N] (then the loss is `-log(p[n, y[n]])`, `torch.nn.NLLLoss` on
     `log(p)`) or f32 probabilities [N, C] (then `-sum_c t * log(p)`). Reduced
-    over the batch by `reduction`.
+    over the batch by `reduction`. Canonicalization turns
+    `cross_entropy(softmax(x), labels)` into the stable
+    `softmax_cross_entropy(x, labels)`.
 
     ```mlir
     %l = nn.cross_entropy %p, %y : tensor<?x10xf32>, tensor<?xi32>

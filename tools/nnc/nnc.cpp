@@ -316,6 +316,19 @@ int runCompile(const Args &args) {
     module = mlirGen(s.ctx, *file, args.positional[0]);
     if (!module)
       return kUserError;
+    if (emit == "grad" || emit == "train") {
+      bool hasLoss = false;
+      module->walk([&](mlir::func::FuncOp fn) {
+        for (unsigned i = 0; i < fn.getNumResults(); ++i)
+          if (auto role = fn.getResultAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole))
+            hasLoss |= role.getValue() == "loss";
+      });
+      if (!hasLoss) {
+        llvm::errs() << "nnc: error: --emit=" << emit << " needs a model that minimizes a loss; '"
+                     << args.positional[0] << "' has no 'minimize'\n";
+        return kUserError;
+      }
+    }
     mlir::PassManager pm(&s.ctx);
     buildPipeline(pm, emit == "grad" ? Stage::Grad : emit == "train" ? Stage::Train : Stage::Nn);
     if (mlir::failed(pm.run(*module)))

@@ -61,3 +61,17 @@ func.func @shape_chains(%x: tensor<?x784xf32>, %y: tensor<4x3x2xf32>) -> (tensor
   // CHECK: return %[[X]], %[[R]], %[[Y]], %[[T]]
   return %0, %2, %3, %4 : tensor<?x784xf32>, tensor<?x28x28xf32>, tensor<4x3x2xf32>, tensor<2x4x3xf32>
 }
+
+// Probabilities from a softmax fed to cross_entropy (or log) become the
+// stable fused forms.
+// CHECK-LABEL: func.func @stable_forms
+// CHECK-SAME: (%[[X:.*]]: tensor<?x10xf32>, %[[Y:.*]]: tensor<?xi32>)
+// CHECK: %[[L:.*]] = nn.softmax_cross_entropy %[[X]], %[[Y]] {reduction = "sum"}
+// CHECK: %[[LS:.*]] = nn.log_softmax %[[X]] {axis = 1 : i64}
+// CHECK: return %[[L]], %[[LS]]
+func.func @stable_forms(%x: tensor<?x10xf32>, %y: tensor<?xi32>) -> (tensor<f32>, tensor<?x10xf32>) {
+  %p = nn.softmax %x {axis = 1 : i64} : tensor<?x10xf32>
+  %l = nn.cross_entropy %p, %y {reduction = "sum"} : tensor<?x10xf32>, tensor<?xi32>
+  %lp = nn.log %p : tensor<?x10xf32>
+  return %l, %lp : tensor<f32>, tensor<?x10xf32>
+}
