@@ -114,6 +114,8 @@ std::vector<Case> cases() {
   return v;
 }
 
+void PrintTo(const Case &c, std::ostream *os) { *os << c.name; }
+
 class GradCheckOp : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GradCheckOp, MatchesFiniteDifferences) {

@@ -187,6 +187,8 @@ std::vector<OptCase> optimizerCases() {
   };
 }
 
+void PrintTo(const OptCase &c, std::ostream *os) { *os << c.name; }
+
 class Optimizer : public ::testing::TestWithParam<OptCase> {};
 
 TEST_P(Optimizer, MatchesTextbookFormula) {
