@@ -89,3 +89,11 @@ Tensor *Trainer::tensor(StringRef name) {
   auto it = llvm::find(names, name);
   return it == names.end() ? nullptr : &args[it - names.begin()];
 }
+
+std::vector<std::string> Trainer::stateNames() const {
+  std::vector<std::string> out;
+  for (unsigned i = 0; i < names.size(); ++i)
+    if (!llvm::is_contained(inputArgs, i) && i != stepArg)
+      out.push_back(names[i]);
+  return out;
+}

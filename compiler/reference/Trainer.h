@@ -35,7 +35,12 @@ public:
 
   /// A state tensor by name (`w1`, `c.running_mean`, `w1.exp_avg`).
   Tensor *tensor(llvm::StringRef name);
+  /// Names of everything a checkpoint holds: parameters, frozen tensors,
+  /// batch-norm statistics and optimizer state, in argument order.
+  std::vector<std::string> stateNames() const;
   uint64_t steps() const { return stepCount; }
+  void setSteps(uint64_t n) { stepCount = n; }
+  mlir::func::FuncOp modelFunction() const { return model; }
 
 private:
   Trainer() = default;

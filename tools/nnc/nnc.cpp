@@ -8,6 +8,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "tools/nnc/Driver.h"
+
 #include "compiler/frontend/AST.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
@@ -35,35 +37,9 @@
 #include <vector>
 
 using namespace nnc;
+using namespace nnc::driver;
 
 namespace {
-
-enum ExitCode { kOk = 0, kUserError = 1, kUsageError = 2 };
-
-struct OptionSpec {
-  const char *name;  // without leading dashes; "o" is spelled -o
-  const char *value; // placeholder for its value, or nullptr for a flag
-  const char *help;
-};
-
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options;
-
-  bool has(const std::string &name) const { return options.count(name) != 0; }
-  std::string get(const std::string &name, const std::string &dflt = {}) const {
-    auto it = options.find(name);
-    return it == options.end() ? dflt : it->second;
-  }
-};
-
-struct Command {
-  const char *name;
-  const char *usage;
-  const char *summary;
-  std::vector<OptionSpec> options;
-  int (*run)(const Args &);
-};
 
 int runCheck(const Args &args);
 int runCompile(const Args &args);
@@ -86,24 +62,30 @@ const std::vector<Command> &commands() {
         {"locs", nullptr, "Print the source location of every op"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
        runCompile},
-      {"train", "nnc train FILE [options]", "Train a model on its data.",
-       {{"data", "DIR", "Data directory"},
+      {"train", "nnc train FILE [options]",
+       "Train a model on its data (the model's train section, overridable).",
+       {{"data", "PATH", "MNIST directory or CSV file (default: the train section's)"},
         {"epochs", "N", "Number of epochs"},
         {"batch", "N", "Mini-batch size"},
         {"lr", "X", "Learning rate"},
-        {"seed", "N", "Random seed"},
-        {"threads", "N", "Worker threads"},
-        {"target", "T", "cpu|cuda|auto"},
-        {"checkpoint", "PATH", "Checkpoint file"},
-        {"resume", nullptr, "Resume from the checkpoint"}},
-       notYet},
-      {"eval", "nnc eval FILE --checkpoint PATH", "Evaluate a trained model.",
-       {{"checkpoint", "PATH", "Checkpoint file"}, {"data", "DIR", "Data directory"}},
-       notYet},
-      {"predict", "nnc predict FILE --checkpoint PATH --input FILE",
-       "Run a trained model on inputs.",
-       {{"checkpoint", "PATH", "Checkpoint file"}, {"input", "FILE", "Input file"}},
-       notYet},
+        {"seed", "N", "Random seed (initialization, shuffling, dropout)"},
+        {"threads", "N", "Worker threads (the reference backend uses one)"},
+        {"target", "T", "cpu|cuda|auto (this version runs the reference backend)"},
+        {"checkpoint", "PATH", "Save a safetensors checkpoint after every epoch"},
+        {"resume", nullptr, "Continue from --checkpoint"},
+        {"metrics", "PATH", "Append per-epoch metrics to a CSV file"},
+        {"limit", "N", "Use only the first N training samples"}},
+       runTrain},
+      {"eval", "nnc eval FILE --checkpoint PATH [--data PATH]",
+       "Evaluate a trained model on its test data.",
+       {{"checkpoint", "PATH", "Checkpoint file"}, {"data", "PATH", "Data (default: the train section's)"}},
+       runEval},
+      {"predict", "nnc predict FILE --checkpoint PATH --input FILE.csv [-o OUT]",
+       "Run a trained model on the rows of a CSV file.",
+       {{"checkpoint", "PATH", "Checkpoint file"},
+        {"input", "FILE", "CSV file: one row per sample, the model's input values in order"},
+        {"o", "OUT", "Write the predictions to OUT (default: standard output)"}},
+       runPredict},
       {"build", "nnc build FILE -o EXE", "Build a standalone training executable.",
        {{"o", "EXE", "Output executable"}, {"target", "T", "cpu|cuda"}},
        notYet},
@@ -141,13 +123,6 @@ void printHelp(const Command &c, llvm::raw_ostream &os) {
     os << "  " << llvm::left_justify(flag, 24) << " " << o.help << "\n";
   }
   os << "  " << llvm::left_justify("--help", 24) << " Show this help\n";
-}
-
-int usageError(const std::string &msg, const Command *c = nullptr) {
-  llvm::errs() << "nnc: error: " << msg << "\n";
-  llvm::errs() << "Run 'nnc " << (c ? std::string(c->name) + " " : "")
-               << "--help' for usage.\n";
-  return kUsageError;
 }
 
 /// Parses argv after the command name; returns an exit code on error.
@@ -195,43 +170,6 @@ std::optional<int> parseArgs(const Command &c, int argc, char **argv, Args &out)
 //===----------------------------------------------------------------------===//
 // Loading a model
 //===----------------------------------------------------------------------===//
-
-struct Session {
-  mlir::MLIRContext ctx;
-  llvm::SourceMgr sourceMgr;
-
-  Session() {
-    ctx.loadDialect<nnc::nn::NNDialect, mlir::func::FuncDialect>();
-    ctx.printOpOnDiagnostic(false);
-  }
-
-  /// Reads FILE into the source manager; reports a missing file.
-  bool open(const std::string &path) {
-    auto buf = llvm::MemoryBuffer::getFileOrSTDIN(path, /*IsText=*/true);
-    if (std::error_code ec = buf.getError()) {
-      llvm::errs() << "nnc: error: cannot read '" << path << "': " << ec.message() << "\n";
-      return false;
-    }
-    sourceMgr.AddNewSourceBuffer(std::move(*buf), llvm::SMLoc());
-    return true;
-  }
-};
-
-std::optional<int> needFile(const Command &c, const Args &args) {
-  if (args.positional.size() != 1)
-    return usageError(args.positional.empty()
-                          ? std::string("missing the model FILE")
-                          : "expected one FILE, got " + std::to_string(args.positional.size()),
-                      &c);
-  return std::nullopt;
-}
-
-const Command &command(llvm::StringRef name) {
-  for (const Command &c : commands())
-    if (name == c.name)
-      return c;
-  llvm_unreachable("unknown command");
-}
 
 /// A one-line summary of a lowered model.
 void summarize(mlir::ModuleOp module, llvm::raw_ostream &os) {
@@ -352,24 +290,6 @@ int runCompile(const Args &args) {
   return kOk;
 }
 
-/// Parses a numeric option; reports a usage error for a bad value.
-template <typename T>
-std::optional<int> numberOption(const Args &args, const Command &c, const char *name,
-                                T &out) {
-  if (!args.has(name))
-    return std::nullopt;
-  std::string v = args.get(name);
-  char *end = nullptr;
-  double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || x < 0 ||
-      (std::is_integral_v<T> && x != static_cast<double>(static_cast<int64_t>(x))))
-    return usageError("option '--" + std::string(name) + "' needs a non-negative " +
-                          (std::is_integral_v<T> ? "integer" : "number") + ", got '" + v + "'",
-                      &c);
-  out = static_cast<T>(x);
-  return std::nullopt;
-}
-
 int runGradcheck(const Args &args) {
   const Command &c = command("gradcheck");
   if (auto rc = needFile(c, args))
@@ -401,6 +321,55 @@ int runGradcheck(const Args &args) {
 int notYet(const Args &) { return kUserError; }
 
 } // namespace
+
+namespace nnc::driver {
+
+int usageError(const std::string &msg, const Command *c) {
+  llvm::errs() << "nnc: error: " << msg << "\n";
+  llvm::errs() << "Run 'nnc " << (c ? std::string(c->name) + " " : "")
+               << "--help' for usage.\n";
+  return kUsageError;
+}
+
+std::optional<int> needFile(const Command &c, const Args &args) {
+  if (args.positional.size() != 1)
+    return usageError(args.positional.empty()
+                          ? std::string("missing the model FILE")
+                          : "expected one FILE, got " + std::to_string(args.positional.size()),
+                      &c);
+  return std::nullopt;
+}
+
+const Command &command(llvm::StringRef name) {
+  for (const Command &c : commands())
+    if (name == c.name)
+      return c;
+  llvm_unreachable("unknown command");
+}
+
+Session::Session() {
+  ctx.loadDialect<nnc::nn::NNDialect, mlir::func::FuncDialect>();
+  ctx.printOpOnDiagnostic(false);
+}
+
+bool Session::open(const std::string &path) {
+  auto buf = llvm::MemoryBuffer::getFileOrSTDIN(path, /*IsText=*/true);
+  if (std::error_code ec = buf.getError()) {
+    llvm::errs() << "nnc: error: cannot read '" << path << "': " << ec.message() << "\n";
+    return false;
+  }
+  sourceMgr.AddNewSourceBuffer(std::move(*buf), llvm::SMLoc());
+  return true;
+}
+
+mlir::OwningOpRef<mlir::ModuleOp> Session::load(const std::string &path) {
+  auto file = parseSource(sourceMgr, ctx);
+  if (!file)
+    return nullptr;
+  return mlirGen(ctx, *file, path);
+}
+
+} // namespace nnc::driver
 
 int main(int argc, char **argv) {
   if (argc < 2) {

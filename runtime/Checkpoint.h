@@ -1,0 +1,38 @@
+//===- Checkpoint.h - safetensors checkpoints -------------------*- C++ -*-===//
+//
+// Checkpoints are safetensors files: an 8-byte little-endian header size, a
+// JSON header naming each tensor's dtype (F32), shape and byte range, and
+// the raw data. nnc adds string metadata (model, step, epoch, seed) and a
+// CRC-32 of the data section, checked on load. Writes are atomic: the file
+// is written beside the target, flushed, and renamed over it, so an
+// interrupted save leaves the previous checkpoint intact.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_CHECKPOINT_H
+#define NNC_RUNTIME_CHECKPOINT_H
+
+#include "runtime/Status.h"
+#include "runtime/Tensor.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+using Metadata = std::map<std::string, std::string>;
+
+Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &tensors,
+                      const Metadata &metadata);
+
+/// Reads every tensor and the metadata; validates the header, sizes, byte
+/// ranges and checksum, naming the file and what is wrong.
+Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
+                      Metadata &metadata);
+
+uint32_t crc32(const uint8_t *data, size_t size);
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_CHECKPOINT_H

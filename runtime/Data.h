@@ -1,0 +1,55 @@
+//===- Data.h - datasets, CSV, shuffling and mini-batches -------*- C++ -*-===//
+//
+// A dataset is a list of fields, each holding `width` values per sample
+// (MNIST: 784 pixels and 1 label). The training loop maps fields to model
+// inputs. Epoch orders are seeded permutations, so the same seed gives the
+// same batches; the last batch of an epoch may be smaller.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_DATA_H
+#define NNC_RUNTIME_DATA_H
+
+#include "runtime/Mnist.h"
+#include "runtime/Status.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+struct Field {
+  std::string name;
+  int64_t width = 1;
+  bool integer = false;       // labels
+  std::vector<float> values;  // count * width
+};
+
+struct Table {
+  int64_t count = 0;
+  std::vector<Field> fields;
+};
+
+/// MNIST as two fields: "images" (784 values in [0, 1]) and "labels".
+Table fromMnist(const Dataset &mnist);
+
+/// Reads a CSV file: an optional header line, then rows of numbers with the
+/// same number of columns. Each column becomes a one-wide field. Errors name
+/// the file, line and column.
+Status loadCsv(const std::string &path, Table &out);
+
+/// The sample order of epoch `epoch`: a permutation seeded by (seed, epoch)
+/// when `shuffle`, else 0..count-1.
+std::vector<int64_t> epochOrder(int64_t count, uint64_t seed, int64_t epoch, bool shuffle);
+
+/// Splits off the last `fraction` of a seeded permutation as validation data.
+void splitValidation(const Table &all, double fraction, uint64_t seed, Table &train,
+                     Table &validation);
+
+/// The rows `indices` of a table.
+Table gather(const Table &t, const std::vector<int64_t> &indices);
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_DATA_H

@@ -1,0 +1,33 @@
+//===- Tensor.h - host tensors of the runtime -------------------*- C++ -*-===//
+//
+// A named, dense, row-major f32 tensor in host memory: what checkpoints hold
+// and what the training loop passes around. Integer data (labels) travels in
+// Batch as int32.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_TENSOR_H
+#define NNC_RUNTIME_TENSOR_H
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+struct HostTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape)
+      n *= d;
+    return n;
+  }
+};
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_TENSOR_H

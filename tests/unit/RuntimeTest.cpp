@@ -1,0 +1,178 @@
+//===- RuntimeTest.cpp - the MLIR-free runtime ----------------------------===//
+
+#include "runtime/Checkpoint.h"
+#include "runtime/Data.h"
+#include "runtime/Init.h"
+#include "runtime/Mnist.h"
+#include "runtime/Random.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+using namespace nnc::rt;
+
+namespace {
+
+std::string tempPath(const std::string &name) {
+  return ::testing::TempDir() + "/nnc-runtime-" + name;
+}
+
+void writeBytes(const std::string &path, const std::vector<uint8_t> &bytes) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char *>(bytes.data()),
+                                              static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<uint8_t> be32(uint32_t v) {
+  return {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)};
+}
+
+/// A tiny IDX pair: `count` images of 2x2 and their labels.
+void writeIdx(const std::string &images, const std::string &labels, uint32_t count,
+              uint32_t magic = 2051, size_t dropBytes = 0, uint8_t label = 3) {
+  std::vector<uint8_t> img;
+  for (uint32_t v : {magic, count, 2u, 2u})
+    for (uint8_t b : be32(v))
+      img.push_back(b);
+  for (uint32_t i = 0; i < count * 4; ++i)
+    img.push_back(static_cast<uint8_t>(i * 50));
+  img.resize(img.size() - dropBytes);
+  writeBytes(images, img);
+  std::vector<uint8_t> lab;
+  for (uint32_t v : {2049u, count})
+    for (uint8_t b : be32(v))
+      lab.push_back(b);
+  for (uint32_t i = 0; i < count; ++i)
+    lab.push_back(label);
+  writeBytes(labels, lab);
+}
+
+TEST(Runtime, IdxLoaderReadsAndScales) {
+  std::string img = tempPath("ok-img"), lab = tempPath("ok-lab");
+  writeIdx(img, lab, 2);
+  Dataset d;
+  Status s = loadIdx(img, lab, d);
+  ASSERT_TRUE(s.isOk()) << s.message();
+  EXPECT_EQ(d.count, 2);
+  EXPECT_EQ(d.features, 4);
+  EXPECT_FLOAT_EQ(d.images[1], 50.0f / 255.0f);
+  EXPECT_EQ(d.labels[1], 3);
+}
+
+TEST(Runtime, IdxLoaderRejectsBadFiles) {
+  std::string img = tempPath("bad-img"), lab = tempPath("bad-lab");
+  Dataset d;
+  writeIdx(img, lab, 2, 2049);
+  EXPECT_EQ(loadIdx(img, lab, d).message(),
+            img + ": bad magic number 2049 (an IDX images file starts with 2051)");
+  writeIdx(img, lab, 2, 2051, 3);
+  EXPECT_EQ(loadIdx(img, lab, d).message(),
+            img + ": 21 bytes, but 2 images of 2x2 need 24 (truncated)");
+  writeIdx(img, lab, 2, 2051, 0, 12);
+  EXPECT_EQ(loadIdx(img, lab, d).message(), lab + ": label 12 at index 0 is not a digit 0-9");
+  EXPECT_FALSE(loadIdx(img, tempPath("missing"), d).isOk());
+  writeBytes(img, {0, 0});
+  EXPECT_NE(loadIdx(img, lab, d).message().find("truncated header"), std::string::npos);
+}
+
+TEST(Runtime, CheckpointRoundTripAndValidation) {
+  std::string path = tempPath("ckpt.safetensors");
+  std::vector<HostTensor> in = {{"w", {2, 3}, {1, 2, 3, 4, 5, 6}}, {"b", {3}, {-1, 0.5f, 7}}};
+  ASSERT_TRUE(saveCheckpoint(path, in, {{"nnc.step", "12"}}).isOk());
+  std::vector<HostTensor> out;
+  Metadata meta;
+  Status s = loadCheckpoint(path, out, meta);
+  ASSERT_TRUE(s.isOk()) << s.message();
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].name, "w");
+  EXPECT_EQ(out[0].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(out[0].data, in[0].data);
+  EXPECT_EQ(out[1].data, in[1].data);
+  EXPECT_EQ(meta["nnc.step"], "12");
+  // The header is 8-byte aligned JSON, as safetensors requires.
+  std::ifstream f(path, std::ios::binary);
+  uint64_t n = 0;
+  f.read(reinterpret_cast<char *>(&n), 8);
+  EXPECT_EQ(n % 8, 0u);
+
+  // Every truncation is an error, never a crash.
+  std::ifstream whole(path, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(whole)), {});
+  for (size_t cut = 0; cut < bytes.size(); cut += 7) {
+    writeBytes(path + ".cut", std::vector<uint8_t>(bytes.begin(), bytes.begin() + cut));
+    EXPECT_FALSE(loadCheckpoint(path + ".cut", out, meta).isOk()) << "cut at " << cut;
+  }
+  // A flipped data bit fails the checksum.
+  bytes.back() ^= 1;
+  writeBytes(path + ".flip", bytes);
+  EXPECT_NE(loadCheckpoint(path + ".flip", out, meta).message().find("checksum"),
+            std::string::npos);
+}
+
+TEST(Runtime, CsvLoader) {
+  std::string path = tempPath("data.csv");
+  std::ofstream(path) << "a,b\n1,2\n\n3.5, -4\n";
+  Table t;
+  Status s = loadCsv(path, t);
+  ASSERT_TRUE(s.isOk()) << s.message();
+  EXPECT_EQ(t.count, 2);
+  ASSERT_EQ(t.fields.size(), 2u);
+  EXPECT_EQ(t.fields[0].name, "a");
+  EXPECT_EQ(t.fields[1].values, (std::vector<float>{2, -4}));
+  std::ofstream(path) << "1,2\n3,x\n";
+  EXPECT_EQ(loadCsv(path, t).message(), path + ":2:2: 'x' is not a number");
+  std::ofstream(path) << "a,b\n";
+  EXPECT_EQ(loadCsv(path, t).message(), path + ": no data rows");
+}
+
+TEST(Runtime, EpochOrdersAreSeededPermutations) {
+  auto a = epochOrder(100, 1, 1, true), b = epochOrder(100, 1, 1, true);
+  auto c = epochOrder(100, 1, 2, true), d = epochOrder(100, 2, 1, true);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_NE(a, d);
+  EXPECT_EQ(std::set<int64_t>(a.begin(), a.end()).size(), 100u);
+  EXPECT_EQ(epochOrder(3, 1, 1, false), (std::vector<int64_t>{0, 1, 2}));
+  Table all{10, {{"x", 1, false, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}}}};
+  Table train, val;
+  splitValidation(all, 0.3, 1, train, val);
+  EXPECT_EQ(train.count, 7);
+  EXPECT_EQ(val.count, 3);
+  std::set<float> seen(train.fields[0].values.begin(), train.fields[0].values.end());
+  seen.insert(val.fields[0].values.begin(), val.fields[0].values.end());
+  EXPECT_EQ(seen.size(), 10u);
+}
+
+TEST(Runtime, InitializersMatchTheirDistributions) {
+  std::vector<float> v;
+  InitSpec he{"he_normal", {}, 400, 100, {}};
+  ASSERT_TRUE(initialize(he, 1, 0, v, 40000).isOk());
+  double mean = 0, sq = 0;
+  for (float x : v) {
+    mean += x;
+    sq += x * x;
+  }
+  mean /= v.size();
+  double sd = std::sqrt(sq / v.size() - mean * mean);
+  EXPECT_NEAR(mean, 0, 0.003);
+  EXPECT_NEAR(sd, std::sqrt(2.0 / 400), 0.002);
+  InitSpec torch{"torch_default", {}, 25, 0, {}};
+  ASSERT_TRUE(initialize(torch, 1, 0, v, 10000).isOk());
+  float lo = *std::min_element(v.begin(), v.end()), hi = *std::max_element(v.begin(), v.end());
+  EXPECT_GE(lo, -0.2f);
+  EXPECT_LE(hi, 0.2f);
+  EXPECT_LT(lo, -0.19f);
+  EXPECT_GT(hi, 0.19f);
+  std::vector<float> again;
+  ASSERT_TRUE(initialize(torch, 1, 0, again, 10000).isOk());
+  EXPECT_EQ(v, again);
+  ASSERT_TRUE(initialize(torch, 1, 1, again, 10000).isOk());
+  EXPECT_NE(v, again); // another stream (parameter) draws other numbers
+  EXPECT_FALSE(initialize({"xavier_uniform", {}, 0, 0, {}}, 1, 0, v, 4).isOk());
+  EXPECT_FALSE(initialize({"literal", {}, 0, 0, {1, 2}}, 1, 0, v, 3).isOk());
+}
+
+} // namespace
