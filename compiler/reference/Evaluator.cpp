@@ -915,3 +915,18 @@ FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64
                                               : std::round(values[i]);
   return t;
 }
+
+namespace {
+class ReferenceExecutor : public Executor {
+public:
+  FailureOr<std::vector<Tensor>> run(func::FuncOp fn, ArrayRef<Tensor> args,
+                                     const EvalOptions &options) override {
+    return Evaluator(options).run(fn, args);
+  }
+  const char *name() const override { return "reference"; }
+};
+} // namespace
+
+std::unique_ptr<Executor> nnc::ref::createReferenceExecutor() {
+  return std::make_unique<ReferenceExecutor>();
+}

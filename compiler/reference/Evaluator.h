@@ -15,6 +15,7 @@
 #include "mlir/Support/LogicalResult.h"
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace nnc::ref {
@@ -33,6 +34,21 @@ struct EvalOptions {
   uint64_t seed = 0; // dropout masks draw from (seed, step, op)
   uint64_t step = 0;
 };
+
+/// Something that runs nn functions: the reference evaluator below, or a
+/// compiled backend (cpu::createExecutor).
+class Executor {
+public:
+  virtual ~Executor() = default;
+  virtual mlir::FailureOr<std::vector<Tensor>> run(mlir::func::FuncOp fn,
+                                                   llvm::ArrayRef<Tensor> args,
+                                                   const EvalOptions &options) = 0;
+  /// A short name for messages ("reference", "cpu").
+  virtual const char *name() const = 0;
+};
+
+/// The reference evaluator as an Executor.
+std::unique_ptr<Executor> createReferenceExecutor();
 
 class Evaluator {
 public:

@@ -16,9 +16,11 @@ static StringRef attrOf(func::FuncOp fn, unsigned i, StringRef name, bool result
   return a ? a.getValue() : "";
 }
 
-FailureOr<Trainer> Trainer::create(ModuleOp module, uint64_t seed) {
+FailureOr<Trainer> Trainer::create(ModuleOp module, uint64_t seed,
+                                   std::shared_ptr<Executor> executor) {
   Trainer t;
   t.seed = seed;
+  t.executor = executor ? std::move(executor) : std::shared_ptr<Executor>(createReferenceExecutor());
   for (auto fn : module.getOps<func::FuncOp>())
     if (fn.getName().ends_with(kTrainStepSuffix))
       t.trainStep = fn;
@@ -69,8 +71,7 @@ FailureOr<double> Trainer::step(ArrayRef<Tensor> inputs) {
     args[i] = t;
   ++stepCount;
   args[stepArg] = Tensor::scalar(static_cast<double>(stepCount));
-  Evaluator eval(EvalOptions{seed, stepCount});
-  auto results = eval.run(trainStep, args);
+  auto results = executor->run(trainStep, args, EvalOptions{seed, stepCount});
   if (failed(results))
     return failure();
   for (auto [r, a] : updates)
@@ -82,7 +83,7 @@ FailureOr<std::vector<Tensor>> Trainer::evaluate(ArrayRef<Tensor> inputs) {
   std::vector<Tensor> modelArgs(args.begin(), args.begin() + model.getNumArguments());
   for (auto [i, t] : llvm::zip(inputArgs, inputs))
     modelArgs[i] = t;
-  return Evaluator(EvalOptions{seed, stepCount}).run(model, modelArgs);
+  return executor->run(model, modelArgs, EvalOptions{seed, stepCount});
 }
 
 Tensor *Trainer::tensor(StringRef name) {

@@ -23,7 +23,9 @@ class Trainer {
 public:
   /// `module` must hold `@m`, `@m_train_step` (the training pipeline's
   /// output). Parameters are initialized from their initializers with `seed`.
-  static mlir::FailureOr<Trainer> create(mlir::ModuleOp module, uint64_t seed);
+  /// Steps run on `executor` (the reference evaluator by default).
+  static mlir::FailureOr<Trainer> create(mlir::ModuleOp module, uint64_t seed,
+                                         std::shared_ptr<Executor> executor = nullptr);
 
   /// One step on a mini-batch (one tensor per model input, in order).
   /// Returns the loss before the update.
@@ -41,11 +43,13 @@ public:
   uint64_t steps() const { return stepCount; }
   void setSteps(uint64_t n) { stepCount = n; }
   mlir::func::FuncOp modelFunction() const { return model; }
+  const char *backendName() const { return executor->name(); }
 
 private:
   Trainer() = default;
 
   mlir::func::FuncOp model, trainStep;
+  std::shared_ptr<Executor> executor;
   std::vector<Tensor> args;          // one per train-step argument
   std::vector<unsigned> inputArgs;   // indices of the model inputs
   std::vector<std::pair<unsigned, unsigned>> updates; // result -> argument

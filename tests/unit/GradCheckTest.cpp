@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "OpCases.h"
 #include "TestUtil.h"
 
 #include "compiler/reference/GradCheck.h"
@@ -13,106 +14,11 @@
 #include <gtest/gtest.h>
 
 using namespace nnc;
+using nnc::test::Case;
+using nnc::test::cases;
+using nnc::test::model;
 
 namespace {
-
-struct Case {
-  const char *name;
-  std::string body;      // statements between the inputs and the loss
-  std::string inputs = "  input x: f32[B, 4]\n";
-  bool wrtInputs = true;
-};
-
-/// A cubic loss sends a different adjoint to every output element, so no
-/// element's gradient goes unchecked, and it does not degenerate after a
-/// normalization (whose outputs have a fixed sum and sum of squares).
-std::string model(const Case &c) {
-  return "model m {\n" + c.inputs + c.body +
-         "  loss = sum(0.2 * out * out * out + out * out + 0.3 * out)\n  minimize loss\n}\n";
-}
-
-std::vector<Case> cases() {
-  std::vector<Case> v;
-  auto unary = [&](const char *name, const std::string &call) {
-    v.push_back({name, "  param w: f32[4, 3] = normal(std=0.8)\n  h = x @ w - 0.3\n"
-                       "  out = " + call + "\n"});
-  };
-  unary("neg", "-h");
-  unary("exp", "exp(h)");
-  unary("log", "log(h * h + 0.5)");
-  unary("sqrt", "sqrt(h * h + 0.1)");
-  unary("abs", "abs(h)");
-  unary("sigmoid", "sigmoid(h)");
-  unary("tanh", "tanh(h)");
-  unary("relu", "relu(h)");
-  unary("softplus", "softplus(h)");
-  unary("leaky_relu", "leaky_relu(h, alpha=0.2)");
-  unary("identity", "identity(h)");
-  unary("pow_const", "h ** 3");
-  unary("pow_both", "pow(h * h + 0.5, sigmoid(h))");
-  unary("softmax_axis1", "softmax(h, axis=1)");
-  unary("softmax_axis0", "softmax(h, axis=0)");
-  unary("log_softmax", "log_softmax(h)");
-  unary("sum_axis", "sum(h, axis=1, keepdims=true) * h");
-  unary("mean_all", "mean(h) * h");
-  unary("mean_axis0", "mean(h, axis=0) + h");
-  unary("max_axis", "max(h, axis=1, keepdims=true) * h");
-  unary("max_all", "max(h) + h");
-  unary("norm", "norm(h, axis=0, keepdims=true) * h");
-  unary("l2", "l2(w) + h");
-  unary("transpose", "transpose(transpose(h) * 2)");
-  unary("reshape", "reshape(reshape(h, [B, 3, 1]) * 2, [B, 3])");
-  unary("concat", "concat([h, h * h], axis=1) * concat([h, h], axis=1)");
-  unary("dropout", "dropout(h, rate=0.3)");
-  // Broadcasting binary ops: gradients summed back to each operand's shape.
-  v.push_back({"broadcast_ops",
-               "  param a: f32[1, 4] = normal(std=0.5)\n  param b: f32[4] = normal(std=0.5)\n"
-               "  param s: f32 = 0.7\n"
-               "  out = (x + a) * b - x / (b * b + 1) + s * x - a / s\n"});
-  v.push_back({"matmul_both", "  param w: f32[4, 5] = normal()\n  out = (x @ w) @ transpose(w)\n"});
-  v.push_back({"fan_out", "  param w: f32[4, 4] = normal(std=0.5)\n  h = x @ w\n"
-                          "  out = h * h + sigmoid(h) - h @ w\n"});
-  v.push_back({"dense_layers", "  h = tanh(dense(x, 5))\n  out = dense(h, 2)\n"});
-  // Convolution: strides, paddings, groups, non-square kernels.
-  const std::string img = "  input x: f32[B, 4, 7, 6]\n";
-  v.push_back({"conv_basic", "  out = conv2d(x, 3, kernel=3)\n", img});
-  v.push_back({"conv_stride_pad", "  out = conv2d(x, 2, kernel=3, stride=2, padding=1)\n", img});
-  v.push_back({"conv_groups", "  out = conv2d(x, 6, kernel=[3, 2], stride=[2, 1], groups=2)\n", img});
-  v.push_back({"conv_op_form", "  param w: f32[2, 4, 2, 2] = normal(std=0.5)\n"
-                               "  out = conv2d(x, w, padding=[1, 0])\n", img});
-  v.push_back({"max_pool", "  out = max_pool2d(conv2d(x, 2, kernel=2), 2)\n", img});
-  v.push_back({"max_pool_pad", "  out = max_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
-  v.push_back({"avg_pool", "  out = avg_pool2d(conv2d(x, 2, kernel=2), [2, 3], stride=1)\n", img});
-  v.push_back({"avg_pool_pad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
-  v.push_back({"avg_pool_nopad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1, "
-                                 "count_include_pad=false)\n", img});
-  v.push_back({"batch_norm_4d", "  out = batch_norm(conv2d(x, 3, kernel=2))\n", img});
-  v.push_back({"batch_norm_2d", "  param w: f32[4, 3] = normal()\n  out = batch_norm(x @ w)\n"});
-  v.push_back({"group_norm", "  out = group_norm(conv2d(x, 6, kernel=2), groups=3)\n", img});
-  v.push_back({"lrn_odd", "  out = local_response_norm(conv2d(x, 5, kernel=2), size=3, alpha=0.5, "
-                          "beta=0.75, k=1.0)\n", img});
-  v.push_back({"lrn_even", "  out = local_response_norm(conv2d(x, 5, kernel=2), size=4, alpha=0.3, "
-                           "beta=0.6, k=2.0)\n", img});
-  // Losses, each reduction.
-  const std::string cls = "  input x: f32[B, 4]\n  input y: i32[B]\n  input t: f32[B, 3]\n";
-  auto loss = [&](const char *name, const std::string &expr) {
-    v.push_back({name, "  param w: f32[4, 3] = normal()\n  h = x @ w\n  out = " + expr + "\n", cls});
-  };
-  loss("mse_mean", "mse(h, t)");
-  loss("mse_sum", "mse(h, t, reduction=\"sum\")");
-  loss("mse_none", "mse(h, t, reduction=\"none\")");
-  loss("mae", "mae(h, t)");
-  loss("bce", "binary_cross_entropy(sigmoid(h), t)");
-  loss("bce_none", "binary_cross_entropy(sigmoid(h), t, reduction=\"none\")");
-  loss("cross_entropy_labels", "cross_entropy(softmax(h), y)");
-  loss("cross_entropy_probs", "cross_entropy(softmax(h), softmax(t), reduction=\"sum\")");
-  loss("cross_entropy_none", "cross_entropy(softmax(h), y, reduction=\"none\")");
-  loss("softmax_cross_entropy", "softmax_cross_entropy(h, y)");
-  loss("softmax_cross_entropy_sum", "softmax_cross_entropy(h, y, reduction=\"sum\")");
-  loss("softmax_cross_entropy_none", "softmax_cross_entropy(h, y, reduction=\"none\")");
-  loss("one_hot_target", "mse(softmax(h), one_hot(y, 3))");
-  return v;
-}
 
 void PrintTo(const Case &c, std::ostream *os) { *os << c.name; }
 

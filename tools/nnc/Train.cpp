@@ -11,6 +11,7 @@
 
 #include "tools/nnc/Driver.h"
 
+#include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
@@ -350,6 +351,23 @@ int restore(ref::Trainer &t, const Loaded &m, const std::string &path, rt::Metad
   return kOk;
 }
 
+/// The executor for --target: cpu (the default; auto picks it, as no CUDA
+/// device is supported yet) or reference (the evaluator).
+int chooseTarget(const Args &args, const Command &c, std::shared_ptr<ref::Executor> &out) {
+  std::string target = args.get("target", "auto");
+  if (target == "cpu" || target == "auto") {
+    out = cpu::createExecutor();
+  } else if (target == "reference") {
+    out = ref::createReferenceExecutor();
+  } else if (target == "cuda") {
+    llvm::errs() << "nnc: error: --target=cuda is not available in this version of nnc\n";
+    return kUserError;
+  } else {
+    return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
+  }
+  return kOk;
+}
+
 std::string percent(std::optional<double> a) {
   if (!a)
     return "";
@@ -376,17 +394,15 @@ int nnc::driver::runTrain(const Args &args) {
       return *rc;
   if (args.has("lr"))
     lr = lrValue;
-  std::string target = args.get("target", "auto");
-  if (target != "cpu" && target != "auto" && target != "cuda")
-    return usageError("--target must be cpu, cuda or auto, got '" + target + "'", &c);
-  if (target == "cuda") {
-    llvm::errs() << "nnc: error: --target=cuda is not available in this version of nnc\n";
-    return kUserError;
-  }
   if (args.has("resume") && !args.has("checkpoint"))
     return usageError("--resume needs --checkpoint PATH", &c);
 
   Loaded m;
+  // Declared after the model: compiled code refers to its context, so it
+  // must be destroyed first.
+  std::shared_ptr<ref::Executor> executor;
+  if (int rc = chooseTarget(args, c, executor))
+    return rc;
   if (int rc = load(args.positional[0], lr, m))
     return rc;
   if (epochs < 0)
@@ -408,7 +424,7 @@ int nnc::driver::runTrain(const Args &args) {
     data.train = rt::gather(data.train, first);
   }
 
-  auto created = ref::Trainer::create(*m.module, seed);
+  auto created = ref::Trainer::create(*m.module, seed, executor);
   if (failed(created))
     return kUserError;
   ref::Trainer &t = *created;
@@ -437,7 +453,7 @@ int nnc::driver::runTrain(const Args &args) {
   int64_t steps = (data.train.count + batch - 1) / batch;
   llvm::outs() << "training " << m.model.getName() << ": " << data.train.count << " samples, "
                << epochs << " epochs, batch " << batch << ", seed " << seed
-               << " (reference backend)\n";
+               << " (" << t.backendName() << ")\n";
   llvm::outs().flush();
   rt::Progress progress(stdout);
   int64_t samples = 0;
@@ -512,7 +528,10 @@ int nnc::driver::runEval(const Args &args) {
   Data data;
   if (int rc = loadData(m, args, data, 0, 0))
     return rc;
-  auto t = ref::Trainer::create(*m.module, 0);
+  std::shared_ptr<ref::Executor> executor;
+  if (int rc = chooseTarget(args, c, executor))
+    return rc;
+  auto t = ref::Trainer::create(*m.module, 0, executor);
   if (failed(t))
     return kUserError;
   rt::Metadata meta;
@@ -567,7 +586,10 @@ int nnc::driver::runPredict(const Args &args) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
-  auto t = ref::Trainer::create(*m.module, 0);
+  std::shared_ptr<ref::Executor> executor;
+  if (int rc = chooseTarget(args, c, executor))
+    return rc;
+  auto t = ref::Trainer::create(*m.module, 0, executor);
   if (failed(t))
     return kUserError;
   rt::Metadata meta;

@@ -1,0 +1,43 @@
+//===- Jit.h - compiling and running CPU code in process --------*- C++ -*-===//
+//
+// Lowers a loops-level module (LowerToLoops) to the LLVM dialect, optimizes
+// it for the host CPU (its features, AVX-512 where present) and JIT-compiles
+// it. Functions take one pointer per buffer (bare-pointer convention), in
+// the order lowerToLoops gives them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_COMPILER_CODEGEN_CPU_JIT_H
+#define NNC_COMPILER_CODEGEN_CPU_JIT_H
+
+#include "mlir/IR/BuiltinOps.h"
+
+#include <memory>
+#include <string>
+
+namespace mlir {
+class ExecutionEngine;
+} // namespace mlir
+
+namespace nnc::cpu {
+
+/// Lowers loops-level IR in `module` to the LLVM dialect (in place).
+mlir::LogicalResult lowerToLLVM(mlir::ModuleOp module);
+
+class JitModule {
+public:
+  /// Lowers and compiles `module`; reports failures as diagnostics.
+  static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
+  ~JitModule();
+
+  /// Calls `name` with one buffer pointer per argument.
+  mlir::LogicalResult call(llvm::StringRef name, llvm::ArrayRef<void *> buffers);
+
+private:
+  JitModule() = default;
+  std::unique_ptr<mlir::ExecutionEngine> engine;
+};
+
+} // namespace nnc::cpu
+
+#endif // NNC_COMPILER_CODEGEN_CPU_JIT_H

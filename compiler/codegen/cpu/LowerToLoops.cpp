@@ -1,0 +1,704 @@
+//===- LowerToLoops.cpp - nn functions to loops over buffers --------------===//
+//
+// One lowering per core op, in one table keyed by TypeID, each building the
+// op's loop nest with the helpers of `Emitter`. Semantics are those of the
+// reference evaluator's kernels (compiler/reference/Evaluator.cpp), which
+// the CPU tests compare against.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/codegen/cpu/LowerToLoops.h"
+
+#include "dialects/nn/NNOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/Builders.h"
+
+#include "llvm/ADT/DenseMap.h"
+
+#include <functional>
+
+using namespace mlir;
+using namespace nnc;
+namespace nnops = nnc::nn;
+
+namespace {
+
+MemRefType memrefOf(Type t) {
+  auto rt = cast<RankedTensorType>(t);
+  return MemRefType::get(rt.getShape(), rt.getElementType());
+}
+
+ArrayRef<int64_t> shapeOf(Value v) { return cast<ShapedType>(v.getType()).getShape(); }
+
+struct Emitter {
+  OpBuilder &b;
+  Location loc;
+  Operation *op;
+  SmallVector<Value> in, out; // operand and result buffers
+  Value rng;                  // memref<2xi64>: seed, step
+  unsigned &globals;          // counter for unique global names
+  ModuleOp module;
+
+  Value idx(int64_t v) { return b.create<arith::ConstantIndexOp>(loc, v); }
+  Value f32(double v) { return b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v)); }
+  Value load(Value m, ValueRange ivs) { return b.create<memref::LoadOp>(loc, m, ivs); }
+  void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
+
+  /// Nested loops over `bounds`; `body` gets the induction variables.
+  void loops(ArrayRef<int64_t> bounds, function_ref<void(ValueRange)> body) {
+    SmallVector<Value> ivs;
+    std::function<void(size_t)> rec = [&](size_t d) {
+      if (d == bounds.size()) {
+        body(ivs);
+        return;
+      }
+      auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1));
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(f.getBody());
+      ivs.push_back(f.getInductionVar());
+      rec(d + 1);
+      ivs.pop_back();
+    };
+    rec(0);
+  }
+  void fill(Value m, Value v) {
+    loops(shapeOf(m), [&](ValueRange ivs) { store(v, m, ivs); });
+  }
+  /// Indices into `operand` for output indices `ivs`, numpy-broadcast.
+  SmallVector<Value> broadcastIdx(Value operand, ValueRange ivs) {
+    ArrayRef<int64_t> s = shapeOf(operand);
+    size_t lead = ivs.size() - s.size();
+    SmallVector<Value> r;
+    for (size_t i = 0; i < s.size(); ++i)
+      r.push_back(s[i] == 1 ? idx(0) : ivs[lead + i]);
+    return r;
+  }
+  /// `iv * stride - pad + k`, and whether it lies in [0, size).
+  std::pair<Value, Value> window(Value iv, int64_t stride, int64_t pad, Value k, int64_t size) {
+    Value p = b.create<arith::AddIOp>(
+        loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, iv, idx(stride)), idx(pad)),
+        k);
+    Value ok = b.create<arith::AndIOp>(
+        loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, p, idx(0)),
+        b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, p, idx(size)));
+    return {p, ok};
+  }
+  /// Runs `then` under an scf.if.
+  void when(Value cond, function_ref<void()> then) {
+    auto i = b.create<scf::IfOp>(loc, cond, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&i.getThenRegion().front());
+    then();
+  }
+  void accumulate(Value v, Value m, ValueRange ivs) {
+    store(b.create<arith::AddFOp>(loc, load(m, ivs), v), m, ivs);
+  }
+};
+
+using Lowering = std::function<LogicalResult(Emitter &)>;
+
+template <typename OpTy>
+OpTy self(Emitter &e) {
+  return cast<OpTy>(e.op);
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise
+//===----------------------------------------------------------------------===//
+
+Lowering unary(std::function<Value(Emitter &, Value)> f) {
+  return [f](Emitter &e) {
+    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); });
+    return success();
+  };
+}
+
+Value select(Emitter &e, Value cond, Value a, Value b) {
+  return e.b.create<arith::SelectOp>(e.loc, cond, a, b);
+}
+Value positive(Emitter &e, Value x) {
+  return e.b.create<arith::CmpFOp>(e.loc, arith::CmpFPredicate::OGT, x, e.f32(0));
+}
+
+Lowering binary(std::function<Value(Emitter &, Value, Value)> ff,
+                std::function<Value(Emitter &, Value, Value)> fi) {
+  return [ff, fi](Emitter &e) {
+    bool isFloat = isa<FloatType>(getElementTypeOrSelf(e.out[0].getType()));
+    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+      Value a = e.load(e.in[0], e.broadcastIdx(e.in[0], ivs));
+      Value c = e.load(e.in[1], e.broadcastIdx(e.in[1], ivs));
+      e.store(isFloat ? ff(e, a, c) : fi(e, a, c), e.out[0], ivs);
+    });
+    return success();
+  };
+}
+
+template <typename F, typename I>
+Lowering arithmetic() {
+  return binary([](Emitter &e, Value a, Value c) -> Value { return e.b.create<F>(e.loc, a, c); },
+                [](Emitter &e, Value a, Value c) -> Value { return e.b.create<I>(e.loc, a, c); });
+}
+
+LogicalResult broadcastLike(Emitter &e) {
+  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+    e.store(e.load(e.in[0], e.broadcastIdx(e.in[0], ivs)), e.out[0], ivs);
+  });
+  return success();
+}
+
+/// The splitmix64 finalizer, as in runtime/Random.h.
+Value mix64(Emitter &e, Value z) {
+  auto c = [&](uint64_t v) {
+    return e.b.create<arith::ConstantOp>(e.loc, e.b.getI64IntegerAttr(static_cast<int64_t>(v)));
+  };
+  auto xorShift = [&](Value v, int s) {
+    return e.b.create<arith::XOrIOp>(e.loc, v, e.b.create<arith::ShRUIOp>(e.loc, v, c(s)));
+  };
+  z = e.b.create<arith::AddIOp>(e.loc, z, c(0x9e3779b97f4a7c15ULL));
+  z = e.b.create<arith::MulIOp>(e.loc, xorShift(z, 30), c(0xbf58476d1ce4e5b9ULL));
+  z = e.b.create<arith::MulIOp>(e.loc, xorShift(z, 27), c(0x94d049bb133111ebULL));
+  return xorShift(z, 31);
+}
+
+/// A number for a DSL location, as the evaluator's stableId.
+uint64_t stableId(Location loc) {
+  if (auto f = dyn_cast<FileLineColLoc>(loc))
+    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
+  if (auto n = dyn_cast<NameLoc>(loc)) {
+    uint64_t z = stableId(n.getChildLoc()) + 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
+    return stableId(f.getLocations().front());
+  return 0;
+}
+
+LogicalResult dropout(Emitter &e) {
+  auto op = self<nnops::DropoutOp>(e);
+  double rate = op.getRate().convertToDouble();
+  ArrayRef<int64_t> shape = shapeOf(e.out[0]);
+  if (!op.getTraining()) {
+    e.loops(shape, [&](ValueRange ivs) {
+      e.store(e.load(e.in[0], ivs), e.out[0], ivs);
+      e.store(e.f32(1.0), e.out[1], ivs);
+    });
+    return success();
+  }
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto i64 = [&](uint64_t v) {
+    return b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(static_cast<int64_t>(v)));
+  };
+  Value seed = e.load(e.rng, {e.idx(0)}), step = e.load(e.rng, {e.idx(1)});
+  // stream = mix64(step * 1000003 + stableId); key = mix64(seed ^ mix64(stream))
+  Value stream = mix64(e, b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, step, i64(1000003)),
+                                                  i64(stableId(op->getLoc()))));
+  Value key = mix64(e, b.create<arith::XOrIOp>(loc, seed, mix64(e, stream)));
+  float keep = static_cast<float>(1.0 / (1.0 - rate));
+  e.loops(shape, [&](ValueRange ivs) {
+    // The linear index of the element is the counter.
+    Value lin = e.idx(0);
+    for (size_t i = 0; i < ivs.size(); ++i)
+      lin = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, lin, e.idx(shape[i])), ivs[i]);
+    Value counter = b.create<arith::IndexCastOp>(loc, b.getI64Type(), lin);
+    Value bits = mix64(e, b.create<arith::AddIOp>(loc, key, counter));
+    Value top = b.create<arith::ShRUIOp>(loc, bits, i64(11));
+    Value u = b.create<arith::MulFOp>(loc, b.create<arith::UIToFPOp>(loc, b.getF64Type(), top),
+                                      b.create<arith::ConstantOp>(loc, b.getF64FloatAttr(0x1.0p-53)));
+    Value drop = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLT, u,
+                                         b.create<arith::ConstantOp>(loc, b.getF64FloatAttr(rate)));
+    Value m = select(e, drop, e.f32(0.0), e.f32(keep));
+    e.store(m, e.out[1], ivs);
+    e.store(b.create<arith::MulFOp>(loc, e.load(e.in[0], ivs), m), e.out[0], ivs);
+  });
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Shapes, reductions, linear algebra
+//===----------------------------------------------------------------------===//
+
+LogicalResult constant(Emitter &e) {
+  auto value = cast<DenseElementsAttr>(self<nnops::ConstantOp>(e).getValue());
+  if (value.isSplat()) {
+    Attribute v = value.getSplatValue<Attribute>();
+    e.fill(e.out[0], e.b.create<arith::ConstantOp>(e.loc, cast<TypedAttr>(v)));
+    return success();
+  }
+  auto type = cast<MemRefType>(e.out[0].getType());
+  std::string name = "nnc_const_" + std::to_string(e.globals++);
+  {
+    OpBuilder::InsertionGuard guard(e.b);
+    e.b.setInsertionPointToStart(e.module.getBody());
+    e.b.create<memref::GlobalOp>(e.loc, name, e.b.getStringAttr("private"), type, value,
+                                 /*constant=*/true, IntegerAttr());
+  }
+  Value g = e.b.create<memref::GetGlobalOp>(e.loc, type, name);
+  e.b.create<memref::CopyOp>(e.loc, g, e.out[0]);
+  return success();
+}
+
+/// Copies between buffers of the same element count in row-major order.
+LogicalResult reshape(Emitter &e) {
+  ArrayRef<int64_t> src = shapeOf(e.in[0]), dst = shapeOf(e.out[0]);
+  auto flat = [&](Value m, ArrayRef<int64_t> s) -> Value {
+    if (s.size() == 1)
+      return m;
+    if (s.empty())
+      return e.b.create<memref::ExpandShapeOp>(e.loc, MemRefType::get({1}, getElementTypeOrSelf(m.getType())),
+                                               m, ArrayRef<ReassociationIndices>{});
+    ReassociationIndices all;
+    for (size_t i = 0; i < s.size(); ++i)
+      all.push_back(i);
+    return e.b.create<memref::CollapseShapeOp>(e.loc, m, ArrayRef<ReassociationIndices>{all});
+  };
+  e.b.create<memref::CopyOp>(e.loc, flat(e.in[0], src), flat(e.out[0], dst));
+  return success();
+}
+
+LogicalResult transpose(Emitter &e) {
+  ArrayRef<int64_t> perm = self<nnops::TransposeOp>(e).getPerm();
+  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+    SmallVector<Value> src(perm.size());
+    for (size_t i = 0; i < perm.size(); ++i)
+      src[perm[i]] = ivs[i];
+    e.store(e.load(e.in[0], src), e.out[0], ivs);
+  });
+  return success();
+}
+
+LogicalResult slice(Emitter &e) {
+  auto op = self<nnops::SliceOp>(e);
+  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+    SmallVector<Value> src(ivs);
+    src[op.getAxis()] = e.b.create<arith::AddIOp>(e.loc, ivs[op.getAxis()], e.idx(op.getStart()));
+    e.store(e.load(e.in[0], src), e.out[0], ivs);
+  });
+  return success();
+}
+
+LogicalResult concat(Emitter &e) {
+  int64_t axis = self<nnops::ConcatOp>(e).getAxis(), offset = 0;
+  for (Value in : e.in) {
+    e.loops(shapeOf(in), [&](ValueRange ivs) {
+      SmallVector<Value> dst(ivs);
+      dst[axis] = e.b.create<arith::AddIOp>(e.loc, ivs[axis], e.idx(offset));
+      e.store(e.load(in, ivs), e.out[0], dst);
+    });
+    offset += shapeOf(in)[axis];
+  }
+  return success();
+}
+
+/// sum (max = false) or max over `axes` into the output.
+LogicalResult reduce(Emitter &e, bool max) {
+  ArrayRef<int64_t> axes = cast<DenseI64ArrayAttr>(e.op->getAttr("axes")).asArrayRef();
+  auto keep = e.op->getAttrOfType<BoolAttr>("keepdims");
+  bool keepdims = keep && keep.getValue();
+  ArrayRef<int64_t> in = shapeOf(e.in[0]);
+  e.fill(e.out[0], e.f32(max ? -std::numeric_limits<float>::infinity() : 0.0));
+  e.loops(in, [&](ValueRange ivs) {
+    SmallVector<Value> o;
+    for (size_t i = 0; i < in.size(); ++i) {
+      bool reduced = axes.empty() || llvm::is_contained(axes, static_cast<int64_t>(i));
+      if (!reduced)
+        o.push_back(ivs[i]);
+      else if (keepdims)
+        o.push_back(e.idx(0));
+    }
+    Value v = e.load(e.in[0], ivs), acc = e.load(e.out[0], o);
+    Value r = max ? e.b.create<arith::MaximumFOp>(e.loc, acc, v).getResult()
+                  : e.b.create<arith::AddFOp>(e.loc, acc, v).getResult();
+    e.store(r, e.out[0], o);
+  });
+  return success();
+}
+
+LogicalResult count(Emitter &e) {
+  ArrayRef<int64_t> axes = self<nnops::CountOp>(e).getAxes();
+  ArrayRef<int64_t> s = shapeOf(e.in[0]);
+  double n = 1;
+  for (size_t i = 0; i < s.size(); ++i)
+    if (axes.empty() || llvm::is_contained(axes, static_cast<int64_t>(i)))
+      n *= static_cast<double>(s[i]);
+  e.store(e.f32(n), e.out[0], {});
+  return success();
+}
+
+LogicalResult matmul(Emitter &e) {
+  ArrayRef<int64_t> a = shapeOf(e.in[0]), c = shapeOf(e.in[1]);
+  e.fill(e.out[0], e.f32(0));
+  // i-k-j order: the inner loop streams rows of both B and C (vectorizable).
+  e.loops({a[0], a[1]}, [&](ValueRange ik) {
+    Value aik = e.load(e.in[0], ik);
+    e.loops({c[1]}, [&](ValueRange j) {
+      Value prod = e.b.create<arith::MulFOp>(e.loc, aik, e.load(e.in[1], {ik[1], j[0]}));
+      e.accumulate(prod, e.out[0], {ik[0], j[0]});
+    });
+  });
+  return success();
+}
+
+LogicalResult oneHot(Emitter &e) {
+  ArrayRef<int64_t> s = shapeOf(e.in[0]);
+  int64_t classes = shapeOf(e.out[0]).back();
+  e.fill(e.out[0], e.f32(0));
+  e.loops(s, [&](ValueRange ivs) {
+    Value label = e.b.create<arith::IndexCastOp>(e.loc, e.b.getIndexType(), e.load(e.in[0], ivs));
+    Value ok = e.b.create<arith::AndIOp>(
+        e.loc, e.b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::sge, label, e.idx(0)),
+        e.b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::slt, label, e.idx(classes)));
+    e.when(ok, [&] {
+      SmallVector<Value> o(ivs);
+      o.push_back(label);
+      e.store(e.f32(1.0), e.out[0], o);
+    });
+  });
+  return success();
+}
+
+LogicalResult argmax(Emitter &e) {
+  int64_t axis = self<nnops::ArgmaxOp>(e).getAxis();
+  ArrayRef<int64_t> s = shapeOf(e.in[0]);
+  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+    auto at = [&](Value k) {
+      SmallVector<Value> i(ivs.begin(), ivs.begin() + axis);
+      i.push_back(k);
+      i.append(ivs.begin() + axis, ivs.end());
+      return i;
+    };
+    Value first = e.load(e.in[0], at(e.idx(0)));
+    auto loop = e.b.create<scf::ForOp>(e.loc, e.idx(1), e.idx(s[axis]), e.idx(1),
+                                       ValueRange{first, e.idx(0)});
+    {
+      OpBuilder::InsertionGuard guard(e.b);
+      e.b.setInsertionPointToStart(loop.getBody());
+      Value k = loop.getInductionVar();
+      Value v = e.load(e.in[0], at(k));
+      Value better = e.b.create<arith::CmpFOp>(e.loc, arith::CmpFPredicate::OGT, v,
+                                               loop.getRegionIterArgs()[0]);
+      e.b.create<scf::YieldOp>(e.loc, ValueRange{select(e, better, v, loop.getRegionIterArgs()[0]),
+                                                 select(e, better, k, loop.getRegionIterArgs()[1])});
+    }
+    Value best = e.b.create<arith::IndexCastOp>(e.loc, e.b.getI32Type(), loop.getResult(1));
+    e.store(best, e.out[0], ivs);
+  });
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Convolution, pooling, channel windows
+//===----------------------------------------------------------------------===//
+
+/// Emits the taps of a convolution with input shape `x`, weight `w`, output
+/// `y`; `tap(xIdx, wIdx, yIdx)` runs for every in-bounds multiply.
+void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int64_t> y,
+              ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups,
+              function_ref<void(ValueRange, ValueRange, ValueRange)> tap) {
+  int64_t og = w[0] / groups, cg = x[1] / groups;
+  e.loops({y[0], y[1], y[2], y[3], cg, w[2], w[3]}, [&](ValueRange iv) {
+    Value n = iv[0], o = iv[1], i = iv[2], j = iv[3], c = iv[4], p = iv[5], q = iv[6];
+    auto [ih, okh] = e.window(i, stride[0], pad[0], p, x[2]);
+    auto [iw, okw] = e.window(j, stride[1], pad[1], q, x[3]);
+    Value g = e.b.create<arith::DivUIOp>(e.loc, o, e.idx(og));
+    Value ic = e.b.create<arith::AddIOp>(e.loc, e.b.create<arith::MulIOp>(e.loc, g, e.idx(cg)), c);
+    e.when(e.b.create<arith::AndIOp>(e.loc, okh, okw), [&] {
+      tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
+    });
+  });
+}
+
+LogicalResult conv2d(Emitter &e) {
+  auto op = self<nnops::Conv2dOp>(e);
+  e.fill(e.out[0], e.f32(0));
+  convTaps(e, shapeOf(e.in[0]), shapeOf(e.in[1]), shapeOf(e.out[0]), op.getStride(),
+           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
+             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[0], xi), e.load(e.in[1], wi)),
+                          e.out[0], yi);
+           });
+  return success();
+}
+
+LogicalResult conv2dGradInput(Emitter &e) {
+  auto op = self<nnops::Conv2dGradInputOp>(e);
+  e.fill(e.out[0], e.f32(0));
+  convTaps(e, shapeOf(e.out[0]), shapeOf(e.in[1]), shapeOf(e.in[0]), op.getStride(),
+           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
+             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[1], wi), e.load(e.in[0], yi)),
+                          e.out[0], xi);
+           });
+  return success();
+}
+
+LogicalResult conv2dGradWeight(Emitter &e) {
+  auto op = self<nnops::Conv2dGradWeightOp>(e);
+  e.fill(e.out[0], e.f32(0));
+  convTaps(e, shapeOf(e.in[0]), shapeOf(e.out[0]), shapeOf(e.in[1]), op.getStride(),
+           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
+             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[0], xi), e.load(e.in[1], yi)),
+                          e.out[0], wi);
+           });
+  return success();
+}
+
+/// The first maximum of a pooling window: (value, h, w) and whether found.
+struct WindowMax {
+  Value value, h, w, found;
+};
+
+WindowMax windowMax(Emitter &e, Value x, ValueRange nc, Value i, Value j, ArrayRef<int64_t> k,
+                    ArrayRef<int64_t> s, ArrayRef<int64_t> p, ArrayRef<int64_t> in) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value init[] = {e.f32(-std::numeric_limits<float>::infinity()), e.idx(0), e.idx(0),
+                  b.create<arith::ConstantOp>(loc, b.getBoolAttr(false))};
+  auto outer = b.create<scf::ForOp>(loc, e.idx(0), e.idx(k[0]), e.idx(1), ValueRange(init));
+  {
+    OpBuilder::InsertionGuard g1(b);
+    b.setInsertionPointToStart(outer.getBody());
+    auto inner = b.create<scf::ForOp>(loc, e.idx(0), e.idx(k[1]), e.idx(1), outer.getRegionIterArgs());
+    {
+      OpBuilder::InsertionGuard g2(b);
+      b.setInsertionPointToStart(inner.getBody());
+      auto [ih, okh] = e.window(i, s[0], p[0], outer.getInductionVar(), in[2]);
+      auto [iw, okw] = e.window(j, s[1], p[1], inner.getInductionVar(), in[3]);
+      Value ok = b.create<arith::AndIOp>(loc, okh, okw);
+      // Clamp the indices so the (discarded) load of a padded tap is in bounds.
+      Value ch = select(e, ok, ih, e.idx(0)), cw = select(e, ok, iw, e.idx(0));
+      Value v = e.load(x, {nc[0], nc[1], ch, cw});
+      ValueRange acc = inner.getRegionIterArgs();
+      Value firstFound = b.create<arith::AndIOp>(
+          loc, ok, b.create<arith::XOrIOp>(loc, acc[3], b.create<arith::ConstantOp>(loc, b.getBoolAttr(true))));
+      Value greater = b.create<arith::AndIOp>(
+          loc, ok, b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OGT, v, acc[0]));
+      Value take = b.create<arith::OrIOp>(loc, firstFound, greater);
+      b.create<scf::YieldOp>(loc, ValueRange{select(e, take, v, acc[0]), select(e, take, ih, acc[1]),
+                                             select(e, take, iw, acc[2]),
+                                             b.create<arith::OrIOp>(loc, acc[3], ok)});
+    }
+    b.create<scf::YieldOp>(loc, inner.getResults());
+  }
+  return {outer.getResult(0), outer.getResult(1), outer.getResult(2), outer.getResult(3)};
+}
+
+LogicalResult maxPool(Emitter &e) {
+  auto op = self<nnops::MaxPool2dOp>(e);
+  e.loops(shapeOf(e.out[0]), [&](ValueRange iv) {
+    WindowMax m = windowMax(e, e.in[0], iv.take_front(2), iv[2], iv[3], op.getKernel(),
+                            op.getStride(), op.getPadding(), shapeOf(e.in[0]));
+    e.store(m.value, e.out[0], iv);
+  });
+  return success();
+}
+
+LogicalResult maxPoolGrad(Emitter &e) {
+  auto op = self<nnops::MaxPool2dGradOp>(e);
+  e.fill(e.out[0], e.f32(0));
+  e.loops(shapeOf(e.in[0]), [&](ValueRange iv) {
+    WindowMax m = windowMax(e, e.in[1], iv.take_front(2), iv[2], iv[3], op.getKernel(),
+                            op.getStride(), op.getPadding(), shapeOf(e.in[1]));
+    e.when(m.found, [&] { e.accumulate(e.load(e.in[0], iv), e.out[0], {iv[0], iv[1], m.h, m.w}); });
+  });
+  return success();
+}
+
+/// Average pooling forward (grad = false) or backward.
+LogicalResult avgPool(Emitter &e, bool grad) {
+  ArrayRef<int64_t> k = cast<DenseI64ArrayAttr>(e.op->getAttr("kernel")).asArrayRef();
+  ArrayRef<int64_t> s = cast<DenseI64ArrayAttr>(e.op->getAttr("stride")).asArrayRef();
+  ArrayRef<int64_t> p = cast<DenseI64ArrayAttr>(e.op->getAttr("padding")).asArrayRef();
+  auto include = e.op->getAttrOfType<BoolAttr>("count_include_pad");
+  bool includePad = !include || include.getValue();
+  Value x = grad ? e.in[1] : e.in[0];
+  ArrayRef<int64_t> in = shapeOf(x), out = grad ? shapeOf(e.in[0]) : shapeOf(e.out[0]);
+  e.fill(e.out[0], e.f32(0));
+  e.loops(out, [&](ValueRange iv) {
+    // The divisor: the window size, or its in-bounds part.
+    Value div = e.f32(static_cast<double>(k[0] * k[1]));
+    if (!includePad) {
+      auto count = [&](Value i, int64_t st, int64_t pd, int64_t kk, int64_t size) {
+        Value lo = e.b.create<arith::MaxSIOp>(
+            e.loc, e.b.create<arith::SubIOp>(e.loc, e.b.create<arith::MulIOp>(e.loc, i, e.idx(st)), e.idx(pd)),
+            e.idx(0));
+        Value hi = e.b.create<arith::MinSIOp>(
+            e.loc, e.b.create<arith::AddIOp>(
+                       e.loc, e.b.create<arith::SubIOp>(e.loc, e.b.create<arith::MulIOp>(e.loc, i, e.idx(st)), e.idx(pd)),
+                       e.idx(kk)),
+            e.idx(size));
+        return e.b.create<arith::SubIOp>(e.loc, hi, lo);
+      };
+      Value n = e.b.create<arith::MulIOp>(e.loc, count(iv[2], s[0], p[0], k[0], in[2]),
+                                          count(iv[3], s[1], p[1], k[1], in[3]));
+      div = e.b.create<arith::SIToFPOp>(
+          e.loc, e.b.getF32Type(), e.b.create<arith::IndexCastOp>(e.loc, e.b.getI64Type(), n));
+    }
+    Value dy = grad ? e.b.create<arith::DivFOp>(e.loc, e.load(e.in[0], iv), div).getResult() : Value();
+    e.loops({k[0], k[1]}, [&](ValueRange kk) {
+      auto [ih, okh] = e.window(iv[2], s[0], p[0], kk[0], in[2]);
+      auto [iw, okw] = e.window(iv[3], s[1], p[1], kk[1], in[3]);
+      e.when(e.b.create<arith::AndIOp>(e.loc, okh, okw), [&] {
+        SmallVector<Value> xi = {iv[0], iv[1], ih, iw};
+        if (grad)
+          e.accumulate(dy, e.out[0], xi);
+        else
+          e.accumulate(e.b.create<arith::DivFOp>(e.loc, e.load(x, xi), div), e.out[0], iv);
+      });
+    });
+  });
+  return success();
+}
+
+LogicalResult channelWindowSum(Emitter &e) {
+  auto op = self<nnops::ChannelWindowSumOp>(e);
+  ArrayRef<int64_t> s = shapeOf(e.in[0]);
+  int64_t before = op.getBefore(), after = op.getAfter();
+  e.fill(e.out[0], e.f32(0));
+  e.loops(s, [&](ValueRange iv) {
+    e.loops({before + after + 1}, [&](ValueRange d) {
+      Value c = e.b.create<arith::SubIOp>(e.loc, e.b.create<arith::AddIOp>(e.loc, iv[1], d[0]),
+                                          e.idx(before));
+      Value ok = e.b.create<arith::AndIOp>(
+          e.loc, e.b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::sge, c, e.idx(0)),
+          e.b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::slt, c, e.idx(s[1])));
+      e.when(ok, [&] {
+        SmallVector<Value> src(iv);
+        src[1] = c;
+        e.accumulate(e.load(e.in[0], src), e.out[0], iv);
+      });
+    });
+  });
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// The table
+//===----------------------------------------------------------------------===//
+
+template <typename OpTy>
+std::pair<TypeID, Lowering> entry(Lowering l) {
+  return {TypeID::get<OpTy>(), std::move(l)};
+}
+
+const llvm::DenseMap<TypeID, Lowering> &lowerings() {
+  static const llvm::DenseMap<TypeID, Lowering> table = [] {
+    llvm::DenseMap<TypeID, Lowering> t;
+    auto add = [&](std::pair<TypeID, Lowering> e) { t.insert(std::move(e)); };
+    using E = Emitter;
+    add(entry<nnops::ConstantOp>(constant));
+    add(entry<nnops::NegOp>(unary([](E &e, Value x) -> Value { return e.b.create<arith::NegFOp>(e.loc, x); })));
+    add(entry<nnops::ExpOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::ExpOp>(e.loc, x); })));
+    add(entry<nnops::LogOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::LogOp>(e.loc, x); })));
+    add(entry<nnops::SqrtOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::SqrtOp>(e.loc, x); })));
+    add(entry<nnops::AbsOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::AbsFOp>(e.loc, x); })));
+    add(entry<nnops::TanhOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::TanhOp>(e.loc, x); })));
+    add(entry<nnops::SigmoidOp>(unary([](E &e, Value x) -> Value {
+      Value ex = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, x));
+      return e.b.create<arith::DivFOp>(e.loc, e.f32(1.0), e.b.create<arith::AddFOp>(e.loc, e.f32(1.0), ex));
+    })));
+    add(entry<nnops::ReluOp>(unary([](E &e, Value x) { return select(e, positive(e, x), x, e.f32(0)); })));
+    add(entry<nnops::StepOp>(unary([](E &e, Value x) { return select(e, positive(e, x), e.f32(1), e.f32(0)); })));
+    add(entry<nnops::IdentityOp>(unary([](E &, Value x) { return x; })));
+    add(entry<nnops::SoftplusOp>(unary([](E &e, Value x) -> Value {
+      // max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|.
+      Value m = select(e, positive(e, x), x, e.f32(0));
+      Value t = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, e.b.create<math::AbsFOp>(e.loc, x)));
+      return e.b.create<arith::AddFOp>(e.loc, m, e.b.create<math::Log1pOp>(e.loc, t));
+    })));
+    add(entry<nnops::LeakyReluOp>([](E &e) {
+      double a = self<nnops::LeakyReluOp>(e).getAlpha().convertToDouble();
+      return unary([a](E &e, Value x) {
+        return select(e, positive(e, x), x, e.b.create<arith::MulFOp>(e.loc, x, e.f32(a)));
+      })(e);
+    }));
+    add(entry<nnops::DropoutOp>(dropout));
+    add(entry<nnops::AddOp>(arithmetic<arith::AddFOp, arith::AddIOp>()));
+    add(entry<nnops::SubOp>(arithmetic<arith::SubFOp, arith::SubIOp>()));
+    add(entry<nnops::MulOp>(arithmetic<arith::MulFOp, arith::MulIOp>()));
+    add(entry<nnops::DivOp>(arithmetic<arith::DivFOp, arith::DivSIOp>()));
+    add(entry<nnops::PowOp>(binary(
+        [](E &e, Value a, Value c) -> Value { return e.b.create<math::PowFOp>(e.loc, a, c); },
+        [](E &e, Value a, Value c) -> Value {
+          // Integer powers go through f32 (exact for the small values labels take).
+          Type f = e.b.getF32Type(), i = a.getType();
+          Value p = e.b.create<math::PowFOp>(e.loc, e.b.create<arith::SIToFPOp>(e.loc, f, a),
+                                             e.b.create<arith::SIToFPOp>(e.loc, f, c));
+          return e.b.create<arith::FPToSIOp>(e.loc, i, p);
+        })));
+    add(entry<nnops::BroadcastLikeOp>(broadcastLike));
+    add(entry<nnops::ReshapeOp>(reshape));
+    add(entry<nnops::TransposeOp>(transpose));
+    add(entry<nnops::SliceOp>(slice));
+    add(entry<nnops::ConcatOp>(concat));
+    add(entry<nnops::ReduceSumOp>([](E &e) { return reduce(e, false); }));
+    add(entry<nnops::ReduceMaxOp>([](E &e) { return reduce(e, true); }));
+    add(entry<nnops::CountOp>(count));
+    add(entry<nnops::MatmulOp>(matmul));
+    add(entry<nnops::OneHotOp>(oneHot));
+    add(entry<nnops::ArgmaxOp>(argmax));
+    add(entry<nnops::Conv2dOp>(conv2d));
+    add(entry<nnops::Conv2dGradInputOp>(conv2dGradInput));
+    add(entry<nnops::Conv2dGradWeightOp>(conv2dGradWeight));
+    add(entry<nnops::MaxPool2dOp>(maxPool));
+    add(entry<nnops::MaxPool2dGradOp>(maxPoolGrad));
+    add(entry<nnops::AvgPool2dOp>([](E &e) { return avgPool(e, false); }));
+    add(entry<nnops::AvgPool2dGradOp>([](E &e) { return avgPool(e, true); }));
+    add(entry<nnops::ChannelWindowSumOp>(channelWindowSum));
+    return t;
+  }();
+  return table;
+}
+
+} // namespace
+
+LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name) {
+  MLIRContext *ctx = fn.getContext();
+  ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect>();
+  OpBuilder b(ctx);
+  SmallVector<Type> argTypes;
+  for (Type t : fn.getArgumentTypes())
+    argTypes.push_back(memrefOf(t));
+  for (Type t : fn.getResultTypes())
+    argTypes.push_back(memrefOf(t));
+  argTypes.push_back(MemRefType::get({2}, b.getI64Type()));
+  b.setInsertionPointToEnd(target.getBody());
+  auto lowered = b.create<func::FuncOp>(fn.getLoc(), name, b.getFunctionType(argTypes, {}));
+  Block *body = lowered.addEntryBlock();
+  b.setInsertionPointToStart(body);
+
+  llvm::DenseMap<Value, Value> buffers;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i)
+    buffers[fn.getArgument(i)] = body->getArgument(i);
+  Value rng = body->getArguments().back();
+  SmallVector<Value> allocs;
+  unsigned globals = 0;
+  for (Operation &op : fn.front().without_terminator()) {
+    auto it = lowerings().find(op.getName().getTypeID());
+    if (it == lowerings().end())
+      return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
+    Emitter e{b, op.getLoc(), &op, {}, {}, rng, globals, target};
+    for (Value v : op.getOperands())
+      e.in.push_back(buffers.lookup(v));
+    for (Value r : op.getResults()) {
+      Value m = b.create<memref::AllocOp>(op.getLoc(), memrefOf(r.getType()), b.getI64IntegerAttr(64));
+      allocs.push_back(m);
+      e.out.push_back(m);
+      buffers[r] = m;
+    }
+    if (failed(it->second(e)))
+      return failure();
+  }
+  Operation *ret = fn.front().getTerminator();
+  for (auto [i, v] : llvm::enumerate(ret->getOperands()))
+    b.create<memref::CopyOp>(fn.getLoc(), buffers.lookup(v),
+                             body->getArgument(fn.getNumArguments() + i));
+  for (Value m : allocs)
+    b.create<memref::DeallocOp>(fn.getLoc(), m);
+  b.create<func::ReturnOp>(fn.getLoc());
+  return success();
+}

@@ -1,0 +1,178 @@
+//===- Specialize.cpp - fixed batch sizes and core ops --------------------===//
+
+#include "compiler/codegen/cpu/Specialize.h"
+#include "compiler/transforms/GradBuilder.h"
+
+#include "dialects/nn/NNOps.h"
+
+#include "mlir/Interfaces/InferTypeOpInterface.h"
+
+using namespace mlir;
+using namespace nnc;
+namespace nnops = nnc::nn;
+
+static RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
+
+LogicalResult cpu::specializeBatch(func::FuncOp fn, int64_t batch) {
+  Block &body = fn.front();
+  for (BlockArgument arg : body.getArguments()) {
+    RankedTensorType t = typeOf(arg);
+    SmallVector<int64_t> shape;
+    for (int64_t d : t.getShape())
+      shape.push_back(ShapedType::isDynamic(d) ? batch : d);
+    arg.setType(RankedTensorType::get(shape, t.getElementType()));
+  }
+  for (Operation &op : body.without_terminator()) {
+    auto infer = dyn_cast<InferTypeOpInterface>(&op);
+    if (!infer)
+      return op.emitError("cannot specialize '") << op.getName() << "'";
+    SmallVector<Type> types;
+    if (failed(infer.inferReturnTypes(op.getContext(), op.getLoc(), op.getOperands(),
+                                      op.getAttrDictionary(), op.getPropertiesStorage(),
+                                      op.getRegions(), types)))
+      return failure();
+    for (auto [r, t] : llvm::zip(op.getResults(), types))
+      r.setType(t);
+  }
+  fn.setType(FunctionType::get(fn.getContext(), body.getArgumentTypes(),
+                               body.getTerminator()->getOperandTypes()));
+  return success();
+}
+
+namespace {
+
+/// Builds the core-op form of one composite op; returns its replacement
+/// values, or an empty vector to keep the op.
+SmallVector<Value> expand(Operation *op, GradBuilder &g) {
+  OpBuilder &b = g.builder();
+  auto axisAttr = [&](int64_t a) { return b.getNamedAttr("axis", b.getI64IntegerAttr(a)); };
+  auto exp = [&](Value v) { return g.make<nnops::ExpOp>({v}); };
+  auto log = [&](Value v) { return g.make<nnops::LogOp>({v}); };
+  auto sqrt = [&](Value v) { return g.make<nnops::SqrtOp>({v}); };
+  // Losses: per-item values reduced by the op's `reduction`.
+  auto reduceLoss = [&](Value perItem) -> Value {
+    auto r = op->getAttrOfType<StringAttr>("reduction");
+    StringRef red = r ? r.getValue() : "mean";
+    if (red == "none")
+      return perItem;
+    Value s = g.sumAxes(perItem, {}, false);
+    return red == "sum" ? s : g.div(s, g.count(perItem, {}));
+  };
+  auto rowSum = [&](Value v) { return g.sumAxes(v, {1}, false); };
+  auto onehot = [&](Value labels, int64_t classes) {
+    return g.make<nnops::OneHotOp>({labels},
+                                   {b.getNamedAttr("num_classes", b.getI64IntegerAttr(classes))});
+  };
+  auto clampedLog = [&](Value v) {
+    return g.sub(g.make<nnops::ReluOp>({g.add(log(v), 100.0)}), g.scalar(100.0));
+  };
+
+  if (auto o = dyn_cast<nnops::SoftmaxOp>(op)) {
+    int64_t a = o.getAxis();
+    Value e = exp(g.sub(o.getInput(), g.make<nnops::ReduceMaxOp>(
+                                          {o.getInput()}, {b.getNamedAttr("axes", b.getDenseI64ArrayAttr({a})),
+                                                           b.getNamedAttr("keepdims", b.getBoolAttr(true))})));
+    return {g.div(e, g.sumAxes(e, {a}, true))};
+  }
+  if (auto o = dyn_cast<nnops::LogSoftmaxOp>(op)) {
+    int64_t a = o.getAxis();
+    Value z = g.sub(o.getInput(), g.make<nnops::ReduceMaxOp>(
+                                      {o.getInput()}, {b.getNamedAttr("axes", b.getDenseI64ArrayAttr({a})),
+                                                       b.getNamedAttr("keepdims", b.getBoolAttr(true))}));
+    return {g.sub(z, log(g.sumAxes(exp(z), {a}, true)))};
+  }
+  if (auto o = dyn_cast<nnops::BatchNormOp>(op)) {
+    Value x = o.getInput();
+    int64_t rank = typeOf(x).getRank();
+    SmallVector<int64_t> axes = allButChannels(rank);
+    double eps = o.getEps().convertToDouble();
+    Value mean, var;
+    if (o.getTraining()) {
+      mean = g.meanAxes(x, axes, true);
+      Value xc = g.sub(x, mean);
+      var = g.meanAxes(g.mul(xc, xc), axes, true);
+    } else {
+      mean = g.channels(o.getRunningMean(), rank);
+      var = g.channels(o.getRunningVar(), rank);
+    }
+    Value xhat = g.div(g.sub(x, mean), sqrt(g.add(var, eps)));
+    return {g.add(g.mul(xhat, g.channels(o.getGamma(), rank)), g.channels(o.getBeta(), rank))};
+  }
+  if (auto o = dyn_cast<nnops::GroupNormOp>(op)) {
+    Value x = o.getInput();
+    RankedTensorType xt = typeOf(x);
+    int64_t rank = xt.getRank(), groups = o.getGroups(), per = xt.getDimSize(1) / groups;
+    for (int64_t i = 2; i < rank; ++i)
+      per *= xt.getDimSize(i);
+    Value xr = g.reshapeTo(x, {xt.getDimSize(0), groups, per});
+    Value xc = g.sub(xr, g.meanAxes(xr, {2}, true));
+    Value var = g.meanAxes(g.mul(xc, xc), {2}, true);
+    Value xhat = g.reshapeTo(g.div(xc, sqrt(g.add(var, o.getEps().convertToDouble()))),
+                             xt.getShape());
+    return {g.add(g.mul(xhat, g.channels(o.getGamma(), rank)), g.channels(o.getBeta(), rank))};
+  }
+  if (auto o = dyn_cast<nnops::LocalResponseNormOp>(op)) {
+    int64_t n = o.getSize();
+    Value x = o.getInput();
+    Value s = g.make<nnops::ChannelWindowSumOp>(
+        {g.mul(x, x)}, {b.getNamedAttr("before", b.getI64IntegerAttr(n / 2)),
+                        b.getNamedAttr("after", b.getI64IntegerAttr((n - 1) / 2))});
+    Value d = g.add(g.mul(s, o.getAlpha().convertToDouble() / n), o.getK().convertToDouble());
+    return {g.mul(x, g.make<nnops::PowOp>({d, g.scalar(-o.getBeta().convertToDouble())}))};
+  }
+  if (auto o = dyn_cast<nnops::ReduceMeanOp>(op))
+    return {g.div(g.sumAxes(o.getInput(), o.getAxes(), o.getKeepdims()),
+                  g.count(o.getInput(), o.getAxes()))};
+  if (auto o = dyn_cast<nnops::MseLossOp>(op)) {
+    Value d = g.sub(o.getInput(), o.getTarget());
+    return {reduceLoss(g.mul(d, d))};
+  }
+  if (auto o = dyn_cast<nnops::L1LossOp>(op))
+    return {reduceLoss(g.make<nnops::AbsOp>({g.sub(o.getInput(), o.getTarget())}))};
+  if (auto o = dyn_cast<nnops::BceLossOp>(op)) {
+    Value p = o.getInput(), t = o.getTarget();
+    Value l = g.add(g.mul(t, clampedLog(p)), g.mul(g.rsub(1.0, t), clampedLog(g.rsub(1.0, p))));
+    return {reduceLoss(g.neg(l))};
+  }
+  if (auto o = dyn_cast<nnops::CrossEntropyOp>(op)) {
+    Value p = o.getInput(), t = o.getTarget();
+    if (typeOf(t).getElementType().isInteger(32))
+      return {reduceLoss(g.neg(log(rowSum(g.mul(p, onehot(t, typeOf(p).getDimSize(1)))))))};
+    return {reduceLoss(g.neg(rowSum(g.mul(t, log(p)))))};
+  }
+  if (auto o = dyn_cast<nnops::SoftmaxCrossEntropyOp>(op)) {
+    Value x = o.getInput();
+    Value m = g.make<nnops::ReduceMaxOp>({x}, {b.getNamedAttr("axes", b.getDenseI64ArrayAttr({1})),
+                                               b.getNamedAttr("keepdims", b.getBoolAttr(true))});
+    Value lse = g.add(g.reshapeTo(m, {typeOf(x).getDimSize(0)}),
+                      log(rowSum(exp(g.sub(x, m)))));
+    Value picked = rowSum(g.mul(x, onehot(o.getTarget(), typeOf(x).getDimSize(1))));
+    return {reduceLoss(g.sub(lse, picked))};
+  }
+  (void)axisAttr;
+  return {};
+}
+
+} // namespace
+
+LogicalResult cpu::decompose(func::FuncOp fn) {
+  // Expansions may create composite ops themselves (a batch norm's means):
+  // repeat until nothing changes.
+  for (bool changed = true; changed;) {
+    changed = false;
+    SmallVector<Operation *> ops;
+    for (Operation &op : fn.front().without_terminator())
+      ops.push_back(&op);
+    for (Operation *op : ops) {
+      OpBuilder b(op);
+      GradBuilder g(b, op->getLoc());
+      SmallVector<Value> repl = expand(op, g);
+      if (repl.empty())
+        continue;
+      op->replaceAllUsesWith(repl);
+      op->erase();
+      changed = true;
+    }
+  }
+  return success();
+}

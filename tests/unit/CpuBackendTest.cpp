@@ -1,0 +1,149 @@
+//===- CpuBackendTest.cpp - compiled CPU code against the evaluator -------===//
+//
+// Every op case and every example: two training steps (forward, backward,
+// optimizer update) and an evaluation on the JIT-compiled CPU backend must
+// match the reference evaluator, with odd batch sizes and batch size 1.
+//
+//===----------------------------------------------------------------------===//
+
+#include "OpCases.h"
+#include "TestUtil.h"
+
+#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/reference/Trainer.h"
+#include "dialects/nn/NNOps.h"
+#include "runtime/Random.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+using namespace nnc;
+using ref::Tensor;
+
+namespace {
+
+/// Deterministic inputs for `fn`'s inputs: uniform(0.05, 0.95), labels 0/1.
+std::vector<Tensor> inputsFor(mlir::func::FuncOp fn, int64_t batch, uint64_t salt) {
+  std::vector<Tensor> out;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
+    auto role = fn.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
+    if (!role || role.getValue() != "input")
+      continue;
+    auto type = mlir::cast<mlir::RankedTensorType>(fn.getArgument(i).getType());
+    std::vector<int64_t> shape;
+    for (int64_t d : type.getShape())
+      shape.push_back(mlir::ShapedType::isDynamic(d) ? batch : d);
+    Tensor t = Tensor::filled(shape);
+    for (size_t k = 0; k < t.data.size(); ++k)
+      t.data[k] = type.getElementType().isInteger(32)
+                      ? static_cast<double>(k % 2)
+                      : 0.05 + 0.9 * rt::uniform01(salt, i, k);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+double largest(const Tensor &t) {
+  double m = 0;
+  for (double v : t.data)
+    m = std::max(m, std::abs(v));
+  return m;
+}
+
+/// |a - b| <= rtol |b| + atol (+ 1e-6, below f32 resolution) for every element.
+void expectClose(const Tensor &a, const Tensor &b, const std::string &what, double rtol,
+                 double atol) {
+  ASSERT_EQ(a.shape, b.shape) << what;
+  for (size_t i = 0; i < a.data.size(); ++i)
+    if (!(std::abs(a.data[i] - b.data[i]) <= rtol * std::abs(b.data[i]) + atol + 1e-6)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << a.data[i] << " vs " << b.data[i]
+                    << " (tolerance " << rtol << " relative + " << atol << ")";
+      return;
+    }
+}
+
+/// Compares the backends on the gradient function, then on one training step
+/// and an evaluation after it.
+void compareBackends(const std::string &source, int64_t batch) {
+  test::Compiled m(source, Stage::Train);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto cpuExec = std::shared_ptr<ref::Executor>(cpu::createExecutor());
+  auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
+  auto cpu = ref::Trainer::create(*m.module, 3, cpuExec);
+  auto ref = ref::Trainer::create(*m.module, 3, refExec);
+  ASSERT_TRUE(succeeded(cpu) && succeeded(ref)) << m.firstError();
+
+  // Gradients: f32 against double. Where a gradient cancels to ~0 (a bias
+  // before batch norm) or a max-pool window nearly ties, f32 rounding moves
+  // it by a small fraction of the model's largest gradient.
+  mlir::func::FuncOp model = cpu->modelFunction();
+  auto grad = m.module->lookupSymbol<mlir::func::FuncOp>((model.getName() + "_grad").str());
+  ASSERT_TRUE(grad);
+  std::vector<Tensor> args;
+  std::vector<Tensor> in = inputsFor(model, batch, 1);
+  size_t k = 0;
+  for (unsigned i = 0; i < grad.getNumArguments(); ++i) {
+    auto role = grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
+    args.push_back(role.getValue() == "input" ? in[k++] : *ref->tensor(
+        grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kName).getValue()));
+  }
+  ref::EvalOptions opts{3, 1};
+  auto ga = cpuExec->run(grad, args, opts), gb = refExec->run(grad, args, opts);
+  ASSERT_TRUE(succeeded(ga) && succeeded(gb)) << m.firstError();
+  double scale = 0;
+  for (const Tensor &t : *gb)
+    scale = std::max(scale, largest(t));
+  for (size_t i = 0; i < ga->size(); ++i)
+    expectClose((*ga)[i], (*gb)[i], "gradient result " + std::to_string(i), 2e-3,
+                1e-2 * scale);
+
+  // One step: optimizers that normalize by the gradient's size (Adam,
+  // RMSprop) turn rounding noise on a near-zero gradient into a step of up to
+  // lr, so parameters agree to about 2 lr.
+  auto a = cpu->step(in), b = ref->step(in);
+  ASSERT_TRUE(succeeded(a) && succeeded(b)) << m.firstError();
+  EXPECT_NEAR(*a, *b, 1e-3 * (1 + std::abs(*b))) << "loss";
+  for (const std::string &name : ref->stateNames())
+    expectClose(*cpu->tensor(name), *ref->tensor(name), name, 2e-3, 2.5e-3);
+  std::vector<Tensor> later = inputsFor(model, batch, 9);
+  auto ea = cpu->evaluate(later), eb = ref->evaluate(later);
+  ASSERT_TRUE(succeeded(ea) && succeeded(eb)) << m.firstError();
+  for (size_t i = 0; i < ea->size(); ++i)
+    expectClose((*ea)[i], (*eb)[i], "result " + std::to_string(i), 1e-2, 1e-2 * largest((*eb)[i]));
+}
+
+void PrintTo(const test::Case &c, std::ostream *os) { *os << c.name; }
+
+class CpuOp : public ::testing::TestWithParam<test::Case> {};
+
+TEST_P(CpuOp, MatchesReference) {
+  compareBackends(test::model(GetParam()) + "train {\n  optimizer = sgd(lr=0.001)\n}\n", 3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, CpuOp, ::testing::ValuesIn(test::cases()),
+                         [](const auto &info) { return std::string(info.param.name); });
+
+class CpuExample : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(CpuExample, TrainingStepMatchesReference) {
+  std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");
+  ASSERT_FALSE(src.empty());
+  compareBackends(src, 5);
+}
+
+TEST_P(CpuExample, BatchOfOne) {
+  std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");
+  if (std::string(GetParam()).find("cnn") != std::string::npos)
+    GTEST_SKIP() << "batch statistics of one sample are degenerate";
+  if (std::string(GetParam()) == "vgg_small")
+    GTEST_SKIP() << "covered at batch 5; slow on the reference evaluator";
+  compareBackends(src, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Examples, CpuExample,
+                         ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
+                                           "mnist_cnn", "lenet5", "mnist_autoencoder",
+                                           "weight_norm", "vgg_small"));
+
+} // namespace
