@@ -11,6 +11,8 @@
 #include "tools/nnc/Driver.h"
 
 #include "compiler/frontend/AST.h"
+#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/Jit.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/transforms/Pipeline.h"
@@ -60,6 +62,7 @@ const std::vector<Command> &commands() {
                          "loops|llvm|asm|cuda|ptx)"},
         {"stats", nullptr, "Print op and parameter counts to stderr"},
         {"locs", nullptr, "Print the source location of every op"},
+        {"batch", "N", "Batch size for --emit=loops|llvm|asm (default: the train section's)"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
        runCompile},
       {"train", "nnc train FILE [options]",
@@ -234,11 +237,16 @@ int runCompile(const Args &args) {
   llvm::StringRef(kEmitKinds).split(kinds, '|');
   if (!llvm::is_contained(kinds, emit))
     return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
-  if (emit != "ast" && emit != "nn" && emit != "grad" && emit != "train") {
+  bool host = emit == "loops" || emit == "llvm" || emit == "asm";
+  if (emit != "ast" && emit != "nn" && emit != "grad" && emit != "train" && !host) {
     llvm::errs() << "nnc: error: --emit=" << emit
-                 << " is not available yet; this version emits ast, nn, grad and train\n";
+                 << " is not available yet; this version emits ast, nn, grad, train, loops, "
+                    "llvm and asm\n";
     return kUserError;
   }
+  int64_t batch = 0;
+  if (auto rc = numberOption(args, c, "batch", batch))
+    return *rc;
   Session s;
   if (!s.open(args.positional[0]))
     return kUserError;
@@ -257,27 +265,51 @@ int runCompile(const Args &args) {
     module = mlirGen(s.ctx, *file, args.positional[0]);
     if (!module)
       return kUserError;
-    if (emit == "grad" || emit == "train") {
-      bool hasLoss = false;
-      module->walk([&](mlir::func::FuncOp fn) {
-        for (unsigned i = 0; i < fn.getNumResults(); ++i)
-          if (auto role = fn.getResultAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole))
-            hasLoss |= role.getValue() == "loss";
-      });
-      if (!hasLoss) {
-        llvm::errs() << "nnc: error: --emit=" << emit << " needs a model that minimizes a loss; '"
-                     << args.positional[0] << "' has no 'minimize'\n";
-        return kUserError;
-      }
+    bool hasLoss = false;
+    module->walk([&](mlir::func::FuncOp fn) {
+      for (unsigned i = 0; i < fn.getNumResults(); ++i)
+        if (auto role = fn.getResultAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole))
+          hasLoss |= role.getValue() == "loss";
+    });
+    if ((emit == "grad" || emit == "train") && !hasLoss) {
+      llvm::errs() << "nnc: error: --emit=" << emit << " needs a model that minimizes a loss; '"
+                   << args.positional[0] << "' has no 'minimize'\n";
+      return kUserError;
     }
     mlir::PassManager pm(&s.ctx);
-    buildPipeline(pm, emit == "grad" ? Stage::Grad : emit == "train" ? Stage::Train : Stage::Nn);
+    Stage stage = emit == "nn" ? Stage::Nn : emit == "grad" ? Stage::Grad : Stage::Train;
+    buildPipeline(pm, hasLoss ? stage : Stage::Nn);
     if (mlir::failed(pm.run(*module)))
       return kUserError;
-    mlir::OpPrintingFlags flags;
-    if (args.has("locs"))
-      flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
-    module->print(os, flags);
+    if (host) {
+      // The training step (or, for a model without a loss, the model) for
+      // one batch size: --batch, the train section's, or 64.
+      auto fn = *module->getOps<mlir::func::FuncOp>().begin();
+      if (hasLoss)
+        fn = module->lookupSymbol<mlir::func::FuncOp>((fn.getName() + "_train_step").str());
+      if (batch == 0)
+        if (auto train = (*module)->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
+          if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
+            batch = b.getInt();
+      auto loops = cpu::buildLoops(fn, batch ? batch : 64);
+      if (mlir::failed(loops))
+        return kUserError;
+      module = std::move(*loops);
+      if (emit != "loops") {
+        if (mlir::failed(cpu::lowerToLLVM(*module)))
+          return kUserError;
+        auto code = cpu::emitHostCode(*module, emit == "asm");
+        if (mlir::failed(code))
+          return kUserError;
+        os << *code;
+      }
+    }
+    if (!host || emit == "loops") {
+      mlir::OpPrintingFlags flags;
+      if (args.has("locs"))
+        flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
+      module->print(os, flags);
+    }
   }
   if (args.has("stats") && module)
     summarize(*module, llvm::errs());

@@ -38,23 +38,17 @@ FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn, int64_t batch) {
   auto it = cache.find(key);
   if (it != cache.end())
     return &it->second;
-  MLIRContext *ctx = fn.getContext();
-  OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
-  auto clone = cast<func::FuncOp>(fn->clone());
-  scratch->push_back(clone);
-  if (failed(cpu::specializeBatch(clone, batch)) || failed(cpu::decompose(clone)))
-    return failure();
-  PassManager pm(ctx);
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createCSEPass());
-  if (failed(pm.run(*scratch)))
+  auto loops = cpu::buildLoops(fn, batch);
+  if (failed(loops))
     return failure();
   Compiled c;
-  for (Type t : clone.getResultTypes())
-    c.resultTypes.push_back(cast<RankedTensorType>(t));
-  c.module = ModuleOp::create(fn.getLoc());
-  if (failed(cpu::lowerToLoops(clone, *c.module, "kernel")))
-    return failure();
+  c.module = std::move(*loops);
+  auto kernel = c.module->lookupSymbol<func::FuncOp>("kernel");
+  unsigned numArgs = fn.getNumArguments();
+  for (Type t : kernel.getArgumentTypes().drop_front(numArgs).drop_back()) {
+    auto m = cast<MemRefType>(t);
+    c.resultTypes.push_back(RankedTensorType::get(m.getShape(), m.getElementType()));
+  }
   auto jit = cpu::JitModule::compile(*c.module);
   if (failed(jit))
     return failure();
@@ -130,3 +124,20 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 } // namespace
 
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
+
+FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, int64_t batch) {
+  OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
+  auto clone = cast<func::FuncOp>(fn->clone());
+  scratch->push_back(clone);
+  if (failed(specializeBatch(clone, batch)) || failed(decompose(clone)))
+    return failure();
+  PassManager pm(fn.getContext());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  if (failed(pm.run(*scratch)))
+    return failure();
+  OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
+  if (failed(lowerToLoops(clone, *loops, "kernel")))
+    return failure();
+  return loops;
+}

@@ -13,11 +13,19 @@
 
 #include "compiler/reference/Evaluator.h"
 
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
+
 #include <memory>
 
 namespace nnc::cpu {
 
 std::unique_ptr<ref::Executor> createExecutor();
+
+/// The loops-level module of `fn` with its batch size fixed: a function
+/// `kernel(args..., results..., rng)` over memrefs (what --emit=loops shows).
+mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>> buildLoops(mlir::func::FuncOp fn,
+                                                              int64_t batch);
 
 } // namespace nnc::cpu
 

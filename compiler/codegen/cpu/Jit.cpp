@@ -21,7 +21,12 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/IR/Module.h"
+#include "llvm/MC/TargetRegistry.h"
 #include "llvm/Support/TargetSelect.h"
+#include "llvm/Target/TargetMachine.h"
+#include "mlir/Target/LLVMIR/Export.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -76,6 +81,51 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   std::unique_ptr<JitModule> jit(new JitModule());
   jit->engine = std::move(*engine);
   return jit;
+}
+
+/// The host's target machine, at the highest optimization level.
+static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp module) {
+  auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
+  if (!builder)
+    return module.emitError("cannot detect the host CPU: ") << llvm::toString(builder.takeError());
+  builder->setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  auto tm = builder->createTargetMachine();
+  if (!tm)
+    return module.emitError("cannot create a target machine: ") << llvm::toString(tm.takeError());
+  return std::move(*tm);
+}
+
+FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  DialectRegistry registry;
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  module.getContext()->appendDialectRegistry(registry);
+  auto tm = hostMachine(module);
+  if (failed(tm))
+    return failure();
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule = translateModuleToLLVMIR(module, llvmContext);
+  if (!llvmModule)
+    return module.emitError("translation to LLVM IR failed");
+  llvmModule->setDataLayout((*tm)->createDataLayout());
+  llvmModule->setTargetTriple((*tm)->getTargetTriple().getTriple());
+  if (llvm::Error err = makeOptimizingTransformer(3, 0, tm->get())(llvmModule.get()))
+    return module.emitError("LLVM optimization failed: ") << llvm::toString(std::move(err));
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  if (!asm_) {
+    llvmModule->print(os, nullptr);
+    return text;
+  }
+  llvm::SmallString<0> buffer;
+  llvm::raw_svector_ostream out(buffer);
+  llvm::legacy::PassManager pm;
+  if ((*tm)->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::AssemblyFile))
+    return module.emitError("the target cannot emit assembly");
+  pm.run(*llvmModule);
+  return std::string(buffer.str());
 }
 
 cpu::JitModule::~JitModule() = default;

@@ -24,6 +24,10 @@ namespace nnc::cpu {
 /// Lowers loops-level IR in `module` to the LLVM dialect (in place).
 mlir::LogicalResult lowerToLLVM(mlir::ModuleOp module);
 
+/// The optimized LLVM IR (asm = false) or host assembly of an LLVM-dialect
+/// module, as text.
+mlir::FailureOr<std::string> emitHostCode(mlir::ModuleOp module, bool asm_);
+
 class JitModule {
 public:
   /// Lowers and compiles `module`; reports failures as diagnostics.
