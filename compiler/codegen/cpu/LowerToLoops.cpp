@@ -97,6 +97,12 @@ struct Emitter {
   void accumulate(Value v, Value m, ValueRange ivs) {
     store(b.create<arith::AddFOp>(loc, load(m, ivs), v), m, ivs);
   }
+  /// m[ivs] += x * y, allowed to contract into one fused multiply-add.
+  void multiplyAdd(Value x, Value y, Value m, ValueRange ivs) {
+    auto contract = arith::FastMathFlags::contract;
+    Value p = b.create<arith::MulFOp>(loc, x, y, contract);
+    store(b.create<arith::AddFOp>(loc, load(m, ivs), p, contract), m, ivs);
+  }
 };
 
 using Lowering = std::function<LogicalResult(Emitter &)>;
@@ -338,8 +344,7 @@ LogicalResult matmul(Emitter &e) {
   e.loops({a[0], a[1]}, [&](ValueRange ik) {
     Value aik = e.load(e.in[0], ik);
     e.loops({c[1]}, [&](ValueRange j) {
-      Value prod = e.b.create<arith::MulFOp>(e.loc, aik, e.load(e.in[1], {ik[1], j[0]}));
-      e.accumulate(prod, e.out[0], {ik[0], j[0]});
+      e.multiplyAdd(aik, e.load(e.in[1], {ik[1], j[0]}), e.out[0], {ik[0], j[0]});
     });
   });
   return success();
@@ -419,8 +424,7 @@ LogicalResult conv2d(Emitter &e) {
   e.fill(e.out[0], e.f32(0));
   convTaps(e, shapeOf(e.in[0]), shapeOf(e.in[1]), shapeOf(e.out[0]), op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[0], xi), e.load(e.in[1], wi)),
-                          e.out[0], yi);
+             e.multiplyAdd(e.load(e.in[0], xi), e.load(e.in[1], wi), e.out[0], yi);
            });
   return success();
 }
@@ -430,8 +434,7 @@ LogicalResult conv2dGradInput(Emitter &e) {
   e.fill(e.out[0], e.f32(0));
   convTaps(e, shapeOf(e.out[0]), shapeOf(e.in[1]), shapeOf(e.in[0]), op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[1], wi), e.load(e.in[0], yi)),
-                          e.out[0], xi);
+             e.multiplyAdd(e.load(e.in[1], wi), e.load(e.in[0], yi), e.out[0], xi);
            });
   return success();
 }
@@ -441,8 +444,7 @@ LogicalResult conv2dGradWeight(Emitter &e) {
   e.fill(e.out[0], e.f32(0));
   convTaps(e, shapeOf(e.in[0]), shapeOf(e.out[0]), shapeOf(e.in[1]), op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.accumulate(e.b.create<arith::MulFOp>(e.loc, e.load(e.in[0], xi), e.load(e.in[1], yi)),
-                          e.out[0], wi);
+             e.multiplyAdd(e.load(e.in[0], xi), e.load(e.in[1], yi), e.out[0], wi);
            });
   return success();
 }
