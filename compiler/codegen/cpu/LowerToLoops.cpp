@@ -401,21 +401,54 @@ LogicalResult argmax(Emitter &e) {
 // Convolution, pooling, channel windows
 //===----------------------------------------------------------------------===//
 
+/// The output positions [lo, hi) whose tap `k` falls inside an input of
+/// `size`: 0 <= i * stride - pad + k < size. Computing the range up front
+/// keeps conditionals out of the inner loops, so they vectorize.
+std::pair<Value, Value> tapRange(Emitter &e, Value k, int64_t stride, int64_t pad,
+                                 int64_t size, int64_t out) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value num = b.create<arith::SubIOp>(loc, e.idx(pad), k); // pad - k
+  Value lo = b.create<arith::MaxSIOp>(
+      loc, e.idx(0), b.create<arith::CeilDivSIOp>(loc, num, e.idx(stride)));
+  Value last = b.create<arith::FloorDivSIOp>(
+      loc, b.create<arith::AddIOp>(loc, num, e.idx(size - 1)), e.idx(stride));
+  Value hi = b.create<arith::MinSIOp>(loc, e.idx(out),
+                                      b.create<arith::AddIOp>(loc, last, e.idx(1)));
+  return {lo, b.create<arith::MaxSIOp>(loc, lo, hi)};
+}
+
 /// Emits the taps of a convolution with input shape `x`, weight `w`, output
-/// `y`; `tap(xIdx, wIdx, yIdx)` runs for every in-bounds multiply.
+/// `y`; `tap(xIdx, wIdx, yIdx)` runs for every in-bounds multiply. Loops run
+/// batch, output channel, input channel, kernel row and column, then the
+/// in-bounds output rows and columns (innermost, contiguous for stride 1).
 void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int64_t> y,
               ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups,
               function_ref<void(ValueRange, ValueRange, ValueRange)> tap) {
   int64_t og = w[0] / groups, cg = x[1] / groups;
-  e.loops({y[0], y[1], y[2], y[3], cg, w[2], w[3]}, [&](ValueRange iv) {
-    Value n = iv[0], o = iv[1], i = iv[2], j = iv[3], c = iv[4], p = iv[5], q = iv[6];
-    auto [ih, okh] = e.window(i, stride[0], pad[0], p, x[2]);
-    auto [iw, okw] = e.window(j, stride[1], pad[1], q, x[3]);
-    Value g = e.b.create<arith::DivUIOp>(e.loc, o, e.idx(og));
-    Value ic = e.b.create<arith::AddIOp>(e.loc, e.b.create<arith::MulIOp>(e.loc, g, e.idx(cg)), c);
-    e.when(e.b.create<arith::AndIOp>(e.loc, okh, okw), [&] {
-      tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
-    });
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  e.loops({y[0], y[1], cg, w[2], w[3]}, [&](ValueRange iv) {
+    Value n = iv[0], o = iv[1], c = iv[2], p = iv[3], q = iv[4];
+    Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
+    Value ic = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, g, e.idx(cg)), c);
+    auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
+    auto [jLo, jHi] = tapRange(e, q, stride[1], pad[1], x[3], y[3]);
+    auto rows = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(1));
+    OpBuilder::InsertionGuard g1(b);
+    b.setInsertionPointToStart(rows.getBody());
+    Value i = rows.getInductionVar();
+    Value ih = b.create<arith::AddIOp>(
+        loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, i, e.idx(stride[0])), e.idx(pad[0])),
+        p);
+    auto cols = b.create<scf::ForOp>(loc, jLo, jHi, e.idx(1));
+    OpBuilder::InsertionGuard g2(b);
+    b.setInsertionPointToStart(cols.getBody());
+    Value j = cols.getInductionVar();
+    Value iw = b.create<arith::AddIOp>(
+        loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, j, e.idx(stride[1])), e.idx(pad[1])),
+        q);
+    tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
   });
 }
 
@@ -440,12 +473,51 @@ LogicalResult conv2dGradInput(Emitter &e) {
 }
 
 LogicalResult conv2dGradWeight(Emitter &e) {
+  // Each weight element is a sum over the batch and the output positions:
+  // accumulate it in a register (a reduction LLVM vectorizes), not in memory.
   auto op = self<nnops::Conv2dGradWeightOp>(e);
-  e.fill(e.out[0], e.f32(0));
-  convTaps(e, shapeOf(e.in[0]), shapeOf(e.out[0]), shapeOf(e.in[1]), op.getStride(),
-           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.multiplyAdd(e.load(e.in[0], xi), e.load(e.in[1], yi), e.out[0], wi);
-           });
+  ArrayRef<int64_t> x = shapeOf(e.in[0]), w = shapeOf(e.out[0]), y = shapeOf(e.in[1]);
+  ArrayRef<int64_t> stride = op.getStride(), pad = op.getPadding();
+  int64_t groups = op.getGroups(), og = w[0] / groups, cg = x[1] / groups;
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto flags = arith::FastMathFlags::contract | arith::FastMathFlags::reassoc;
+  e.loops(w, [&](ValueRange iv) {
+    Value o = iv[0], c = iv[1], p = iv[2], q = iv[3];
+    Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
+    Value ic = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, g, e.idx(cg)), c);
+    auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
+    auto [jLo, jHi] = tapRange(e, q, stride[1], pad[1], x[3], y[3]);
+    auto batch = b.create<scf::ForOp>(loc, e.idx(0), e.idx(y[0]), e.idx(1), ValueRange{e.f32(0)});
+    {
+      OpBuilder::InsertionGuard g0(b);
+      b.setInsertionPointToStart(batch.getBody());
+      Value n = batch.getInductionVar();
+      auto rows = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(1), batch.getRegionIterArgs());
+      {
+        OpBuilder::InsertionGuard g1(b);
+        b.setInsertionPointToStart(rows.getBody());
+        Value i = rows.getInductionVar();
+        Value ih = b.create<arith::AddIOp>(
+            loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, i, e.idx(stride[0])), e.idx(pad[0])), p);
+        auto cols = b.create<scf::ForOp>(loc, jLo, jHi, e.idx(1), rows.getRegionIterArgs());
+        {
+          OpBuilder::InsertionGuard g2(b);
+          b.setInsertionPointToStart(cols.getBody());
+          Value j = cols.getInductionVar();
+          Value iw = b.create<arith::AddIOp>(
+              loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, j, e.idx(stride[1])), e.idx(pad[1])), q);
+          Value prod = b.create<arith::MulFOp>(loc, e.load(e.in[0], {n, ic, ih, iw}),
+                                               e.load(e.in[1], {n, o, i, j}), flags);
+          b.create<scf::YieldOp>(loc, ValueRange{b.create<arith::AddFOp>(
+                                          loc, cols.getRegionIterArgs()[0], prod, flags)});
+        }
+        b.create<scf::YieldOp>(loc, cols.getResults());
+      }
+      b.create<scf::YieldOp>(loc, rows.getResults());
+    }
+    e.store(batch.getResult(0), e.out[0], iv);
+  });
   return success();
 }
 
@@ -677,8 +749,51 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name
   for (unsigned i = 0; i < fn.getNumArguments(); ++i)
     buffers[fn.getArgument(i)] = body->getArgument(i);
   Value rng = body->getArguments().back();
-  SmallVector<Value> allocs;
+
+  // The static memory plan: every intermediate lives in a slot, a global
+  // byte buffer viewed with the value's type. A slot is free again after its
+  // value's last use and serves the next value that fits, so memory follows
+  // liveness and no call allocates.
+  llvm::DenseMap<Operation *, unsigned> position;
+  for (auto [i, op] : llvm::enumerate(fn.front()))
+    position[&op] = i;
+  llvm::DenseMap<Value, unsigned> lastUse;
+  for (Operation &op : fn.front())
+    for (Value v : op.getOperands())
+      lastUse[v] = std::max(lastUse.lookup(v), position[&op]);
+  struct Slot {
+    int64_t bytes;
+    std::string name;
+    bool free;
+  };
+  std::vector<Slot> slots;
+  llvm::DenseMap<Value, unsigned> slotOf;
+  auto bufferFor = [&](Value r) -> Value {
+    auto type = memrefOf(r.getType());
+    int64_t bytes = std::max<int64_t>(1, type.getNumElements()) * 4;
+    int best = -1;
+    for (auto [i, slot] : llvm::enumerate(slots))
+      if (slot.free && slot.bytes >= bytes && (best < 0 || slot.bytes < slots[best].bytes))
+        best = static_cast<int>(i);
+    if (best < 0) {
+      slots.push_back({bytes, (name + "_slot" + std::to_string(slots.size())).str(), true});
+      best = static_cast<int>(slots.size() - 1);
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(target.getBody());
+      b.create<memref::GlobalOp>(r.getLoc(), slots[best].name, b.getStringAttr("private"),
+                                 MemRefType::get({bytes}, b.getI8Type()), Attribute(),
+                                 /*constant=*/false, b.getI64IntegerAttr(64));
+    }
+    slots[best].free = false;
+    slotOf[r] = best;
+    Value raw = b.create<memref::GetGlobalOp>(r.getLoc(), MemRefType::get({slots[best].bytes}, b.getI8Type()),
+                                              slots[best].name);
+    return b.create<memref::ViewOp>(r.getLoc(), type, raw,
+                                    b.create<arith::ConstantIndexOp>(r.getLoc(), 0), ValueRange{});
+  };
+
   unsigned globals = 0;
+  Operation *ret = fn.front().getTerminator();
   for (Operation &op : fn.front().without_terminator()) {
     auto it = lowerings().find(op.getName().getTypeID());
     if (it == lowerings().end())
@@ -687,20 +802,23 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name
     for (Value v : op.getOperands())
       e.in.push_back(buffers.lookup(v));
     for (Value r : op.getResults()) {
-      Value m = b.create<memref::AllocOp>(op.getLoc(), memrefOf(r.getType()), b.getI64IntegerAttr(64));
-      allocs.push_back(m);
-      e.out.push_back(m);
-      buffers[r] = m;
+      e.out.push_back(bufferFor(r));
+      buffers[r] = e.out.back();
     }
     if (failed(it->second(e)))
       return failure();
+    // Operands used for the last time free their slots; so do results that
+    // are never used (a dropout mask in evaluation).
+    for (Value v : op.getOperands())
+      if (slotOf.count(v) && lastUse.lookup(v) == position[&op])
+        slots[slotOf[v]].free = true;
+    for (Value r : op.getResults())
+      if (r.use_empty())
+        slots[slotOf[r]].free = true;
   }
-  Operation *ret = fn.front().getTerminator();
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     b.create<memref::CopyOp>(fn.getLoc(), buffers.lookup(v),
                              body->getArgument(fn.getNumArguments() + i));
-  for (Value m : allocs)
-    b.create<memref::DeallocOp>(fn.getLoc(), m);
   b.create<func::ReturnOp>(fn.getLoc());
   return success();
 }
