@@ -146,25 +146,13 @@ Kernel binary(std::function<double(double, double)> f) {
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
 
-/// A number for a DSL location that is the same in every process: dropout
-/// masks are keyed by it, so copies of a function draw the same masks.
-uint64_t stableId(Location loc) {
-  if (auto f = dyn_cast<FileLineColLoc>(loc))
-    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
-  if (auto n = dyn_cast<NameLoc>(loc))
-    return rt::mix64(stableId(n.getChildLoc()));
-  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
-    return stableId(f.getLocations().front());
-  return 0;
-}
-
 LogicalResult dropout(Ctx &c) {
   auto op = self<nnops::DropoutOp>(c);
   const Tensor &x = c.arg(0);
   double rate = op.getRate().convertToDouble();
   Tensor y = x, mask = Tensor::filled(x.shape, 1.0);
   if (op.getTraining()) {
-    uint64_t stream = rt::mix64(c.options.step * 1000003ULL + stableId(c.op->getLoc()));
+    uint64_t stream = rt::mix64(c.options.step * 1000003ULL + locationId(c.op->getLoc()));
     for (size_t i = 0; i < mask.data.size(); ++i)
       mask.data[i] = rt::uniform01(c.options.seed, stream, i) < rate ? 0.0 : 1.0 / (1.0 - rate);
   }
@@ -882,6 +870,16 @@ FailureOr<std::vector<Tensor>> Evaluator::run(func::FuncOp fn, ArrayRef<Tensor> 
       values[v] = std::move(t);
   }
   return fn.emitError("function has no return");
+}
+
+uint64_t nnc::ref::locationId(Location loc) {
+  if (auto f = dyn_cast<FileLineColLoc>(loc))
+    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
+  if (auto n = dyn_cast<NameLoc>(loc))
+    return rt::mix64(locationId(n.getChildLoc()));
+  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
+    return locationId(f.getLocations().front());
+  return 0;
 }
 
 FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64_t seed) {

@@ -368,6 +368,23 @@ int chooseTarget(const Args &args, const Command &c, std::shared_ptr<ref::Execut
   return kOk;
 }
 
+/// A trainer on --target holding the checkpoint given by --checkpoint.
+FailureOr<ref::Trainer> restored(const Args &args, const Command &c, const Loaded &m,
+                                 std::shared_ptr<ref::Executor> &executor, int &rc) {
+  rc = chooseTarget(args, c, executor);
+  if (rc)
+    return failure();
+  auto t = ref::Trainer::create(*m.module, 0, executor);
+  rc = kUserError;
+  if (failed(t))
+    return failure();
+  rt::Metadata meta;
+  rc = restore(*t, m, args.get("checkpoint"), meta);
+  if (rc)
+    return failure();
+  return t;
+}
+
 std::string percent(std::optional<double> a) {
   if (!a)
     return "";
@@ -528,14 +545,10 @@ int nnc::driver::runEval(const Args &args) {
   Data data;
   if (int rc = loadData(m, args, data, 0, 0))
     return rc;
-  std::shared_ptr<ref::Executor> executor;
-  if (int rc = chooseTarget(args, c, executor))
-    return rc;
-  auto t = ref::Trainer::create(*m.module, 0, executor);
+  std::shared_ptr<ref::Executor> executor; // destroyed before the model
+  int rc = kOk;
+  auto t = restored(args, c, m, executor, rc);
   if (failed(t))
-    return kUserError;
-  rt::Metadata meta;
-  if (int rc = restore(*t, m, args.get("checkpoint"), meta))
     return rc;
   const rt::Table &set = data.hasTest ? data.test : data.train;
   auto score = evaluate(*t, m, set);
@@ -586,14 +599,10 @@ int nnc::driver::runPredict(const Args &args) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
-  std::shared_ptr<ref::Executor> executor;
-  if (int rc = chooseTarget(args, c, executor))
-    return rc;
-  auto t = ref::Trainer::create(*m.module, 0, executor);
+  std::shared_ptr<ref::Executor> executor; // destroyed before the model
+  int rc = kOk;
+  auto t = restored(args, c, m, executor, rc);
   if (failed(t))
-    return kUserError;
-  rt::Metadata meta;
-  if (int rc = restore(*t, m, args.get("checkpoint"), meta))
     return rc;
   std::vector<int64_t> all(table.count);
   std::iota(all.begin(), all.end(), 0);

@@ -9,6 +9,7 @@
 
 #include "compiler/codegen/cpu/LowerToLoops.h"
 
+#include "compiler/reference/Evaluator.h"
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -170,21 +171,6 @@ Value mix64(Emitter &e, Value z) {
   return xorShift(z, 31);
 }
 
-/// A number for a DSL location, as the evaluator's stableId.
-uint64_t stableId(Location loc) {
-  if (auto f = dyn_cast<FileLineColLoc>(loc))
-    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
-  if (auto n = dyn_cast<NameLoc>(loc)) {
-    uint64_t z = stableId(n.getChildLoc()) + 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
-    return stableId(f.getLocations().front());
-  return 0;
-}
-
 LogicalResult dropout(Emitter &e) {
   auto op = self<nnops::DropoutOp>(e);
   double rate = op.getRate().convertToDouble();
@@ -202,9 +188,10 @@ LogicalResult dropout(Emitter &e) {
     return b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(static_cast<int64_t>(v)));
   };
   Value seed = e.load(e.rng, {e.idx(0)}), step = e.load(e.rng, {e.idx(1)});
-  // stream = mix64(step * 1000003 + stableId); key = mix64(seed ^ mix64(stream))
+  // As the evaluator: stream = mix64(step * 1000003 + locationId),
+  // key = mix64(seed ^ mix64(stream)), element i keeps if uniform >= rate.
   Value stream = mix64(e, b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, step, i64(1000003)),
-                                                  i64(stableId(op->getLoc()))));
+                                                  i64(ref::locationId(op->getLoc()))));
   Value key = mix64(e, b.create<arith::XOrIOp>(loc, seed, mix64(e, stream)));
   float keep = static_cast<float>(1.0 / (1.0 - rate));
   e.loops(shape, [&](ValueRange ivs) {
