@@ -11,8 +11,12 @@ static Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
     return Status::error(path + ": cannot open the file");
-  bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  if (in.bad())
+  in.seekg(0, std::ios::end);
+  std::streamoff size = in.tellg();
+  in.seekg(0, std::ios::beg);
+  bytes.resize(size > 0 ? static_cast<size_t>(size) : 0);
+  in.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (in.bad() || in.gcount() != static_cast<std::streamsize>(bytes.size()))
     return Status::error(path + ": read error");
   return Status::ok();
 }

@@ -33,6 +33,7 @@
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <malloc.h>
 #include <map>
 #include <optional>
 #include <string>
@@ -407,6 +408,11 @@ mlir::OwningOpRef<mlir::ModuleOp> Session::load(const std::string &path) {
 } // namespace nnc::driver
 
 int main(int argc, char **argv) {
+  // Training allocates and frees the same large tensors every step; keep
+  // freed memory in the process instead of returning it to the kernel and
+  // faulting it back in.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   if (argc < 2) {
     printTopHelp(llvm::errs());
     return kUsageError;

@@ -20,6 +20,9 @@ struct Compiled {
   OwningOpRef<ModuleOp> module; // keeps the IR the engine was built from
   std::unique_ptr<cpu::JitModule> jit;
   SmallVector<RankedTensorType> resultTypes;
+  std::vector<int64_t> resultSizes;
+  std::vector<bool> kinds;                // per buffer: i32 (true) or f32
+  std::vector<std::vector<float>> buffers; // per argument and result
 };
 
 class CpuExecutor : public ref::Executor {
@@ -76,47 +79,57 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
     return failure();
 
   // Marshal: f32 and i32 buffers in argument order, then results, then rng.
-  std::vector<std::vector<float>> floats;
-  std::vector<std::vector<int32_t>> ints;
-  floats.reserve(args.size() + (*compiled)->resultTypes.size());
-  ints.reserve(args.size() + (*compiled)->resultTypes.size());
-  std::vector<void *> ptrs;
-  auto buffer = [&](Type element, int64_t n, const Tensor *from) -> void * {
-    if (element.isInteger(32)) {
-      ints.emplace_back(n);
-      if (from)
-        for (int64_t i = 0; i < n; ++i)
-          ints.back()[i] = static_cast<int32_t>(from->data[i]);
-      return ints.back().data();
+  // The buffers live in the compiled entry and are reused from call to call.
+  Compiled &c = **compiled;
+  if (c.buffers.empty()) {
+    for (Value arg : fn.getArguments())
+      c.kinds.push_back(cast<RankedTensorType>(arg.getType()).getElementType().isInteger(32));
+    for (RankedTensorType t : c.resultTypes) {
+      c.kinds.push_back(t.getElementType().isInteger(32));
+      c.resultSizes.push_back(t.getNumElements());
     }
-    floats.emplace_back(n);
-    if (from)
-      for (int64_t i = 0; i < n; ++i)
-        floats.back()[i] = static_cast<float>(from->data[i]);
-    return floats.back().data();
-  };
-  for (auto [arg, t] : llvm::zip(fn.getArguments(), args)) {
-    Type element = cast<RankedTensorType>(arg.getType()).getElementType();
-    ptrs.push_back(buffer(element, t.numel(), &t));
+    c.buffers.resize(c.kinds.size());
   }
-  std::vector<std::pair<void *, RankedTensorType>> results;
-  for (RankedTensorType t : (*compiled)->resultTypes) {
-    void *p = buffer(t.getElementType(), t.getNumElements(), nullptr);
-    ptrs.push_back(p);
-    results.push_back({p, t});
+  std::vector<void *> ptrs;
+  for (size_t i = 0; i < c.buffers.size(); ++i) {
+    bool isArg = i < args.size();
+    size_t n = isArg ? args[i].data.size() : c.resultSizes[i - args.size()];
+    std::vector<float> &buf = c.buffers[i]; // i32 data is stored in the same words
+    buf.resize(n);
+    if (isArg) {
+      const double *src = args[i].data.data();
+      if (c.kinds[i]) {
+        auto *dst = reinterpret_cast<int32_t *>(buf.data());
+        for (size_t k = 0; k < n; ++k)
+          dst[k] = static_cast<int32_t>(src[k]);
+      } else {
+        for (size_t k = 0; k < n; ++k)
+          buf[k] = static_cast<float>(src[k]);
+      }
+    }
+    ptrs.push_back(buf.data());
   }
   int64_t rng[2] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step)};
   ptrs.push_back(rng);
-  if (failed((*compiled)->jit->call("kernel", ptrs)))
+  if (failed(c.jit->call("kernel", ptrs)))
     return fn.emitError("the compiled CPU code could not be called");
 
   std::vector<Tensor> out;
-  for (auto [p, t] : results) {
-    Tensor r = Tensor::filled(std::vector<int64_t>(t.getShape().begin(), t.getShape().end()));
-    for (int64_t i = 0; i < t.getNumElements(); ++i)
-      r.data[i] = t.getElementType().isInteger(32) ? static_cast<int32_t *>(p)[i]
-                                                   : static_cast<float *>(p)[i];
-    out.push_back(std::move(r));
+  for (size_t r = 0; r < c.resultTypes.size(); ++r) {
+    RankedTensorType t = c.resultTypes[r];
+    size_t i = args.size() + r;
+    Tensor res{std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), {}};
+    res.data.resize(c.resultSizes[r]);
+    if (c.kinds[i]) {
+      auto *src = reinterpret_cast<const int32_t *>(c.buffers[i].data());
+      for (size_t k = 0; k < res.data.size(); ++k)
+        res.data[k] = src[k];
+    } else {
+      const float *src = c.buffers[i].data();
+      for (size_t k = 0; k < res.data.size(); ++k)
+        res.data[k] = src[k];
+    }
+    out.push_back(std::move(res));
   }
   return out;
 }

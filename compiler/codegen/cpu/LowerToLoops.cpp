@@ -289,25 +289,52 @@ LogicalResult concat(Emitter &e) {
   return success();
 }
 
-/// sum (max = false) or max over `axes` into the output.
+/// sum (max = false) or max over `axes`: outer loops over the output, inner
+/// loops over the reduced axes accumulating in a register (a `reassoc`
+/// reduction LLVM vectorizes when the innermost axis is reduced).
 LogicalResult reduce(Emitter &e, bool max) {
   ArrayRef<int64_t> axes = cast<DenseI64ArrayAttr>(e.op->getAttr("axes")).asArrayRef();
+  ArrayRef<int64_t> in = shapeOf(e.in[0]);
   auto keep = e.op->getAttrOfType<BoolAttr>("keepdims");
   bool keepdims = keep && keep.getValue();
-  ArrayRef<int64_t> in = shapeOf(e.in[0]);
-  e.fill(e.out[0], e.f32(max ? -std::numeric_limits<float>::infinity() : 0.0));
-  e.loops(in, [&](ValueRange ivs) {
+  SmallVector<int64_t> kept, reduced;
+  for (int64_t i = 0; i < static_cast<int64_t>(in.size()); ++i)
+    (axes.empty() || llvm::is_contained(axes, i) ? reduced : kept).push_back(i);
+  SmallVector<int64_t> outer, inner;
+  for (int64_t i : kept)
+    outer.push_back(in[i]);
+  for (int64_t i : reduced)
+    inner.push_back(in[i]);
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+  Value init = e.f32(max ? -std::numeric_limits<float>::infinity() : 0.0);
+  e.loops(outer, [&](ValueRange ov) {
+    SmallVector<Value> idx(in.size());
+    for (auto [k, d] : llvm::enumerate(kept))
+      idx[d] = ov[k];
+    // Nested loops over the reduced axes, carrying the accumulator.
+    std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
+      if (d == reduced.size()) {
+        Value v = e.load(e.in[0], idx);
+        return max ? b.create<arith::MaximumFOp>(loc, acc, v).getResult()
+                   : b.create<arith::AddFOp>(loc, acc, v, flags).getResult();
+      }
+      auto f = b.create<scf::ForOp>(loc, e.idx(0), e.idx(inner[d]), e.idx(1), ValueRange{acc});
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(f.getBody());
+      idx[reduced[d]] = f.getInductionVar();
+      b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()[0]));
+      return f.getResult(0);
+    };
+    Value r = rec(0, init);
     SmallVector<Value> o;
     for (size_t i = 0; i < in.size(); ++i) {
-      bool reduced = axes.empty() || llvm::is_contained(axes, static_cast<int64_t>(i));
-      if (!reduced)
-        o.push_back(ivs[i]);
+      if (llvm::is_contained(kept, static_cast<int64_t>(i)))
+        o.push_back(idx[i]);
       else if (keepdims)
         o.push_back(e.idx(0));
     }
-    Value v = e.load(e.in[0], ivs), acc = e.load(e.out[0], o);
-    Value r = max ? e.b.create<arith::MaximumFOp>(e.loc, acc, v).getResult()
-                  : e.b.create<arith::AddFOp>(e.loc, acc, v).getResult();
     e.store(r, e.out[0], o);
   });
   return success();
