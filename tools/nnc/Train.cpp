@@ -402,11 +402,13 @@ int nnc::driver::runTrain(const Args &args) {
   std::optional<double> lr;
   double lrValue = 0;
   int64_t epochs = -1, batch = -1, limit = -1, threads = 1;
+  double validation = -1;
   uint64_t seed = 0;
   bool seedGiven = args.has("seed");
   for (auto rc : {numberOption(args, c, "lr", lrValue), numberOption(args, c, "epochs", epochs),
                   numberOption(args, c, "batch", batch), numberOption(args, c, "seed", seed),
-                  numberOption(args, c, "limit", limit), numberOption(args, c, "threads", threads)})
+                  numberOption(args, c, "limit", limit), numberOption(args, c, "threads", threads),
+                  numberOption(args, c, "validation", validation)})
     if (rc)
       return *rc;
   if (args.has("lr"))
@@ -432,8 +434,12 @@ int nnc::driver::runTrain(const Args &args) {
   if (m.train)
     if (auto s = dyn_cast_or_null<BoolAttr>(m.train.get("shuffle")))
       shuffle = s.getValue();
+  if (validation < 0)
+    validation = m.real("validation", 0);
+  if (validation >= 1)
+    return usageError("--validation must be a fraction below 1", &c);
   Data data;
-  if (int rc = loadData(m, args, data, seed, m.real("validation", 0)))
+  if (int rc = loadData(m, args, data, seed, validation))
     return rc;
   if (limit > 0 && limit < data.train.count) {
     std::vector<int64_t> first(limit);
