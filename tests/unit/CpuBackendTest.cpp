@@ -113,8 +113,6 @@ void compareBackends(const std::string &source, int64_t batch) {
     expectClose((*ea)[i], (*eb)[i], "result " + std::to_string(i), 1e-2, 1e-2 * largest((*eb)[i]));
 }
 
-void PrintTo(const test::Case &c, std::ostream *os) { *os << c.name; }
-
 class CpuOp : public ::testing::TestWithParam<test::Case> {};
 
 TEST_P(CpuOp, MatchesReference) {

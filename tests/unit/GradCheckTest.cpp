@@ -20,8 +20,6 @@ using nnc::test::model;
 
 namespace {
 
-void PrintTo(const Case &c, std::ostream *os) { *os << c.name; }
-
 class GradCheckOp : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GradCheckOp, MatchesFiniteDifferences) {

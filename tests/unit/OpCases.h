@@ -8,6 +8,7 @@
 #ifndef NNC_TESTS_UNIT_OPCASES_H
 #define NNC_TESTS_UNIT_OPCASES_H
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -110,6 +111,9 @@ inline std::vector<Case> cases() {
   loss("one_hot_target", "mse(softmax(h), one_hot(y, 3))");
   return v;
 }
+
+/// gtest prints a case by its name (found by argument-dependent lookup).
+inline void PrintTo(const Case &c, std::ostream *os) { *os << c.name; }
 
 } // namespace nnc::test
 
