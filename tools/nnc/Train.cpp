@@ -413,6 +413,13 @@ int nnc::driver::runTrain(const Args &args) {
       return *rc;
   if (args.has("lr"))
     lr = lrValue;
+  // Parallel loops run on the OpenMP runtime, which reads its thread count
+  // when the first compiled step runs (default: every core).
+  if (args.has("threads")) {
+    if (threads < 1)
+      return usageError("--threads must be at least 1", &c);
+    setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+  }
   if (args.has("resume") && !args.has("checkpoint"))
     return usageError("--resume needs --checkpoint PATH", &c);
 

@@ -73,7 +73,7 @@ const std::vector<Command> &commands() {
         {"batch", "N", "Mini-batch size"},
         {"lr", "X", "Learning rate"},
         {"seed", "N", "Random seed (initialization, shuffling, dropout)"},
-        {"threads", "N", "Worker threads (this version computes on one thread)"},
+        {"threads", "N", "Threads for parallel loops (default: every core)"},
         {"target", "T", "cpu|cuda|auto|reference (default auto: cpu)"},
         {"checkpoint", "PATH", "Save a safetensors checkpoint after every epoch"},
         {"resume", nullptr, "Continue from --checkpoint"},

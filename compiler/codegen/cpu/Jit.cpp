@@ -9,7 +9,10 @@
 #include "mlir/Conversion/MathToLLVM/MathToLLVM.h"
 #include "mlir/Conversion/MathToLibm/MathToLibm.h"
 #include "mlir/Conversion/MemRefToLLVM/MemRefToLLVM.h"
+#include "mlir/Conversion/OpenMPToLLVM/ConvertOpenMPToLLVM.h"
 #include "mlir/Conversion/ReconcileUnrealizedCasts/ReconcileUnrealizedCasts.h"
+#include "mlir/Conversion/SCFToOpenMP/SCFToOpenMP.h"
+#include "mlir/Target/LLVMIR/Dialect/OpenMP/OpenMPToLLVMIRTranslation.h"
 #include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -37,6 +40,8 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
   pm.addPass(createLowerAffinePass());
+  pm.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
+  pm.addPass(createFinalizeMemRefToLLVMConversionPass()); // before CF: alloca scopes
   pm.addPass(createConvertSCFToCFPass());
   pm.addPass(createConvertMathToLLVMPass());
   pm.addPass(createConvertMathToLibmPass()); // what LLVM has no intrinsic for (tanh)
@@ -46,6 +51,7 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   funcOptions.useBarePtrCallConv = true;
   pm.addPass(createConvertFuncToLLVMPass(funcOptions));
   pm.addPass(createConvertControlFlowToLLVMPass());
+  pm.addPass(createConvertOpenMPToLLVMPass());
   pm.addPass(createReconcileUnrealizedCastsPass());
   return pm.run(module);
 }
@@ -88,6 +94,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   DialectRegistry registry;
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
+  registerOpenMPDialectTranslation(registry);
   ctx->appendDialectRegistry(registry);
   if (failed(lowerToLLVM(module)))
     return failure();
@@ -99,6 +106,10 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   ExecutionEngineOptions options;
   options.transformer = makeOptimizingTransformer(3, 0, machine.get());
   options.jitCodeGenOptLevel = llvm::CodeGenOptLevel::Aggressive;
+  // Parallel loops call the OpenMP runtime.
+  static const std::string omp = NNC_LIBOMP;
+  static llvm::StringRef libs[] = {omp};
+  options.sharedLibPaths = libs;
   auto engine = ExecutionEngine::create(module, options);
   if (!engine)
     return module.emitError("JIT compilation failed: ") << llvm::toString(engine.takeError());
@@ -113,6 +124,7 @@ FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
   DialectRegistry registry;
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
+  registerOpenMPDialectTranslation(registry);
   module.getContext()->appendDialectRegistry(registry);
   auto tm = hostMachine(module);
   if (failed(tm))

@@ -49,18 +49,28 @@ struct Emitter {
   Value load(Value m, ValueRange ivs) { return b.create<memref::LoadOp>(loc, m, ivs); }
   void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
 
-  /// Nested loops over `bounds`; `body` gets the induction variables.
-  void loops(ArrayRef<int64_t> bounds, function_ref<void(ValueRange)> body) {
+  /// Nested loops over `bounds`; `body` gets the induction variables. With
+  /// `parallel`, the outermost loop is an scf.parallel, which runs across
+  /// threads: its iterations must write disjoint elements.
+  void loops(ArrayRef<int64_t> bounds, function_ref<void(ValueRange)> body,
+             bool parallel = false) {
     SmallVector<Value> ivs;
     std::function<void(size_t)> rec = [&](size_t d) {
       if (d == bounds.size()) {
         body(ivs);
         return;
       }
-      auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1));
       OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(f.getBody());
-      ivs.push_back(f.getInductionVar());
+      if (d == 0 && parallel && bounds[0] > 1) {
+        auto f = b.create<scf::ParallelOp>(loc, ValueRange{idx(0)}, ValueRange{idx(bounds[0])},
+                                           ValueRange{idx(1)});
+        b.setInsertionPointToStart(f.getBody());
+        ivs.push_back(f.getInductionVars()[0]);
+      } else {
+        auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1));
+        b.setInsertionPointToStart(f.getBody());
+        ivs.push_back(f.getInductionVar());
+      }
       rec(d + 1);
       ivs.pop_back();
     };
@@ -119,7 +129,8 @@ OpTy self(Emitter &e) {
 
 Lowering unary(std::function<Value(Emitter &, Value)> f) {
   return [f](Emitter &e) {
-    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); });
+    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); },
+            /*parallel=*/true);
     return success();
   };
 }
@@ -139,7 +150,7 @@ Lowering binary(std::function<Value(Emitter &, Value, Value)> ff,
       Value a = e.load(e.in[0], e.broadcastIdx(e.in[0], ivs));
       Value c = e.load(e.in[1], e.broadcastIdx(e.in[1], ivs));
       e.store(isFloat ? ff(e, a, c) : fi(e, a, c), e.out[0], ivs);
-    });
+    }, /*parallel=*/true);
     return success();
   };
 }
@@ -153,7 +164,7 @@ Lowering arithmetic() {
 LogicalResult broadcastLike(Emitter &e) {
   e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
     e.store(e.load(e.in[0], e.broadcastIdx(e.in[0], ivs)), e.out[0], ivs);
-  });
+  }, /*parallel=*/true);
   return success();
 }
 
@@ -336,7 +347,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         o.push_back(e.idx(0));
     }
     e.store(r, e.out[0], o);
-  });
+  }, /*parallel=*/true);
   return success();
 }
 
@@ -354,13 +365,14 @@ LogicalResult count(Emitter &e) {
 LogicalResult matmul(Emitter &e) {
   ArrayRef<int64_t> a = shapeOf(e.in[0]), c = shapeOf(e.in[1]);
   e.fill(e.out[0], e.f32(0));
-  // i-k-j order: the inner loop streams rows of both B and C (vectorizable).
+  // i-k-j order: the inner loop streams rows of both B and C (vectorizable);
+  // rows are split across threads.
   e.loops({a[0], a[1]}, [&](ValueRange ik) {
     Value aik = e.load(e.in[0], ik);
     e.loops({c[1]}, [&](ValueRange j) {
       e.multiplyAdd(aik, e.load(e.in[1], {ik[1], j[0]}), e.out[0], {ik[0], j[0]});
     });
-  });
+  }, /*parallel=*/true);
   return success();
 }
 
@@ -444,6 +456,7 @@ void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int
   Location loc = e.loc;
   e.loops({y[0], y[1], cg, w[2], w[3]}, [&](ValueRange iv) {
     Value n = iv[0], o = iv[1], c = iv[2], p = iv[3], q = iv[4];
+    // (Parallel over the batch: each sample's taps write only its own slice.)
     Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
     Value ic = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, g, e.idx(cg)), c);
     auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
@@ -463,7 +476,7 @@ void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int
         loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, j, e.idx(stride[1])), e.idx(pad[1])),
         q);
     tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
-  });
+  }, /*parallel=*/true);
 }
 
 LogicalResult conv2d(Emitter &e) {
@@ -531,7 +544,7 @@ LogicalResult conv2dGradWeight(Emitter &e) {
       b.create<scf::YieldOp>(loc, rows.getResults());
     }
     e.store(batch.getResult(0), e.out[0], iv);
-  });
+  }, /*parallel=*/true);
   return success();
 }
 
