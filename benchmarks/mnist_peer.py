@@ -97,7 +97,11 @@ def ours(name, epochs, seed, batch, nnc, limit, threads):
                "--batch", str(batch), "--metrics", metrics, "--threads", str(threads)]
         if limit:
             cmd += ["--limit", str(limit)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        # The peer's tuning (passive OpenMP waiting, for its OpenBLAS threads)
+        # would put nnc's threads to sleep between its many short parallel
+        # loops; nnc runs with the OpenMP defaults.
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         with open(metrics) as f:
             return [(float(r["seconds"]), float(r["eval_accuracy"])) for r in csv.DictReader(f)]
 
