@@ -89,10 +89,14 @@ struct Emitter {
     return r;
   }
   /// `iv * stride - pad + k`, and whether it lies in [0, size).
-  std::pair<Value, Value> window(Value iv, int64_t stride, int64_t pad, Value k, int64_t size) {
-    Value p = b.create<arith::AddIOp>(
+  /// The input position of output position `iv` at kernel tap `k`.
+  Value tap(Value iv, int64_t stride, int64_t pad, Value k) {
+    return b.create<arith::AddIOp>(
         loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, iv, idx(stride)), idx(pad)),
         k);
+  }
+  std::pair<Value, Value> window(Value iv, int64_t stride, int64_t pad, Value k, int64_t size) {
+    Value p = tap(iv, stride, pad, k);
     Value ok = b.create<arith::AndIOp>(
         loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, p, idx(0)),
         b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, p, idx(size)));
@@ -465,16 +469,12 @@ void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int
     OpBuilder::InsertionGuard g1(b);
     b.setInsertionPointToStart(rows.getBody());
     Value i = rows.getInductionVar();
-    Value ih = b.create<arith::AddIOp>(
-        loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, i, e.idx(stride[0])), e.idx(pad[0])),
-        p);
+    Value ih = e.tap(i, stride[0], pad[0], p);
     auto cols = b.create<scf::ForOp>(loc, jLo, jHi, e.idx(1));
     OpBuilder::InsertionGuard g2(b);
     b.setInsertionPointToStart(cols.getBody());
     Value j = cols.getInductionVar();
-    Value iw = b.create<arith::AddIOp>(
-        loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, j, e.idx(stride[1])), e.idx(pad[1])),
-        q);
+    Value iw = e.tap(j, stride[1], pad[1], q);
     tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
   }, /*parallel=*/true);
 }
@@ -525,15 +525,13 @@ LogicalResult conv2dGradWeight(Emitter &e) {
         OpBuilder::InsertionGuard g1(b);
         b.setInsertionPointToStart(rows.getBody());
         Value i = rows.getInductionVar();
-        Value ih = b.create<arith::AddIOp>(
-            loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, i, e.idx(stride[0])), e.idx(pad[0])), p);
+        Value ih = e.tap(i, stride[0], pad[0], p);
         auto cols = b.create<scf::ForOp>(loc, jLo, jHi, e.idx(1), rows.getRegionIterArgs());
         {
           OpBuilder::InsertionGuard g2(b);
           b.setInsertionPointToStart(cols.getBody());
           Value j = cols.getInductionVar();
-          Value iw = b.create<arith::AddIOp>(
-              loc, b.create<arith::SubIOp>(loc, b.create<arith::MulIOp>(loc, j, e.idx(stride[1])), e.idx(pad[1])), q);
+          Value iw = e.tap(j, stride[1], pad[1], q);
           Value prod = b.create<arith::MulFOp>(loc, e.load(e.in[0], {n, ic, ih, iw}),
                                                e.load(e.in[1], {n, o, i, j}), flags);
           b.create<scf::YieldOp>(loc, ValueRange{b.create<arith::AddFOp>(
