@@ -641,7 +641,9 @@ int nnc::driver::runPredict(const Args &args) {
     if (i != loss)
       outs.push_back(i);
   // Header: one column per output element, then the class of a classifier.
-  bool classify = outs.size() == 1 && (*res)[outs[0]].shape.size() == 2 &&
+  // A classifier (a model trained on i32 labels) also gets a class column.
+  bool labelled = llvm::any_of(m.inputs, [](const Input &in) { return in.integer; });
+  bool classify = labelled && outs.size() == 1 && (*res)[outs[0]].shape.size() == 2 &&
                   (*res)[outs[0]].shape[1] > 1;
   bool firstCol = true;
   for (unsigned o : outs) {
