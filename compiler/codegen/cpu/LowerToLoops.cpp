@@ -109,6 +109,23 @@ struct Emitter {
     b.setInsertionPointToStart(&i.getThenRegion().front());
     then();
   }
+  /// The sum of `term` over the loop nest `bounds`, kept in a register.
+  Value sumOver(ArrayRef<int64_t> bounds, function_ref<Value(ValueRange)> term) {
+    auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+    SmallVector<Value> ivs;
+    std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
+      if (d == bounds.size())
+        return b.create<arith::AddFOp>(loc, acc, term(ivs), flags);
+      auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1), ValueRange{acc});
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(f.getBody());
+      ivs.push_back(f.getInductionVar());
+      b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()[0]));
+      ivs.pop_back();
+      return f.getResult(0);
+    };
+    return rec(0, f32(0.0));
+  }
   void accumulate(Value v, Value m, ValueRange ivs) {
     store(b.create<arith::AddFOp>(loc, load(m, ivs), v), m, ivs);
   }
@@ -653,6 +670,51 @@ LogicalResult avgPool(Emitter &e, bool grad) {
   return success();
 }
 
+/// Batch normalization in two passes per channel (statistics in registers,
+/// then the normalization), channels in parallel.
+LogicalResult batchNorm(Emitter &e) {
+  auto op = self<nnops::BatchNormOp>(e);
+  ArrayRef<int64_t> x = shapeOf(e.in[0]);
+  SmallVector<int64_t> rest = {x[0]}; // the axes reduced for one channel
+  rest.append(x.begin() + 2, x.end());
+  double count = 1;
+  for (int64_t d : rest)
+    count *= static_cast<double>(d);
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  e.loops({x[1]}, [&](ValueRange cv) {
+    Value c = cv[0];
+    auto at = [&](ValueRange r) {
+      SmallVector<Value> i = {r[0], c};
+      i.append(r.begin() + 1, r.end());
+      return i;
+    };
+    Value mean, var;
+    if (op.getTraining()) {
+      Value n = e.f32(count);
+      mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(e.in[0], at(r)); }), n);
+      Value ss = e.sumOver(rest, [&](ValueRange r) {
+        Value d = b.create<arith::SubFOp>(loc, e.load(e.in[0], at(r)), mean);
+        return b.create<arith::MulFOp>(loc, d, d).getResult();
+      });
+      var = b.create<arith::DivFOp>(loc, ss, n);
+    } else {
+      mean = e.load(e.in[3], {c});
+      var = e.load(e.in[4], {c});
+    }
+    Value rstd = b.create<arith::DivFOp>(
+        loc, e.f32(1.0),
+        b.create<math::SqrtOp>(loc, b.create<arith::AddFOp>(loc, var, e.f32(op.getEps().convertToDouble()))));
+    Value scale = b.create<arith::MulFOp>(loc, rstd, e.load(e.in[1], {c}));
+    Value shift = e.load(e.in[2], {c});
+    e.loops(rest, [&](ValueRange r) {
+      Value d = b.create<arith::SubFOp>(loc, e.load(e.in[0], at(r)), mean);
+      e.store(b.create<arith::AddFOp>(loc, b.create<arith::MulFOp>(loc, d, scale), shift), e.out[0], at(r));
+    });
+  }, /*parallel=*/true);
+  return success();
+}
+
 LogicalResult channelWindowSum(Emitter &e) {
   auto op = self<nnops::ChannelWindowSumOp>(e);
   ArrayRef<int64_t> s = shapeOf(e.in[0]);
@@ -748,6 +810,7 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
     add(entry<nnops::AvgPool2dOp>([](E &e) { return avgPool(e, false); }));
     add(entry<nnops::AvgPool2dGradOp>([](E &e) { return avgPool(e, true); }));
     add(entry<nnops::ChannelWindowSumOp>(channelWindowSum));
+    add(entry<nnops::BatchNormOp>(batchNorm));
     return t;
   }();
   return table;

@@ -81,23 +81,6 @@ SmallVector<Value> expand(Operation *op, GradBuilder &g) {
                                                        b.getNamedAttr("keepdims", b.getBoolAttr(true))}));
     return {g.sub(z, log(g.sumAxes(exp(z), {a}, true)))};
   }
-  if (auto o = dyn_cast<nnops::BatchNormOp>(op)) {
-    Value x = o.getInput();
-    int64_t rank = typeOf(x).getRank();
-    SmallVector<int64_t> axes = allButChannels(rank);
-    double eps = o.getEps().convertToDouble();
-    Value mean, var;
-    if (o.getTraining()) {
-      mean = g.meanAxes(x, axes, true);
-      Value xc = g.sub(x, mean);
-      var = g.meanAxes(g.mul(xc, xc), axes, true);
-    } else {
-      mean = g.channels(o.getRunningMean(), rank);
-      var = g.channels(o.getRunningVar(), rank);
-    }
-    Value xhat = g.div(g.sub(x, mean), sqrt(g.add(var, eps)));
-    return {g.add(g.mul(xhat, g.channels(o.getGamma(), rank)), g.channels(o.getBeta(), rank))};
-  }
   if (auto o = dyn_cast<nnops::GroupNormOp>(op)) {
     Value x = o.getInput();
     RankedTensorType xt = typeOf(x);

@@ -3,8 +3,8 @@
 // Two nn-to-nn steps that prepare a function for the CPU backend:
 // specializeBatch gives every dynamic (batch) size a value and re-infers all
 // result types, so code generation sees static shapes only; decompose
-// rewrites composite ops (softmax, normalizations, LRN, losses, means) into
-// the core ops the loop lowering implements.
+// rewrites composite ops (softmax, group norm, LRN, losses, means) into the
+// core ops the loop lowering implements (batch norm has loops of its own).
 //
 //===----------------------------------------------------------------------===//
 
