@@ -1099,11 +1099,9 @@ Value MLIRGen::genCall(const Expr &e) {
   }
   // Bind positional and keyword arguments to the builtin's parameters.
   Call call{e, {}, {}};
-  size_t required = 0;
   for (const std::string &p : fn->params) {
     bool optional = StringRef(p).ends_with("?");
     call.params.push_back(optional ? p.substr(0, p.size() - 1) : p);
-    required += !optional;
   }
   call.bound.assign(call.params.size(), nullptr);
   if (e.args.size() > call.params.size()) {
@@ -1134,7 +1132,6 @@ Value MLIRGen::genCall(const Expr &e) {
                    << call.params[i] << "'";
       return nullptr;
     }
-  (void)required;
   return fn->gen(*this, call);
 }
 

@@ -45,7 +45,6 @@ namespace {
 /// values, or an empty vector to keep the op.
 SmallVector<Value> expand(Operation *op, GradBuilder &g) {
   OpBuilder &b = g.builder();
-  auto axisAttr = [&](int64_t a) { return b.getNamedAttr("axis", b.getI64IntegerAttr(a)); };
   auto exp = [&](Value v) { return g.make<nnops::ExpOp>({v}); };
   auto log = [&](Value v) { return g.make<nnops::LogOp>({v}); };
   auto sqrt = [&](Value v) { return g.make<nnops::SqrtOp>({v}); };
@@ -132,7 +131,6 @@ SmallVector<Value> expand(Operation *op, GradBuilder &g) {
     Value picked = rowSum(g.mul(x, onehot(o.getTarget(), typeOf(x).getDimSize(1))));
     return {reduceLoss(g.sub(lse, picked))};
   }
-  (void)axisAttr;
   return {};
 }
 
