@@ -69,9 +69,9 @@ static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp modu
 }
 
 /// Translates to LLVM IR for the host's data layout and triple, as the JIT
-/// does. (Tagging functions with the host's features enables FMA and 512-bit
-/// vectors, but measured 4x slower on the MLP step: gathers for strided
-/// loops. That waits for tiled, contiguous loop nests.)
+/// does. (A JIT module translated this way with the host's features on every
+/// function got FMA and 512-bit vectors but trained the MLP about 4x slower;
+/// the cause is not isolated yet, so the JIT uses MLIR's own translation.)
 static std::unique_ptr<llvm::Module> translateForHost(Operation *module,
                                                       llvm::LLVMContext &context,
                                                       llvm::TargetMachine &tm) {
