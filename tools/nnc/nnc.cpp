@@ -63,7 +63,7 @@ const std::vector<Command> &commands() {
                          "loops|llvm|asm|cuda|ptx)"},
         {"stats", nullptr, "Print op and parameter counts to stderr"},
         {"locs", nullptr, "Print the source location of every op"},
-        {"batch", "N", "Batch size for --emit=loops|llvm|asm (default: the train section's)"},
+        {"batch", "N", "Fix the batch size for --emit=loops|llvm|asm (default: any, given at run time)"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
        runCompile},
       {"train", "nnc train FILE [options]",
@@ -284,16 +284,12 @@ int runCompile(const Args &args) {
     if (mlir::failed(pm.run(*module)))
       return kUserError;
     if (host) {
-      // The training step (or, for a model without a loss, the model) for
-      // one batch size: --batch, the train section's, or 64.
+      // The training step (or, for a model without a loss, the model), for
+      // every batch size, or for --batch alone.
       auto fn = *module->getOps<mlir::func::FuncOp>().begin();
       if (hasLoss)
         fn = module->lookupSymbol<mlir::func::FuncOp>((fn.getName() + "_train_step").str());
-      if (batch == 0)
-        if (auto train = (*module)->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
-          if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
-            batch = b.getInt();
-      auto loops = cpu::buildLoops(fn, batch ? batch : 64);
+      auto loops = cpu::buildLoops(fn, batch ? std::optional<int64_t>(batch) : std::nullopt);
       if (mlir::failed(loops))
         return kUserError;
       module = std::move(*loops);

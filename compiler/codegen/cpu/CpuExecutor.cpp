@@ -19,10 +19,11 @@ namespace {
 struct Compiled {
   OwningOpRef<ModuleOp> module; // keeps the IR the engine was built from
   std::unique_ptr<cpu::JitModule> jit;
-  SmallVector<RankedTensorType> resultTypes;
-  std::vector<int64_t> resultSizes;
-  std::vector<bool> kinds;                // per buffer: i32 (true) or f32
+  std::vector<int64_t> slots; // perBatch, fixed per slot
+  std::vector<bool> kinds;                 // per buffer: i32 (true) or f32
   std::vector<std::vector<float>> buffers; // per argument and result
+  std::vector<float> workspace;
+  std::map<int64_t, SmallVector<Type>> resultTypes; // per batch size
 };
 
 class CpuExecutor : public ref::Executor {
@@ -32,26 +33,27 @@ public:
   const char *name() const override { return "cpu"; }
 
 private:
-  FailureOr<Compiled *> get(func::FuncOp fn, int64_t batch);
-  std::map<std::pair<std::string, int64_t>, Compiled> cache;
+  FailureOr<Compiled *> get(func::FuncOp fn);
+  std::map<std::string, Compiled> cache;
 };
 
-FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn, int64_t batch) {
-  auto key = std::make_pair(fn.getName().str(), batch);
+FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn) {
+  std::string key = fn.getName().str();
   auto it = cache.find(key);
   if (it != cache.end())
     return &it->second;
-  auto loops = cpu::buildLoops(fn, batch);
+  auto loops = cpu::buildLoops(fn);
   if (failed(loops))
     return failure();
   Compiled c;
   c.module = std::move(*loops);
   auto kernel = c.module->lookupSymbol<func::FuncOp>("kernel");
-  unsigned numArgs = fn.getNumArguments();
-  for (Type t : kernel.getArgumentTypes().drop_front(numArgs).drop_back()) {
-    auto m = cast<MemRefType>(t);
-    c.resultTypes.push_back(RankedTensorType::get(m.getShape(), m.getElementType()));
-  }
+  c.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  for (Type t : fn.getArgumentTypes())
+    c.kinds.push_back(cast<RankedTensorType>(t).getElementType().isInteger(32));
+  for (Type t : fn.getResultTypes())
+    c.kinds.push_back(cast<RankedTensorType>(t).getElementType().isInteger(32));
+  c.buffers.resize(c.kinds.size());
   auto jit = cpu::JitModule::compile(*c.module);
   if (failed(jit))
     return failure();
@@ -66,36 +68,42 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
   int64_t batch = 0;
   for (auto [arg, t] : llvm::zip(fn.getArguments(), args)) {
     auto type = cast<RankedTensorType>(arg.getType());
+    if (static_cast<int64_t>(t.shape.size()) != type.getRank())
+      return fn.emitError("argument of rank ") << t.shape.size() << " for a tensor of rank "
+                                               << type.getRank();
     for (int64_t i = 0; i < type.getRank(); ++i)
-      if (type.isDynamicDim(i) && i < static_cast<int64_t>(t.shape.size())) {
+      if (type.isDynamicDim(i)) {
         if (batch && batch != t.shape[i])
           return fn.emitError("arguments disagree on the batch size: ") << batch << " and "
                                                                          << t.shape[i];
         batch = t.shape[i];
       }
   }
-  auto compiled = get(fn, batch);
+  auto compiled = get(fn);
   if (failed(compiled))
     return failure();
 
-  // Marshal: f32 and i32 buffers in argument order, then results, then rng.
-  // The buffers live in the compiled entry and are reused from call to call.
+  // Result shapes at this batch size.
   Compiled &c = **compiled;
-  if (c.buffers.empty()) {
-    for (Value arg : fn.getArguments())
-      c.kinds.push_back(cast<RankedTensorType>(arg.getType()).getElementType().isInteger(32));
-    for (RankedTensorType t : c.resultTypes) {
-      c.kinds.push_back(t.getElementType().isInteger(32));
-      c.resultSizes.push_back(t.getNumElements());
-    }
-    c.buffers.resize(c.kinds.size());
+  auto known = c.resultTypes.find(batch);
+  if (known == c.resultTypes.end()) {
+    OwningOpRef<func::FuncOp> sized(cast<func::FuncOp>(fn->clone()));
+    if (failed(cpu::specializeBatch(*sized, batch)))
+      return failure();
+    known = c.resultTypes.emplace(batch, SmallVector<Type>(sized->getResultTypes())).first;
   }
+  ArrayRef<Type> resultTypes = known->second;
+
+  // Marshal: f32 and i32 buffers in argument order, then results, then rng,
+  // workspace and batch. The buffers live in the compiled entry and are
+  // reused from call to call.
   std::vector<void *> ptrs;
   for (size_t i = 0; i < c.buffers.size(); ++i) {
     bool isArg = i < args.size();
-    size_t n = isArg ? args[i].data.size() : c.resultSizes[i - args.size()];
+    size_t n = isArg ? args[i].data.size()
+                     : cast<RankedTensorType>(resultTypes[i - args.size()]).getNumElements();
     std::vector<float> &buf = c.buffers[i]; // i32 data is stored in the same words
-    buf.resize(n);
+    buf.resize(std::max<size_t>(n, 1));
     if (isArg) {
       const double *src = args[i].data.data();
       if (c.kinds[i]) {
@@ -111,15 +119,26 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
   }
   int64_t rng[2] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step)};
   ptrs.push_back(rng);
-  if (failed(c.jit->call("kernel", ptrs)))
+  // The slots, 64-byte aligned in one float vector.
+  size_t total = 64;
+  for (size_t i = 0; i < c.slots.size(); i += 2)
+    total += static_cast<size_t>(c.slots[i] * batch + c.slots[i + 1]);
+  c.workspace.resize(std::max(c.workspace.size(), total / 4));
+  uintptr_t at = (reinterpret_cast<uintptr_t>(c.workspace.data()) + 63) & ~uintptr_t(63);
+  std::vector<void *> slots;
+  for (size_t i = 0; i < c.slots.size(); i += 2) {
+    slots.push_back(reinterpret_cast<void *>(at));
+    at += static_cast<uintptr_t>(c.slots[i] * batch + c.slots[i + 1]);
+  }
+  if (failed(c.jit->call("kernel", ptrs, batch, slots)))
     return fn.emitError("the compiled CPU code could not be called");
 
   std::vector<Tensor> out;
-  for (size_t r = 0; r < c.resultTypes.size(); ++r) {
-    RankedTensorType t = c.resultTypes[r];
+  for (size_t r = 0; r < resultTypes.size(); ++r) {
+    auto t = cast<RankedTensorType>(resultTypes[r]);
     size_t i = args.size() + r;
     Tensor res{std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), {}};
-    res.data.resize(c.resultSizes[r]);
+    res.data.resize(t.getNumElements());
     if (c.kinds[i]) {
       auto *src = reinterpret_cast<const int32_t *>(c.buffers[i].data());
       for (size_t k = 0; k < res.data.size(); ++k)
@@ -138,19 +157,22 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
 
-FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, int64_t batch) {
+FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
-  if (failed(specializeBatch(clone, batch)) || failed(decompose(clone)))
+  if ((batch && failed(specializeBatch(clone, *batch))) || failed(decompose(clone)))
     return failure();
   PassManager pm(fn.getContext());
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   if (failed(pm.run(*scratch)))
     return failure();
+  auto scaling = batchScaling(clone);
+  if (failed(scaling))
+    return failure();
   OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
-  if (failed(lowerToLoops(clone, *loops, "kernel")))
+  if (failed(lowerToLoops(clone, *scaling, *loops, "kernel")))
     return failure();
   return loops;
 }

@@ -1,10 +1,9 @@
 //===- CpuExecutor.h - running nn functions as compiled CPU code -*- C++ -*-===//
 //
-// An Executor that compiles each (function, batch size) once: the function
-// is cloned, its batch size fixed, composite ops decomposed, lowered to
-// loops and LLVM, and JIT-compiled for the host; later calls with the same
-// batch size reuse the code. Tensors cross the boundary as f32 (i32 for
-// integer tensors).
+// An Executor that compiles each function once, for every batch size: the
+// function is cloned, composite ops decomposed, lowered to loops over a
+// run-time batch size and to LLVM, and JIT-compiled for the host. Tensors
+// cross the boundary as f32 (i32 for integer tensors).
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,15 +16,17 @@
 #include "mlir/IR/OwningOpRef.h"
 
 #include <memory>
+#include <optional>
 
 namespace nnc::cpu {
 
 std::unique_ptr<ref::Executor> createExecutor();
 
-/// The loops-level module of `fn` with its batch size fixed: a function
-/// `kernel(args..., results..., rng)` over memrefs (what --emit=loops shows).
-mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>> buildLoops(mlir::func::FuncOp fn,
-                                                              int64_t batch);
+/// The loops-level module of `fn`: a function `kernel(args..., results...,
+/// rng, workspace, batch)` over memrefs (what --emit=loops shows), for any
+/// batch size, or for `batch` alone when given.
+mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
+buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt);
 
 } // namespace nnc::cpu
 

@@ -35,6 +35,82 @@
 using namespace mlir;
 using namespace nnc;
 
+/// The function argument `ptr` is derived from (through address arithmetic
+/// and memref descriptors), if any.
+static BlockArgument rootPointer(Value ptr) {
+  Value v = ptr;
+  for (int steps = 0; steps < 64; ++steps) {
+    if (auto arg = dyn_cast<BlockArgument>(v))
+      return isa<LLVM::LLVMFuncOp>(arg.getOwner()->getParentOp()) && arg.getOwner()->isEntryBlock()
+                 ? arg
+                 : BlockArgument();
+    Operation *op = v.getDefiningOp();
+    if (auto gep = dyn_cast_or_null<LLVM::GEPOp>(op)) {
+      v = gep.getBase();
+    } else if (auto extract = dyn_cast_or_null<LLVM::ExtractValueOp>(op)) {
+      // Find the value inserted at this position of the descriptor.
+      Value container = extract.getContainer();
+      Value found;
+      while (auto insert = container.getDefiningOp<LLVM::InsertValueOp>()) {
+        if (insert.getPosition() == extract.getPosition()) {
+          found = insert.getValue();
+          break;
+        }
+        container = insert.getContainer();
+      }
+      if (!found)
+        return {};
+      v = found;
+    } else {
+      return {};
+    }
+  }
+  return {};
+}
+
+/// Gives every load, store and copy whose address derives from a `noalias`
+/// pointer argument an alias scope of that argument, and declares it apart
+/// from every other argument's scope. The facts `noalias` arguments state
+/// survive this way in the loop bodies OpenMP outlines into functions of
+/// their own, where LLVM would otherwise add run-time overlap checks to
+/// every vectorized loop.
+static void addAliasScopes(ModuleOp module) {
+  MLIRContext *ctx = module.getContext();
+  module.walk([&](LLVM::LLVMFuncOp fn) {
+    if (fn.isExternal())
+      return;
+    auto domain = LLVM::AliasScopeDomainAttr::get(ctx, StringAttr::get(ctx, fn.getName()));
+    llvm::DenseMap<BlockArgument, LLVM::AliasScopeAttr> scopes;
+    for (BlockArgument arg : fn.getArguments())
+      if (fn.getArgAttr(arg.getArgNumber(), LLVM::LLVMDialect::getNoAliasAttrName()))
+        scopes[arg] = LLVM::AliasScopeAttr::get(domain);
+    if (scopes.size() < 2)
+      return;
+    fn.walk([&](LLVM::AliasAnalysisOpInterface op) {
+      SmallVector<Value> addresses;
+      for (Value operand : op->getOperands())
+        if (isa<LLVM::LLVMPointerType>(operand.getType()))
+          addresses.push_back(operand);
+      SmallVector<Attribute> mine, others;
+      for (Value address : addresses) {
+        BlockArgument root = rootPointer(address);
+        auto it = scopes.find(root);
+        if (!root || it == scopes.end())
+          return; // an address of unknown origin: leave the op alone
+        if (!llvm::is_contained(mine, it->second))
+          mine.push_back(it->second);
+      }
+      if (mine.empty())
+        return;
+      for (auto &[arg, scope] : scopes)
+        if (!llvm::is_contained(mine, scope))
+          others.push_back(scope);
+      op.setAliasScopes(ArrayAttr::get(ctx, mine));
+      op.setNoAliasScopes(ArrayAttr::get(ctx, others));
+    });
+  });
+}
+
 LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   PassManager pm(module.getContext());
   pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
@@ -53,7 +129,10 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   pm.addPass(createConvertControlFlowToLLVMPass());
   pm.addPass(createConvertOpenMPToLLVMPass());
   pm.addPass(createReconcileUnrealizedCastsPass());
-  return pm.run(module);
+  if (failed(pm.run(module)))
+    return failure();
+  addAliasScopes(module);
+  return success();
 }
 
 /// The host's target machine, at the highest optimization level.
@@ -152,10 +231,15 @@ FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
 
 cpu::JitModule::~JitModule() = default;
 
-LogicalResult cpu::JitModule::call(StringRef name, ArrayRef<void *> buffers) {
+LogicalResult cpu::JitModule::call(StringRef name, ArrayRef<void *> buffers, int64_t batch,
+                                  ArrayRef<void *> slots) {
   SmallVector<void *> storage(buffers.begin(), buffers.end());
+  SmallVector<void *> slotStorage(slots.begin(), slots.end());
   SmallVector<void *> args;
   for (void *&p : storage)
+    args.push_back(&p);
+  args.push_back(&batch);
+  for (void *&p : slotStorage)
     args.push_back(&p);
   if (llvm::Error err = engine->invokePacked(name, args)) {
     llvm::consumeError(std::move(err));

@@ -34,8 +34,10 @@ public:
   static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
   ~JitModule();
 
-  /// Calls `name` with one buffer pointer per argument.
-  mlir::LogicalResult call(llvm::StringRef name, llvm::ArrayRef<void *> buffers);
+  /// Calls `name` with one buffer pointer per argument, the batch size and
+  /// the slot pointers (lowerToLoops' calling convention).
+  mlir::LogicalResult call(llvm::StringRef name, llvm::ArrayRef<void *> buffers, int64_t batch,
+                           llvm::ArrayRef<void *> slots);
 
 private:
   JitModule() = default;

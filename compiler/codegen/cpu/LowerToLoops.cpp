@@ -41,6 +41,7 @@ struct Emitter {
   Operation *op;
   SmallVector<Value> in, out; // operand and result buffers
   Value rng;                  // memref<2xi64>: seed, step
+  Value batch;                // index: the batch size of this call
   unsigned &globals;          // counter for unique global names
   ModuleOp module;
 
@@ -49,10 +50,39 @@ struct Emitter {
   Value load(Value m, ValueRange ivs) { return b.create<memref::LoadOp>(loc, m, ivs); }
   void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
 
+  /// Size `i` of buffer `m`: a constant, or read from its descriptor when
+  /// it depends on the batch size.
+  Value dim(Value m, int64_t i) {
+    auto t = cast<MemRefType>(m.getType());
+    if (!t.isDynamicDim(i))
+      return idx(t.getDimSize(i));
+    return b.create<memref::DimOp>(loc, m, i);
+  }
+  SmallVector<Value> sizes(Value m) {
+    SmallVector<Value> r;
+    for (int64_t i = 0; i < cast<MemRefType>(m.getType()).getRank(); ++i)
+      r.push_back(dim(m, i));
+    return r;
+  }
+  Value mul(Value x, Value y) { return b.create<arith::MulIOp>(loc, x, y); }
+  Value add(Value x, Value y) { return b.create<arith::AddIOp>(loc, x, y); }
+  /// An index value as f32.
+  Value toF32(Value i) {
+    return b.create<arith::SIToFPOp>(loc, b.getF32Type(),
+                                     b.create<arith::IndexCastOp>(loc, b.getI64Type(), i));
+  }
+
+  void loops(ArrayRef<int64_t> bounds, function_ref<void(ValueRange)> body,
+             bool parallel = false) {
+    SmallVector<Value> v;
+    for (int64_t n : bounds)
+      v.push_back(idx(n));
+    loops(ArrayRef<Value>(v), body, parallel);
+  }
   /// Nested loops over `bounds`; `body` gets the induction variables. With
   /// `parallel`, the outermost loop is an scf.parallel, which runs across
   /// threads: its iterations must write disjoint elements.
-  void loops(ArrayRef<int64_t> bounds, function_ref<void(ValueRange)> body,
+  void loops(ArrayRef<Value> bounds, function_ref<void(ValueRange)> body,
              bool parallel = false) {
     SmallVector<Value> ivs;
     std::function<void(size_t)> rec = [&](size_t d) {
@@ -61,13 +91,14 @@ struct Emitter {
         return;
       }
       OpBuilder::InsertionGuard guard(b);
-      if (d == 0 && parallel && bounds[0] > 1) {
-        auto f = b.create<scf::ParallelOp>(loc, ValueRange{idx(0)}, ValueRange{idx(bounds[0])},
+      std::optional<int64_t> trips = getConstantIntValue(bounds[0]);
+      if (d == 0 && parallel && (!trips || *trips > 1)) {
+        auto f = b.create<scf::ParallelOp>(loc, ValueRange{idx(0)}, ValueRange{bounds[0]},
                                            ValueRange{idx(1)});
         b.setInsertionPointToStart(f.getBody());
         ivs.push_back(f.getInductionVars()[0]);
       } else {
-        auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1));
+        auto f = b.create<scf::ForOp>(loc, idx(0), bounds[d], idx(1));
         b.setInsertionPointToStart(f.getBody());
         ivs.push_back(f.getInductionVar());
       }
@@ -77,7 +108,7 @@ struct Emitter {
     rec(0);
   }
   void fill(Value m, Value v) {
-    loops(shapeOf(m), [&](ValueRange ivs) { store(v, m, ivs); });
+    loops(sizes(m), [&](ValueRange ivs) { store(v, m, ivs); });
   }
   /// Indices into `operand` for output indices `ivs`, numpy-broadcast.
   SmallVector<Value> broadcastIdx(Value operand, ValueRange ivs) {
@@ -110,13 +141,13 @@ struct Emitter {
     then();
   }
   /// The sum of `term` over the loop nest `bounds`, kept in a register.
-  Value sumOver(ArrayRef<int64_t> bounds, function_ref<Value(ValueRange)> term) {
+  Value sumOver(ArrayRef<Value> bounds, function_ref<Value(ValueRange)> term) {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     SmallVector<Value> ivs;
     std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
       if (d == bounds.size())
         return b.create<arith::AddFOp>(loc, acc, term(ivs), flags);
-      auto f = b.create<scf::ForOp>(loc, idx(0), idx(bounds[d]), idx(1), ValueRange{acc});
+      auto f = b.create<scf::ForOp>(loc, idx(0), bounds[d], idx(1), ValueRange{acc});
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(f.getBody());
       ivs.push_back(f.getInductionVar());
@@ -150,7 +181,7 @@ OpTy self(Emitter &e) {
 
 Lowering unary(std::function<Value(Emitter &, Value)> f) {
   return [f](Emitter &e) {
-    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); },
+    e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); },
             /*parallel=*/true);
     return success();
   };
@@ -167,7 +198,7 @@ Lowering binary(std::function<Value(Emitter &, Value, Value)> ff,
                 std::function<Value(Emitter &, Value, Value)> fi) {
   return [ff, fi](Emitter &e) {
     bool isFloat = isa<FloatType>(getElementTypeOrSelf(e.out[0].getType()));
-    e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+    e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
       Value a = e.load(e.in[0], e.broadcastIdx(e.in[0], ivs));
       Value c = e.load(e.in[1], e.broadcastIdx(e.in[1], ivs));
       e.store(isFloat ? ff(e, a, c) : fi(e, a, c), e.out[0], ivs);
@@ -183,7 +214,7 @@ Lowering arithmetic() {
 }
 
 LogicalResult broadcastLike(Emitter &e) {
-  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
     e.store(e.load(e.in[0], e.broadcastIdx(e.in[0], ivs)), e.out[0], ivs);
   }, /*parallel=*/true);
   return success();
@@ -206,7 +237,7 @@ Value mix64(Emitter &e, Value z) {
 LogicalResult dropout(Emitter &e) {
   auto op = self<nnops::DropoutOp>(e);
   double rate = op.getRate().convertToDouble();
-  ArrayRef<int64_t> shape = shapeOf(e.out[0]);
+  SmallVector<Value> shape = e.sizes(e.out[0]);
   if (!op.getTraining()) {
     e.loops(shape, [&](ValueRange ivs) {
       e.store(e.load(e.in[0], ivs), e.out[0], ivs);
@@ -230,7 +261,7 @@ LogicalResult dropout(Emitter &e) {
     // The linear index of the element is the counter.
     Value lin = e.idx(0);
     for (size_t i = 0; i < ivs.size(); ++i)
-      lin = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, lin, e.idx(shape[i])), ivs[i]);
+      lin = e.add(e.mul(lin, shape[i]), ivs[i]);
     Value counter = b.create<arith::IndexCastOp>(loc, b.getI64Type(), lin);
     Value bits = mix64(e, b.create<arith::AddIOp>(loc, key, counter));
     Value top = b.create<arith::ShRUIOp>(loc, bits, i64(11));
@@ -289,7 +320,7 @@ LogicalResult reshape(Emitter &e) {
 
 LogicalResult transpose(Emitter &e) {
   ArrayRef<int64_t> perm = self<nnops::TransposeOp>(e).getPerm();
-  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
     SmallVector<Value> src(perm.size());
     for (size_t i = 0; i < perm.size(); ++i)
       src[perm[i]] = ivs[i];
@@ -300,7 +331,7 @@ LogicalResult transpose(Emitter &e) {
 
 LogicalResult slice(Emitter &e) {
   auto op = self<nnops::SliceOp>(e);
-  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
     SmallVector<Value> src(ivs);
     src[op.getAxis()] = e.b.create<arith::AddIOp>(e.loc, ivs[op.getAxis()], e.idx(op.getStart()));
     e.store(e.load(e.in[0], src), e.out[0], ivs);
@@ -309,14 +340,15 @@ LogicalResult slice(Emitter &e) {
 }
 
 LogicalResult concat(Emitter &e) {
-  int64_t axis = self<nnops::ConcatOp>(e).getAxis(), offset = 0;
+  int64_t axis = self<nnops::ConcatOp>(e).getAxis();
+  Value offset = e.idx(0);
   for (Value in : e.in) {
-    e.loops(shapeOf(in), [&](ValueRange ivs) {
+    e.loops(e.sizes(in), [&](ValueRange ivs) {
       SmallVector<Value> dst(ivs);
-      dst[axis] = e.b.create<arith::AddIOp>(e.loc, ivs[axis], e.idx(offset));
+      dst[axis] = e.add(ivs[axis], offset);
       e.store(e.load(in, ivs), e.out[0], dst);
     });
-    offset += shapeOf(in)[axis];
+    offset = e.add(offset, e.dim(in, axis));
   }
   return success();
 }
@@ -332,11 +364,11 @@ LogicalResult reduce(Emitter &e, bool max) {
   SmallVector<int64_t> kept, reduced;
   for (int64_t i = 0; i < static_cast<int64_t>(in.size()); ++i)
     (axes.empty() || llvm::is_contained(axes, i) ? reduced : kept).push_back(i);
-  SmallVector<int64_t> outer, inner;
+  SmallVector<Value> outer, inner;
   for (int64_t i : kept)
-    outer.push_back(in[i]);
+    outer.push_back(e.dim(e.in[0], i));
   for (int64_t i : reduced)
-    inner.push_back(in[i]);
+    inner.push_back(e.dim(e.in[0], i));
   OpBuilder &b = e.b;
   Location loc = e.loc;
   auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
@@ -352,7 +384,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         return max ? b.create<arith::MaximumFOp>(loc, acc, v).getResult()
                    : b.create<arith::AddFOp>(loc, acc, v, flags).getResult();
       }
-      auto f = b.create<scf::ForOp>(loc, e.idx(0), e.idx(inner[d]), e.idx(1), ValueRange{acc});
+      auto f = b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), ValueRange{acc});
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(f.getBody());
       idx[reduced[d]] = f.getInductionVar();
@@ -374,23 +406,22 @@ LogicalResult reduce(Emitter &e, bool max) {
 
 LogicalResult count(Emitter &e) {
   ArrayRef<int64_t> axes = self<nnops::CountOp>(e).getAxes();
-  ArrayRef<int64_t> s = shapeOf(e.in[0]);
-  double n = 1;
-  for (size_t i = 0; i < s.size(); ++i)
-    if (axes.empty() || llvm::is_contained(axes, static_cast<int64_t>(i)))
-      n *= static_cast<double>(s[i]);
-  e.store(e.f32(n), e.out[0], {});
+  Value n = e.idx(1);
+  for (int64_t i = 0; i < static_cast<int64_t>(shapeOf(e.in[0]).size()); ++i)
+    if (axes.empty() || llvm::is_contained(axes, i))
+      n = e.mul(n, e.dim(e.in[0], i));
+  e.store(e.toF32(n), e.out[0], {});
   return success();
 }
 
 LogicalResult matmul(Emitter &e) {
-  ArrayRef<int64_t> a = shapeOf(e.in[0]), c = shapeOf(e.in[1]);
+  SmallVector<Value> a = e.sizes(e.in[0]), c = e.sizes(e.in[1]);
   e.fill(e.out[0], e.f32(0));
   // i-k-j order: the inner loop streams rows of both B and C (vectorizable);
   // rows are split across threads.
-  e.loops({a[0], a[1]}, [&](ValueRange ik) {
+  e.loops(ArrayRef<Value>{a[0], a[1]}, [&](ValueRange ik) {
     Value aik = e.load(e.in[0], ik);
-    e.loops({c[1]}, [&](ValueRange j) {
+    e.loops(ArrayRef<Value>{c[1]}, [&](ValueRange j) {
       e.multiplyAdd(aik, e.load(e.in[1], {ik[1], j[0]}), e.out[0], {ik[0], j[0]});
     });
   }, /*parallel=*/true);
@@ -398,10 +429,9 @@ LogicalResult matmul(Emitter &e) {
 }
 
 LogicalResult oneHot(Emitter &e) {
-  ArrayRef<int64_t> s = shapeOf(e.in[0]);
   int64_t classes = shapeOf(e.out[0]).back();
   e.fill(e.out[0], e.f32(0));
-  e.loops(s, [&](ValueRange ivs) {
+  e.loops(e.sizes(e.in[0]), [&](ValueRange ivs) {
     Value label = e.b.create<arith::IndexCastOp>(e.loc, e.b.getIndexType(), e.load(e.in[0], ivs));
     Value ok = e.b.create<arith::AndIOp>(
         e.loc, e.b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::sge, label, e.idx(0)),
@@ -417,8 +447,7 @@ LogicalResult oneHot(Emitter &e) {
 
 LogicalResult argmax(Emitter &e) {
   int64_t axis = self<nnops::ArgmaxOp>(e).getAxis();
-  ArrayRef<int64_t> s = shapeOf(e.in[0]);
-  e.loops(shapeOf(e.out[0]), [&](ValueRange ivs) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
     auto at = [&](Value k) {
       SmallVector<Value> i(ivs.begin(), ivs.begin() + axis);
       i.push_back(k);
@@ -426,7 +455,7 @@ LogicalResult argmax(Emitter &e) {
       return i;
     };
     Value first = e.load(e.in[0], at(e.idx(0)));
-    auto loop = e.b.create<scf::ForOp>(e.loc, e.idx(1), e.idx(s[axis]), e.idx(1),
+    auto loop = e.b.create<scf::ForOp>(e.loc, e.idx(1), e.dim(e.in[0], axis), e.idx(1),
                                        ValueRange{first, e.idx(0)});
     {
       OpBuilder::InsertionGuard guard(e.b);
@@ -469,13 +498,15 @@ std::pair<Value, Value> tapRange(Emitter &e, Value k, int64_t stride, int64_t pa
 /// `y`; `tap(xIdx, wIdx, yIdx)` runs for every in-bounds multiply. Loops run
 /// batch, output channel, input channel, kernel row and column, then the
 /// in-bounds output rows and columns (innermost, contiguous for stride 1).
-void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int64_t> y,
+void convTaps(Emitter &e, Value xm, ArrayRef<int64_t> w, Value ym,
               ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups,
               function_ref<void(ValueRange, ValueRange, ValueRange)> tap) {
+  ArrayRef<int64_t> x = shapeOf(xm), y = shapeOf(ym);
   int64_t og = w[0] / groups, cg = x[1] / groups;
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  e.loops({y[0], y[1], cg, w[2], w[3]}, [&](ValueRange iv) {
+  e.loops(ArrayRef<Value>{e.dim(ym, 0), e.idx(y[1]), e.idx(cg), e.idx(w[2]), e.idx(w[3])},
+          [&](ValueRange iv) {
     Value n = iv[0], o = iv[1], c = iv[2], p = iv[3], q = iv[4];
     // (Parallel over the batch: each sample's taps write only its own slice.)
     Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
@@ -499,7 +530,7 @@ void convTaps(Emitter &e, ArrayRef<int64_t> x, ArrayRef<int64_t> w, ArrayRef<int
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
   e.fill(e.out[0], e.f32(0));
-  convTaps(e, shapeOf(e.in[0]), shapeOf(e.in[1]), shapeOf(e.out[0]), op.getStride(),
+  convTaps(e, e.in[0], shapeOf(e.in[1]), e.out[0], op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
              e.multiplyAdd(e.load(e.in[0], xi), e.load(e.in[1], wi), e.out[0], yi);
            });
@@ -509,7 +540,7 @@ LogicalResult conv2d(Emitter &e) {
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
   e.fill(e.out[0], e.f32(0));
-  convTaps(e, shapeOf(e.out[0]), shapeOf(e.in[1]), shapeOf(e.in[0]), op.getStride(),
+  convTaps(e, e.out[0], shapeOf(e.in[1]), e.in[0], op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
              e.multiplyAdd(e.load(e.in[1], wi), e.load(e.in[0], yi), e.out[0], xi);
            });
@@ -532,7 +563,7 @@ LogicalResult conv2dGradWeight(Emitter &e) {
     Value ic = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, g, e.idx(cg)), c);
     auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
     auto [jLo, jHi] = tapRange(e, q, stride[1], pad[1], x[3], y[3]);
-    auto batch = b.create<scf::ForOp>(loc, e.idx(0), e.idx(y[0]), e.idx(1), ValueRange{e.f32(0)});
+    auto batch = b.create<scf::ForOp>(loc, e.idx(0), e.dim(e.in[1], 0), e.idx(1), ValueRange{e.f32(0)});
     {
       OpBuilder::InsertionGuard g0(b);
       b.setInsertionPointToStart(batch.getBody());
@@ -605,7 +636,7 @@ WindowMax windowMax(Emitter &e, Value x, ValueRange nc, Value i, Value j, ArrayR
 
 LogicalResult maxPool(Emitter &e) {
   auto op = self<nnops::MaxPool2dOp>(e);
-  e.loops(shapeOf(e.out[0]), [&](ValueRange iv) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange iv) {
     WindowMax m = windowMax(e, e.in[0], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[0]));
     e.store(m.value, e.out[0], iv);
@@ -616,7 +647,7 @@ LogicalResult maxPool(Emitter &e) {
 LogicalResult maxPoolGrad(Emitter &e) {
   auto op = self<nnops::MaxPool2dGradOp>(e);
   e.fill(e.out[0], e.f32(0));
-  e.loops(shapeOf(e.in[0]), [&](ValueRange iv) {
+  e.loops(e.sizes(e.in[0]), [&](ValueRange iv) {
     WindowMax m = windowMax(e, e.in[1], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[1]));
     e.when(m.found, [&] { e.accumulate(e.load(e.in[0], iv), e.out[0], {iv[0], iv[1], m.h, m.w}); });
@@ -632,9 +663,9 @@ LogicalResult avgPool(Emitter &e, bool grad) {
   auto include = e.op->getAttrOfType<BoolAttr>("count_include_pad");
   bool includePad = !include || include.getValue();
   Value x = grad ? e.in[1] : e.in[0];
-  ArrayRef<int64_t> in = shapeOf(x), out = grad ? shapeOf(e.in[0]) : shapeOf(e.out[0]);
+  ArrayRef<int64_t> in = shapeOf(x);
   e.fill(e.out[0], e.f32(0));
-  e.loops(out, [&](ValueRange iv) {
+  e.loops(e.sizes(grad ? e.in[0] : e.out[0]), [&](ValueRange iv) {
     // The divisor: the window size, or its in-bounds part.
     Value div = e.f32(static_cast<double>(k[0] * k[1]));
     if (!includePad) {
@@ -674,15 +705,15 @@ LogicalResult avgPool(Emitter &e, bool grad) {
 /// then the normalization), channels in parallel.
 LogicalResult batchNorm(Emitter &e) {
   auto op = self<nnops::BatchNormOp>(e);
-  ArrayRef<int64_t> x = shapeOf(e.in[0]);
-  SmallVector<int64_t> rest = {x[0]}; // the axes reduced for one channel
+  SmallVector<Value> x = e.sizes(e.in[0]);
+  SmallVector<Value> rest = {x[0]}; // the axes reduced for one channel
   rest.append(x.begin() + 2, x.end());
-  double count = 1;
-  for (int64_t d : rest)
-    count *= static_cast<double>(d);
+  Value count = e.idx(1);
+  for (Value d : rest)
+    count = e.mul(count, d);
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  e.loops({x[1]}, [&](ValueRange cv) {
+  e.loops(ArrayRef<Value>{x[1]}, [&](ValueRange cv) {
     Value c = cv[0];
     auto at = [&](ValueRange r) {
       SmallVector<Value> i = {r[0], c};
@@ -691,7 +722,7 @@ LogicalResult batchNorm(Emitter &e) {
     };
     Value mean, var;
     if (op.getTraining()) {
-      Value n = e.f32(count);
+      Value n = e.toF32(count);
       mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(e.in[0], at(r)); }), n);
       Value ss = e.sumOver(rest, [&](ValueRange r) {
         Value d = b.create<arith::SubFOp>(loc, e.load(e.in[0], at(r)), mean);
@@ -720,7 +751,7 @@ LogicalResult channelWindowSum(Emitter &e) {
   ArrayRef<int64_t> s = shapeOf(e.in[0]);
   int64_t before = op.getBefore(), after = op.getAfter();
   e.fill(e.out[0], e.f32(0));
-  e.loops(s, [&](ValueRange iv) {
+  e.loops(e.sizes(e.in[0]), [&](ValueRange iv) {
     e.loops({before + after + 1}, [&](ValueRange d) {
       Value c = e.b.create<arith::SubIOp>(e.loc, e.b.create<arith::AddIOp>(e.loc, iv[1], d[0]),
                                           e.idx(before));
@@ -818,30 +849,114 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
 
 } // namespace
 
-LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name) {
+LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
+                                ModuleOp target, StringRef name) {
   MLIRContext *ctx = fn.getContext();
   ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect>();
   OpBuilder b(ctx);
+  Location loc = fn.getLoc();
+  Type i8 = b.getI8Type();
+  auto rawType = MemRefType::get({ShapedType::kDynamic}, i8);
+  auto argType = [&](Type t) -> Type {
+    auto m = memrefOf(t);
+    return m.hasStaticShape() ? Type(m) : Type(MemRefType::get({1}, i8));
+  };
   SmallVector<Type> argTypes;
   for (Type t : fn.getArgumentTypes())
-    argTypes.push_back(memrefOf(t));
+    argTypes.push_back(argType(t));
   for (Type t : fn.getResultTypes())
-    argTypes.push_back(memrefOf(t));
+    argTypes.push_back(argType(t));
   argTypes.push_back(MemRefType::get({2}, b.getI64Type()));
+  argTypes.push_back(b.getIndexType());
   b.setInsertionPointToEnd(target.getBody());
-  auto lowered = b.create<func::FuncOp>(fn.getLoc(), name, b.getFunctionType(argTypes, {}));
+  auto lowered = b.create<func::FuncOp>(loc, name, b.getFunctionType(argTypes, {}));
   Block *body = lowered.addEntryBlock();
   b.setInsertionPointToStart(body);
+  unsigned numBuffers = fn.getNumArguments() + fn.getNumResults();
+  Value rng = body->getArgument(numBuffers);
+  Value batch = body->getArgument(numBuffers + 1);
+
+  // Sizes at run time: a batch-dependent size is its multiplier times the
+  // batch size.
+  auto scaled = [&](Value v, SmallVector<Value> &dyn) -> LogicalResult {
+    auto type = cast<RankedTensorType>(v.getType());
+    auto it = scaling.find(v);
+    for (int64_t i = 0; i < type.getRank(); ++i) {
+      if (!type.isDynamicDim(i))
+        continue;
+      if (it == scaling.end())
+        return emitError(v.getLoc(), "the CPU backend has no batch scaling for this value");
+      dyn.push_back(b.create<arith::MulIOp>(loc, batch,
+                                            b.create<arith::ConstantIndexOp>(loc, it->second[i])));
+    }
+    return success();
+  };
+  // Bytes of a value as `perBatch * batch + fixed`, rounded to 64.
+  auto bytesOf = [&](Value v) -> std::pair<int64_t, int64_t> {
+    auto type = cast<RankedTensorType>(v.getType());
+    int64_t n = 4;
+    bool dynamic = false;
+    auto it = scaling.find(v);
+    for (int64_t i = 0; i < type.getRank(); ++i) {
+      if (type.isDynamicDim(i)) {
+        dynamic = true;
+        n *= it->second[i];
+      } else {
+        n *= type.getDimSize(i);
+      }
+    }
+    n = std::max<int64_t>(n, 1);
+    n = (n + 63) / 64 * 64;
+    return dynamic ? std::make_pair(n, int64_t(0)) : std::make_pair(int64_t(0), n);
+  };
+  auto affine = [&](int64_t perBatch, int64_t fixed) -> Value {
+    Value f = b.create<arith::ConstantIndexOp>(loc, fixed);
+    if (!perBatch)
+      return f;
+    return b.create<arith::AddIOp>(
+        loc, b.create<arith::MulIOp>(loc, batch, b.create<arith::ConstantIndexOp>(loc, perBatch)), f);
+  };
+  // A typed view of `raw` (memref<1xi8>) or a byte offset in it.
+  auto viewOf = [&](Value v, Value raw, Value offset, Value extent) -> FailureOr<Value> {
+    SmallVector<Value> dyn;
+    if (failed(scaled(v, dyn)))
+      return failure();
+    Value flat = b.create<memref::ReinterpretCastOp>(
+        loc, rawType, raw, OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{extent},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
+    return b.create<memref::ViewOp>(loc, memrefOf(v.getType()), flat, offset, dyn).getResult();
+  };
 
   llvm::DenseMap<Value, Value> buffers;
-  for (unsigned i = 0; i < fn.getNumArguments(); ++i)
-    buffers[fn.getArgument(i)] = body->getArgument(i);
-  Value rng = body->getArguments().back();
+  SmallVector<Value> resultBuffers;
+  for (unsigned i = 0; i < numBuffers; ++i) {
+    Value arg = body->getArgument(i);
+    Value v = i < fn.getNumArguments() ? Value(fn.getArgument(i))
+                                       : fn.front().getTerminator()->getOperand(i - fn.getNumArguments());
+    Type t = i < fn.getNumArguments() ? fn.getArgumentTypes()[i]
+                                      : fn.getResultTypes()[i - fn.getNumArguments()];
+    Value buf = arg;
+    if (!memrefOf(t).hasStaticShape()) {
+      // Results are identified by their type only: view them through the
+      // returned value's scaling.
+      auto [perBatch, fixed] = bytesOf(v);
+      auto view = viewOf(v, arg, b.create<arith::ConstantIndexOp>(loc, 0), affine(perBatch, fixed));
+      if (failed(view))
+        return failure();
+      buf = *view;
+    }
+    if (i < fn.getNumArguments())
+      buffers[fn.getArgument(i)] = buf;
+    else
+      resultBuffers.push_back(buf);
+  }
 
-  // The static memory plan: every intermediate lives in a slot, a global
-  // byte buffer viewed with the value's type. A slot is free again after its
-  // value's last use and serves the next value that fits, so memory follows
-  // liveness and no call allocates.
+  // The static memory plan: every intermediate lives in a slot, a buffer
+  // the caller provides (an argument after the batch size) of
+  // `perBatch * batch + fixed` bytes. A slot is free again after its value's
+  // last use and serves the next value that fits, so memory follows liveness
+  // and no call allocates. Slots are separate arguments, not offsets in one
+  // block, so that LLVM knows they do not alias.
   llvm::DenseMap<Operation *, unsigned> position;
   for (auto [i, op] : llvm::enumerate(fn.front()))
     position[&op] = i;
@@ -850,34 +965,28 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name
     for (Value v : op.getOperands())
       lastUse[v] = std::max(lastUse.lookup(v), position[&op]);
   struct Slot {
-    int64_t bytes;
-    std::string name;
+    int64_t perBatch, fixed;
     bool free;
+    Value arg;
   };
   std::vector<Slot> slots;
   llvm::DenseMap<Value, unsigned> slotOf;
-  auto bufferFor = [&](Value r) -> Value {
-    auto type = memrefOf(r.getType());
-    int64_t bytes = std::max<int64_t>(1, type.getNumElements()) * 4;
+  auto bufferFor = [&](Value r) -> FailureOr<Value> {
+    auto [perBatch, fixed] = bytesOf(r);
     int best = -1;
+    auto cost = [&](const Slot &s) { return std::make_pair(s.perBatch, s.fixed); };
     for (auto [i, slot] : llvm::enumerate(slots))
-      if (slot.free && slot.bytes >= bytes && (best < 0 || slot.bytes < slots[best].bytes))
+      if (slot.free && slot.perBatch >= perBatch && slot.fixed >= fixed &&
+          (best < 0 || cost(slot) < cost(slots[best])))
         best = static_cast<int>(i);
     if (best < 0) {
-      slots.push_back({bytes, (name + "_slot" + std::to_string(slots.size())).str(), true});
+      slots.push_back({perBatch, fixed, true, body->addArgument(MemRefType::get({1}, i8), loc)});
       best = static_cast<int>(slots.size() - 1);
-      OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(target.getBody());
-      b.create<memref::GlobalOp>(r.getLoc(), slots[best].name, b.getStringAttr("private"),
-                                 MemRefType::get({bytes}, b.getI8Type()), Attribute(),
-                                 /*constant=*/false, b.getI64IntegerAttr(64));
     }
     slots[best].free = false;
     slotOf[r] = best;
-    Value raw = b.create<memref::GetGlobalOp>(r.getLoc(), MemRefType::get({slots[best].bytes}, b.getI8Type()),
-                                              slots[best].name);
-    return b.create<memref::ViewOp>(r.getLoc(), type, raw,
-                                    b.create<arith::ConstantIndexOp>(r.getLoc(), 0), ValueRange{});
+    return viewOf(r, slots[best].arg, b.create<arith::ConstantIndexOp>(loc, 0),
+                  affine(slots[best].perBatch, slots[best].fixed));
   };
 
   unsigned globals = 0;
@@ -886,11 +995,14 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name
     auto it = lowerings().find(op.getName().getTypeID());
     if (it == lowerings().end())
       return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
-    Emitter e{b, op.getLoc(), &op, {}, {}, rng, globals, target};
+    Emitter e{b, op.getLoc(), &op, {}, {}, rng, batch, globals, target};
     for (Value v : op.getOperands())
       e.in.push_back(buffers.lookup(v));
     for (Value r : op.getResults()) {
-      e.out.push_back(bufferFor(r));
+      auto buf = bufferFor(r);
+      if (failed(buf))
+        return failure();
+      e.out.push_back(*buf);
       buffers[r] = e.out.back();
     }
     if (failed(it->second(e)))
@@ -905,8 +1017,17 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, ModuleOp target, StringRef name
         slots[slotOf[r]].free = true;
   }
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
-    b.create<memref::CopyOp>(fn.getLoc(), buffers.lookup(v),
-                             body->getArgument(fn.getNumArguments() + i));
-  b.create<func::ReturnOp>(fn.getLoc());
+    b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
+  b.create<func::ReturnOp>(loc);
+
+  lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
+  SmallVector<int64_t> plan;
+  for (Slot &s : slots)
+    plan.append({s.perBatch, s.fixed});
+  lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
+  // No two buffers overlap.
+  for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
+    if (isa<MemRefType>(lowered.getArgument(i).getType()))
+      lowered.setArgAttr(i, "llvm.noalias", b.getUnitAttr());
   return success();
 }

@@ -1,11 +1,11 @@
 //===- LowerToLoops.h - nn functions to loops over buffers ------*- C++ -*-===//
 //
-// Turns a specialized, decomposed nn function (static shapes, core ops) into
-// a function over memrefs built from scf loops, arith and math: every value
-// gets a buffer, the results are written into caller-provided buffers
-// (destination passing), and a final memref<2xi64> argument carries the
-// random seed and step for dropout. The generated code is plain loops that
-// LLVM vectorizes; tiling and threading come later.
+// Turns a decomposed nn function (core ops) into a function over memrefs
+// built from scf loops, arith and math. One function serves every batch
+// size: sizes that depend on the batch are multiples of a run-time `batch`
+// argument (BatchScaling gives the multiples). The results are written into
+// caller-provided buffers (destination passing); intermediates live in a
+// caller-provided workspace laid out by a liveness-based memory plan.
 //
 //===----------------------------------------------------------------------===//
 
@@ -15,12 +15,23 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 
+#include "llvm/ADT/DenseMap.h"
+
 namespace nnc::cpu {
 
+/// For every value of a function with a symbolic batch size: its shape with
+/// each batch-dependent size replaced by its size per batch element.
+using BatchScaling = llvm::DenseMap<mlir::Value, llvm::SmallVector<int64_t>>;
+
 /// Adds to `target` a function `name` computing `fn` over memrefs:
-/// (args..., results..., rng: memref<2xi64>) -> ().
-mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, mlir::ModuleOp target,
-                                 llvm::StringRef name);
+///   (args..., results..., rng: memref<2xi64>, batch: index, slots...) -> ()
+/// Buffers of static shape are passed as such; batch-dependent ones and the
+/// slots of the memory plan as memref<1xi8> (their address). The rng buffer
+/// holds the seed and step for dropout. The function carries `nnc.slots =
+/// [perBatch0, fixed0, perBatch1, ...]`: slot i takes perBatch_i * batch +
+/// fixed_i bytes, 64-byte aligned. No two buffers may overlap.
+mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
+                                 mlir::ModuleOp target, llvm::StringRef name);
 
 } // namespace nnc::cpu
 

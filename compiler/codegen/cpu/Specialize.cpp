@@ -39,6 +39,40 @@ LogicalResult cpu::specializeBatch(func::FuncOp fn, int64_t batch) {
   return success();
 }
 
+FailureOr<cpu::BatchScaling> cpu::batchScaling(func::FuncOp fn) {
+  auto valuesOf = [](func::FuncOp f) {
+    SmallVector<Value> vs(f.getArguments().begin(), f.getArguments().end());
+    for (Operation &op : f.front().without_terminator())
+      vs.append(op.getResults().begin(), op.getResults().end());
+    return vs;
+  };
+  OwningOpRef<func::FuncOp> one(cast<func::FuncOp>(fn->clone()));
+  OwningOpRef<func::FuncOp> two(cast<func::FuncOp>(fn->clone()));
+  if (failed(specializeBatch(*one, 1)) || failed(specializeBatch(*two, 2)))
+    return failure();
+  BatchScaling out;
+  for (auto [v, a, c] : llvm::zip(valuesOf(fn), valuesOf(*one), valuesOf(*two))) {
+    ArrayRef<int64_t> s = typeOf(v).getShape(), s1 = typeOf(a).getShape(),
+                      s2 = typeOf(c).getShape();
+    SmallVector<int64_t> per(s);
+    unsigned dynamic = 0;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (!ShapedType::isDynamic(s[i]))
+        continue;
+      ++dynamic;
+      if (s2[i] != 2 * s1[i])
+        return emitError(v.getLoc(), "a size of this value does not grow in proportion to the "
+                                     "batch size, which the CPU backend needs");
+      per[i] = s1[i];
+    }
+    if (dynamic > 1)
+      return emitError(v.getLoc(), "this value has ")
+             << dynamic << " batch-sized axes; the CPU backend supports one";
+    out[v] = std::move(per);
+  }
+  return out;
+}
+
 namespace {
 
 /// Builds the core-op form of one composite op; returns its replacement
