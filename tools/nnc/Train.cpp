@@ -1,11 +1,9 @@
 //===- Train.cpp - nnc train, eval and predict ----------------------------===//
 //
-// The training loop: compile the model to its training step, bind the data
-// set's fields to the model's inputs, then for every epoch shuffle, run the
-// step on each mini-batch (showing progress), evaluate, append metrics and
-// save a checkpoint. Steps run on the reference evaluator, the backend of
-// this version; the loop itself uses only the runtime (data, checkpoints,
-// progress), which the compiled backends share.
+// Compiles a model to its training step and hands it, wrapped as an
+// rt::Trainable over the chosen executor (JIT-compiled CPU code or the
+// reference evaluator), to the runtime's training loop (runtime/Training.h),
+// which binaries made by `nnc build` run too.
 //
 //===----------------------------------------------------------------------===//
 
@@ -15,9 +13,7 @@
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
-#include "runtime/Checkpoint.h"
-#include "runtime/Data.h"
-#include "runtime/Progress.h"
+#include "runtime/Training.h"
 
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/Pass/PassManager.h"
@@ -40,12 +36,8 @@ using ref::Tensor;
 namespace {
 
 /// One model input as the data sees it.
-struct Input {
-  std::string name;
-  unsigned arg;
-  std::vector<int64_t> dims; // without the batch axis
-  int64_t width = 1;
-  bool integer = false;
+struct Input : rt::ModelInput {
+  unsigned arg = 0; // its argument of the model function
 };
 
 /// A compiled model with its training step, ready for a Trainer.
@@ -118,8 +110,10 @@ int load(const std::string &path, std::optional<double> lr, Loaded &out) {
     if (!role || role.getValue() != "input")
       continue;
     auto type = cast<RankedTensorType>(out.model.getArgument(i).getType());
-    Input in{out.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName).str(), i, {}, 1,
-             type.getElementType().isInteger(32)};
+    Input in;
+    in.name = out.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName).str();
+    in.arg = i;
+    in.integer = type.getElementType().isInteger(32);
     for (int64_t d : type.getShape().drop_front()) {
       if (ShapedType::isDynamic(d)) {
         llvm::errs() << "nnc: error: " << path << ": input '" << in.name
@@ -139,217 +133,102 @@ int load(const std::string &path, std::optional<double> lr, Loaded &out) {
   return kOk;
 }
 
-/// Regroups a data set's fields into one field per model input.
-rt::Status arrange(const rt::Table &data, const std::vector<Input> &inputs, bool mnist,
-                   rt::Table &out) {
-  out = rt::Table();
-  out.count = data.count;
-  size_t next = 0; // next CSV column
-  for (const Input &in : inputs) {
-    rt::Field f{in.name, in.width, in.integer, {}};
-    if (mnist) {
-      const rt::Field &src = data.fields[in.integer ? 1 : 0];
-      if (src.width != in.width)
-        return rt::Status::error("input '" + in.name + "' takes " + std::to_string(in.width) +
-                                 " values per sample, but MNIST " + src.name + " have " +
-                                 std::to_string(src.width));
-      f.values = src.values;
-    } else {
-      if (next + in.width > data.fields.size())
-        return rt::Status::error("the CSV file has " + std::to_string(data.fields.size()) +
-                                 " columns, too few for input '" + in.name + "'");
-      f.values.resize(data.count * in.width);
-      for (int64_t c = 0; c < in.width; ++c)
-        for (int64_t r = 0; r < data.count; ++r)
-          f.values[r * in.width + c] = data.fields[next + c].values[r];
-      next += in.width;
-    }
-    if (in.integer)
-      for (float v : f.values)
-        if (v != std::floor(v))
-          return rt::Status::error("input '" + in.name + "' is i32, but the data holds " +
-                                   std::to_string(v));
-    out.fields.push_back(std::move(f));
-  }
-  if (!mnist && next != data.fields.size())
-    return rt::Status::error("the CSV file has " + std::to_string(data.fields.size()) +
-                             " columns, but the model's inputs take " + std::to_string(next));
-  return rt::Status::ok();
-}
-
-/// The tensors of one mini-batch.
-std::vector<Tensor> batchOf(const rt::Table &t, const std::vector<Input> &inputs,
-                            const std::vector<int64_t> &indices) {
-  std::vector<Tensor> out;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    std::vector<int64_t> shape = {static_cast<int64_t>(indices.size())};
-    shape.insert(shape.end(), inputs[i].dims.begin(), inputs[i].dims.end());
-    Tensor x = Tensor::filled(shape);
-    const rt::Field &f = t.fields[i];
-    for (size_t r = 0; r < indices.size(); ++r)
-      for (int64_t c = 0; c < f.width; ++c)
-        x.data[r * f.width + c] = f.values[indices[r] * f.width + c];
-    out.push_back(std::move(x));
-  }
-  return out;
-}
-
-struct Data {
-  rt::Table train, test;
-  bool hasTest = false;
-};
-
-/// Loads the data named by --data or the train section.
-int loadData(const Loaded &m, const Args &args, Data &out, uint64_t seed, double validation) {
-  std::string kind, path;
+/// The data named by --data or the train section.
+int dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
   if (m.train)
     if (auto d = dyn_cast_or_null<DictionaryAttr>(m.train.get("data"))) {
-      kind = cast<StringAttr>(d.get("kind")).str();
+      out.kind = cast<StringAttr>(d.get("kind")).str();
       // Paths in a model file are relative to the file.
       llvm::SmallString<256> p(llvm::sys::path::parent_path(m.path));
       llvm::sys::path::append(p, cast<StringAttr>(d.get("path")).getValue());
-      path = std::string(p);
+      out.path = std::string(p);
     }
   if (args.has("data")) {
-    path = args.get("data");
-    kind = llvm::StringRef(path).ends_with(".csv") ? "csv" : "mnist";
+    out.path = args.get("data");
+    out.kind = llvm::StringRef(out.path).ends_with(".csv") ? "csv" : "mnist";
   }
-  if (path.empty()) {
+  if (out.path.empty()) {
     llvm::errs() << "nnc: error: " << m.path << ": no training data; give --data PATH or "
                  << "'data = mnist(\"DIR\")' in the train section\n";
     return kUserError;
   }
-  rt::Table raw, rawTest;
-  rt::Status s;
-  if (kind == "mnist") {
-    rt::Dataset train, test;
-    s = rt::loadMnist(path, "train", train);
-    if (s)
-      s = rt::loadMnist(path, "t10k", test);
-    if (s) {
-      raw = rt::fromMnist(train);
-      rawTest = rt::fromMnist(test);
-      out.hasTest = true;
-    }
-  } else {
-    s = rt::loadCsv(path, raw);
-  }
-  if (s)
-    s = arrange(raw, m.inputs, kind == "mnist", out.train);
-  if (s && out.hasTest)
-    s = arrange(rawTest, m.inputs, true, out.test);
-  if (!s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
-  if (validation > 0) {
-    rt::Table all = std::move(out.train);
-    rt::splitValidation(all, validation, seed, out.train, out.test);
-    out.hasTest = true;
-  }
   return kOk;
 }
 
-struct Score {
-  double loss = 0;
-  std::optional<double> accuracy;
-};
+std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs) {
+  return std::vector<rt::ModelInput>(inputs.begin(), inputs.end());
+}
 
-/// Loss and accuracy of the model (evaluation mode) over a whole table.
-FailureOr<Score> evaluate(ref::Trainer &t, const Loaded &m, const rt::Table &data) {
-  func::FuncOp fn = m.model;
-  unsigned loss = *m.lossResult();
-  // Accuracy: class labels against the first output's argmax, or a 0/1
-  // target against the first output thresholded at 0.5.
-  std::optional<unsigned> out;
-  for (unsigned i = 0; i < fn.getNumResults(); ++i)
-    if (i != loss) {
-      out = i;
-      break;
-    }
-  int labels = -1, target = -1;
-  for (size_t i = 0; i < m.inputs.size(); ++i) {
-    if (m.inputs[i].integer && labels < 0)
-      labels = static_cast<int>(i);
-    if (!m.inputs[i].integer && m.inputs[i].width == 1)
-      target = static_cast<int>(i);
+rt::Status failedIn(const char *what) {
+  return rt::Status::error(std::string("the ") + what + " failed (see the diagnostics above)");
+}
+
+Tensor toTensor(const rt::HostTensor &h) {
+  Tensor t = Tensor::filled(h.shape);
+  std::copy(h.data.begin(), h.data.end(), t.data.begin());
+  return t;
+}
+
+rt::HostTensor toHost(const Tensor &t, std::string name = {}) {
+  return {std::move(name), t.shape, std::vector<float>(t.data.begin(), t.data.end())};
+}
+
+/// A model compiled by this process, run by a ref::Trainer on an executor.
+class CompiledModel : public rt::Trainable {
+public:
+  CompiledModel(const Loaded &m, ref::Trainer &t) : m(m), t(t), ins(modelInputs(m.inputs)) {}
+  std::string modelName() const override { return m.model.getName().str(); }
+  const char *backendName() const override { return t.backendName(); }
+  const std::vector<rt::ModelInput> &inputs() const override { return ins; }
+  rt::Status step(const std::vector<rt::HostTensor> &batch, double &loss) override {
+    std::vector<Tensor> in;
+    for (const rt::HostTensor &h : batch)
+      in.push_back(toTensor(h));
+    auto l = t.step(in);
+    if (failed(l))
+      return failedIn("training step");
+    loss = *l;
+    return rt::Status::ok();
   }
-  Score score;
-  int64_t correct = 0;
-  bool counted = false;
-  const int64_t chunk = 1000;
-  for (int64_t start = 0; start < data.count; start += chunk) {
-    std::vector<int64_t> idx;
-    for (int64_t i = start; i < std::min(data.count, start + chunk); ++i)
-      idx.push_back(i);
-    std::vector<Tensor> in = batchOf(data, m.inputs, idx);
+  rt::Status evaluate(const std::vector<rt::HostTensor> &batch, std::vector<rt::HostTensor> &outputs,
+                      double &loss) override {
+    std::vector<Tensor> in;
+    for (const rt::HostTensor &h : batch)
+      in.push_back(toTensor(h));
     auto res = t.evaluate(in);
     if (failed(res))
-      return failure();
-    score.loss += (*res)[loss].data[0] * static_cast<double>(idx.size());
-    if (!out)
-      continue;
-    const Tensor &y = (*res)[*out];
-    if (y.shape.size() != 2)
-      continue;
-    int64_t classes = y.shape[1];
-    for (size_t r = 0; r < idx.size(); ++r) {
-      if (classes > 1 && labels >= 0) {
-        int64_t best = 0;
-        for (int64_t c = 1; c < classes; ++c)
-          if (y.data[r * classes + c] > y.data[r * classes + best])
-            best = c;
-        correct += best == static_cast<int64_t>(in[labels].data[r]);
-        counted = true;
-      } else if (classes == 1 && target >= 0) {
-        correct += (y.data[r] > 0.5) == (in[target].data[r] > 0.5);
-        counted = true;
-      }
-    }
+      return failedIn("evaluation");
+    unsigned lossIndex = *m.lossResult();
+    outputs.clear();
+    for (unsigned i = 0; i < res->size(); ++i)
+      if (i != lossIndex)
+        outputs.push_back(toHost((*res)[i]));
+    loss = (*res)[lossIndex].data[0];
+    return rt::Status::ok();
   }
-  score.loss /= static_cast<double>(std::max<int64_t>(1, data.count));
-  if (counted)
-    score.accuracy = static_cast<double>(correct) / static_cast<double>(data.count);
-  return score;
-}
+  std::vector<std::string> stateNames() const override { return t.stateNames(); }
+  rt::Status getState(const std::string &name, rt::HostTensor &out) const override {
+    Tensor *x = t.tensor(name);
+    if (!x)
+      return rt::Status::error("no state tensor '" + name + "'");
+    out = toHost(*x, name);
+    return rt::Status::ok();
+  }
+  rt::Status setState(const std::string &name, const rt::HostTensor &value) override {
+    Tensor *x = t.tensor(name);
+    if (!x || x->shape != value.shape)
+      return rt::Status::error("state tensor '" + name + "' does not fit");
+    x->data.assign(value.data.begin(), value.data.end());
+    return rt::Status::ok();
+  }
+  uint64_t steps() const override { return t.steps(); }
+  void setSteps(uint64_t n) override { t.setSteps(n); }
 
-std::vector<rt::HostTensor> snapshot(ref::Trainer &t) {
-  std::vector<rt::HostTensor> out;
-  for (const std::string &name : t.stateNames()) {
-    const Tensor &x = *t.tensor(name);
-    out.push_back({name, x.shape, std::vector<float>(x.data.begin(), x.data.end())});
-  }
-  return out;
-}
-
-/// Restores a checkpoint into the trainer; every state tensor must be there.
-int restore(ref::Trainer &t, const Loaded &m, const std::string &path, rt::Metadata &meta) {
-  std::vector<rt::HostTensor> tensors;
-  rt::Status s = rt::loadCheckpoint(path, tensors, meta);
-  if (!s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
-  if (meta["nnc.model"] != m.model.getName()) {
-    llvm::errs() << "nnc: error: " << path << ": the checkpoint is of model '"
-                 << meta["nnc.model"] << "', not '" << m.model.getName() << "'\n";
-    return kUserError;
-  }
-  for (const std::string &name : t.stateNames()) {
-    auto it = llvm::find_if(tensors, [&](const rt::HostTensor &h) { return h.name == name; });
-    Tensor *dst = t.tensor(name);
-    if (it == tensors.end() || it->shape != dst->shape) {
-      llvm::errs() << "nnc: error: " << path << ": "
-                   << (it == tensors.end() ? "no tensor '" + name + "'"
-                                           : "tensor '" + name + "' has another shape")
-                   << " (the checkpoint does not fit this model)\n";
-      return kUserError;
-    }
-    dst->data.assign(it->data.begin(), it->data.end());
-  }
-  t.setSteps(std::strtoull(meta["nnc.step"].c_str(), nullptr, 10));
-  return kOk;
-}
+private:
+  const Loaded &m;
+  ref::Trainer &t;
+  std::vector<rt::ModelInput> ins;
+};
 
 /// The executor for --target: cpu (the default; auto picks it, as no CUDA
 /// device is supported yet) or reference (the evaluator).
@@ -378,19 +257,14 @@ FailureOr<ref::Trainer> restored(const Args &args, const Command &c, const Loade
   rc = kUserError;
   if (failed(t))
     return failure();
+  CompiledModel model(m, *t);
   rt::Metadata meta;
-  rc = restore(*t, m, args.get("checkpoint"), meta);
-  if (rc)
+  if (rt::Status s = rt::restoreState(model, args.get("checkpoint"), meta); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
     return failure();
+  }
+  rc = kOk;
   return t;
-}
-
-std::string percent(std::optional<double> a) {
-  if (!a)
-    return "";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f%%", 100 * *a);
-  return buf;
 }
 
 } // namespace
@@ -401,13 +275,12 @@ int nnc::driver::runTrain(const Args &args) {
     return *rc;
   std::optional<double> lr;
   double lrValue = 0;
-  int64_t epochs = -1, batch = -1, limit = -1, threads = 1;
+  rt::TrainOptions o;
+  int64_t epochs = -1, batch = -1, threads = 1;
   double validation = -1;
-  uint64_t seed = 0;
-  bool seedGiven = args.has("seed");
   for (auto rc : {numberOption(args, c, "lr", lrValue), numberOption(args, c, "epochs", epochs),
-                  numberOption(args, c, "batch", batch), numberOption(args, c, "seed", seed),
-                  numberOption(args, c, "limit", limit), numberOption(args, c, "threads", threads),
+                  numberOption(args, c, "batch", batch), numberOption(args, c, "seed", o.seed),
+                  numberOption(args, c, "limit", o.limit), numberOption(args, c, "threads", threads),
                   numberOption(args, c, "validation", validation)})
     if (rc)
       return *rc;
@@ -431,119 +304,33 @@ int nnc::driver::runTrain(const Args &args) {
     return rc;
   if (int rc = load(args.positional[0], lr, m))
     return rc;
-  if (epochs < 0)
-    epochs = m.setting("epochs", 1);
-  if (batch <= 0)
-    batch = m.setting("batch", 32);
-  if (!seedGiven)
-    seed = static_cast<uint64_t>(m.setting("seed", 0));
-  bool shuffle = true;
+  o.epochs = epochs >= 0 ? epochs : m.setting("epochs", 1);
+  o.batch = batch > 0 ? batch : m.setting("batch", 32);
+  if (!args.has("seed"))
+    o.seed = static_cast<uint64_t>(m.setting("seed", 0));
   if (m.train)
     if (auto s = dyn_cast_or_null<BoolAttr>(m.train.get("shuffle")))
-      shuffle = s.getValue();
+      o.shuffle = s.getValue();
   if (validation < 0)
     validation = m.real("validation", 0);
   if (validation >= 1)
     return usageError("--validation must be a fraction below 1", &c);
-  Data data;
-  if (int rc = loadData(m, args, data, seed, validation))
+  o.checkpoint = args.get("checkpoint");
+  o.resume = args.has("resume");
+  o.metrics = args.get("metrics");
+  rt::DataSource source;
+  if (int rc = dataSource(m, args, source))
     return rc;
-  if (limit > 0 && limit < data.train.count) {
-    std::vector<int64_t> first(limit);
-    std::iota(first.begin(), first.end(), 0);
-    data.train = rt::gather(data.train, first);
+  rt::BoundData data;
+  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), validation, o.seed, data); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
+    return kUserError;
   }
-
-  auto created = ref::Trainer::create(*m.module, seed, executor);
+  auto created = ref::Trainer::create(*m.module, o.seed, executor);
   if (failed(created))
     return kUserError;
-  ref::Trainer &t = *created;
-  int64_t startEpoch = 1;
-  std::string ckpt = args.get("checkpoint");
-  if (args.has("resume")) {
-    rt::Metadata meta;
-    if (int rc = restore(t, m, ckpt, meta))
-      return rc;
-    startEpoch = std::strtoll(meta["nnc.epoch"].c_str(), nullptr, 10) + 1;
-    llvm::outs() << "resuming after epoch " << startEpoch - 1 << " (step " << t.steps() << ")\n";
-  }
-
-  std::ofstream metrics;
-  if (args.has("metrics")) {
-    bool fresh = !std::ifstream(args.get("metrics")).good();
-    metrics.open(args.get("metrics"), std::ios::app);
-    if (!metrics) {
-      llvm::errs() << "nnc: error: cannot write '" << args.get("metrics") << "'\n";
-      return kUserError;
-    }
-    if (fresh)
-      metrics << "epoch,step,train_loss,eval_loss,eval_accuracy,seconds,samples_per_second\n";
-  }
-
-  int64_t steps = (data.train.count + batch - 1) / batch;
-  llvm::outs() << "training " << m.model.getName() << ": " << data.train.count << " samples, "
-               << epochs << " epochs, batch " << batch << ", seed " << seed
-               << " (" << t.backendName() << ")\n";
-  llvm::outs().flush();
-  rt::Progress progress(stdout);
-  int64_t samples = 0;
-  for (int64_t epoch = startEpoch; epoch <= epochs; ++epoch) {
-    auto begin = std::chrono::steady_clock::now();
-    std::vector<int64_t> order = rt::epochOrder(data.train.count, seed, epoch, shuffle);
-    double lossSum = 0;
-    for (int64_t k = 0; k < steps; ++k) {
-      std::vector<int64_t> idx(order.begin() + k * batch,
-                               order.begin() + std::min(data.train.count, (k + 1) * batch));
-      auto loss = t.step(batchOf(data.train, m.inputs, idx));
-      if (failed(loss))
-        return kUserError;
-      if (!std::isfinite(*loss)) {
-        progress.finishLine();
-        llvm::errs() << "nnc: error: the loss became " << *loss << " at epoch " << epoch
-                     << ", step " << k + 1 << "; try a smaller learning rate\n";
-        return kUserError;
-      }
-      lossSum += *loss * static_cast<double>(idx.size());
-      samples += static_cast<int64_t>(idx.size());
-      progress.update(epoch, epochs, k + 1, steps, lossSum / static_cast<double>(std::min(data.train.count, (k + 1) * batch)), samples);
-    }
-    progress.finishLine();
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-    const rt::Table &evalSet = data.hasTest ? data.test : data.train;
-    auto score = evaluate(t, m, evalSet);
-    if (failed(score))
-      return kUserError;
-    double trainLoss = lossSum / static_cast<double>(data.train.count);
-    // Every epoch's line for up to 50 epochs, then about 50 lines in all.
-    int64_t every = std::max<int64_t>(1, epochs / 50);
-    if (epoch == epochs || epoch % every == 0) {
-      llvm::outs() << llvm::format("epoch %lld/%lld: loss %.4f", (long long)epoch,
-                                   (long long)epochs, trainLoss);
-      llvm::outs() << (data.hasTest ? "; test: " : "; on the training set: ")
-                   << llvm::format("loss %.4f", score->loss);
-      if (score->accuracy)
-        llvm::outs() << ", accuracy " << percent(score->accuracy);
-      llvm::outs() << llvm::format("; %.1f s, %.0f samples/s\n", seconds,
-                                   static_cast<double>(data.train.count) / seconds);
-      llvm::outs().flush();
-    }
-    if (metrics.is_open())
-      metrics << epoch << "," << t.steps() << "," << trainLoss << "," << score->loss << ","
-              << (score->accuracy ? std::to_string(*score->accuracy) : "") << "," << seconds
-              << "," << static_cast<double>(data.train.count) / seconds << std::endl;
-    if (!ckpt.empty()) {
-      rt::Metadata meta = {{"nnc.model", m.model.getName().str()},
-                           {"nnc.epoch", std::to_string(epoch)},
-                           {"nnc.step", std::to_string(t.steps())},
-                           {"nnc.seed", std::to_string(seed)}};
-      rt::Status s = rt::saveCheckpoint(ckpt, snapshot(t), meta);
-      if (!s) {
-        llvm::errs() << "nnc: error: " << s.message() << "\n";
-        return kUserError;
-      }
-    }
-  }
-  return kOk;
+  CompiledModel model(m, *created);
+  return rt::train(model, data, o);
 }
 
 int nnc::driver::runEval(const Args &args) {
@@ -555,22 +342,30 @@ int nnc::driver::runEval(const Args &args) {
   Loaded m;
   if (int rc = load(args.positional[0], std::nullopt, m))
     return rc;
-  Data data;
-  if (int rc = loadData(m, args, data, 0, 0))
+  rt::DataSource source;
+  if (int rc = dataSource(m, args, source))
     return rc;
+  rt::BoundData data;
+  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), 0, 0, data); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
+    return kUserError;
+  }
   std::shared_ptr<ref::Executor> executor; // destroyed before the model
   int rc = kOk;
   auto t = restored(args, c, m, executor, rc);
   if (failed(t))
     return rc;
+  CompiledModel model(m, *t);
   const rt::Table &set = data.hasTest ? data.test : data.train;
-  auto score = evaluate(*t, m, set);
-  if (failed(score))
+  rt::Score score;
+  if (rt::Status s = rt::score(model, set, score); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
+  }
   llvm::outs() << llvm::format("%s: %lld samples, loss %.4f", data.hasTest ? "test" : "train",
-                               static_cast<long long>(set.count), score->loss);
-  if (score->accuracy)
-    llvm::outs() << ", accuracy " << percent(score->accuracy);
+                               static_cast<long long>(set.count), score.loss);
+  if (score.hasAccuracy)
+    llvm::outs() << llvm::format(", accuracy %.2f%%", 100 * score.accuracy);
   llvm::outs() << "\n";
   return kOk;
 }
@@ -607,7 +402,7 @@ int nnc::driver::runPredict(const Args &args) {
   rt::Table raw, table;
   rt::Status s = rt::loadCsv(args.get("input"), raw);
   if (s)
-    s = arrange(raw, used, false, table);
+    s = rt::bindInputs(raw, modelInputs(used), false, table);
   if (!s) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
@@ -619,12 +414,12 @@ int nnc::driver::runPredict(const Args &args) {
     return rc;
   std::vector<int64_t> all(table.count);
   std::iota(all.begin(), all.end(), 0);
-  std::vector<Tensor> given = batchOf(table, used, all);
+  std::vector<rt::HostTensor> given = rt::batchOf(table, modelInputs(used), all);
   std::vector<Tensor> inputs;
   for (const Input &in : m.inputs) {
     auto it = llvm::find_if(used, [&](const Input &u) { return u.arg == in.arg; });
     if (it != used.end()) {
-      inputs.push_back(given[it - used.begin()]);
+      inputs.push_back(toTensor(given[it - used.begin()]));
     } else { // unused: any valid value (zeros are valid labels too)
       std::vector<int64_t> shape = {table.count};
       shape.insert(shape.end(), in.dims.begin(), in.dims.end());

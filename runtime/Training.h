@@ -1,0 +1,117 @@
+//===- Training.h - the training loop, on any backend -----------*- C++ -*-===//
+//
+// What `nnc train`, `nnc eval` and a binary made by `nnc build` share: data
+// bound to a model's inputs, the epoch loop (seeded shuffling, mini-batches
+// with a ragged last one, progress, evaluation, metrics, checkpoints,
+// resume), and scoring. A backend is anything that implements `Trainable`:
+// the JIT (through the compiler), the reference evaluator, or code linked
+// ahead of time. The same loop over the same compiled code gives the same
+// numbers, whichever program runs it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_TRAINING_H
+#define NNC_RUNTIME_TRAINING_H
+
+#include "runtime/Checkpoint.h"
+#include "runtime/Data.h"
+#include "runtime/Status.h"
+#include "runtime/Tensor.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+/// One model input as the data sees it: its sizes after the batch axis.
+struct ModelInput {
+  std::string name;
+  std::vector<int64_t> dims;
+  int64_t width = 1; // product of dims
+  bool integer = false;
+};
+
+/// A model with its state (parameters, statistics, optimizer state, step)
+/// on some backend.
+class Trainable {
+public:
+  virtual ~Trainable();
+  virtual std::string modelName() const = 0;
+  virtual const char *backendName() const = 0;
+  virtual const std::vector<ModelInput> &inputs() const = 0;
+  /// One training step on a mini-batch (one tensor per input, batch axis
+  /// first); `loss` is the loss before the update.
+  virtual Status step(const std::vector<HostTensor> &batch, double &loss) = 0;
+  /// The model in evaluation mode: its outputs (the loss excluded) and loss.
+  virtual Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
+                          double &loss) = 0;
+  /// Everything a checkpoint holds, by name, in a fixed order.
+  virtual std::vector<std::string> stateNames() const = 0;
+  virtual Status getState(const std::string &name, HostTensor &out) const = 0;
+  /// Replaces a state tensor; its shape must match.
+  virtual Status setState(const std::string &name, const HostTensor &value) = 0;
+  virtual uint64_t steps() const = 0;
+  virtual void setSteps(uint64_t steps) = 0;
+};
+
+struct DataSource {
+  std::string kind; // "mnist" (a directory of IDX files) or "csv"
+  std::string path;
+};
+
+/// The training set (and test set, for MNIST or a validation split) bound
+/// to the model's inputs.
+struct BoundData {
+  Table train, test;
+  bool hasTest = false;
+};
+
+/// Loads `source` and binds it to `inputs`; `validation` > 0 splits that
+/// fraction of the training set off as the test set.
+Status loadData(const DataSource &source, const std::vector<ModelInput> &inputs,
+                double validation, uint64_t seed, BoundData &out);
+
+/// Regroups a data set's fields into one field per model input (MNIST:
+/// images and labels by type; CSV: consecutive columns).
+Status bindInputs(const Table &data, const std::vector<ModelInput> &inputs, bool mnist,
+                  Table &out);
+
+/// The tensors of the rows `indices` of a bound table.
+std::vector<HostTensor> batchOf(const Table &t, const std::vector<ModelInput> &inputs,
+                                const std::vector<int64_t> &indices);
+
+struct Score {
+  double loss = 0;
+  bool hasAccuracy = false;
+  double accuracy = 0;
+};
+
+/// Loss and accuracy of the model in evaluation mode over a whole table:
+/// class labels against the first output's argmax, or a 0/1 target against
+/// the first output thresholded at 0.5.
+Status score(Trainable &m, const Table &data, Score &out);
+
+/// Checkpoints of a model's whole state, with its name, epoch, step, seed.
+Status saveState(Trainable &m, const std::string &path, int64_t epoch, uint64_t seed);
+/// Restores every state tensor and the step; `meta` gets the metadata.
+Status restoreState(Trainable &m, const std::string &path, Metadata &meta);
+
+struct TrainOptions {
+  int64_t epochs = 1, batch = 32;
+  uint64_t seed = 0;
+  bool shuffle = true;
+  int64_t limit = -1; // train on the first `limit` samples only
+  std::string checkpoint, metrics;
+  bool resume = false;
+  std::string tool = "nnc"; // error messages start with "TOOL: error: "
+};
+
+/// Trains `m` on `data` for the options' epochs, printing a line per epoch
+/// (and live progress on a terminal); evaluates after each epoch, appends
+/// metrics, saves checkpoints. Returns a process exit code (0 or 1).
+int train(Trainable &m, BoundData &data, const TrainOptions &options);
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_TRAINING_H
