@@ -882,7 +882,7 @@ uint64_t nnc::ref::locationId(Location loc) {
   return 0;
 }
 
-FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64_t seed) {
+FailureOr<rt::InitSpec> nnc::ref::initSpec(func::FuncOp fn, unsigned index) {
   auto type = cast<RankedTensorType>(fn.getArgument(index).getType());
   auto init = fn.getArgAttrOfType<DictionaryAttr>(index, nnops::attr::kInit);
   if (!init || !type.hasStaticShape())
@@ -904,6 +904,15 @@ FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64
           spec.literal.push_back(static_cast<double>(v.getSExtValue()));
     }
   }
+  return spec;
+}
+
+FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64_t seed) {
+  auto type = cast<RankedTensorType>(fn.getArgument(index).getType());
+  auto found = initSpec(fn, index);
+  if (failed(found))
+    return failure();
+  const rt::InitSpec &spec = *found;
   std::vector<float> values;
   if (rt::Status s = rt::initialize(spec, seed, index, values, type.getNumElements()); !s)
     return fn.emitError(s.message());

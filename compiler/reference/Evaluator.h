@@ -11,6 +11,8 @@
 #ifndef NNC_COMPILER_REFERENCE_EVALUATOR_H
 #define NNC_COMPILER_REFERENCE_EVALUATOR_H
 
+#include "runtime/Init.h"
+
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Support/LogicalResult.h"
 
@@ -66,6 +68,9 @@ public:
 /// masks are keyed by it (with the seed and step), so every copy of a
 /// function, on every backend, draws the same masks.
 uint64_t locationId(mlir::Location loc);
+
+/// The initializer of argument `index` of `fn`, from its `nn.init` attribute.
+mlir::FailureOr<rt::InitSpec> initSpec(mlir::func::FuncOp fn, unsigned index);
 
 /// The initial value of argument `index` of `fn` from its `nn.init`
 /// attribute; argument `index` seeds its own random stream.

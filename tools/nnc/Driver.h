@@ -97,6 +97,7 @@ struct Session {
 int runTrain(const Args &args);
 int runEval(const Args &args);
 int runPredict(const Args &args);
+int runBuild(const Args &args);
 
 } // namespace nnc::driver
 

@@ -7,7 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "tools/nnc/Driver.h"
+#include "tools/nnc/Model.h"
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/reference/Trainer.h"
@@ -33,42 +33,9 @@ using namespace nnc;
 using namespace nnc::driver;
 using ref::Tensor;
 
-namespace {
-
-/// One model input as the data sees it.
-struct Input : rt::ModelInput {
-  unsigned arg = 0; // its argument of the model function
-};
-
-/// A compiled model with its training step, ready for a Trainer.
-struct Loaded {
-  Session session;
-  OwningOpRef<ModuleOp> module;
-  mutable func::FuncOp model; // FuncOp accessors are not const
-  std::vector<Input> inputs;
-  DictionaryAttr train;
-  std::string path;
-
-  int64_t setting(StringRef key, int64_t dflt) const {
-    auto a = train ? dyn_cast_or_null<IntegerAttr>(train.get(key)) : IntegerAttr();
-    return a ? a.getInt() : dflt;
-  }
-  double real(StringRef key, double dflt) const {
-    auto a = train ? dyn_cast_or_null<FloatAttr>(train.get(key)) : FloatAttr();
-    return a ? a.getValueAsDouble() : dflt;
-  }
-  std::optional<unsigned> lossResult() const {
-    for (unsigned i = 0; i < model.getNumResults(); ++i)
-      if (auto r = model.getResultAttrOfType<StringAttr>(i, nn::attr::kRole))
-        if (r.getValue() == "loss")
-          return i;
-    return std::nullopt;
-  }
-};
-
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate before the step is built.
-int load(const std::string &path, std::optional<double> lr, Loaded &out) {
+int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out) {
   out.path = path;
   if (!out.session.open(path))
     return kUserError;
@@ -133,8 +100,9 @@ int load(const std::string &path, std::optional<double> lr, Loaded &out) {
   return kOk;
 }
 
+
 /// The data named by --data or the train section.
-int dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
+int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
   if (m.train)
     if (auto d = dyn_cast_or_null<DictionaryAttr>(m.train.get("data"))) {
       out.kind = cast<StringAttr>(d.get("kind")).str();
@@ -154,6 +122,8 @@ int dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
   }
   return kOk;
 }
+
+namespace {
 
 std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs) {
   return std::vector<rt::ModelInput>(inputs.begin(), inputs.end());

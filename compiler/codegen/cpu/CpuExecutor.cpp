@@ -157,7 +157,8 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
 
-FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch) {
+LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
+                            StringRef name) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
@@ -171,8 +172,12 @@ FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<
   auto scaling = batchScaling(clone);
   if (failed(scaling))
     return failure();
+  return lowerToLoops(clone, *scaling, target, name);
+}
+
+FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch) {
   OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
-  if (failed(lowerToLoops(clone, *scaling, *loops, "kernel")))
+  if (failed(addLoops(fn, batch, *loops, "kernel")))
     return failure();
   return loops;
 }

@@ -28,6 +28,10 @@ std::unique_ptr<ref::Executor> createExecutor();
 mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
 buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt);
 
+/// Adds the loops-level function of `fn` to `target` under `name`.
+mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
+                             mlir::ModuleOp target, llvm::StringRef name);
+
 } // namespace nnc::cpu
 
 #endif // NNC_COMPILER_CODEGEN_CPU_CPUEXECUTOR_H

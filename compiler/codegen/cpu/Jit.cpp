@@ -28,7 +28,9 @@
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
 #include "llvm/MC/TargetRegistry.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
 #include "mlir/Target/LLVMIR/Export.h"
 
@@ -135,12 +137,16 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   return success();
 }
 
-/// The host's target machine, at the highest optimization level.
-static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp module) {
+/// The host's target machine, at the highest optimization level; `pic` for
+/// object files linked into position-independent executables.
+static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp module,
+                                                                   bool pic = false) {
   auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
   if (!builder)
     return module.emitError("cannot detect the host CPU: ") << llvm::toString(builder.takeError());
   builder->setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  if (pic)
+    builder->setRelocationModel(llvm::Reloc::PIC_);
   auto tm = builder->createTargetMachine();
   if (!tm)
     return module.emitError("cannot create a target machine: ") << llvm::toString(tm.takeError());
@@ -227,6 +233,38 @@ FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
     return module.emitError("the target cannot emit assembly");
   pm.run(*llvmModule);
   return std::string(buffer.str());
+}
+
+LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  DialectRegistry registry;
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  registerOpenMPDialectTranslation(registry);
+  module.getContext()->appendDialectRegistry(registry);
+  auto tm = hostMachine(module, /*pic=*/true);
+  if (failed(tm))
+    return failure();
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule = translateForHost(module, llvmContext, **tm);
+  if (!llvmModule)
+    return module.emitError("translation to LLVM IR failed");
+  llvmModule->setPICLevel(llvm::PICLevel::BigPIC);
+  if (llvm::Error err = makeOptimizingTransformer(3, 0, tm->get())(llvmModule.get()))
+    return module.emitError("LLVM optimization failed: ") << llvm::toString(std::move(err));
+  std::error_code ec;
+  llvm::raw_fd_ostream out(path, ec, llvm::sys::fs::OF_None);
+  if (ec)
+    return module.emitError("cannot write '") << path << "': " << ec.message();
+  llvm::legacy::PassManager pm;
+  if ((*tm)->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::ObjectFile))
+    return module.emitError("the target cannot emit object files");
+  pm.run(*llvmModule);
+  out.close();
+  if (out.has_error())
+    return module.emitError("cannot write '") << path << "'";
+  return success();
 }
 
 cpu::JitModule::~JitModule() = default;

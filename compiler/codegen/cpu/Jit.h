@@ -28,6 +28,10 @@ mlir::LogicalResult lowerToLLVM(mlir::ModuleOp module);
 /// module, as text.
 mlir::FailureOr<std::string> emitHostCode(mlir::ModuleOp module, bool asm_);
 
+/// Compiles an LLVM-dialect module to an object file for the host CPU, with
+/// the optimizations the JIT applies, so that it computes the same numbers.
+mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path);
+
 class JitModule {
 public:
   /// Lowers and compiles `module`; reports failures as diagnostics.

@@ -44,6 +44,7 @@ struct Emitter {
   Value batch;                // index: the batch size of this call
   unsigned &globals;          // counter for unique global names
   ModuleOp module;
+  StringRef kernel;           // the function's name, prefix of its globals' names
 
   Value idx(int64_t v) { return b.create<arith::ConstantIndexOp>(loc, v); }
   Value f32(double v) { return b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v)); }
@@ -288,7 +289,7 @@ LogicalResult constant(Emitter &e) {
     return success();
   }
   auto type = cast<MemRefType>(e.out[0].getType());
-  std::string name = "nnc_const_" + std::to_string(e.globals++);
+  std::string name = (e.kernel + "_const" + std::to_string(e.globals++)).str();
   {
     OpBuilder::InsertionGuard guard(e.b);
     e.b.setInsertionPointToStart(e.module.getBody());
@@ -995,7 +996,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     auto it = lowerings().find(op.getName().getTypeID());
     if (it == lowerings().end())
       return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
-    Emitter e{b, op.getLoc(), &op, {}, {}, rng, batch, globals, target};
+    Emitter e{b, op.getLoc(), &op, {}, {}, rng, batch, globals, target, name};
     for (Value v : op.getOperands())
       e.in.push_back(buffers.lookup(v));
     for (Value r : op.getResults()) {

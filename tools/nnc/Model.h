@@ -1,0 +1,61 @@
+//===- Model.h - a model file compiled for training ------------*- C++ -*-===//
+//
+// What train, eval, predict and build start from: the model file parsed and
+// compiled to its training step, with its inputs as the data sees them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_TOOLS_NNC_MODEL_H
+#define NNC_TOOLS_NNC_MODEL_H
+
+#include "tools/nnc/Driver.h"
+
+#include "dialects/nn/NNOps.h"
+#include "runtime/Training.h"
+
+#include "mlir/IR/BuiltinAttributes.h"
+
+namespace nnc::driver {
+
+/// One model input as the data sees it.
+struct Input : rt::ModelInput {
+  unsigned arg = 0; // its argument of the model function
+};
+
+/// A compiled model with its training step.
+struct Loaded {
+  Session session;
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  mutable mlir::func::FuncOp model; // FuncOp accessors are not const
+  std::vector<Input> inputs;
+  mlir::DictionaryAttr train;
+  std::string path;
+
+  int64_t setting(llvm::StringRef key, int64_t dflt) const {
+    auto a = train ? llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get(key)) : mlir::IntegerAttr();
+    return a ? a.getInt() : dflt;
+  }
+  double real(llvm::StringRef key, double dflt) const {
+    auto a = train ? llvm::dyn_cast_or_null<mlir::FloatAttr>(train.get(key)) : mlir::FloatAttr();
+    return a ? a.getValueAsDouble() : dflt;
+  }
+  std::optional<unsigned> lossResult() const {
+    for (unsigned i = 0; i < model.getNumResults(); ++i)
+      if (auto r = model.getResultAttrOfType<mlir::StringAttr>(i, nn::attr::kRole))
+        if (r.getValue() == "loss")
+          return i;
+    return std::nullopt;
+  }
+};
+
+/// Parses and compiles FILE to its training step; `lr` overrides the
+/// optimizer's learning rate before the step is built.
+int load(const std::string &path, std::optional<double> lr, Loaded &out);
+
+/// The data named by --data or the train section (paths in a model file
+/// are relative to the file).
+int dataSource(const Loaded &m, const Args &args, rt::DataSource &out);
+
+} // namespace nnc::driver
+
+#endif // NNC_TOOLS_NNC_MODEL_H
