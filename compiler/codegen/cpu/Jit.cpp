@@ -14,6 +14,7 @@
 #include "mlir/Conversion/SCFToOpenMP/SCFToOpenMP.h"
 #include "mlir/Target/LLVMIR/Dialect/OpenMP/OpenMPToLLVMIRTranslation.h"
 #include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
+#include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
@@ -119,6 +120,7 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
   pm.addPass(createLowerAffinePass());
   pm.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
+  pm.addPass(createConvertVectorToLLVMPass()); // register-blocked kernels
   pm.addPass(createFinalizeMemRefToLLVMConversionPass()); // before CF: alloca scopes
   pm.addPass(createConvertSCFToCFPass());
   pm.addPass(createConvertMathToLLVMPass());

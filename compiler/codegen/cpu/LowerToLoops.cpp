@@ -16,6 +16,7 @@
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Builders.h"
 
 #include "llvm/ADT/DenseMap.h"
@@ -415,17 +416,85 @@ LogicalResult count(Emitter &e) {
   return success();
 }
 
+/// A register-blocked matrix product C = A B (row-major, f32): blocks of
+/// kRows rows of C times kVectors vectors of kLanes columns are accumulated
+/// in vector registers over the whole reduction (an outer product per k:
+/// kVectors loads of a row of B, kRows broadcasts from A), then stored once.
+/// Row blocks run in parallel; leftover rows take one-row blocks; the last
+/// column block of a ragged width uses masked loads and stores. Every
+/// element of C sums its products in k order, whatever the thread count.
+constexpr int64_t kLanes = 16, kRows = 4, kVectors = 2;
+
 LogicalResult matmul(Emitter &e) {
-  SmallVector<Value> a = e.sizes(e.in[0]), c = e.sizes(e.in[1]);
-  e.fill(e.out[0], e.f32(0));
-  // i-k-j order: the inner loop streams rows of both B and C (vectorizable);
-  // rows are split across threads.
-  e.loops(ArrayRef<Value>{a[0], a[1]}, [&](ValueRange ik) {
-    Value aik = e.load(e.in[0], ik);
-    e.loops(ArrayRef<Value>{c[1]}, [&](ValueRange j) {
-      e.multiplyAdd(aik, e.load(e.in[1], {ik[1], j[0]}), e.out[0], {ik[0], j[0]});
-    });
-  }, /*parallel=*/true);
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value A = e.in[0], B = e.in[1], C = e.out[0];
+  Value M = e.dim(A, 0), K = e.dim(A, 1), N = e.dim(B, 1);
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value pad = e.f32(0);
+
+  // One block: `rows` rows from i0, `vectors` vectors from column j0.
+  auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds) {
+    SmallVector<Value> init(rows * vectors, zero);
+    SmallVector<Value> cols;
+    for (int64_t v = 0; v < vectors; ++v)
+      cols.push_back(e.add(j0, e.idx(v * kLanes)));
+    SmallVector<Value> rowIdx;
+    for (int64_t r = 0; r < rows; ++r)
+      rowIdx.push_back(e.add(i0, e.idx(r)));
+    auto k = b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(k.getBody());
+      Value kv = k.getInductionVar();
+      SmallVector<Value> row;
+      for (int64_t v = 0; v < vectors; ++v)
+        row.push_back(b.create<vector::TransferReadOp>(loc, vt, B, ValueRange{kv, cols[v]}, pad,
+                                                       ArrayRef<bool>{inBounds}));
+      SmallVector<Value> next;
+      for (int64_t r = 0; r < rows; ++r) {
+        Value a = b.create<vector::BroadcastOp>(loc, vt, e.load(A, {rowIdx[r], kv}));
+        for (int64_t v = 0; v < vectors; ++v)
+          next.push_back(b.create<vector::FMAOp>(loc, a, row[v], k.getRegionIterArgs()[r * vectors + v]));
+      }
+      b.create<scf::YieldOp>(loc, next);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v)
+        b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
+                                          ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
+  };
+  // All column blocks of `rows` rows from i0.
+  auto rowsOf = [&](Value i0, int64_t rows) {
+    const int64_t width = kLanes * kVectors;
+    std::optional<int64_t> n = getConstantIntValue(N);
+    if (!n) {
+      b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(width), std::nullopt,
+                           [&](OpBuilder &, Location, Value j0, ValueRange) {
+                             block(i0, rows, j0, kVectors, false);
+                             b.create<scf::YieldOp>(loc);
+                           });
+      return;
+    }
+    int64_t full = *n / width, rest = *n % width;
+    if (full > 0)
+      b.create<scf::ForOp>(loc, e.idx(0), e.idx(full * width), e.idx(width), std::nullopt,
+                           [&](OpBuilder &, Location, Value j0, ValueRange) {
+                             block(i0, rows, j0, kVectors, true);
+                             b.create<scf::YieldOp>(loc);
+                           });
+    if (rest > 0)
+      block(i0, rows, e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
+  };
+  Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
+  e.loops(ArrayRef<Value>{blocks}, [&](ValueRange iv) { rowsOf(e.mul(iv[0], e.idx(kRows)), kRows); },
+          /*parallel=*/true);
+  b.create<scf::ForOp>(loc, e.mul(blocks, e.idx(kRows)), M, e.idx(1), std::nullopt,
+                       [&](OpBuilder &, Location, Value i, ValueRange) {
+                         rowsOf(i, 1);
+                         b.create<scf::YieldOp>(loc);
+                       });
   return success();
 }
 
@@ -853,7 +922,8 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
                                 ModuleOp target, StringRef name) {
   MLIRContext *ctx = fn.getContext();
-  ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect>();
+  ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
+                   vector::VectorDialect>();
   OpBuilder b(ctx);
   Location loc = fn.getLoc();
   Type i8 = b.getI8Type();
