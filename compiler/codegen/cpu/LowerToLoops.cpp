@@ -597,8 +597,106 @@ void convTaps(Emitter &e, Value xm, ArrayRef<int64_t> w, Value ym,
   }, /*parallel=*/true);
 }
 
+/// Lanes of a vector of kLanes columns from column `start` (possibly
+/// negative) that lie inside a row of `width`: the mask of a padded load.
+Value columnMask(Emitter &e, Value start, int64_t width) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto i32v = VectorType::get({kLanes}, b.getI32Type());
+  SmallVector<int32_t> lanes;
+  for (int32_t l = 0; l < kLanes; ++l)
+    lanes.push_back(l);
+  Value iota = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lanes)));
+  Value s32 = b.create<arith::IndexCastOp>(loc, b.getI32Type(), start);
+  Value cols = b.create<arith::AddIOp>(loc, iota, b.create<vector::BroadcastOp>(loc, i32v, s32));
+  auto splat = [&](int32_t v) {
+    return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, v));
+  };
+  return b.create<arith::AndIOp>(
+      loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, cols, splat(0)),
+      b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, cols, splat(static_cast<int32_t>(width))));
+}
+
+/// The loop bounds [lo, hi) of kernel rows p that an output row `i` reads
+/// inside an input of `size` rows: 0 <= i * stride - pad + p < size.
+std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t pad, int64_t size,
+                                   int64_t k) {
+  OpBuilder &b = e.b;
+  Value base = b.create<arith::SubIOp>(e.loc, e.idx(pad), e.mul(i, e.idx(stride))); // pad - i*s
+  Value lo = b.create<arith::MaxSIOp>(e.loc, e.idx(0), base);
+  Value hi = b.create<arith::MinSIOp>(e.loc, e.idx(k), e.add(base, e.idx(size)));
+  return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
+}
+
+/// Convolution with unit column stride, register-blocked: for one sample
+/// and output row, a block of output channels times the row's vectors is
+/// accumulated in registers over input channels and kernel taps (each
+/// input row vector, loaded once with its padding masked to zero, serves
+/// every channel of the block), then stored once. Samples run in parallel.
+void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value X = e.in[0], W = e.in[1], Y = e.out[0];
+  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(Y);
+  int64_t og = w[0] / groups, cg = w[1];
+  int64_t block = og % 4 == 0 ? 4 : og % 2 == 0 ? 2 : 1;
+  int64_t vectors = (y[3] + kLanes - 1) / kLanes;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  e.loops(ArrayRef<Value>{e.dim(Y, 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
+    Value n = iv[0], i = iv[1], o0 = e.mul(iv[2], e.idx(block));
+    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
+    auto [pLo, pHi] = kernelRows(e, i, stride[0], pad[0], x[2], w[2]);
+    SmallVector<Value> init(block * vectors, zero);
+    auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(cg), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g1(b);
+      b.setInsertionPointToStart(cLoop.getBody());
+      Value c = cLoop.getInductionVar();
+      Value ic = e.add(e.mul(g, e.idx(cg)), c);
+      auto pLoop = b.create<scf::ForOp>(loc, pLo, pHi, e.idx(1), cLoop.getRegionIterArgs());
+      {
+        OpBuilder::InsertionGuard g2(b);
+        b.setInsertionPointToStart(pLoop.getBody());
+        Value p = pLoop.getInductionVar();
+        Value ih = e.tap(i, stride[0], pad[0], p);
+        auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
+        {
+          OpBuilder::InsertionGuard g3(b);
+          b.setInsertionPointToStart(qLoop.getBody());
+          Value q = qLoop.getInductionVar();
+          SmallVector<Value> weights;
+          for (int64_t k = 0; k < block; ++k)
+            weights.push_back(b.create<vector::BroadcastOp>(
+                loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, p, q})));
+          SmallVector<Value> acc(qLoop.getRegionIterArgs());
+          for (int64_t v = 0; v < vectors; ++v) {
+            Value col = b.create<arith::SubIOp>(loc, e.add(q, e.idx(v * kLanes)), e.idx(pad[1]));
+            Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col},
+                                                      columnMask(e, col, x[3]), zero);
+            for (int64_t k = 0; k < block; ++k)
+              acc[k * vectors + v] = b.create<vector::FMAOp>(loc, weights[k], xv, acc[k * vectors + v]);
+          }
+          b.create<scf::YieldOp>(loc, acc);
+        }
+        b.create<scf::YieldOp>(loc, qLoop.getResults());
+      }
+      b.create<scf::YieldOp>(loc, pLoop.getResults());
+    }
+    for (int64_t k = 0; k < block; ++k)
+      for (int64_t v = 0; v < vectors; ++v)
+        b.create<vector::TransferWriteOp>(loc, cLoop.getResult(k * vectors + v), Y,
+                                          ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)},
+                                          ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+  }, /*parallel=*/true);
+}
+
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
+  if (op.getStride()[1] == 1) {
+    conv2dRows(e, op.getStride(), op.getPadding(), op.getGroups());
+    return success();
+  }
   e.fill(e.out[0], e.f32(0));
   convTaps(e, e.in[0], shapeOf(e.in[1]), e.out[0], op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
@@ -617,10 +715,71 @@ LogicalResult conv2dGradInput(Emitter &e) {
   return success();
 }
 
+/// The weight gradient with unit column stride: for one output channel,
+/// input channel and kernel row, the products of every kernel column are
+/// accumulated in a vector register each over the batch and the output
+/// rows (a row of the output gradient is loaded once and serves every
+/// column tap), then reduced across lanes.
+void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad,
+                          int64_t groups) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value X = e.in[0], DY = e.in[1], DW = e.out[0];
+  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(DW), y = shapeOf(DY);
+  int64_t og = w[0] / groups, cg = w[1];
+  int64_t vectors = (y[3] + kLanes - 1) / kLanes;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  e.loops(ArrayRef<Value>{e.idx(w[0]), e.idx(cg), e.idx(w[2])}, [&](ValueRange iv) {
+    Value o = iv[0], c = iv[1], p = iv[2];
+    Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
+    Value ic = e.add(e.mul(g, e.idx(cg)), c);
+    auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
+    SmallVector<Value> init(w[3], zero);
+    auto nLoop = b.create<scf::ForOp>(loc, e.idx(0), e.dim(DY, 0), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g1(b);
+      b.setInsertionPointToStart(nLoop.getBody());
+      Value n = nLoop.getInductionVar();
+      auto iLoop = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(1), nLoop.getRegionIterArgs());
+      {
+        OpBuilder::InsertionGuard g2(b);
+        b.setInsertionPointToStart(iLoop.getBody());
+        Value i = iLoop.getInductionVar();
+        Value ih = e.tap(i, stride[0], pad[0], p);
+        SmallVector<Value> acc(iLoop.getRegionIterArgs());
+        for (int64_t v = 0; v < vectors; ++v) {
+          // Lanes past the row's end read as zero and add nothing.
+          Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, o, i, e.idx(v * kLanes)},
+                                                      e.f32(0), ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+          for (int64_t q = 0; q < w[3]; ++q) {
+            Value col = e.idx(v * kLanes + q - pad[1]);
+            Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col},
+                                                      columnMask(e, col, x[3]), zero);
+            acc[q] = b.create<vector::FMAOp>(loc, xv, dy, acc[q]);
+          }
+        }
+        b.create<scf::YieldOp>(loc, acc);
+      }
+      b.create<scf::YieldOp>(loc, iLoop.getResults());
+    }
+    for (int64_t q = 0; q < w[3]; ++q) {
+      Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, nLoop.getResult(q),
+                                                arith::FastMathFlags::reassoc);
+      e.store(sum, DW, {o, c, p, e.idx(q)});
+    }
+  }, /*parallel=*/true);
+}
+
 LogicalResult conv2dGradWeight(Emitter &e) {
+  auto op = self<nnops::Conv2dGradWeightOp>(e);
+  // Register accumulators for one kernel row's columns.
+  if (op.getStride()[1] == 1 && shapeOf(e.out[0])[3] <= 16) {
+    conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups());
+    return success();
+  }
   // Each weight element is a sum over the batch and the output positions:
   // accumulate it in a register (a reduction LLVM vectorizes), not in memory.
-  auto op = self<nnops::Conv2dGradWeightOp>(e);
   ArrayRef<int64_t> x = shapeOf(e.in[0]), w = shapeOf(e.out[0]), y = shapeOf(e.in[1]);
   ArrayRef<int64_t> stride = op.getStride(), pad = op.getPadding();
   int64_t groups = op.getGroups(), og = w[0] / groups, cg = x[1] / groups;
