@@ -17,10 +17,13 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/Dialect/Utils/StaticValueUtils.h"
 #include "mlir/IR/Builders.h"
 
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
 
+#include <deque>
 #include <functional>
 
 using namespace mlir;
@@ -40,16 +43,27 @@ struct Emitter {
   OpBuilder &b;
   Location loc;
   Operation *op;
-  SmallVector<Value> in, out; // operand and result buffers
+  SmallVector<Value> in, out; // operand and result buffers (no buffer: fused)
+  /// Per operand, when its producer is fused into this op: computes the
+  /// operand's value at an index, in place of a load.
+  SmallVector<std::function<Value(ValueRange)>> gen;
   Value rng;                  // memref<2xi64>: seed, step
   Value batch;                // index: the batch size of this call
   unsigned &globals;          // counter for unique global names
   ModuleOp module;
   StringRef kernel;           // the function's name, prefix of its globals' names
+  const cpu::BatchScaling *scaling;
 
   Value idx(int64_t v) { return b.create<arith::ConstantIndexOp>(loc, v); }
   Value f32(double v) { return b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v)); }
   Value load(Value m, ValueRange ivs) { return b.create<memref::LoadOp>(loc, m, ivs); }
+  /// Operand `k` at index `ivs` (in its own shape): loaded, or computed by
+  /// its fused producer.
+  Value read(unsigned k, ValueRange ivs) {
+    return k < gen.size() && gen[k] ? gen[k](ivs) : load(in[k], ivs);
+  }
+  /// An elementwise op's value at output index `ivs`.
+  Value at(ValueRange ivs);
   void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
 
   /// Size `i` of buffer `m`: a constant, or read from its descriptor when
@@ -59,6 +73,13 @@ struct Emitter {
     if (!t.isDynamicDim(i))
       return idx(t.getDimSize(i));
     return b.create<memref::DimOp>(loc, m, i);
+  }
+  /// Size `i` of the nn value `v` (buffer or not).
+  Value valueDim(Value v, int64_t i) {
+    auto t = cast<RankedTensorType>(v.getType());
+    if (!t.isDynamicDim(i))
+      return idx(t.getDimSize(i));
+    return mul(batch, idx(scaling->lookup(v)[i]));
   }
   SmallVector<Value> sizes(Value m) {
     SmallVector<Value> r;
@@ -181,12 +202,12 @@ OpTy self(Emitter &e) {
 // Elementwise
 //===----------------------------------------------------------------------===//
 
-Lowering unary(std::function<Value(Emitter &, Value)> f) {
-  return [f](Emitter &e) {
-    e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(f(e, e.load(e.in[0], ivs)), e.out[0], ivs); },
-            /*parallel=*/true);
-    return success();
-  };
+/// The value of an elementwise op at one output index, its operands read
+/// through `operand(k)` (broadcast to that index).
+using Scalar = std::function<Value(Emitter &, function_ref<Value(unsigned)> operand)>;
+
+Scalar unary(std::function<Value(Emitter &, Value)> f) {
+  return [f](Emitter &e, function_ref<Value(unsigned)> operand) { return f(e, operand(0)); };
 }
 
 Value select(Emitter &e, Value cond, Value a, Value b) {
@@ -196,29 +217,85 @@ Value positive(Emitter &e, Value x) {
   return e.b.create<arith::CmpFOp>(e.loc, arith::CmpFPredicate::OGT, x, e.f32(0));
 }
 
-Lowering binary(std::function<Value(Emitter &, Value, Value)> ff,
-                std::function<Value(Emitter &, Value, Value)> fi) {
-  return [ff, fi](Emitter &e) {
-    bool isFloat = isa<FloatType>(getElementTypeOrSelf(e.out[0].getType()));
-    e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
-      Value a = e.load(e.in[0], e.broadcastIdx(e.in[0], ivs));
-      Value c = e.load(e.in[1], e.broadcastIdx(e.in[1], ivs));
-      e.store(isFloat ? ff(e, a, c) : fi(e, a, c), e.out[0], ivs);
-    }, /*parallel=*/true);
-    return success();
+Scalar binary(std::function<Value(Emitter &, Value, Value)> ff,
+              std::function<Value(Emitter &, Value, Value)> fi) {
+  return [ff, fi](Emitter &e, function_ref<Value(unsigned)> operand) {
+    Value a = operand(0), c = operand(1);
+    return isa<FloatType>(a.getType()) ? ff(e, a, c) : fi(e, a, c);
   };
 }
 
 template <typename F, typename I>
-Lowering arithmetic() {
+Scalar arithmetic() {
   return binary([](Emitter &e, Value a, Value c) -> Value { return e.b.create<F>(e.loc, a, c); },
                 [](Emitter &e, Value a, Value c) -> Value { return e.b.create<I>(e.loc, a, c); });
 }
 
-LogicalResult broadcastLike(Emitter &e) {
-  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) {
-    e.store(e.load(e.in[0], e.broadcastIdx(e.in[0], ivs)), e.out[0], ivs);
-  }, /*parallel=*/true);
+template <typename OpTy>
+std::pair<TypeID, Scalar> scalar(Scalar f) {
+  return {TypeID::get<OpTy>(), std::move(f)};
+}
+
+/// The elementwise ops: one value per output element from the operands'
+/// elements at the same (broadcast) index. They lower to one loop nest, or
+/// fuse into the loops of their consumer.
+const llvm::DenseMap<TypeID, Scalar> &scalars() {
+  static const llvm::DenseMap<TypeID, Scalar> table = [] {
+    llvm::DenseMap<TypeID, Scalar> t;
+    auto add = [&](std::pair<TypeID, Scalar> e) { t.insert(std::move(e)); };
+    using E = Emitter;
+    add(scalar<nnops::NegOp>(unary([](E &e, Value x) -> Value { return e.b.create<arith::NegFOp>(e.loc, x); })));
+    add(scalar<nnops::ExpOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::ExpOp>(e.loc, x); })));
+    add(scalar<nnops::LogOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::LogOp>(e.loc, x); })));
+    add(scalar<nnops::SqrtOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::SqrtOp>(e.loc, x); })));
+    add(scalar<nnops::AbsOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::AbsFOp>(e.loc, x); })));
+    add(scalar<nnops::TanhOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::TanhOp>(e.loc, x); })));
+    add(scalar<nnops::SigmoidOp>(unary([](E &e, Value x) -> Value {
+      Value ex = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, x));
+      return e.b.create<arith::DivFOp>(e.loc, e.f32(1.0), e.b.create<arith::AddFOp>(e.loc, e.f32(1.0), ex));
+    })));
+    add(scalar<nnops::ReluOp>(unary([](E &e, Value x) { return select(e, positive(e, x), x, e.f32(0)); })));
+    add(scalar<nnops::StepOp>(unary([](E &e, Value x) { return select(e, positive(e, x), e.f32(1), e.f32(0)); })));
+    add(scalar<nnops::IdentityOp>(unary([](E &, Value x) { return x; })));
+    add(scalar<nnops::SoftplusOp>(unary([](E &e, Value x) -> Value {
+      // max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|.
+      Value m = select(e, positive(e, x), x, e.f32(0));
+      Value t = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, e.b.create<math::AbsFOp>(e.loc, x)));
+      return e.b.create<arith::AddFOp>(e.loc, m, e.b.create<math::Log1pOp>(e.loc, t));
+    })));
+    add(scalar<nnops::LeakyReluOp>([](E &e, function_ref<Value(unsigned)> operand) {
+      double a = self<nnops::LeakyReluOp>(e).getAlpha().convertToDouble();
+      Value x = operand(0);
+      return select(e, positive(e, x), x, e.b.create<arith::MulFOp>(e.loc, x, e.f32(a)));
+    }));
+    add(scalar<nnops::AddOp>(arithmetic<arith::AddFOp, arith::AddIOp>()));
+    add(scalar<nnops::SubOp>(arithmetic<arith::SubFOp, arith::SubIOp>()));
+    add(scalar<nnops::MulOp>(arithmetic<arith::MulFOp, arith::MulIOp>()));
+    add(scalar<nnops::DivOp>(arithmetic<arith::DivFOp, arith::DivSIOp>()));
+    add(scalar<nnops::PowOp>(binary(
+        [](E &e, Value a, Value c) -> Value { return e.b.create<math::PowFOp>(e.loc, a, c); },
+        [](E &e, Value a, Value c) -> Value {
+          // Integer powers go through f32 (exact for the small values labels take).
+          Type f = e.b.getF32Type(), i = a.getType();
+          Value p = e.b.create<math::PowFOp>(e.loc, e.b.create<arith::SIToFPOp>(e.loc, f, a),
+                                             e.b.create<arith::SIToFPOp>(e.loc, f, c));
+          return e.b.create<arith::FPToSIOp>(e.loc, i, p);
+        })));
+    // The second operand gives only the shape.
+    add(scalar<nnops::BroadcastLikeOp>([](E &, function_ref<Value(unsigned)> operand) { return operand(0); }));
+    return t;
+  }();
+  return table;
+}
+
+Value Emitter::at(ValueRange ivs) {
+  const Scalar &f = scalars().find(op->getName().getTypeID())->second;
+  return f(*this, [&](unsigned k) { return read(k, broadcastIdx(op->getOperand(k), ivs)); });
+}
+
+LogicalResult elementwise(Emitter &e) {
+  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(e.at(ivs), e.out[0], ivs); },
+          /*parallel=*/true);
   return success();
 }
 
@@ -360,7 +437,7 @@ LogicalResult concat(Emitter &e) {
 /// reduction LLVM vectorizes when the innermost axis is reduced).
 LogicalResult reduce(Emitter &e, bool max) {
   ArrayRef<int64_t> axes = cast<DenseI64ArrayAttr>(e.op->getAttr("axes")).asArrayRef();
-  ArrayRef<int64_t> in = shapeOf(e.in[0]);
+  ArrayRef<int64_t> in = shapeOf(e.op->getOperand(0));
   auto keep = e.op->getAttrOfType<BoolAttr>("keepdims");
   bool keepdims = keep && keep.getValue();
   SmallVector<int64_t> kept, reduced;
@@ -368,9 +445,9 @@ LogicalResult reduce(Emitter &e, bool max) {
     (axes.empty() || llvm::is_contained(axes, i) ? reduced : kept).push_back(i);
   SmallVector<Value> outer, inner;
   for (int64_t i : kept)
-    outer.push_back(e.dim(e.in[0], i));
+    outer.push_back(e.valueDim(e.op->getOperand(0), i));
   for (int64_t i : reduced)
-    inner.push_back(e.dim(e.in[0], i));
+    inner.push_back(e.valueDim(e.op->getOperand(0), i));
   OpBuilder &b = e.b;
   Location loc = e.loc;
   auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
@@ -382,7 +459,7 @@ LogicalResult reduce(Emitter &e, bool max) {
     // Nested loops over the reduced axes, carrying the accumulator.
     std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
       if (d == reduced.size()) {
-        Value v = e.load(e.in[0], idx);
+        Value v = e.read(0, idx);
         return max ? b.create<arith::MaximumFOp>(loc, acc, v).getResult()
                    : b.create<arith::AddFOp>(loc, acc, v, flags).getResult();
       }
@@ -1012,46 +1089,9 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
     auto add = [&](std::pair<TypeID, Lowering> e) { t.insert(std::move(e)); };
     using E = Emitter;
     add(entry<nnops::ConstantOp>(constant));
-    add(entry<nnops::NegOp>(unary([](E &e, Value x) -> Value { return e.b.create<arith::NegFOp>(e.loc, x); })));
-    add(entry<nnops::ExpOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::ExpOp>(e.loc, x); })));
-    add(entry<nnops::LogOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::LogOp>(e.loc, x); })));
-    add(entry<nnops::SqrtOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::SqrtOp>(e.loc, x); })));
-    add(entry<nnops::AbsOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::AbsFOp>(e.loc, x); })));
-    add(entry<nnops::TanhOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::TanhOp>(e.loc, x); })));
-    add(entry<nnops::SigmoidOp>(unary([](E &e, Value x) -> Value {
-      Value ex = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, x));
-      return e.b.create<arith::DivFOp>(e.loc, e.f32(1.0), e.b.create<arith::AddFOp>(e.loc, e.f32(1.0), ex));
-    })));
-    add(entry<nnops::ReluOp>(unary([](E &e, Value x) { return select(e, positive(e, x), x, e.f32(0)); })));
-    add(entry<nnops::StepOp>(unary([](E &e, Value x) { return select(e, positive(e, x), e.f32(1), e.f32(0)); })));
-    add(entry<nnops::IdentityOp>(unary([](E &, Value x) { return x; })));
-    add(entry<nnops::SoftplusOp>(unary([](E &e, Value x) -> Value {
-      // max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|.
-      Value m = select(e, positive(e, x), x, e.f32(0));
-      Value t = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, e.b.create<math::AbsFOp>(e.loc, x)));
-      return e.b.create<arith::AddFOp>(e.loc, m, e.b.create<math::Log1pOp>(e.loc, t));
-    })));
-    add(entry<nnops::LeakyReluOp>([](E &e) {
-      double a = self<nnops::LeakyReluOp>(e).getAlpha().convertToDouble();
-      return unary([a](E &e, Value x) {
-        return select(e, positive(e, x), x, e.b.create<arith::MulFOp>(e.loc, x, e.f32(a)));
-      })(e);
-    }));
+    for (auto &[id, f] : scalars())
+      t.insert({id, elementwise});
     add(entry<nnops::DropoutOp>(dropout));
-    add(entry<nnops::AddOp>(arithmetic<arith::AddFOp, arith::AddIOp>()));
-    add(entry<nnops::SubOp>(arithmetic<arith::SubFOp, arith::SubIOp>()));
-    add(entry<nnops::MulOp>(arithmetic<arith::MulFOp, arith::MulIOp>()));
-    add(entry<nnops::DivOp>(arithmetic<arith::DivFOp, arith::DivSIOp>()));
-    add(entry<nnops::PowOp>(binary(
-        [](E &e, Value a, Value c) -> Value { return e.b.create<math::PowFOp>(e.loc, a, c); },
-        [](E &e, Value a, Value c) -> Value {
-          // Integer powers go through f32 (exact for the small values labels take).
-          Type f = e.b.getF32Type(), i = a.getType();
-          Value p = e.b.create<math::PowFOp>(e.loc, e.b.create<arith::SIToFPOp>(e.loc, f, a),
-                                             e.b.create<arith::SIToFPOp>(e.loc, f, c));
-          return e.b.create<arith::FPToSIOp>(e.loc, i, p);
-        })));
-    add(entry<nnops::BroadcastLikeOp>(broadcastLike));
     add(entry<nnops::ReshapeOp>(reshape));
     add(entry<nnops::TransposeOp>(transpose));
     add(entry<nnops::SliceOp>(slice));
@@ -1181,19 +1221,59 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       resultBuffers.push_back(buf);
   }
 
+  // Fusion: an elementwise op whose one use is an elementwise op of the
+  // same shape, or a reduction, is not materialized; its consumer computes
+  // it in its own loops (through Emitter::gen), so the chain makes one pass
+  // over memory. Ops of another shape are not fused into a broadcasting
+  // consumer: that would repeat their work per broadcast element.
+  Operation *ret = fn.front().getTerminator();
+  llvm::DenseSet<Operation *> fused;
+  for (Operation &op : fn.front().without_terminator()) {
+    if (!scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1 ||
+        !op.getResult(0).hasOneUse())
+      continue;
+    Operation *user = *op.getResult(0).getUsers().begin();
+    TypeID id = user->getName().getTypeID();
+    bool reduction = id == TypeID::get<nnops::ReduceSumOp>() || id == TypeID::get<nnops::ReduceMaxOp>();
+    bool sameShape = scalars().count(id) && user->getResult(0).getType() == op.getResult(0).getType();
+    if (reduction || sameShape)
+      fused.insert(&op);
+  }
+  // Where each op's work happens: its own place, or its consumer's.
+  llvm::DenseMap<Operation *, Operation *> emitAt;
+  for (Operation &op : llvm::reverse(fn.front()))
+    emitAt[&op] = fused.contains(&op) ? emitAt[*op.getResult(0).getUsers().begin()] : &op;
+
+  // A reshape is a view of its input's buffer: values share the buffer of
+  // their root.
+  llvm::DenseMap<Value, Value> rootOf;
+  auto root = [&](Value v) {
+    auto it = rootOf.find(v);
+    return it == rootOf.end() ? v : it->second;
+  };
+  for (Operation &op : fn.front())
+    if (isa<nnops::ReshapeOp>(op))
+      rootOf[op.getResult(0)] = root(op.getOperand(0));
+
   // The static memory plan: every intermediate lives in a slot, a buffer
   // the caller provides (an argument after the batch size) of
-  // `perBatch * batch + fixed` bytes. A slot is free again after its value's
-  // last use and serves the next value that fits, so memory follows liveness
-  // and no call allocates. Slots are separate arguments, not offsets in one
-  // block, so that LLVM knows they do not alias.
+  // `perBatch * batch + fixed` bytes. A slot is free again after the last
+  // use of its value (and of the views of it), and serves the next value
+  // that fits, so memory follows liveness and no call allocates. Slots are
+  // separate arguments, not offsets in one block, so that LLVM knows they do
+  // not alias. A value the function returns is computed into its result
+  // buffer directly.
   llvm::DenseMap<Operation *, unsigned> position;
   for (auto [i, op] : llvm::enumerate(fn.front()))
     position[&op] = i;
   llvm::DenseMap<Value, unsigned> lastUse;
   for (Operation &op : fn.front())
     for (Value v : op.getOperands())
-      lastUse[v] = std::max(lastUse.lookup(v), position[&op]);
+      lastUse[root(v)] = std::max(lastUse.lookup(root(v)), position[emitAt.lookup(&op) ? emitAt[&op] : &op]);
+  llvm::DenseMap<Value, unsigned> returnedAt; // values returned once
+  for (auto [i, v] : llvm::enumerate(ret->getOperands()))
+    if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
+      returnedAt[v] = i;
   struct Slot {
     int64_t perBatch, fixed;
     bool free;
@@ -1218,36 +1298,94 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     return viewOf(r, slots[best].arg, b.create<arith::ConstantIndexOp>(loc, 0),
                   affine(slots[best].perBatch, slots[best].fixed));
   };
+  // `src` seen with the shape of `v` (same elements, row-major).
+  auto reshaped = [&](Value src, Value v) -> FailureOr<Value> {
+    auto type = cast<RankedTensorType>(v.getType());
+    SmallVector<Value> dyn;
+    if (failed(scaled(v, dyn)))
+      return failure();
+    SmallVector<OpFoldResult> sizes(type.getRank()), strides(type.getRank());
+    unsigned next = 0;
+    for (int64_t i = 0; i < type.getRank(); ++i)
+      sizes[i] = type.isDynamicDim(i) ? OpFoldResult(dyn[next++]) : b.getIndexAttr(type.getDimSize(i));
+    OpFoldResult stride = b.getIndexAttr(1);
+    for (int64_t i = type.getRank() - 1; i >= 0; --i) {
+      strides[i] = stride;
+      auto st = getConstantIntValue(stride), sz = getConstantIntValue(sizes[i]);
+      if (st && sz)
+        stride = b.getIndexAttr(*st * *sz);
+      else
+        stride = b.create<arith::MulIOp>(loc, getValueOrCreateConstantIndexOp(b, loc, stride),
+                                         getValueOrCreateConstantIndexOp(b, loc, sizes[i]))
+                     .getResult();
+    }
+    return b.create<memref::ReinterpretCastOp>(loc, memrefOf(type), src, OpFoldResult(b.getIndexAttr(0)),
+                                               sizes, strides)
+        .getResult();
+  };
 
+  // Emitters of fused ops, kept alive while their consumers are emitted.
+  std::deque<Emitter> producers;
   unsigned globals = 0;
-  Operation *ret = fn.front().getTerminator();
+  std::function<void(Emitter &, Operation *)> bind = [&](Emitter &e, Operation *op) {
+    for (Value v : op->getOperands()) {
+      e.in.push_back(buffers.lookup(v));
+      Operation *def = v.getDefiningOp();
+      if (!def || !fused.contains(def)) {
+        e.gen.emplace_back();
+        continue;
+      }
+      producers.push_back(Emitter{b, def->getLoc(), def, {}, {}, {}, rng, batch, globals, target, name, &scaling});
+      Emitter &p = producers.back();
+      bind(p, def);
+      e.gen.emplace_back([&p](ValueRange ivs) { return p.at(ivs); });
+    }
+  };
+  llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
+  for (auto &[v, at] : lastUse)
+    releaseAt[at].push_back(v);
   for (Operation &op : fn.front().without_terminator()) {
+    if (fused.contains(&op))
+      continue;
+    if (isa<nnops::ReshapeOp>(op)) {
+      auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
+      if (failed(view))
+        return failure();
+      buffers[op.getResult(0)] = *view;
+      continue;
+    }
     auto it = lowerings().find(op.getName().getTypeID());
     if (it == lowerings().end())
       return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
-    Emitter e{b, op.getLoc(), &op, {}, {}, rng, batch, globals, target, name};
-    for (Value v : op.getOperands())
-      e.in.push_back(buffers.lookup(v));
+    Emitter e{b, op.getLoc(), &op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
+    bind(e, &op);
     for (Value r : op.getResults()) {
-      auto buf = bufferFor(r);
-      if (failed(buf))
-        return failure();
-      e.out.push_back(*buf);
+      auto direct = returnedAt.find(r);
+      if (direct != returnedAt.end()) {
+        e.out.push_back(resultBuffers[direct->second]);
+      } else {
+        auto buf = bufferFor(r);
+        if (failed(buf))
+          return failure();
+        e.out.push_back(*buf);
+      }
       buffers[r] = e.out.back();
     }
     if (failed(it->second(e)))
       return failure();
-    // Operands used for the last time free their slots; so do results that
+    producers.clear();
+    // Values used for the last time free their slots; so do results that
     // are never used (a dropout mask in evaluation).
-    for (Value v : op.getOperands())
-      if (slotOf.count(v) && lastUse.lookup(v) == position[&op])
+    for (Value v : releaseAt.lookup(position[&op]))
+      if (slotOf.count(v))
         slots[slotOf[v]].free = true;
     for (Value r : op.getResults())
-      if (r.use_empty())
+      if (r.use_empty() && slotOf.count(r))
         slots[slotOf[r]].free = true;
   }
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
-    b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
+    if (!returnedAt.count(v))
+      b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
   b.create<func::ReturnOp>(loc);
 
   lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
