@@ -131,7 +131,7 @@ struct Emitter {
     rec(0);
   }
   void fill(Value m, Value v) {
-    loops(sizes(m), [&](ValueRange ivs) { store(v, m, ivs); });
+    loops(sizes(m), [&](ValueRange ivs) { store(v, m, ivs); }, /*parallel=*/true);
   }
   /// Indices into `operand` for output indices `ivs`, numpy-broadcast.
   SmallVector<Value> broadcastIdx(Value operand, ValueRange ivs) {
@@ -946,7 +946,7 @@ LogicalResult maxPool(Emitter &e) {
     WindowMax m = windowMax(e, e.in[0], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[0]));
     e.store(m.value, e.out[0], iv);
-  });
+  }, /*parallel=*/true);
   return success();
 }
 
@@ -957,7 +957,7 @@ LogicalResult maxPoolGrad(Emitter &e) {
     WindowMax m = windowMax(e, e.in[1], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[1]));
     e.when(m.found, [&] { e.accumulate(e.load(e.in[0], iv), e.out[0], {iv[0], iv[1], m.h, m.w}); });
-  });
+  }, /*parallel=*/true); // each sample writes its own slice
   return success();
 }
 
@@ -1003,7 +1003,7 @@ LogicalResult avgPool(Emitter &e, bool grad) {
           e.accumulate(e.b.create<arith::DivFOp>(e.loc, e.load(x, xi), div), e.out[0], iv);
       });
     });
-  });
+  }, /*parallel=*/true); // each sample writes its own slice
   return success();
 }
 
