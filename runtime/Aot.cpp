@@ -2,217 +2,16 @@
 
 #include "runtime/Aot.h"
 
-#include "runtime/Training.h"
-
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <map>
+#include <tuple>
 
 using namespace nnc;
 using namespace nnc::rt;
-using namespace nnc::rt::aot;
 
 namespace {
-
-int64_t sizeAt(const TensorDesc &t, int64_t batch) {
-  int64_t n = 1;
-  for (int64_t d : t.shape)
-    n *= d < 0 ? -d * batch : d;
-  return n;
-}
-
-std::vector<int64_t> shapeAt(const TensorDesc &t, int64_t batch) {
-  std::vector<int64_t> s;
-  for (int64_t d : t.shape)
-    s.push_back(d < 0 ? -d * batch : d);
-  return s;
-}
-
-/// Buffers of one function call: words for every argument and result (i32
-/// data in the same words), and the slots.
-struct Frame {
-  std::vector<std::vector<float>> buffers;
-  std::vector<float> workspace;
-  std::vector<void *> pointers, slots;
-
-  void prepare(const FunctionDesc &f, int64_t batch) {
-    buffers.resize(f.args.size() + f.results.size());
-    for (size_t i = 0; i < f.results.size(); ++i)
-      buffers[f.args.size() + i].resize(std::max<int64_t>(1, sizeAt(f.results[i], batch)));
-    size_t total = 64;
-    for (size_t i = 0; i < f.slots.size(); i += 2)
-      total += static_cast<size_t>(f.slots[i] * batch + f.slots[i + 1]);
-    workspace.resize(std::max(workspace.size(), total / 4 + 1));
-    uintptr_t at = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
-    slots.clear();
-    for (size_t i = 0; i < f.slots.size(); i += 2) {
-      slots.push_back(reinterpret_cast<void *>(at));
-      at += static_cast<uintptr_t>(f.slots[i] * batch + f.slots[i + 1]);
-    }
-  }
-  void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
-    std::vector<float> &b = buffers[i];
-    b.resize(std::max<size_t>(1, values.size()));
-    if (t.integer) {
-      auto *dst = reinterpret_cast<int32_t *>(b.data());
-      for (size_t k = 0; k < values.size(); ++k)
-        dst[k] = static_cast<int32_t>(values[k]);
-    } else {
-      std::copy(values.begin(), values.end(), b.begin());
-    }
-  }
-  HostTensor result(const FunctionDesc &f, size_t r, int64_t batch) const {
-    const TensorDesc &t = f.results[r];
-    HostTensor h{t.name, shapeAt(t, batch), {}};
-    h.data.resize(sizeAt(t, batch));
-    const std::vector<float> &b = buffers[f.args.size() + r];
-    if (t.integer) {
-      auto *src = reinterpret_cast<const int32_t *>(b.data());
-      for (size_t k = 0; k < h.data.size(); ++k)
-        h.data[k] = static_cast<float>(src[k]);
-    } else {
-      std::copy_n(b.begin(), h.data.size(), h.data.begin());
-    }
-    return h;
-  }
-  void call(const FunctionDesc &f, int64_t batch, int64_t rng[2]) {
-    pointers.clear();
-    for (std::vector<float> &b : buffers)
-      pointers.push_back(b.data());
-    pointers.push_back(rng);
-    f.call(pointers.data(), batch, slots.data());
-  }
-};
-
-/// The model's state in f32, stepped by the linked kernels.
-class LinkedModel : public Trainable {
-public:
-  LinkedModel(const ModelDesc &m, uint64_t seed) : m(m), seed(seed) {
-    const FunctionDesc &f = m.trainStep;
-    for (size_t i = 0; i < f.args.size(); ++i) {
-      const TensorDesc &t = f.args[i];
-      if (t.role == "input") {
-        ModelInput in{t.name, {}, 1, t.integer};
-        for (size_t d = 1; d < t.shape.size(); ++d) {
-          in.dims.push_back(t.shape[d]);
-          in.width *= t.shape[d];
-        }
-        ins.push_back(std::move(in));
-        inputArgs.push_back(i);
-      } else if (t.role == "step") {
-        stepArg = i;
-      }
-      state.push_back({t.name, shapeAt(t, 0), std::vector<float>(std::max<int64_t>(0, sizeAt(t, 0)))});
-    }
-  }
-
-  /// Draws the initial parameters.
-  Status initialize() {
-    for (size_t i = 0; i < m.inits.size(); ++i) {
-      const TensorDesc &t = m.trainStep.args[i];
-      if (t.role == "input")
-        continue;
-      std::vector<float> values;
-      if (Status s = rt::initialize(m.inits[i], seed, i, values, state[i].data.size()); !s)
-        return Status::error("initializing '" + t.name + "': " + s.message());
-      if (t.integer)
-        for (float &v : values)
-          v = std::round(v);
-      state[i].data = std::move(values);
-    }
-    return Status::ok();
-  }
-
-  std::string modelName() const override { return m.name; }
-  const char *backendName() const override { return "cpu, ahead of time"; }
-  const std::vector<ModelInput> &inputs() const override { return ins; }
-
-  Status step(const std::vector<HostTensor> &batch, double &loss) override {
-    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
-    const FunctionDesc &f = m.trainStep;
-    ++stepCount;
-    state[stepArg].data.assign(1, static_cast<float>(stepCount));
-    trainFrame.prepare(f, n);
-    for (size_t i = 0; i < f.args.size(); ++i) {
-      auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
-      trainFrame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data
-                                                         : state[i].data);
-    }
-    int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
-    trainFrame.call(f, n, rng);
-    loss = trainFrame.result(f, 0, n).data[0];
-    for (size_t r = 1; r < f.results.size(); ++r) {
-      const TensorDesc &t = f.results[r];
-      if (t.role != "param" && t.role != "state" && t.role != "opt_state")
-        continue;
-      for (size_t a = 0; a < f.args.size(); ++a)
-        if (f.args[a].name == t.name)
-          state[a].data = trainFrame.result(f, r, n).data;
-    }
-    return Status::ok();
-  }
-
-  Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
-                  double &loss) override {
-    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
-    const FunctionDesc &f = m.model;
-    evalFrame.prepare(f, n);
-    for (size_t i = 0; i < f.args.size(); ++i) {
-      auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
-      evalFrame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data
-                                                        : state[i].data);
-    }
-    int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
-    evalFrame.call(f, n, rng);
-    outputs.clear();
-    for (size_t r = 0; r < f.results.size(); ++r)
-      if (r != m.lossResult)
-        outputs.push_back(evalFrame.result(f, r, n));
-    loss = evalFrame.result(f, m.lossResult, n).data[0];
-    return Status::ok();
-  }
-
-  std::vector<std::string> stateNames() const override {
-    std::vector<std::string> names;
-    for (size_t i = 0; i < state.size(); ++i)
-      if (m.trainStep.args[i].role != "input" && i != stepArg)
-        names.push_back(state[i].name);
-    return names;
-  }
-  Status getState(const std::string &name, HostTensor &out) const override {
-    for (const HostTensor &t : state)
-      if (t.name == name) {
-        out = t;
-        return Status::ok();
-      }
-    return Status::error("no state tensor '" + name + "'");
-  }
-  Status setState(const std::string &name, const HostTensor &value) override {
-    for (HostTensor &t : state)
-      if (t.name == name) {
-        if (t.shape != value.shape)
-          return Status::error("state tensor '" + name + "' does not fit");
-        t.data = value.data;
-        return Status::ok();
-      }
-    return Status::error("no state tensor '" + name + "'");
-  }
-  uint64_t steps() const override { return stepCount; }
-  void setSteps(uint64_t n) override { stepCount = n; }
-
-private:
-  const ModelDesc &m;
-  uint64_t seed;
-  std::vector<ModelInput> ins;
-  std::vector<size_t> inputArgs;
-  size_t stepArg = 0;
-  std::vector<HostTensor> state; // per training-step argument
-  uint64_t stepCount = 0;
-  Frame trainFrame, evalFrame;
-};
 
 void usage(const ModelDesc &m, const char *argv0, FILE *out) {
   std::fprintf(out,
@@ -236,7 +35,7 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
 
 } // namespace
 
-int aot::main(const ModelDesc &m, int argc, char **argv) {
+int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
   const char *tool = argc > 0 ? argv[0] : "train";
   auto bad = [&](const std::string &message) {
     std::fprintf(stderr, "%s: error: %s\n(see --help)\n", tool, message.c_str());
@@ -321,7 +120,7 @@ int aot::main(const ModelDesc &m, int argc, char **argv) {
     setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
   BoundData data;
-  LinkedModel model(m, o.seed);
+  CompiledModel model(m, o.seed, "cpu, ahead of time");
   if (Status s = loadData(source, model.inputs(), validation, o.seed, data); !s) {
     std::fprintf(stderr, "%s: error: %s\n", tool, s.message().c_str());
     return 1;

@@ -9,7 +9,8 @@
 
 #include "tools/nnc/Model.h"
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cpu/Model.h"
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
@@ -143,10 +144,10 @@ rt::HostTensor toHost(const Tensor &t, std::string name = {}) {
   return {std::move(name), t.shape, std::vector<float>(t.data.begin(), t.data.end())};
 }
 
-/// A model compiled by this process, run by a ref::Trainer on an executor.
-class CompiledModel : public rt::Trainable {
+/// A model run by the reference evaluator (through a ref::Trainer).
+class EvaluatedModel : public rt::Trainable {
 public:
-  CompiledModel(const Loaded &m, ref::Trainer &t) : m(m), t(t), ins(modelInputs(m.inputs)) {}
+  EvaluatedModel(const Loaded &m, ref::Trainer &t) : m(m), t(t), ins(modelInputs(m.inputs)) {}
   std::string modelName() const override { return m.model.getName().str(); }
   const char *backendName() const override { return t.backendName(); }
   const std::vector<rt::ModelInput> &inputs() const override { return ins; }
@@ -200,41 +201,77 @@ private:
   std::vector<rt::ModelInput> ins;
 };
 
-/// The executor for --target: cpu (the default; auto picks it, as no CUDA
-/// device is supported yet) or reference (the evaluator).
-int chooseTarget(const Args &args, const Command &c, std::shared_ptr<ref::Executor> &out) {
+/// A model ready to train or evaluate on --target: CPU code compiled here
+/// (the kernels `nnc build` would link, JIT-compiled, run by the runtime's
+/// CompiledModel) or the reference evaluator. Declared after the Loaded
+/// model it comes from: compiled code refers to its context.
+struct Backend {
+  mlir::OwningOpRef<ModuleOp> code;
+  std::unique_ptr<cpu::JitModule> jit;
+  rt::ModelDesc desc;
+  std::optional<ref::Trainer> trainer;
+  std::unique_ptr<rt::Trainable> model;
+  double compileSeconds = 0;
+};
+
+int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
   std::string target = args.get("target", "auto");
-  if (target == "cpu" || target == "auto") {
-    out = cpu::createExecutor();
-  } else if (target == "reference") {
-    out = ref::createReferenceExecutor();
-  } else if (target == "cuda") {
+  if (target == "cuda") {
     llvm::errs() << "nnc: error: --target=cuda is not available in this version of nnc\n";
     return kUserError;
-  } else {
-    return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
   }
+  if (target == "reference") {
+    auto t = ref::Trainer::create(*m.module, seed, ref::createReferenceExecutor());
+    if (failed(t))
+      return kUserError;
+    out.trainer.emplace(std::move(*t));
+    out.model = std::make_unique<EvaluatedModel>(m, *out.trainer);
+    return kOk;
+  }
+  if (target != "cpu" && target != "auto")
+    return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
+  // cpu; auto picks it, as no CUDA device is supported yet.
+  auto begin = std::chrono::steady_clock::now();
+  out.code = ModuleOp::create(m.model.getLoc());
+  auto desc = cpu::compileModel(*m.module, m.model.getName(), *out.code);
+  if (failed(desc))
+    return kUserError;
+  out.desc = std::move(*desc);
+  auto jit = cpu::JitModule::compile(*out.code);
+  if (failed(jit))
+    return kUserError;
+  out.jit = std::move(*jit);
+  for (auto [f, name] : {std::pair{&out.desc.trainStep, cpu::kTrainStepKernel},
+                         std::pair{&out.desc.model, cpu::kModelKernel}}) {
+    if (failed(out.jit->prepare(name))) {
+      llvm::errs() << "nnc: error: the JIT did not produce '" << name << "'\n";
+      return kUserError;
+    }
+    size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
+    f->call = [jit = out.jit.get(), name, buffers, slots](void **b, int64_t n, void **s) {
+      (void)jit->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
+    };
+  }
+  auto model = std::make_unique<rt::CompiledModel>(out.desc, seed, "cpu");
+  if (rt::Status s = model->initialize(); !s) {
+    llvm::errs() << "nnc: error: " << m.path << ": " << s.message() << "\n";
+    return kUserError;
+  }
+  out.model = std::move(model);
+  out.compileSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   return kOk;
 }
 
-/// A trainer on --target holding the checkpoint given by --checkpoint.
-FailureOr<ref::Trainer> restored(const Args &args, const Command &c, const Loaded &m,
-                                 std::shared_ptr<ref::Executor> &executor, int &rc) {
-  rc = chooseTarget(args, c, executor);
-  if (rc)
-    return failure();
-  auto t = ref::Trainer::create(*m.module, 0, executor);
-  rc = kUserError;
-  if (failed(t))
-    return failure();
-  CompiledModel model(m, *t);
+/// A backend holding the checkpoint given by --checkpoint.
+int restored(const Args &args, const Command &c, const Loaded &m, Backend &out) {
+  if (int rc = makeBackend(args, c, m, 0, out))
+    return rc;
   rt::Metadata meta;
-  if (rt::Status s = rt::restoreState(model, args.get("checkpoint"), meta); !s) {
+  if (rt::Status s = rt::restoreState(*out.model, args.get("checkpoint"), meta); !s) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return failure();
+    return kUserError;
   }
-  rc = kOk;
-  return t;
+  return kOk;
 }
 
 } // namespace
@@ -267,11 +304,6 @@ int nnc::driver::runTrain(const Args &args) {
     return usageError("--resume needs --checkpoint PATH", &c);
 
   Loaded m;
-  // Declared after the model: compiled code refers to its context, so it
-  // must be destroyed first.
-  std::shared_ptr<ref::Executor> executor;
-  if (int rc = chooseTarget(args, c, executor))
-    return rc;
   if (int rc = load(args.positional[0], lr, m))
     return rc;
   o.epochs = epochs >= 0 ? epochs : m.setting("epochs", 1);
@@ -296,11 +328,14 @@ int nnc::driver::runTrain(const Args &args) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
-  auto created = ref::Trainer::create(*m.module, o.seed, executor);
-  if (failed(created))
-    return kUserError;
-  CompiledModel model(m, *created);
-  return rt::train(model, data, o);
+  Backend backend;
+  if (int rc = makeBackend(args, c, m, o.seed, backend))
+    return rc;
+  if (backend.jit)
+    llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s\n", m.model.getName().str().c_str(),
+                                 backend.compileSeconds);
+  llvm::outs().flush();
+  return rt::train(*backend.model, data, o);
 }
 
 int nnc::driver::runEval(const Args &args) {
@@ -320,15 +355,12 @@ int nnc::driver::runEval(const Args &args) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
-  std::shared_ptr<ref::Executor> executor; // destroyed before the model
-  int rc = kOk;
-  auto t = restored(args, c, m, executor, rc);
-  if (failed(t))
+  Backend backend;
+  if (int rc = restored(args, c, m, backend))
     return rc;
-  CompiledModel model(m, *t);
   const rt::Table &set = data.hasTest ? data.test : data.train;
   rt::Score score;
-  if (rt::Status s = rt::score(model, set, score); !s) {
+  if (rt::Status s = rt::score(*backend.model, set, score); !s) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
@@ -377,53 +409,53 @@ int nnc::driver::runPredict(const Args &args) {
     llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
-  std::shared_ptr<ref::Executor> executor; // destroyed before the model
-  int rc = kOk;
-  auto t = restored(args, c, m, executor, rc);
-  if (failed(t))
+  Backend backend;
+  if (int rc = restored(args, c, m, backend))
     return rc;
   std::vector<int64_t> all(table.count);
   std::iota(all.begin(), all.end(), 0);
   std::vector<rt::HostTensor> given = rt::batchOf(table, modelInputs(used), all);
-  std::vector<Tensor> inputs;
+  std::vector<rt::HostTensor> inputs;
   for (const Input &in : m.inputs) {
     auto it = llvm::find_if(used, [&](const Input &u) { return u.arg == in.arg; });
     if (it != used.end()) {
-      inputs.push_back(toTensor(given[it - used.begin()]));
+      inputs.push_back(given[it - used.begin()]);
     } else { // unused: any valid value (zeros are valid labels too)
-      std::vector<int64_t> shape = {table.count};
-      shape.insert(shape.end(), in.dims.begin(), in.dims.end());
-      inputs.push_back(Tensor::filled(shape));
+      rt::HostTensor zeros{in.name, {table.count}, {}};
+      zeros.shape.insert(zeros.shape.end(), in.dims.begin(), in.dims.end());
+      zeros.data.assign(zeros.numel(), 0.0f);
+      inputs.push_back(std::move(zeros));
     }
   }
-  auto res = t->evaluate(inputs);
-  if (failed(res))
+  std::vector<rt::HostTensor> res; // the outputs, loss excluded
+  double lossValue = 0;
+  if (rt::Status s = backend.model->evaluate(inputs, res, lossValue); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
+  }
   std::string text;
   llvm::raw_string_ostream os(text);
-  std::vector<unsigned> outs;
+  std::vector<unsigned> outs; // their results in the model function
   for (unsigned i = 0; i < fn.getNumResults(); ++i)
     if (i != loss)
       outs.push_back(i);
   // Header: one column per output element, then the class of a classifier.
   // A classifier (a model trained on i32 labels) also gets a class column.
   bool labelled = llvm::any_of(m.inputs, [](const Input &in) { return in.integer; });
-  bool classify = labelled && outs.size() == 1 && (*res)[outs[0]].shape.size() == 2 &&
-                  (*res)[outs[0]].shape[1] > 1;
+  bool classify = labelled && res.size() == 1 && res[0].shape.size() == 2 && res[0].shape[1] > 1;
   bool firstCol = true;
-  for (unsigned o : outs) {
+  for (auto [k, o] : llvm::enumerate(outs)) {
     std::string name = fn.getResultAttrOfType<StringAttr>(o, nn::attr::kName).str();
-    int64_t width = (*res)[o].numel() / std::max<int64_t>(1, table.count);
-    for (int64_t k = 0; k < width; ++k) {
-      os << (firstCol ? "" : ",") << name << (width > 1 ? "[" + std::to_string(k) + "]" : "");
+    int64_t width = res[k].numel() / std::max<int64_t>(1, table.count);
+    for (int64_t j = 0; j < width; ++j) {
+      os << (firstCol ? "" : ",") << name << (width > 1 ? "[" + std::to_string(j) + "]" : "");
       firstCol = false;
     }
   }
   os << (classify ? ",class\n" : "\n");
   for (int64_t r = 0; r < table.count; ++r) {
     firstCol = true;
-    for (unsigned o : outs) {
-      const Tensor &y = (*res)[o];
+    for (const rt::HostTensor &y : res) {
       int64_t width = y.numel() / std::max<int64_t>(1, table.count);
       for (int64_t k = 0; k < width; ++k) {
         os << (firstCol ? "" : ",") << llvm::format("%.6g", y.data[r * width + k]);
@@ -431,7 +463,7 @@ int nnc::driver::runPredict(const Args &args) {
       }
     }
     if (classify) {
-      const Tensor &y = (*res)[outs[0]];
+      const rt::HostTensor &y = res[0];
       int64_t k = y.shape[1], best = 0;
       for (int64_t j = 1; j < k; ++j)
         if (y.data[r * k + j] > y.data[r * k + best])

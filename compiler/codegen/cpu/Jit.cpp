@@ -271,6 +271,15 @@ LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path) {
 
 cpu::JitModule::~JitModule() = default;
 
+LogicalResult cpu::JitModule::prepare(StringRef name) {
+  auto fn = engine->lookupPacked(name);
+  if (!fn) {
+    llvm::consumeError(fn.takeError());
+    return failure();
+  }
+  return success();
+}
+
 LogicalResult cpu::JitModule::call(StringRef name, ArrayRef<void *> buffers, int64_t batch,
                                   ArrayRef<void *> slots) {
   SmallVector<void *> storage(buffers.begin(), buffers.end());

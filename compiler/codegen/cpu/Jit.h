@@ -38,6 +38,10 @@ public:
   static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
   ~JitModule();
 
+  /// Compiles `name` now rather than at its first call (the JIT compiles
+  /// lazily); fails if there is no such function.
+  mlir::LogicalResult prepare(llvm::StringRef name);
+
   /// Calls `name` with one buffer pointer per argument, the batch size and
   /// the slot pointers (lowerToLoops' calling convention).
   mlir::LogicalResult call(llvm::StringRef name, llvm::ArrayRef<void *> buffers, int64_t batch,

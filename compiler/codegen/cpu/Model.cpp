@@ -1,0 +1,70 @@
+//===- Model.cpp - a whole model compiled for the CPU ---------------------===//
+
+#include "compiler/codegen/cpu/Model.h"
+
+#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/Specialize.h"
+#include "compiler/reference/Evaluator.h"
+#include "dialects/nn/NNOps.h"
+
+using namespace mlir;
+using namespace nnc;
+namespace nnops = nnc::nn;
+
+/// The tensors and slots of one function and its kernel. Sizes that grow
+/// with the batch are written as -(size per batch element).
+static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel) {
+  OwningOpRef<func::FuncOp> unit(cast<func::FuncOp>(fn->clone()));
+  if (failed(cpu::specializeBatch(*unit, 1)))
+    return failure();
+  auto tensor = [](Type generic, Type atOne, StringAttr name, StringAttr role) {
+    auto g = cast<RankedTensorType>(generic), one = cast<RankedTensorType>(atOne);
+    rt::TensorDesc t{name ? name.str() : "", role ? role.str() : "",
+                     g.getElementType().isInteger(32), {}};
+    for (int64_t i = 0; i < g.getRank(); ++i)
+      t.shape.push_back(g.isDynamicDim(i) ? -one.getDimSize(i) : g.getDimSize(i));
+    return t;
+  };
+  rt::FunctionDesc f;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i)
+    f.args.push_back(tensor(fn.getArgumentTypes()[i], unit->getArgumentTypes()[i],
+                            fn.getArgAttrOfType<StringAttr>(i, nnops::attr::kName),
+                            fn.getArgAttrOfType<StringAttr>(i, nnops::attr::kRole)));
+  for (unsigned i = 0; i < fn.getNumResults(); ++i)
+    f.results.push_back(tensor(fn.getResultTypes()[i], unit->getResultTypes()[i],
+                               fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName),
+                               fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kRole)));
+  f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  return f;
+}
+
+FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code) {
+  auto model = module.lookupSymbol<func::FuncOp>(name);
+  auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
+  if (!model || !step)
+    return module.emitError("no model '") << name << "' with a training step";
+  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel)) ||
+      failed(addLoops(model, std::nullopt, code, kModelKernel)))
+    return failure();
+  rt::ModelDesc m;
+  m.name = name.str();
+  auto stepDesc = describe(step, code.lookupSymbol<func::FuncOp>(kTrainStepKernel));
+  auto modelDesc = describe(model, code.lookupSymbol<func::FuncOp>(kModelKernel));
+  if (failed(stepDesc) || failed(modelDesc))
+    return failure();
+  m.trainStep = std::move(*stepDesc);
+  m.model = std::move(*modelDesc);
+  for (unsigned i = 0; i < model.getNumResults(); ++i)
+    if (m.model.results[i].role == "loss")
+      m.lossResult = i;
+  m.inits.resize(model.getNumArguments());
+  for (unsigned i = 0; i < model.getNumArguments(); ++i) {
+    if (m.model.args[i].role == "input")
+      continue;
+    auto spec = ref::initSpec(model, i);
+    if (failed(spec))
+      return failure();
+    m.inits[i] = std::move(*spec);
+  }
+  return m;
+}

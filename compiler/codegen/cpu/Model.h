@@ -1,0 +1,32 @@
+//===- Model.h - a whole model compiled for the CPU --------------*- C++ -*-===//
+//
+// The training step and evaluation function of a model, lowered to loops
+// side by side in one module, with the table the runtime needs to run them
+// (rt::ModelDesc: buffers, roles, batch scaling, memory-plan slots,
+// initializers). `nnc train` JIT-compiles the module; `nnc build` compiles
+// it to an object file and writes the table out as C++.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_COMPILER_CODEGEN_CPU_MODEL_H
+#define NNC_COMPILER_CODEGEN_CPU_MODEL_H
+
+#include "runtime/Compiled.h"
+
+#include "mlir/IR/BuiltinOps.h"
+
+namespace nnc::cpu {
+
+/// Kernel names in the module compileModel fills.
+inline constexpr const char *kTrainStepKernel = "nnc_train_step";
+inline constexpr const char *kModelKernel = "nnc_model";
+
+/// Lowers `@model` and `@model_train_step` of `module` (the training
+/// pipeline's output) into `code` and describes them; the kernels (`call`)
+/// and train settings are left for the caller.
+mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringRef model,
+                                            mlir::ModuleOp code);
+
+} // namespace nnc::cpu
+
+#endif // NNC_COMPILER_CODEGEN_CPU_MODEL_H

@@ -1,0 +1,203 @@
+//===- Compiled.cpp - a model compiled to kernels, run on the host --------===//
+
+#include "runtime/Compiled.h"
+
+#include <algorithm>
+#include <cmath>
+
+using namespace nnc;
+using namespace nnc::rt;
+
+namespace {
+
+int64_t sizeAt(const TensorDesc &t, int64_t batch) {
+  int64_t n = 1;
+  for (int64_t d : t.shape)
+    n *= d < 0 ? -d * batch : d;
+  return n;
+}
+
+std::vector<int64_t> shapeAt(const TensorDesc &t, int64_t batch) {
+  std::vector<int64_t> s;
+  for (int64_t d : t.shape)
+    s.push_back(d < 0 ? -d * batch : d);
+  return s;
+}
+
+} // namespace
+
+/// Buffers of one function call: words for every argument and result (i32
+/// data in the same words), and the slots.
+struct CompiledModel::Frame {
+  std::vector<std::vector<float>> buffers;
+  std::vector<float> workspace;
+  std::vector<void *> pointers, slots;
+
+  void prepare(const FunctionDesc &f, int64_t batch) {
+    buffers.resize(f.args.size() + f.results.size());
+    for (size_t i = 0; i < f.results.size(); ++i)
+      buffers[f.args.size() + i].resize(std::max<int64_t>(1, sizeAt(f.results[i], batch)));
+    size_t total = 64;
+    for (size_t i = 0; i < f.slots.size(); i += 2)
+      total += static_cast<size_t>(f.slots[i] * batch + f.slots[i + 1]);
+    workspace.resize(std::max(workspace.size(), total / 4 + 1));
+    uintptr_t at = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
+    slots.clear();
+    for (size_t i = 0; i < f.slots.size(); i += 2) {
+      slots.push_back(reinterpret_cast<void *>(at));
+      at += static_cast<uintptr_t>(f.slots[i] * batch + f.slots[i + 1]);
+    }
+  }
+  void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
+    std::vector<float> &b = buffers[i];
+    b.resize(std::max<size_t>(1, values.size()));
+    if (t.integer) {
+      auto *dst = reinterpret_cast<int32_t *>(b.data());
+      for (size_t k = 0; k < values.size(); ++k)
+        dst[k] = static_cast<int32_t>(values[k]);
+    } else {
+      std::copy(values.begin(), values.end(), b.begin());
+    }
+  }
+  HostTensor result(const FunctionDesc &f, size_t r, int64_t batch) const {
+    const TensorDesc &t = f.results[r];
+    HostTensor h{t.name, shapeAt(t, batch), {}};
+    h.data.resize(sizeAt(t, batch));
+    const std::vector<float> &b = buffers[f.args.size() + r];
+    if (t.integer) {
+      auto *src = reinterpret_cast<const int32_t *>(b.data());
+      for (size_t k = 0; k < h.data.size(); ++k)
+        h.data[k] = static_cast<float>(src[k]);
+    } else {
+      std::copy_n(b.begin(), h.data.size(), h.data.begin());
+    }
+    return h;
+  }
+  /// An f32 result copied into `out` (its size is the state's).
+  void resultInto(const FunctionDesc &f, size_t r, std::vector<float> &out) const {
+    const std::vector<float> &b = buffers[f.args.size() + r];
+    std::copy_n(b.begin(), out.size(), out.begin());
+  }
+  void call(const FunctionDesc &f, int64_t batch, int64_t rng[2]) {
+    pointers.clear();
+    for (std::vector<float> &b : buffers)
+      pointers.push_back(b.data());
+    pointers.push_back(rng);
+    f.call(pointers.data(), batch, slots.data());
+  }
+};
+
+CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string backend)
+    : m(m), seed(seed), backend(std::move(backend)), trainFrame(new Frame), evalFrame(new Frame) {
+  const FunctionDesc &f = m.trainStep;
+  for (size_t i = 0; i < f.args.size(); ++i) {
+    const TensorDesc &t = f.args[i];
+    if (t.role == "input") {
+      ModelInput in{t.name, {}, 1, t.integer};
+      for (size_t d = 1; d < t.shape.size(); ++d) {
+        in.dims.push_back(t.shape[d]);
+        in.width *= t.shape[d];
+      }
+      ins.push_back(std::move(in));
+      inputArgs.push_back(i);
+    } else if (t.role == "step") {
+      stepArg = i;
+    }
+    state.push_back({t.name, shapeAt(t, 0), std::vector<float>(std::max<int64_t>(0, sizeAt(t, 0)))});
+  }
+}
+
+CompiledModel::~CompiledModel() = default;
+
+Status CompiledModel::initialize() {
+  for (size_t i = 0; i < m.inits.size(); ++i) {
+    const TensorDesc &t = m.trainStep.args[i];
+    if (t.role == "input")
+      continue;
+    std::vector<float> values;
+    if (Status s = rt::initialize(m.inits[i], seed, i, values, state[i].data.size()); !s)
+      return Status::error("initializing '" + t.name + "': " + s.message());
+    if (t.integer)
+      for (float &v : values)
+        v = std::round(v);
+    state[i].data = std::move(values);
+  }
+  return Status::ok();
+}
+
+Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
+  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  const FunctionDesc &f = m.trainStep;
+  Frame &frame = *trainFrame;
+  ++stepCount;
+  state[stepArg].data.assign(1, static_cast<float>(stepCount));
+  frame.prepare(f, n);
+  for (size_t i = 0; i < f.args.size(); ++i) {
+    auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
+    frame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data : state[i].data);
+  }
+  int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
+  frame.call(f, n, rng);
+  loss = frame.result(f, 0, n).data[0];
+  for (size_t r = 1; r < f.results.size(); ++r) {
+    const TensorDesc &t = f.results[r];
+    if (t.role != "param" && t.role != "state" && t.role != "opt_state")
+      continue;
+    for (size_t a = 0; a < f.args.size(); ++a)
+      if (f.args[a].name == t.name) {
+        if (t.integer)
+          state[a].data = frame.result(f, r, n).data;
+        else
+          frame.resultInto(f, r, state[a].data);
+      }
+  }
+  return Status::ok();
+}
+
+Status CompiledModel::evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
+                               double &loss) {
+  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  const FunctionDesc &f = m.model;
+  Frame &frame = *evalFrame;
+  frame.prepare(f, n);
+  for (size_t i = 0; i < f.args.size(); ++i) {
+    auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
+    frame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data : state[i].data);
+  }
+  int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
+  frame.call(f, n, rng);
+  outputs.clear();
+  for (size_t r = 0; r < f.results.size(); ++r)
+    if (r != m.lossResult)
+      outputs.push_back(frame.result(f, r, n));
+  loss = frame.result(f, m.lossResult, n).data[0];
+  return Status::ok();
+}
+
+std::vector<std::string> CompiledModel::stateNames() const {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < state.size(); ++i)
+    if (m.trainStep.args[i].role != "input" && i != stepArg)
+      names.push_back(state[i].name);
+  return names;
+}
+
+Status CompiledModel::getState(const std::string &name, HostTensor &out) const {
+  for (const HostTensor &t : state)
+    if (t.name == name) {
+      out = t;
+      return Status::ok();
+    }
+  return Status::error("no state tensor '" + name + "'");
+}
+
+Status CompiledModel::setState(const std::string &name, const HostTensor &value) {
+  for (HostTensor &t : state)
+    if (t.name == name) {
+      if (t.shape != value.shape)
+        return Status::error("state tensor '" + name + "' does not fit");
+      t.data = value.data;
+      return Status::ok();
+    }
+  return Status::error("no state tensor '" + name + "'");
+}

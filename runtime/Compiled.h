@@ -1,0 +1,95 @@
+//===- Compiled.h - a model compiled to kernels, run on the host -*- C++ -*-===//
+//
+// A model's training step and evaluation function as compiled kernels,
+// with a table describing their buffers (ModelDesc), and the model state
+// they update in f32. `nnc train` fills the table from the compiler and
+// JIT-compiled kernels; a binary made by `nnc build` has it written out as
+// C++ next to its object code. Both then train through CompiledModel and
+// the same loop (runtime/Training.h), so they compute the same numbers.
+//
+// The kernels follow the CPU backend's calling convention: one pointer per
+// argument and result buffer, the rng buffer (seed, step), the batch size,
+// then one pointer per slot of the memory plan (compiler/codegen/cpu/
+// LowerToLoops.h). `Kernel` receives them as arrays.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_COMPILED_H
+#define NNC_RUNTIME_COMPILED_H
+
+#include "runtime/Init.h"
+#include "runtime/Training.h"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nnc::rt {
+
+using Kernel = std::function<void(void **buffers, int64_t batch, void **slots)>;
+
+struct TensorDesc {
+  std::string name, role; // role: input, param, frozen, state, opt_state, step, output, loss, ...
+  bool integer = false;   // i32, else f32
+  std::vector<int64_t> shape; // a negative size -k means k per batch element
+};
+
+struct FunctionDesc {
+  Kernel call;
+  std::vector<TensorDesc> args, results;
+  std::vector<int64_t> slots; // bytes per batch element and fixed bytes, per slot
+};
+
+struct ModelDesc {
+  std::string name;
+  FunctionDesc trainStep; // results: loss first, then new state by name
+  FunctionDesc model;     // arguments: the first ones of the training step
+  unsigned lossResult = 0; // of `model`
+  std::vector<InitSpec> inits; // per argument of `model` (inputs: none)
+  // The train section's settings (defaults of a built binary's flags).
+  int64_t epochs = 1, batch = 32;
+  uint64_t seed = 0;
+  bool shuffle = true;
+  double validation = 0;
+  std::string dataKind, dataPath;
+};
+
+/// The model's state in f32, stepped by the kernels of a ModelDesc.
+class CompiledModel : public Trainable {
+public:
+  CompiledModel(const ModelDesc &m, uint64_t seed, std::string backend);
+  ~CompiledModel() override;
+
+  /// Draws the initial parameters from their initializers and the seed.
+  Status initialize();
+
+  std::string modelName() const override { return m.name; }
+  const char *backendName() const override { return backend.c_str(); }
+  const std::vector<ModelInput> &inputs() const override { return ins; }
+  Status step(const std::vector<HostTensor> &batch, double &loss) override;
+  Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
+                  double &loss) override;
+  std::vector<std::string> stateNames() const override;
+  Status getState(const std::string &name, HostTensor &out) const override;
+  Status setState(const std::string &name, const HostTensor &value) override;
+  uint64_t steps() const override { return stepCount; }
+  void setSteps(uint64_t n) override { stepCount = n; }
+
+private:
+  struct Frame;
+  const ModelDesc &m;
+  uint64_t seed;
+  std::string backend;
+  std::vector<ModelInput> ins;
+  std::vector<size_t> inputArgs;
+  size_t stepArg = 0;
+  std::vector<HostTensor> state; // per training-step argument
+  uint64_t stepCount = 0;
+  std::unique_ptr<Frame> trainFrame, evalFrame;
+};
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_COMPILED_H
