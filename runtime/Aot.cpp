@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <malloc.h>
 #include <tuple>
 
 using namespace nnc;
@@ -36,6 +37,11 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
 } // namespace
 
 int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
+  // Training allocates and frees the same large tensors every step; keep
+  // freed memory in the process instead of returning it to the kernel and
+  // faulting it back in.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   const char *tool = argc > 0 ? argv[0] : "train";
   auto bad = [&](const std::string &message) {
     std::fprintf(stderr, "%s: error: %s\n(see --help)\n", tool, message.c_str());

@@ -26,6 +26,20 @@ std::vector<int64_t> shapeAt(const TensorDesc &t, int64_t batch) {
 
 } // namespace
 
+size_t rt::placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
+                      std::vector<void *> *out) {
+  size_t at = 0;
+  if (out)
+    out->clear();
+  for (size_t i = 0; i + 1 < slots.size(); i += 2) {
+    if (out)
+      out->push_back(static_cast<char *>(base) + at);
+    at += static_cast<size_t>(slots[i] * batch + slots[i + 1]);
+    at += 64 * (1 + (i / 2 * 5) % 16); // the stagger: 1 to 16 cache lines
+  }
+  return at;
+}
+
 /// Buffers of one function call: words for every argument and result (i32
 /// data in the same words), and the slots.
 struct CompiledModel::Frame {
@@ -37,16 +51,10 @@ struct CompiledModel::Frame {
     buffers.resize(f.args.size() + f.results.size());
     for (size_t i = 0; i < f.results.size(); ++i)
       buffers[f.args.size() + i].resize(std::max<int64_t>(1, sizeAt(f.results[i], batch)));
-    size_t total = 64;
-    for (size_t i = 0; i < f.slots.size(); i += 2)
-      total += static_cast<size_t>(f.slots[i] * batch + f.slots[i + 1]);
+    size_t total = placeSlots(f.slots, batch, nullptr, nullptr) + 64;
     workspace.resize(std::max(workspace.size(), total / 4 + 1));
-    uintptr_t at = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
-    slots.clear();
-    for (size_t i = 0; i < f.slots.size(); i += 2) {
-      slots.push_back(reinterpret_cast<void *>(at));
-      at += static_cast<uintptr_t>(f.slots[i] * batch + f.slots[i + 1]);
-    }
+    uintptr_t base = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
+    placeSlots(f.slots, batch, reinterpret_cast<void *>(base), &slots);
   }
   void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
     std::vector<float> &b = buffers[i];

@@ -56,6 +56,16 @@ struct ModelDesc {
   std::string dataKind, dataPath;
 };
 
+/// Places the slots of a memory plan (`slots`: bytes per batch element and
+/// fixed bytes, per slot) in one block at `base` (64-byte aligned): their
+/// addresses go to `out`. Returns the bytes the block needs from `base`
+/// (call with a null `base` to size it). Consecutive slots are staggered by
+/// a few cache lines: slots of equal, page-multiple sizes would otherwise
+/// sit at the same offset within a 4 KiB page, and a loop reading one and
+/// writing another would stall on 4K aliasing in the store buffer.
+size_t placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
+                  std::vector<void *> *out);
+
 /// The model's state in f32, stepped by the kernels of a ModelDesc.
 class CompiledModel : public Trainable {
 public:

@@ -98,6 +98,7 @@ int runTrain(const Args &args);
 int runEval(const Args &args);
 int runPredict(const Args &args);
 int runBuild(const Args &args);
+int runBench(const Args &args);
 
 } // namespace nnc::driver
 

@@ -11,6 +11,8 @@
 #include "tools/nnc/Driver.h"
 
 #include "dialects/nn/NNOps.h"
+#include "compiler/codegen/cpu/Jit.h"
+#include "runtime/Compiled.h"
 #include "runtime/Training.h"
 
 #include "mlir/IR/BuiltinAttributes.h"
@@ -51,6 +53,19 @@ struct Loaded {
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate before the step is built.
 int load(const std::string &path, std::optional<double> lr, Loaded &out);
+
+/// A model's training step and evaluation function compiled for this CPU
+/// and JIT-compiled, with the table that runs them (runtime/Compiled.h).
+struct CpuCode {
+  mlir::OwningOpRef<mlir::ModuleOp> code;
+  std::unique_ptr<cpu::JitModule> jit;
+  rt::ModelDesc desc;
+  double seconds = 0; // compilation, parse excluded
+  mlir::ArrayAttr kernels; // the training step's, when profiled (lowerToLoops)
+};
+
+/// Compiles `m` for the CPU; `profile` adds per-kernel timers.
+int compileCpu(const Loaded &m, bool profile, CpuCode &out);
 
 /// The data named by --data or the train section (paths in a model file
 /// are relative to the file).

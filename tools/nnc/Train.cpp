@@ -124,6 +124,34 @@ int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &o
   return kOk;
 }
 
+int nnc::driver::compileCpu(const Loaded &m, bool profile, CpuCode &out) {
+  auto begin = std::chrono::steady_clock::now();
+  out.code = ModuleOp::create(m.model.getLoc());
+  auto desc = cpu::compileModel(*m.module, m.model.getName(), *out.code, profile);
+  if (failed(desc))
+    return kUserError;
+  out.desc = std::move(*desc);
+  if (auto step = out.code->lookupSymbol<func::FuncOp>(cpu::kTrainStepKernel))
+    out.kernels = step->getAttrOfType<ArrayAttr>("nnc.kernels");
+  auto jit = cpu::JitModule::compile(*out.code);
+  if (failed(jit))
+    return kUserError;
+  out.jit = std::move(*jit);
+  for (auto [f, name] : {std::pair{&out.desc.trainStep, cpu::kTrainStepKernel},
+                         std::pair{&out.desc.model, cpu::kModelKernel}}) {
+    if (failed(out.jit->prepare(name))) {
+      llvm::errs() << "nnc: error: the JIT did not produce '" << name << "'\n";
+      return kUserError;
+    }
+    size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
+    f->call = [jit = out.jit.get(), name, buffers, slots](void **b, int64_t n, void **s) {
+      (void)jit->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
+    };
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  return kOk;
+}
+
 namespace {
 
 std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs) {
@@ -206,12 +234,9 @@ private:
 /// CompiledModel) or the reference evaluator. Declared after the Loaded
 /// model it comes from: compiled code refers to its context.
 struct Backend {
-  mlir::OwningOpRef<ModuleOp> code;
-  std::unique_ptr<cpu::JitModule> jit;
-  rt::ModelDesc desc;
+  CpuCode cpu;
   std::optional<ref::Trainer> trainer;
   std::unique_ptr<rt::Trainable> model;
-  double compileSeconds = 0;
 };
 
 int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
@@ -231,34 +256,14 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
   if (target != "cpu" && target != "auto")
     return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
   // cpu; auto picks it, as no CUDA device is supported yet.
-  auto begin = std::chrono::steady_clock::now();
-  out.code = ModuleOp::create(m.model.getLoc());
-  auto desc = cpu::compileModel(*m.module, m.model.getName(), *out.code);
-  if (failed(desc))
-    return kUserError;
-  out.desc = std::move(*desc);
-  auto jit = cpu::JitModule::compile(*out.code);
-  if (failed(jit))
-    return kUserError;
-  out.jit = std::move(*jit);
-  for (auto [f, name] : {std::pair{&out.desc.trainStep, cpu::kTrainStepKernel},
-                         std::pair{&out.desc.model, cpu::kModelKernel}}) {
-    if (failed(out.jit->prepare(name))) {
-      llvm::errs() << "nnc: error: the JIT did not produce '" << name << "'\n";
-      return kUserError;
-    }
-    size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
-    f->call = [jit = out.jit.get(), name, buffers, slots](void **b, int64_t n, void **s) {
-      (void)jit->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
-    };
-  }
-  auto model = std::make_unique<rt::CompiledModel>(out.desc, seed, "cpu");
+  if (int rc = compileCpu(m, false, out.cpu))
+    return rc;
+  auto model = std::make_unique<rt::CompiledModel>(out.cpu.desc, seed, "cpu");
   if (rt::Status s = model->initialize(); !s) {
     llvm::errs() << "nnc: error: " << m.path << ": " << s.message() << "\n";
     return kUserError;
   }
   out.model = std::move(model);
-  out.compileSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   return kOk;
 }
 
@@ -331,9 +336,9 @@ int nnc::driver::runTrain(const Args &args) {
   Backend backend;
   if (int rc = makeBackend(args, c, m, o.seed, backend))
     return rc;
-  if (backend.jit)
+  if (backend.cpu.jit)
     llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s\n", m.model.getName().str().c_str(),
-                                 backend.compileSeconds);
+                                 backend.cpu.seconds);
   llvm::outs().flush();
   return rt::train(*backend.model, data, o);
 }

@@ -108,7 +108,14 @@ const std::vector<Command> &commands() {
         {"tolerance", "X", "Largest relative error accepted (default 1e-4)"},
         {"inputs", nullptr, "Also check gradients with respect to f32 inputs"}},
        runGradcheck},
-      {"bench", "nnc bench FILE|KERNEL", "Benchmark a model's kernels.", {}, notYet},
+      {"bench", "nnc bench FILE [options]",
+       "Time a model's training step kernel by kernel (synthetic data).",
+       {{"batch", "N", "Batch size (default: the train section's)"},
+        {"steps", "N", "Steps timed (default 20)"},
+        {"warmup", "N", "Steps run first, untimed (default 3)"},
+        {"threads", "N", "Worker threads (default: every core)"},
+        {"format", "F", "table (default), json or csv"}},
+       runBench},
   };
   return table;
 }

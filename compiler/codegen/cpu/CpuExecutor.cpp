@@ -4,6 +4,7 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/LowerToLoops.h"
 #include "compiler/codegen/cpu/Specialize.h"
+#include "runtime/Compiled.h"
 
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Transforms/Passes.h"
@@ -120,16 +121,11 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
   int64_t rng[2] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step)};
   ptrs.push_back(rng);
   // The slots, 64-byte aligned in one float vector.
-  size_t total = 64;
-  for (size_t i = 0; i < c.slots.size(); i += 2)
-    total += static_cast<size_t>(c.slots[i] * batch + c.slots[i + 1]);
-  c.workspace.resize(std::max(c.workspace.size(), total / 4));
-  uintptr_t at = (reinterpret_cast<uintptr_t>(c.workspace.data()) + 63) & ~uintptr_t(63);
+  size_t total = rt::placeSlots(c.slots, batch, nullptr, nullptr) + 64;
+  c.workspace.resize(std::max(c.workspace.size(), total / 4 + 1));
+  uintptr_t base = (reinterpret_cast<uintptr_t>(c.workspace.data()) + 63) & ~uintptr_t(63);
   std::vector<void *> slots;
-  for (size_t i = 0; i < c.slots.size(); i += 2) {
-    slots.push_back(reinterpret_cast<void *>(at));
-    at += static_cast<uintptr_t>(c.slots[i] * batch + c.slots[i + 1]);
-  }
+  rt::placeSlots(c.slots, batch, reinterpret_cast<void *>(base), &slots);
   if (failed(c.jit->call("kernel", ptrs, batch, slots)))
     return fn.emitError("the compiled CPU code could not be called");
 
@@ -158,7 +154,7 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
 
 LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
-                            StringRef name) {
+                            StringRef name, bool profile) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
@@ -172,7 +168,7 @@ LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, Modul
   auto scaling = batchScaling(clone);
   if (failed(scaling))
     return failure();
-  return lowerToLoops(clone, *scaling, target, name);
+  return lowerToLoops(clone, *scaling, target, name, profile);
 }
 
 FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch) {

@@ -30,7 +30,7 @@ buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt);
 
 /// Adds the loops-level function of `fn` to `target` under `name`.
 mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
-                             mlir::ModuleOp target, llvm::StringRef name);
+                             mlir::ModuleOp target, llvm::StringRef name, bool profile = false);
 
 } // namespace nnc::cpu
 

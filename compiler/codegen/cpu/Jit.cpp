@@ -1,6 +1,7 @@
 //===- Jit.cpp - compiling and running CPU code in process ----------------===//
 
 #include "compiler/codegen/cpu/Jit.h"
+#include "runtime/Profile.h"
 
 #include "mlir/Conversion/AffineToStandard/AffineToStandard.h"
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
@@ -26,6 +27,7 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
+#include "llvm/ExecutionEngine/Orc/Mangling.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
 #include "llvm/MC/TargetRegistry.h"
@@ -200,6 +202,15 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   auto engine = ExecutionEngine::create(module, options);
   if (!engine)
     return module.emitError("JIT compilation failed: ") << llvm::toString(engine.takeError());
+  // Profiled code calls the runtime's timers.
+  (*engine)->registerSymbols([](llvm::orc::MangleAndInterner interner) {
+    llvm::orc::SymbolMap map;
+    map[interner("nnc_profile_begin")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_begin),
+                                          llvm::JITSymbolFlags::Exported};
+    map[interner("nnc_profile_end")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_end),
+                                        llvm::JITSymbolFlags::Exported};
+    return map;
+  });
   std::unique_ptr<JitModule> jit(new JitModule());
   jit->engine = std::move(*engine);
   return jit;

@@ -13,6 +13,7 @@
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
@@ -22,6 +23,7 @@
 
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/Support/Path.h"
 
 #include <deque>
 #include <functional>
@@ -952,6 +954,52 @@ LogicalResult maxPool(Emitter &e) {
 
 LogicalResult maxPoolGrad(Emitter &e) {
   auto op = self<nnops::MaxPool2dGradOp>(e);
+  ArrayRef<int64_t> k = op.getKernel(), st = op.getStride(), pad = op.getPadding();
+  ArrayRef<int64_t> in = shapeOf(e.in[1]), out = shapeOf(e.in[0]);
+  if (k == st && pad[0] == 0 && pad[1] == 0) {
+    // Windows that tile the input: every input element belongs to at most
+    // one window, so each window writes its elements once (the gradient at
+    // its first maximum, zeros elsewhere) instead of zero-filling the whole
+    // input and scattering into it. Rows and columns past the last window
+    // are zeroed apart.
+    if (in[2] != out[2] * k[0] || in[3] != out[3] * k[1])
+      e.fill(e.out[0], e.f32(0));
+    // The window's maximum as a tree of independent maxima, then the first
+    // tap equal to it: no chain of dependent selects, so the windows of a
+    // row overlap in the pipeline (maxnumf skips NaN, like the scan).
+    OpBuilder &b = e.b;
+    Location loc = e.loc;
+    e.loops(e.sizes(e.in[0]), [&](ValueRange iv) {
+      SmallVector<Value> taps;
+      SmallVector<std::pair<Value, Value>> at;
+      for (int64_t p = 0; p < k[0]; ++p)
+        for (int64_t q = 0; q < k[1]; ++q) {
+          Value h = e.add(e.mul(iv[2], e.idx(k[0])), e.idx(p));
+          Value w = e.add(e.mul(iv[3], e.idx(k[1])), e.idx(q));
+          at.push_back({h, w});
+          taps.push_back(e.load(e.in[1], {iv[0], iv[1], h, w}));
+        }
+      SmallVector<Value> level(taps);
+      while (level.size() > 1) {
+        SmallVector<Value> next;
+        for (size_t i = 0; i + 1 < level.size(); i += 2)
+          next.push_back(b.create<arith::MaxNumFOp>(loc, level[i], level[i + 1]));
+        if (level.size() % 2)
+          next.push_back(level.back());
+        level = std::move(next);
+      }
+      Value dy = e.load(e.in[0], iv);
+      Value taken = b.create<arith::ConstantOp>(loc, b.getBoolAttr(false));
+      for (size_t t = 0; t < taps.size(); ++t) {
+        Value eq = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, taps[t], level[0]);
+        Value hit = b.create<arith::AndIOp>(
+            loc, eq, b.create<arith::XOrIOp>(loc, taken, b.create<arith::ConstantOp>(loc, b.getBoolAttr(true))));
+        taken = b.create<arith::OrIOp>(loc, taken, eq);
+        e.store(select(e, hit, dy, e.f32(0)), e.out[0], {iv[0], iv[1], at[t].first, at[t].second});
+      }
+    }, /*parallel=*/true);
+    return success();
+  }
   e.fill(e.out[0], e.f32(0));
   e.loops(e.sizes(e.in[0]), [&](ValueRange iv) {
     WindowMax m = windowMax(e, e.in[1], iv.take_front(2), iv[2], iv[3], op.getKernel(),
@@ -1118,8 +1166,21 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
 
 } // namespace
 
+/// A location as the profile shows it: `file:line:col`, or `grad of ...`.
+static std::string where(Location loc) {
+  if (auto n = dyn_cast<NameLoc>(loc))
+    return n.getName().str() + " of " + where(n.getChildLoc());
+  if (auto f = dyn_cast<FileLineColLoc>(loc))
+    return (llvm::sys::path::filename(f.getFilename().getValue()) + ":" + Twine(f.getLine()) + ":" +
+            Twine(f.getColumn()))
+        .str();
+  if (auto f = dyn_cast<FusedLoc>(loc))
+    return f.getLocations().empty() ? "?" : where(f.getLocations().front());
+  return "?";
+}
+
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
-                                ModuleOp target, StringRef name) {
+                                ModuleOp target, StringRef name, bool profile) {
   MLIRContext *ctx = fn.getContext();
   ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
                    vector::VectorDialect>();
@@ -1344,6 +1405,80 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
   for (auto &[v, at] : lastUse)
     releaseAt[at].push_back(v);
+
+  // Profiling: calls around each kernel, and what each kernel is.
+  SmallVector<Attribute> kernels;
+  auto elements = [&](Value v) -> std::pair<int64_t, int64_t> {
+    auto t = cast<RankedTensorType>(v.getType());
+    int64_t n = 1;
+    bool dynamic = false;
+    for (int64_t i = 0; i < t.getRank(); ++i) {
+      dynamic |= t.isDynamicDim(i);
+      n *= t.isDynamicDim(i) ? scaling.lookup(v)[i] : t.getDimSize(i);
+    }
+    return dynamic ? std::make_pair(n, int64_t(0)) : std::make_pair(int64_t(0), n);
+  };
+  auto hook = [&](StringRef fnName, int64_t id) {
+    if (!target.lookupSymbol(fnName)) {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(target.getBody());
+      b.create<func::FuncOp>(loc, fnName, b.getFunctionType({b.getI64Type()}, {})).setPrivate();
+    }
+    Value idv = b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(id));
+    b.create<func::CallOp>(loc, fnName, TypeRange{}, ValueRange{idv});
+  };
+  auto describe = [&](Operation *op) {
+    // Members: the op and the producers fused into it, in program order.
+    SmallVector<Operation *> members;
+    std::function<void(Operation *)> collect = [&](Operation *o) {
+      for (Value v : o->getOperands())
+        if (Operation *d = v.getDefiningOp(); d && fused.contains(d))
+          collect(d);
+      members.push_back(o);
+    };
+    collect(op);
+    std::string names;
+    for (Operation *m : members)
+      names += (names.empty() ? "" : "+") + m->getName().stripDialect().str();
+    std::pair<int64_t, int64_t> flops{0, 0}, bytes{0, 0};
+    auto add = [](std::pair<int64_t, int64_t> &acc, std::pair<int64_t, int64_t> x, int64_t k) {
+      acc.first += x.first * k;
+      acc.second += x.second * k;
+    };
+    for (Operation *m : members) {
+      for (Value v : m->getOperands())
+        if (Operation *d = v.getDefiningOp(); !d || !fused.contains(d))
+          add(bytes, elements(v), 4);
+      if (m == op)
+        for (Value r : op->getResults())
+          add(bytes, elements(r), 4);
+      auto taps = [&](Value w) {
+        ArrayRef<int64_t> s = cast<RankedTensorType>(w.getType()).getShape();
+        return 2 * s[1] * s[2] * s[3];
+      };
+      if (auto mm = dyn_cast<nnops::MatmulOp>(m)) {
+        Value a = mm->getOperand(0), c = mm->getResult(0);
+        auto at = cast<RankedTensorType>(a.getType());
+        if (at.isDynamicDim(1))
+          add(flops, {elements(c).second * scaling.lookup(a)[1], 0}, 2);
+        else
+          add(flops, elements(c), 2 * at.getDimSize(1));
+      } else if (isa<nnops::Conv2dOp>(m)) {
+        add(flops, elements(m->getResult(0)), taps(m->getOperand(1)));
+      } else if (isa<nnops::Conv2dGradInputOp>(m)) {
+        add(flops, elements(m->getOperand(0)), taps(m->getOperand(1)));
+      } else if (isa<nnops::Conv2dGradWeightOp>(m)) {
+        add(flops, elements(m->getOperand(1)), taps(m->getResult(0)));
+      } else {
+        add(flops, elements(m->getResult(0)), 1);
+      }
+    }
+    kernels.push_back(b.getDictionaryAttr(
+        {b.getNamedAttr("ops", b.getStringAttr(names)),
+         b.getNamedAttr("loc", b.getStringAttr(where(op->getLoc()))),
+         b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
+         b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
+  };
   for (Operation &op : fn.front().without_terminator()) {
     if (fused.contains(&op))
       continue;
@@ -1371,8 +1506,15 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       }
       buffers[r] = e.out.back();
     }
+    int64_t id = static_cast<int64_t>(kernels.size());
+    if (profile) {
+      describe(&op);
+      hook("nnc_profile_begin", id);
+    }
     if (failed(it->second(e)))
       return failure();
+    if (profile)
+      hook("nnc_profile_end", id);
     producers.clear();
     // Values used for the last time free their slots; so do results that
     // are never used (a dropout mask in evaluation).
@@ -1393,6 +1535,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   for (Slot &s : slots)
     plan.append({s.perBatch, s.fixed});
   lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
+  if (profile)
+    lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
   // No two buffers overlap.
   for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
     if (isa<MemRefType>(lowered.getArgument(i).getType()))

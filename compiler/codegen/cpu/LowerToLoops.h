@@ -30,8 +30,14 @@ using BatchScaling = llvm::DenseMap<mlir::Value, llvm::SmallVector<int64_t>>;
 /// holds the seed and step for dropout. The function carries `nnc.slots =
 /// [perBatch0, fixed0, perBatch1, ...]`: slot i takes perBatch_i * batch +
 /// fixed_i bytes, 64-byte aligned. No two buffers may overlap.
+/// With `profile`, every kernel (an op with the ops fused into it) is
+/// bracketed by calls to nnc_profile_begin/end(id) (runtime/Profile.h), and
+/// the function lists its kernels in `nnc.kernels`: per id the fused ops,
+/// the DSL location, and the floating-point operations and bytes moved as
+/// [per batch element, fixed].
 mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
-                                 mlir::ModuleOp target, llvm::StringRef name);
+                                 mlir::ModuleOp target, llvm::StringRef name,
+                                 bool profile = false);
 
 } // namespace nnc::cpu
 

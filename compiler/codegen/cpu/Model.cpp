@@ -38,13 +38,14 @@ static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel
   return f;
 }
 
-FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code) {
+FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code,
+                                           bool profile) {
   auto model = module.lookupSymbol<func::FuncOp>(name);
   auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
   if (!model || !step)
     return module.emitError("no model '") << name << "' with a training step";
-  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel)) ||
-      failed(addLoops(model, std::nullopt, code, kModelKernel)))
+  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile)) ||
+      failed(addLoops(model, std::nullopt, code, kModelKernel, profile)))
     return failure();
   rt::ModelDesc m;
   m.name = name.str();

@@ -24,8 +24,9 @@ inline constexpr const char *kModelKernel = "nnc_model";
 /// Lowers `@model` and `@model_train_step` of `module` (the training
 /// pipeline's output) into `code` and describes them; the kernels (`call`)
 /// and train settings are left for the caller.
+/// With `profile`, the kernels report their times (see lowerToLoops).
 mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringRef model,
-                                            mlir::ModuleOp code);
+                                            mlir::ModuleOp code, bool profile = false);
 
 } // namespace nnc::cpu
 

@@ -1,0 +1,172 @@
+//===- Bench.cpp - nnc bench: where a training step spends its time -------===//
+//
+// Compiles a model's training step with per-kernel timers (each kernel is
+// one op with the elementwise ops fused into it), runs it on synthetic
+// batches and prints, per kernel, its time per step, share of the step,
+// GFLOP/s and GB/s (estimated from the shapes), as a table, JSON or CSV.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tools/nnc/Model.h"
+
+#include "runtime/Profile.h"
+#include "runtime/Random.h"
+
+#include "mlir/IR/Diagnostics.h"
+
+#include "llvm/Support/Format.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+using namespace mlir;
+using namespace nnc;
+using namespace nnc::driver;
+
+namespace {
+
+struct Row {
+  std::string ops, loc;
+  double seconds = 0, flops = 0, bytes = 0; // per step
+  int64_t calls = 0;
+};
+
+std::string jsonString(llvm::StringRef s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+} // namespace
+
+int nnc::driver::runBench(const Args &args) {
+  const Command &c = command("bench");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  int64_t batch = 0, steps = 20, warmup = 3, threads = 0;
+  for (auto rc : {numberOption(args, c, "batch", batch), numberOption(args, c, "steps", steps),
+                  numberOption(args, c, "warmup", warmup), numberOption(args, c, "threads", threads)})
+    if (rc)
+      return *rc;
+  std::string format = args.get("format", "table");
+  if (format != "table" && format != "json" && format != "csv")
+    return usageError("--format must be table, json or csv, got '" + format + "'", &c);
+  if (steps < 1 || warmup < 0 || batch < 0 || threads < 0)
+    return usageError("--steps must be at least 1, and --batch, --warmup, --threads not negative", &c);
+  if (threads > 0)
+    setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+
+  Loaded m;
+  if (int rc = load(args.positional[0], std::nullopt, m))
+    return rc;
+  SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
+  if (batch == 0)
+    batch = m.setting("batch", 32);
+  CpuCode cpu;
+  if (int rc = compileCpu(m, /*profile=*/true, cpu))
+    return rc;
+  rt::CompiledModel model(cpu.desc, 1, "cpu");
+  if (rt::Status s = model.initialize(); !s) {
+    llvm::errs() << "nnc: error: " << s.message() << "\n";
+    return kUserError;
+  }
+  // Synthetic inputs: uniform [0, 1) values, labels 0.
+  std::vector<rt::HostTensor> inputs;
+  uint64_t counter = 0;
+  for (const rt::ModelInput &in : model.inputs()) {
+    rt::HostTensor t{in.name, {batch}, {}};
+    t.shape.insert(t.shape.end(), in.dims.begin(), in.dims.end());
+    t.data.resize(t.numel());
+    for (float &v : t.data)
+      v = in.integer ? 0.0f : static_cast<float>(rt::uniform01(7, 0, counter++));
+    inputs.push_back(std::move(t));
+  }
+  double loss = 0;
+  for (int64_t i = 0; i < warmup; ++i)
+    if (rt::Status s = model.step(inputs, loss); !s) {
+      llvm::errs() << "nnc: error: " << s.message() << "\n";
+      return kUserError;
+    }
+  rt::resetProfile();
+  auto begin = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i)
+    (void)model.step(inputs, loss);
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
+                static_cast<double>(steps);
+
+  ArrayAttr table = cpu.kernels;
+  if (!table) {
+    llvm::errs() << "nnc: error: the compiled step has no kernel table\n";
+    return kUserError;
+  }
+  std::vector<Row> rows;
+  const std::vector<rt::KernelTime> &times = rt::profile();
+  double b = static_cast<double>(batch);
+  for (auto [id, a] : llvm::enumerate(table)) {
+    auto d = cast<DictionaryAttr>(a);
+    ArrayRef<int64_t> flops = cast<DenseI64ArrayAttr>(d.get("flops")).asArrayRef();
+    ArrayRef<int64_t> bytes = cast<DenseI64ArrayAttr>(d.get("bytes")).asArrayRef();
+    Row r{cast<StringAttr>(d.get("ops")).str(), cast<StringAttr>(d.get("loc")).str()};
+    r.flops = static_cast<double>(flops[0]) * b + static_cast<double>(flops[1]);
+    r.bytes = static_cast<double>(bytes[0]) * b + static_cast<double>(bytes[1]);
+    if (id < times.size()) {
+      r.seconds = times[id].seconds / static_cast<double>(steps);
+      r.calls = times[id].calls;
+    }
+    rows.push_back(std::move(r));
+  }
+  double total = 0;
+  for (const Row &r : rows)
+    total += r.seconds;
+  std::vector<size_t> order(rows.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return rows[x].seconds > rows[y].seconds; });
+
+  llvm::raw_ostream &os = llvm::outs();
+  auto rate = [](double amount, double seconds) { return seconds > 0 ? amount / seconds / 1e9 : 0.0; };
+  if (format == "json") {
+    os << "{\"model\": " << jsonString(m.model.getName()) << ", \"batch\": " << batch
+       << ", \"steps\": " << steps << ", \"compile_seconds\": " << llvm::format("%.4f", cpu.seconds)
+       << ", \"step_seconds\": " << llvm::format("%.6g", wall) << ", \"kernels\": [";
+    for (auto [k, i] : llvm::enumerate(order)) {
+      const Row &r = rows[i];
+      os << (k ? ", " : "") << "{\"id\": " << i << ", \"ops\": " << jsonString(r.ops)
+         << ", \"loc\": " << jsonString(r.loc) << llvm::format(", \"seconds\": %.6g", r.seconds)
+         << llvm::format(", \"share\": %.4f", total > 0 ? r.seconds / total : 0.0)
+         << llvm::format(", \"flops\": %.0f, \"bytes\": %.0f", r.flops, r.bytes)
+         << llvm::format(", \"gflops_per_second\": %.3f, \"gbytes_per_second\": %.3f}",
+                         rate(r.flops, r.seconds), rate(r.bytes, r.seconds));
+    }
+    os << "]}\n";
+    return kOk;
+  }
+  if (format == "csv") {
+    os << "id,ops,loc,seconds,share,flops,bytes,gflops_per_second,gbytes_per_second\n";
+    for (size_t i : order) {
+      const Row &r = rows[i];
+      os << i << "," << r.ops << "," << r.loc << llvm::format(",%.6g,%.4f,%.0f,%.0f,%.3f,%.3f\n",
+                                                           r.seconds, total > 0 ? r.seconds / total : 0.0,
+                                                           r.flops, r.bytes, rate(r.flops, r.seconds),
+                                                           rate(r.bytes, r.seconds));
+    }
+    return kOk;
+  }
+  os << llvm::format("%s: training step at batch %lld: %.3f ms (%zu kernels; compiled in %.2f s)\n",
+                     m.model.getName().str().c_str(), static_cast<long long>(batch), wall * 1e3,
+                     rows.size(), cpu.seconds);
+  os << "  id   ms/step  share   GFLOP/s     GB/s  kernel (fused ops)           location\n";
+  for (size_t i : order) {
+    const Row &r = rows[i];
+    std::string ops = r.ops.size() > 28 ? r.ops.substr(0, 25) + "..." : r.ops;
+    os << llvm::format("%4zu %9.4f %5.1f%% %9.2f %8.2f  %-28s %s\n", i, r.seconds * 1e3,
+                       total > 0 ? 100 * r.seconds / total : 0.0, rate(r.flops, r.seconds),
+                       rate(r.bytes, r.seconds), ops.c_str(), r.loc.c_str());
+  }
+  return kOk;
+}
