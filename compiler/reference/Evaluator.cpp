@@ -593,6 +593,45 @@ LogicalResult batchNorm(Ctx &c) {
   return success();
 }
 
+LogicalResult batchNormGrad(Ctx &c) {
+  auto op = self<nnops::BatchNormGradOp>(c);
+  const Tensor &dy = c.arg(0), &x = c.arg(1), &gamma = c.arg(2);
+  if (dy.shape != x.shape || gamma.numel() != x.shape[1])
+    return c.fail("batch_norm_grad operands do not match");
+  NCS v(x.shape);
+  double eps = op.getEps().convertToDouble(), n = static_cast<double>(v.n * v.s);
+  c.out.push_back(x);
+  c.out.push_back(gamma);
+  c.out.push_back(gamma);
+  Tensor &dx = c.out[0], &dgamma = c.out[1], &dbeta = c.out[2];
+  for (int64_t ch = 0; ch < v.c; ++ch) {
+    double s = 0, ss = 0;
+    for (int64_t b = 0; b < v.n; ++b)
+      for (int64_t i = 0; i < v.s; ++i)
+        s += x.data[v.at(b, ch, i)];
+    double mean = s / n;
+    for (int64_t b = 0; b < v.n; ++b)
+      for (int64_t i = 0; i < v.s; ++i)
+        ss += (x.data[v.at(b, ch, i)] - mean) * (x.data[v.at(b, ch, i)] - mean);
+    double rstd = 1.0 / std::sqrt(ss / n + eps), sdy = 0, sdyx = 0;
+    for (int64_t b = 0; b < v.n; ++b)
+      for (int64_t i = 0; i < v.s; ++i) {
+        int64_t k = v.at(b, ch, i);
+        sdy += dy.data[k];
+        sdyx += dy.data[k] * (x.data[k] - mean) * rstd;
+      }
+    dbeta.data[ch] = sdy;
+    dgamma.data[ch] = sdyx;
+    for (int64_t b = 0; b < v.n; ++b)
+      for (int64_t i = 0; i < v.s; ++i) {
+        int64_t k = v.at(b, ch, i);
+        double xhat = (x.data[k] - mean) * rstd;
+        dx.data[k] = gamma.data[ch] * rstd * (dy.data[k] - sdy / n - xhat * sdyx / n);
+      }
+  }
+  return success();
+}
+
 LogicalResult groupNorm(Ctx &c) {
   auto op = self<nnops::GroupNormOp>(c);
   const Tensor &x = c.arg(0), &gamma = c.arg(1), &beta = c.arg(2);
@@ -813,6 +852,7 @@ const llvm::DenseMap<TypeID, Kernel> &kernels() {
     add(entry<nnops::AvgPool2dOp>(avgPool));
     add(entry<nnops::AvgPool2dGradOp>(avgPoolGrad));
     add(entry<nnops::BatchNormOp>(batchNorm));
+    add(entry<nnops::BatchNormGradOp>(batchNormGrad));
     add(entry<nnops::GroupNormOp>(groupNorm));
     add(entry<nnops::LocalResponseNormOp>(lrn));
     add(entry<nnops::ChannelWindowSumOp>(channelWindowSum));

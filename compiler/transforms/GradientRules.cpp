@@ -77,19 +77,26 @@ void batchNorm(GradContext &c) {
   int64_t rank = typeOf(c.x()).getRank();
   SmallVector<int64_t> axes = allButChannels(rank);
   double eps = op.getEps().convertToDouble();
-  Value dy = c.dy(), gamma = g.channels(op.getGamma(), rank);
-  Value xhat, rstd;
+  Value dy = c.dy();
   if (op.getTraining()) {
-    std::tie(xhat, rstd) = normalize(g, c.x(), axes, eps);
-  } else {
-    rstd = g.div(g.scalar(1.0),
-                 g.make<nnops::SqrtOp>({g.add(g.channels(op.getRunningVar(), rank), eps)}));
-    xhat = g.mul(g.sub(c.x(), g.channels(op.getRunningMean(), rank)), rstd);
+    // One backward op for the three gradients (backends give it a kernel).
+    Operation *grad = nullptr;
+    auto result = [&](unsigned i) {
+      if (!grad)
+        grad = g.op<nnops::BatchNormGradOp>({dy, c.x(), op.getGamma()},
+                                            {g.builder().getNamedAttr("eps", op.getEpsAttr())});
+      return grad->getResult(i);
+    };
+    set(c, {[&] { return result(0); }, [&] { return result(1); }, [&] { return result(2); },
+            [] { return Value(); }, [] { return Value(); }});
+    return;
   }
-  set(c, {[&] {
-            Value gh = g.mul(dy, gamma);
-            return op.getTraining() ? normGrad(g, gh, xhat, rstd, axes) : g.mul(gh, rstd);
-          },
+  // Evaluation mode: an affine map of x with the running statistics.
+  Value gamma = g.channels(op.getGamma(), rank);
+  Value rstd = g.div(g.scalar(1.0),
+                     g.make<nnops::SqrtOp>({g.add(g.channels(op.getRunningVar(), rank), eps)}));
+  Value xhat = g.mul(g.sub(c.x(), g.channels(op.getRunningMean(), rank)), rstd);
+  set(c, {[&] { return g.mul(g.mul(dy, gamma), rstd); },
           [&] { return g.sumAxes(g.mul(dy, xhat), axes, false); },
           [&] { return g.sumAxes(dy, axes, false); }, [] { return Value(); },
           [] { return Value(); }});

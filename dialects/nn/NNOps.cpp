@@ -206,6 +206,23 @@ LogicalResult Conv2dOp::inferReturnTypes(MLIRContext *,
                 elementOf(adaptor.getInput()), types);
 }
 
+LogicalResult BatchNormGradOp::inferReturnTypes(MLIRContext *,
+                                                std::optional<Location> loc,
+                                                Adaptor adaptor,
+                                                SmallVectorImpl<Type> &types) {
+  ArrayRef<int64_t> in = shapeOf(adaptor.getInput());
+  shape::Inferred r = shape::Inferred::of(in);
+  if (shapeOf(adaptor.getGrad()) != in)
+    r = shape::Inferred::fail("batch_norm_grad: the gradient and the input differ in shape");
+  if (r.ok())
+    r = shape::channelParam("batch_norm_grad", "gamma", in, shapeOf(adaptor.getGamma()), 2);
+  if (failed(finish(loc, r, elementOf(adaptor.getInput()), types)))
+    return failure();
+  types.push_back(adaptor.getGamma().getType());
+  types.push_back(adaptor.getGamma().getType());
+  return success();
+}
+
 LogicalResult BatchNormOp::inferReturnTypes(MLIRContext *,
                                             std::optional<Location> loc,
                                             Adaptor adaptor,

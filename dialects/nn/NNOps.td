@@ -354,6 +354,33 @@ def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
   }];
 }
 
+def NN_BatchNormGradOp : NN_Op<"batch_norm_grad", [Pure, InferTypeOpAdaptor]> {
+  let summary = "gradients of training-mode batch normalization";
+  let description = [{
+    The backward op of `batch_norm` with `training` (PyTorch's
+    `native_batch_norm_backward`): for output gradient `dy`, input `x` and
+    scale `gamma`, with the batch statistics of `x` over every axis but 1
+    (`n` elements per channel, biased variance):
+    `xhat = (x - mean) / sqrt(var + eps)`,
+    `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
+    `dx = gamma / sqrt(var + eps) * (dy - dbeta / n - xhat * dgamma / n)`.
+    One op instead of a dozen elementwise ops and reductions, so a backend
+    makes a few passes per channel over data that stays in cache.
+
+    ```mlir
+    %dx, %dgamma, %dbeta = nn.batch_norm_grad %dy, %x, %g {eps = 1.0e-05 : f32}
+        : tensor<?x32x28x28xf32>, tensor<?x32x28x28xf32>, tensor<32xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$grad, NN_F32Tensor:$input, NN_F32Tensor:$gamma,
+                       F32Attr:$eps);
+  let results = (outs NN_F32Tensor:$grad_input, NN_F32Tensor:$grad_gamma,
+                      NN_F32Tensor:$grad_beta);
+  let assemblyFormat = [{
+    $grad `,` $input `,` $gamma attr-dict `:` type($grad) `,` type($input) `,` type($gamma)
+  }];
+}
+
 def NN_GroupNormOp : NN_Op<"group_norm", [Pure, InferTypeOpAdaptor]> {
   let summary = "group normalization over channel groups";
   let description = [{

@@ -1100,6 +1100,57 @@ LogicalResult batchNorm(Emitter &e) {
   return success();
 }
 
+/// The training-mode batch-norm gradient, per channel (channels in
+/// parallel): the statistics, the two sums of the output gradient, then
+/// the input gradient; a channel's data stays in cache across the passes.
+LogicalResult batchNormGrad(Emitter &e) {
+  auto op = self<nnops::BatchNormGradOp>(e);
+  Value dy = e.in[0], x = e.in[1], gamma = e.in[2];
+  SmallVector<Value> sizes = e.sizes(x);
+  SmallVector<Value> rest = {sizes[0]};
+  rest.append(sizes.begin() + 2, sizes.end());
+  Value count = e.idx(1);
+  for (Value d : rest)
+    count = e.mul(count, d);
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  e.loops(ArrayRef<Value>{sizes[1]}, [&](ValueRange cv) {
+    Value c = cv[0];
+    auto at = [&](ValueRange r) {
+      SmallVector<Value> i = {r[0], c};
+      i.append(r.begin() + 1, r.end());
+      return i;
+    };
+    Value n = e.toF32(count);
+    Value mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(x, at(r)); }), n);
+    Value ss = e.sumOver(rest, [&](ValueRange r) {
+      Value d = b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean);
+      return b.create<arith::MulFOp>(loc, d, d).getResult();
+    });
+    Value rstd = b.create<arith::DivFOp>(
+        loc, e.f32(1.0),
+        b.create<math::SqrtOp>(loc, b.create<arith::AddFOp>(loc, b.create<arith::DivFOp>(loc, ss, n),
+                                                            e.f32(op.getEps().convertToDouble()))));
+    auto xhat = [&](ValueRange r) {
+      return b.create<arith::MulFOp>(loc, b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean), rstd);
+    };
+    Value sdy = e.sumOver(rest, [&](ValueRange r) { return e.load(dy, at(r)); });
+    Value sdyx = e.sumOver(rest, [&](ValueRange r) {
+      return b.create<arith::MulFOp>(loc, e.load(dy, at(r)), xhat(r)).getResult();
+    });
+    e.store(sdyx, e.out[1], {c});
+    e.store(sdy, e.out[2], {c});
+    Value scale = b.create<arith::MulFOp>(loc, e.load(gamma, {c}), rstd);
+    Value a = b.create<arith::DivFOp>(loc, sdy, n), k = b.create<arith::DivFOp>(loc, sdyx, n);
+    e.loops(rest, [&](ValueRange r) {
+      Value v = b.create<arith::SubFOp>(
+          loc, b.create<arith::SubFOp>(loc, e.load(dy, at(r)), a), b.create<arith::MulFOp>(loc, xhat(r), k));
+      e.store(b.create<arith::MulFOp>(loc, scale, v), e.out[0], at(r));
+    });
+  }, /*parallel=*/true);
+  return success();
+}
+
 LogicalResult channelWindowSum(Emitter &e) {
   auto op = self<nnops::ChannelWindowSumOp>(e);
   ArrayRef<int64_t> s = shapeOf(e.in[0]);
@@ -1159,6 +1210,7 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
     add(entry<nnops::AvgPool2dGradOp>([](E &e) { return avgPool(e, true); }));
     add(entry<nnops::ChannelWindowSumOp>(channelWindowSum));
     add(entry<nnops::BatchNormOp>(batchNorm));
+    add(entry<nnops::BatchNormGradOp>(batchNormGrad));
     return t;
   }();
   return table;

@@ -231,3 +231,19 @@ func.func @broadcast_like_rank(%a: tensor<2x3xf32>, %b: tensor<3xf32>) {
   %0 = nn.broadcast_like %a, %b : tensor<2x3xf32>, tensor<3xf32>
   return
 }
+
+// -----
+
+func.func @bn_grad_shapes(%dy: tensor<?x16x8x8xf32>, %x: tensor<?x32x8x8xf32>, %g: tensor<32xf32>) {
+  // expected-error @+1 {{batch_norm_grad: the gradient and the input differ in shape}}
+  %0:3 = nn.batch_norm_grad %dy, %x, %g {eps = 1.0e-5 : f32} : tensor<?x16x8x8xf32>, tensor<?x32x8x8xf32>, tensor<32xf32>
+  return
+}
+
+// -----
+
+func.func @bn_grad_gamma(%x: tensor<?x32x8x8xf32>, %g: tensor<16xf32>) {
+  // expected-error @+1 {{batch_norm_grad gamma has shape [16] but the input [?, 32, 8, 8] has 32 channels (axis 1)}}
+  %0:3 = nn.batch_norm_grad %x, %x, %g {eps = 1.0e-5 : f32} : tensor<?x32x8x8xf32>, tensor<?x32x8x8xf32>, tensor<16xf32>
+  return
+}
