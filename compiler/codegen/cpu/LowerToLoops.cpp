@@ -1334,16 +1334,20 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       resultBuffers.push_back(buf);
   }
 
-  // Fusion: an elementwise op whose one use is an elementwise op of the
-  // same shape, or a reduction, is not materialized; its consumer computes
-  // it in its own loops (through Emitter::gen), so the chain makes one pass
-  // over memory. Ops of another shape are not fused into a broadcasting
+  // Fusion: an elementwise op whose uses are all in one elementwise op of
+  // the same shape, or in one reduction, is not materialized; its consumer
+  // computes it in its own loops (through Emitter::gen; twice for `x * x`,
+  // cheaper than a pass over memory), so the chain makes one pass over
+  // memory. Ops of another shape are not fused into a broadcasting
   // consumer: that would repeat their work per broadcast element.
   Operation *ret = fn.front().getTerminator();
   llvm::DenseSet<Operation *> fused;
   for (Operation &op : fn.front().without_terminator()) {
     if (!scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1 ||
-        !op.getResult(0).hasOneUse())
+        op.getResult(0).use_empty())
+      continue;
+    Operation *first = *op.getResult(0).getUsers().begin();
+    if (llvm::any_of(op.getResult(0).getUsers(), [&](Operation *u) { return u != first; }))
       continue;
     Operation *user = *op.getResult(0).getUsers().begin();
     TypeID id = user->getName().getTypeID();
