@@ -495,14 +495,19 @@ LogicalResult count(Emitter &e) {
   return success();
 }
 
-/// A register-blocked matrix product C = A B (row-major, f32): blocks of
-/// kRows rows of C times kVectors vectors of kLanes columns are accumulated
-/// in vector registers over the whole reduction (an outer product per k:
-/// kVectors loads of a row of B, kRows broadcasts from A), then stored once.
-/// Row blocks run in parallel; leftover rows take one-row blocks; the last
-/// column block of a ragged width uses masked loads and stores. Every
-/// element of C sums its products in k order, whatever the thread count.
-constexpr int64_t kLanes = 16, kRows = 4, kVectors = 2;
+/// A register- and cache-blocked matrix product C = A B (row-major, f32).
+/// The register block: kRows rows of C times kVectors vectors of kLanes
+/// columns, accumulated in vector registers over a block of kDepth steps
+/// of the reduction (an outer product per k: kVectors loads of a row of B,
+/// kRows broadcasts from A), then added to C. The cache block: a group of
+/// kGroup row blocks runs each (column block, depth block) in turn, so the
+/// kDepth x kVectors*kLanes panel of B (16 KiB) is loaded from memory once
+/// and then served from L1 to every row block of the group. Row groups run
+/// in parallel; leftover rows take one-row blocks; the last column block of
+/// a ragged width uses masked loads and stores. Every element of C sums its
+/// products in k order (through C between depth blocks, exact in f32), so
+/// the result does not depend on the blocking or the thread count.
+constexpr int64_t kLanes = 16, kRows = 4, kVectors = 4, kDepth = 64, kGroup = 4;
 
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
@@ -510,19 +515,23 @@ LogicalResult matmul(Emitter &e) {
   Value A = e.in[0], B = e.in[1], C = e.out[0];
   Value M = e.dim(A, 0), K = e.dim(A, 1), N = e.dim(B, 1);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
-  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value pad = e.f32(0);
+  e.fill(C, e.f32(0));
 
-  // One block: `rows` rows from i0, `vectors` vectors from column j0.
-  auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds) {
-    SmallVector<Value> init(rows * vectors, zero);
-    SmallVector<Value> cols;
+  // One register block: `rows` rows from i0, `vectors` vectors from column
+  // j0, reduction steps [k0, k1).
+  auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0,
+                   Value k1) {
+    SmallVector<Value> cols, rowIdx, init;
     for (int64_t v = 0; v < vectors; ++v)
       cols.push_back(e.add(j0, e.idx(v * kLanes)));
-    SmallVector<Value> rowIdx;
     for (int64_t r = 0; r < rows; ++r)
       rowIdx.push_back(e.add(i0, e.idx(r)));
-    auto k = b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(1), init);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v)
+        init.push_back(b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
+                                                        ArrayRef<bool>{inBounds}));
+    auto k = b.create<scf::ForOp>(loc, k0, k1, e.idx(1), init);
     {
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(k.getBody());
@@ -544,14 +553,28 @@ LogicalResult matmul(Emitter &e) {
         b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
                                           ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
   };
-  // All column blocks of `rows` rows from i0.
-  auto rowsOf = [&](Value i0, int64_t rows) {
+  // Every column block, in depth blocks, for row blocks [rb0, rb1) of
+  // `rows` rows each.
+  auto columns = [&](Value rb0, Value rb1, int64_t rows) {
+    auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
+      b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
+                           [&](OpBuilder &, Location, Value k0, ValueRange) {
+                             Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
+                             b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
+                                                  [&](OpBuilder &, Location, Value rb, ValueRange) {
+                                                    block(e.mul(rb, e.idx(rows)), rows, j0, vectors,
+                                                          inBounds, k0, k1);
+                                                    b.create<scf::YieldOp>(loc);
+                                                  });
+                             b.create<scf::YieldOp>(loc);
+                           });
+    };
     const int64_t width = kLanes * kVectors;
     std::optional<int64_t> n = getConstantIntValue(N);
     if (!n) {
       b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(width), std::nullopt,
                            [&](OpBuilder &, Location, Value j0, ValueRange) {
-                             block(i0, rows, j0, kVectors, false);
+                             depthBlocks(j0, kVectors, false);
                              b.create<scf::YieldOp>(loc);
                            });
       return;
@@ -560,20 +583,20 @@ LogicalResult matmul(Emitter &e) {
     if (full > 0)
       b.create<scf::ForOp>(loc, e.idx(0), e.idx(full * width), e.idx(width), std::nullopt,
                            [&](OpBuilder &, Location, Value j0, ValueRange) {
-                             block(i0, rows, j0, kVectors, true);
+                             depthBlocks(j0, kVectors, true);
                              b.create<scf::YieldOp>(loc);
                            });
     if (rest > 0)
-      block(i0, rows, e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
+      depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
   };
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
-  e.loops(ArrayRef<Value>{blocks}, [&](ValueRange iv) { rowsOf(e.mul(iv[0], e.idx(kRows)), kRows); },
-          /*parallel=*/true);
-  b.create<scf::ForOp>(loc, e.mul(blocks, e.idx(kRows)), M, e.idx(1), std::nullopt,
-                       [&](OpBuilder &, Location, Value i, ValueRange) {
-                         rowsOf(i, 1);
-                         b.create<scf::YieldOp>(loc);
-                       });
+  Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
+  e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
+    Value rb0 = e.mul(iv[0], e.idx(kGroup));
+    Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
+    columns(rb0, rb1, kRows);
+  }, /*parallel=*/true);
+  columns(e.mul(blocks, e.idx(kRows)), M, 1);
   return success();
 }
 
