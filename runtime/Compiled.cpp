@@ -44,11 +44,13 @@ size_t rt::placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *ba
 /// data in the same words), and the slots.
 struct CompiledModel::Frame {
   std::vector<std::vector<float>> buffers;
+  std::vector<const float *> borrowed; // per argument: f32 data passed in place
   std::vector<float> workspace;
   std::vector<void *> pointers, slots;
 
   void prepare(const FunctionDesc &f, int64_t batch) {
     buffers.resize(f.args.size() + f.results.size());
+    borrowed.assign(f.args.size(), nullptr);
     for (size_t i = 0; i < f.results.size(); ++i)
       buffers[f.args.size() + i].resize(std::max<int64_t>(1, sizeAt(f.results[i], batch)));
     size_t total = placeSlots(f.slots, batch, nullptr, nullptr) + 64;
@@ -56,7 +58,13 @@ struct CompiledModel::Frame {
     uintptr_t base = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
     placeSlots(f.slots, batch, reinterpret_cast<void *>(base), &slots);
   }
+  /// Argument `i`: f32 data is read where it is (kernels never write their
+  /// arguments); i32 data is converted into the frame's buffer.
   void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
+    if (!t.integer && !values.empty()) {
+      borrowed[i] = values.data();
+      return;
+    }
     std::vector<float> &b = buffers[i];
     b.resize(std::max<size_t>(1, values.size()));
     if (t.integer) {
@@ -88,8 +96,9 @@ struct CompiledModel::Frame {
   }
   void call(const FunctionDesc &f, int64_t batch, int64_t rng[2]) {
     pointers.clear();
-    for (std::vector<float> &b : buffers)
-      pointers.push_back(b.data());
+    for (size_t i = 0; i < buffers.size(); ++i)
+      pointers.push_back(i < borrowed.size() && borrowed[i] ? const_cast<float *>(borrowed[i])
+                                                             : buffers[i].data());
     pointers.push_back(rng);
     f.call(pointers.data(), batch, slots.data());
   }
@@ -133,12 +142,8 @@ Status CompiledModel::initialize() {
   return Status::ok();
 }
 
-Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
-  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
-  const FunctionDesc &f = m.trainStep;
-  Frame &frame = *trainFrame;
-  ++stepCount;
-  state[stepArg].data.assign(1, static_cast<float>(stepCount));
+void CompiledModel::run(const FunctionDesc &f, Frame &frame, const std::vector<HostTensor> &batch,
+                        int64_t n) {
   frame.prepare(f, n);
   for (size_t i = 0; i < f.args.size(); ++i) {
     auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
@@ -146,6 +151,15 @@ Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
   }
   int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
   frame.call(f, n, rng);
+}
+
+Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
+  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  const FunctionDesc &f = m.trainStep;
+  Frame &frame = *trainFrame;
+  ++stepCount;
+  state[stepArg].data.assign(1, static_cast<float>(stepCount));
+  run(f, frame, batch, n);
   loss = frame.result(f, 0, n).data[0];
   for (size_t r = 1; r < f.results.size(); ++r) {
     const TensorDesc &t = f.results[r];
@@ -167,13 +181,7 @@ Status CompiledModel::evaluate(const std::vector<HostTensor> &batch, std::vector
   int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
   const FunctionDesc &f = m.model;
   Frame &frame = *evalFrame;
-  frame.prepare(f, n);
-  for (size_t i = 0; i < f.args.size(); ++i) {
-    auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
-    frame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data : state[i].data);
-  }
-  int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
-  frame.call(f, n, rng);
+  run(f, frame, batch, n);
   outputs.clear();
   for (size_t r = 0; r < f.results.size(); ++r)
     if (r != m.lossResult)

@@ -89,6 +89,8 @@ public:
 
 private:
   struct Frame;
+  /// Calls `f` on `batch` (the model inputs) and the state.
+  void run(const FunctionDesc &f, Frame &frame, const std::vector<HostTensor> &batch, int64_t n);
   const ModelDesc &m;
   uint64_t seed;
   std::string backend;

@@ -216,7 +216,16 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   return jit;
 }
 
-FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
+namespace {
+
+/// An LLVM-dialect module as LLVM IR for the host, optimized as the JIT
+/// optimizes it, with the target machine that generates its code.
+struct HostCode {
+  std::unique_ptr<llvm::TargetMachine> machine;
+  std::unique_ptr<llvm::Module> module;
+};
+
+FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context, bool pic) {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   DialectRegistry registry;
@@ -224,56 +233,55 @@ FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
   registerLLVMDialectTranslation(registry);
   registerOpenMPDialectTranslation(registry);
   module.getContext()->appendDialectRegistry(registry);
-  auto tm = hostMachine(module);
+  auto tm = hostMachine(module, pic);
   if (failed(tm))
     return failure();
-  llvm::LLVMContext llvmContext;
-  std::unique_ptr<llvm::Module> llvmModule = translateForHost(module, llvmContext, **tm);
-  if (!llvmModule)
+  std::unique_ptr<llvm::Module> translated = translateForHost(module, context, **tm);
+  HostCode code{std::move(*tm), std::move(translated)};
+  if (!code.module)
     return module.emitError("translation to LLVM IR failed");
-  if (llvm::Error err = makeOptimizingTransformer(3, 0, tm->get())(llvmModule.get()))
+  if (pic)
+    code.module->setPICLevel(llvm::PICLevel::BigPIC);
+  if (llvm::Error err = makeOptimizingTransformer(3, 0, code.machine.get())(code.module.get()))
     return module.emitError("LLVM optimization failed: ") << llvm::toString(std::move(err));
+  return code;
+}
+
+} // namespace
+
+FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
+  llvm::LLVMContext context;
+  auto code = optimizeForHost(module, context, /*pic=*/false);
+  if (failed(code))
+    return failure();
   std::string text;
   llvm::raw_string_ostream os(text);
   if (!asm_) {
-    llvmModule->print(os, nullptr);
+    code->module->print(os, nullptr);
     return text;
   }
   llvm::SmallString<0> buffer;
   llvm::raw_svector_ostream out(buffer);
   llvm::legacy::PassManager pm;
-  if ((*tm)->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::AssemblyFile))
+  if (code->machine->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::AssemblyFile))
     return module.emitError("the target cannot emit assembly");
-  pm.run(*llvmModule);
+  pm.run(*code->module);
   return std::string(buffer.str());
 }
 
 LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path) {
-  llvm::InitializeNativeTarget();
-  llvm::InitializeNativeTargetAsmPrinter();
-  DialectRegistry registry;
-  registerBuiltinDialectTranslation(registry);
-  registerLLVMDialectTranslation(registry);
-  registerOpenMPDialectTranslation(registry);
-  module.getContext()->appendDialectRegistry(registry);
-  auto tm = hostMachine(module, /*pic=*/true);
-  if (failed(tm))
+  llvm::LLVMContext context;
+  auto code = optimizeForHost(module, context, /*pic=*/true);
+  if (failed(code))
     return failure();
-  llvm::LLVMContext llvmContext;
-  std::unique_ptr<llvm::Module> llvmModule = translateForHost(module, llvmContext, **tm);
-  if (!llvmModule)
-    return module.emitError("translation to LLVM IR failed");
-  llvmModule->setPICLevel(llvm::PICLevel::BigPIC);
-  if (llvm::Error err = makeOptimizingTransformer(3, 0, tm->get())(llvmModule.get()))
-    return module.emitError("LLVM optimization failed: ") << llvm::toString(std::move(err));
   std::error_code ec;
   llvm::raw_fd_ostream out(path, ec, llvm::sys::fs::OF_None);
   if (ec)
     return module.emitError("cannot write '") << path << "': " << ec.message();
   llvm::legacy::PassManager pm;
-  if ((*tm)->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::ObjectFile))
+  if (code->machine->addPassesToEmitFile(pm, out, nullptr, llvm::CodeGenFileType::ObjectFile))
     return module.emitError("the target cannot emit object files");
-  pm.run(*llvmModule);
+  pm.run(*code->module);
   out.close();
   if (out.has_error())
     return module.emitError("cannot write '") << path << "'";
