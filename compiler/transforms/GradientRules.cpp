@@ -197,7 +197,10 @@ const llvm::DenseMap<TypeID, GradRule> &rules() {
       set(c, {[&] { return c.g.mul(c.dy(), c.g.rsub(1.0, c.g.mul(c.y(), c.y()))); }});
     });
     RULE(ReluOp) {
-      set(c, {[&] { return c.g.mul(c.dy(), c.g.make<nnops::StepOp>({c.x()})); }});
+      // From the output, as PyTorch's threshold_backward (relu(x) > 0 exactly
+      // when x > 0): the input is then needed by the forward only, so its
+      // producer can fuse into the ReLU.
+      set(c, {[&] { return c.g.mul(c.dy(), c.g.make<nnops::StepOp>({c.y()})); }});
     });
     RULE(SoftplusOp) {
       set(c, {[&] { return c.g.mul(c.dy(), c.g.make<nnops::SigmoidOp>({c.x()})); }});
