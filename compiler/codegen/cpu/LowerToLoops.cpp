@@ -165,22 +165,34 @@ struct Emitter {
     b.setInsertionPointToStart(&i.getThenRegion().front());
     then();
   }
-  /// The sum of `term` over the loop nest `bounds`, kept in a register.
-  Value sumOver(ArrayRef<Value> bounds, function_ref<Value(ValueRange)> term) {
+  /// The sums of `count` terms over the loop nest `bounds`, kept in
+  /// registers (one pass over the data for several sums).
+  SmallVector<Value> sumsOver(ArrayRef<Value> bounds, unsigned count,
+                              function_ref<SmallVector<Value>(ValueRange)> terms) {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     SmallVector<Value> ivs;
-    std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
-      if (d == bounds.size())
-        return b.create<arith::AddFOp>(loc, acc, term(ivs), flags);
-      auto f = b.create<scf::ForOp>(loc, idx(0), bounds[d], idx(1), ValueRange{acc});
+    std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
+      SmallVector<Value> out;
+      if (d == bounds.size()) {
+        SmallVector<Value> t = terms(ivs);
+        for (unsigned k = 0; k < count; ++k)
+          out.push_back(b.create<arith::AddFOp>(loc, acc[k], t[k], flags));
+        return out;
+      }
+      auto f = b.create<scf::ForOp>(loc, idx(0), bounds[d], idx(1), acc);
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(f.getBody());
       ivs.push_back(f.getInductionVar());
-      b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()[0]));
+      b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()));
       ivs.pop_back();
-      return f.getResult(0);
+      return SmallVector<Value>(f.getResults());
     };
-    return rec(0, f32(0.0));
+    SmallVector<Value> init(count, f32(0.0));
+    return rec(0, init);
+  }
+  /// The sum of `term` over the loop nest `bounds`, kept in a register.
+  Value sumOver(ArrayRef<Value> bounds, function_ref<Value(ValueRange)> term) {
+    return sumsOver(bounds, 1, [&](ValueRange ivs) { return SmallVector<Value>{term(ivs)}; })[0];
   }
   void accumulate(Value v, Value m, ValueRange ivs) {
     store(b.create<arith::AddFOp>(loc, load(m, ivs), v), m, ivs);
@@ -817,27 +829,30 @@ LogicalResult conv2dGradInput(Emitter &e) {
   return success();
 }
 
-/// The weight gradient with unit column stride: for one output channel,
-/// input channel and kernel row, the products of every kernel column are
-/// accumulated in a vector register each over the batch and the output
-/// rows (a row of the output gradient is loaded once and serves every
-/// column tap), then reduced across lanes.
+/// The weight gradient with unit column stride: for a block of output
+/// channels, one input channel and kernel row, the products of every
+/// (channel, kernel column) pair are accumulated in a vector register each
+/// over the batch and the output rows: a row vector of the input, loaded
+/// once per column tap, serves the whole channel block, and a row of the
+/// output gradient serves every column tap. Lanes are reduced at the end.
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad,
                           int64_t groups) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
   Value X = e.in[0], DY = e.in[1], DW = e.out[0];
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(DW), y = shapeOf(DY);
-  int64_t og = w[0] / groups, cg = w[1];
+  int64_t og = w[0] / groups, cg = w[1], kw = w[3];
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
+  // Accumulators: block * kw, within the 32 vector registers with the loads.
+  int64_t block = og % 4 == 0 && 4 * kw <= 20 ? 4 : og % 2 == 0 && 2 * kw <= 20 ? 2 : 1;
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  e.loops(ArrayRef<Value>{e.idx(w[0]), e.idx(cg), e.idx(w[2])}, [&](ValueRange iv) {
-    Value o = iv[0], c = iv[1], p = iv[2];
-    Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
+  e.loops(ArrayRef<Value>{e.idx(w[0] / block), e.idx(cg), e.idx(w[2])}, [&](ValueRange iv) {
+    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1], p = iv[2];
+    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
     Value ic = e.add(e.mul(g, e.idx(cg)), c);
     auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
-    SmallVector<Value> init(w[3], zero);
+    SmallVector<Value> init(block * kw, zero);
     auto nLoop = b.create<scf::ForOp>(loc, e.idx(0), e.dim(DY, 0), e.idx(1), init);
     {
       OpBuilder::InsertionGuard g1(b);
@@ -852,24 +867,29 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
         SmallVector<Value> acc(iLoop.getRegionIterArgs());
         for (int64_t v = 0; v < vectors; ++v) {
           // Lanes past the row's end read as zero and add nothing.
-          Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, o, i, e.idx(v * kLanes)},
-                                                      e.f32(0), ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
-          for (int64_t q = 0; q < w[3]; ++q) {
+          SmallVector<Value> dy;
+          for (int64_t k = 0; k < block; ++k)
+            dy.push_back(b.create<vector::TransferReadOp>(
+                loc, vt, DY, ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)}, e.f32(0),
+                ArrayRef<bool>{(v + 1) * kLanes <= y[3]}));
+          for (int64_t q = 0; q < kw; ++q) {
             Value col = e.idx(v * kLanes + q - pad[1]);
             Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col},
                                                       columnMask(e, col, x[3]), zero);
-            acc[q] = b.create<vector::FMAOp>(loc, xv, dy, acc[q]);
+            for (int64_t k = 0; k < block; ++k)
+              acc[k * kw + q] = b.create<vector::FMAOp>(loc, xv, dy[k], acc[k * kw + q]);
           }
         }
         b.create<scf::YieldOp>(loc, acc);
       }
       b.create<scf::YieldOp>(loc, iLoop.getResults());
     }
-    for (int64_t q = 0; q < w[3]; ++q) {
-      Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, nLoop.getResult(q),
-                                                arith::FastMathFlags::reassoc);
-      e.store(sum, DW, {o, c, p, e.idx(q)});
-    }
+    for (int64_t k = 0; k < block; ++k)
+      for (int64_t q = 0; q < kw; ++q) {
+        Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
+                                                  nLoop.getResult(k * kw + q), arith::FastMathFlags::reassoc);
+        e.store(sum, DW, {e.add(o0, e.idx(k)), c, p, e.idx(q)});
+      }
   }, /*parallel=*/true);
 }
 
@@ -1146,21 +1166,19 @@ LogicalResult batchNormGrad(Emitter &e) {
     };
     Value n = e.toF32(count);
     Value mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(x, at(r)); }), n);
-    Value ss = e.sumOver(rest, [&](ValueRange r) {
-      Value d = b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean);
-      return b.create<arith::MulFOp>(loc, d, d).getResult();
+    // One pass for the variance and both sums of the gradient.
+    SmallVector<Value> sums = e.sumsOver(rest, 3, [&](ValueRange r) {
+      Value d = b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean), g = e.load(dy, at(r));
+      return SmallVector<Value>{b.create<arith::MulFOp>(loc, d, d), g, b.create<arith::MulFOp>(loc, g, d)};
     });
     Value rstd = b.create<arith::DivFOp>(
         loc, e.f32(1.0),
-        b.create<math::SqrtOp>(loc, b.create<arith::AddFOp>(loc, b.create<arith::DivFOp>(loc, ss, n),
+        b.create<math::SqrtOp>(loc, b.create<arith::AddFOp>(loc, b.create<arith::DivFOp>(loc, sums[0], n),
                                                             e.f32(op.getEps().convertToDouble()))));
     auto xhat = [&](ValueRange r) {
       return b.create<arith::MulFOp>(loc, b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean), rstd);
     };
-    Value sdy = e.sumOver(rest, [&](ValueRange r) { return e.load(dy, at(r)); });
-    Value sdyx = e.sumOver(rest, [&](ValueRange r) {
-      return b.create<arith::MulFOp>(loc, e.load(dy, at(r)), xhat(r)).getResult();
-    });
+    Value sdy = sums[1], sdyx = b.create<arith::MulFOp>(loc, sums[2], rstd);
     e.store(sdyx, e.out[1], {c});
     e.store(sdy, e.out[2], {c});
     Value scale = b.create<arith::MulFOp>(loc, e.load(gamma, {c}), rstd);
