@@ -66,6 +66,16 @@ struct Emitter {
   }
   /// An elementwise op's value at output index `ivs`.
   Value at(ValueRange ivs);
+  /// With an epilogue (the op's elementwise consumer, fused into it),
+  /// stores the consumer's value for the op's value `v` at `ivs` instead.
+  std::function<void(Value v, ValueRange ivs)> epilogue;
+  /// Stores the op's (first) result `v` at `ivs`, through the epilogue.
+  void emit(Value v, ValueRange ivs) {
+    if (epilogue)
+      epilogue(v, ivs);
+    else
+      store(v, out[0], ivs);
+  }
   void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
 
   /// Size `i` of buffer `m`: a constant, or read from its descriptor when
@@ -1038,7 +1048,7 @@ LogicalResult maxPoolGrad(Emitter &e) {
         Value hit = b.create<arith::AndIOp>(
             loc, eq, b.create<arith::XOrIOp>(loc, taken, b.create<arith::ConstantOp>(loc, b.getBoolAttr(true))));
         taken = b.create<arith::OrIOp>(loc, taken, eq);
-        e.store(select(e, hit, dy, e.f32(0)), e.out[0], {iv[0], iv[1], at[t].first, at[t].second});
+        e.emit(select(e, hit, dy, e.f32(0)), {iv[0], iv[1], at[t].first, at[t].second});
       }
     }, /*parallel=*/true);
     return success();
@@ -1137,7 +1147,7 @@ LogicalResult batchNorm(Emitter &e) {
     Value shift = e.load(e.in[2], {c});
     e.loops(rest, [&](ValueRange r) {
       Value d = b.create<arith::SubFOp>(loc, e.load(e.in[0], at(r)), mean);
-      e.store(b.create<arith::AddFOp>(loc, b.create<arith::MulFOp>(loc, d, scale), shift), e.out[0], at(r));
+      e.emit(b.create<arith::AddFOp>(loc, b.create<arith::MulFOp>(loc, d, scale), shift), at(r));
     });
   }, /*parallel=*/true);
   return success();
@@ -1397,10 +1407,61 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (reduction || sameShape)
       fused.insert(&op);
   }
-  // Where each op's work happens: its own place, or its consumer's.
+  // Epilogues: an elementwise consumer (with its fused producers) of a
+  // batch norm, the only user of its result, is computed as the batch norm
+  // stores each element (its normalization loop vectorizes with it). Every
+  // other value it reads must exist before the batch norm. (Pooling
+  // gradients store through scalar, branchy code: a consumer fused there ran
+  // slower than its own vectorized pass.)
+  llvm::DenseMap<Operation *, Operation *> epilogueOf; // producer -> consumer
+  llvm::DenseSet<Operation *> absorbed;
+  llvm::DenseMap<Operation *, unsigned> order;
+  for (auto [i, op] : llvm::enumerate(fn.front()))
+    order[&op] = i;
+  for (Operation &op : fn.front().without_terminator()) {
+    bool capable = isa<nnops::BatchNormOp>(op);
+    if (!capable || op.getNumResults() != 1 || op.getResult(0).use_empty())
+      continue;
+    Operation *c = *op.getResult(0).getUsers().begin();
+    if (llvm::any_of(op.getResult(0).getUsers(), [&](Operation *u) { return u != c; }) ||
+        !scalars().count(c->getName().getTypeID()) || fused.contains(c) ||
+        c->getResult(0).getType() != op.getResult(0).getType())
+      continue;
+    // The leaves C reads besides the op's result: defined before the op.
+    bool ready = true;
+    std::function<void(Operation *)> check = [&](Operation *o) {
+      for (Value v : o->getOperands()) {
+        if (v == op.getResult(0))
+          continue;
+        Operation *d = v.getDefiningOp();
+        if (d && fused.contains(d))
+          check(d);
+        else if (d && order[d] > order[&op])
+          ready = false;
+      }
+    };
+    check(c);
+    if (!ready || llvm::is_contained(ret->getOperands(), op.getResult(0)))
+      continue;
+    epilogueOf[&op] = c;
+    absorbed.insert(c);
+  }
+  // Where each op's work happens: its own place, or its consumer's (fused
+  // producers), or its producer's (epilogues).
   llvm::DenseMap<Operation *, Operation *> emitAt;
   for (Operation &op : llvm::reverse(fn.front()))
     emitAt[&op] = fused.contains(&op) ? emitAt[*op.getResult(0).getUsers().begin()] : &op;
+  for (auto &[p, c] : epilogueOf) {
+    emitAt[c] = p;
+    std::function<void(Operation *)> mark = [&](Operation *o) {
+      for (Value v : o->getOperands())
+        if (Operation *d = v.getDefiningOp(); d && fused.contains(d)) {
+          emitAt[d] = p;
+          mark(d);
+        }
+    };
+    mark(c);
+  }
 
   // A reshape is a view of its input's buffer: values share the buffer of
   // their root.
@@ -1534,6 +1595,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       members.push_back(o);
     };
     collect(op);
+    if (Operation *c = epilogueOf.lookup(op))
+      collect(c);
     std::string names;
     for (Operation *m : members)
       names += (names.empty() ? "" : "+") + m->getName().stripDialect().str();
@@ -1577,7 +1640,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
   for (Operation &op : fn.front().without_terminator()) {
-    if (fused.contains(&op))
+    if (fused.contains(&op) || absorbed.contains(&op))
       continue;
     if (isa<nnops::ReshapeOp>(op)) {
       auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
@@ -1591,17 +1654,39 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
     Emitter e{b, op.getLoc(), &op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
     bind(e, &op);
-    for (Value r : op.getResults()) {
+    auto outputFor = [&](Value r) -> FailureOr<Value> {
       auto direct = returnedAt.find(r);
-      if (direct != returnedAt.end()) {
-        e.out.push_back(resultBuffers[direct->second]);
-      } else {
-        auto buf = bufferFor(r);
+      if (direct != returnedAt.end())
+        return resultBuffers[direct->second];
+      return bufferFor(r);
+    };
+    if (Operation *c = epilogueOf.lookup(&op)) {
+      // The consumer's buffer takes the stores; the op's own result gets none.
+      Value r = c->getResult(0);
+      auto buf = outputFor(r);
+      if (failed(buf))
+        return failure();
+      buffers[r] = *buf;
+      producers.push_back(Emitter{b, c->getLoc(), c, {}, {}, {}, rng, batch, globals, target, name, &scaling});
+      Emitter &ce = producers.back();
+      bind(ce, c);
+      Value self = op.getResult(0), out = *buf;
+      e.out.push_back(Value());
+      e.epilogue = [&ce, c, self, out](Value v, ValueRange ivs) {
+        const Scalar &f = scalars().find(c->getName().getTypeID())->second;
+        Value r = f(ce, [&](unsigned k) {
+          return c->getOperand(k) == self ? v : ce.read(k, ce.broadcastIdx(c->getOperand(k), ivs));
+        });
+        ce.store(r, out, ivs);
+      };
+    } else {
+      for (Value r : op.getResults()) {
+        auto buf = outputFor(r);
         if (failed(buf))
           return failure();
         e.out.push_back(*buf);
+        buffers[r] = e.out.back();
       }
-      buffers[r] = e.out.back();
     }
     int64_t id = static_cast<int64_t>(kernels.size());
     if (profile) {
@@ -1621,6 +1706,9 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     for (Value r : op.getResults())
       if (r.use_empty() && slotOf.count(r))
         slots[slotOf[r]].free = true;
+    if (Operation *c = epilogueOf.lookup(&op))
+      if (c->getResult(0).use_empty() && slotOf.count(c->getResult(0)))
+        slots[slotOf[c->getResult(0)]].free = true;
   }
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     if (!returnedAt.count(v))
