@@ -317,9 +317,21 @@ Value Emitter::at(ValueRange ivs) {
   return f(*this, [&](unsigned k) { return read(k, broadcastIdx(op->getOperand(k), ivs)); });
 }
 
+/// Whether a loop nest over `v`'s elements is worth splitting across
+/// threads: a fork and join costs about as much as a few thousand
+/// elementwise operations. Batch-dependent sizes count at a typical
+/// mini-batch of 64.
+bool worthThreads(Value v) {
+  auto t = cast<ShapedType>(v.getType());
+  int64_t n = 1;
+  for (int64_t d : t.getShape())
+    n *= ShapedType::isDynamic(d) ? 64 : d;
+  return n >= (1 << 15);
+}
+
 LogicalResult elementwise(Emitter &e) {
   e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(e.at(ivs), e.out[0], ivs); },
-          /*parallel=*/true);
+          worthThreads(e.op->getResult(0)));
   return success();
 }
 
@@ -503,7 +515,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         o.push_back(e.idx(0));
     }
     e.store(r, e.out[0], o);
-  }, /*parallel=*/true);
+  }, worthThreads(e.op->getOperand(0)));
   return success();
 }
 
