@@ -28,6 +28,7 @@
 
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/ToolOutputFile.h"
@@ -59,9 +60,10 @@ const std::vector<Command> &commands() {
        runCheck},
       {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
        "Compile a model and print one stage of its IR.",
-       {{"emit", "KIND", "Stage to print: ast|nn (later stages: grad|train|fused|"
-                         "loops|llvm|asm|cuda|ptx)"},
-        {"stats", nullptr, "Print op and parameter counts to stderr"},
+       {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm "
+                         "(cuda|ptx later)"},
+        {"stats", nullptr, "Print op and parameter counts to stderr; with fused|loops|llvm|asm "
+                           "also kernels, bytes moved and peak memory per step, fused and not"},
         {"locs", nullptr, "Print the source location of every op"},
         {"batch", "N", "Fix the batch size for --emit=loops|llvm|asm (default: any, given at run time)"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
@@ -240,6 +242,65 @@ int runCheck(const Args &args) {
   return kOk;
 }
 
+/// Totals of a kernel table (lowerToLoops' `nnc.kernels`) at a batch size.
+struct KernelTotals {
+  size_t kernels = 0;
+  double flops = 0, bytes = 0, peak = 0;
+};
+
+KernelTotals totals(mlir::ModuleOp loops, int64_t batch) {
+  KernelTotals t;
+  auto kernel = loops.lookupSymbol<mlir::func::FuncOp>("kernel");
+  auto at = [&](mlir::Attribute a) {
+    llvm::ArrayRef<int64_t> v = llvm::cast<mlir::DenseI64ArrayAttr>(a).asArrayRef();
+    return static_cast<double>(v[0]) * static_cast<double>(batch) + static_cast<double>(v[1]);
+  };
+  for (mlir::Attribute a : kernel->getAttrOfType<mlir::ArrayAttr>("nnc.kernels")) {
+    auto d = llvm::cast<mlir::DictionaryAttr>(a);
+    ++t.kernels;
+    t.flops += at(d.get("flops"));
+    t.bytes += at(d.get("bytes"));
+  }
+  llvm::ArrayRef<int64_t> slots = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.slots").asArrayRef();
+  for (size_t i = 0; i + 1 < slots.size(); i += 2)
+    t.peak += static_cast<double>(slots[i] * batch + slots[i + 1]);
+  return t;
+}
+
+/// --emit=fused: every kernel of the step with its members and their DSL
+/// locations, in execution order.
+void printKernels(mlir::ModuleOp loops, int64_t batch, llvm::raw_ostream &os) {
+  auto kernel = loops.lookupSymbol<mlir::func::FuncOp>("kernel");
+  os << "// kernels of the compiled step, in order (sizes at batch " << batch << ")\n";
+  for (auto [i, a] : llvm::enumerate(kernel->getAttrOfType<mlir::ArrayAttr>("nnc.kernels"))) {
+    auto d = llvm::cast<mlir::DictionaryAttr>(a);
+    llvm::ArrayRef<int64_t> bytes = llvm::cast<mlir::DenseI64ArrayAttr>(d.get("bytes")).asArrayRef();
+    auto members = llvm::cast<mlir::ArrayAttr>(d.get("members"));
+    std::string ops = llvm::cast<mlir::StringAttr>(d.get("ops")).getValue().str();
+    os << llvm::format("kernel %zu: %s (%zu op%s, %.1f KiB moved)\n", i, ops.c_str(), members.size(),
+                       members.size() == 1 ? "" : "s",
+                       (static_cast<double>(bytes[0]) * batch + static_cast<double>(bytes[1])) / 1024);
+    for (mlir::Attribute m : members)
+      os << "  " << llvm::cast<mlir::StringAttr>(m).getValue() << "\n";
+  }
+  KernelTotals t = totals(loops, batch);
+  os << llvm::format("// %zu kernels, %.1f KiB moved, %.1f KiB of intermediates at the peak\n",
+                     t.kernels, t.bytes / 1024, t.peak / 1024);
+}
+
+/// --stats for the compiled step: kernels, bytes moved (estimated from the
+/// shapes) and the memory plan's size, with and without fusion.
+void printFusionStats(mlir::ModuleOp fused, mlir::ModuleOp unfused, int64_t batch,
+                      llvm::raw_ostream &os) {
+  KernelTotals f = totals(fused, batch), u = totals(unfused, batch);
+  os << llvm::format("step at batch %lld: %zu kernels fused (%zu unfused, %.1fx fewer); "
+                     "%.1f KiB moved (%.1f unfused); peak intermediates %.1f KiB (%.1f unfused); "
+                     "%.3f MFLOP\n",
+                     static_cast<long long>(batch), f.kernels, u.kernels,
+                     f.kernels ? static_cast<double>(u.kernels) / static_cast<double>(f.kernels) : 0.0,
+                     f.bytes / 1024, u.bytes / 1024, f.peak / 1024, u.peak / 1024, f.flops / 1e6);
+}
+
 int runCompile(const Args &args) {
   const Command &c = command("compile");
   if (auto rc = needFile(c, args))
@@ -249,11 +310,11 @@ int runCompile(const Args &args) {
   llvm::StringRef(kEmitKinds).split(kinds, '|');
   if (!llvm::is_contained(kinds, emit))
     return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
-  bool host = emit == "loops" || emit == "llvm" || emit == "asm";
+  bool host = emit == "fused" || emit == "loops" || emit == "llvm" || emit == "asm";
   if (emit != "ast" && emit != "nn" && emit != "grad" && emit != "train" && !host) {
     llvm::errs() << "nnc: error: --emit=" << emit
-                 << " is not available yet; this version emits ast, nn, grad, train, loops, "
-                    "llvm and asm\n";
+                 << " is not available yet; this version emits ast, nn, grad, train, fused, "
+                    "loops, llvm and asm\n";
     return kUserError;
   }
   int64_t batch = 0;
@@ -302,8 +363,27 @@ int runCompile(const Args &args) {
       auto loops = cpu::buildLoops(fn, batch ? std::optional<int64_t>(batch) : std::nullopt);
       if (mlir::failed(loops))
         return kUserError;
+      // Sizes for the report: --batch, the train section's, or 64.
+      int64_t at = batch;
+      if (!at)
+        if (auto train = (*module)->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
+          if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
+            at = b.getInt();
+      at = at ? at : 64;
+      if (emit == "fused")
+        printKernels(**loops, at, os);
+      if (args.has("stats")) {
+        summarize(*module, llvm::errs()); // the model, before its IR is replaced
+        auto unfused = cpu::buildLoops(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+                                       /*fuse=*/false);
+        if (mlir::failed(unfused))
+          return kUserError;
+        printFusionStats(**loops, **unfused, at, llvm::errs());
+      }
       module = std::move(*loops);
-      if (emit != "loops") {
+      if (emit == "fused") {
+        // The report above is the output.
+      } else if (emit != "loops") {
         if (mlir::failed(cpu::lowerToLLVM(*module)))
           return kUserError;
         auto code = cpu::emitHostCode(*module, emit == "asm");
@@ -312,14 +392,14 @@ int runCompile(const Args &args) {
         os << *code;
       }
     }
-    if (!host || emit == "loops") {
+    if (!host || emit == "loops") { // (--emit=fused printed its report above)
       mlir::OpPrintingFlags flags;
       if (args.has("locs"))
         flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
       module->print(os, flags);
     }
   }
-  if (args.has("stats") && module)
+  if (args.has("stats") && module && !host)
     summarize(*module, llvm::errs());
   std::string out = args.get("o", "-");
   std::error_code ec;

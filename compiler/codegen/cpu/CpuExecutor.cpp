@@ -154,7 +154,7 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
 
 LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
-                            StringRef name, bool profile) {
+                            StringRef name, bool profile, bool fuse) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
@@ -168,12 +168,13 @@ LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, Modul
   auto scaling = batchScaling(clone);
   if (failed(scaling))
     return failure();
-  return lowerToLoops(clone, *scaling, target, name, profile);
+  return lowerToLoops(clone, *scaling, target, name, profile, fuse);
 }
 
-FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch) {
+FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch,
+                                                 bool fuse) {
   OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
-  if (failed(addLoops(fn, batch, *loops, "kernel")))
+  if (failed(addLoops(fn, batch, *loops, "kernel", false, fuse)))
     return failure();
   return loops;
 }

@@ -26,11 +26,12 @@ std::unique_ptr<ref::Executor> createExecutor();
 /// rng, workspace, batch)` over memrefs (what --emit=loops shows), for any
 /// batch size, or for `batch` alone when given.
 mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
-buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt);
+buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt, bool fuse = true);
 
 /// Adds the loops-level function of `fn` to `target` under `name`.
 mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
-                             mlir::ModuleOp target, llvm::StringRef name, bool profile = false);
+                             mlir::ModuleOp target, llvm::StringRef name, bool profile = false,
+                             bool fuse = true);
 
 } // namespace nnc::cpu
 

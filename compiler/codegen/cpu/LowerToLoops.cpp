@@ -1295,7 +1295,7 @@ static std::string where(Location loc) {
 }
 
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
-                                ModuleOp target, StringRef name, bool profile) {
+                                ModuleOp target, StringRef name, bool profile, bool fuse) {
   MLIRContext *ctx = fn.getContext();
   ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
                    vector::VectorDialect>();
@@ -1406,7 +1406,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   Operation *ret = fn.front().getTerminator();
   llvm::DenseSet<Operation *> fused;
   for (Operation &op : fn.front().without_terminator()) {
-    if (!scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1 ||
+    if (!fuse || !scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1 ||
         op.getResult(0).use_empty())
       continue;
     Operation *first = *op.getResult(0).getUsers().begin();
@@ -1431,7 +1431,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   for (auto [i, op] : llvm::enumerate(fn.front()))
     order[&op] = i;
   for (Operation &op : fn.front().without_terminator()) {
-    bool capable = isa<nnops::BatchNormOp>(op);
+    bool capable = fuse && isa<nnops::BatchNormOp>(op);
     if (!capable || op.getNumResults() != 1 || op.getResult(0).use_empty())
       continue;
     Operation *c = *op.getResult(0).getUsers().begin();
@@ -1601,6 +1601,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     // Members: the op and the producers fused into it, in program order.
     SmallVector<Operation *> members;
     std::function<void(Operation *)> collect = [&](Operation *o) {
+      if (llvm::is_contained(members, o))
+        return; // used twice by its consumer: listed once
       for (Value v : o->getOperands())
         if (Operation *d = v.getDefiningOp(); d && fused.contains(d))
           collect(d);
@@ -1610,8 +1612,11 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (Operation *c = epilogueOf.lookup(op))
       collect(c);
     std::string names;
-    for (Operation *m : members)
+    SmallVector<Attribute> locs;
+    for (Operation *m : members) {
       names += (names.empty() ? "" : "+") + m->getName().stripDialect().str();
+      locs.push_back(b.getStringAttr(m->getName().stripDialect() + " " + where(m->getLoc())));
+    }
     std::pair<int64_t, int64_t> flops{0, 0}, bytes{0, 0};
     auto add = [](std::pair<int64_t, int64_t> &acc, std::pair<int64_t, int64_t> x, int64_t k) {
       acc.first += x.first * k;
@@ -1648,6 +1653,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     kernels.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("ops", b.getStringAttr(names)),
          b.getNamedAttr("loc", b.getStringAttr(where(op->getLoc()))),
+         b.getNamedAttr("members", b.getArrayAttr(locs)),
          b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
@@ -1701,10 +1707,9 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       }
     }
     int64_t id = static_cast<int64_t>(kernels.size());
-    if (profile) {
-      describe(&op);
+    describe(&op);
+    if (profile)
       hook("nnc_profile_begin", id);
-    }
     if (failed(it->second(e)))
       return failure();
     if (profile)
@@ -1732,8 +1737,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   for (Slot &s : slots)
     plan.append({s.perBatch, s.fixed});
   lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
-  if (profile)
-    lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
+  lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
   // No two buffers overlap.
   for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
     if (isa<MemRefType>(lowered.getArgument(i).getType()))
