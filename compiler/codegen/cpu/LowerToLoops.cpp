@@ -1419,6 +1419,24 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (reduction || sameShape)
       fused.insert(&op);
   }
+  // Values with no work to fuse: a splat constant, or an element count, read
+  // only by ops that read their operands element by element (elementwise
+  // ops and reductions) is produced in place at each read: no buffer, no
+  // kernel.
+  auto readsByElement = [&](Operation *u) {
+    TypeID id = u->getName().getTypeID();
+    return scalars().count(id) || id == TypeID::get<nnops::ReduceSumOp>() ||
+           id == TypeID::get<nnops::ReduceMaxOp>();
+  };
+  llvm::DenseSet<Operation *> immediate;
+  for (Operation &op : fn.front().without_terminator()) {
+    auto c = dyn_cast<nnops::ConstantOp>(op);
+    bool splat = c && cast<DenseElementsAttr>(c.getValue()).isSplat();
+    if (fuse && (splat || isa<nnops::CountOp>(op)) && !op.getResult(0).use_empty() &&
+        llvm::all_of(op.getResult(0).getUsers(), readsByElement))
+      immediate.insert(&op);
+  }
+
   // Epilogues: an elementwise consumer (with its fused producers) of a
   // batch norm, the only user of its result, is computed as the batch norm
   // stores each element (its normalization loop vectorizes with it). Every
@@ -1562,6 +1580,26 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     for (Value v : op->getOperands()) {
       e.in.push_back(buffers.lookup(v));
       Operation *def = v.getDefiningOp();
+      if (def && immediate.contains(def)) {
+        Emitter *at = &e;
+        if (auto c = dyn_cast<nnops::ConstantOp>(def)) {
+          auto value = cast<TypedAttr>(cast<DenseElementsAttr>(c.getValue()).getSplatValue<Attribute>());
+          e.gen.emplace_back([at, value](ValueRange) -> Value {
+            return at->b.create<arith::ConstantOp>(at->loc, value);
+          });
+        } else {
+          ArrayRef<int64_t> axes = cast<nnops::CountOp>(def).getAxes();
+          Value counted = def->getOperand(0);
+          e.gen.emplace_back([at, axes, counted](ValueRange) {
+            Value n = at->idx(1);
+            for (int64_t i = 0; i < cast<ShapedType>(counted.getType()).getRank(); ++i)
+              if (axes.empty() || llvm::is_contained(axes, i))
+                n = at->mul(n, at->valueDim(counted, i));
+            return at->toF32(n);
+          });
+        }
+        continue;
+      }
       if (!def || !fused.contains(def)) {
         e.gen.emplace_back();
         continue;
@@ -1658,7 +1696,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
   for (Operation &op : fn.front().without_terminator()) {
-    if (fused.contains(&op) || absorbed.contains(&op))
+    if (fused.contains(&op) || absorbed.contains(&op) || immediate.contains(&op))
       continue;
     if (isa<nnops::ReshapeOp>(op)) {
       auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
