@@ -1403,21 +1403,38 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   // cheaper than a pass over memory), so the chain makes one pass over
   // memory. Ops of another shape are not fused into a broadcasting
   // consumer: that would repeat their work per broadcast element.
+  // Multi-output: a value the function also returns (once) fuses the same
+  // way, and its consumer's loop stores it into its result buffer as it
+  // goes (`stored`): an optimizer's new moments and the new weights they
+  // give come out of one pass.
   Operation *ret = fn.front().getTerminator();
-  llvm::DenseSet<Operation *> fused;
+  llvm::DenseSet<Operation *> fused, stored;
+  llvm::DenseMap<Operation *, Operation *> consumerOf;
   for (Operation &op : fn.front().without_terminator()) {
-    if (!fuse || !scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1 ||
-        op.getResult(0).use_empty())
+    if (!fuse || !scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1)
       continue;
-    Operation *first = *op.getResult(0).getUsers().begin();
-    if (llvm::any_of(op.getResult(0).getUsers(), [&](Operation *u) { return u != first; }))
+    Operation *user = nullptr;
+    bool returned = false, single = true;
+    for (Operation *u : op.getResult(0).getUsers()) {
+      if (u == ret)
+        returned = true;
+      else if (user && u != user)
+        single = false;
+      else
+        user = u;
+    }
+    if (!user || !single ||
+        (returned && llvm::count(ret->getOperands(), op.getResult(0)) != 1))
       continue;
-    Operation *user = *op.getResult(0).getUsers().begin();
     TypeID id = user->getName().getTypeID();
     bool reduction = id == TypeID::get<nnops::ReduceSumOp>() || id == TypeID::get<nnops::ReduceMaxOp>();
     bool sameShape = scalars().count(id) && user->getResult(0).getType() == op.getResult(0).getType();
-    if (reduction || sameShape)
-      fused.insert(&op);
+    if (!reduction && !sameShape)
+      continue;
+    fused.insert(&op);
+    consumerOf[&op] = user;
+    if (returned)
+      stored.insert(&op);
   }
   // Values with no work to fuse: a splat constant, or an element count, read
   // only by ops that read their operands element by element (elementwise
@@ -1480,7 +1497,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   // producers), or its producer's (epilogues).
   llvm::DenseMap<Operation *, Operation *> emitAt;
   for (Operation &op : llvm::reverse(fn.front()))
-    emitAt[&op] = fused.contains(&op) ? emitAt[*op.getResult(0).getUsers().begin()] : &op;
+    emitAt[&op] = fused.contains(&op) ? emitAt[consumerOf[&op]] : &op;
   for (auto &[p, c] : epilogueOf) {
     emitAt[c] = p;
     std::function<void(Operation *)> mark = [&](Operation *o) {
@@ -1607,7 +1624,16 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       producers.push_back(Emitter{b, def->getLoc(), def, {}, {}, {}, rng, batch, globals, target, name, &scaling});
       Emitter &p = producers.back();
       bind(p, def);
-      e.gen.emplace_back([&p](ValueRange ivs) { return p.at(ivs); });
+      if (stored.contains(def)) {
+        Value out = resultBuffers[returnedAt.lookup(def->getResult(0))];
+        e.gen.emplace_back([&p, out](ValueRange ivs) {
+          Value v = p.at(ivs);
+          p.store(v, out, ivs);
+          return v;
+        });
+      } else {
+        e.gen.emplace_back([&p](ValueRange ivs) { return p.at(ivs); });
+      }
     }
   };
   llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
