@@ -547,7 +547,9 @@ LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
   Value A = e.in[0], B = e.in[1], C = e.out[0];
-  Value M = e.dim(A, 0), K = e.dim(A, 1), N = e.dim(B, 1);
+  // A may be a transpose fused into the product (read through e.read).
+  Value M = e.valueDim(e.op->getOperand(0), 0), K = e.valueDim(e.op->getOperand(0), 1);
+  Value N = e.dim(B, 1);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value pad = e.f32(0);
   e.fill(C, e.f32(0));
@@ -576,7 +578,7 @@ LogicalResult matmul(Emitter &e) {
                                                        ArrayRef<bool>{inBounds}));
       SmallVector<Value> next;
       for (int64_t r = 0; r < rows; ++r) {
-        Value a = b.create<vector::BroadcastOp>(loc, vt, e.load(A, {rowIdx[r], kv}));
+        Value a = b.create<vector::BroadcastOp>(loc, vt, e.read(0, {rowIdx[r], kv}));
         for (int64_t v = 0; v < vectors; ++v)
           next.push_back(b.create<vector::FMAOp>(loc, a, row[v], k.getRegionIterArgs()[r * vectors + v]));
       }
@@ -1411,6 +1413,18 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   llvm::DenseSet<Operation *> fused, stored;
   llvm::DenseMap<Operation *, Operation *> consumerOf;
   for (Operation &op : fn.front().without_terminator()) {
+    // A transpose read by exactly one op, as the left operand of a matrix
+    // product: the product reads the transposed operand through the
+    // permutation instead (its left operand is read element by element).
+    if (fuse && isa<nnops::TransposeOp>(op) && op.getResult(0).hasOneUse()) {
+      OpOperand &use = *op.getResult(0).getUses().begin();
+      if (isa<nnops::MatmulOp>(use.getOwner()) && use.getOperandNumber() == 0 &&
+          llvm::count(use.getOwner()->getOperands(), op.getResult(0)) == 1) {
+        fused.insert(&op);
+        consumerOf[&op] = use.getOwner();
+      }
+      continue;
+    }
     if (!fuse || !scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1)
       continue;
     Operation *user = nullptr;
@@ -1624,7 +1638,15 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       producers.push_back(Emitter{b, def->getLoc(), def, {}, {}, {}, rng, batch, globals, target, name, &scaling});
       Emitter &p = producers.back();
       bind(p, def);
-      if (stored.contains(def)) {
+      if (auto t = dyn_cast<nnops::TransposeOp>(def)) {
+        ArrayRef<int64_t> perm = t.getPerm();
+        e.gen.emplace_back([&p, perm](ValueRange ivs) {
+          SmallVector<Value> src(perm.size());
+          for (size_t i = 0; i < perm.size(); ++i)
+            src[perm[i]] = ivs[i];
+          return p.read(0, src);
+        });
+      } else if (stored.contains(def)) {
         Value out = resultBuffers[returnedAt.lookup(def->getResult(0))];
         e.gen.emplace_back([&p, out](ValueRange ivs) {
           Value v = p.at(ivs);
@@ -1710,8 +1732,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         add(flops, elements(m->getOperand(0)), taps(m->getOperand(1)));
       } else if (isa<nnops::Conv2dGradWeightOp>(m)) {
         add(flops, elements(m->getOperand(1)), taps(m->getResult(0)));
-      } else {
-        add(flops, elements(m->getResult(0)), 1);
+      } else if (!isa<nnops::TransposeOp, nnops::ReshapeOp, nnops::BroadcastLikeOp>(m)) {
+        add(flops, elements(m->getResult(0)), 1); // one per element; data movement none
       }
     }
     kernels.push_back(b.getDictionaryAttr(
