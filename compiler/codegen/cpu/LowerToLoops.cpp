@@ -627,11 +627,19 @@ LogicalResult matmul(Emitter &e) {
   };
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
+  // Threads pay off from about a million multiply-adds (batch sizes counted
+  // as 64, as in worthThreads).
+  auto size = [](Value v, int64_t i) {
+    int64_t d = cast<ShapedType>(v.getType()).getDimSize(i);
+    return ShapedType::isDynamic(d) ? 64 : d;
+  };
+  Value a = e.op->getOperand(0), c = e.op->getOperand(1);
+  bool parallel = size(a, 0) * size(a, 1) * size(c, 1) >= (1 << 20);
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], e.idx(kGroup));
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
     columns(rb0, rb1, kRows);
-  }, /*parallel=*/true);
+  }, parallel);
   columns(e.mul(blocks, e.idx(kRows)), M, 1);
   return success();
 }
