@@ -1027,10 +1027,77 @@ LogicalResult maxPool(Emitter &e) {
   return success();
 }
 
+/// The 2x2, stride-2 max-pool gradient on whole rows of windows: two input
+/// rows of 32 columns are loaded as vectors and split into the four taps of
+/// 16 windows (even and odd columns), the first maximum of each window is
+/// chosen lane by lane, and the gradients are interleaved back into two
+/// output rows. Masked transfers cover ragged row ends.
+void maxPoolGrad2x2(Emitter &e) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value DY = e.in[0], X = e.in[1], DX = e.out[0];
+  ArrayRef<int64_t> out = shapeOf(DY), in = shapeOf(X);
+  auto wide = VectorType::get({2 * kLanes}, b.getF32Type());
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  SmallVector<int64_t> even, odd, interleave;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    even.push_back(2 * l);
+    odd.push_back(2 * l + 1);
+  }
+  for (int64_t l = 0; l < kLanes; ++l)
+    interleave.append({l, l + kLanes});
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value pad = e.f32(0);
+  e.loops(ArrayRef<Value>{e.dim(DY, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
+    Value n = iv[0], c = iv[1], i = iv[2];
+    Value h0 = e.mul(i, e.idx(2)), h1 = e.add(h0, e.idx(1));
+    for (int64_t j0 = 0; j0 < out[3]; j0 += kLanes) {
+      bool full = j0 + kLanes <= out[3] && 2 * (j0 + kLanes) <= in[3];
+      auto read = [&](Value h) {
+        return b.create<vector::TransferReadOp>(loc, wide, X, ValueRange{n, c, h, e.idx(2 * j0)}, pad,
+                                                ArrayRef<bool>{full});
+      };
+      Value r0 = read(h0), r1 = read(h1);
+      Value taps[4] = {b.create<vector::ShuffleOp>(loc, r0, r0, even), b.create<vector::ShuffleOp>(loc, r0, r0, odd),
+                       b.create<vector::ShuffleOp>(loc, r1, r1, even), b.create<vector::ShuffleOp>(loc, r1, r1, odd)};
+      Value m = b.create<arith::MaxNumFOp>(loc, b.create<arith::MaxNumFOp>(loc, taps[0], taps[1]),
+                                          b.create<arith::MaxNumFOp>(loc, taps[2], taps[3]));
+      Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, c, i, e.idx(j0)}, pad,
+                                                  ArrayRef<bool>{j0 + kLanes <= out[3]});
+      Value taken;
+      Value grads[4];
+      for (int t = 0; t < 4; ++t) {
+        Value eq = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, taps[t], m);
+        Value hit = taken ? b.create<arith::AndIOp>(
+                                loc, eq, b.create<arith::XOrIOp>(
+                                             loc, taken,
+                                             b.create<arith::ConstantOp>(
+                                                 loc, DenseElementsAttr::get(
+                                                          VectorType::get({kLanes}, b.getI1Type()), true))))
+                          : eq;
+        taken = taken ? b.create<arith::OrIOp>(loc, taken, eq).getResult() : eq;
+        grads[t] = b.create<arith::SelectOp>(loc, hit, dy, zero);
+      }
+      auto write = [&](Value a, Value c2, Value h) {
+        Value row = b.create<vector::ShuffleOp>(loc, a, c2, interleave);
+        b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)},
+                                          ArrayRef<bool>{full});
+      };
+      write(grads[0], grads[1], h0);
+      write(grads[2], grads[3], h1);
+    }
+  }, /*parallel=*/true);
+}
+
 LogicalResult maxPoolGrad(Emitter &e) {
   auto op = self<nnops::MaxPool2dGradOp>(e);
   ArrayRef<int64_t> k = op.getKernel(), st = op.getStride(), pad = op.getPadding();
   ArrayRef<int64_t> in = shapeOf(e.in[1]), out = shapeOf(e.in[0]);
+  if (k[0] == 2 && k[1] == 2 && st[0] == 2 && st[1] == 2 && pad[0] == 0 && pad[1] == 0 &&
+      in[2] == 2 * out[2] && in[3] == 2 * out[3]) {
+    maxPoolGrad2x2(e);
+    return success();
+  }
   if (k == st && pad[0] == 0 && pad[1] == 0) {
     // Windows that tile the input: every input element belongs to at most
     // one window, so each window writes its elements once (the gradient at
