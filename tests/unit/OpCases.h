@@ -80,6 +80,10 @@ inline std::vector<Case> cases() {
                                "  out = conv2d(x, w, padding=[1, 0])\n", img});
   v.push_back({"max_pool", "  out = max_pool2d(conv2d(x, 2, kernel=2), 2)\n", img});
   v.push_back({"max_pool_pad", "  out = max_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
+  // 2x2 windows tiling a wide input: rows of 35 windows (vector chunks of
+  // 16, 16 and a ragged 3).
+  v.push_back({"max_pool_wide", "  out = max_pool2d(conv2d(x, 2, kernel=1), 2)\n",
+               "  input x: f32[B, 2, 4, 70]\n"});
   v.push_back({"avg_pool", "  out = avg_pool2d(conv2d(x, 2, kernel=2), [2, 3], stride=1)\n", img});
   v.push_back({"avg_pool_pad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
   v.push_back({"avg_pool_nopad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1, "
