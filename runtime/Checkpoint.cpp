@@ -33,9 +33,15 @@ uint32_t crc32(const uint8_t *data, size_t size) {
   return c ^ 0xFFFFFFFFu;
 }
 
-static std::string quote(const std::string &s) {
+std::string jsonString(const std::string &s) {
   std::string out = "\"";
   for (char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(c));
+      out += buf;
+      continue;
+    }
     if (c == '"' || c == '\\')
       out += '\\';
     out += c;
@@ -51,7 +57,7 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
   size_t offset = 0;
   for (const HostTensor &t : tensors) {
     size_t bytes = t.data.size() * sizeof(float);
-    header << quote(t.name) << ":{\"dtype\":\"F32\",\"shape\":[";
+    header << jsonString(t.name) << ":{\"dtype\":\"F32\",\"shape\":[";
     for (size_t i = 0; i < t.shape.size(); ++i)
       header << (i ? "," : "") << t.shape[i];
     header << "],\"data_offsets\":[" << offset << "," << offset + bytes << "]},";
@@ -63,7 +69,7 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
   header << "\"__metadata__\":{";
   bool first = true;
   for (const auto &[k, v] : meta) {
-    header << (first ? "" : ",") << quote(k) << ":" << quote(v);
+    header << (first ? "" : ",") << jsonString(k) << ":" << jsonString(v);
     first = false;
   }
   header << "}}";

@@ -23,6 +23,10 @@ namespace nnc::rt {
 
 using Metadata = std::map<std::string, std::string>;
 
+/// `s` as a JSON string literal (quotes, backslashes and control characters
+/// escaped), as checkpoint headers and `nnc bench --format json` write it.
+std::string jsonString(const std::string &s);
+
 Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &tensors,
                       const Metadata &metadata);
 

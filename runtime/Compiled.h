@@ -60,9 +60,9 @@ struct ModelDesc {
 /// fixed bytes, per slot) in one block at `base` (64-byte aligned): their
 /// addresses go to `out`. Returns the bytes the block needs from `base`
 /// (call with a null `base` to size it). Consecutive slots are staggered by
-/// a few cache lines: slots of equal, page-multiple sizes would otherwise
-/// sit at the same offset within a 4 KiB page, and a loop reading one and
-/// writing another would stall on 4K aliasing in the store buffer.
+/// a few cache lines, a precaution against 4K aliasing between slots of
+/// equal, page-multiple sizes (a loop reading one and writing another at
+/// the same page offset); on the MNIST CNN it made no measurable difference.
 size_t placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
                   std::vector<void *> *out);
 

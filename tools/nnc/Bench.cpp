@@ -9,6 +9,7 @@
 
 #include "tools/nnc/Model.h"
 
+#include "runtime/Checkpoint.h"
 #include "runtime/Profile.h"
 #include "runtime/Random.h"
 
@@ -31,16 +32,6 @@ struct Row {
   double seconds = 0, flops = 0, bytes = 0; // per step
   int64_t calls = 0;
 };
-
-std::string jsonString(llvm::StringRef s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\')
-      out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
 
 } // namespace
 
@@ -131,13 +122,13 @@ int nnc::driver::runBench(const Args &args) {
   llvm::raw_ostream &os = llvm::outs();
   auto rate = [](double amount, double seconds) { return seconds > 0 ? amount / seconds / 1e9 : 0.0; };
   if (format == "json") {
-    os << "{\"model\": " << jsonString(m.model.getName()) << ", \"batch\": " << batch
+    os << "{\"model\": " << rt::jsonString(m.model.getName().str()) << ", \"batch\": " << batch
        << ", \"steps\": " << steps << ", \"compile_seconds\": " << llvm::format("%.4f", cpu.seconds)
        << ", \"step_seconds\": " << llvm::format("%.6g", wall) << ", \"kernels\": [";
     for (auto [k, i] : llvm::enumerate(order)) {
       const Row &r = rows[i];
-      os << (k ? ", " : "") << "{\"id\": " << i << ", \"ops\": " << jsonString(r.ops)
-         << ", \"loc\": " << jsonString(r.loc) << llvm::format(", \"seconds\": %.6g", r.seconds)
+      os << (k ? ", " : "") << "{\"id\": " << i << ", \"ops\": " << rt::jsonString(r.ops)
+         << ", \"loc\": " << rt::jsonString(r.loc) << llvm::format(", \"seconds\": %.6g", r.seconds)
          << llvm::format(", \"share\": %.4f", total > 0 ? r.seconds / total : 0.0)
          << llvm::format(", \"flops\": %.0f, \"bytes\": %.0f", r.flops, r.bytes)
          << llvm::format(", \"gflops_per_second\": %.3f, \"gbytes_per_second\": %.3f}",

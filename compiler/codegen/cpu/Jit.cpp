@@ -291,11 +291,14 @@ LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path) {
 cpu::JitModule::~JitModule() = default;
 
 LogicalResult cpu::JitModule::prepare(StringRef name) {
+  if (functions.count(name))
+    return success();
   auto fn = engine->lookupPacked(name);
   if (!fn) {
     llvm::consumeError(fn.takeError());
     return failure();
   }
+  functions[name] = *fn;
   return success();
 }
 
@@ -309,9 +312,9 @@ LogicalResult cpu::JitModule::call(StringRef name, ArrayRef<void *> buffers, int
   args.push_back(&batch);
   for (void *&p : slotStorage)
     args.push_back(&p);
-  if (llvm::Error err = engine->invokePacked(name, args)) {
-    llvm::consumeError(std::move(err));
+  // A symbol lookup per call would cost more than a small kernel.
+  if (failed(prepare(name)))
     return failure();
-  }
+  functions.lookup(name)(args.data());
   return success();
 }

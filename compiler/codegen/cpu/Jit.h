@@ -12,6 +12,8 @@
 
 #include "mlir/IR/BuiltinOps.h"
 
+#include "llvm/ADT/StringMap.h"
+
 #include <memory>
 #include <string>
 
@@ -50,6 +52,7 @@ public:
 private:
   JitModule() = default;
   std::unique_ptr<mlir::ExecutionEngine> engine;
+  llvm::StringMap<void (*)(void **)> functions; // looked up once each
 };
 
 } // namespace nnc::cpu

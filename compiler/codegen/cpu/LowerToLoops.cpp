@@ -319,13 +319,18 @@ Value Emitter::at(ValueRange ivs) {
 
 /// Whether a loop nest over `v`'s elements is worth splitting across
 /// threads: a fork and join costs about as much as a few thousand
-/// elementwise operations. Batch-dependent sizes count at a typical
-/// mini-batch of 64.
+/// elementwise operations.
+/// Size `i` of `v` for deciding about threads: batch-dependent sizes count
+/// at a typical mini-batch of 64.
+int64_t typicalDim(Value v, int64_t i) {
+  int64_t d = cast<ShapedType>(v.getType()).getDimSize(i);
+  return ShapedType::isDynamic(d) ? 64 : d;
+}
+
 bool worthThreads(Value v) {
-  auto t = cast<ShapedType>(v.getType());
   int64_t n = 1;
-  for (int64_t d : t.getShape())
-    n *= ShapedType::isDynamic(d) ? 64 : d;
+  for (int64_t i = 0; i < cast<ShapedType>(v.getType()).getRank(); ++i)
+    n *= typicalDim(v, i);
   return n >= (1 << 15);
 }
 
@@ -412,24 +417,6 @@ LogicalResult constant(Emitter &e) {
   }
   Value g = e.b.create<memref::GetGlobalOp>(e.loc, type, name);
   e.b.create<memref::CopyOp>(e.loc, g, e.out[0]);
-  return success();
-}
-
-/// Copies between buffers of the same element count in row-major order.
-LogicalResult reshape(Emitter &e) {
-  ArrayRef<int64_t> src = shapeOf(e.in[0]), dst = shapeOf(e.out[0]);
-  auto flat = [&](Value m, ArrayRef<int64_t> s) -> Value {
-    if (s.size() == 1)
-      return m;
-    if (s.empty())
-      return e.b.create<memref::ExpandShapeOp>(e.loc, MemRefType::get({1}, getElementTypeOrSelf(m.getType())),
-                                               m, ArrayRef<ReassociationIndices>{});
-    ReassociationIndices all;
-    for (size_t i = 0; i < s.size(); ++i)
-      all.push_back(i);
-    return e.b.create<memref::CollapseShapeOp>(e.loc, m, ArrayRef<ReassociationIndices>{all});
-  };
-  e.b.create<memref::CopyOp>(e.loc, flat(e.in[0], src), flat(e.out[0], dst));
   return success();
 }
 
@@ -546,7 +533,7 @@ constexpr int64_t kLanes = 16, kRows = 4, kVectors = 4, kDepth = 64, kGroup = 4;
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  Value A = e.in[0], B = e.in[1], C = e.out[0];
+  Value B = e.in[1], C = e.out[0];
   // A may be a transpose fused into the product (read through e.read).
   Value M = e.valueDim(e.op->getOperand(0), 0), K = e.valueDim(e.op->getOperand(0), 1);
   Value N = e.dim(B, 1);
@@ -627,14 +614,9 @@ LogicalResult matmul(Emitter &e) {
   };
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
-  // Threads pay off from about a million multiply-adds (batch sizes counted
-  // as 64, as in worthThreads).
-  auto size = [](Value v, int64_t i) {
-    int64_t d = cast<ShapedType>(v.getType()).getDimSize(i);
-    return ShapedType::isDynamic(d) ? 64 : d;
-  };
+  // Threads pay off from about a million multiply-adds.
   Value a = e.op->getOperand(0), c = e.op->getOperand(1);
-  bool parallel = size(a, 0) * size(a, 1) * size(c, 1) >= (1 << 20);
+  bool parallel = typicalDim(a, 0) * typicalDim(a, 1) * typicalDim(c, 1) >= (1 << 20);
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], e.idx(kGroup));
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
@@ -1331,7 +1313,6 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
     for (auto &[id, f] : scalars())
       t.insert({id, elementwise});
     add(entry<nnops::DropoutOp>(dropout));
-    add(entry<nnops::ReshapeOp>(reshape));
     add(entry<nnops::TransposeOp>(transpose));
     add(entry<nnops::SliceOp>(slice));
     add(entry<nnops::ConcatOp>(concat));
