@@ -62,10 +62,8 @@ int nnc::driver::runBench(const Args &args) {
   if (int rc = compileCpu(m, /*profile=*/true, cpu))
     return rc;
   rt::CompiledModel model(cpu.desc, 1, "cpu");
-  if (rt::Status s = model.initialize(); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = model.initialize(); !s)
+    return userError(s.message());
   // Synthetic inputs: uniform [0, 1) values, labels 0.
   std::vector<rt::HostTensor> inputs;
   uint64_t counter = 0;
@@ -79,10 +77,8 @@ int nnc::driver::runBench(const Args &args) {
   }
   double loss = 0;
   for (int64_t i = 0; i < warmup; ++i)
-    if (rt::Status s = model.step(inputs, loss); !s) {
-      llvm::errs() << "nnc: error: " << s.message() << "\n";
-      return kUserError;
-    }
+    if (rt::Status s = model.step(inputs, loss); !s)
+      return userError(s.message());
   rt::resetProfile();
   auto begin = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < steps; ++i)

@@ -105,11 +105,6 @@ std::string shim(func::FuncOp kernel, llvm::StringRef name) {
   return os.str();
 }
 
-int fail(const llvm::Twine &message) {
-  llvm::errs() << "nnc: error: " << message << "\n";
-  return kUserError;
-}
-
 } // namespace
 
 int nnc::driver::runBuild(const Args &args) {
@@ -118,7 +113,7 @@ int nnc::driver::runBuild(const Args &args) {
     return *rc;
   std::string target = args.get("target", "cpu");
   if (target == "cuda")
-    return fail("--target=cuda is not available in this version of nnc");
+    return userError("--target=cuda is not available in this version of nnc");
   if (target != "cpu" && target != "auto")
     return usageError("--target must be cpu, cuda or auto, got '" + target + "'", &c);
   std::optional<double> lr;
@@ -199,7 +194,7 @@ int nnc::driver::runBuild(const Args &args) {
     return kUserError;
   llvm::SmallString<128> dir;
   if (std::error_code ec = llvm::sys::fs::createUniqueDirectory("nnc-build", dir))
-    return fail("cannot create a scratch directory: " + ec.message());
+    return userError("cannot create a scratch directory: " + ec.message());
   auto cleanup = llvm::make_scope_exit([&] { llvm::sys::fs::remove_directories(dir); });
   std::string object = (dir + "/model.o").str(), source_ = (dir + "/main.cpp").str(),
               log = (dir + "/link.log").str();
@@ -209,7 +204,7 @@ int nnc::driver::runBuild(const Args &args) {
     std::ofstream f(source_);
     f << glue.str();
     if (!f)
-      return fail("cannot write '" + source_ + "'");
+      return userError("cannot write '" + source_ + "'");
   }
   llvm::SmallString<256> partial(output);
   partial += ".partial";
@@ -226,12 +221,12 @@ int nnc::driver::runBuild(const Args &args) {
     llvm::sys::fs::remove(partial);
     std::ifstream l(log);
     std::string text((std::istreambuf_iterator<char>(l)), std::istreambuf_iterator<char>());
-    return fail("linking '" + output + "' with " + NNC_CXX + " failed" +
+    return userError("linking '" + output + "' with " + NNC_CXX + " failed" +
                 (error.empty() ? "" : ": " + error) + (text.empty() ? "" : "\n" + text));
   }
   if (std::error_code ec = llvm::sys::fs::rename(partial, output)) {
     llvm::sys::fs::remove(partial);
-    return fail("cannot write '" + output + "': " + ec.message());
+    return userError("cannot write '" + output + "': " + ec.message());
   }
   llvm::outs() << "built " << output << ": trains model '" << name
                << "' (run it with --help for its options)\n";

@@ -61,6 +61,8 @@ struct Command {
 const Command &command(llvm::StringRef name);
 /// Prints "nnc: error: MSG" and a hint to --help; returns kUsageError.
 int usageError(const std::string &msg, const Command *c = nullptr);
+/// Prints "nnc: error: MSG" and returns kUserError (an error in the input).
+int userError(const llvm::Twine &msg);
 /// Checks that exactly one FILE was given.
 std::optional<int> needFile(const Command &c, const Args &args);
 

@@ -272,10 +272,8 @@ int restored(const Args &args, const Command &c, const Loaded &m, Backend &out) 
   if (int rc = makeBackend(args, c, m, 0, out))
     return rc;
   rt::Metadata meta;
-  if (rt::Status s = rt::restoreState(*out.model, args.get("checkpoint"), meta); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = rt::restoreState(*out.model, args.get("checkpoint"), meta); !s)
+    return userError(s.message());
   return kOk;
 }
 
@@ -329,10 +327,8 @@ int nnc::driver::runTrain(const Args &args) {
   if (int rc = dataSource(m, args, source))
     return rc;
   rt::BoundData data;
-  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), validation, o.seed, data); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), validation, o.seed, data); !s)
+    return userError(s.message());
   Backend backend;
   if (int rc = makeBackend(args, c, m, o.seed, backend))
     return rc;
@@ -356,19 +352,15 @@ int nnc::driver::runEval(const Args &args) {
   if (int rc = dataSource(m, args, source))
     return rc;
   rt::BoundData data;
-  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), 0, 0, data); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), 0, 0, data); !s)
+    return userError(s.message());
   Backend backend;
   if (int rc = restored(args, c, m, backend))
     return rc;
   const rt::Table &set = data.hasTest ? data.test : data.train;
   rt::Score score;
-  if (rt::Status s = rt::score(*backend.model, set, score); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = rt::score(*backend.model, set, score); !s)
+    return userError(s.message());
   llvm::outs() << llvm::format("%s: %lld samples, loss %.4f", data.hasTest ? "test" : "train",
                                static_cast<long long>(set.count), score.loss);
   if (score.hasAccuracy)
@@ -410,10 +402,8 @@ int nnc::driver::runPredict(const Args &args) {
   rt::Status s = rt::loadCsv(args.get("input"), raw);
   if (s)
     s = rt::bindInputs(raw, modelInputs(used), false, table);
-  if (!s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (!s)
+    return userError(s.message());
   Backend backend;
   if (int rc = restored(args, c, m, backend))
     return rc;
@@ -434,10 +424,8 @@ int nnc::driver::runPredict(const Args &args) {
   }
   std::vector<rt::HostTensor> res; // the outputs, loss excluded
   double lossValue = 0;
-  if (rt::Status s = backend.model->evaluate(inputs, res, lossValue); !s) {
-    llvm::errs() << "nnc: error: " << s.message() << "\n";
-    return kUserError;
-  }
+  if (rt::Status s = backend.model->evaluate(inputs, res, lossValue); !s)
+    return userError(s.message());
   std::string text;
   llvm::raw_string_ostream os(text);
   std::vector<unsigned> outs; // their results in the model function

@@ -454,6 +454,11 @@ int usageError(const std::string &msg, const Command *c) {
   return kUsageError;
 }
 
+int userError(const llvm::Twine &msg) {
+  llvm::errs() << "nnc: error: " << msg << "\n";
+  return kUserError;
+}
+
 std::optional<int> needFile(const Command &c, const Args &args) {
   if (args.positional.size() != 1)
     return usageError(args.positional.empty()
