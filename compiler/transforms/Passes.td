@@ -36,4 +36,16 @@ def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
   let dependentDialects = ["::nnc::nn::NNDialect"];
 }
 
+def Fuse : Pass<"nnc-fuse", "mlir::func::FuncOp"> {
+  let summary = "Group core ops into nn.kernel ops, the backends' units of code";
+  let description = [{
+    Applies the fusion policy of compiler/transforms/Fusion.cpp (documented
+    in docs/fusion.md) to a function of core ops (composites decomposed):
+    elementwise producers into their consumers, epilogues into batch norms
+    and reductions, adjacent independent elementwise kernels into one.
+    Every op that computes something ends up in exactly one `nn.kernel`.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
 #endif // NNC_TRANSFORMS_PASSES_TD

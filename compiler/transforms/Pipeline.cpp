@@ -27,6 +27,7 @@ void nnc::buildPipeline(OpPassManager &pm, Stage stage) {
 void nnc::registerPasses() {
   registerAutodiff();
   registerBuildTrainStep();
+  registerFuse();
   PassPipelineRegistration<>("nnc-training-pipeline",
                              "Autodiff and the training step, cleaned up",
                              [](OpPassManager &pm) { buildPipeline(pm, Stage::Train); });

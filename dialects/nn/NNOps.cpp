@@ -111,6 +111,19 @@ LogicalResult DropoutOp::verify() {
   return success();
 }
 
+bool nnc::nn::isElementwise(Operation *op) {
+  return isa<NegOp, ExpOp, LogOp, SqrtOp, AbsOp, SigmoidOp, TanhOp, ReluOp, SoftplusOp, StepOp,
+             IdentityOp, LeakyReluOp, AddOp, SubOp, MulOp, DivOp, PowOp, BroadcastLikeOp>(op);
+}
+
+LogicalResult KernelOp::verify() {
+  auto yield = cast<YieldOp>(getBody().front().getTerminator());
+  if (yield.getValues().getTypes() != getResultTypes())
+    return emitOpError("yields ") << yield.getValues().size()
+                                  << " values whose types differ from the kernel's results";
+  return success();
+}
+
 LogicalResult MatmulOp::inferReturnTypes(MLIRContext *,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,

@@ -29,6 +29,13 @@ inline constexpr llvm::StringLiteral kDims = "nn.dims";
 inline constexpr llvm::StringLiteral kModel = "nn.model";
 inline constexpr llvm::StringLiteral kTrain = "nn.train";
 } // namespace attr
+
+/// Whether every element of `op`'s result is a function of its operands'
+/// elements at the same (numpy-broadcast) index alone: the unary and binary
+/// math ops, the activations and `broadcast_like`. Backends compute such
+/// ops inside the loops of their consumers (see compiler/transforms/Fusion.h).
+bool isElementwise(mlir::Operation *op);
+
 } // namespace nnc::nn
 
 #endif // NNC_DIALECTS_NN_NNOPS_H

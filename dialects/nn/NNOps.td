@@ -627,4 +627,43 @@ def NN_MaxPool2dGradOp : NN_PoolGradOp<"max_pool2d_grad", "max">;
 def NN_AvgPool2dGradOp : NN_PoolGradOp<"avg_pool2d_grad", "average",
     (ins DefaultValuedAttr<BoolAttr, "true">:$count_include_pad)>;
 
+//===----------------------------------------------------------------------===//
+// Kernels: the fusion pass's groups
+//===----------------------------------------------------------------------===//
+
+def NN_KernelOp : NN_Op<"kernel", [RecursiveMemoryEffects,
+    SingleBlockImplicitTerminator<"YieldOp">]> {
+  let summary = "ops that a backend runs as one kernel";
+  let description = [{
+    The unit of code generation the fusion pass (compiler/transforms/
+    Fusion.cpp) forms: the ops of the region, in order, run as one kernel
+    (one loop nest or a few back to back on the CPU, one launch on a GPU).
+    Values the region yields are the kernel's results; values it reads
+    from above are its inputs. An op whose results are used only inside
+    the kernel is not written to memory: a backend computes it where it
+    is read. The region captures values from above (it is not isolated):
+    splat constants and element counts stay outside kernels, and every
+    kernel reads them as literals.
+
+    ```mlir
+    %y = nn.kernel -> tensor<?x10xf32> {
+      %s = nn.add %x, %b : tensor<?x10xf32>, tensor<10xf32>
+      %r = nn.relu %s : tensor<?x10xf32>
+      nn.yield %r : tensor<?x10xf32>
+    }
+    ```
+  }];
+  let results = (outs Variadic<NN_Tensor>:$results);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "(`->` type($results)^)? $body attr-dict";
+  let hasVerifier = 1;
+}
+
+def NN_YieldOp : NN_Op<"yield", [Pure, Terminator, HasParent<"KernelOp">]> {
+  let summary = "the results of a kernel";
+  let arguments = (ins Variadic<NN_Tensor>:$values);
+  let builders = [OpBuilder<(ins), [{ /* no values */ }]>];
+  let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+}
+
 #endif // NN_OPS_TD

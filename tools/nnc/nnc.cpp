@@ -370,8 +370,18 @@ int runCompile(const Args &args) {
           if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
             at = b.getInt();
       at = at ? at : 64;
-      if (emit == "fused")
+      if (emit == "fused") {
         printKernels(**loops, at, os);
+        // The fused graph both backends lower: nn.kernel ops in order.
+        auto fusedGraph = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+                                       /*fuse=*/true);
+        if (mlir::failed(fusedGraph))
+          return kUserError;
+        mlir::OpPrintingFlags flags;
+        if (args.has("locs"))
+          flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
+        (*fusedGraph)->print(os, flags);
+      }
       if (args.has("stats")) {
         summarize(*module, llvm::errs()); // the model, before its IR is replaced
         auto unfused = cpu::buildLoops(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,

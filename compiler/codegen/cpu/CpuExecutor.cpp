@@ -2,8 +2,8 @@
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/LowerToLoops.h"
 #include "compiler/codegen/cpu/Specialize.h"
+#include "compiler/transforms/Fusion.h"
 #include "runtime/Compiled.h"
 
 #include "mlir/Pass/PassManager.h"
@@ -153,8 +153,8 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 
 std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
 
-LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
-                            StringRef name, bool profile, bool fuse) {
+FailureOr<OwningOpRef<ModuleOp>> cpu::prepare(func::FuncOp fn, std::optional<int64_t> batch,
+                                              bool fuse, BatchScaling *scaling) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
@@ -165,10 +165,26 @@ LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, Modul
   pm.addPass(createCSEPass());
   if (failed(pm.run(*scratch)))
     return failure();
-  auto scaling = batchScaling(clone);
-  if (failed(scaling))
+  // Batch scaling relates the values of the flat function; the fusion pass
+  // moves ops into kernels without changing them.
+  auto s = batchScaling(clone);
+  if (failed(s))
     return failure();
-  return lowerToLoops(clone, *scaling, target, name, profile, fuse);
+  if (scaling)
+    *scaling = std::move(*s);
+  if (fuse)
+    fuseKernels(clone);
+  return scratch;
+}
+
+LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
+                            StringRef name, bool profile, bool fuse) {
+  BatchScaling scaling;
+  auto scratch = prepare(fn, batch, fuse, &scaling);
+  if (failed(scratch))
+    return failure();
+  auto clone = *(*scratch)->getOps<func::FuncOp>().begin();
+  return lowerToLoops(clone, scaling, target, name, profile, fuse);
 }
 
 FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch,

@@ -122,11 +122,13 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
   pm.addPass(createLowerAffinePass());
   pm.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
+  // Math first: what LLVM has no intrinsic for (tanh) becomes libm calls,
+  // lane by lane for vectors (epilogues), through vector ops lowered next.
+  pm.addPass(createConvertMathToLLVMPass());
+  pm.addPass(createConvertMathToLibmPass());
   pm.addPass(createConvertVectorToLLVMPass()); // register-blocked kernels
   pm.addPass(createFinalizeMemRefToLLVMConversionPass()); // before CF: alloca scopes
   pm.addPass(createConvertSCFToCFPass());
-  pm.addPass(createConvertMathToLLVMPass());
-  pm.addPass(createConvertMathToLibmPass()); // what LLVM has no intrinsic for (tanh)
   pm.addPass(createArithToLLVMConversionPass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
   ConvertFuncToLLVMPassOptions funcOptions;

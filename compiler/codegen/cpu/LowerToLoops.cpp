@@ -10,6 +10,7 @@
 #include "compiler/codegen/cpu/LowerToLoops.h"
 
 #include "compiler/reference/Evaluator.h"
+#include "compiler/transforms/Fusion.h"
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -56,13 +57,33 @@ struct Emitter {
   StringRef kernel;           // the function's name, prefix of its globals' names
   const cpu::BatchScaling *scaling;
 
+  /// Vector mode (an epilogue of a vectorized kernel): with `lanes` > 0,
+  /// element values are vectors of `lanes` consecutive elements along the
+  /// last axis, from the index given; literals are splats, and reads of
+  /// operands constant along that axis are broadcasts.
+  int64_t lanes = 0;
+
   Value idx(int64_t v) { return b.create<arith::ConstantIndexOp>(loc, v); }
-  Value f32(double v) { return b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v)); }
+  Value f32(double v) { return splat(b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v))); }
+  /// A scalar as an element value: itself, or its splat in vector mode.
+  Value splat(Value s) {
+    return lanes ? b.create<vector::BroadcastOp>(loc, VectorType::get({lanes}, s.getType()), s).getResult() : s;
+  }
   Value load(Value m, ValueRange ivs) { return b.create<memref::LoadOp>(loc, m, ivs); }
   /// Operand `k` at index `ivs` (in its own shape): loaded, or computed by
   /// its fused producer.
   Value read(unsigned k, ValueRange ivs) {
-    return k < gen.size() && gen[k] ? gen[k](ivs) : load(in[k], ivs);
+    if (k < gen.size() && gen[k])
+      return gen[k](ivs);
+    if (!lanes)
+      return load(in[k], ivs);
+    ArrayRef<int64_t> s = cast<ShapedType>(op->getOperand(k).getType()).getShape();
+    if (s.empty() || s.back() == 1)
+      return splat(load(in[k], ivs));
+    Type t = cast<MemRefType>(in[k].getType()).getElementType();
+    Value pad = b.create<arith::ConstantOp>(loc, b.getZeroAttr(t));
+    return b.create<vector::TransferReadOp>(loc, VectorType::get({lanes}, t), in[k], ivs, pad,
+                                            ArrayRef<bool>{false});
   }
   /// An elementwise op's value at output index `ivs`.
   Value at(ValueRange ivs);
@@ -76,7 +97,12 @@ struct Emitter {
     else
       store(v, out[0], ivs);
   }
-  void store(Value v, Value m, ValueRange ivs) { b.create<memref::StoreOp>(loc, v, m, ivs); }
+  void store(Value v, Value m, ValueRange ivs) {
+    if (isa<VectorType>(v.getType()))
+      b.create<vector::TransferWriteOp>(loc, v, m, ivs, ArrayRef<bool>{false});
+    else
+      b.create<memref::StoreOp>(loc, v, m, ivs);
+  }
 
   /// Size `i` of buffer `m`: a constant, or read from its descriptor when
   /// it depends on the batch size.
@@ -245,7 +271,7 @@ Scalar binary(std::function<Value(Emitter &, Value, Value)> ff,
               std::function<Value(Emitter &, Value, Value)> fi) {
   return [ff, fi](Emitter &e, function_ref<Value(unsigned)> operand) {
     Value a = operand(0), c = operand(1);
-    return isa<FloatType>(a.getType()) ? ff(e, a, c) : fi(e, a, c);
+    return isa<FloatType>(getElementTypeOrSelf(a.getType())) ? ff(e, a, c) : fi(e, a, c);
   };
 }
 
@@ -501,7 +527,7 @@ LogicalResult reduce(Emitter &e, bool max) {
       else if (keepdims)
         o.push_back(e.idx(0));
     }
-    e.store(r, e.out[0], o);
+    e.emit(r, o);
   }, worthThreads(e.op->getOperand(0)));
   return success();
 }
@@ -571,10 +597,26 @@ LogicalResult matmul(Emitter &e) {
       }
       b.create<scf::YieldOp>(loc, next);
     }
+    auto write = [&] {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t v = 0; v < vectors; ++v)
+          b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
+                                            ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
+    };
+    if (!e.epilogue) {
+      write();
+      return;
+    }
+    // The last depth block stores through the epilogue.
+    auto last = b.create<scf::IfOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k1, K),
+                                    /*withElseRegion=*/true);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&last.getThenRegion().front());
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t v = 0; v < vectors; ++v)
-        b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
-                                          ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
+        e.emit(k.getResult(r * vectors + v), {rowIdx[r], cols[v]});
+    b.setInsertionPointToStart(&last.getElseRegion().front());
+    write();
   };
   // Every column block, in depth blocks, for row blocks [rb0, rb1) of
   // `rows` rows each.
@@ -1355,6 +1397,8 @@ static std::string where(Location loc) {
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
                                 ModuleOp target, StringRef name, bool profile, bool fuse) {
   MLIRContext *ctx = fn.getContext();
+  // Kernels formed by the fusion pass, flattened (see below).
+  std::vector<SmallVector<Operation *>> groups = inlineKernels(fn);
   ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
                    vector::VectorDialect>();
   OpBuilder b(ctx);
@@ -1455,129 +1499,106 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       resultBuffers.push_back(buf);
   }
 
-  // Fusion: an elementwise op whose uses are all in one elementwise op of
-  // the same shape, or in one reduction, is not materialized; its consumer
-  // computes it in its own loops (through Emitter::gen; twice for `x * x`,
-  // cheaper than a pass over memory), so the chain makes one pass over
-  // memory. Ops of another shape are not fused into a broadcasting
-  // consumer: that would repeat their work per broadcast element.
-  // Multi-output: a value the function also returns (once) fuses the same
-  // way, and its consumer's loop stores it into its result buffer as it
-  // goes (`stored`): an optimizer's new moments and the new weights they
-  // give come out of one pass.
+  // The kernels: the nn.kernel groups of the fusion pass (compiler/
+  // transforms/Fusion.cpp decides; this lowering only follows), flattened
+  // here so that values keep their identity; any other op is a kernel of
+  // its own. Within a group, an op reads another member's value
+  //  - computed in place (`fused`, through Emitter::gen) when that member
+  //    is elementwise (or a transpose feeding a product's left operand)
+  //    and read by this op alone in the group: one element per element of
+  //    an elementwise op of the same shape, or each element once by a
+  //    reduction. A fused value also read outside the group is stored as
+  //    it is computed (`stored`: an optimizer's new moments);
+  //  - as it is stored (`epilogueOf`): the elementwise ops reading a batch
+  //    norm's or reduction's result run in its store loop;
+  //  - from memory otherwise (members run one after another).
   Operation *ret = fn.front().getTerminator();
-  llvm::DenseSet<Operation *> fused, stored;
-  llvm::DenseMap<Operation *, Operation *> consumerOf;
-  for (Operation &op : fn.front().without_terminator()) {
-    // A transpose read by exactly one op, as the left operand of a matrix
-    // product: the product reads the transposed operand through the
-    // permutation instead (its left operand is read element by element).
-    if (fuse && isa<nnops::TransposeOp>(op) && op.getResult(0).hasOneUse()) {
-      OpOperand &use = *op.getResult(0).getUses().begin();
-      if (isa<nnops::MatmulOp>(use.getOwner()) && use.getOperandNumber() == 0 &&
-          llvm::count(use.getOwner()->getOperands(), op.getResult(0)) == 1) {
-        fused.insert(&op);
-        consumerOf[&op] = use.getOwner();
-      }
-      continue;
+  llvm::DenseMap<Operation *, unsigned> groupOf;
+  for (auto [i, g] : llvm::enumerate(groups))
+    for (Operation *m : g)
+      groupOf[m] = i;
+  auto sameGroup = [&](Operation *a, Operation *b) {
+    auto ia = groupOf.find(a), ib = groupOf.find(b);
+    return ia != groupOf.end() && ib != groupOf.end() && ia->second == ib->second;
+  };
+  auto isReduction = [](Operation *op) { return isa<nnops::ReduceSumOp, nnops::ReduceMaxOp>(op); };
+  llvm::DenseSet<Operation *> fused, stored, absorbed;
+  llvm::DenseMap<Operation *, Operation *> consumerOf, epilogueOf;
+  for (SmallVector<Operation *> &g : groups) {
+    for (Operation *m : g) {
+      if (m->getNumResults() != 1)
+        continue;
+      Value r = m->getResult(0);
+      llvm::SmallPtrSet<Operation *, 2> inside;
+      bool outside = false;
+      for (Operation *u : r.getUsers())
+        sameGroup(m, u) ? (void)inside.insert(u) : (void)(outside = true);
+      if (inside.size() != 1)
+        continue;
+      Operation *u = *inside.begin();
+      bool producer = false;
+      if (isa<nnops::TransposeOp>(m))
+        producer = isa<nnops::MatmulOp>(u) && u->getOperand(0) == r && u->getOperand(1) != r;
+      else if (scalars().count(m->getName().getTypeID()) || (isa<nnops::OneHotOp>(m) && !outside))
+        producer = isReduction(u) ? u->getOperand(0) == r
+                                  : scalars().count(u->getName().getTypeID()) &&
+                                        u->getResult(0).getType() == r.getType();
+      if (!producer)
+        continue;
+      fused.insert(m);
+      consumerOf[m] = u;
+      if (outside)
+        stored.insert(m);
     }
-    if (!fuse || !scalars().count(op.getName().getTypeID()) || op.getNumResults() != 1)
-      continue;
-    Operation *user = nullptr;
-    bool returned = false, single = true;
-    for (Operation *u : op.getResult(0).getUsers()) {
-      if (u == ret)
-        returned = true;
-      else if (user && u != user)
-        single = false;
-      else
-        user = u;
+    for (Operation *m : g) {
+      if (fused.contains(m) || scalars().count(m->getName().getTypeID()) || m->getNumResults() != 1)
+        continue;
+      Value r = m->getResult(0);
+      if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
+        continue;
+      if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(m) && !isReduction(m))
+        return m->emitError("the CPU backend cannot run the consumers of '")
+               << m->getName() << "' in its store loop";
+      Operation *c = *r.getUsers().begin();
+      while (fused.contains(c))
+        c = consumerOf[c];
+      epilogueOf[m] = c;
+      absorbed.insert(c);
     }
-    if (!user || !single ||
-        (returned && llvm::count(ret->getOperands(), op.getResult(0)) != 1))
-      continue;
-    TypeID id = user->getName().getTypeID();
-    bool reduction = id == TypeID::get<nnops::ReduceSumOp>() || id == TypeID::get<nnops::ReduceMaxOp>();
-    bool sameShape = scalars().count(id) && user->getResult(0).getType() == op.getResult(0).getType();
-    if (!reduction && !sameShape)
-      continue;
-    fused.insert(&op);
-    consumerOf[&op] = user;
-    if (returned)
-      stored.insert(&op);
   }
-  // Values with no work to fuse: a splat constant, or an element count, read
-  // only by ops that read their operands element by element (elementwise
-  // ops and reductions) is produced in place at each read: no buffer, no
-  // kernel.
+  // Literals: a splat constant, or an element count, outside any kernel and
+  // read only element by element, is produced in place at each read.
   auto readsByElement = [&](Operation *u) {
-    TypeID id = u->getName().getTypeID();
-    return scalars().count(id) || id == TypeID::get<nnops::ReduceSumOp>() ||
-           id == TypeID::get<nnops::ReduceMaxOp>();
+    return scalars().count(u->getName().getTypeID()) || isReduction(u);
   };
   llvm::DenseSet<Operation *> immediate;
   for (Operation &op : fn.front().without_terminator()) {
     auto c = dyn_cast<nnops::ConstantOp>(op);
-    bool splat = c && cast<DenseElementsAttr>(c.getValue()).isSplat();
-    if (fuse && (splat || isa<nnops::CountOp>(op)) && !op.getResult(0).use_empty() &&
+    bool literal = (c && cast<DenseElementsAttr>(c.getValue()).isSplat()) || isa<nnops::CountOp>(op) ||
+                   (scalars().count(op.getName().getTypeID()) &&
+                    llvm::all_of(op.getOperands(), [&](Value v) {
+                      return v.getDefiningOp() && immediate.contains(v.getDefiningOp());
+                    }));
+    if (fuse && !groupOf.count(&op) && literal && !op.getResult(0).use_empty() &&
         llvm::all_of(op.getResult(0).getUsers(), readsByElement))
       immediate.insert(&op);
   }
-
-  // Epilogues: an elementwise consumer (with its fused producers) of a
-  // batch norm, the only user of its result, is computed as the batch norm
-  // stores each element (its normalization loop vectorizes with it). Every
-  // other value it reads must exist before the batch norm. (Pooling
-  // gradients store through scalar, branchy code: a consumer fused there ran
-  // slower than its own vectorized pass.)
-  llvm::DenseMap<Operation *, Operation *> epilogueOf; // producer -> consumer
-  llvm::DenseSet<Operation *> absorbed;
-  llvm::DenseMap<Operation *, unsigned> order;
-  for (auto [i, op] : llvm::enumerate(fn.front()))
-    order[&op] = i;
+  // The kernels in order (members of a group are contiguous after
+  // flattening); `kernelOf` gives each op's kernel.
+  std::vector<SmallVector<Operation *>> kernelList;
+  llvm::DenseMap<Operation *, unsigned> kernelOf;
   for (Operation &op : fn.front().without_terminator()) {
-    bool capable = fuse && isa<nnops::BatchNormOp>(op);
-    if (!capable || op.getNumResults() != 1 || op.getResult(0).use_empty())
+    if (isa<nnops::ReshapeOp>(op) || immediate.contains(&op))
       continue;
-    Operation *c = *op.getResult(0).getUsers().begin();
-    if (llvm::any_of(op.getResult(0).getUsers(), [&](Operation *u) { return u != c; }) ||
-        !scalars().count(c->getName().getTypeID()) || fused.contains(c) ||
-        c->getResult(0).getType() != op.getResult(0).getType())
+    auto it = groupOf.find(&op);
+    if (it == groupOf.end())
+      kernelList.push_back({&op});
+    else if (groups[it->second].front() == &op)
+      kernelList.push_back(groups[it->second]);
+    else
       continue;
-    // The leaves C reads besides the op's result: defined before the op.
-    bool ready = true;
-    std::function<void(Operation *)> check = [&](Operation *o) {
-      for (Value v : o->getOperands()) {
-        if (v == op.getResult(0))
-          continue;
-        Operation *d = v.getDefiningOp();
-        if (d && fused.contains(d))
-          check(d);
-        else if (d && order[d] > order[&op])
-          ready = false;
-      }
-    };
-    check(c);
-    if (!ready || llvm::is_contained(ret->getOperands(), op.getResult(0)))
-      continue;
-    epilogueOf[&op] = c;
-    absorbed.insert(c);
-  }
-  // Where each op's work happens: its own place, or its consumer's (fused
-  // producers), or its producer's (epilogues).
-  llvm::DenseMap<Operation *, Operation *> emitAt;
-  for (Operation &op : llvm::reverse(fn.front()))
-    emitAt[&op] = fused.contains(&op) ? emitAt[consumerOf[&op]] : &op;
-  for (auto &[p, c] : epilogueOf) {
-    emitAt[c] = p;
-    std::function<void(Operation *)> mark = [&](Operation *o) {
-      for (Value v : o->getOperands())
-        if (Operation *d = v.getDefiningOp(); d && fused.contains(d)) {
-          emitAt[d] = p;
-          mark(d);
-        }
-    };
-    mark(c);
+    for (Operation *m : kernelList.back())
+      kernelOf[m] = kernelList.size() - 1;
   }
 
   // A reshape is a view of its input's buffer: values share the buffer of
@@ -1593,19 +1614,21 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
 
   // The static memory plan: every intermediate lives in a slot, a buffer
   // the caller provides (an argument after the batch size) of
-  // `perBatch * batch + fixed` bytes. A slot is free again after the last
-  // use of its value (and of the views of it), and serves the next value
-  // that fits, so memory follows liveness and no call allocates. Slots are
-  // separate arguments, not offsets in one block, so that LLVM knows they do
-  // not alias. A value the function returns is computed into its result
-  // buffer directly.
-  llvm::DenseMap<Operation *, unsigned> position;
-  for (auto [i, op] : llvm::enumerate(fn.front()))
-    position[&op] = i;
+  // `perBatch * batch + fixed` bytes. A slot is free again after the
+  // kernel that reads its value (or a view of it) last, and serves the next
+  // value that fits, so memory follows liveness and no call allocates.
+  // Slots are separate arguments, not offsets in one block, so that LLVM
+  // knows they do not alias. A value the function returns is computed into
+  // its result buffer directly.
   llvm::DenseMap<Value, unsigned> lastUse;
-  for (Operation &op : fn.front())
+  for (Operation &op : fn.front()) {
+    auto k = kernelOf.find(&op);
+    if (&op != ret && k == kernelOf.end())
+      continue; // views and literals hold nothing
+    unsigned at = &op == ret ? kernelList.size() : k->second;
     for (Value v : op.getOperands())
-      lastUse[root(v)] = std::max(lastUse.lookup(root(v)), position[emitAt.lookup(&op) ? emitAt[&op] : &op]);
+      lastUse[root(v)] = std::max(lastUse.lookup(root(v)), at);
+  }
   llvm::DenseMap<Value, unsigned> returnedAt; // values returned once
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
@@ -1633,6 +1656,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     slotOf[r] = best;
     return viewOf(r, slots[best].arg, b.create<arith::ConstantIndexOp>(loc, 0),
                   affine(slots[best].perBatch, slots[best].fixed));
+  };
+  // The buffer a computed value is stored into.
+  auto outputFor = [&](Value r) -> FailureOr<Value> {
+    auto direct = returnedAt.find(r);
+    if (direct != returnedAt.end())
+      return resultBuffers[direct->second];
+    return bufferFor(r);
   };
   // `src` seen with the shape of `v` (same elements, row-major).
   auto reshaped = [&](Value src, Value v) -> FailureOr<Value> {
@@ -1663,17 +1693,33 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   // Emitters of fused ops, kept alive while their consumers are emitted.
   std::deque<Emitter> producers;
   unsigned globals = 0;
-  std::function<void(Emitter &, Operation *)> bind = [&](Emitter &e, Operation *op) {
+  // While an epilogue is emitted: the op whose value it receives, and that
+  // value at the current element.
+  Operation *epilogueSource = nullptr;
+  Value epilogueValue;
+  std::function<LogicalResult(Emitter &, Operation *)> bind = [&](Emitter &e, Operation *op) -> LogicalResult {
     for (Value v : op->getOperands()) {
       e.in.push_back(buffers.lookup(v));
       Operation *def = v.getDefiningOp();
+      if (def && def == epilogueSource) {
+        e.gen.emplace_back([&epilogueValue](ValueRange) { return epilogueValue; });
+        continue;
+      }
       if (def && immediate.contains(def)) {
         Emitter *at = &e;
         if (auto c = dyn_cast<nnops::ConstantOp>(def)) {
           auto value = cast<TypedAttr>(cast<DenseElementsAttr>(c.getValue()).getSplatValue<Attribute>());
           e.gen.emplace_back([at, value](ValueRange) -> Value {
-            return at->b.create<arith::ConstantOp>(at->loc, value);
+            return at->splat(at->b.create<arith::ConstantOp>(at->loc, value));
           });
+        } else if (!isa<nnops::CountOp>(def)) {
+          // Math on literals, at every read.
+          producers.push_back(Emitter{b, def->getLoc(), def, {}, {}, {}, rng, batch, globals, target, name, &scaling});
+          Emitter &p = producers.back();
+          p.lanes = e.lanes;
+          if (failed(bind(p, def)))
+            return failure();
+          e.gen.emplace_back([&p](ValueRange ivs) { return p.at(ivs); });
         } else {
           ArrayRef<int64_t> axes = cast<nnops::CountOp>(def).getAxes();
           Value counted = def->getOperand(0);
@@ -1682,18 +1728,20 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
             for (int64_t i = 0; i < cast<ShapedType>(counted.getType()).getRank(); ++i)
               if (axes.empty() || llvm::is_contained(axes, i))
                 n = at->mul(n, at->valueDim(counted, i));
-            return at->toF32(n);
+            return at->splat(at->toF32(n));
           });
         }
         continue;
       }
-      if (!def || !fused.contains(def)) {
+      if (!def || !fused.contains(def) || consumerOf.lookup(def) != op) {
         e.gen.emplace_back();
         continue;
       }
       producers.push_back(Emitter{b, def->getLoc(), def, {}, {}, {}, rng, batch, globals, target, name, &scaling});
       Emitter &p = producers.back();
-      bind(p, def);
+      p.lanes = e.lanes;
+      if (failed(bind(p, def)))
+        return failure();
       if (auto t = dyn_cast<nnops::TransposeOp>(def)) {
         ArrayRef<int64_t> perm = t.getPerm();
         e.gen.emplace_back([&p, perm](ValueRange ivs) {
@@ -1702,17 +1750,30 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
             src[perm[i]] = ivs[i];
           return p.read(0, src);
         });
+      } else if (isa<nnops::OneHotOp>(def)) {
+        // 1 where the index along the last axis is the label.
+        e.gen.emplace_back([&p](ValueRange ivs) {
+          Value label = p.read(0, ivs.drop_back());
+          Value j = p.b.create<arith::IndexCastOp>(p.loc, label.getType(), ivs.back());
+          Value hit = p.b.create<arith::CmpIOp>(p.loc, arith::CmpIPredicate::eq, label, j);
+          return select(p, hit, p.f32(1), p.f32(0));
+        });
       } else if (stored.contains(def)) {
-        Value out = resultBuffers[returnedAt.lookup(def->getResult(0))];
-        e.gen.emplace_back([&p, out](ValueRange ivs) {
+        auto out = outputFor(def->getResult(0));
+        if (failed(out))
+          return failure();
+        buffers[def->getResult(0)] = *out;
+        Value to = *out;
+        e.gen.emplace_back([&p, to](ValueRange ivs) {
           Value v = p.at(ivs);
-          p.store(v, out, ivs);
+          p.store(v, to, ivs);
           return v;
         });
       } else {
         e.gen.emplace_back([&p](ValueRange ivs) { return p.at(ivs); });
       }
     }
+    return success();
   };
   llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
   for (auto &[v, at] : lastUse)
@@ -1739,20 +1800,10 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     Value idv = b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(id));
     b.create<func::CallOp>(loc, fnName, TypeRange{}, ValueRange{idv});
   };
-  auto describe = [&](Operation *op) {
-    // Members: the op and the producers fused into it, in program order.
-    SmallVector<Operation *> members;
-    std::function<void(Operation *)> collect = [&](Operation *o) {
-      if (llvm::is_contained(members, o))
-        return; // used twice by its consumer: listed once
-      for (Value v : o->getOperands())
-        if (Operation *d = v.getDefiningOp(); d && fused.contains(d))
-          collect(d);
-      members.push_back(o);
-    };
-    collect(op);
-    if (Operation *c = epilogueOf.lookup(op))
-      collect(c);
+  // A kernel's members, where it comes from, its floating-point operations
+  // and the bytes it reads and writes (values from and to other kernels).
+  auto describe = [&](ArrayRef<Operation *> members, Operation *main) {
+    llvm::DenseSet<Operation *> in(members.begin(), members.end());
     std::string names;
     SmallVector<Attribute> locs;
     for (Operation *m : members) {
@@ -1764,12 +1815,15 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       acc.first += x.first * k;
       acc.second += x.second * k;
     };
+    llvm::DenseSet<Value> counted;
     for (Operation *m : members) {
-      for (Value v : m->getOperands())
-        if (Operation *d = v.getDefiningOp(); !d || !fused.contains(d))
+      for (Value v : m->getOperands()) {
+        Operation *d = v.getDefiningOp();
+        if ((!d || (!in.contains(d) && !immediate.contains(d))) && counted.insert(v).second)
           add(bytes, elements(v), 4);
-      if (m == op)
-        for (Value r : op->getResults())
+      }
+      for (Value r : m->getResults())
+        if (llvm::any_of(r.getUsers(), [&](Operation *u) { return !in.contains(u); }))
           add(bytes, elements(r), 4);
       auto taps = [&](Value w) {
         ArrayRef<int64_t> s = cast<RankedTensorType>(w.getType()).getShape();
@@ -1794,33 +1848,20 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     }
     kernels.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("ops", b.getStringAttr(names)),
-         b.getNamedAttr("loc", b.getStringAttr(where(op->getLoc()))),
+         b.getNamedAttr("loc", b.getStringAttr(where(main->getLoc()))),
          b.getNamedAttr("members", b.getArrayAttr(locs)),
          b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
-  for (Operation &op : fn.front().without_terminator()) {
-    if (fused.contains(&op) || absorbed.contains(&op) || immediate.contains(&op))
-      continue;
-    if (isa<nnops::ReshapeOp>(op)) {
-      auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
-      if (failed(view))
-        return failure();
-      buffers[op.getResult(0)] = *view;
-      continue;
-    }
-    auto it = lowerings().find(op.getName().getTypeID());
+  // One op of a kernel, with its fused producers and its epilogue.
+  auto lowerOne = [&](Operation *op) -> LogicalResult {
+    auto it = lowerings().find(op->getName().getTypeID());
     if (it == lowerings().end())
-      return op.emitError("the CPU backend cannot lower '") << op.getName() << "'";
-    Emitter e{b, op.getLoc(), &op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
-    bind(e, &op);
-    auto outputFor = [&](Value r) -> FailureOr<Value> {
-      auto direct = returnedAt.find(r);
-      if (direct != returnedAt.end())
-        return resultBuffers[direct->second];
-      return bufferFor(r);
-    };
-    if (Operation *c = epilogueOf.lookup(&op)) {
+      return op->emitError("the CPU backend cannot lower '") << op->getName() << "'";
+    Emitter e{b, op->getLoc(), op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
+    if (failed(bind(e, op)))
+      return failure();
+    if (Operation *c = epilogueOf.lookup(op)) {
       // The consumer's buffer takes the stores; the op's own result gets none.
       Value r = c->getResult(0);
       auto buf = outputFor(r);
@@ -1829,18 +1870,27 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       buffers[r] = *buf;
       producers.push_back(Emitter{b, c->getLoc(), c, {}, {}, {}, rng, batch, globals, target, name, &scaling});
       Emitter &ce = producers.back();
-      bind(ce, c);
-      Value self = op.getResult(0), out = *buf;
-      e.out.push_back(Value());
-      e.epilogue = [&ce, c, self, out](Value v, ValueRange ivs) {
-        const Scalar &f = scalars().find(c->getName().getTypeID())->second;
-        Value r = f(ce, [&](unsigned k) {
-          return c->getOperand(k) == self ? v : ce.read(k, ce.broadcastIdx(c->getOperand(k), ivs));
-        });
-        ce.store(r, out, ivs);
+      if (isa<nnops::MatmulOp>(op)) {
+        // The product accumulates in its own buffer; the epilogue, applied
+        // to whole vectors of a row, stores the last depth block.
+        ce.lanes = kLanes;
+        auto acc = outputFor(op->getResult(0));
+        if (failed(acc))
+          return failure();
+        buffers[op->getResult(0)] = *acc;
+      }
+      epilogueSource = op;
+      if (failed(bind(ce, c)))
+        return failure();
+      epilogueSource = nullptr;
+      Value out = *buf;
+      e.out.push_back(buffers.lookup(op->getResult(0)));
+      e.epilogue = [&ce, &epilogueValue, out](Value v, ValueRange ivs) {
+        epilogueValue = v;
+        ce.store(ce.at(ivs), out, ivs);
       };
     } else {
-      for (Value r : op.getResults()) {
+      for (Value r : op->getResults()) {
         auto buf = outputFor(r);
         if (failed(buf))
           return failure();
@@ -1848,26 +1898,41 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         buffers[r] = e.out.back();
       }
     }
+    LogicalResult done = it->second(e);
+    producers.clear();
+    return done;
+  };
+  for (Operation &op : fn.front().without_terminator()) {
+    if (isa<nnops::ReshapeOp>(op)) {
+      auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
+      if (failed(view))
+        return failure();
+      buffers[op.getResult(0)] = *view;
+      continue;
+    }
+    auto k = kernelOf.find(&op);
+    if (k == kernelOf.end() || kernelList[k->second].front() != &op)
+      continue; // a literal, or a member of a kernel already emitted
+    ArrayRef<Operation *> members = kernelList[k->second];
+    auto isRoot = [&](Operation *m) { return !fused.contains(m) && !absorbed.contains(m); };
     int64_t id = static_cast<int64_t>(kernels.size());
-    describe(&op);
+    describe(members, *llvm::find_if(members, isRoot));
     if (profile)
       hook("nnc_profile_begin", id);
-    if (failed(it->second(e)))
-      return failure();
+    for (Operation *m : members)
+      if (isRoot(m) && failed(lowerOne(m)))
+        return failure();
     if (profile)
       hook("nnc_profile_end", id);
-    producers.clear();
-    // Values used for the last time free their slots; so do results that
-    // are never used (a dropout mask in evaluation).
-    for (Value v : releaseAt.lookup(position[&op]))
+    // Values read for the last time free their slots; so do results that
+    // are never read (a dropout mask in evaluation).
+    for (Value v : releaseAt.lookup(k->second))
       if (slotOf.count(v))
         slots[slotOf[v]].free = true;
-    for (Value r : op.getResults())
-      if (r.use_empty() && slotOf.count(r))
-        slots[slotOf[r]].free = true;
-    if (Operation *c = epilogueOf.lookup(&op))
-      if (c->getResult(0).use_empty() && slotOf.count(c->getResult(0)))
-        slots[slotOf[c->getResult(0)]].free = true;
+    for (Operation *m : members)
+      for (Value r : m->getResults())
+        if (r.use_empty() && slotOf.count(r))
+          slots[slotOf[r]].free = true;
   }
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     if (!returnedAt.count(v))

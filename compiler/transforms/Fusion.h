@@ -1,0 +1,29 @@
+//===- Fusion.h - grouping core ops into kernels ----------------*- C++ -*-===//
+//
+// The fusion policy, in one place for every backend: which ops of a
+// decomposed function run together as one kernel. The groups are written
+// into the IR as `nn.kernel` ops (see docs/fusion.md for the rules).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_COMPILER_TRANSFORMS_FUSION_H
+#define NNC_COMPILER_TRANSFORMS_FUSION_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+
+namespace nnc {
+
+/// Groups the ops of `fn` (a single block of core nn ops) into `nn.kernel`
+/// ops. Every op that computes something lands in exactly one kernel;
+/// reshapes (views), splat constants and element counts (literals) stay
+/// outside. Kernels appear in the order they run.
+void fuseKernels(mlir::func::FuncOp fn);
+
+/// Replaces every `nn.kernel` of `fn` by its ops, in place, and returns the
+/// groups (each kernel's ops in order, kernels in order). Values keep their
+/// identity: a kernel's results are replaced by the values it yielded.
+std::vector<llvm::SmallVector<mlir::Operation *>> inlineKernels(mlir::func::FuncOp fn);
+
+} // namespace nnc
+
+#endif // NNC_COMPILER_TRANSFORMS_FUSION_H
