@@ -59,7 +59,7 @@ int nnc::driver::runBench(const Args &args) {
   if (batch == 0)
     batch = m.setting("batch", 32);
   CpuCode cpu;
-  if (int rc = compileCpu(m, /*profile=*/true, cpu))
+  if (int rc = compileCpu(m, /*profile=*/true, cpu, /*fuse=*/!args.has("no-fusion")))
     return rc;
   rt::CompiledModel model(cpu.desc, 1, "cpu");
   if (rt::Status s = model.initialize(); !s)

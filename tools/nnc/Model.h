@@ -64,8 +64,9 @@ struct CpuCode {
   mlir::ArrayAttr kernels; // the training step's, when profiled (lowerToLoops)
 };
 
-/// Compiles `m` for the CPU; `profile` adds per-kernel timers.
-int compileCpu(const Loaded &m, bool profile, CpuCode &out);
+/// Compiles `m` for the CPU; `profile` adds per-kernel timers; without
+/// `fuse` every op is a kernel of its own.
+int compileCpu(const Loaded &m, bool profile, CpuCode &out, bool fuse = true);
 
 /// The data named by --data or the train section (paths in a model file
 /// are relative to the file).

@@ -124,10 +124,10 @@ int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &o
   return kOk;
 }
 
-int nnc::driver::compileCpu(const Loaded &m, bool profile, CpuCode &out) {
+int nnc::driver::compileCpu(const Loaded &m, bool profile, CpuCode &out, bool fuse) {
   auto begin = std::chrono::steady_clock::now();
   out.code = ModuleOp::create(m.model.getLoc());
-  auto desc = cpu::compileModel(*m.module, m.model.getName(), *out.code, profile);
+  auto desc = cpu::compileModel(*m.module, m.model.getName(), *out.code, profile, fuse);
   if (failed(desc))
     return kUserError;
   out.desc = std::move(*desc);

@@ -116,7 +116,8 @@ const std::vector<Command> &commands() {
         {"steps", "N", "Steps timed (default 20)"},
         {"warmup", "N", "Steps run first, untimed (default 3)"},
         {"threads", "N", "Worker threads (default: every core)"},
-        {"format", "F", "table (default), json or csv"}},
+        {"format", "F", "table (default), json or csv"},
+        {"no-fusion", nullptr, "Every op a kernel of its own (to measure what fusion gains)"}},
        runBench},
   };
   return table;

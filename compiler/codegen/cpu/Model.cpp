@@ -39,13 +39,13 @@ static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel
 }
 
 FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code,
-                                           bool profile) {
+                                           bool profile, bool fuse) {
   auto model = module.lookupSymbol<func::FuncOp>(name);
   auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
   if (!model || !step)
     return module.emitError("no model '") << name << "' with a training step";
-  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile)) ||
-      failed(addLoops(model, std::nullopt, code, kModelKernel, profile)))
+  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile, fuse)) ||
+      failed(addLoops(model, std::nullopt, code, kModelKernel, profile, fuse)))
     return failure();
   rt::ModelDesc m;
   m.name = name.str();

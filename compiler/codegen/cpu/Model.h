@@ -24,9 +24,11 @@ inline constexpr const char *kModelKernel = "nnc_model";
 /// Lowers `@model` and `@model_train_step` of `module` (the training
 /// pipeline's output) into `code` and describes them; the kernels (`call`)
 /// and train settings are left for the caller.
-/// With `profile`, the kernels report their times (see lowerToLoops).
+/// With `profile`, the kernels report their times (see lowerToLoops);
+/// without `fuse`, every op is a kernel of its own (for comparisons).
 mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringRef model,
-                                            mlir::ModuleOp code, bool profile = false);
+                                            mlir::ModuleOp code, bool profile = false,
+                                            bool fuse = true);
 
 } // namespace nnc::cpu
 
