@@ -65,10 +65,10 @@ void expectClose(const Tensor &a, const Tensor &b, const std::string &what, doub
 
 /// Compares the backends on the gradient function, then on one training step
 /// and an evaluation after it.
-void compareBackends(const std::string &source, int64_t batch) {
+void compareBackends(const std::string &source, int64_t batch, bool fuse = true) {
   test::Compiled m(source, Stage::Train);
   ASSERT_TRUE(m.module) << m.firstError();
-  auto cpuExec = std::shared_ptr<ref::Executor>(cpu::createExecutor());
+  auto cpuExec = std::shared_ptr<ref::Executor>(cpu::createExecutor(fuse));
   auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
   auto cpu = ref::Trainer::create(*m.module, 3, cpuExec);
   auto ref = ref::Trainer::create(*m.module, 3, refExec);
@@ -134,6 +134,13 @@ INSTANTIATE_TEST_SUITE_P(Examples, CpuExample,
                          ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
                                            "mnist_cnn", "lenet5", "mnist_autoencoder",
                                            "weight_norm", "vgg_small"));
+
+/// The same without fusion: every op a kernel of its own.
+TEST_P(CpuExample, UnfusedTrainingStepMatchesReference) {
+  std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");
+  ASSERT_FALSE(src.empty());
+  compareBackends(src, 5, /*fuse=*/false);
+}
 
 /// Batch size 1, for the examples without batch statistics (one sample has
 /// none worth comparing).

@@ -71,6 +71,12 @@ inline std::vector<Case> cases() {
   v.push_back({"fan_out", "  param w: f32[4, 4] = normal(std=0.5)\n  h = x @ w\n"
                           "  out = h * h + sigmoid(h) - h @ w\n"});
   v.push_back({"dense_layers", "  h = tanh(dense(x, 5))\n  out = dense(h, 2)\n"});
+  // Products with activation epilogues (vector form): 70 inputs (two depth
+  // blocks of the product), ragged widths of 20 and 70 columns.
+  v.push_back({"dense_epilogues",
+               "  h = softplus(dense(x, 20))\n  g = sigmoid(dense(h, 70)) * 2\n"
+               "  out = tanh(dense(g, 3)) + leaky_relu(dense(g, 3), alpha=0.1)\n",
+               "  input x: f32[B, 70]\n"});
   // Convolution: strides, paddings, groups, non-square kernels.
   const std::string img = "  input x: f32[B, 4, 7, 6]\n";
   v.push_back({"conv_basic", "  out = conv2d(x, 3, kernel=3)\n", img});

@@ -29,6 +29,7 @@ struct Compiled {
 
 class CpuExecutor : public ref::Executor {
 public:
+  explicit CpuExecutor(bool fuse) : fuse(fuse) {}
   FailureOr<std::vector<Tensor>> run(func::FuncOp fn, ArrayRef<Tensor> args,
                                      const ref::EvalOptions &options) override;
   const char *name() const override { return "cpu"; }
@@ -36,6 +37,7 @@ public:
 private:
   FailureOr<Compiled *> get(func::FuncOp fn);
   std::map<std::string, Compiled> cache;
+  bool fuse;
 };
 
 FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn) {
@@ -43,7 +45,7 @@ FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn) {
   auto it = cache.find(key);
   if (it != cache.end())
     return &it->second;
-  auto loops = cpu::buildLoops(fn);
+  auto loops = cpu::buildLoops(fn, std::nullopt, fuse);
   if (failed(loops))
     return failure();
   Compiled c;
@@ -151,7 +153,9 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 
 } // namespace
 
-std::unique_ptr<ref::Executor> cpu::createExecutor() { return std::make_unique<CpuExecutor>(); }
+std::unique_ptr<ref::Executor> cpu::createExecutor(bool fuse) {
+  return std::make_unique<CpuExecutor>(fuse);
+}
 
 FailureOr<OwningOpRef<ModuleOp>> cpu::prepare(func::FuncOp fn, std::optional<int64_t> batch,
                                               bool fuse, BatchScaling *scaling) {

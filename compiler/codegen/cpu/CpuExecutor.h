@@ -21,7 +21,9 @@
 
 namespace nnc::cpu {
 
-std::unique_ptr<ref::Executor> createExecutor();
+/// The compiled CPU code as an Executor; without `fuse`, every op is a
+/// kernel of its own (to test fusion against).
+std::unique_ptr<ref::Executor> createExecutor(bool fuse = true);
 
 /// The loops-level module of `fn`: a function `kernel(args..., results...,
 /// rng, workspace, batch)` over memrefs (what --emit=loops shows), for any
