@@ -7,7 +7,7 @@
 //      through its permutation; an elementwise op read by a reduction and
 //      by later ops is computed by the reduction, which also stores it;
 //   2. epilogues: the elementwise ops that consume (only) a batch norm's,
-//      a matrix product's or a reduction's result, with the same shape, run as it stores each
+//      a matrix product's, a convolution's or a reduction's result, with the same shape, run as it stores each
 //      element, when everything else they read exists before it;
 //   3. horizontal: adjacent kernels of elementwise ops that do not depend
 //      on each other run as one (an optimizer's updates of every weight).
@@ -153,7 +153,7 @@ void nnc::fuseKernels(func::FuncOp fn) {
 
   // 2. Epilogues of batch norms and reductions.
   for (Operation &op : body.without_terminator()) {
-    if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(op) && !isReduction(&op))
+    if (!isa<nnops::BatchNormOp, nnops::MatmulOp, nnops::Conv2dOp>(op) && !isReduction(&op))
       continue;
     if (op.getNumResults() != 1 || op.getResult(0).use_empty() ||
         llvm::is_contained(ret->getOperands(), op.getResult(0)))

@@ -807,13 +807,13 @@ void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int
   OpBuilder &b = e.b;
   Location loc = e.loc;
   Value X = e.in[0], W = e.in[1], Y = e.out[0];
-  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(Y);
+  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
   int64_t og = w[0] / groups, cg = w[1];
   int64_t block = og % 4 == 0 ? 4 : og % 2 == 0 ? 2 : 1;
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  e.loops(ArrayRef<Value>{e.dim(Y, 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
+  e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
     Value n = iv[0], i = iv[1], o0 = e.mul(iv[2], e.idx(block));
     Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
     auto [pLo, pHi] = kernelRows(e, i, stride[0], pad[0], x[2], w[2]);
@@ -854,10 +854,14 @@ void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int
       b.create<scf::YieldOp>(loc, pLoop.getResults());
     }
     for (int64_t k = 0; k < block; ++k)
-      for (int64_t v = 0; v < vectors; ++v)
-        b.create<vector::TransferWriteOp>(loc, cLoop.getResult(k * vectors + v), Y,
-                                          ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)},
-                                          ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+      for (int64_t v = 0; v < vectors; ++v) {
+        SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)};
+        if (e.epilogue) // through the epilogue, on whole vectors
+          e.emit(cLoop.getResult(k * vectors + v), at);
+        else
+          b.create<vector::TransferWriteOp>(loc, cLoop.getResult(k * vectors + v), Y, at,
+                                            ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+      }
   }, /*parallel=*/true);
 }
 
@@ -1556,9 +1560,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       Value r = m->getResult(0);
       if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
         continue;
-      if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(m) && !isReduction(m))
-        return m->emitError("the CPU backend cannot run the consumers of '")
-               << m->getName() << "' in its store loop";
+      // Ops whose lowering stores each element once through Emitter::emit
+      // take the epilogue there; after any other op (a convolution with a
+      // column stride), the epilogue is a loop of its own in the kernel.
+      auto conv = dyn_cast<nnops::Conv2dOp>(m);
+      if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(m) && !isReduction(m) &&
+          !(conv && conv.getStride()[1] == 1))
+        continue;
       Operation *c = *r.getUsers().begin();
       while (fused.contains(c))
         c = consumerOf[c];
@@ -1870,6 +1878,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       buffers[r] = *buf;
       producers.push_back(Emitter{b, c->getLoc(), c, {}, {}, {}, rng, batch, globals, target, name, &scaling});
       Emitter &ce = producers.back();
+      if (isa<nnops::Conv2dOp>(op))
+        ce.lanes = kLanes; // applied to the row vectors of the output
       if (isa<nnops::MatmulOp>(op)) {
         // The product accumulates in its own buffer; the epilogue, applied
         // to whole vectors of a row, stores the last depth block.
