@@ -23,6 +23,8 @@
 
 #include "mlir/IR/Builders.h"
 
+#include "llvm/ADT/SetVector.h"
+
 namespace nnc {
 #define GEN_PASS_DEF_FUSE
 #include "compiler/transforms/Passes.h.inc"
@@ -34,7 +36,7 @@ namespace nnops = nnc::nn;
 
 namespace {
 
-bool isReduction(Operation *op) { return isa<nnops::ReduceSumOp, nnops::ReduceMaxOp>(op); }
+using nnops::isReduction;
 
 /// Whether `op` only reads its operands element by element.
 bool readsByElement(Operation *op) { return nnops::isElementwise(op) || isReduction(op); }

@@ -116,6 +116,8 @@ bool nnc::nn::isElementwise(Operation *op) {
              IdentityOp, LeakyReluOp, AddOp, SubOp, MulOp, DivOp, PowOp, BroadcastLikeOp>(op);
 }
 
+bool nnc::nn::isReduction(Operation *op) { return isa<ReduceSumOp, ReduceMaxOp>(op); }
+
 LogicalResult KernelOp::verify() {
   auto yield = cast<YieldOp>(getBody().front().getTerminator());
   if (yield.getValues().getTypes() != getResultTypes())

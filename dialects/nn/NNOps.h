@@ -36,6 +36,10 @@ inline constexpr llvm::StringLiteral kTrain = "nn.train";
 /// ops inside the loops of their consumers (see compiler/transforms/Fusion.h).
 bool isElementwise(mlir::Operation *op);
 
+/// Whether `op` sums or maximizes its one operand over axes (reading each
+/// element once).
+bool isReduction(mlir::Operation *op);
+
 } // namespace nnc::nn
 
 #endif // NNC_DIALECTS_NN_NNOPS_H

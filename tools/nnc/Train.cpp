@@ -162,10 +162,15 @@ rt::Status failedIn(const char *what) {
   return rt::Status::error(std::string("the ") + what + " failed (see the diagnostics above)");
 }
 
-Tensor toTensor(const rt::HostTensor &h) {
-  Tensor t = Tensor::filled(h.shape);
-  std::copy(h.data.begin(), h.data.end(), t.data.begin());
-  return t;
+/// A batch of host tensors as the evaluator's tensors.
+std::vector<Tensor> toTensors(const std::vector<rt::HostTensor> &batch) {
+  std::vector<Tensor> out;
+  for (const rt::HostTensor &h : batch) {
+    Tensor t = Tensor::filled(h.shape);
+    std::copy(h.data.begin(), h.data.end(), t.data.begin());
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 rt::HostTensor toHost(const Tensor &t, std::string name = {}) {
@@ -180,10 +185,7 @@ public:
   const char *backendName() const override { return t.backendName(); }
   const std::vector<rt::ModelInput> &inputs() const override { return ins; }
   rt::Status step(const std::vector<rt::HostTensor> &batch, double &loss) override {
-    std::vector<Tensor> in;
-    for (const rt::HostTensor &h : batch)
-      in.push_back(toTensor(h));
-    auto l = t.step(in);
+    auto l = t.step(toTensors(batch));
     if (failed(l))
       return failedIn("training step");
     loss = *l;
@@ -191,10 +193,7 @@ public:
   }
   rt::Status evaluate(const std::vector<rt::HostTensor> &batch, std::vector<rt::HostTensor> &outputs,
                       double &loss) override {
-    std::vector<Tensor> in;
-    for (const rt::HostTensor &h : batch)
-      in.push_back(toTensor(h));
-    auto res = t.evaluate(in);
+    auto res = t.evaluate(toTensors(batch));
     if (failed(res))
       return failedIn("evaluation");
     unsigned lossIndex = *m.lossResult();

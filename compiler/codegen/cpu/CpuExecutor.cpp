@@ -188,7 +188,7 @@ LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, Modul
   if (failed(scratch))
     return failure();
   auto clone = *(*scratch)->getOps<func::FuncOp>().begin();
-  return lowerToLoops(clone, scaling, target, name, profile, fuse);
+  return lowerToLoops(clone, scaling, target, name, profile);
 }
 
 FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch,

@@ -1399,7 +1399,7 @@ static std::string where(Location loc) {
 }
 
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
-                                ModuleOp target, StringRef name, bool profile, bool fuse) {
+                                ModuleOp target, StringRef name, bool profile) {
   MLIRContext *ctx = fn.getContext();
   // Kernels formed by the fusion pass, flattened (see below).
   std::vector<SmallVector<Operation *>> groups = inlineKernels(fn);
@@ -1513,8 +1513,10 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   //    an elementwise op of the same shape, or each element once by a
   //    reduction. A fused value also read outside the group is stored as
   //    it is computed (`stored`: an optimizer's new moments);
-  //  - as it is stored (`epilogueOf`): the elementwise ops reading a batch
-  //    norm's or reduction's result run in its store loop;
+  //  - as it is stored (`epilogueOf`): the elementwise ops reading a
+  //    product's, convolution's, batch norm's or reduction's result run in
+  //    its store loop (after a convolution with a column stride, whose taps
+  //    accumulate in memory, as a loop of their own);
   //  - from memory otherwise (members run one after another).
   Operation *ret = fn.front().getTerminator();
   llvm::DenseMap<Operation *, unsigned> groupOf;
@@ -1525,7 +1527,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     auto ia = groupOf.find(a), ib = groupOf.find(b);
     return ia != groupOf.end() && ib != groupOf.end() && ia->second == ib->second;
   };
-  auto isReduction = [](Operation *op) { return isa<nnops::ReduceSumOp, nnops::ReduceMaxOp>(op); };
+  using nnops::isReduction;
   llvm::DenseSet<Operation *> fused, stored, absorbed;
   llvm::DenseMap<Operation *, Operation *> consumerOf, epilogueOf;
   for (SmallVector<Operation *> &g : groups) {
@@ -1574,23 +1576,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       absorbed.insert(c);
     }
   }
-  // Literals: a splat constant, or an element count, outside any kernel and
-  // read only element by element, is produced in place at each read.
-  auto readsByElement = [&](Operation *u) {
-    return scalars().count(u->getName().getTypeID()) || isReduction(u);
-  };
+  // Literals: what the fusion pass left outside every kernel, besides
+  // views (splat constants, element counts, math on them), is produced in
+  // place at each read.
   llvm::DenseSet<Operation *> immediate;
-  for (Operation &op : fn.front().without_terminator()) {
-    auto c = dyn_cast<nnops::ConstantOp>(op);
-    bool literal = (c && cast<DenseElementsAttr>(c.getValue()).isSplat()) || isa<nnops::CountOp>(op) ||
-                   (scalars().count(op.getName().getTypeID()) &&
-                    llvm::all_of(op.getOperands(), [&](Value v) {
-                      return v.getDefiningOp() && immediate.contains(v.getDefiningOp());
-                    }));
-    if (fuse && !groupOf.count(&op) && literal && !op.getResult(0).use_empty() &&
-        llvm::all_of(op.getResult(0).getUsers(), readsByElement))
+  for (Operation &op : fn.front().without_terminator())
+    if (!groups.empty() && !groupOf.count(&op) && !isa<nnops::ReshapeOp>(op))
       immediate.insert(&op);
-  }
   // The kernels in order (members of a group are contiguous after
   // flattening); `kernelOf` gives each op's kernel.
   std::vector<SmallVector<Operation *>> kernelList;

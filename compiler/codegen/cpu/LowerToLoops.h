@@ -30,15 +30,15 @@ using BatchScaling = llvm::DenseMap<mlir::Value, llvm::SmallVector<int64_t>>;
 /// holds the seed and step for dropout. The function carries `nnc.slots =
 /// [perBatch0, fixed0, perBatch1, ...]`: slot i takes perBatch_i * batch +
 /// fixed_i bytes, 64-byte aligned. No two buffers may overlap.
-/// The function lists its kernels (an op with the ops fused into it) in
-/// `nnc.kernels`: per kernel the fused ops, their DSL locations, and the
-/// floating-point operations and bytes moved as [per batch element, fixed].
-/// With `profile`, every kernel is bracketed by calls to
-/// nnc_profile_begin/end(id) (runtime/Profile.h). Without `fuse`, every op
-/// is a kernel of its own (for comparisons).
+/// Kernels are the `nn.kernel` ops of `fn` (the fusion pass's; flattened
+/// here, in place); without any, every op is a kernel of its own. The
+/// function lists its kernels in `nnc.kernels`: per kernel the member ops,
+/// their DSL locations, and the floating-point operations and bytes moved
+/// as [per batch element, fixed]. With `profile`, every kernel is
+/// bracketed by calls to nnc_profile_begin/end(id) (runtime/Profile.h).
 mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
                                  mlir::ModuleOp target, llvm::StringRef name,
-                                 bool profile = false, bool fuse = true);
+                                 bool profile = false);
 
 } // namespace nnc::cpu
 
