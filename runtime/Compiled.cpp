@@ -52,14 +52,15 @@ struct CompiledModel::Frame {
     buffers.resize(f.args.size() + f.results.size());
     borrowed.assign(f.args.size(), nullptr);
     for (size_t i = 0; i < f.results.size(); ++i)
-      buffers[f.args.size() + i].resize(std::max<int64_t>(1, sizeAt(f.results[i], batch)));
+      buffers[f.args.size() + i].resize(f.overwrites(i) >= 0 ? 1 : std::max<int64_t>(1, sizeAt(f.results[i], batch)));
     size_t total = placeSlots(f.slots, batch, nullptr, nullptr) + 64;
     workspace.resize(std::max(workspace.size(), total / 4 + 1));
     uintptr_t base = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
     placeSlots(f.slots, batch, reinterpret_cast<void *>(base), &slots);
   }
-  /// Argument `i`: f32 data is read where it is (kernels never write their
-  /// arguments); i32 data is converted into the frame's buffer.
+  /// Argument `i`: f32 data is used where it is (kernels write only the
+  /// arguments they update in place); i32 data is converted into the
+  /// frame's buffer.
   void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
     if (!t.integer && !values.empty()) {
       borrowed[i] = values.data();
@@ -79,13 +80,15 @@ struct CompiledModel::Frame {
     const TensorDesc &t = f.results[r];
     HostTensor h{t.name, shapeAt(t, batch), {}};
     h.data.resize(sizeAt(t, batch));
-    const std::vector<float> &b = buffers[f.args.size() + r];
+    const float *b = buffers[f.args.size() + r].data();
+    if (int64_t a = f.overwrites(r); a >= 0)
+      b = borrowed[a] ? borrowed[a] : buffers[a].data();
     if (t.integer) {
-      auto *src = reinterpret_cast<const int32_t *>(b.data());
+      auto *src = reinterpret_cast<const int32_t *>(b);
       for (size_t k = 0; k < h.data.size(); ++k)
         h.data[k] = static_cast<float>(src[k]);
     } else {
-      std::copy_n(b.begin(), h.data.size(), h.data.begin());
+      std::copy_n(b, h.data.size(), h.data.begin());
     }
     return h;
   }
@@ -163,8 +166,8 @@ Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
   loss = frame.result(f, 0, n).data[0];
   for (size_t r = 1; r < f.results.size(); ++r) {
     const TensorDesc &t = f.results[r];
-    if (t.role != "param" && t.role != "state" && t.role != "opt_state")
-      continue;
+    if ((t.role != "param" && t.role != "state" && t.role != "opt_state") || f.overwrites(r) >= 0)
+      continue; // an update in place is in the state already
     for (size_t a = 0; a < f.args.size(); ++a)
       if (f.args[a].name == t.name) {
         if (t.integer)

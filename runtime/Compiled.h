@@ -40,6 +40,12 @@ struct FunctionDesc {
   Kernel call;
   std::vector<TensorDesc> args, results;
   std::vector<int64_t> slots; // bytes per batch element and fixed bytes, per slot
+  // Per result: the argument whose buffer the kernel overwrites with it
+  // (an update in place), or -1 when it has a buffer of its own.
+  std::vector<int64_t> inPlace;
+  int64_t overwrites(size_t result) const {
+    return result < inPlace.size() ? inPlace[result] : -1;
+  }
 };
 
 struct ModelDesc {

@@ -10,6 +10,9 @@
 #include "TestUtil.h"
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cpu/Model.h"
+#include "runtime/Compiled.h"
 #include "compiler/reference/Trainer.h"
 #include "dialects/nn/NNOps.h"
 #include "runtime/Random.h"
@@ -155,5 +158,97 @@ TEST_P(CpuExampleBatchOfOne, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Examples, CpuExampleBatchOfOne,
                          ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
                                            "lenet5", "mnist_autoencoder", "weight_norm"));
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// The runtime's compiled model: state kept between steps, updates in place
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// A convolution, batch norm (running statistics) and two dense layers, so
+/// that every kind of state tensor is updated: weights through product and
+/// reduction epilogues, biases, moments, running statistics. (No bias
+/// before the batch norm: its gradient is rounding noise, which adaptive
+/// optimizers scale up to steps of lr.)
+constexpr const char *kStatefulModel = R"(model stateful {
+  input x: f32[B, 1, 6, 6]
+  input y: i32[B]
+  c = relu(batch_norm(conv2d(x, 3, 3, padding=1, bias=false)))
+  h = tanh(dense(flatten(c), 8))
+  logits = dense(h, 2)
+  loss = softmax_cross_entropy(logits, y)
+  output logits
+  minimize loss
+}
+train {
+  )";
+
+std::string optimizerName(size_t i) {
+  static const char *names[] = {"sgd",      "nesterov", "sgd_decay", "adagrad",  "rmsprop",
+                                "adadelta", "adam",     "adamw",     "clip_norm"};
+  return names[i];
+}
+
+class CompiledOptimizer : public ::testing::TestWithParam<const char *> {};
+
+/// Five steps of the JIT-compiled model through the runtime (which feeds
+/// every new value back, most of them written over the old ones in place)
+/// against five steps of the reference trainer.
+TEST_P(CompiledOptimizer, StepsMatchReferenceTrainer) {
+  std::string src = std::string(kStatefulModel) + GetParam() + "\n}\n";
+  test::Compiled m(src, Stage::Train);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto code = mlir::ModuleOp::create(mlir::UnknownLoc::get(m.module->getContext()));
+  mlir::OwningOpRef<mlir::ModuleOp> owner(code);
+  auto desc = cpu::compileModel(*m.module, "stateful", code);
+  ASSERT_TRUE(succeeded(desc)) << m.firstError();
+  size_t inPlace = 0;
+  for (int64_t a : desc->trainStep.inPlace)
+    inPlace += a >= 0;
+  EXPECT_GT(inPlace, 0u) << "no state tensor was updated in place";
+  auto jit = cpu::JitModule::compile(code);
+  ASSERT_TRUE(succeeded(jit)) << m.firstError();
+  for (auto [f, name] : {std::pair{&desc->trainStep, cpu::kTrainStepKernel},
+                         std::pair{&desc->model, cpu::kModelKernel}}) {
+    ASSERT_TRUE(succeeded((*jit)->prepare(name)));
+    size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
+    f->call = [j = jit->get(), name, buffers, slots](void **b, int64_t n, void **s) {
+      (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
+    };
+  }
+  rt::CompiledModel compiled(*desc, 3, "cpu");
+  ASSERT_TRUE(compiled.initialize());
+  auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
+  ASSERT_TRUE(succeeded(ref));
+  for (int step = 0; step < 5; ++step) {
+    std::vector<Tensor> in = inputsFor(ref->modelFunction(), 4, 11 + step);
+    std::vector<rt::HostTensor> batch;
+    for (const Tensor &t : in)
+      batch.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+    double loss = 0;
+    ASSERT_TRUE(compiled.step(batch, loss));
+    auto want = ref->step(in);
+    ASSERT_TRUE(succeeded(want));
+    EXPECT_NEAR(loss, *want, 1e-3 * (1 + std::abs(*want))) << "loss at step " << step;
+  }
+  for (const std::string &name : ref->stateNames()) {
+    rt::HostTensor got;
+    ASSERT_TRUE(compiled.getState(name, got)) << name;
+    Tensor t{got.shape, std::vector<double>(got.data.begin(), got.data.end())};
+    expectClose(t, *ref->tensor(name), name, 5e-3, 5e-3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Optimizers, CompiledOptimizer,
+    ::testing::Values("optimizer = sgd(lr=0.1)", "optimizer = sgd(lr=0.1, momentum=0.9, nesterov=true)",
+                      "optimizer = sgd(lr=0.1, weight_decay=0.01)", "optimizer = adagrad(lr=0.1)",
+                      "optimizer = rmsprop(lr=0.01, alpha=0.9, momentum=0.5)",
+                      "optimizer = adadelta(lr=1.0, rho=0.9)", "optimizer = adam(lr=0.01)",
+                      "optimizer = adamw(lr=0.01, weight_decay=0.1)",
+                      "optimizer = sgd(lr=0.1)\n  clip_norm = 0.5"),
+    [](const auto &info) { return optimizerName(info.index); });
 
 } // namespace

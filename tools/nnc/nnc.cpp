@@ -247,6 +247,8 @@ int runCheck(const Args &args) {
 struct KernelTotals {
   size_t kernels = 0;
   double flops = 0, bytes = 0, peak = 0;
+  size_t inPlace = 0;   // results stored over the argument they replace
+  double inPlaceBytes = 0;
 };
 
 KernelTotals totals(mlir::ModuleOp loops, int64_t batch) {
@@ -265,12 +267,22 @@ KernelTotals totals(mlir::ModuleOp loops, int64_t batch) {
   llvm::ArrayRef<int64_t> slots = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.slots").asArrayRef();
   for (size_t i = 0; i + 1 < slots.size(); i += 2)
     t.peak += static_cast<double>(slots[i] * batch + slots[i + 1]);
+  // Buffers: arguments, results, then the rng block and the batch size.
+  llvm::ArrayRef<int64_t> inPlace = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.inplace").asArrayRef();
+  auto types = kernel.getArgumentTypes();
+  size_t rngAt = llvm::find_if(types, [](mlir::Type t) { return t.isIndex(); }) - types.begin() - 1;
+  for (size_t r = 0; r < inPlace.size(); ++r)
+    if (inPlace[r] >= 0) {
+      auto m = llvm::cast<mlir::MemRefType>(types[rngAt - inPlace.size() + r]);
+      ++t.inPlace;
+      t.inPlaceBytes += static_cast<double>(m.getNumElements() * 4);
+    }
   return t;
 }
 
 /// --emit=fused: every kernel of the step with its members and their DSL
 /// locations, in execution order.
-void printKernels(mlir::ModuleOp loops, int64_t batch, llvm::raw_ostream &os) {
+void printKernels(mlir::ModuleOp loops, mlir::func::FuncOp fn, int64_t batch, llvm::raw_ostream &os) {
   auto kernel = loops.lookupSymbol<mlir::func::FuncOp>("kernel");
   os << "// kernels of the compiled step, in order (sizes at batch " << batch << ")\n";
   for (auto [i, a] : llvm::enumerate(kernel->getAttrOfType<mlir::ArrayAttr>("nnc.kernels"))) {
@@ -287,6 +299,22 @@ void printKernels(mlir::ModuleOp loops, int64_t batch, llvm::raw_ostream &os) {
   KernelTotals t = totals(loops, batch);
   os << llvm::format("// %zu kernels, %.1f KiB moved, %.1f KiB of intermediates at the peak\n",
                      t.kernels, t.bytes / 1024, t.peak / 1024);
+  // Which new values overwrite the tensors they replace, and which cannot
+  // (the old value is still read after the new one is computed).
+  std::string inPlace, copied;
+  llvm::ArrayRef<int64_t> at = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.inplace").asArrayRef();
+  for (unsigned r = 0; r < fn.getNumResults(); ++r) {
+    auto name = fn.getResultAttrOfType<mlir::StringAttr>(r, nnc::nn::attr::kName);
+    bool replaces = false;
+    for (unsigned a = 0; a < fn.getNumArguments(); ++a)
+      replaces |= name && fn.getArgAttrOfType<mlir::StringAttr>(a, nnc::nn::attr::kName) == name;
+    if (replaces)
+      (r < at.size() && at[r] >= 0 ? inPlace : copied) += " " + name.str();
+  }
+  if (!inPlace.empty())
+    os << "// updated in place:" << inPlace << "\n";
+  if (!copied.empty())
+    os << "// written to a buffer of their own:" << copied << "\n";
 }
 
 /// --stats for the compiled step: kernels, bytes moved (estimated from the
@@ -296,10 +324,11 @@ void printFusionStats(mlir::ModuleOp fused, mlir::ModuleOp unfused, int64_t batc
   KernelTotals f = totals(fused, batch), u = totals(unfused, batch);
   os << llvm::format("step at batch %lld: %zu kernels fused (%zu unfused, %.1fx fewer); "
                      "%.1f KiB moved (%.1f unfused); peak intermediates %.1f KiB (%.1f unfused); "
-                     "%.3f MFLOP\n",
+                     "%.3f MFLOP; %zu state tensors updated in place (%.1f KiB not copied)\n",
                      static_cast<long long>(batch), f.kernels, u.kernels,
                      f.kernels ? static_cast<double>(u.kernels) / static_cast<double>(f.kernels) : 0.0,
-                     f.bytes / 1024, u.bytes / 1024, f.peak / 1024, u.peak / 1024, f.flops / 1e6);
+                     f.bytes / 1024, u.bytes / 1024, f.peak / 1024, u.peak / 1024, f.flops / 1e6, f.inPlace,
+                     f.inPlaceBytes / 1024);
 }
 
 int runCompile(const Args &args) {
@@ -372,7 +401,7 @@ int runCompile(const Args &args) {
             at = b.getInt();
       at = at ? at : 64;
       if (emit == "fused") {
-        printKernels(**loops, at, os);
+        printKernels(**loops, fn, at, os);
         // The fused graph both backends lower: nn.kernel ops in order.
         auto fusedGraph = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
                                        /*fuse=*/true);

@@ -21,6 +21,7 @@ struct Compiled {
   OwningOpRef<ModuleOp> module; // keeps the IR the engine was built from
   std::unique_ptr<cpu::JitModule> jit;
   std::vector<int64_t> slots; // perBatch, fixed per slot
+  std::vector<int64_t> inPlace; // per result: the argument it overwrites, or -1
   std::vector<bool> kinds;                 // per buffer: i32 (true) or f32
   std::vector<std::vector<float>> buffers; // per argument and result
   std::vector<float> workspace;
@@ -52,6 +53,7 @@ FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn) {
   c.module = std::move(*loops);
   auto kernel = c.module->lookupSymbol<func::FuncOp>("kernel");
   c.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  c.inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
   for (Type t : fn.getArgumentTypes())
     c.kinds.push_back(cast<RankedTensorType>(t).getElementType().isInteger(32));
   for (Type t : fn.getResultTypes())
@@ -135,6 +137,8 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
   for (size_t r = 0; r < resultTypes.size(); ++r) {
     auto t = cast<RankedTensorType>(resultTypes[r]);
     size_t i = args.size() + r;
+    if (r < c.inPlace.size() && c.inPlace[r] >= 0)
+      i = c.inPlace[r]; // updated in the argument's buffer
     Tensor res{std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), {}};
     res.data.resize(t.getNumElements());
     if (c.kinds[i]) {

@@ -1633,6 +1633,77 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
       returnedAt[v] = i;
+  // Updates in place: a returned value that replaces an argument (same
+  // name, as an optimizer's new weights and moments or a layer's running
+  // statistics) is stored into that argument's buffer when the old value
+  // is dead by then: every read of it comes from an earlier kernel, an
+  // earlier loop nest of the same kernel, or the very loop nest that
+  // stores the new value, as an elementwise op of the same shape reading
+  // the element about to be overwritten. The runtime then neither
+  // allocates the result nor copies it back (`nnc.inplace`).
+  llvm::DenseMap<Operation *, Operation *> epilogueSrc;
+  for (auto [src, c] : epilogueOf)
+    epilogueSrc[c] = src;
+  // The op whose loop nest computes `op` (itself, its fused consumer, or
+  // the product or reduction whose epilogue it is), and whether the way
+  // there keeps one element per element (no reduction in between).
+  auto nestOf = [&](Operation *op) -> std::pair<Operation *, bool> {
+    bool pointwise = true;
+    while (fused.contains(op)) {
+      op = consumerOf.lookup(op);
+      pointwise &= !isReduction(op);
+    }
+    if (Operation *src = epilogueSrc.lookup(op))
+      return {src, pointwise};
+    return {op, pointwise && scalars().count(op->getName().getTypeID())};
+  };
+  llvm::DenseMap<Value, Value> inPlaceOf; // returned value -> argument
+  SmallVector<int64_t> inPlace(fn.getNumResults(), -1);
+  for (auto [v, i] : returnedAt) {
+    auto name = fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName);
+    Operation *d = v.getDefiningOp();
+    if (!name || !kernelOf.count(d) || !cast<RankedTensorType>(v.getType()).getElementType().isF32())
+      continue;
+    for (BlockArgument a : fn.getArguments()) {
+      if (fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), nnops::attr::kName) != name ||
+          a.getType() != v.getType() || !cast<RankedTensorType>(a.getType()).hasStaticShape())
+        continue;
+      unsigned k = kernelOf[d];
+      ArrayRef<Operation *> members = kernelList[k];
+      auto [nest, pointwise] = nestOf(d);
+      auto position = [&](Operation *op) { return llvm::find(members, op) - members.begin(); };
+      // Within the nest, the element is overwritten as soon as `d` is
+      // computed: only the ops computing `d` may read the old one.
+      auto feeds = [&](Operation *op) {
+        while (op != d && fused.contains(op))
+          op = consumerOf.lookup(op);
+        return op == d;
+      };
+      bool legal = pointwise && !llvm::is_contained(inPlace, int64_t(a.getArgNumber()));
+      for (Operation &op : fn.front())
+        for (Value o : op.getOperands()) {
+          if (!legal || root(o) != a || isa<nnops::ReshapeOp>(op))
+            continue; // a view reads nothing; its readers are seen
+          auto ku = kernelOf.find(&op);
+          if (&op == ret || ku == kernelOf.end() || ku->second > k) {
+            legal = false;
+          } else if (ku->second == k) {
+            Operation *at = nestOf(&op).first;
+            if (at == nest)
+              legal = o == a && feeds(&op) && scalars().count(op.getName().getTypeID()) &&
+                      op.getResult(0).getType() == a.getType();
+            else
+              legal = position(at) < position(nest);
+          }
+        }
+      if (legal) {
+        inPlaceOf[v] = a;
+        inPlace[i] = a.getArgNumber();
+      }
+      break;
+    }
+  }
+
   struct Slot {
     int64_t perBatch, fixed;
     bool free;
@@ -1659,6 +1730,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   };
   // The buffer a computed value is stored into.
   auto outputFor = [&](Value r) -> FailureOr<Value> {
+    if (Value a = inPlaceOf.lookup(r))
+      return buffers.lookup(a);
     auto direct = returnedAt.find(r);
     if (direct != returnedAt.end())
       return resultBuffers[direct->second];
@@ -1947,6 +2020,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     plan.append({s.perBatch, s.fixed});
   lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
   lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
+  lowered->setAttr("nnc.inplace", b.getDenseI64ArrayAttr(inPlace));
   // No two buffers overlap.
   for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
     if (isa<MemRefType>(lowered.getArgument(i).getType()))

@@ -35,6 +35,7 @@ static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel
                                fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName),
                                fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kRole)));
   f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  f.inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
   return f;
 }
 
