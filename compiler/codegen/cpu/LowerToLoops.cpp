@@ -1633,14 +1633,6 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   for (auto [i, v] : llvm::enumerate(ret->getOperands()))
     if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
       returnedAt[v] = i;
-  // Updates in place: a returned value that replaces an argument (same
-  // name, as an optimizer's new weights and moments or a layer's running
-  // statistics) is stored into that argument's buffer when the old value
-  // is dead by then: every read of it comes from an earlier kernel, an
-  // earlier loop nest of the same kernel, or the very loop nest that
-  // stores the new value, as an elementwise op of the same shape reading
-  // the element about to be overwritten. The runtime then neither
-  // allocates the result nor copies it back (`nnc.inplace`).
   llvm::DenseMap<Operation *, Operation *> epilogueSrc;
   for (auto [src, c] : epilogueOf)
     epilogueSrc[c] = src;
@@ -1657,51 +1649,62 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       return {src, pointwise};
     return {op, pointwise && scalars().count(op->getName().getTypeID())};
   };
+  // Whether `d`'s result may be stored over `a` (same type): every read
+  // of `a` (or a view of it) comes from an earlier kernel, an earlier loop
+  // nest of `d`'s kernel, or `d`'s own nest as an elementwise op of `a`'s
+  // shape computing `d` (the element is overwritten as soon as `d` is
+  // computed, so nothing else in the nest may read the old one).
+  auto overwritable = [&](Value a, Operation *d) {
+    auto kd = kernelOf.find(d);
+    if (kd == kernelOf.end() || a.getType() != d->getResult(0).getType())
+      return false;
+    unsigned k = kd->second;
+    ArrayRef<Operation *> members = kernelList[k];
+    auto [nest, pointwise] = nestOf(d);
+    auto position = [&](Operation *op) { return llvm::find(members, op) - members.begin(); };
+    auto feeds = [&](Operation *op) {
+      while (op != d && fused.contains(op))
+        op = consumerOf.lookup(op);
+      return op == d;
+    };
+    if (!pointwise)
+      return false;
+    for (Operation &op : fn.front())
+      for (Value o : op.getOperands()) {
+        if (root(o) != a || isa<nnops::ReshapeOp>(op))
+          continue; // a view reads nothing; its readers are seen
+        auto ku = kernelOf.find(&op);
+        if (&op == ret || ku == kernelOf.end() || ku->second > k)
+          return false;
+        if (ku->second < k)
+          continue;
+        Operation *at = nestOf(&op).first;
+        if (at != nest ? position(at) > position(nest)
+                       : o != a || !feeds(&op) || !scalars().count(op.getName().getTypeID()) ||
+                             op.getResult(0).getType() != a.getType())
+          return false;
+      }
+    return true;
+  };
+  // Updates in place: a returned value that replaces an argument (same
+  // name, as an optimizer's new weights and moments or a layer's running
+  // statistics) is stored into that argument's buffer when legal. The
+  // runtime then neither allocates the result nor copies it back
+  // (`nnc.inplace`).
   llvm::DenseMap<Value, Value> inPlaceOf; // returned value -> argument
   SmallVector<int64_t> inPlace(fn.getNumResults(), -1);
   for (auto [v, i] : returnedAt) {
     auto name = fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName);
-    Operation *d = v.getDefiningOp();
-    if (!name || !kernelOf.count(d) || !cast<RankedTensorType>(v.getType()).getElementType().isF32())
+    if (!name || !cast<RankedTensorType>(v.getType()).getElementType().isF32())
       continue;
-    for (BlockArgument a : fn.getArguments()) {
-      if (fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), nnops::attr::kName) != name ||
-          a.getType() != v.getType() || !cast<RankedTensorType>(a.getType()).hasStaticShape())
-        continue;
-      unsigned k = kernelOf[d];
-      ArrayRef<Operation *> members = kernelList[k];
-      auto [nest, pointwise] = nestOf(d);
-      auto position = [&](Operation *op) { return llvm::find(members, op) - members.begin(); };
-      // Within the nest, the element is overwritten as soon as `d` is
-      // computed: only the ops computing `d` may read the old one.
-      auto feeds = [&](Operation *op) {
-        while (op != d && fused.contains(op))
-          op = consumerOf.lookup(op);
-        return op == d;
-      };
-      bool legal = pointwise && !llvm::is_contained(inPlace, int64_t(a.getArgNumber()));
-      for (Operation &op : fn.front())
-        for (Value o : op.getOperands()) {
-          if (!legal || root(o) != a || isa<nnops::ReshapeOp>(op))
-            continue; // a view reads nothing; its readers are seen
-          auto ku = kernelOf.find(&op);
-          if (&op == ret || ku == kernelOf.end() || ku->second > k) {
-            legal = false;
-          } else if (ku->second == k) {
-            Operation *at = nestOf(&op).first;
-            if (at == nest)
-              legal = o == a && feeds(&op) && scalars().count(op.getName().getTypeID()) &&
-                      op.getResult(0).getType() == a.getType();
-            else
-              legal = position(at) < position(nest);
-          }
-        }
-      if (legal) {
+    for (BlockArgument a : fn.getArguments())
+      if (fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), nnops::attr::kName) == name &&
+          cast<RankedTensorType>(a.getType()).hasStaticShape() &&
+          !llvm::is_contained(inPlace, int64_t(a.getArgNumber())) && overwritable(a, v.getDefiningOp())) {
         inPlaceOf[v] = a;
         inPlace[i] = a.getArgNumber();
+        break;
       }
-      break;
-    }
   }
 
   struct Slot {
@@ -1728,13 +1731,28 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     return viewOf(r, slots[best].arg, b.create<arith::ConstantIndexOp>(loc, 0),
                   affine(slots[best].perBatch, slots[best].fixed));
   };
-  // The buffer a computed value is stored into.
+  // The buffer a computed value is stored into. An elementwise result
+  // (an activation's gradient, most often) takes over the slot of a value
+  // of its type that its kernel reads for the last time, where legal.
   auto outputFor = [&](Value r) -> FailureOr<Value> {
     if (Value a = inPlaceOf.lookup(r))
       return buffers.lookup(a);
     auto direct = returnedAt.find(r);
     if (direct != returnedAt.end())
       return resultBuffers[direct->second];
+    Operation *d = r.getDefiningOp();
+    if (auto k = kernelOf.find(d); k != kernelOf.end() && d->getNumResults() == 1)
+      for (Operation *m : kernelList[k->second])
+        for (Value o : m->getOperands()) {
+          auto held = slotOf.find(o);
+          if (held == slotOf.end() || !overwritable(o, d))
+            continue;
+          unsigned slot = held->second;
+          slotOf.erase(held);
+          slotOf[r] = slot;
+          return viewOf(r, slots[slot].arg, b.create<arith::ConstantIndexOp>(loc, 0),
+                        affine(slots[slot].perBatch, slots[slot].fixed));
+        }
     return bufferFor(r);
   };
   // `src` seen with the shape of `v` (same elements, row-major).
