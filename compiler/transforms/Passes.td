@@ -36,6 +36,18 @@ def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
   let dependentDialects = ["::nnc::nn::NNDialect"];
 }
 
+def FoldBatchNorm : Pass<"nnc-fold-batch-norm", "mlir::func::FuncOp"> {
+  let summary = "Fold evaluation-mode batch norms into the convolution or product before them";
+  let description = [{
+    `batch_norm(conv2d(x, w) [+ b])` in evaluation mode becomes
+    `conv2d(x, w * s) + (beta + ([b] - running_mean) * s)` with
+    `s = gamma / sqrt(running_var + eps)`; the same for a matrix product
+    with weights `[K, C]`. Applies where the layer's result (and its bias
+    add) feed only the batch norm.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
 def Fuse : Pass<"nnc-fuse", "mlir::func::FuncOp"> {
   let summary = "Group core ops into nn.kernel ops, the backends' units of code";
   let description = [{

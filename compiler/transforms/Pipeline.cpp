@@ -28,6 +28,7 @@ void nnc::registerPasses() {
   registerAutodiff();
   registerBuildTrainStep();
   registerFuse();
+  registerFoldBatchNorm();
   PassPipelineRegistration<>("nnc-training-pipeline",
                              "Autodiff and the training step, cleaned up",
                              [](OpPassManager &pm) { buildPipeline(pm, Stage::Train); });

@@ -96,6 +96,10 @@ inline std::vector<Case> cases() {
                                  "count_include_pad=false)\n", img});
   v.push_back({"batch_norm_4d", "  out = batch_norm(conv2d(x, 3, kernel=2))\n", img});
   v.push_back({"batch_norm_2d", "  param w: f32[4, 3] = normal()\n  out = batch_norm(x @ w)\n"});
+  // Evaluation folds these into the layer's weights and bias.
+  v.push_back({"batch_norm_dense", "  out = batch_norm(dense(x, 3))\n"});
+  v.push_back({"batch_norm_conv_nobias",
+               "  out = batch_norm(conv2d(x, 3, kernel=2, stride=2, bias=false), eps=0.1)\n", img});
   v.push_back({"group_norm", "  out = group_norm(conv2d(x, 6, kernel=2), groups=3)\n", img});
   v.push_back({"lrn_odd", "  out = local_response_norm(conv2d(x, 5, kernel=2), size=3, alpha=0.5, "
                           "beta=0.75, k=1.0)\n", img});

@@ -1,0 +1,66 @@
+// Evaluation batch norms fold into the convolution or product before them
+// (compiler/transforms/FoldBatchNorm.cpp).
+// RUN: nnc-opt --nnc-fold-batch-norm %s | FileCheck %s
+
+// conv2d + bias view + batch norm: the weights are scaled per output
+// channel ([C, 1, 1, 1]), the shift is beta + (b - mean) * s, added after
+// the new convolution through a [C, 1, 1] view.
+// CHECK-LABEL: func.func @conv_bias
+// CHECK-NOT: nn.batch_norm
+// CHECK: %[[E:.*]] = nn.constant dense<1.000000e-01>
+// CHECK: %[[V:.*]] = nn.add %arg6, %[[E]]
+// CHECK: %[[R:.*]] = nn.sqrt %[[V]]
+// CHECK: %[[S:.*]] = nn.div %arg3, %[[R]]
+// CHECK: %[[S4:.*]] = nn.reshape %[[S]] {shape = array<i64: 2, 1, 1, 1>}
+// CHECK: %[[W:.*]] = nn.mul %arg1, %[[S4]]
+// CHECK: %[[D:.*]] = nn.sub %arg2, %arg5
+// CHECK: %[[M:.*]] = nn.mul %[[D]], %[[S]]
+// CHECK: %[[T:.*]] = nn.add %arg4, %[[M]]
+// CHECK: %[[C:.*]] = nn.conv2d %arg0, %[[W]] {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>}
+// CHECK: %[[T3:.*]] = nn.reshape %[[T]] {shape = array<i64: 2, 1, 1>}
+// CHECK: %[[Y:.*]] = nn.add %[[C]], %[[T3]]
+// CHECK: return %[[Y]]
+func.func @conv_bias(%x: tensor<?x1x4x4xf32>, %w: tensor<2x1x3x3xf32>, %b: tensor<2xf32>,
+                     %g: tensor<2xf32>, %beta: tensor<2xf32>, %rm: tensor<2xf32>, %rv: tensor<2xf32>)
+    -> tensor<?x2x4x4xf32> {
+  %c = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
+  %bv = nn.reshape %b {shape = array<i64: 2, 1, 1>} : tensor<2xf32>
+  %a = nn.add %c, %bv : tensor<?x2x4x4xf32>, tensor<2x1x1xf32>
+  %y = nn.batch_norm %a, %g, %beta, %rm, %rv {eps = 0.1 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  return %y : tensor<?x2x4x4xf32>
+}
+
+// A product without bias: the shift is beta - mean * s; [K, C] weights
+// scale per column.
+// CHECK-LABEL: func.func @matmul
+// CHECK-NOT: nn.batch_norm
+// CHECK: %[[S:.*]] = nn.div %arg2
+// CHECK: %[[W:.*]] = nn.mul %arg1, %[[S]] : tensor<4x3xf32>, tensor<3xf32>
+// CHECK: %[[M:.*]] = nn.mul %arg4, %[[S]]
+// CHECK: %[[T:.*]] = nn.sub %arg3, %[[M]]
+// CHECK: %[[P:.*]] = nn.matmul %arg0, %[[W]]
+// CHECK: nn.add %[[P]], %[[T]]
+func.func @matmul(%x: tensor<?x4xf32>, %w: tensor<4x3xf32>, %g: tensor<3xf32>, %beta: tensor<3xf32>,
+                  %rm: tensor<3xf32>, %rv: tensor<3xf32>) -> tensor<?x3xf32> {
+  %p = nn.matmul %x, %w : tensor<?x4xf32>, tensor<4x3xf32>
+  %y = nn.batch_norm %p, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>
+  return %y : tensor<?x3xf32>
+}
+
+// Must not fold: training mode (batch statistics); the convolution's
+// result is also returned; the input is no layer.
+// CHECK-LABEL: func.func @kept
+// CHECK: nn.batch_norm {{.*}} training
+// CHECK: nn.batch_norm
+// CHECK: nn.batch_norm
+// CHECK: return
+func.func @kept(%x: tensor<?x1x4x4xf32>, %w: tensor<2x1x3x3xf32>, %g: tensor<2xf32>,
+                %beta: tensor<2xf32>, %rm: tensor<2xf32>, %rv: tensor<2xf32>)
+    -> (tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>) {
+  %c = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
+  %t = nn.batch_norm %c, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32, training} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  %c2 = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
+  %e = nn.batch_norm %c2, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  %g1 = nn.batch_norm %t, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  return %t, %e, %c2, %g1 : tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>
+}
