@@ -19,6 +19,11 @@ namespace nnc {
 /// outside. Kernels appear in the order they run.
 void fuseKernels(mlir::func::FuncOp fn);
 
+/// Replaces the reads of every frozen argument of `fn` whose initializer
+/// is a literal by an `nn.constant` (compiler/transforms/
+/// FrozenConstants.cpp); returns how many.
+unsigned propagateFrozen(mlir::func::FuncOp fn);
+
 /// Folds every evaluation-mode batch norm of `fn` that follows a
 /// convolution or a matrix product into that layer's weights and bias
 /// (compiler/transforms/FoldBatchNorm.cpp); returns how many.

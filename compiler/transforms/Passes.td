@@ -36,6 +36,17 @@ def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
   let dependentDialects = ["::nnc::nn::NNDialect"];
 }
 
+def PropagateFrozen : Pass<"nnc-propagate-frozen", "mlir::func::FuncOp"> {
+  let summary = "Replace frozen tensors with literal initializers by constants";
+  let description = [{
+    A frozen argument (`nn.role = "frozen"`) initialized with zeros, ones,
+    constant(v) or written-out values, all equal, and read only by
+    elementwise ops is never trained: its reads become a splat
+    `nn.constant`, which folding and the fusion pass's literals use.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
 def FoldBatchNorm : Pass<"nnc-fold-batch-norm", "mlir::func::FuncOp"> {
   let summary = "Fold evaluation-mode batch norms into the convolution or product before them";
   let description = [{

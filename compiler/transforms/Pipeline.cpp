@@ -29,6 +29,7 @@ void nnc::registerPasses() {
   registerBuildTrainStep();
   registerFuse();
   registerFoldBatchNorm();
+  registerPropagateFrozen();
   PassPipelineRegistration<>("nnc-training-pipeline",
                              "Autodiff and the training step, cleaned up",
                              [](OpPassManager &pm) { buildPipeline(pm, Stage::Train); });

@@ -168,6 +168,7 @@ FailureOr<OwningOpRef<ModuleOp>> cpu::prepare(func::FuncOp fn, std::optional<int
   scratch->push_back(clone);
   if ((batch && failed(specializeBatch(clone, *batch))) || failed(decompose(clone)))
     return failure();
+  propagateFrozen(clone);
   foldBatchNorm(clone);
   PassManager pm(fn.getContext());
   pm.addPass(createCanonicalizerPass());
