@@ -3,7 +3,8 @@
 // Differentiates a model with the autodiff pass, evaluates the gradient
 // function on the reference evaluator with random inputs, and compares each
 // parameter's gradient with central finite differences of the loss (in
-// double precision). Used by `nnc gradcheck` and by the tests.
+// double precision). The gradient function may instead run on a compiled
+// backend (its fused f32 code). Used by `nnc gradcheck` and by the tests.
 //
 //===----------------------------------------------------------------------===//
 
@@ -20,6 +21,8 @@
 
 namespace nnc::ref {
 
+class Executor;
+
 struct GradCheckOptions {
   uint64_t seed = 1;
   int64_t batch = 3;       // the size given to symbolic dimensions
@@ -27,6 +30,12 @@ struct GradCheckOptions {
   double tolerance = 1e-4; // largest relative error accepted
   double eps = 1e-6;       // finite-difference step
   bool wrtInputs = false;
+  /// Where the gradient function runs (the reference evaluator when null;
+  /// a compiled backend to check its generated, fused code). The finite
+  /// differences always come from the evaluator in double precision; a
+  /// backend computing in f32 is held to f32 accuracy: an error also
+  /// passes when below 1e-4 times the model's largest gradient element.
+  Executor *executor = nullptr;
 };
 
 struct GradCheckRow {

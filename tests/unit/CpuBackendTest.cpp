@@ -13,6 +13,7 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
 #include "runtime/Compiled.h"
+#include "compiler/reference/GradCheck.h"
 #include "compiler/reference/Trainer.h"
 #include "dialects/nn/NNOps.h"
 #include "runtime/Random.h"
@@ -250,5 +251,42 @@ INSTANTIATE_TEST_SUITE_P(
                       "optimizer = adamw(lr=0.01, weight_decay=0.1)",
                       "optimizer = sgd(lr=0.1)\n  clip_norm = 0.5"),
     [](const auto &info) { return optimizerName(info.index); });
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Gradcheck through the compiled, fused code
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+class CompiledGradcheck : public ::testing::TestWithParam<const char *> {};
+
+/// The gradients of the generated CPU code (f32, fused) against central
+/// finite differences of the reference evaluator's loss (double): every
+/// tensor the reference gradients pass must pass from compiled code too.
+TEST_P(CompiledGradcheck, PassesWhereReferencePasses) {
+  test::Compiled m(test::readSource(std::string("examples/") + GetParam() + ".nn"), Stage::Nn);
+  ASSERT_TRUE(m.module) << m.firstError();
+  ref::GradCheckOptions o;
+  o.samples = 12;
+  std::string table;
+  llvm::raw_string_ostream os(table);
+  auto reference = ref::gradcheck(*m.module, o, os);
+  auto executor = cpu::createExecutor();
+  o.executor = executor.get();
+  auto compiled = ref::gradcheck(*m.module, o, os);
+  ASSERT_TRUE(succeeded(reference) && succeeded(compiled)) << m.firstError();
+  ASSERT_EQ(reference->rows.size(), compiled->rows.size());
+  ASSERT_FALSE(compiled->rows.empty());
+  for (size_t i = 0; i < compiled->rows.size(); ++i)
+    if (reference->rows[i].ok)
+      EXPECT_TRUE(compiled->rows[i].ok) << compiled->rows[i].name << "\n" << table;
+}
+
+INSTANTIATE_TEST_SUITE_P(Examples, CompiledGradcheck,
+                         ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
+                                           "mnist_cnn", "lenet5", "mnist_autoencoder",
+                                           "weight_norm"));
 
 } // namespace

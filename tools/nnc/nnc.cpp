@@ -108,7 +108,9 @@ const std::vector<Command> &commands() {
         {"batch", "N", "Size of symbolic dimensions such as B (default 3)"},
         {"samples", "N", "Elements checked per parameter (default 32; 0 = all)"},
         {"tolerance", "X", "Largest relative error accepted (default 1e-4)"},
-        {"inputs", nullptr, "Also check gradients with respect to f32 inputs"}},
+        {"inputs", nullptr, "Also check gradients with respect to f32 inputs"},
+        {"target", "T", "Where the gradients are computed: reference (default, double "
+                        "precision) or cpu (the compiled, fused code)"}},
        runGradcheck},
       {"bench", "nnc bench FILE [options]",
        "Time a model's training step kernel by kernel (synthetic data).",
@@ -465,7 +467,15 @@ int runGradcheck(const Args &args) {
     if (rc)
       return *rc;
   opts.wrtInputs = args.has("inputs");
+  std::string target = args.get("target", "reference");
+  if (target != "cpu" && target != "reference")
+    return usageError("unknown --target '" + target + "' for gradcheck (reference or cpu)", &c);
   Session s;
+  // Compiled code refers to the session's context: destroyed before it.
+  std::unique_ptr<ref::Executor> executor;
+  if (target == "cpu")
+    executor = cpu::createExecutor();
+  opts.executor = executor.get();
   if (!s.open(args.positional[0]))
     return kUserError;
   mlir::SourceMgrDiagnosticHandler handler(s.sourceMgr, &s.ctx);
