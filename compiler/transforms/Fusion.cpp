@@ -38,6 +38,14 @@ namespace {
 
 using nnops::isReduction;
 
+/// Whether `user` reads the elements of `v` (a broadcast_like reads only
+/// the shape of its second operand).
+bool readsElementsOf(Operation *user, Value v) {
+  if (isa<nnops::BroadcastLikeOp>(user))
+    return user->getOperand(0) == v;
+  return true;
+}
+
 /// Whether `op` only reads its operands element by element.
 bool readsByElement(Operation *op) { return nnops::isElementwise(op) || isReduction(op); }
 
@@ -90,10 +98,64 @@ struct Groups {
   }
 };
 
+/// Elementwise ops cheap enough to compute again where they are read.
+bool isCheap(Operation *op) {
+  return isa<nnops::NegOp, nnops::AbsOp, nnops::ReluOp, nnops::StepOp, nnops::IdentityOp,
+             nnops::LeakyReluOp, nnops::AddOp, nnops::SubOp, nnops::MulOp>(op);
+}
+
+/// Whether `user` can compute `v` in place as it reads it (rule 1).
+bool absorbs(Operation *user, Value v) {
+  if (isReduction(user))
+    return user->getOperand(0) == v;
+  return nnops::isElementwise(user) && readsElementsOf(user, v) &&
+         user->getResult(0).getType() == v.getType();
+}
+
 } // namespace
+
+unsigned nnc::rematerialize(func::FuncOp fn) {
+  Block &body = fn.front();
+  llvm::DenseMap<Operation *, unsigned> order;
+  for (auto [i, op] : llvm::enumerate(body))
+    order[&op] = i;
+  auto lastReader = [&](Value v) {
+    unsigned last = 0;
+    for (Operation *u : v.getUsers())
+      last = std::max(last, order.lookup(u));
+    return last;
+  };
+  unsigned copies = 0;
+  for (Operation &op : llvm::make_early_inc_range(body.without_terminator())) {
+    if (!isCheap(&op) || isFree(&op) || op.getNumResults() != 1)
+      continue;
+    Value r = op.getResult(0);
+    SmallVector<OpOperand *> uses;
+    for (OpOperand &u : r.getUses())
+      uses.push_back(&u);
+    if (uses.size() < 2 || llvm::any_of(uses, [&](OpOperand *u) { return !absorbs(u->getOwner(), r); }))
+      continue;
+    unsigned last = lastReader(r);
+    bool alive = llvm::all_of(op.getOperands(), [&](Value v) {
+      Operation *d = v.getDefiningOp();
+      return !d || isFree(d) || lastReader(v) > last;
+    });
+    if (!alive)
+      continue;
+    for (OpOperand *u : llvm::drop_begin(uses)) {
+      OpBuilder b(u->getOwner());
+      Operation *copy = b.clone(op);
+      order[copy] = order.lookup(u->getOwner());
+      u->set(copy->getResult(0));
+      ++copies;
+    }
+  }
+  return copies;
+}
 
 void nnc::fuseKernels(func::FuncOp fn) {
   Block &body = fn.front();
+  rematerialize(fn); // (nothing new when the caller ran it)
   Operation *ret = body.getTerminator();
   llvm::DenseMap<Operation *, unsigned> order;
   for (auto [i, op] : llvm::enumerate(body))
@@ -139,8 +201,8 @@ void nnc::fuseKernels(func::FuncOp fn) {
       continue;
     if (users.size() == 1) {
       Operation *u = users.front();
-      if (isReduction(u) ||
-          (nnops::isElementwise(u) && u->getResult(0).getType() == r.getType()))
+      if (isReduction(u) || (nnops::isElementwise(u) && readsElementsOf(u, r) &&
+                             u->getResult(0).getType() == r.getType()))
         into(u);
       continue;
     }

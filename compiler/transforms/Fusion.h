@@ -13,6 +13,16 @@
 
 namespace nnc {
 
+/// Rematerialization, the first step of the policy: a cheap elementwise op
+/// (add, sub, mul, neg, abs, relu, step, leaky_relu) whose readers could
+/// all compute it in place is copied into each of them instead of being
+/// stored once and read back by each, provided every operand it reads from
+/// memory lives until its last reader anyway (a function argument, or a
+/// value read later still), so no buffer lives longer: a write and a buffer
+/// saved. Creates values: a backend that annotates values (batch scaling)
+/// runs it first. Returns how many copies were made.
+unsigned rematerialize(mlir::func::FuncOp fn);
+
 /// Groups the ops of `fn` (a single block of core nn ops) into `nn.kernel`
 /// ops. Every op that computes something lands in exactly one kernel;
 /// reshapes (views), splat constants and element counts (literals) stay

@@ -175,8 +175,11 @@ FailureOr<OwningOpRef<ModuleOp>> cpu::prepare(func::FuncOp fn, std::optional<int
   pm.addPass(createCSEPass());
   if (failed(pm.run(*scratch)))
     return failure();
-  // Batch scaling relates the values of the flat function; the fusion pass
-  // moves ops into kernels without changing them.
+  // Batch scaling relates the values of the flat function: the copies
+  // rematerialization makes come first; the rest of the fusion pass moves
+  // ops into kernels without changing them.
+  if (fuse)
+    rematerialize(clone);
   auto s = batchScaling(clone);
   if (failed(s))
     return failure();

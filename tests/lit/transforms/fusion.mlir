@@ -154,3 +154,36 @@ func.func @updates(%a: tensor<4xf32>, %ga: tensor<4xf32>, %b: tensor<8xf32>, %gb
   %dep = nn.exp %v : tensor<2x2xf32>
   return %na, %nb, %dep : tensor<4xf32>, tensor<8xf32>, tensor<2x2xf32>
 }
+
+// Rematerialization: relu(x) is read by two elementwise ops, and x is an
+// argument (alive anyway): each reader computes relu again instead of
+// reading a stored copy; no kernel stores it.
+// CHECK-LABEL: func.func @remat
+// CHECK: nn.kernel
+// CHECK-NEXT: nn.relu %arg0
+// CHECK-NEXT: nn.mul
+// CHECK: nn.kernel
+// CHECK-NEXT: nn.relu %arg0
+// CHECK-NEXT: nn.add
+func.func @remat(%x: tensor<4xf32>, %y: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xf32>) {
+  %r = nn.relu %x : tensor<4xf32>
+  %a = nn.mul %r, %y : tensor<4xf32>, tensor<4xf32>
+  %s = nn.reduce_sum %a {axes = array<i64: 0>, keepdims = true} : tensor<4xf32>
+  %b = nn.add %r, %s : tensor<4xf32>, tensor<1xf32>
+  return %a, %b : tensor<4xf32>, tensor<4xf32>
+}
+
+// Must not: exp is no cheap op; and relu(e) would keep e (dead after it
+// otherwise) alive until its last reader.
+// CHECK-LABEL: func.func @no_remat
+// CHECK-COUNT-1: nn.exp
+// CHECK-COUNT-1: nn.relu
+// CHECK: return
+func.func @no_remat(%x: tensor<4xf32>, %y: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xf32>) {
+  %e = nn.exp %x : tensor<4xf32>
+  %r = nn.relu %e : tensor<4xf32>
+  %a = nn.mul %r, %y : tensor<4xf32>, tensor<4xf32>
+  %s = nn.reduce_sum %a {axes = array<i64: 0>, keepdims = true} : tensor<4xf32>
+  %b = nn.add %r, %s : tensor<4xf32>, tensor<1xf32>
+  return %a, %b : tensor<4xf32>, tensor<4xf32>
+}
