@@ -13,6 +13,8 @@
 #include "compiler/frontend/AST.h"
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cuda/CudaEmitter.h"
+#include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/transforms/Pipeline.h"
@@ -60,8 +62,8 @@ const std::vector<Command> &commands() {
        runCheck},
       {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
        "Compile a model and print one stage of its IR.",
-       {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm "
-                         "(cuda|ptx later)"},
+       {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx"},
+        {"cuda-arch", "SM", "GPU architecture for --emit=ptx (default sm_90)"},
         {"stats", nullptr, "Print op and parameter counts to stderr; with fused|loops|llvm|asm "
                            "also kernels, bytes moved and peak memory per step, fused and not"},
         {"locs", nullptr, "Print the source location of every op"},
@@ -342,13 +344,8 @@ int runCompile(const Args &args) {
   llvm::StringRef(kEmitKinds).split(kinds, '|');
   if (!llvm::is_contained(kinds, emit))
     return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
-  bool host = emit == "fused" || emit == "loops" || emit == "llvm" || emit == "asm";
-  if (emit != "ast" && emit != "nn" && emit != "grad" && emit != "train" && !host) {
-    llvm::errs() << "nnc: error: --emit=" << emit
-                 << " is not available yet; this version emits ast, nn, grad, train, fused, "
-                    "loops, llvm and asm\n";
-    return kUserError;
-  }
+  bool device = emit == "cuda" || emit == "ptx";
+  bool host = device || emit == "fused" || emit == "loops" || emit == "llvm" || emit == "asm";
   int64_t batch = 0;
   if (auto rc = numberOption(args, c, "batch", batch))
     return *rc;
@@ -402,7 +399,34 @@ int runCompile(const Args &args) {
           if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
             at = b.getInt();
       at = at ? at : 64;
-      if (emit == "fused") {
+      if (device) {
+        cpu::BatchScaling scaling;
+        auto prepared = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+                                     /*fuse=*/true, &scaling);
+        if (mlir::failed(prepared))
+          return kUserError;
+        auto prepFn = *(*prepared)->getOps<mlir::func::FuncOp>().begin();
+        auto code = cuda::emitCuda(prepFn, scaling, /*skipUnsupported=*/true);
+        if (mlir::failed(code))
+          return kUserError;
+        for (const std::string &k : code->skipped)
+          llvm::errs() << "nnc: warning: kernel " << k << " is not generated for CUDA yet\n";
+        if (emit == "cuda") {
+          os << code->source;
+          for (const std::string &k : code->skipped)
+            os << "// not generated yet: " << k << "\n";
+        } else {
+          std::string arch = args.get("cuda-arch", "sm_90");
+          cuda::NvrtcResult r = cuda::compileToPtx(code->source, fn.getName().str() + ".cu", arch);
+          if (!r.ok) {
+            llvm::errs() << "nnc: error: " << r.error << "\n";
+            if (!r.log.empty())
+              llvm::errs() << r.log << "\n";
+            return kUserError;
+          }
+          os << r.ptx;
+        }
+      } else if (emit == "fused") {
         printKernels(**loops, fn, at, os);
         // The fused graph both backends lower: nn.kernel ops in order.
         auto fusedGraph = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
@@ -414,7 +438,7 @@ int runCompile(const Args &args) {
           flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();
         (*fusedGraph)->print(os, flags);
       }
-      if (args.has("stats")) {
+      if (args.has("stats") && !device) {
         summarize(*module, llvm::errs()); // the model, before its IR is replaced
         auto unfused = cpu::buildLoops(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
                                        /*fuse=*/false);
@@ -423,8 +447,8 @@ int runCompile(const Args &args) {
         printFusionStats(**loops, **unfused, at, llvm::errs());
       }
       module = std::move(*loops);
-      if (emit == "fused") {
-        // The report above is the output.
+      if (emit == "fused" || device) {
+        // The report or source above is the output.
       } else if (emit != "loops") {
         if (mlir::failed(cpu::lowerToLLVM(*module)))
           return kUserError;
