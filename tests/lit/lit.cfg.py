@@ -20,3 +20,13 @@ config.environment["PATH"] = os.pathsep.join(
 config.substitutions.append(("%examples", os.path.join(config.nnc_src_root, "examples")))
 config.substitutions.append(("%srcroot", config.nnc_src_root))
 config.substitutions.append(("%python", config.python_executable))
+
+# The CUDA Toolkit, when installed: NVRTC (loaded by nnc at run time) and
+# ptxas, to check generated kernels down to machine code without a GPU.
+cuda_root = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+if any(os.path.exists(os.path.join(cuda_root, "lib64", n)) for n in ("libnvrtc.so", "libnvrtc.so.13")):
+    config.available_features.add("nvrtc")
+ptxas = os.path.join(cuda_root, "bin", "ptxas")
+if os.path.exists(ptxas):
+    config.available_features.add("ptxas")
+    config.substitutions.append(("%ptxas", ptxas))
