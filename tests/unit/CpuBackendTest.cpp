@@ -27,27 +27,6 @@ using ref::Tensor;
 
 namespace {
 
-/// Deterministic inputs for `fn`'s inputs: uniform(0.05, 0.95), labels 0/1.
-std::vector<Tensor> inputsFor(mlir::func::FuncOp fn, int64_t batch, uint64_t salt) {
-  std::vector<Tensor> out;
-  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
-    auto role = fn.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
-    if (!role || role.getValue() != "input")
-      continue;
-    auto type = mlir::cast<mlir::RankedTensorType>(fn.getArgument(i).getType());
-    std::vector<int64_t> shape;
-    for (int64_t d : type.getShape())
-      shape.push_back(mlir::ShapedType::isDynamic(d) ? batch : d);
-    Tensor t = Tensor::filled(shape);
-    for (size_t k = 0; k < t.data.size(); ++k)
-      t.data[k] = type.getElementType().isInteger(32)
-                      ? static_cast<double>(k % 2)
-                      : 0.05 + 0.9 * rt::uniform01(salt, i, k);
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
 double largest(const Tensor &t) {
   double m = 0;
   for (double v : t.data)
@@ -85,7 +64,7 @@ void compareBackends(const std::string &source, int64_t batch, bool fuse = true)
   auto grad = m.module->lookupSymbol<mlir::func::FuncOp>((model.getName() + "_grad").str());
   ASSERT_TRUE(grad);
   std::vector<Tensor> args;
-  std::vector<Tensor> in = inputsFor(model, batch, 1);
+  std::vector<Tensor> in = test::inputsFor(model, batch, 1);
   size_t k = 0;
   for (unsigned i = 0; i < grad.getNumArguments(); ++i) {
     auto role = grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
@@ -110,7 +89,7 @@ void compareBackends(const std::string &source, int64_t batch, bool fuse = true)
   EXPECT_NEAR(*a, *b, 1e-3 * (1 + std::abs(*b))) << "loss";
   for (const std::string &name : ref->stateNames())
     expectClose(*cpu->tensor(name), *ref->tensor(name), name, 2e-3, 2.5e-3);
-  std::vector<Tensor> later = inputsFor(model, batch, 9);
+  std::vector<Tensor> later = test::inputsFor(model, batch, 9);
   auto ea = cpu->evaluate(later), eb = ref->evaluate(later);
   ASSERT_TRUE(succeeded(ea) && succeeded(eb)) << m.firstError();
   for (size_t i = 0; i < ea->size(); ++i)
@@ -224,7 +203,7 @@ TEST_P(CompiledOptimizer, StepsMatchReferenceTrainer) {
   auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
   ASSERT_TRUE(succeeded(ref));
   for (int step = 0; step < 5; ++step) {
-    std::vector<Tensor> in = inputsFor(ref->modelFunction(), 4, 11 + step);
+    std::vector<Tensor> in = test::inputsFor(ref->modelFunction(), 4, 11 + step);
     std::vector<rt::HostTensor> batch;
     for (const Tensor &t : in)
       batch.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});

@@ -5,7 +5,10 @@
 
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/transforms/Pipeline.h"
+#include "compiler/reference/Evaluator.h"
 #include "dialects/nn/NNDialect.h"
+#include "dialects/nn/NNOps.h"
+#include "runtime/Random.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Diagnostics.h"
@@ -51,6 +54,27 @@ struct Compiled {
 };
 
 /// Reads a file of the source tree (NNC_SOURCE_DIR is set by CMake).
+/// Deterministic inputs for `fn`'s inputs: uniform(0.05, 0.95), labels 0/1.
+inline std::vector<ref::Tensor> inputsFor(mlir::func::FuncOp fn, int64_t batch, uint64_t salt) {
+  std::vector<ref::Tensor> out;
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
+    auto role = fn.getArgAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole);
+    if (!role || role.getValue() != "input")
+      continue;
+    auto type = mlir::cast<mlir::RankedTensorType>(fn.getArgument(i).getType());
+    std::vector<int64_t> shape;
+    for (int64_t d : type.getShape())
+      shape.push_back(mlir::ShapedType::isDynamic(d) ? batch : d);
+    ref::Tensor t = ref::Tensor::filled(shape);
+    for (size_t k = 0; k < t.data.size(); ++k)
+      t.data[k] = type.getElementType().isInteger(32)
+                      ? static_cast<double>(k % 2)
+                      : 0.05 + 0.9 * rt::uniform01(salt, i, k);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 inline std::string readSource(const std::string &relative) {
   auto buf = llvm::MemoryBuffer::getFile(std::string(NNC_SOURCE_DIR) + "/" + relative);
   return buf ? (*buf)->getBuffer().str() : std::string();

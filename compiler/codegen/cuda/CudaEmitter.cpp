@@ -100,6 +100,10 @@ const llvm::DenseMap<TypeID, ScalarFn> &scalarOps() {
 
 bool isScalar(Operation *op) { return scalarOps().count(op->getName().getTypeID()); }
 
+/// Ops computed one element at a time from elements of their operands at
+/// other positions: a transpose, a one-hot encoding.
+bool isPointwise(Operation *op) { return isa<nnops::TransposeOp, nnops::OneHotOp>(op); }
+
 bool readsElementsOf(Operation *user, Value v) {
   return !isa<nnops::BroadcastLikeOp>(user) || user->getOperand(0) == v;
 }
@@ -174,9 +178,25 @@ private:
       return params[it->second].name;
     }
     paramOf[v] = params.size();
-    params.push_back({bufferName(v), output, getElementTypeOrSelf(v.getType()).isInteger(32), shapeOf(v)});
+    params.push_back({bufferName(v), viewRoot(v), output, getElementTypeOrSelf(v.getType()).isInteger(32),
+                      shapeOf(v)});
     return params.back().name;
   }
+  /// The buffer a reshape views (through chains of reshapes), or "".
+  std::string viewRoot(Value v) {
+    Value root = v;
+    while (auto r = root.getDefiningOp<nnops::ReshapeOp>())
+      root = r->getOperand(0);
+    return root == v ? "" : bufferName(root);
+  }
+
+public:
+  std::string rootBuffer(Value v) {
+    std::string r = viewRoot(v);
+    return r.empty() ? bufferName(v) : r;
+  }
+
+private:
   static std::string ctype(Value v) {
     return getElementTypeOrSelf(v.getType()).isInteger(32) ? "int" : "float";
   }
@@ -237,7 +257,7 @@ private:
       return held->second;
     Operation *def = v.getDefiningOp();
     if (def && members.contains(def) && fusedOps.contains(def))
-      return compute(def, idx);
+      return isPointwise(def) ? pointwise(def, idx) : compute(def, idx);
     if (def && !members.contains(def) && !isa<nnops::KernelOp, nnops::ReshapeOp>(def)) {
       auto lit = literal(def);
       if (succeeded(lit))
@@ -266,6 +286,33 @@ private:
     std::string name = "t" + std::to_string(nextLocal++);
     body << "    const " << ctype(r) << " " << name << " = "
          << scalarOps().lookup(op->getName().getTypeID())(op, args) << ";\n";
+    local[r] = name;
+    store(r, name, idx);
+    return name;
+  }
+
+  /// A transpose or one-hot at `idx`: its operand read at other positions.
+  FailureOr<std::string> pointwise(Operation *op, ArrayRef<std::string> idx) {
+    std::string v;
+    if (auto t = dyn_cast<nnops::TransposeOp>(op)) {
+      // Result axis i is the input's axis perm[i].
+      ArrayRef<int64_t> perm = t.getPerm();
+      std::vector<std::string> src(perm.size());
+      for (size_t i = 0; i < perm.size(); ++i)
+        src[perm[i]] = idx[i];
+      auto e = value(op->getOperand(0), src);
+      if (failed(e))
+        return failure();
+      v = *e;
+    } else {
+      auto e = value(op->getOperand(0), idx.drop_back());
+      if (failed(e))
+        return failure();
+      v = "(" + *e + " == (int)" + idx.back() + " ? 1.0f : 0.0f)";
+    }
+    Value r = op->getResult(0);
+    std::string name = "t" + std::to_string(nextLocal++);
+    body << "    const " << ctype(r) << " " << name << " = " << v << ";\n";
     local[r] = name;
     store(r, name, idx);
     return name;
@@ -336,11 +383,11 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
     // Which members are computed where they are read.
     Operation *unsupported = nullptr;
     for (Operation &m : block.without_terminator()) {
-      if (!isScalar(&m) && !isReduction(&m)) {
+      if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isa<nnops::MatmulOp>(m)) {
         unsupported = unsupported ? unsupported : &m;
         continue;
       }
-      if (!isScalar(&m))
+      if (!isScalar(&m) && !isPointwise(&m))
         continue;
       Value r = m.getResult(0);
       SmallVector<Operation *> inside;
@@ -351,7 +398,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         continue;
       Operation *u = inside.front();
       if ((isReduction(u) && u->getOperand(0) == r) ||
-          (isScalar(u) && readsElementsOf(u, r) && typeOf(u->getResult(0)) == typeOf(r)))
+          (isScalar(u) && readsElementsOf(u, r) && typeOf(u->getResult(0)) == typeOf(r)) ||
+          (isa<nnops::TransposeOp>(m) && isa<nnops::MatmulOp>(u)))
         fusedOps.insert(&m);
     }
     if (unsupported) {
@@ -386,7 +434,26 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       Value space = root->getResult(0);
       body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
       std::vector<std::string> idx = unflatten(space, "o");
-      if (isReduction(root)) {
+      bool epilogue = false;
+      if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
+        // One thread per output element: a dot product over the depth.
+        Value a = mm->getOperand(0), b = mm->getOperand(1);
+        body << "    float acc = 0.0f;\n    for (i64 kk = 0; kk < " << dim(a, 1) << "; ++kk) {\n";
+        std::vector<std::string> ai = {idx[0], "kk"}, bi = {"kk", idx[1]};
+        auto x = value(a, ai);
+        if (failed(x))
+          return failure();
+        auto y = value(b, bi);
+        if (failed(y))
+          return failure();
+        body << "      acc += " << *x << " * " << *y << ";\n    }\n";
+        local[space] = "acc";
+        store(space, "acc", idx);
+        epilogue = true;
+      } else if (isPointwise(root)) {
+        if (failed(pointwise(root, idx)))
+          return failure();
+      } else if (isReduction(root)) {
         // One thread per output element: loop over the reduced axes.
         Value x = root->getOperand(0);
         auto rt = typeOf(x);
@@ -424,6 +491,13 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
           }
         local[space] = acc;
         store(space, acc, idx);
+        epilogue = true;
+      } else {
+        // Elementwise: a grid-stride loop over the root's elements.
+        if (failed(compute(root, idx)))
+          return failure();
+      }
+      if (epilogue) {
         // The epilogue: elementwise roots of the result's shape reading
         // only this launch's values (or memory other kernels wrote).
         while (ri < roots.size() && isScalar(roots[ri]) && typeOf(roots[ri]->getResult(0)) == typeOf(space)) {
@@ -444,10 +518,6 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
             return failure();
           ++ri;
         }
-      } else {
-        // Elementwise: a grid-stride loop over the root's elements.
-        if (failed(compute(root, idx)))
-          return failure();
       }
       body << "  }\n";
       launch.params = params;
@@ -474,6 +544,10 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
     }
   }
   out.source = src.str();
+  for (BlockArgument a : fn.getArguments())
+    out.args.push_back(bufferName(a));
+  for (Value r : fn.front().getTerminator()->getOperands())
+    out.results.push_back(rootBuffer(r));
   return success();
 }
 

@@ -27,6 +27,7 @@ namespace nnc::cuda {
 /// (a negative size -k is k per batch element).
 struct Param {
   std::string name;      // in the source
+  std::string viewOf;    // a reshape: the buffer it views (else empty)
   bool output = false;   // written by the launch
   bool integer = false;  // i32, else f32
   std::vector<int64_t> shape;
@@ -47,6 +48,9 @@ struct CudaModule {
   std::vector<Launch> launches;
   /// nn.kernels not generated (with `skipUnsupported`): "ops at loc".
   std::vector<std::string> skipped;
+  /// The buffers holding the function's arguments and results, by name
+  /// (a returned view names the buffer it views).
+  std::vector<std::string> args, results;
 };
 
 /// Threads per block of every launch (the prelude's launch bounds).

@@ -1,0 +1,157 @@
+//===- CudaTest.cpp - the generated CUDA code, run on the host ------------===//
+//
+// Without a GPU: the CUDA source nnc generates for a function is compiled
+// by the host compiler behind the emulation header and run on emulated
+// blocks and threads (cuda::createHostEmulationExecutor). Every op case
+// whose gradient function the CUDA backend generates must match the
+// reference evaluator, and so must two whole training steps of it.
+//
+//===----------------------------------------------------------------------===//
+
+#include "OpCases.h"
+#include "TestUtil.h"
+
+#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cuda/CudaEmitter.h"
+#include "compiler/codegen/cuda/HostEmulation.h"
+#include "compiler/reference/Trainer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+using namespace nnc;
+using ref::Tensor;
+
+namespace {
+
+/// Whether the CUDA backend generates every kernel of `fn`.
+bool generated(mlir::func::FuncOp fn) {
+  cpu::BatchScaling scaling;
+  auto prepared = cpu::prepare(fn, std::nullopt, true, &scaling);
+  if (failed(prepared))
+    return false;
+  auto code = cuda::emitCuda(*(*prepared)->getOps<mlir::func::FuncOp>().begin(), scaling, true);
+  return succeeded(code) && code->skipped.empty();
+}
+
+void expectClose(const Tensor &a, const Tensor &b, const std::string &what, double scale) {
+  ASSERT_EQ(a.shape, b.shape) << what;
+  for (size_t i = 0; i < a.data.size(); ++i)
+    if (!(std::abs(a.data[i] - b.data[i]) <= 1e-3 * std::abs(b.data[i]) + 1e-4 * scale + 1e-6)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << a.data[i] << " vs " << b.data[i];
+      return;
+    }
+}
+
+class CudaHostOp : public ::testing::TestWithParam<test::Case> {};
+
+TEST_P(CudaHostOp, MatchesReference) {
+  std::string src = test::model(GetParam()) + "train {\n  optimizer = adam(lr=0.01)\n}\n";
+  test::Compiled m(src, Stage::Train);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("m_grad");
+  auto step = m.module->lookupSymbol<mlir::func::FuncOp>("m_train_step");
+  ASSERT_TRUE(grad && step);
+  if (!generated(step))
+    GTEST_SKIP() << "the CUDA backend does not generate every kernel of this case yet";
+  auto emu = std::shared_ptr<ref::Executor>(cuda::createHostEmulationExecutor(NNC_HOST_CXX));
+  auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
+
+  // The gradient function.
+  auto model = m.module->lookupSymbol<mlir::func::FuncOp>("m");
+  std::vector<Tensor> in = test::inputsFor(model, 5, 1);
+  auto tr = ref::Trainer::create(*m.module, 3, refExec);
+  ASSERT_TRUE(succeeded(tr));
+  std::vector<Tensor> args;
+  size_t k = 0;
+  for (unsigned i = 0; i < grad.getNumArguments(); ++i) {
+    auto role = grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
+    args.push_back(role.getValue() == "input"
+                       ? in[k++]
+                       : *tr->tensor(grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kName).getValue()));
+  }
+  auto a = emu->run(grad, args, {3, 1}), b = refExec->run(grad, args, {3, 1});
+  ASSERT_TRUE(succeeded(a) && succeeded(b)) << m.firstError();
+  ASSERT_EQ(a->size(), b->size());
+  double scale = 0;
+  for (const Tensor &t : *b)
+    for (double v : t.data)
+      scale = std::max(scale, std::abs(v));
+  for (size_t i = 0; i < a->size(); ++i)
+    expectClose((*a)[i], (*b)[i], "gradient result " + std::to_string(i), scale);
+
+  // Two training steps (Adam), state fed back by the trainer.
+  auto cudaTrainer = ref::Trainer::create(*m.module, 3, emu);
+  auto refTrainer = ref::Trainer::create(*m.module, 3, refExec);
+  ASSERT_TRUE(succeeded(cudaTrainer) && succeeded(refTrainer));
+  for (int s = 0; s < 2; ++s) {
+    std::vector<Tensor> batch = test::inputsFor(model, 4, 20 + s);
+    auto la = cudaTrainer->step(batch), lb = refTrainer->step(batch);
+    ASSERT_TRUE(succeeded(la) && succeeded(lb)) << m.firstError();
+    EXPECT_NEAR(*la, *lb, 1e-3 * (1 + std::abs(*lb))) << "loss at step " << s;
+  }
+  for (const std::string &name : refTrainer->stateNames())
+    expectClose(*cudaTrainer->tensor(name), *refTrainer->tensor(name), name, 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, CudaHostOp, ::testing::ValuesIn(test::cases()),
+                         [](const auto &info) { return std::string(info.param.name); });
+
+/// The share of op cases generated end to end may only grow.
+TEST(CudaCoverage, OpCasesGenerated) {
+  size_t n = 0, all = 0;
+  for (const test::Case &c : test::cases()) {
+    test::Compiled m(test::model(c) + "train {\n  optimizer = adam(lr=0.01)\n}\n", Stage::Train);
+    ASSERT_TRUE(m.module) << c.name;
+    ++all;
+    n += generated(m.module->lookupSymbol<mlir::func::FuncOp>("m_train_step"));
+  }
+  RecordProperty("generated", static_cast<int>(n));
+  // 43 of 62 today; convolution, pooling, normalization, concat and
+  // dropout kernels are not generated yet.
+  EXPECT_GE(n, 43u) << n << " of " << all << " op cases generated";
+}
+
+class CudaHostExample : public ::testing::TestWithParam<const char *> {};
+
+/// Two training steps of an example model, every kernel generated CUDA
+/// run on the host, against the reference trainer.
+TEST_P(CudaHostExample, TrainingStepsMatchReference) {
+  test::Compiled m(test::readSource(std::string("examples/") + GetParam() + ".nn"), Stage::Train);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto emu = std::shared_ptr<ref::Executor>(cuda::createHostEmulationExecutor(NNC_HOST_CXX));
+  auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
+  auto a = ref::Trainer::create(*m.module, 5, emu), b = ref::Trainer::create(*m.module, 5, refExec);
+  ASSERT_TRUE(succeeded(a) && succeeded(b)) << m.firstError();
+  ASSERT_TRUE(generated(m.module->lookupSymbol<mlir::func::FuncOp>(
+      (a->modelFunction().getName() + "_train_step").str())));
+  for (int s = 0; s < 2; ++s) {
+    std::vector<Tensor> batch = test::inputsFor(a->modelFunction(), 6, 30 + s);
+    auto la = a->step(batch), lb = b->step(batch);
+    ASSERT_TRUE(succeeded(la) && succeeded(lb)) << m.firstError();
+    EXPECT_NEAR(*la, *lb, 1e-3 * (1 + std::abs(*lb))) << "loss at step " << s;
+  }
+  for (const std::string &name : b->stateNames())
+    expectClose(*a->tensor(name), *b->tensor(name), name, 1.0);
+  std::vector<Tensor> later = test::inputsFor(a->modelFunction(), 6, 40);
+  auto ea = a->evaluate(later), eb = b->evaluate(later);
+  ASSERT_TRUE(succeeded(ea) && succeeded(eb)) << m.firstError();
+  for (size_t i = 0; i < ea->size(); ++i)
+    expectClose((*ea)[i], (*eb)[i], "result " + std::to_string(i), 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Examples, CudaHostExample,
+                         ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
+                                           "mnist_autoencoder", "weight_norm"));
+
+/// The emulation runs the same source NVRTC compiles: its prelude
+/// selects the host definitions only under NNC_HOST_EMULATION.
+TEST(CudaHostEmulation, HeaderProvidesTheBuiltins) {
+  std::string header = cuda::hostEmulationHeader(), prelude = cuda::prelude();
+  for (const char *name : {"blockIdx", "threadIdx", "blockDim", "gridDim", "NNC_KERNEL", "NNC_INF"})
+    EXPECT_NE(header.find(name), std::string::npos) << name;
+  EXPECT_NE(prelude.find("#ifndef NNC_HOST_EMULATION"), std::string::npos);
+}
+
+} // namespace
