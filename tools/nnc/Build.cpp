@@ -116,7 +116,7 @@ int nnc::driver::runBuild(const Args &args) {
     return *rc;
   std::string target = args.get("target", "cpu");
   if (target == "cuda")
-    return userError("--target=cuda is not available in this version of nnc");
+    return cudaUnavailable();
   if (target != "cpu" && target != "auto")
     return usageError("--target must be cpu, cuda or auto, got '" + target + "'", &c);
   std::optional<double> lr;

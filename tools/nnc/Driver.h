@@ -96,6 +96,11 @@ struct Session {
   mlir::OwningOpRef<mlir::ModuleOp> load(const std::string &path);
 };
 
+/// --target=cuda for commands that run a model: says in one line why it
+/// cannot (no driver or device; or, with one, that the CUDA runtime does
+/// not train yet) and returns the exit code.
+int cudaUnavailable();
+
 int runTrain(const Args &args);
 int runEval(const Args &args);
 int runPredict(const Args &args);

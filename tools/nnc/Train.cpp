@@ -240,10 +240,8 @@ struct Backend {
 
 int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
   std::string target = args.get("target", "auto");
-  if (target == "cuda") {
-    llvm::errs() << "nnc: error: --target=cuda is not available in this version of nnc\n";
-    return kUserError;
-  }
+  if (target == "cuda")
+    return cudaUnavailable();
   if (target == "reference") {
     auto t = ref::Trainer::create(*m.module, seed, ref::createReferenceExecutor());
     if (failed(t))
@@ -254,7 +252,7 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
   }
   if (target != "cpu" && target != "auto")
     return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
-  // cpu; auto picks it, as no CUDA device is supported yet.
+  // cpu; auto picks it: the CUDA runtime does not train yet.
   if (int rc = compileCpu(m, false, out.cpu))
     return rc;
   auto model = std::make_unique<rt::CompiledModel>(out.cpu.desc, seed, "cpu");

@@ -15,6 +15,7 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
+#include "runtime/CudaDevice.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/transforms/Pipeline.h"
@@ -63,7 +64,7 @@ const std::vector<Command> &commands() {
       {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
        "Compile a model and print one stage of its IR.",
        {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx"},
-        {"cuda-arch", "SM", "GPU architecture for --emit=ptx (default sm_90)"},
+        {"cuda-arch", "SM", "GPU architecture for --emit=ptx (default: the device's, or sm_90)"},
         {"stats", nullptr, "Print op and parameter counts to stderr; with fused|loops|llvm|asm "
                            "also kernels, bytes moved and peak memory per step, fused and not"},
         {"locs", nullptr, "Print the source location of every op"},
@@ -416,7 +417,12 @@ int runCompile(const Args &args) {
           for (const std::string &k : code->skipped)
             os << "// not generated yet: " << k << "\n";
         } else {
-          std::string arch = args.get("cuda-arch", "sm_90");
+          // The device's architecture, or sm_90 without one.
+          std::string arch = args.get("cuda-arch", "");
+          if (arch.empty()) {
+            rt::CudaDevice d = rt::probeCudaDevice();
+            arch = d.present ? d.arch() : "sm_90";
+          }
           cuda::NvrtcResult r = cuda::compileToPtx(code->source, fn.getName().str() + ".cu", arch);
           if (!r.ok) {
             llvm::errs() << "nnc: error: " << r.error << "\n";
@@ -526,6 +532,14 @@ int usageError(const std::string &msg, const Command *c) {
   llvm::errs() << "Run 'nnc " << (c ? std::string(c->name) + " " : "")
                << "--help' for usage.\n";
   return kUsageError;
+}
+
+int cudaUnavailable() {
+  rt::CudaDevice d = rt::probeCudaDevice();
+  if (!d.present)
+    return userError("--target=cuda: " + d.why);
+  return userError("--target=cuda: the CUDA runtime cannot run models yet (device: " + d.name + ", " +
+                   d.arch() + "); --emit=cuda|ptx generate and check its kernels");
 }
 
 int userError(const llvm::Twine &msg) {
