@@ -30,3 +30,5 @@ ptxas = os.path.join(cuda_root, "bin", "ptxas")
 if os.path.exists(ptxas):
     config.available_features.add("ptxas")
     config.substitutions.append(("%ptxas", ptxas))
+# Compiled kernels are cached on disk: keep the tests' cache in the build.
+config.environment["NNC_CACHE_DIR"] = os.path.join(config.nnc_obj_root, "tests", "lit", "kernel-cache")

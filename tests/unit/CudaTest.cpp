@@ -155,3 +155,61 @@ TEST(CudaHostEmulation, HeaderProvidesTheBuiltins) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// NVRTC and the kernel cache (where the CUDA Toolkit is installed)
+//===----------------------------------------------------------------------===//
+
+#include "compiler/codegen/cuda/Nvrtc.h"
+
+#include "llvm/Support/FileSystem.h"
+
+namespace {
+
+constexpr const char *kSaxpy = R"(extern "C" __global__ void saxpy(float *y, const float *x, float a, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += a * x[i];
+})";
+
+TEST(KernelCache, KeyCoversSourceArchitectureOptionsAndVersion) {
+  std::string k = cuda::cacheKey(kSaxpy, "sm_90", {"-lineinfo"}, "13.0");
+  EXPECT_EQ(k.size(), 64u);
+  EXPECT_EQ(k, cuda::cacheKey(kSaxpy, "sm_90", {"-lineinfo"}, "13.0"));
+  EXPECT_NE(k, cuda::cacheKey(std::string(kSaxpy) + " ", "sm_90", {"-lineinfo"}, "13.0"));
+  EXPECT_NE(k, cuda::cacheKey(kSaxpy, "sm_80", {"-lineinfo"}, "13.0"));
+  EXPECT_NE(k, cuda::cacheKey(kSaxpy, "sm_90", {}, "13.0"));
+  EXPECT_NE(k, cuda::cacheKey(kSaxpy, "sm_90", {"-lineinfo"}, "13.1"));
+  // Parts are delimited: moving text between them changes the key.
+  EXPECT_NE(cuda::cacheKey("a", "b", {}, "1"), cuda::cacheKey("ab", "", {}, "1"));
+}
+
+TEST(KernelCache, HitsUntilOptionsChange) {
+  if (cuda::nvrtcVersion().empty())
+    GTEST_SKIP() << "no NVRTC on this machine";
+  llvm::SmallString<128> dir;
+  ASSERT_FALSE(llvm::sys::fs::createUniqueDirectory("nnc-cache-test", dir));
+  bool hit = true;
+  auto first = cuda::compileCached(kSaxpy, "saxpy.cu", "sm_90", {}, dir.str().str(), &hit);
+  ASSERT_TRUE(first.ok) << first.error << "\n" << first.log;
+  EXPECT_FALSE(hit);
+  EXPECT_NE(first.ptx.find(".entry saxpy"), std::string::npos);
+  auto second = cuda::compileCached(kSaxpy, "saxpy.cu", "sm_90", {}, dir.str().str(), &hit);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(second.ptx, first.ptx);
+  auto other = cuda::compileCached(kSaxpy, "saxpy.cu", "sm_90", {"-lineinfo"}, dir.str().str(), &hit);
+  ASSERT_TRUE(other.ok);
+  EXPECT_FALSE(hit) << "new options must not hit the old entry";
+  llvm::sys::fs::remove_directories(dir);
+}
+
+TEST(Nvrtc, ErrorCarriesLogAndKernel) {
+  if (cuda::nvrtcVersion().empty())
+    GTEST_SKIP() << "no NVRTC on this machine";
+  std::string src = "// k7_0: add (m.nn:3:5)\nextern \"C\" __global__ void k7_0(float *p) { p[0] = undefined_name; }\n";
+  auto r = cuda::compileToPtx(src, "m.cu", "sm_90");
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("in kernel k7_0: add (m.nn:3:5)"), std::string::npos) << r.error;
+  EXPECT_NE(r.log.find("undefined_name"), std::string::npos) << r.log;
+}
+
+} // namespace

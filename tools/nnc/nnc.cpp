@@ -423,7 +423,8 @@ int runCompile(const Args &args) {
             rt::CudaDevice d = rt::probeCudaDevice();
             arch = d.present ? d.arch() : "sm_90";
           }
-          cuda::NvrtcResult r = cuda::compileToPtx(code->source, fn.getName().str() + ".cu", arch);
+          cuda::NvrtcResult r =
+              cuda::compileCached(code->source, fn.getName().str() + ".cu", arch, {}, cuda::defaultCacheDir());
           if (!r.ok) {
             llvm::errs() << "nnc: error: " << r.error << "\n";
             if (!r.log.empty())

@@ -2,6 +2,13 @@
 
 #include "compiler/codegen/cuda/Nvrtc.h"
 
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/SHA256.h"
+#include "llvm/Support/raw_ostream.h"
+
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -13,6 +20,12 @@ namespace {
 
 // The few NVRTC entry points nnc uses, with their C signatures (nvrtc.h).
 using nvrtcProgram = void *;
+
+/// Options every compile passes (after --gpu-architecture).
+const std::vector<std::string> &baseOptions() {
+  static const std::vector<std::string> o = {"--std=c++17", "-default-device"};
+  return o;
+}
 struct Api {
   void *handle = nullptr;
   std::string error;
@@ -85,7 +98,8 @@ NvrtcResult nnc::cuda::compileToPtx(const std::string &source, const std::string
     r.error = std::string("nvrtcCreateProgram: ") + a.errorString(rc);
     return r;
   }
-  std::vector<std::string> opts = {"--gpu-architecture=" + arch, "--std=c++17", "-default-device"};
+  std::vector<std::string> opts = {"--gpu-architecture=" + arch};
+  opts.insert(opts.end(), baseOptions().begin(), baseOptions().end());
   opts.insert(opts.end(), extra.begin(), extra.end());
   std::vector<const char *> argv;
   for (const std::string &o : opts)
@@ -128,5 +142,65 @@ NvrtcResult nnc::cuda::compileToPtx(const std::string &source, const std::string
     r.ok = true;
   }
   a.destroy(&prog);
+  return r;
+}
+
+std::string nnc::cuda::cacheKey(const std::string &source, const std::string &arch,
+                                const std::vector<std::string> &options, const std::string &version) {
+  llvm::SHA256 h;
+  for (const std::string *part : {&source, &arch, &version}) {
+    h.update(*part);
+    h.update(llvm::StringRef("\0", 1));
+  }
+  for (const std::string &o : options) {
+    h.update(o);
+    h.update(llvm::StringRef("\0", 1));
+  }
+  std::array<uint8_t, 32> digest = h.final();
+  return llvm::toHex(digest, /*LowerCase=*/true);
+}
+
+std::string nnc::cuda::defaultCacheDir() {
+  if (const char *d = std::getenv("NNC_CACHE_DIR"); d && *d)
+    return d;
+  if (const char *x = std::getenv("XDG_CACHE_HOME"); x && *x)
+    return std::string(x) + "/nnc";
+  if (const char *home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.cache/nnc";
+  return "";
+}
+
+NvrtcResult nnc::cuda::compileCached(const std::string &source, const std::string &name,
+                                     const std::string &arch, const std::vector<std::string> &options,
+                                     const std::string &dir, bool *hit) {
+  if (hit)
+    *hit = false;
+  std::string version = nvrtcVersion();
+  if (dir.empty() || version.empty())
+    return compileToPtx(source, name, arch, options);
+  std::vector<std::string> all = baseOptions();
+  all.insert(all.end(), options.begin(), options.end());
+  std::string path = dir + "/" + cacheKey(source, arch, all, version) + ".ptx";
+  if (auto cached = llvm::MemoryBuffer::getFile(path)) {
+    NvrtcResult r;
+    r.ok = true;
+    r.ptx = (*cached)->getBuffer().str();
+    if (hit)
+      *hit = true;
+    return r;
+  }
+  NvrtcResult r = compileToPtx(source, name, arch, options);
+  if (!r.ok || llvm::sys::fs::create_directories(dir))
+    return r; // (an unwritable cache only costs the next compile)
+  llvm::SmallString<128> tmp;
+  int fd = -1;
+  if (llvm::sys::fs::createUniqueFile(path + ".%%%%%%.tmp", fd, tmp))
+    return r;
+  {
+    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
+    os << r.ptx;
+  }
+  if (llvm::sys::fs::rename(tmp, path))
+    llvm::sys::fs::remove(tmp);
   return r;
 }

@@ -31,6 +31,23 @@ std::string nvrtcVersion(std::string *why = nullptr);
 NvrtcResult compileToPtx(const std::string &source, const std::string &name,
                          const std::string &arch, const std::vector<std::string> &extraOptions = {});
 
+/// The kernel cache's key: a SHA-256 (hex) of everything the PTX depends
+/// on: the source, the architecture, the options and the NVRTC version.
+std::string cacheKey(const std::string &source, const std::string &arch,
+                     const std::vector<std::string> &options, const std::string &nvrtcVersion);
+
+/// The on-disk kernel cache: $NNC_CACHE_DIR, else $XDG_CACHE_HOME/nnc,
+/// else ~/.cache/nnc ("" when none can be named).
+std::string defaultCacheDir();
+
+/// compileToPtx through the cache in `dir` ("" for none): a hit reads the
+/// PTX stored under the key; a miss compiles and stores it (written to a
+/// temporary file and renamed, so a reader never sees half of one).
+/// `hit` tells which happened.
+NvrtcResult compileCached(const std::string &source, const std::string &name,
+                          const std::string &arch, const std::vector<std::string> &options,
+                          const std::string &dir, bool *hit = nullptr);
+
 } // namespace nnc::cuda
 
 #endif // NNC_COMPILER_CODEGEN_CUDA_NVRTC_H
