@@ -104,6 +104,13 @@ bool isScalar(Operation *op) { return scalarOps().count(op->getName().getTypeID(
 /// other positions: a transpose, a one-hot encoding.
 bool isPointwise(Operation *op) { return isa<nnops::TransposeOp, nnops::OneHotOp>(op); }
 
+/// Convolutions and pooling, forward and backward: one thread per output
+/// element looping over the window that feeds it.
+bool isWindowed(Operation *op) {
+  return isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp, nnops::Conv2dGradWeightOp, nnops::MaxPool2dOp,
+             nnops::AvgPool2dOp, nnops::MaxPool2dGradOp, nnops::AvgPool2dGradOp>(op);
+}
+
 bool readsElementsOf(Operation *user, Value v) {
   return !isa<nnops::BroadcastLikeOp>(user) || user->getOperand(0) == v;
 }
@@ -209,7 +216,10 @@ private:
     std::string off, stride = "1";
     for (int64_t d = r - 1; d >= 0; --d) {
       if (t.getDimSize(d) != 1) {
-        std::string term = idx[lead + d] + (stride == "1" ? "" : " * " + stride);
+        // An index that is an expression is parenthesized.
+        const std::string &i = idx[lead + d];
+        bool simple = llvm::all_of(i, [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; });
+        std::string term = (simple ? i : "(" + i + ")") + (stride == "1" ? "" : " * " + stride);
         off = off.empty() ? term : term + " + " + off;
       }
       stride = stride == "1" ? dim(v, d) : stride + " * " + dim(v, d);
@@ -289,6 +299,115 @@ private:
     local[r] = name;
     store(r, name, idx);
     return name;
+  }
+
+  /// A convolution or pooling op's element at `idx` (NCHW, OIHW) into
+  /// `acc`. Reads its operands from memory, bounds-checked at the padding.
+  LogicalResult windowed(Operation *op, ArrayRef<std::string> idx) {
+    auto read = [&](Value v, std::vector<std::string> at) -> std::string {
+      return param(v, false) + "[" + offset(v, at) + "]";
+    };
+    auto attr = [&](StringRef name) { return cast<DenseI64ArrayAttr>(op->getAttr(name)).asArrayRef(); };
+    ArrayRef<int64_t> s = attr("stride"), p = attr("padding");
+    std::string sh = std::to_string(s[0]), sw = std::to_string(s[1]);
+    std::string ph = std::to_string(p[0]), pw = std::to_string(p[1]);
+    auto &o = body;
+    const std::string &n = idx[0], &c = idx[1], &h = idx[2], &w = idx[3];
+    if (auto conv = dyn_cast<nnops::Conv2dOp>(op)) {
+      Value x = op->getOperand(0), wt = op->getOperand(1);
+      int64_t g = conv.getGroups(), cg = typeOf(wt).getDimSize(1), og = typeOf(wt).getDimSize(0) / g;
+      o << "    float acc = 0.0f;\n    const i64 cbase = (" << c << " / " << og << ") * " << cg << ";\n";
+      o << "    for (i64 ci = 0; ci < " << cg << "; ++ci)\n      for (i64 kh = 0; kh < " << dim(wt, 2)
+        << "; ++kh) {\n        const i64 ih = " << h << " * " << sh << " - " << ph << " + kh;\n"
+        << "        if (ih < 0 || ih >= " << dim(x, 2) << ") continue;\n        for (i64 kw = 0; kw < "
+        << dim(wt, 3) << "; ++kw) {\n          const i64 iw = " << w << " * " << sw << " - " << pw
+        << " + kw;\n          if (iw < 0 || iw >= " << dim(x, 3) << ") continue;\n          acc += "
+        << read(x, {n, "cbase + ci", "ih", "iw"}) << " * " << read(wt, {c, "ci", "kh", "kw"})
+        << ";\n        }\n      }\n";
+      return success();
+    }
+    if (auto gi = dyn_cast<nnops::Conv2dGradInputOp>(op)) {
+      Value dy = op->getOperand(0), wt = op->getOperand(1);
+      int64_t g = gi.getGroups(), cg = typeOf(wt).getDimSize(1), og = typeOf(wt).getDimSize(0) / g;
+      o << "    float acc = 0.0f;\n    const i64 grp = " << c << " / " << cg << ";\n";
+      o << "    for (i64 oo = 0; oo < " << og << "; ++oo)\n      for (i64 kh = 0; kh < " << dim(wt, 2)
+        << "; ++kh) {\n        const i64 th = " << h << " + " << ph << " - kh;\n"
+        << "        if (th < 0 || th % " << sh << " != 0 || th / " << sh << " >= " << dim(dy, 2)
+        << ") continue;\n        for (i64 kw = 0; kw < " << dim(wt, 3) << "; ++kw) {\n"
+        << "          const i64 tw = " << w << " + " << pw << " - kw;\n"
+        << "          if (tw < 0 || tw % " << sw << " != 0 || tw / " << sw << " >= " << dim(dy, 3)
+        << ") continue;\n          acc += "
+        << read(dy, {n, "grp * " + std::to_string(og) + " + oo", "th / " + sh, "tw / " + sw}) << " * "
+        << read(wt, {"grp * " + std::to_string(og) + " + oo", c + " - grp * " + std::to_string(cg), "kh", "kw"})
+        << ";\n        }\n      }\n";
+      return success();
+    }
+    if (auto gw = dyn_cast<nnops::Conv2dGradWeightOp>(op)) {
+      // idx = (o, ci, kh, kw) of the weight.
+      Value x = op->getOperand(0), dy = op->getOperand(1), r = op->getResult(0);
+      int64_t g = gw.getGroups(), og = typeOf(r).getDimSize(0) / g, cg = typeOf(r).getDimSize(1);
+      o << "    float acc = 0.0f;\n    const i64 cin = (" << n << " / " << og << ") * " << cg << " + " << c
+        << ";\n";
+      o << "    for (i64 b = 0; b < " << dim(x, 0) << "; ++b)\n      for (i64 oh = 0; oh < " << dim(dy, 2)
+        << "; ++oh) {\n        const i64 ih = oh * " << sh << " - " << ph << " + " << h << ";\n"
+        << "        if (ih < 0 || ih >= " << dim(x, 2) << ") continue;\n        for (i64 ow = 0; ow < "
+        << dim(dy, 3) << "; ++ow) {\n          const i64 iw = ow * " << sw << " - " << pw << " + " << w
+        << ";\n          if (iw < 0 || iw >= " << dim(x, 3) << ") continue;\n          acc += "
+        << read(dy, {"b", n, "oh", "ow"}) << " * " << read(x, {"b", "cin", "ih", "iw"})
+        << ";\n        }\n      }\n";
+      return success();
+    }
+    ArrayRef<int64_t> k = attr("kernel");
+    std::string kh = std::to_string(k[0]), kw = std::to_string(k[1]);
+    if (isa<nnops::MaxPool2dOp, nnops::AvgPool2dOp>(op)) {
+      Value x = op->getOperand(0);
+      bool max = isa<nnops::MaxPool2dOp>(op);
+      o << "    float acc = " << (max ? "-NNC_INF" : "0.0f") << ";\n    i64 valid = 0;\n";
+      o << "    for (i64 a = 0; a < " << kh << "; ++a) {\n      const i64 ih = " << h << " * " << sh << " - "
+        << ph << " + a;\n      if (ih < 0 || ih >= " << dim(x, 2) << ") continue;\n"
+        << "      for (i64 bb = 0; bb < " << kw << "; ++bb) {\n        const i64 iw = " << w << " * " << sw
+        << " - " << pw << " + bb;\n        if (iw < 0 || iw >= " << dim(x, 3) << ") continue;\n"
+        << "        const float v = " << read(x, {n, c, "ih", "iw"}) << ";\n        "
+        << (max ? "acc = v > acc || v != v ? v : acc;" : "acc += v;") << "\n        ++valid;\n      }\n    }\n";
+      if (!max) {
+        bool include = cast<nnops::AvgPool2dOp>(op).getCountIncludePad();
+        o << "    acc = acc / (float)" << (include ? "(" + kh + " * " + kw + ")" : "valid") << ";\n";
+      }
+      o << "    (void)valid;\n";
+      return success();
+    }
+    // Pooling gradients: idx is an input element; the windows holding it.
+    Value dy = op->getOperand(0), x = op->getOperand(1);
+    bool max = isa<nnops::MaxPool2dGradOp>(op);
+    o << "    float acc = 0.0f;\n";
+    o << "    for (i64 oh = 0; oh < " << dim(dy, 2) << "; ++oh) {\n      const i64 h0 = oh * " << sh << " - "
+      << ph << ";\n      if (" << h << " < h0 || " << h << " >= h0 + " << kh << ") continue;\n"
+      << "      for (i64 ow = 0; ow < " << dim(dy, 3) << "; ++ow) {\n        const i64 w0 = ow * " << sw
+      << " - " << pw << ";\n        if (" << w << " < w0 || " << w << " >= w0 + " << kw << ") continue;\n";
+    if (max) {
+      // The window's first maximum (row-major), as the forward op picks.
+      o << "        float best = -NNC_INF; i64 bh = -1, bw = -1;\n"
+        << "        for (i64 a = 0; a < " << kh << "; ++a)\n          for (i64 bb = 0; bb < " << kw
+        << "; ++bb) {\n            const i64 ih = h0 + a, iw = w0 + bb;\n"
+        << "            if (ih < 0 || ih >= " << dim(x, 2) << " || iw < 0 || iw >= " << dim(x, 3)
+        << ") continue;\n            const float v = " << read(x, {n, c, "ih", "iw"}) << ";\n"
+        << "            if (bh < 0 || v > best || (v != v && best == best)) { best = v; bh = ih; bw = iw; }\n"
+        << "          }\n        if (bh == " << h << " && bw == " << w << ") acc += "
+        << read(dy, {n, c, "oh", "ow"}) << ";\n";
+    } else {
+      bool include = cast<nnops::AvgPool2dGradOp>(op).getCountIncludePad();
+      std::string count = "(float)(" + kh + " * " + kw + ")";
+      if (!include) {
+        o << "        i64 valid = 0;\n        for (i64 a = 0; a < " << kh << "; ++a)\n"
+          << "          for (i64 bb = 0; bb < " << kw << "; ++bb)\n"
+          << "            valid += h0 + a >= 0 && h0 + a < " << dim(x, 2) << " && w0 + bb >= 0 && w0 + bb < "
+          << dim(x, 3) << ";\n";
+        count = "(float)valid";
+      }
+      o << "        acc += " << read(dy, {n, c, "oh", "ow"}) << " / " << count << ";\n";
+    }
+    o << "      }\n    }\n";
+    return success();
   }
 
   /// A transpose or one-hot at `idx`: its operand read at other positions.
@@ -383,7 +502,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
     // Which members are computed where they are read.
     Operation *unsupported = nullptr;
     for (Operation &m : block.without_terminator()) {
-      if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isa<nnops::MatmulOp>(m)) {
+      if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
+          !isa<nnops::MatmulOp>(m)) {
         unsupported = unsupported ? unsupported : &m;
         continue;
       }
@@ -447,6 +567,12 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         if (failed(y))
           return failure();
         body << "      acc += " << *x << " * " << *y << ";\n    }\n";
+        local[space] = "acc";
+        store(space, "acc", idx);
+        epilogue = true;
+      } else if (isWindowed(root)) {
+        if (failed(windowed(root, idx)))
+          return failure();
         local[space] = "acc";
         store(space, "acc", idx);
         epilogue = true;
