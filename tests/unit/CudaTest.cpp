@@ -47,7 +47,10 @@ void expectClose(const Tensor &a, const Tensor &b, const std::string &what, doub
 class CudaHostOp : public ::testing::TestWithParam<test::Case> {};
 
 TEST_P(CudaHostOp, MatchesReference) {
-  std::string src = test::model(GetParam()) + "train {\n  optimizer = adam(lr=0.01)\n}\n";
+  // SGD with momentum: an adaptive optimizer would turn the rounding noise
+  // of a gradient that cancels (a bias before a batch norm) into steps of
+  // lr. The examples below train with Adam.
+  std::string src = test::model(GetParam()) + "train {\n  optimizer = sgd(lr=0.001, momentum=0.9)\n}\n";
   test::Compiled m(src, Stage::Train);
   ASSERT_TRUE(m.module) << m.firstError();
   auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("m_grad");
@@ -81,7 +84,7 @@ TEST_P(CudaHostOp, MatchesReference) {
   for (size_t i = 0; i < a->size(); ++i)
     expectClose((*a)[i], (*b)[i], "gradient result " + std::to_string(i), scale);
 
-  // Two training steps (Adam), state fed back by the trainer.
+  // Two training steps, state fed back by the trainer.
   auto cudaTrainer = ref::Trainer::create(*m.module, 3, emu);
   auto refTrainer = ref::Trainer::create(*m.module, 3, refExec);
   ASSERT_TRUE(succeeded(cudaTrainer) && succeeded(refTrainer));
@@ -91,8 +94,12 @@ TEST_P(CudaHostOp, MatchesReference) {
     ASSERT_TRUE(succeeded(la) && succeeded(lb)) << m.firstError();
     EXPECT_NEAR(*la, *lb, 1e-3 * (1 + std::abs(*lb))) << "loss at step " << s;
   }
+  // Momentum buffers hold sums of gradients: compared at the gradients'
+  // scale (a gradient that cancels, a bias before a batch norm, is f32
+  // rounding of about 1e-6 of the largest one).
   for (const std::string &name : refTrainer->stateNames())
-    expectClose(*cudaTrainer->tensor(name), *refTrainer->tensor(name), name, 1.0);
+    expectClose(*cudaTrainer->tensor(name), *refTrainer->tensor(name), name,
+                llvm::StringRef(name).ends_with("momentum_buffer") ? scale : 1.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, CudaHostOp, ::testing::ValuesIn(test::cases()),
@@ -108,9 +115,8 @@ TEST(CudaCoverage, OpCasesGenerated) {
     n += generated(m.module->lookupSymbol<mlir::func::FuncOp>("m_train_step"));
   }
   RecordProperty("generated", static_cast<int>(n));
-  // 43 of 62 today; convolution, pooling, normalization, concat and
-  // dropout kernels are not generated yet.
-  EXPECT_GE(n, 43u) << n << " of " << all << " op cases generated";
+  // 60 of 62 today: concat and dropout are not generated yet.
+  EXPECT_GE(n, 60u) << n << " of " << all << " op cases generated";
 }
 
 class CudaHostExample : public ::testing::TestWithParam<const char *> {};
@@ -132,8 +138,11 @@ TEST_P(CudaHostExample, TrainingStepsMatchReference) {
     ASSERT_TRUE(succeeded(la) && succeeded(lb)) << m.firstError();
     EXPECT_NEAR(*la, *lb, 1e-3 * (1 + std::abs(*lb))) << "loss at step " << s;
   }
+  // Adaptive optimizers (Adam, RMSprop) turn f32 rounding of a gradient
+  // that cancels (a bias before a batch norm) into steps of up to lr:
+  // parameters agree to a few lr (2.5e-3).
   for (const std::string &name : b->stateNames())
-    expectClose(*a->tensor(name), *b->tensor(name), name, 1.0);
+    expectClose(*a->tensor(name), *b->tensor(name), name, 25.0);
   std::vector<Tensor> later = test::inputsFor(a->modelFunction(), 6, 40);
   auto ea = a->evaluate(later), eb = b->evaluate(later);
   ASSERT_TRUE(succeeded(ea) && succeeded(eb)) << m.firstError();
@@ -143,7 +152,7 @@ TEST_P(CudaHostExample, TrainingStepsMatchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Examples, CudaHostExample,
                          ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
-                                           "mnist_autoencoder", "weight_norm"));
+                                           "mnist_autoencoder", "weight_norm", "mnist_cnn", "lenet5"));
 
 /// The emulation runs the same source NVRTC compiles: its prelude
 /// selects the host definitions only under NNC_HOST_EMULATION.

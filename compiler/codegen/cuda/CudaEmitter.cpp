@@ -108,7 +108,8 @@ bool isPointwise(Operation *op) { return isa<nnops::TransposeOp, nnops::OneHotOp
 /// element looping over the window that feeds it.
 bool isWindowed(Operation *op) {
   return isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp, nnops::Conv2dGradWeightOp, nnops::MaxPool2dOp,
-             nnops::AvgPool2dOp, nnops::MaxPool2dGradOp, nnops::AvgPool2dGradOp>(op);
+             nnops::AvgPool2dOp, nnops::MaxPool2dGradOp, nnops::AvgPool2dGradOp,
+             nnops::ChannelWindowSumOp>(op);
 }
 
 bool readsElementsOf(Operation *user, Value v) {
@@ -307,6 +308,16 @@ private:
     auto read = [&](Value v, std::vector<std::string> at) -> std::string {
       return param(v, false) + "[" + offset(v, at) + "]";
     };
+    if (auto cw = dyn_cast<nnops::ChannelWindowSumOp>(op)) {
+      // Channels c - before .. c + after; those outside count as zero.
+      Value x = op->getOperand(0);
+      std::vector<std::string> at(idx.begin(), idx.end());
+      at[1] = "cc";
+      body << "    float acc = 0.0f;\n    for (i64 cc = " << idx[1] << " - " << cw.getBefore() << "; cc <= "
+           << idx[1] << " + " << cw.getAfter() << "; ++cc)\n      if (cc >= 0 && cc < " << dim(x, 1)
+           << ") acc += " << read(x, at) << ";\n";
+      return success();
+    }
     auto attr = [&](StringRef name) { return cast<DenseI64ArrayAttr>(op->getAttr(name)).asArrayRef(); };
     ArrayRef<int64_t> s = attr("stride"), p = attr("padding");
     std::string sh = std::to_string(s[0]), sw = std::to_string(s[1]);
@@ -503,7 +514,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
     Operation *unsupported = nullptr;
     for (Operation &m : block.without_terminator()) {
       if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
-          !isa<nnops::MatmulOp>(m)) {
+          !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp>(m)) {
         unsupported = unsupported ? unsupported : &m;
         continue;
       }
@@ -552,7 +563,95 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       launch.loc = where;
       launch.ops = ops;
       Value space = root->getResult(0);
+      // The epilogue: elementwise roots of the result's shape reading only
+      // this launch's values (or memory other kernels wrote), at `at`.
+      auto emitEpilogue = [&](ArrayRef<std::string> at) -> LogicalResult {
+        while (ri < roots.size() && isScalar(roots[ri]) && typeOf(roots[ri]->getResult(0)) == typeOf(space)) {
+          Operation *next = roots[ri];
+          std::function<bool(Operation *)> ready = [&](Operation *op) {
+            for (Value o : op->getOperands()) {
+              Operation *d = o.getDefiningOp();
+              if (!d || !members.contains(d) || local.count(o))
+                continue;
+              if (!fusedOps.contains(d) || !ready(d))
+                return false;
+            }
+            return true;
+          };
+          if (!ready(next))
+            break;
+          if (failed(compute(next, at)))
+            return failure();
+          ++ri;
+        }
+        return success();
+      };
+      std::string totalExpr = elements(space);
+      std::vector<int64_t> threadShape = shapeOf(space);
       body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
+      if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {
+        // One thread per channel: its statistics, then its elements.
+        Value x = root->getOperand(isa<nnops::BatchNormOp>(root) ? 0 : 1);
+        totalExpr = dim(x, 1);
+        threadShape = {typeOf(x).getDimSize(1)};
+        int64_t rank = typeOf(x).getRank();
+        std::vector<std::string> at(rank);
+        at[1] = "c";
+        auto loops = [&](const std::string &indent) {
+          std::string open;
+          for (int64_t d = 0; d < rank; ++d)
+            if (d != 1) {
+              at[d] = "e" + std::to_string(d);
+              open += indent + "for (i64 " + at[d] + " = 0; " + at[d] + " < " + dim(x, d) + "; ++" + at[d] + ")\n";
+            }
+          return open;
+        };
+        std::string count = "(float)((i64)1";
+        for (int64_t d = 0; d < rank; ++d)
+          if (d != 1)
+            count += " * " + dim(x, d);
+        count += ")";
+        body << "    const i64 c = i;\n    const float cnt = " << count << ";\n";
+        auto stats = [&](bool training, double eps) {
+          if (training) {
+            body << "    float s = 0.0f;\n" << loops("    ") << "      s += " << param(x, false) << "["
+                 << offset(x, at) << "];\n    const float mean = s / cnt;\n    float ss = 0.0f;\n"
+                 << loops("    ") << "      { const float d = " << param(x, false) << "[" << offset(x, at)
+                 << "] - mean; ss += d * d; }\n    const float var = ss / cnt;\n";
+          } else {
+            body << "    const float mean = " << param(root->getOperand(3), false) << "[c];\n"
+                 << "    const float var = " << param(root->getOperand(4), false) << "[c];\n";
+          }
+          body << "    const float rstd = 1.0f / sqrtf(var + " << floatLiteral(eps) << ");\n";
+        };
+        if (auto bn = dyn_cast<nnops::BatchNormOp>(root)) {
+          stats(bn.getTraining(), bn.getEps().convertToDouble());
+          body << "    const float scale = rstd * " << param(bn.getGamma(), false) << "[c];\n"
+               << "    const float shift = " << param(bn.getBeta(), false) << "[c];\n" << loops("    ")
+               << "    {\n    const float y = (" << param(x, false) << "[" << offset(x, at)
+               << "] - mean) * scale + shift;\n";
+          local[space] = "y";
+          store(space, "y", at);
+          if (failed(emitEpilogue(at)))
+            return failure();
+          body << "    }\n";
+        } else {
+          auto g = cast<nnops::BatchNormGradOp>(root);
+          Value dy = root->getOperand(0);
+          stats(true, g.getEps().convertToDouble());
+          std::string xs = param(x, false), dys = param(dy, false);
+          body << "    float sdy = 0.0f, sdyx = 0.0f;\n" << loops("    ") << "      { const float gy = " << dys
+               << "[" << offset(dy, at) << "]; sdy += gy; sdyx += gy * (" << xs << "[" << offset(x, at)
+               << "] - mean); }\n    const float dgamma = sdyx * rstd, dbeta = sdy;\n"
+               << "    const float k = " << param(g.getGamma(), false) << "[c] * rstd / cnt;\n";
+          store(root->getResult(1), "dgamma", {"c"});
+          store(root->getResult(2), "dbeta", {"c"});
+          body << loops("    ") << "    {\n    const float dx = k * (cnt * " << dys << "[" << offset(dy, at)
+               << "] - sdy - (" << xs << "[" << offset(x, at) << "] - mean) * rstd * dgamma);\n";
+          store(root->getResult(0), "dx", at);
+          body << "    }\n";
+        }
+      } else {
       std::vector<std::string> idx = unflatten(space, "o");
       bool epilogue = false;
       if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
@@ -623,32 +722,14 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         if (failed(compute(root, idx)))
           return failure();
       }
-      if (epilogue) {
-        // The epilogue: elementwise roots of the result's shape reading
-        // only this launch's values (or memory other kernels wrote).
-        while (ri < roots.size() && isScalar(roots[ri]) && typeOf(roots[ri]->getResult(0)) == typeOf(space)) {
-          Operation *next = roots[ri];
-          std::function<bool(Operation *)> ready = [&](Operation *op) {
-            for (Value o : op->getOperands()) {
-              Operation *d = o.getDefiningOp();
-              if (!d || !members.contains(d) || local.count(o))
-                continue;
-              if (!fusedOps.contains(d) || !ready(d))
-                return false;
-            }
-            return true;
-          };
-          if (!ready(next))
-            break;
-          if (failed(compute(next, idx)))
-            return failure();
-          ++ri;
-        }
+      if (epilogue && failed(emitEpilogue(idx)))
+        return failure();
       }
       body << "  }\n";
       launch.params = params;
-      // Threads: one per element of the launch's space.
-      std::vector<int64_t> s = shapeOf(space);
+      // Threads: one per element of the launch's space (per channel for
+      // batch norms).
+      std::vector<int64_t> s = threadShape;
       int64_t per = 0, fixed = 1;
       bool dynamic = false;
       for (int64_t d : s) {
@@ -665,7 +746,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       for (const Param &p : params)
         src << (p.output ? "" : "const ") << (p.integer ? "int" : "float") << " *__restrict__ " << p.name
             << ", ";
-      src << "i64 n) {\n  const i64 total = " << elements(space) << ";\n" << body.str() << "}\n";
+      src << "i64 n) {\n  const i64 total = " << totalExpr << ";\n" << body.str() << "}\n";
       out.launches.push_back(std::move(launch));
     }
   }
