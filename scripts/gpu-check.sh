@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: build, probe the device, run the CUDA test
+# suite, compile every example's kernels for the device's architecture
+# (NVRTC, then ptxas to machine code), and write a report.
+#   scripts/gpu-check.sh [REPORT]        (default: gpu-report.md)
+# The CUDA runtime does not run models yet, so there are no device timings
+# to take; the report says what the device is and that every generated
+# kernel builds for it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+report="${1:-gpu-report.md}"
+build="${BUILD_DIR:-build}"
+scripts/setup.sh
+nnc="$build/tools/nnc/nnc"
+cuda="${CUDA_HOME:-/usr/local/cuda}"
+
+{
+  echo "# nnc GPU check ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi: not available"
+  echo '```'
+  echo
+  echo "## --target=cuda"
+  echo '```'
+  "$nnc" train examples/xor_mlp.nn --target=cuda 2>&1 || true
+  echo '```'
+  echo
+  echo "## CUDA tests (host emulation, NVRTC, kernel cache)"
+  echo '```'
+  (cd "$build" && ctest -R 'Cuda|KernelCache|Nvrtc' -j "$(nproc)" 2>&1 | tail -5)
+  (cd "$build" && /usr/lib/llvm-19/build/utils/lit/lit.py -q tests/lit --filter cuda 2>&1 | tail -3) || true
+  echo '```'
+  echo
+  echo "## Every example's kernels for this device"
+  echo
+  echo "| model | launches | PTX | SASS (ptxas) |"
+  echo "|---|---|---|---|"
+  for m in examples/*.nn; do
+    name=$(basename "$m" .nn)
+    ptx="$build/gpu-check-$name.ptx"
+    if "$nnc" compile "$m" --emit=ptx -o "$ptx" 2>/dev/null; then
+      n=$(grep -c '\.entry' "$ptx" || true)
+      arch=$(grep -m1 '^\.target' "$ptx" | awk '{print $2}')
+      if "$cuda/bin/ptxas" -arch="$arch" "$ptx" -o "$ptx.cubin" 2>/dev/null; then sass=ok; else sass=FAILED; fi
+      echo "| $name | $n | $arch | $sass |"
+    else
+      echo "| $name | - | FAILED | - |"
+    fi
+  done
+} | tee "$report"
+echo "==> report written to $report"
