@@ -115,8 +115,8 @@ TEST(CudaCoverage, OpCasesGenerated) {
     n += generated(m.module->lookupSymbol<mlir::func::FuncOp>("m_train_step"));
   }
   RecordProperty("generated", static_cast<int>(n));
-  // 60 of 62 today: concat and dropout are not generated yet.
-  EXPECT_GE(n, 60u) << n << " of " << all << " op cases generated";
+  // Every op case.
+  EXPECT_EQ(n, all) << n << " of " << all << " op cases generated";
 }
 
 class CudaHostExample : public ::testing::TestWithParam<const char *> {};
@@ -152,7 +152,8 @@ TEST_P(CudaHostExample, TrainingStepsMatchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Examples, CudaHostExample,
                          ::testing::Values("backprop_222", "xor_mlp", "mnist_sigmoid", "mnist_mlp",
-                                           "mnist_autoencoder", "weight_norm", "mnist_cnn", "lenet5"));
+                                           "mnist_autoencoder", "weight_norm", "mnist_cnn", "lenet5",
+                                           "vgg_small"));
 
 /// The emulation runs the same source NVRTC compiles: its prelude
 /// selects the host definitions only under NNC_HOST_EMULATION.

@@ -16,6 +16,7 @@
 
 #include "compiler/codegen/cuda/CudaEmitter.h"
 
+#include "compiler/reference/Evaluator.h"
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/IR/Builders.h"
@@ -42,6 +43,17 @@ const char *cuda::prelude() {
 typedef long long i64;
 __device__ __forceinline__ i64 nnc_first() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ i64 nnc_stride() { return (i64)gridDim.x * blockDim.x; }
+// Counter-based random numbers, bit for bit those of runtime/Random.h.
+typedef unsigned long long u64;
+__device__ __forceinline__ u64 nnc_mix64(u64 z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ double nnc_uniform01(u64 seed, u64 stream, u64 counter) {
+  return (double)(nnc_mix64(nnc_mix64(seed ^ nnc_mix64(stream)) + counter) >> 11) * 0x1.0p-53;
+}
 )";
 }
 
@@ -102,7 +114,9 @@ bool isScalar(Operation *op) { return scalarOps().count(op->getName().getTypeID(
 
 /// Ops computed one element at a time from elements of their operands at
 /// other positions: a transpose, a one-hot encoding.
-bool isPointwise(Operation *op) { return isa<nnops::TransposeOp, nnops::OneHotOp>(op); }
+bool isPointwise(Operation *op) {
+  return isa<nnops::TransposeOp, nnops::OneHotOp, nnops::ConcatOp, nnops::SliceOp>(op);
+}
 
 /// Convolutions and pooling, forward and backward: one thread per output
 /// element looping over the window that feeds it.
@@ -434,6 +448,33 @@ private:
       if (failed(e))
         return failure();
       v = *e;
+    } else if (auto sl = dyn_cast<nnops::SliceOp>(op)) {
+      std::vector<std::string> at(idx.begin(), idx.end());
+      at[sl.getAxis()] = "(" + idx[sl.getAxis()] + " + " + std::to_string(sl.getStart()) + ")";
+      auto e = value(op->getOperand(0), at);
+      if (failed(e))
+        return failure();
+      v = *e;
+    } else if (auto cat = dyn_cast<nnops::ConcatOp>(op)) {
+      // The input whose slice along the axis holds the element.
+      int64_t axis = cat.getAxis();
+      Value r = op->getResult(0);
+      std::string name = "t" + std::to_string(nextLocal++), start = "0";
+      body << "    " << ctype(r) << " " << name << ";\n";
+      for (auto [k, in] : llvm::enumerate(op->getOperands())) {
+        std::vector<std::string> at(idx.begin(), idx.end());
+        at[axis] = "(" + idx[axis] + " - " + start + ")";
+        std::string end = start + " + " + dim(in, axis);
+        body << "    " << (k ? "else " : "") << "if (" << idx[axis] << " < " << end << ") {\n";
+        auto e = value(in, at);
+        if (failed(e))
+          return failure();
+        body << "    " << name << " = " << *e << ";\n    }\n";
+        start = "(" + end + ")";
+      }
+      local[r] = name;
+      store(r, name, idx);
+      return name;
     } else {
       auto e = value(op->getOperand(0), idx.drop_back());
       if (failed(e))
@@ -514,7 +555,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
     Operation *unsupported = nullptr;
     for (Operation &m : block.without_terminator()) {
       if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
-          !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp>(m)) {
+          !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp, nnops::DropoutOp>(m)) {
         unsupported = unsupported ? unsupported : &m;
         continue;
       }
@@ -669,6 +710,28 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         local[space] = "acc";
         store(space, "acc", idx);
         epilogue = true;
+      } else if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
+        // The evaluator's mask: element i of a stream keyed by the step
+        // and the op's DSL position.
+        double rate = drop.getRate().convertToDouble();
+        auto x = value(root->getOperand(0), idx);
+        if (failed(x))
+          return failure();
+        if (drop.getTraining()) {
+          launch.rng = true;
+          body << "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + "
+               << ref::locationId(root->getLoc()) << "ULL);\n"
+               << "    const float mask = nnc_uniform01((u64)rng[0], stream, (u64)i) < " << llvm::formatv("{0:e17}", rate).str()
+               << " ? 0.0f : (float)(1.0 / (1.0 - " << llvm::formatv("{0:e17}", rate).str() << "));\n";
+        } else {
+          body << "    const float mask = 1.0f;\n";
+        }
+        body << "    const float y = " << *x << " * mask;\n";
+        local[root->getResult(0)] = "y";
+        local[root->getResult(1)] = "mask";
+        store(root->getResult(0), "y", idx);
+        store(root->getResult(1), "mask", idx);
+        epilogue = true;
       } else if (isWindowed(root)) {
         if (failed(windowed(root, idx)))
           return failure();
@@ -746,6 +809,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       for (const Param &p : params)
         src << (p.output ? "" : "const ") << (p.integer ? "int" : "float") << " *__restrict__ " << p.name
             << ", ";
+      if (launch.rng)
+        src << "const i64 *__restrict__ rng, ";
       src << "i64 n) {\n  const i64 total = " << totalExpr << ";\n" << body.str() << "}\n";
       out.launches.push_back(std::move(launch));
     }

@@ -41,6 +41,8 @@ struct Launch {
   unsigned kernel = 0;
   std::vector<Param> params;
   int64_t threadsPerBatch = 0, threadsFixed = 0;
+  /// Takes `const i64 *rng` (seed, step) before the batch size (dropout).
+  bool rng = false;
 };
 
 struct CudaModule {

@@ -49,7 +49,7 @@ namespace {
 struct Compiled {
   CudaModule code;
   void *handle = nullptr;
-  std::vector<void (*)(void **, long long, long long)> calls;
+  std::vector<void (*)(void **, const long long *, long long, long long)> calls;
   ~Compiled() {
     if (handle)
       dlclose(handle);
@@ -62,7 +62,8 @@ public:
   const char *name() const override { return "cuda-host"; }
 
   FailureOr<std::vector<ref::Tensor>> run(func::FuncOp fn, ArrayRef<ref::Tensor> args,
-                                          const ref::EvalOptions &) override {
+                                          const ref::EvalOptions &options) override {
+    long long rng[2] = {static_cast<long long>(options.seed), static_cast<long long>(options.step)};
     // The batch size: the first dynamic axis of an argument.
     int64_t batch = 1;
     for (auto [a, t] : llvm::zip(fn.getArgumentTypes(), args)) {
@@ -112,7 +113,7 @@ public:
         ptrs.push_back(b.data());
       }
       long long threads = launch.threadsPerBatch * batch + launch.threadsFixed;
-      call(ptrs.data(), batch, threads);
+      call(ptrs.data(), rng, batch, threads);
     }
     std::vector<ref::Tensor> out;
     Operation *ret = pfn.front().getTerminator();
@@ -146,12 +147,12 @@ private:
     std::string src = std::string(hostEmulationHeader()) + code.source;
     // One entry point per launch: the emulated grid around the kernel.
     for (const Launch &l : code.launches) {
-      src += "extern \"C\" void call_" + l.name + "(void **b, i64 n, i64 threads) {\n";
+      src += "extern \"C\" void call_" + l.name + "(void **b, const i64 *rng, i64 n, i64 threads) {\n";
       src += "  i64 blocks = (threads + 255) / 256;\n  if (blocks < 1) blocks = 1;\n";
       src += "  if (blocks > 4096) blocks = 4096;\n  NNC_EMULATE(" + l.name + "(";
       for (size_t i = 0; i < l.params.size(); ++i)
         src += std::string("(") + (l.params[i].integer ? "int" : "float") + " *)b[" + std::to_string(i) + "], ";
-      src += "n), blocks, 256);\n}\n";
+      src += std::string(l.rng ? "rng, " : "") + "n), blocks, 256);\n  (void)rng;\n}\n";
     }
     SmallString<128> dir;
     if (llvm::sys::fs::createUniqueDirectory("nnc-cuda-host", dir))
@@ -179,7 +180,8 @@ private:
     if (!c->handle)
       return fn.emitError("cannot load ") << so << ": " << dlerror();
     for (const Launch &l : code.launches) {
-      auto fp = reinterpret_cast<void (*)(void **, long long, long long)>(dlsym(c->handle, ("call_" + l.name).c_str()));
+      auto fp = reinterpret_cast<void (*)(void **, const long long *, long long, long long)>(
+          dlsym(c->handle, ("call_" + l.name).c_str()));
       if (!fp)
         return fn.emitError("no entry point for ") << l.name;
       c->calls.push_back(fp);
