@@ -629,6 +629,46 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       };
       std::string totalExpr = elements(space);
       std::vector<int64_t> threadShape = shapeOf(space);
+      if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
+        // Tiles of 16 x 16 outputs per block of 256 threads; A and B pass
+        // through shared memory 16 deep at a time. Blocks stride over the
+        // tiles; the epilogue applies to each thread's output.
+        Value a = mm->getOperand(0), b = mm->getOperand(1);
+        launch.barriers = true;
+        std::string M = dim(space, 0), N = dim(space, 1), K = dim(a, 1);
+        totalExpr = "((" + M + " + 15) / 16) * ((" + N + " + 15) / 16)";
+        int64_t tilesN = (typeOf(space).isDynamicDim(1) ? 1 : (typeOf(space).getDimSize(1) + 15) / 16);
+        std::vector<int64_t> ms = shapeOf(space);
+        // Threads: 256 per tile (a multiple of the batch when M grows with it).
+        threadShape = {ms[0] < 0 ? ms[0] * tilesN * 16 : ((ms[0] + 15) / 16) * tilesN * 256};
+        body << "  const i64 tilesN = (" << N << " + 15) / 16;\n"
+             << "  __shared__ float As[16][17];\n  __shared__ float Bs[16][17];\n"
+             << "  const i64 tx = threadIdx.x % 16, ty = threadIdx.x / 16;\n"
+             << "  for (i64 tile = blockIdx.x; tile < total; tile += gridDim.x) {\n"
+             << "    const i64 o0 = (tile / tilesN) * 16 + ty, o1 = (tile % tilesN) * 16 + tx;\n"
+             << "    float acc = 0.0f;\n    for (i64 k0 = 0; k0 < " << K << "; k0 += 16) {\n"
+             << "    As[ty][tx] = 0.0f;\n    Bs[ty][tx] = 0.0f;\n"
+             << "    if (o0 < " << M << " && k0 + tx < " << K << ") {\n    const i64 ka = k0 + tx;\n";
+        auto x = value(a, {"o0", "ka"});
+        if (failed(x))
+          return failure();
+        body << "    As[ty][tx] = " << *x << ";\n    }\n"
+             << "    if (k0 + ty < " << K << " && o1 < " << N << ") {\n    const i64 kb = k0 + ty;\n";
+        auto y = value(b, {"kb", "o1"});
+        if (failed(y))
+          return failure();
+        body << "    Bs[ty][tx] = " << *y << ";\n    }\n    __syncthreads();\n"
+             << "    for (int j = 0; j < 16; ++j)\n      acc += As[ty][j] * Bs[j][tx];\n"
+             << "    __syncthreads();\n    }\n    if (o0 < " << M << " && o1 < " << N << ") {\n";
+        // Fused transposes computed above live in inner scopes: forget them.
+        local.clear();
+        std::vector<std::string> idx = {"o0", "o1"};
+        local[space] = "acc";
+        store(space, "acc", idx);
+        if (failed(emitEpilogue(idx)))
+          return failure();
+        body << "    }\n  }\n";
+      } else {
       body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
       if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {
         // One thread per channel: its statistics, then its elements.
@@ -695,22 +735,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       } else {
       std::vector<std::string> idx = unflatten(space, "o");
       bool epilogue = false;
-      if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
-        // One thread per output element: a dot product over the depth.
-        Value a = mm->getOperand(0), b = mm->getOperand(1);
-        body << "    float acc = 0.0f;\n    for (i64 kk = 0; kk < " << dim(a, 1) << "; ++kk) {\n";
-        std::vector<std::string> ai = {idx[0], "kk"}, bi = {"kk", idx[1]};
-        auto x = value(a, ai);
-        if (failed(x))
-          return failure();
-        auto y = value(b, bi);
-        if (failed(y))
-          return failure();
-        body << "      acc += " << *x << " * " << *y << ";\n    }\n";
-        local[space] = "acc";
-        store(space, "acc", idx);
-        epilogue = true;
-      } else if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
+      if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
         // The evaluator's mask: element i of a stream keyed by the step
         // and the op's DSL position.
         double rate = drop.getRate().convertToDouble();
@@ -789,6 +814,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         return failure();
       }
       body << "  }\n";
+      }
       launch.params = params;
       // Threads: one per element of the launch's space (per channel for
       // batch norms).

@@ -43,6 +43,8 @@ struct Launch {
   int64_t threadsPerBatch = 0, threadsFixed = 0;
   /// Takes `const i64 *rng` (seed, step) before the batch size (dropout).
   bool rng = false;
+  /// Threads of a block meet at barriers (`__syncthreads`, shared memory).
+  bool barriers = false;
 };
 
 struct CudaModule {

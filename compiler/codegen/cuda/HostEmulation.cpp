@@ -29,8 +29,69 @@ static nnc_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(n)
+// One block runs at a time: its shared memory is a static of the kernel.
+#define __shared__ static
 #define NNC_KERNEL extern "C" void
 #define NNC_INF __builtin_huge_valf()
+// Threads of a block as fibers: each runs until __syncthreads, and a
+// round resumes every fiber once, so all reach a barrier before any
+// passes it.
+#include <ucontext.h>
+#include <vector>
+namespace nnc_emu {
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  bool done = false;
+};
+static ucontext_t scheduler;
+static std::vector<Fiber> fibers;
+static unsigned current;
+static void (*body)(void *);
+static void *env;
+static void entry() {
+  body(env);
+  fibers[current].done = true;
+  swapcontext(&fibers[current].ctx, &scheduler);
+}
+template <class F> void runBlock(F &f, unsigned threads) {
+  fibers.resize(threads);
+  body = [](void *e) { (*static_cast<F *>(e))(); };
+  env = &f;
+  for (Fiber &t : fibers) {
+    t.stack.resize(1 << 16);
+    t.done = false;
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = t.stack.data();
+    t.ctx.uc_stack.ss_size = t.stack.size();
+    t.ctx.uc_link = nullptr;
+    makecontext(&t.ctx, entry, 0);
+  }
+  for (bool running = true; running;) {
+    running = false;
+    for (current = 0; current < threads; ++current) {
+      if (fibers[current].done)
+        continue;
+      threadIdx.x = current;
+      swapcontext(&scheduler, &fibers[current].ctx);
+      running |= !fibers[current].done;
+    }
+  }
+}
+} // namespace nnc_emu
+inline void __syncthreads() {
+  swapcontext(&nnc_emu::fibers[nnc_emu::current].ctx, &nnc_emu::scheduler);
+  threadIdx.x = nnc_emu::current;
+}
+// A launch with barriers: every block's threads as fibers.
+#define NNC_EMULATE_BLOCKS(call, blocks, threads)                            \
+  do {                                                                       \
+    gridDim.x = (unsigned)(blocks);                                          \
+    blockDim.x = (unsigned)(threads);                                        \
+    auto nnc_thread = [&] { call; };                                         \
+    for (blockIdx.x = 0; blockIdx.x < gridDim.x; ++blockIdx.x)               \
+      nnc_emu::runBlock(nnc_thread, blockDim.x);                             \
+  } while (0)
 // Runs a launch: every block of the grid, every thread of the block, in
 // order (the kernels have no barriers: threads are independent).
 #define NNC_EMULATE(call, blocks, threads)                                   \
@@ -149,7 +210,8 @@ private:
     for (const Launch &l : code.launches) {
       src += "extern \"C\" void call_" + l.name + "(void **b, const i64 *rng, i64 n, i64 threads) {\n";
       src += "  i64 blocks = (threads + 255) / 256;\n  if (blocks < 1) blocks = 1;\n";
-      src += "  if (blocks > 4096) blocks = 4096;\n  NNC_EMULATE(" + l.name + "(";
+      src += "  if (blocks > 4096) blocks = 4096;\n  ";
+      src += std::string(l.barriers ? "NNC_EMULATE_BLOCKS(" : "NNC_EMULATE(") + l.name + "(";
       for (size_t i = 0; i < l.params.size(); ++i)
         src += std::string("(") + (l.params[i].integer ? "int" : "float") + " *)b[" + std::to_string(i) + "], ";
       src += std::string(l.rng ? "rng, " : "") + "n), blocks, 256);\n  (void)rng;\n}\n";
