@@ -510,6 +510,27 @@ private:
     return idx;
   }
 
+  /// Whether a reduction gets a block per output: a fixed, small number
+  /// of outputs, each over a reduction that grows with the batch or is
+  /// at least a block long.
+  bool blockPerOutput(Operation *root) {
+    auto out = typeOf(root->getResult(0));
+    if (!out.hasStaticShape() || out.getNumElements() > 4096)
+      return false;
+    Value x = root->getOperand(0);
+    auto rt = typeOf(x);
+    ArrayRef<int64_t> axes = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getAxes()
+                                                             : cast<nnops::ReduceMaxOp>(root).getAxes();
+    int64_t extent = 1;
+    for (int64_t d = 0; d < rt.getRank(); ++d)
+      if (axes.empty() || llvm::is_contained(axes, d)) {
+        if (rt.isDynamicDim(d))
+          return true;
+        extent *= rt.getDimSize(d);
+      }
+    return extent >= kBlockSize;
+  }
+
   void resetLaunch() {
     body.str("");
     params.clear();
@@ -668,6 +689,57 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         if (failed(emitEpilogue(idx)))
           return failure();
         body << "    }\n  }\n";
+      } else if (isReduction(root) && blockPerOutput(root)) {
+        // Few outputs, long reductions (a loss, a bias gradient over the
+        // batch): one block per output; threads stride over the reduced
+        // elements, then combine through warp shuffles and shared memory.
+        launch.barriers = true;
+        Value x = root->getOperand(0);
+        auto rt = typeOf(x);
+        ArrayRef<int64_t> axes = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getAxes()
+                                                                 : cast<nnops::ReduceMaxOp>(root).getAxes();
+        bool keep = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getKeepdims()
+                                                  : cast<nnops::ReduceMaxOp>(root).getKeepdims();
+        bool sum = isa<nnops::ReduceSumOp>(root);
+        auto combine = [&](const std::string &a, const std::string &b) {
+          return sum ? a + " + " + b : "fmaxf(" + a + ", " + b + ")";
+        };
+        threadShape = {typeOf(space).getNumElements() * kBlockSize};
+        std::string extent = "(i64)1";
+        for (int64_t d = 0; d < rt.getRank(); ++d)
+          if (axes.empty() || llvm::is_contained(axes, d))
+            extent += " * " + dim(x, d);
+        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
+             << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
+        std::vector<std::string> idx = unflatten(space, "o");
+        body << "    float acc = " << (sum ? "0.0f" : "-NNC_INF") << ";\n"
+             << "    for (i64 r = threadIdx.x; r < " << extent << "; r += blockDim.x) {\n"
+             << "    [[maybe_unused]] i64 rrem = r;\n";
+        std::vector<std::string> xi(rt.getRank());
+        unsigned next = 0;
+        for (int64_t d = 0; d < rt.getRank(); ++d) {
+          bool reduced = axes.empty() || llvm::is_contained(axes, d);
+          xi[d] = reduced ? "r" + std::to_string(d) : idx[next];
+          next += !reduced || keep;
+        }
+        for (int64_t d = rt.getRank() - 1; d >= 0; --d)
+          if (axes.empty() || llvm::is_contained(axes, d))
+            body << "    const i64 " << xi[d] << " = rrem % " << dim(x, d) << "; rrem /= " << dim(x, d) << ";\n";
+        auto v = value(x, xi);
+        if (failed(v))
+          return failure();
+        body << "    acc = " << combine("acc", *v) << ";\n    }\n"
+             << "    for (int d = 16; d > 0; d /= 2)\n      acc = "
+             << combine("acc", "__shfl_down_sync(0xffffffffu, acc, d)") << ";\n"
+             << "    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;\n    __syncthreads();\n"
+             << "    if (threadIdx.x == 0) {\n    for (int w = 1; w < " << kBlockSize / 32 << "; ++w)\n      acc = "
+             << combine("acc", "part[w]") << ";\n";
+        local.clear();
+        local[space] = "acc";
+        store(space, "acc", idx);
+        if (failed(emitEpilogue(idx)))
+          return failure();
+        body << "    }\n    __syncthreads();\n  }\n";
       } else {
       body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
       if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {

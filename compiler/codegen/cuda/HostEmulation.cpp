@@ -83,6 +83,17 @@ inline void __syncthreads() {
   swapcontext(&nnc_emu::fibers[nnc_emu::current].ctx, &nnc_emu::scheduler);
   threadIdx.x = nnc_emu::current;
 }
+// A warp shuffle as an exchange through the block (every thread of the
+// block calls it, as in the generated reductions).
+inline float __shfl_down_sync(unsigned, float v, int delta) {
+  static float slots[1024];
+  const unsigned t = threadIdx.x;
+  slots[t] = v;
+  __syncthreads();
+  const float r = t % 32 + delta < 32 && t + delta < blockDim.x ? slots[t + delta] : v;
+  __syncthreads();
+  return r;
+}
 // A launch with barriers: every block's threads as fibers.
 #define NNC_EMULATE_BLOCKS(call, blocks, threads)                            \
   do {                                                                       \
