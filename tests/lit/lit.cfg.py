@@ -32,3 +32,13 @@ if os.path.exists(ptxas):
     config.substitutions.append(("%ptxas", ptxas))
 # Compiled kernels are cached on disk: keep the tests' cache in the build.
 config.environment["NNC_CACHE_DIR"] = os.path.join(config.nnc_obj_root, "tests", "lit", "kernel-cache")
+
+# A CUDA driver with a device: tests that run kernels on it.
+try:
+    import ctypes
+    _cuda = ctypes.CDLL("libcuda.so.1")
+    _count = ctypes.c_int(0)
+    if _cuda.cuInit(0) == 0 and _cuda.cuDeviceGetCount(ctypes.byref(_count)) == 0 and _count.value > 0:
+        config.available_features.add("cuda-device")
+except OSError:
+    pass

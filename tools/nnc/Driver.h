@@ -96,9 +96,9 @@ struct Session {
   mlir::OwningOpRef<mlir::ModuleOp> load(const std::string &path);
 };
 
-/// --target=cuda for commands that run a model: says in one line why it
-/// cannot (no driver or device; or, with one, that the CUDA runtime does
-/// not train yet) and returns the exit code.
+/// --target=cuda for `nnc build`: says in one line why it cannot (no
+/// driver or device; or, with one, that built programs do not target CUDA
+/// yet) and returns the exit code.
 int cudaUnavailable();
 
 int runTrain(const Args &args);

@@ -11,6 +11,7 @@
 
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cuda/DeviceExecutor.h"
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
@@ -240,10 +241,19 @@ struct Backend {
 
 int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
   std::string target = args.get("target", "auto");
-  if (target == "cuda")
-    return cudaUnavailable();
-  if (target == "reference") {
-    auto t = ref::Trainer::create(*m.module, seed, ref::createReferenceExecutor());
+  if (target == "cuda" || target == "reference") {
+    // The reference evaluator, or the generated CUDA kernels on device 0,
+    // stepped by the reference trainer.
+    std::shared_ptr<ref::Executor> executor;
+    if (target == "cuda") {
+      std::string why;
+      executor = cuda::createDeviceExecutor(why);
+      if (!executor)
+        return userError("--target=cuda: " + why);
+    } else {
+      executor = ref::createReferenceExecutor();
+    }
+    auto t = ref::Trainer::create(*m.module, seed, executor);
     if (failed(t))
       return kUserError;
     out.trainer.emplace(std::move(*t));

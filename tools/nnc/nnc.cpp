@@ -539,8 +539,8 @@ int cudaUnavailable() {
   rt::CudaDevice d = rt::probeCudaDevice();
   if (!d.present)
     return userError("--target=cuda: " + d.why);
-  return userError("--target=cuda: the CUDA runtime cannot run models yet (device: " + d.name + ", " +
-                   d.arch() + "); --emit=cuda|ptx generate and check its kernels");
+  return userError("--target=cuda: built programs cannot target CUDA yet (device: " + d.name + ", " +
+                   d.arch() + "); nnc train --target=cuda runs the generated kernels on it");
 }
 
 int userError(const llvm::Twine &msg) {
