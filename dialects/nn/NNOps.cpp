@@ -118,6 +118,15 @@ bool nnc::nn::isElementwise(Operation *op) {
 
 bool nnc::nn::isReduction(Operation *op) { return isa<ReduceSumOp, ReduceMaxOp>(op); }
 
+ArrayRef<int64_t> nnc::nn::reductionAxes(Operation *op) {
+  return cast<DenseI64ArrayAttr>(op->getAttr("axes")).asArrayRef();
+}
+
+bool nnc::nn::keepsReducedAxes(Operation *op) {
+  auto keep = op->getAttrOfType<BoolAttr>("keepdims");
+  return keep && keep.getValue();
+}
+
 LogicalResult KernelOp::verify() {
   auto yield = cast<YieldOp>(getBody().front().getTerminator());
   if (yield.getValues().getTypes() != getResultTypes())

@@ -39,6 +39,10 @@ bool isElementwise(mlir::Operation *op);
 /// Whether `op` sums or maximizes its one operand over axes (reading each
 /// element once).
 bool isReduction(mlir::Operation *op);
+/// A reduction's axes (every axis when empty) and whether it keeps them
+/// as size 1 (reduce_sum, reduce_mean, reduce_max).
+llvm::ArrayRef<int64_t> reductionAxes(mlir::Operation *op);
+bool keepsReducedAxes(mlir::Operation *op);
 
 } // namespace nnc::nn
 

@@ -485,10 +485,9 @@ LogicalResult concat(Emitter &e) {
 /// loops over the reduced axes accumulating in a register (a `reassoc`
 /// reduction LLVM vectorizes when the innermost axis is reduced).
 LogicalResult reduce(Emitter &e, bool max) {
-  ArrayRef<int64_t> axes = cast<DenseI64ArrayAttr>(e.op->getAttr("axes")).asArrayRef();
+  ArrayRef<int64_t> axes = nnops::reductionAxes(e.op);
   ArrayRef<int64_t> in = shapeOf(e.op->getOperand(0));
-  auto keep = e.op->getAttrOfType<BoolAttr>("keepdims");
-  bool keepdims = keep && keep.getValue();
+  bool keepdims = nnops::keepsReducedAxes(e.op);
   SmallVector<int64_t> kept, reduced;
   for (int64_t i = 0; i < static_cast<int64_t>(in.size()); ++i)
     (axes.empty() || llvm::is_contained(axes, i) ? reduced : kept).push_back(i);

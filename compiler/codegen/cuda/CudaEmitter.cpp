@@ -519,8 +519,7 @@ private:
       return false;
     Value x = root->getOperand(0);
     auto rt = typeOf(x);
-    ArrayRef<int64_t> axes = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getAxes()
-                                                             : cast<nnops::ReduceMaxOp>(root).getAxes();
+    ArrayRef<int64_t> axes = nnops::reductionAxes(root);
     int64_t extent = 1;
     for (int64_t d = 0; d < rt.getRank(); ++d)
       if (axes.empty() || llvm::is_contained(axes, d)) {
@@ -696,10 +695,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         launch.barriers = true;
         Value x = root->getOperand(0);
         auto rt = typeOf(x);
-        ArrayRef<int64_t> axes = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getAxes()
-                                                                 : cast<nnops::ReduceMaxOp>(root).getAxes();
-        bool keep = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getKeepdims()
-                                                  : cast<nnops::ReduceMaxOp>(root).getKeepdims();
+        ArrayRef<int64_t> axes = nnops::reductionAxes(root);
+        bool keep = nnops::keepsReducedAxes(root);
         bool sum = isa<nnops::ReduceSumOp>(root);
         auto combine = [&](const std::string &a, const std::string &b) {
           return sum ? a + " + " + b : "fmaxf(" + a + ", " + b + ")";
@@ -842,10 +839,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         // One thread per output element: loop over the reduced axes.
         Value x = root->getOperand(0);
         auto rt = typeOf(x);
-        ArrayRef<int64_t> axes = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getAxes()
-                                                                 : cast<nnops::ReduceMaxOp>(root).getAxes();
-        bool keep = isa<nnops::ReduceSumOp>(root) ? cast<nnops::ReduceSumOp>(root).getKeepdims()
-                                                  : cast<nnops::ReduceMaxOp>(root).getKeepdims();
+        ArrayRef<int64_t> axes = nnops::reductionAxes(root);
+        bool keep = nnops::keepsReducedAxes(root);
         bool sum = isa<nnops::ReduceSumOp>(root);
         std::string acc = "acc";
         body << "    float acc = " << (sum ? "0.0f" : "-NNC_INF") << ";\n";

@@ -9,9 +9,8 @@
 
 #include "compiler/codegen/cuda/DeviceExecutor.h"
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
-#include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
+#include "compiler/codegen/cuda/Prepared.h"
 #include "runtime/CudaDevice.h"
 
 #include <dlfcn.h>
@@ -54,8 +53,8 @@ struct Driver {
 };
 
 struct Module {
+  std::unique_ptr<Prepared> prepared;
   void *module = nullptr;
-  CudaModule code;
   std::vector<void *> functions;
 };
 
@@ -70,34 +69,17 @@ public:
 
   FailureOr<std::vector<ref::Tensor>> run(func::FuncOp fn, ArrayRef<ref::Tensor> args,
                                           const ref::EvalOptions &options) override {
-    int64_t batch = 1;
-    for (auto [a, t] : llvm::zip(fn.getArgumentTypes(), args)) {
-      auto type = cast<RankedTensorType>(a);
-      for (int64_t i = 0; i < type.getRank(); ++i)
-        if (type.isDynamicDim(i))
-          batch = t.shape[i];
-    }
-    cpu::BatchScaling scaling;
-    auto prepared = cpu::prepare(fn, std::nullopt, /*fuse=*/true, &scaling);
-    if (failed(prepared))
-      return failure();
-    auto pfn = *(*prepared)->getOps<func::FuncOp>().begin();
-    auto m = load(fn, pfn, scaling);
+    int64_t batch = batchOf(fn, args);
+    auto m = load(fn);
     if (failed(m))
       return failure();
-    const CudaModule &code = (*m)->code;
+    const CudaModule &code = (*m)->prepared->code;
 
     // Device buffers by name; views share their root's.
     std::map<std::string, std::pair<CUdeviceptr, size_t>> buffers;
     auto release = [&] {
       for (auto &[n, b] : buffers)
         d.memFree(b.first);
-    };
-    auto size = [&](const std::vector<int64_t> &shape) {
-      int64_t n = 1;
-      for (int64_t s : shape)
-        n *= s < 0 ? -s * batch : s;
-      return static_cast<size_t>(std::max<int64_t>(n, 1)) * 4;
     };
     auto buffer = [&](const std::string &name, size_t bytes) -> FailureOr<CUdeviceptr> {
       auto it = buffers.find(name);
@@ -112,14 +94,7 @@ public:
       return p;
     };
     for (auto [i, t] : llvm::enumerate(args)) {
-      bool integer = getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32);
-      std::vector<float> host(std::max<size_t>(t.data.size(), 1));
-      for (size_t k = 0; k < t.data.size(); ++k) {
-        if (integer)
-          reinterpret_cast<int32_t *>(host.data())[k] = static_cast<int32_t>(t.data[k]);
-        else
-          host[k] = static_cast<float>(t.data[k]);
-      }
+      std::vector<float> host = toWords(t, getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32));
       auto p = buffer(code.args[i], host.size() * 4);
       if (failed(p)) {
         release();
@@ -139,7 +114,7 @@ public:
     for (auto [launch, f] : llvm::zip(code.launches, (*m)->functions)) {
       std::vector<CUdeviceptr> ptrs;
       for (const Param &p : launch.params) {
-        auto b = buffer(p.viewOf.empty() ? p.name : p.viewOf, size(p.shape));
+        auto b = buffer(p.viewOf.empty() ? p.name : p.viewOf, wordsOf(p.shape, batch) * 4);
         if (failed(b)) {
           release();
           return failure();
@@ -167,31 +142,18 @@ public:
       return fn.emitError("the CUDA kernels failed: ") << d.error(rc);
     }
     std::vector<ref::Tensor> out;
-    Operation *ret = pfn.front().getTerminator();
     for (auto [i, r] : llvm::enumerate(code.results)) {
-      Value v = ret->getOperand(i);
-      auto t = cast<RankedTensorType>(v.getType());
-      ref::Tensor res{std::vector<int64_t>(t.getShape()), {}};
-      for (int64_t dd = 0; dd < t.getRank(); ++dd)
-        if (t.isDynamicDim(dd)) {
-          auto s = scaling.find(v);
-          res.shape[dd] = (s == scaling.end() ? 1 : s->second[dd]) * batch;
-        }
-      res.data.resize(res.numel());
       auto found = buffers.find(r);
       if (found == buffers.end()) {
         release();
         return fn.emitError("the CUDA code wrote no result '") << r << "'";
       }
-      std::vector<float> host(std::max<size_t>(res.data.size(), 1));
+      std::vector<float> host(found->second.second / 4);
       if (int rc = d.memcpyDtoH(host.data(), found->second.first, host.size() * 4)) {
         release();
         return fn.emitError("cuMemcpyDtoH: ") << d.error(rc);
       }
-      bool integer = t.getElementType().isInteger(32);
-      for (size_t k = 0; k < res.data.size(); ++k)
-        res.data[k] = integer ? reinterpret_cast<const int32_t *>(host.data())[k] : host[k];
-      out.push_back(std::move(res));
+      out.push_back((*m)->prepared->result(i, batch, host.data(), host.size()));
     }
     release();
     return out;
@@ -202,13 +164,15 @@ private:
   std::string arch;
   std::map<std::string, Module> modules; // by function name
 
-  FailureOr<Module *> load(func::FuncOp fn, func::FuncOp pfn, const cpu::BatchScaling &scaling) {
+  /// The function prepared, emitted and loaded on the device, once.
+  FailureOr<Module *> load(func::FuncOp fn) {
     auto it = modules.find(fn.getName().str());
     if (it != modules.end())
       return &it->second;
-    auto code = emitCuda(pfn, scaling);
-    if (failed(code))
+    auto prepared = Prepared::emit(fn);
+    if (failed(prepared))
       return failure();
+    const CudaModule *code = &(*prepared)->code;
     NvrtcResult ptx = compileCached(code->source, fn.getName().str() + ".cu", arch, {}, defaultCacheDir());
     if (!ptx.ok)
       return fn.emitError(ptx.error) << (ptx.log.empty() ? "" : "\n" + ptx.log);
@@ -221,7 +185,7 @@ private:
         return fn.emitError("cuModuleGetFunction(") << l.name << "): " << d.error(rc);
       m.functions.push_back(f);
     }
-    m.code = std::move(*code);
+    m.prepared = std::move(*prepared);
     return &modules.emplace(fn.getName().str(), std::move(m)).first->second;
   }
 };

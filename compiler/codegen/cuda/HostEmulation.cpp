@@ -2,8 +2,7 @@
 
 #include "compiler/codegen/cuda/HostEmulation.h"
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
-#include "compiler/codegen/cuda/CudaEmitter.h"
+#include "compiler/codegen/cuda/Prepared.h"
 
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -119,7 +118,7 @@ inline float __shfl_down_sync(unsigned, float v, int delta) {
 namespace {
 
 struct Compiled {
-  CudaModule code;
+  std::unique_ptr<Prepared> prepared;
   void *handle = nullptr;
   std::vector<void (*)(void **, const long long *, long long, long long)> calls;
   ~Compiled() {
@@ -136,85 +135,58 @@ public:
   FailureOr<std::vector<ref::Tensor>> run(func::FuncOp fn, ArrayRef<ref::Tensor> args,
                                           const ref::EvalOptions &options) override {
     long long rng[2] = {static_cast<long long>(options.seed), static_cast<long long>(options.step)};
-    // The batch size: the first dynamic axis of an argument.
-    int64_t batch = 1;
-    for (auto [a, t] : llvm::zip(fn.getArgumentTypes(), args)) {
-      auto type = cast<RankedTensorType>(a);
-      for (int64_t i = 0; i < type.getRank(); ++i)
-        if (type.isDynamicDim(i))
-          batch = t.shape[i];
-    }
-    cpu::BatchScaling scaling;
-    auto prepared = cpu::prepare(fn, std::nullopt, /*fuse=*/true, &scaling);
-    if (failed(prepared))
-      return failure();
-    auto pfn = *(*prepared)->getOps<func::FuncOp>().begin();
-    auto code = emitCuda(pfn, scaling);
-    if (failed(code))
-      return failure();
-    auto c = build(fn, *code);
+    int64_t batch = batchOf(fn, args);
+    auto c = get(fn);
     if (failed(c))
       return failure();
+    const CudaModule &code = (*c)->prepared->code;
 
-    // Buffers by name: arguments (i32 stored as int), then what launches
-    // write; views share their root's.
+    // Buffers by name: arguments, then what launches write; views share
+    // their root's.
     std::map<std::string, std::vector<float>> buffers;
-    auto size = [&](const std::vector<int64_t> &shape) {
-      int64_t n = 1;
-      for (int64_t d : shape)
-        n *= d < 0 ? -d * batch : d;
-      return static_cast<size_t>(std::max<int64_t>(n, 1));
-    };
-    for (auto [i, t] : llvm::enumerate(args)) {
-      std::vector<float> &b = buffers[(*c)->code.args[i]];
-      b.resize(std::max<size_t>(t.data.size(), 1));
-      bool integer = getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32);
-      for (size_t k = 0; k < t.data.size(); ++k) {
-        if (integer)
-          reinterpret_cast<int32_t *>(b.data())[k] = static_cast<int32_t>(t.data[k]);
-        else
-          b[k] = static_cast<float>(t.data[k]);
-      }
-    }
-    for (auto [launch, call] : llvm::zip((*c)->code.launches, (*c)->calls)) {
+    for (auto [i, t] : llvm::enumerate(args))
+      buffers[code.args[i]] = toWords(t, getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32));
+    for (auto [launch, call] : llvm::zip(code.launches, (*c)->calls)) {
       std::vector<void *> ptrs;
       for (const Param &p : launch.params) {
         std::vector<float> &b = buffers[p.viewOf.empty() ? p.name : p.viewOf];
-        if (b.size() < size(p.shape))
-          b.resize(size(p.shape));
+        if (b.size() < wordsOf(p.shape, batch))
+          b.resize(wordsOf(p.shape, batch));
         ptrs.push_back(b.data());
       }
       long long threads = launch.threadsPerBatch * batch + launch.threadsFixed;
       call(ptrs.data(), rng, batch, threads);
     }
     std::vector<ref::Tensor> out;
-    Operation *ret = pfn.front().getTerminator();
-    for (auto [i, r] : llvm::enumerate((*c)->code.results)) {
-      Value v = ret->getOperand(i);
-      auto t = cast<RankedTensorType>(v.getType());
-      ref::Tensor res{std::vector<int64_t>(t.getShape()), {}};
-      for (int64_t d = 0; d < t.getRank(); ++d)
-        if (t.isDynamicDim(d)) {
-          auto s = scaling.find(v);
-          res.shape[d] = (s == scaling.end() ? 1 : s->second[d]) * batch;
-        }
-      res.data.resize(res.numel());
+    for (auto [i, r] : llvm::enumerate(code.results)) {
       auto found = buffers.find(r);
       if (found == buffers.end())
         return fn.emitError("the emulated CUDA code wrote no result '") << r << "'";
-      bool integer = t.getElementType().isInteger(32);
-      for (size_t k = 0; k < res.data.size() && k < found->second.size(); ++k)
-        res.data[k] = integer ? reinterpret_cast<const int32_t *>(found->second.data())[k] : found->second[k];
-      out.push_back(std::move(res));
+      out.push_back((*c)->prepared->result(i, batch, found->second.data(), found->second.size()));
     }
     return out;
   }
 
 private:
   std::string compiler;
-  std::vector<std::unique_ptr<Compiled>> keep;
+  std::map<std::string, std::unique_ptr<Compiled>> cache; // by function name
 
-  FailureOr<Compiled *> build(func::FuncOp fn, CudaModule code) {
+  /// The function emitted and compiled for the host, once.
+  FailureOr<Compiled *> get(func::FuncOp fn) {
+    auto it = cache.find(fn.getName().str());
+    if (it != cache.end())
+      return it->second.get();
+    auto prepared = Prepared::emit(fn);
+    if (failed(prepared))
+      return failure();
+    auto c = build(fn, (*prepared)->code);
+    if (failed(c))
+      return failure();
+    (*c)->prepared = std::move(*prepared);
+    return (cache[fn.getName().str()] = std::move(*c)).get();
+  }
+
+  FailureOr<std::unique_ptr<Compiled>> build(func::FuncOp fn, const CudaModule &code) {
     auto c = std::make_unique<Compiled>();
     std::string src = std::string(hostEmulationHeader()) + code.source;
     // One entry point per launch: the emulated grid around the kernel.
@@ -263,9 +235,7 @@ private:
     llvm::sys::fs::remove(so);
     llvm::sys::fs::remove(log);
     llvm::sys::fs::remove(dir);
-    c->code = std::move(code);
-    keep.push_back(std::move(c));
-    return keep.back().get();
+    return c;
   }
 };
 
