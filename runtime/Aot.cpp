@@ -2,6 +2,8 @@
 
 #include "runtime/Aot.h"
 
+#include "runtime/CudaModel.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -125,15 +127,29 @@ int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
   if (threads > 0)
     setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
+  auto fail = [&](const Status &s) {
+    std::fprintf(stderr, "%s: error: %s\n", tool, s.message().c_str());
+    return 1;
+  };
+  // Code for the CPU, or CUDA modules for a device.
+  std::unique_ptr<Trainable> model;
+  if (m.trainStep.call) {
+    auto cpu = std::make_unique<CompiledModel>(m, o.seed, "cpu, ahead of time");
+    if (Status s = cpu->initialize(); !s)
+      return fail(s);
+    model = std::move(cpu);
+  } else {
+    CudaDriver driver;
+    if (Status s = loadCudaDriver(driver); !s)
+      return fail(Status::error("this program trains on a CUDA device: " + s.message()));
+    auto gpu = std::make_unique<CudaModel>(m, o.seed, driver);
+    if (Status s = gpu->initialize(); !s)
+      return fail(s);
+    std::printf("device: %s\n", driver.device.c_str());
+    model = std::move(gpu);
+  }
   BoundData data;
-  CompiledModel model(m, o.seed, "cpu, ahead of time");
-  if (Status s = loadData(source, model.inputs(), validation, o.seed, data); !s) {
-    std::fprintf(stderr, "%s: error: %s\n", tool, s.message().c_str());
-    return 1;
-  }
-  if (Status s = model.initialize(); !s) {
-    std::fprintf(stderr, "%s: error: %s\n", tool, s.message().c_str());
-    return 1;
-  }
-  return train(model, data, o);
+  if (Status s = loadData(source, model->inputs(), validation, o.seed, data); !s)
+    return fail(s);
+  return train(*model, data, o);
 }

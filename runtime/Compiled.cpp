@@ -8,24 +8,6 @@
 using namespace nnc;
 using namespace nnc::rt;
 
-namespace {
-
-int64_t sizeAt(const TensorDesc &t, int64_t batch) {
-  int64_t n = 1;
-  for (int64_t d : t.shape)
-    n *= d < 0 ? -d * batch : d;
-  return n;
-}
-
-std::vector<int64_t> shapeAt(const TensorDesc &t, int64_t batch) {
-  std::vector<int64_t> s;
-  for (int64_t d : t.shape)
-    s.push_back(d < 0 ? -d * batch : d);
-  return s;
-}
-
-} // namespace
-
 size_t rt::placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
                       std::vector<void *> *out) {
   size_t at = 0;
@@ -52,7 +34,7 @@ struct CompiledModel::Frame {
     buffers.resize(f.args.size() + f.results.size());
     borrowed.assign(f.args.size(), nullptr);
     for (size_t i = 0; i < f.results.size(); ++i)
-      buffers[f.args.size() + i].resize(f.overwrites(i) >= 0 ? 1 : std::max<int64_t>(1, sizeAt(f.results[i], batch)));
+      buffers[f.args.size() + i].resize(f.overwrites(i) >= 0 ? 1 : std::max<int64_t>(1, f.results[i].numel(batch)));
     size_t total = placeSlots(f.slots, batch, nullptr, nullptr) + 64;
     workspace.resize(std::max(workspace.size(), total / 4 + 1));
     uintptr_t base = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
@@ -78,8 +60,8 @@ struct CompiledModel::Frame {
   }
   HostTensor result(const FunctionDesc &f, size_t r, int64_t batch) const {
     const TensorDesc &t = f.results[r];
-    HostTensor h{t.name, shapeAt(t, batch), {}};
-    h.data.resize(sizeAt(t, batch));
+    HostTensor h{t.name, t.shapeAt(batch), {}};
+    h.data.resize(t.numel(batch));
     const float *b = buffers[f.args.size() + r].data();
     if (int64_t a = f.overwrites(r); a >= 0)
       b = borrowed[a] ? borrowed[a] : buffers[a].data();
@@ -123,7 +105,7 @@ CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string back
     } else if (t.role == "step") {
       stepArg = i;
     }
-    state.push_back({t.name, shapeAt(t, 0), std::vector<float>(std::max<int64_t>(0, sizeAt(t, 0)))});
+    state.push_back({t.name, t.shapeAt(0), std::vector<float>(std::max<int64_t>(0, t.numel(0)))});
   }
 }
 

@@ -34,10 +34,55 @@ struct TensorDesc {
   std::string name, role; // role: input, param, frozen, state, opt_state, step, output, loss, ...
   bool integer = false;   // i32, else f32
   std::vector<int64_t> shape; // a negative size -k means k per batch element
+
+  /// The sizes and element count for a batch of `batch`.
+  std::vector<int64_t> shapeAt(int64_t batch) const {
+    std::vector<int64_t> s;
+    for (int64_t d : shape)
+      s.push_back(d < 0 ? -d * batch : d);
+    return s;
+  }
+  int64_t numel(int64_t batch) const {
+    int64_t n = 1;
+    for (int64_t d : shape)
+      n *= d < 0 ? -d * batch : d;
+    return n;
+  }
+};
+
+/// One kernel launch of a function's CUDA code: the kernel's name, what it
+/// computes ("ops at file:line:col", for errors), the buffers it takes
+/// (indices into CudaCode's buffers), whether it takes the rng buffer, and
+/// its threads: `threadsPerBatch * batch + threadsFixed`.
+struct CudaLaunch {
+  std::string kernel, what;
+  std::vector<int32_t> buffers;
+  int64_t threadsPerBatch = 0, threadsFixed = 0;
+  bool rng = false;
+};
+
+/// A function as CUDA kernels (`--target=cuda`): the module image the
+/// driver loads (PTX), its launches in order, and its device buffers: the
+/// function's arguments (by position), then one per entry of `buffers`.
+struct CudaCode {
+  std::string image;
+  std::vector<CudaLaunch> launches;
+  /// Per buffer after the arguments: words per batch element, fixed words,
+  /// and the slot of the memory plan holding it (-1: a buffer of its own,
+  /// as every result has).
+  std::vector<int64_t> buffers;
+  /// Per slot of the memory plan: words per batch element, fixed words.
+  std::vector<int64_t> slots;
+  /// Per result of the function: the buffer holding it.
+  std::vector<int32_t> results;
+  /// Threads per block of every launch (the kernels' launch bounds).
+  int64_t blockSize = 256;
+  bool empty() const { return launches.empty(); }
 };
 
 struct FunctionDesc {
   Kernel call;
+  CudaCode cuda;
   std::vector<TensorDesc> args, results;
   std::vector<int64_t> slots; // bytes per batch element and fixed bytes, per slot
   // Per result: the argument whose buffer the kernel overwrites with it

@@ -247,22 +247,37 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     auto begin = std::chrono::steady_clock::now();
     std::vector<int64_t> order = epochOrder(count, o.seed, epoch, o.shuffle);
     double lossSum = 0;
-    for (int64_t k = 0; k < steps; ++k) {
+    // Steps are started in groups of up to stepsInFlight() (a device
+    // overlaps the next batch's copy with the current step), then their
+    // losses are checked and counted.
+    const int64_t group = std::max<int64_t>(1, m.stepsInFlight());
+    std::vector<double> losses(static_cast<size_t>(steps));
+    std::vector<int64_t> sizes(static_cast<size_t>(steps));
+    for (int64_t k = 0, settled = 0; k < steps; ++k) {
       std::vector<int64_t> idx(order.begin() + k * batch,
                                order.begin() + std::min(count, (k + 1) * batch));
-      double loss = 0;
-      if (Status s = m.step(batchOf(data.train, m.inputs(), idx), loss); !s) {
+      sizes[k] = static_cast<int64_t>(idx.size());
+      if (Status s = m.stepAsync(batchOf(data.train, m.inputs(), idx), &losses[k]); !s) {
         progress.finishLine();
         return fail(s.message());
       }
-      if (!std::isfinite(loss)) {
+      if ((k + 1) % group != 0 && k + 1 != steps)
+        continue;
+      if (Status s = m.sync(); !s) {
         progress.finishLine();
-        return fail("the loss became " + std::to_string(loss) + " at epoch " +
-                    std::to_string(epoch) + ", step " + std::to_string(k + 1) +
-                    "; try a smaller learning rate");
+        return fail(s.message());
       }
-      lossSum += loss * static_cast<double>(idx.size());
-      samples += static_cast<int64_t>(idx.size());
+      for (; settled <= k; ++settled) {
+        double loss = losses[settled];
+        if (!std::isfinite(loss)) {
+          progress.finishLine();
+          return fail("the loss became " + std::to_string(loss) + " at epoch " +
+                      std::to_string(epoch) + ", step " + std::to_string(settled + 1) +
+                      "; try a smaller learning rate");
+        }
+        lossSum += loss * static_cast<double>(sizes[settled]);
+        samples += sizes[settled];
+      }
       progress.update(epoch, o.epochs, k + 1, steps,
                       lossSum / static_cast<double>(std::min(count, (k + 1) * batch)), samples);
     }

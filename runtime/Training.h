@@ -43,6 +43,14 @@ public:
   /// One training step on a mini-batch (one tensor per input, batch axis
   /// first); `loss` is the loss before the update.
   virtual Status step(const std::vector<HostTensor> &batch, double &loss) = 0;
+  /// Starts a training step; a backend that runs steps asynchronously (a
+  /// device) writes `*loss` by the next sync() and may hold up to
+  /// stepsInFlight() steps before one. By default the step runs at once.
+  virtual Status stepAsync(const std::vector<HostTensor> &batch, double *loss) {
+    return step(batch, *loss);
+  }
+  virtual Status sync() { return Status::ok(); }
+  virtual int64_t stepsInFlight() const { return 1; }
   /// The model in evaluation mode: its outputs (the loss excluded) and loss.
   virtual Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
                           double &loss) = 0;

@@ -5,7 +5,9 @@
 // into an object file, writes a small C++ file describing their buffers,
 // initializers and train settings (runtime/Aot.h), and links both with the
 // runtime library. The executable needs neither MLIR nor LLVM: only the C++
-// runtime and the OpenMP runtime the parallel loops call.
+// runtime and the OpenMP runtime the parallel loops call. With
+// --target=cuda the code is the CUDA modules' PTX, written into the C++
+// file; the executable opens the driver with dlopen where it runs.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,6 +15,7 @@
 
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cuda/Nvrtc.h"
 
 #include "mlir/IR/Diagnostics.h"
 
@@ -77,6 +80,30 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
   for (size_t i = 0; i < f.inPlace.size(); ++i)
     os << (i ? ", " : "") << f.inPlace[i];
   os << "};\n";
+  if (f.cuda.empty())
+    return os.str();
+  // The CUDA module: its image (PTX) in pieces, its launches and buffers.
+  const rt::CudaCode &k = f.cuda;
+  auto list = [&](const auto &v) {
+    std::string out = "{";
+    for (size_t i = 0; i < v.size(); ++i)
+      out += (i ? ", " : "") + std::to_string(v[i]);
+    return out + "}";
+  };
+  os << var << ".cuda.image =\n";
+  for (size_t at = 0; at < k.image.size(); at += 4096)
+    os << "  " << quoted(llvm::StringRef(k.image).substr(at, 4096)) << "\n";
+  if (k.image.empty())
+    os << "  \"\"\n";
+  os << ";\n" << var << ".cuda.launches = {\n";
+  for (const rt::CudaLaunch &l : k.launches)
+    os << "  {" << quoted(l.kernel) << ", " << quoted(l.what) << ", " << list(l.buffers) << ", "
+       << l.threadsPerBatch << ", " << l.threadsFixed << ", " << (l.rng ? "true" : "false") << "},\n";
+  os << "};\n"
+     << var << ".cuda.buffers = " << list(k.buffers) << ";\n"
+     << var << ".cuda.slots = " << list(k.slots) << ";\n"
+     << var << ".cuda.results = " << list(k.results) << ";\n"
+     << var << ".cuda.blockSize = " << k.blockSize << ";\n";
   return os.str();
 }
 
@@ -115,9 +142,9 @@ int nnc::driver::runBuild(const Args &args) {
   if (auto rc = needFile(c, args))
     return *rc;
   std::string target = args.get("target", "cpu");
-  if (target == "cuda")
-    return cudaUnavailable();
-  if (target != "cpu" && target != "auto")
+  if (target == "auto")
+    target = autoTarget();
+  if (target != "cpu" && target != "cuda")
     return usageError("--target must be cpu, cuda or auto, got '" + target + "'", &c);
   std::optional<double> lr;
   double lrValue = 0;
@@ -136,14 +163,28 @@ int nnc::driver::runBuild(const Args &args) {
   SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
   std::string name = m.model.getName().str();
 
-  // The code: both functions in one module, lowered like the JIT's.
+  // The code: both functions in one module, lowered like the JIT's, or
+  // both as CUDA modules (PTX, loaded by the driver where the binary runs).
+  bool gpu = target == "cuda";
   OwningOpRef<ModuleOp> code = ModuleOp::create(m.model.getLoc());
-  auto desc = cpu::compileModel(*m.module, name, *code);
-  if (failed(desc))
-    return kUserError;
-  std::string shims =
-      shim(code->lookupSymbol<func::FuncOp>(cpu::kTrainStepKernel), cpu::kTrainStepKernel) +
-      shim(code->lookupSymbol<func::FuncOp>(cpu::kModelKernel), cpu::kModelKernel);
+  FailureOr<rt::ModelDesc> desc = failure();
+  std::string shims, arch;
+  if (gpu) {
+    CudaCode cuda;
+    std::string why;
+    if (cuda::nvrtcVersion(&why).empty())
+      return userError("--target=cuda: " + why);
+    arch = cudaArch(args);
+    if (int rc = compileCuda(m, arch, cuda))
+      return rc;
+    desc = std::move(cuda.desc);
+  } else {
+    desc = cpu::compileModel(*m.module, name, *code);
+    if (failed(desc))
+      return kUserError;
+    shims = shim(code->lookupSymbol<func::FuncOp>(cpu::kTrainStepKernel), cpu::kTrainStepKernel) +
+            shim(code->lookupSymbol<func::FuncOp>(cpu::kModelKernel), cpu::kModelKernel);
+  }
 
   // The description: initializers and train settings.
   std::ostringstream glue;
@@ -151,10 +192,11 @@ int nnc::driver::runBuild(const Args &args) {
        << "#include \"runtime/Aot.h\"\n\n#include <cstdint>\n\n"
        << shims << "\nint main(int argc, char **argv) {\n"
        << "nnc::rt::ModelDesc m;\n"
-       << "m.name = " << quoted(name) << ";\n"
-       << "m.trainStep.call = call_" << cpu::kTrainStepKernel << ";\n"
-       << "m.model.call = call_" << cpu::kModelKernel << ";\n"
-       << describe(desc->trainStep, "m.trainStep") << describe(desc->model, "m.model")
+       << "m.name = " << quoted(name) << ";\n";
+  if (!gpu)
+    glue << "m.trainStep.call = call_" << cpu::kTrainStepKernel << ";\n"
+         << "m.model.call = call_" << cpu::kModelKernel << ";\n";
+  glue << describe(desc->trainStep, "m.trainStep") << describe(desc->model, "m.model")
        << "m.lossResult = " << desc->lossResult << ";\n"
        << "m.inits.resize(" << desc->inits.size() << ");\n";
   for (size_t i = 0; i < desc->inits.size(); ++i) {
@@ -193,7 +235,7 @@ int nnc::driver::runBuild(const Args &args) {
 
   // Object code, the description, and the link, in a scratch directory; the
   // executable appears at its path only when complete.
-  if (failed(cpu::lowerToLLVM(*code)))
+  if (!gpu && failed(cpu::lowerToLLVM(*code)))
     return kUserError;
   llvm::SmallString<128> dir;
   if (std::error_code ec = llvm::sys::fs::createUniqueDirectory("nnc-build", dir))
@@ -201,7 +243,7 @@ int nnc::driver::runBuild(const Args &args) {
   auto cleanup = llvm::make_scope_exit([&] { llvm::sys::fs::remove_directories(dir); });
   std::string object = (dir + "/model.o").str(), source_ = (dir + "/main.cpp").str(),
               log = (dir + "/link.log").str();
-  if (failed(cpu::emitObjectFile(*code, object)))
+  if (!gpu && failed(cpu::emitObjectFile(*code, object)))
     return kUserError;
   {
     std::ofstream f(source_);
@@ -212,9 +254,12 @@ int nnc::driver::runBuild(const Args &args) {
   llvm::SmallString<256> partial(output);
   partial += ".partial";
   std::string ompDir = llvm::sys::path::parent_path(NNC_LIBOMP).str();
-  std::vector<std::string> argv = {NNC_CXX, "-std=c++20", "-O1", "-I", NNC_SOURCE_DIR, source_,
-                                   object, NNC_RUNTIME_LIB, "-L" + ompDir, "-lomp",
-                                   "-Wl,-rpath," + ompDir, "-lm", "-o", std::string(partial)};
+  std::vector<std::string> argv = {NNC_CXX, "-std=c++20", "-O1", "-I", NNC_SOURCE_DIR, source_};
+  if (gpu)
+    argv.insert(argv.end(), {NNC_RUNTIME_LIB, "-ldl"});
+  else
+    argv.insert(argv.end(), {object, NNC_RUNTIME_LIB, "-L" + ompDir, "-lomp", "-Wl,-rpath," + ompDir});
+  argv.insert(argv.end(), {"-lm", "-o", std::string(partial)});
   std::vector<llvm::StringRef> argRefs(argv.begin(), argv.end());
   std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log),
                                                 llvm::StringRef(log)};
@@ -231,7 +276,7 @@ int nnc::driver::runBuild(const Args &args) {
     llvm::sys::fs::remove(partial);
     return userError("cannot write '" + output + "': " + ec.message());
   }
-  llvm::outs() << "built " << output << ": trains model '" << name
-               << "' (run it with --help for its options)\n";
+  llvm::outs() << "built " << output << ": trains model '" << name << "'"
+               << (gpu ? " on a CUDA device (" + arch + " or newer)" : std::string()) << " (run it with --help for its options)\n";
   return kOk;
 }

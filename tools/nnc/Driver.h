@@ -96,11 +96,6 @@ struct Session {
   mlir::OwningOpRef<mlir::ModuleOp> load(const std::string &path);
 };
 
-/// --target=cuda for `nnc build`: says in one line why it cannot (no
-/// driver or device; or, with one, that built programs do not target CUDA
-/// yet) and returns the exit code.
-int cudaUnavailable();
-
 int runTrain(const Args &args);
 int runEval(const Args &args);
 int runPredict(const Args &args);

@@ -68,6 +68,25 @@ struct CpuCode {
 /// `fuse` every op is a kernel of its own.
 int compileCpu(const Loaded &m, bool profile, CpuCode &out, bool fuse = true);
 
+/// A model's training step and evaluation function as CUDA modules (PTX
+/// for `arch`, through NVRTC and the kernel cache), with their table.
+struct CudaCode {
+  rt::ModelDesc desc;
+  std::string arch;
+  double seconds = 0; // compilation, parse excluded
+};
+
+/// Compiles `m` for CUDA devices of `arch` ("sm_90").
+int compileCuda(const Loaded &m, const std::string &arch, CudaCode &out);
+
+/// The architecture to compile CUDA for: --cuda-arch, else the device's,
+/// else sm_90.
+std::string cudaArch(const Args &args);
+
+/// What --target=auto means here: "cuda" when a CUDA device and NVRTC are
+/// present, else "cpu".
+std::string autoTarget();
+
 /// The data named by --data or the train section (paths in a model file
 /// are relative to the file).
 int dataSource(const Loaded &m, const Args &args, rt::DataSource &out);

@@ -11,10 +11,13 @@
 
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
-#include "compiler/codegen/cuda/DeviceExecutor.h"
+#include "compiler/codegen/cuda/Model.h"
+#include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
+#include "runtime/CudaDevice.h"
+#include "runtime/CudaModel.h"
 #include "runtime/Training.h"
 
 #include "mlir/IR/Diagnostics.h"
@@ -153,6 +156,28 @@ int nnc::driver::compileCpu(const Loaded &m, bool profile, CpuCode &out, bool fu
   return kOk;
 }
 
+int nnc::driver::compileCuda(const Loaded &m, const std::string &arch, CudaCode &out) {
+  auto begin = std::chrono::steady_clock::now();
+  auto desc = cuda::compileModel(*m.module, m.model.getName(), cuda::ptxImage(arch));
+  if (failed(desc))
+    return kUserError;
+  out.desc = std::move(*desc);
+  out.arch = arch;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  return kOk;
+}
+
+std::string nnc::driver::cudaArch(const Args &args) {
+  if (args.has("cuda-arch"))
+    return args.get("cuda-arch");
+  rt::CudaDevice d = rt::probeCudaDevice();
+  return d.present ? d.arch() : "sm_90";
+}
+
+std::string nnc::driver::autoTarget() {
+  return rt::probeCudaDevice().present && !cuda::nvrtcVersion().empty() ? "cuda" : "cpu";
+}
+
 namespace {
 
 std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs) {
@@ -231,38 +256,48 @@ private:
 
 /// A model ready to train or evaluate on --target: CPU code compiled here
 /// (the kernels `nnc build` would link, JIT-compiled, run by the runtime's
-/// CompiledModel) or the reference evaluator. Declared after the Loaded
+/// CompiledModel), CUDA kernels on a device (rt::CudaModel), or the
+/// reference evaluator (auto: CUDA when a device is present, else CPU). Declared after the Loaded
 /// model it comes from: compiled code refers to its context.
 struct Backend {
   CpuCode cpu;
+  CudaCode cuda;
+  std::string device; // the CUDA device's name
   std::optional<ref::Trainer> trainer;
   std::unique_ptr<rt::Trainable> model;
 };
 
 int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
   std::string target = args.get("target", "auto");
-  if (target == "cuda" || target == "reference") {
-    // The reference evaluator, or the generated CUDA kernels on device 0,
-    // stepped by the reference trainer.
-    std::shared_ptr<ref::Executor> executor;
-    if (target == "cuda") {
-      std::string why;
-      executor = cuda::createDeviceExecutor(why);
-      if (!executor)
-        return userError("--target=cuda: " + why);
-    } else {
-      executor = ref::createReferenceExecutor();
-    }
-    auto t = ref::Trainer::create(*m.module, seed, executor);
+  if (target == "auto")
+    target = autoTarget();
+  if (target == "reference") {
+    auto t = ref::Trainer::create(*m.module, seed, ref::createReferenceExecutor());
     if (failed(t))
       return kUserError;
     out.trainer.emplace(std::move(*t));
     out.model = std::make_unique<EvaluatedModel>(m, *out.trainer);
     return kOk;
   }
-  if (target != "cpu" && target != "auto")
+  if (target == "cuda") {
+    // The generated kernels on device 0, the state kept there.
+    rt::CudaDriver driver;
+    if (rt::Status s = rt::loadCudaDriver(driver); !s)
+      return userError("--target=cuda: " + s.message());
+    std::string why;
+    if (cuda::nvrtcVersion(&why).empty())
+      return userError("--target=cuda: " + why);
+    if (int rc = compileCuda(m, args.has("cuda-arch") ? args.get("cuda-arch") : cudaArch(args), out.cuda))
+      return rc;
+    auto model = std::make_unique<rt::CudaModel>(out.cuda.desc, seed, driver);
+    if (rt::Status s = model->initialize(); !s)
+      return userError(m.path + ": " + s.message());
+    out.device = driver.device;
+    out.model = std::move(model);
+    return kOk;
+  }
+  if (target != "cpu")
     return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
-  // cpu; auto picks it: the CUDA runtime does not train yet.
   if (int rc = compileCpu(m, false, out.cpu))
     return rc;
   auto model = std::make_unique<rt::CompiledModel>(out.cpu.desc, seed, "cpu");
@@ -342,6 +377,10 @@ int nnc::driver::runTrain(const Args &args) {
   if (backend.cpu.jit)
     llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s\n", m.model.getName().str().c_str(),
                                  backend.cpu.seconds);
+  if (!backend.cuda.arch.empty())
+    llvm::outs() << llvm::format("compiled %s for CUDA (%s) in %.2f s; device: %s\n",
+                                 m.model.getName().str().c_str(), backend.cuda.arch.c_str(),
+                                 backend.cuda.seconds, backend.device.c_str());
   llvm::outs().flush();
   return rt::train(*backend.model, data, o);
 }

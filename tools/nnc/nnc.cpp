@@ -79,7 +79,8 @@ const std::vector<Command> &commands() {
         {"lr", "X", "Learning rate"},
         {"seed", "N", "Random seed (initialization, shuffling, dropout)"},
         {"threads", "N", "Threads for parallel loops (default: every core)"},
-        {"target", "T", "cpu|cuda|auto|reference (default auto: cpu)"},
+        {"target", "T", "cpu|cuda|auto|reference (default auto: cuda with a device, else cpu)"},
+        {"cuda-arch", "SM", "GPU architecture for --target=cuda (default: the device's)"},
         {"checkpoint", "PATH", "Save a safetensors checkpoint after every epoch"},
         {"resume", nullptr, "Continue from --checkpoint"},
         {"metrics", "PATH", "Append per-epoch metrics to a CSV file"},
@@ -90,20 +91,21 @@ const std::vector<Command> &commands() {
        "Evaluate a trained model on its test data.",
        {{"checkpoint", "PATH", "Checkpoint file"},
         {"data", "PATH", "Data (default: the train section's)"},
-        {"target", "T", "cpu|auto|reference"}},
+        {"target", "T", "cpu|cuda|auto|reference"}},
        runEval},
       {"predict", "nnc predict FILE --checkpoint PATH --input FILE.csv [-o OUT]",
        "Run a trained model on the rows of a CSV file.",
        {{"checkpoint", "PATH", "Checkpoint file"},
         {"input", "FILE", "CSV file: one row per sample, the model's input values in order"},
         {"o", "OUT", "Write the predictions to OUT (default: standard output)"},
-        {"target", "T", "cpu|auto|reference"}},
+        {"target", "T", "cpu|cuda|auto|reference"}},
        runPredict},
       {"build", "nnc build FILE [-o EXE] [options]",
-       "Build a standalone training executable (for this machine's CPU).",
+       "Build a standalone training executable (for this machine's CPU, or a CUDA GPU).",
        {{"o", "EXE", "Output executable (default: the model file's name)"},
         {"lr", "X", "Learning rate, instead of the train section's"},
-        {"target", "T", "cpu|auto"}},
+        {"target", "T", "cpu|cuda|auto (default cpu; auto: cuda with a device)"},
+        {"cuda-arch", "SM", "GPU architecture for --target=cuda (default: the device's, or sm_90)"}},
        runBuild},
       {"gradcheck", "nnc gradcheck FILE [options]",
        "Compare symbolic gradients with finite differences.",
@@ -533,14 +535,6 @@ int usageError(const std::string &msg, const Command *c) {
   llvm::errs() << "Run 'nnc " << (c ? std::string(c->name) + " " : "")
                << "--help' for usage.\n";
   return kUsageError;
-}
-
-int cudaUnavailable() {
-  rt::CudaDevice d = rt::probeCudaDevice();
-  if (!d.present)
-    return userError("--target=cuda: " + d.why);
-  return userError("--target=cuda: built programs cannot target CUDA yet (device: " + d.name + ", " +
-                   d.arch() + "); nnc train --target=cuda runs the generated kernels on it");
 }
 
 int userError(const llvm::Twine &msg) {

@@ -11,9 +11,7 @@ using namespace mlir;
 using namespace nnc;
 namespace nnops = nnc::nn;
 
-/// The tensors and slots of one function and its kernel. Sizes that grow
-/// with the batch are written as -(size per batch element).
-static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel) {
+FailureOr<rt::FunctionDesc> cpu::describeSignature(func::FuncOp fn) {
   OwningOpRef<func::FuncOp> unit(cast<func::FuncOp>(fn->clone()));
   if (failed(cpu::specializeBatch(*unit, 1)))
     return failure();
@@ -34,28 +32,21 @@ static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel
     f.results.push_back(tensor(fn.getResultTypes()[i], unit->getResultTypes()[i],
                                fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName),
                                fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kRole)));
-  f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
-  f.inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
   return f;
 }
 
-FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code,
-                                           bool profile, bool fuse) {
-  auto model = module.lookupSymbol<func::FuncOp>(name);
-  auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
-  if (!model || !step)
-    return module.emitError("no model '") << name << "' with a training step";
-  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile, fuse)) ||
-      failed(addLoops(model, std::nullopt, code, kModelKernel, profile, fuse)))
+/// The tensors and slots of one function and its kernel.
+static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel) {
+  auto f = cpu::describeSignature(fn);
+  if (failed(f))
     return failure();
-  rt::ModelDesc m;
-  m.name = name.str();
-  auto stepDesc = describe(step, code.lookupSymbol<func::FuncOp>(kTrainStepKernel));
-  auto modelDesc = describe(model, code.lookupSymbol<func::FuncOp>(kModelKernel));
-  if (failed(stepDesc) || failed(modelDesc))
-    return failure();
-  m.trainStep = std::move(*stepDesc);
-  m.model = std::move(*modelDesc);
+  f->slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  f->inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
+  return f;
+}
+
+LogicalResult cpu::describeModel(func::FuncOp model, rt::ModelDesc &m) {
+  m.name = model.getName().str();
   for (unsigned i = 0; i < model.getNumResults(); ++i)
     if (m.model.results[i].role == "loss")
       m.lossResult = i;
@@ -68,5 +59,26 @@ FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, Modu
       return failure();
     m.inits[i] = std::move(*spec);
   }
+  return success();
+}
+
+FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, ModuleOp code,
+                                           bool profile, bool fuse) {
+  auto model = module.lookupSymbol<func::FuncOp>(name);
+  auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
+  if (!model || !step)
+    return module.emitError("no model '") << name << "' with a training step";
+  if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile, fuse)) ||
+      failed(addLoops(model, std::nullopt, code, kModelKernel, profile, fuse)))
+    return failure();
+  rt::ModelDesc m;
+  auto stepDesc = describe(step, code.lookupSymbol<func::FuncOp>(kTrainStepKernel));
+  auto modelDesc = describe(model, code.lookupSymbol<func::FuncOp>(kModelKernel));
+  if (failed(stepDesc) || failed(modelDesc))
+    return failure();
+  m.trainStep = std::move(*stepDesc);
+  m.model = std::move(*modelDesc);
+  if (failed(describeModel(model, m)))
+    return failure();
   return m;
 }

@@ -13,6 +13,7 @@
 
 #include "runtime/Compiled.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 
 namespace nnc::cpu {
@@ -29,6 +30,15 @@ inline constexpr const char *kModelKernel = "nnc_model";
 mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringRef model,
                                             mlir::ModuleOp code, bool profile = false,
                                             bool fuse = true);
+
+/// The arguments and results of `fn` (a function of the training
+/// pipeline's output): names, roles, element types and sizes, a size that
+/// grows with the batch written as -(size per batch element).
+mlir::FailureOr<rt::FunctionDesc> describeSignature(mlir::func::FuncOp fn);
+
+/// Fills `m`'s name, loss result and initializers from `model`, once
+/// `m.model` is described.
+mlir::LogicalResult describeModel(mlir::func::FuncOp model, rt::ModelDesc &m);
 
 } // namespace nnc::cpu
 

@@ -119,12 +119,7 @@ namespace {
 
 struct Compiled {
   std::unique_ptr<Prepared> prepared;
-  void *handle = nullptr;
-  std::vector<void (*)(void **, const long long *, long long, long long)> calls;
-  ~Compiled() {
-    if (handle)
-      dlclose(handle);
-  }
+  std::unique_ptr<HostKernels> kernels;
 };
 
 class HostEmulationExecutor : public ref::Executor {
@@ -146,7 +141,7 @@ public:
     std::map<std::string, std::vector<float>> buffers;
     for (auto [i, t] : llvm::enumerate(args))
       buffers[code.args[i]] = toWords(t, getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32));
-    for (auto [launch, call] : llvm::zip(code.launches, (*c)->calls)) {
+    for (auto [launch, call] : llvm::zip(code.launches, (*c)->kernels->entries)) {
       std::vector<void *> ptrs;
       for (const Param &p : launch.params) {
         std::vector<float> &b = buffers[p.viewOf.empty() ? p.name : p.viewOf];
@@ -154,8 +149,16 @@ public:
           b.resize(wordsOf(p.shape, batch));
         ptrs.push_back(b.data());
       }
+      std::vector<void *> params;
+      for (void *&p : ptrs)
+        params.push_back(&p);
+      const long long *rngPtr = rng;
+      if (launch.rng)
+        params.push_back(&rngPtr);
+      long long n = batch;
+      params.push_back(&n);
       long long threads = launch.threadsPerBatch * batch + launch.threadsFixed;
-      call(ptrs.data(), rng, batch, threads);
+      call(params.data(), std::clamp<long long>((threads + kBlockSize - 1) / kBlockSize, 1, 4096));
     }
     std::vector<ref::Tensor> out;
     for (auto [i, r] : llvm::enumerate(code.results)) {
@@ -179,67 +182,86 @@ private:
     auto prepared = Prepared::emit(fn);
     if (failed(prepared))
       return failure();
-    auto c = build(fn, (*prepared)->code);
-    if (failed(c))
+    auto kernels = HostKernels::compile((*prepared)->code, compiler, fn);
+    if (failed(kernels))
       return failure();
-    (*c)->prepared = std::move(*prepared);
-    return (cache[fn.getName().str()] = std::move(*c)).get();
+    auto c = std::make_unique<Compiled>();
+    c->prepared = std::move(*prepared);
+    c->kernels = std::move(*kernels);
+    return (cache[fn.getName().str()] = std::move(c)).get();
   }
 
-  FailureOr<std::unique_ptr<Compiled>> build(func::FuncOp fn, const CudaModule &code) {
-    auto c = std::make_unique<Compiled>();
-    std::string src = std::string(hostEmulationHeader()) + code.source;
-    // One entry point per launch: the emulated grid around the kernel.
-    for (const Launch &l : code.launches) {
-      src += "extern \"C\" void call_" + l.name + "(void **b, const i64 *rng, i64 n, i64 threads) {\n";
-      src += "  i64 blocks = (threads + 255) / 256;\n  if (blocks < 1) blocks = 1;\n";
-      src += "  if (blocks > 4096) blocks = 4096;\n  ";
-      src += std::string(l.barriers ? "NNC_EMULATE_BLOCKS(" : "NNC_EMULATE(") + l.name + "(";
-      for (size_t i = 0; i < l.params.size(); ++i)
-        src += std::string("(") + (l.params[i].integer ? "int" : "float") + " *)b[" + std::to_string(i) + "], ";
-      src += std::string(l.rng ? "rng, " : "") + "n), blocks, 256);\n  (void)rng;\n}\n";
-    }
-    SmallString<128> dir;
-    if (llvm::sys::fs::createUniqueDirectory("nnc-cuda-host", dir))
-      return fn.emitError("cannot create a temporary directory for the host emulation");
-    std::string cu = (dir + "/kernels.cpp").str(), so = (dir + "/kernels.so").str(),
-                log = (dir + "/log.txt").str();
-    {
-      std::error_code ec;
-      llvm::raw_fd_ostream os(cu, ec);
-      if (ec)
-        return fn.emitError("cannot write ") << cu;
-      os << src;
-    }
-    auto exe = llvm::sys::findProgramByName(compiler);
-    if (!exe)
-      return fn.emitError("no host compiler '") << compiler << "' for the CUDA emulation";
-    std::vector<StringRef> argv = {*exe, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-o", so, cu};
-    std::optional<StringRef> redirects[] = {std::nullopt, StringRef(log), StringRef(log)};
-    if (llvm::sys::ExecuteAndWait(*exe, argv, std::nullopt, redirects) != 0) {
-      auto text = llvm::MemoryBuffer::getFile(log);
-      return fn.emitError("the host compiler rejected the generated CUDA source (")
-             << cu << "):\n" << (text ? (*text)->getBuffer() : "");
-    }
-    c->handle = dlopen(so.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!c->handle)
-      return fn.emitError("cannot load ") << so << ": " << dlerror();
-    for (const Launch &l : code.launches) {
-      auto fp = reinterpret_cast<void (*)(void **, const long long *, long long, long long)>(
-          dlsym(c->handle, ("call_" + l.name).c_str()));
-      if (!fp)
-        return fn.emitError("no entry point for ") << l.name;
-      c->calls.push_back(fp);
-    }
-    llvm::sys::fs::remove(cu);
-    llvm::sys::fs::remove(so);
-    llvm::sys::fs::remove(log);
-    llvm::sys::fs::remove(dir);
-    return c;
-  }
 };
 
 } // namespace
+
+HostKernels::~HostKernels() {
+  if (handle)
+    dlclose(handle);
+}
+
+HostKernels::Entry HostKernels::entry(const std::string &kernel) const {
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == kernel)
+      return entries[i];
+  return nullptr;
+}
+
+FailureOr<std::unique_ptr<HostKernels>> HostKernels::compile(const CudaModule &code, const std::string &compiler,
+                                                           Operation *fn) {
+  std::unique_ptr<HostKernels> c(new HostKernels);
+  std::string src = std::string(hostEmulationHeader()) + code.source;
+  // One entry point per launch, taking the kernel's parameters as the
+  // driver does (an array of pointers to them) and the grid size.
+  for (const Launch &l : code.launches) {
+    src += "extern \"C\" void call_" + l.name + "(void **p, i64 blocks) {\n  ";
+    src += std::string(l.barriers ? "NNC_EMULATE_BLOCKS(" : "NNC_EMULATE(") + l.name + "(";
+    size_t k = 0;
+    for (; k < l.params.size(); ++k)
+      src += std::string("*(") + (l.params[k].integer ? "int" : "float") + " **)p[" + std::to_string(k) + "], ";
+    if (l.rng)
+      src += "*(const i64 **)p[" + std::to_string(k++) + "], ";
+    src += "*(i64 *)p[" + std::to_string(k) + "]), blocks, " + std::to_string(kBlockSize) + ");\n}\n";
+  }
+  SmallString<128> dir;
+  if (llvm::sys::fs::createUniqueDirectory("nnc-cuda-host", dir))
+    return fn->emitError("cannot create a temporary directory for the host emulation");
+  std::string cu = (dir + "/kernels.cpp").str(), so = (dir + "/kernels.so").str(),
+              log = (dir + "/log.txt").str();
+  {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(cu, ec);
+    if (ec)
+      return fn->emitError("cannot write ") << cu;
+    os << src;
+  }
+  auto exe = llvm::sys::findProgramByName(compiler);
+  if (!exe)
+    return fn->emitError("no host compiler '") << compiler << "' for the CUDA emulation";
+  std::vector<StringRef> argv = {*exe, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-o", so, cu};
+  std::optional<StringRef> redirects[] = {std::nullopt, StringRef(log), StringRef(log)};
+  if (llvm::sys::ExecuteAndWait(*exe, argv, std::nullopt, redirects) != 0) {
+    auto text = llvm::MemoryBuffer::getFile(log);
+    return fn->emitError("the host compiler rejected the generated CUDA source (")
+           << cu << "):\n" << (text ? (*text)->getBuffer() : "");
+  }
+  c->handle = dlopen(so.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!c->handle)
+    return fn->emitError("cannot load ") << so << ": " << dlerror();
+  for (const Launch &l : code.launches) {
+    auto fp = reinterpret_cast<HostKernels::Entry>(
+        dlsym(c->handle, ("call_" + l.name).c_str()));
+    if (!fp)
+      return fn->emitError("no entry point for ") << l.name;
+    c->entries.push_back(fp);
+    c->names.push_back(l.name);
+  }
+  llvm::sys::fs::remove(cu);
+  llvm::sys::fs::remove(so);
+  llvm::sys::fs::remove(log);
+  llvm::sys::fs::remove(dir);
+  return c;
+}
 
 std::unique_ptr<ref::Executor> cuda::createHostEmulationExecutor(std::string compiler) {
   return std::make_unique<HostEmulationExecutor>(std::move(compiler));

@@ -13,6 +13,7 @@
 #ifndef NNC_COMPILER_CODEGEN_CUDA_HOSTEMULATION_H
 #define NNC_COMPILER_CODEGEN_CUDA_HOSTEMULATION_H
 
+#include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/reference/Evaluator.h"
 
 #include <memory>
@@ -22,6 +23,27 @@ namespace nnc::cuda {
 
 /// The header put in front of generated source for the host compiler.
 const char *hostEmulationHeader();
+
+/// Generated CUDA source compiled for the host: one entry point per launch,
+/// taking the kernel's parameters as the driver's cuLaunchKernel does (an
+/// array of pointers to them) and the number of blocks.
+class HostKernels {
+public:
+  using Entry = void (*)(void **params, long long blocks);
+  /// Compiles `code` with `compiler`; errors are reported at `where`.
+  static mlir::FailureOr<std::unique_ptr<HostKernels>> compile(const CudaModule &code,
+                                                               const std::string &compiler,
+                                                               mlir::Operation *where);
+  ~HostKernels();
+  /// The entry point of `kernel`, or null.
+  Entry entry(const std::string &kernel) const;
+  std::vector<Entry> entries; // per launch of the module
+  std::vector<std::string> names;
+
+private:
+  HostKernels() = default;
+  void *handle = nullptr;
+};
 
 /// An executor that emits CUDA for a function, compiles it for the host
 /// with `compiler` (a C++17 compiler command) and runs the launches on

@@ -1,0 +1,126 @@
+//===- Model.cpp - a whole model compiled for a CUDA device --------------===//
+
+#include "compiler/codegen/cuda/Model.h"
+
+#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cuda/Nvrtc.h"
+#include "compiler/codegen/cuda/Prepared.h"
+
+#include <map>
+
+using namespace mlir;
+using namespace nnc;
+using namespace nnc::cuda;
+
+ImageFn cuda::ptxImage(std::string arch) {
+  return [arch](const CudaModule &code, func::FuncOp fn) -> FailureOr<std::string> {
+    NvrtcResult r = compileCached(code.source, fn.getName().str() + ".cu", arch, {}, defaultCacheDir());
+    if (!r.ok)
+      return fn.emitError(r.error) << (r.log.empty() ? "" : "\n" + r.log);
+    return r.ptx;
+  };
+}
+
+FailureOr<rt::CudaCode> cuda::planBuffers(const CudaModule &code, size_t numArgs, func::FuncOp fn) {
+  struct Use {
+    int64_t perBatch = 0, fixed = 0;
+    size_t first = SIZE_MAX, last = 0;
+  };
+  std::map<std::string, int32_t> index;
+  for (size_t i = 0; i < code.args.size(); ++i)
+    index[code.args[i]] = static_cast<int32_t>(i);
+  std::vector<Use> uses; // per buffer after the arguments
+  rt::CudaCode out;
+  out.blockSize = kBlockSize;
+  for (size_t k = 0; k < code.launches.size(); ++k) {
+    const Launch &l = code.launches[k];
+    rt::CudaLaunch launch{l.name, l.ops + " at " + l.loc, {}, l.threadsPerBatch, l.threadsFixed, l.rng};
+    for (const Param &p : l.params) {
+      const std::string &root = p.viewOf.empty() ? p.name : p.viewOf;
+      auto [it, fresh] = index.try_emplace(root, static_cast<int32_t>(numArgs + uses.size()));
+      if (fresh)
+        uses.emplace_back();
+      launch.buffers.push_back(it->second);
+      if (static_cast<size_t>(it->second) < numArgs)
+        continue;
+      Use &u = uses[static_cast<size_t>(it->second) - numArgs];
+      int64_t n = 1;
+      bool batched = false;
+      for (int64_t d : p.shape) {
+        n *= d < 0 ? -d : d;
+        batched |= d < 0;
+      }
+      (batched ? u.perBatch : u.fixed) = std::max(batched ? u.perBatch : u.fixed, n);
+      u.first = std::min(u.first, k);
+      u.last = std::max(u.last, k);
+    }
+    out.launches.push_back(std::move(launch));
+  }
+  std::vector<bool> isResult(uses.size());
+  for (const std::string &r : code.results) {
+    auto it = index.find(r);
+    if (it == index.end())
+      return fn.emitError("the CUDA code computes no buffer for the result '") << r << "'";
+    out.results.push_back(it->second);
+    if (static_cast<size_t>(it->second) >= numArgs)
+      isResult[static_cast<size_t>(it->second) - numArgs] = true;
+  }
+  // Greedy interval allocation in order of first use: a slot is reused once
+  // the launch that last touched its previous buffer is over.
+  std::vector<size_t> order(uses.size());
+  for (size_t b = 0; b < uses.size(); ++b)
+    order[b] = b;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return uses[a].first < uses[b].first; });
+  std::vector<int64_t> slotOf(uses.size(), -1);
+  std::vector<size_t> busyUntil; // per slot
+  for (size_t b : order) {
+    if (isResult[b])
+      continue;
+    size_t s = 0;
+    while (s < busyUntil.size() && busyUntil[s] >= uses[b].first)
+      ++s;
+    if (s == busyUntil.size()) {
+      busyUntil.push_back(0);
+      out.slots.insert(out.slots.end(), {0, 0});
+    }
+    busyUntil[s] = uses[b].last;
+    slotOf[b] = static_cast<int64_t>(s);
+    out.slots[2 * s] = std::max(out.slots[2 * s], uses[b].perBatch);
+    out.slots[2 * s + 1] = std::max(out.slots[2 * s + 1], uses[b].fixed);
+  }
+  for (size_t b = 0; b < uses.size(); ++b)
+    out.buffers.insert(out.buffers.end(), {uses[b].perBatch, uses[b].fixed, slotOf[b]});
+  return out;
+}
+
+FailureOr<rt::ModelDesc> cuda::compileModel(ModuleOp module, StringRef name, const ImageFn &image,
+                                            std::vector<CudaModule> *modules) {
+  auto model = module.lookupSymbol<func::FuncOp>(name);
+  auto step = module.lookupSymbol<func::FuncOp>((name + "_train_step").str());
+  if (!model || !step)
+    return module.emitError("no model '") << name << "' with a training step";
+  rt::ModelDesc m;
+  for (auto [fn, desc] : {std::pair{step, &m.trainStep}, std::pair{model, &m.model}}) {
+    auto signature = cpu::describeSignature(fn);
+    if (failed(signature))
+      return failure();
+    *desc = std::move(*signature);
+    auto prepared = Prepared::emit(fn);
+    if (failed(prepared))
+      return failure();
+    const CudaModule &code = (*prepared)->code;
+    auto plan = planBuffers(code, desc->args.size(), fn);
+    if (failed(plan))
+      return failure();
+    auto img = image(code, fn);
+    if (failed(img))
+      return failure();
+    desc->cuda = std::move(*plan);
+    desc->cuda.image = std::move(*img);
+    if (modules)
+      modules->push_back(code);
+  }
+  if (failed(cpu::describeModel(model, m)))
+    return failure();
+  return m;
+}

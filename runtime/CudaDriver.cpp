@@ -1,0 +1,73 @@
+//===- CudaDriver.cpp - the CUDA driver API, loaded at run time ----------===//
+
+#include "runtime/CudaDriver.h"
+
+#include "runtime/CudaDevice.h"
+
+#include <dlfcn.h>
+
+using namespace nnc::rt;
+
+Status CudaDriver::fail(const std::string &what, int rc) const {
+  const char *text = nullptr;
+  if (getErrorString)
+    getErrorString(rc, &text);
+  return Status::error(what + ": " + (text ? text : "CUDA error") + " (CUresult " +
+                       std::to_string(rc) + ")");
+}
+
+Status nnc::rt::loadCudaDriver(CudaDriver &d) {
+  CudaDevice probe = probeCudaDevice();
+  if (!probe.present)
+    return Status::error(probe.why);
+  // The probe found the library; this handle stays open for the process.
+  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  std::string missing;
+  auto sym = [&](auto &fn, const char *name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(lib ? dlsym(lib, name) : nullptr);
+    if (!fn && missing.empty())
+      missing = name;
+  };
+  int (*init)(unsigned) = nullptr;
+  int (*deviceGet)(int *, int) = nullptr;
+  int (*primaryRetain)(void **, int) = nullptr;
+  int (*ctxSetCurrent)(void *) = nullptr;
+  sym(init, "cuInit");
+  sym(deviceGet, "cuDeviceGet");
+  sym(primaryRetain, "cuDevicePrimaryCtxRetain");
+  sym(ctxSetCurrent, "cuCtxSetCurrent");
+  sym(d.moduleLoadDataEx, "cuModuleLoadDataEx");
+  sym(d.moduleUnload, "cuModuleUnload");
+  sym(d.moduleGetFunction, "cuModuleGetFunction");
+  sym(d.memAlloc, "cuMemAlloc_v2");
+  sym(d.memFree, "cuMemFree_v2");
+  sym(d.memHostAlloc, "cuMemHostAlloc");
+  sym(d.memFreeHost, "cuMemFreeHost");
+  sym(d.memcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
+  sym(d.memcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
+  sym(d.memcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
+  sym(d.streamCreate, "cuStreamCreate");
+  sym(d.streamDestroy, "cuStreamDestroy_v2");
+  sym(d.streamSynchronize, "cuStreamSynchronize");
+  sym(d.streamWaitEvent, "cuStreamWaitEvent");
+  sym(d.eventCreate, "cuEventCreate");
+  sym(d.eventDestroy, "cuEventDestroy_v2");
+  sym(d.eventRecord, "cuEventRecord");
+  sym(d.eventSynchronize, "cuEventSynchronize");
+  sym(d.launchKernel, "cuLaunchKernel");
+  sym(d.getErrorString, "cuGetErrorString");
+  if (!missing.empty())
+    return Status::error("the CUDA driver (libcuda.so.1) has no entry point " + missing);
+  int device = 0;
+  void *ctx = nullptr;
+  if (int rc = init(0))
+    return d.fail("cuInit", rc);
+  if (int rc = deviceGet(&device, 0))
+    return d.fail("cuDeviceGet(0)", rc);
+  if (int rc = primaryRetain(&ctx, device))
+    return d.fail("cuDevicePrimaryCtxRetain", rc);
+  if (int rc = ctxSetCurrent(ctx))
+    return d.fail("cuCtxSetCurrent", rc);
+  d.device = probe.name + ", " + probe.arch();
+  return Status::ok();
+}

@@ -1,0 +1,608 @@
+//===- CudaModel.cpp - a model's CUDA kernels, run on a device -----------===//
+//
+// Streams: `compute` runs every launch, the per-step scalars (step count,
+// rng) and the loss copy; `copy` uploads batches. Inputs are double
+// buffered: step k uses set k % 2, whose pinned staging is rewritten only
+// once its previous upload is done (event `copied`), and whose device
+// buffers are overwritten only once the step that read them is done (event
+// `consumed`). Per-step scalars and losses live in a pinned ring, drained
+// by sync().
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/CudaModel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+using namespace nnc;
+using namespace nnc::rt;
+
+namespace {
+
+constexpr size_t kAlign = 256;
+constexpr size_t kRing = 64;      // pinned per-step scalars
+constexpr int64_t kInFlight = 16; // steps started before their losses are read
+// Kernels loop over their work (grid-stride), so a grid larger than the
+// device can hold at once only adds scheduling: 4096 blocks of 256 threads
+// fill the largest GPUs.
+constexpr int64_t kMaxBlocks = 4096;
+
+size_t roundUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+size_t wordsAt(int64_t perBatch, int64_t fixed, int64_t batch) {
+  return static_cast<size_t>(std::max<int64_t>(1, perBatch * batch + fixed));
+}
+
+/// Host values (f32, or integers held in f32) as the device's 32-bit words.
+void toWords(const TensorDesc &t, const float *src, size_t n, void *dst) {
+  if (!t.integer) {
+    std::memcpy(dst, src, n * 4);
+    return;
+  }
+  auto *w = static_cast<int32_t *>(dst);
+  for (size_t k = 0; k < n; ++k)
+    w[k] = static_cast<int32_t>(src[k]);
+}
+
+void fromWords(const TensorDesc &t, const void *src, size_t n, float *dst) {
+  if (!t.integer) {
+    std::memcpy(dst, src, n * 4);
+    return;
+  }
+  auto *w = static_cast<const int32_t *>(src);
+  for (size_t k = 0; k < n; ++k)
+    dst[k] = static_cast<float>(w[k]);
+}
+
+/// What the host writes for each step, and the loss it reads back.
+struct Scalars {
+  int64_t rng[2];
+  union {
+    float f;
+    int32_t i;
+  } stepWord;
+  float loss;
+};
+
+} // namespace
+
+struct CudaModel::Impl {
+  /// One function's module, launches and device buffers.
+  struct Function {
+    const char *what = "";
+    const FunctionDesc *f = nullptr;
+    void *module = nullptr;
+    std::vector<void *> kernels;
+    int64_t capacity = 0;           // the batch size the buffers hold
+    std::vector<CuDevicePtr> own;   // per buffer after the arguments (slot -1)
+    CuDevicePtr block = 0;          // the memory plan's slots
+    size_t bytes = 0;
+    std::vector<CuDevicePtr> ptr;   // per buffer, for the current call
+  };
+  /// Device buffers and pinned staging for the inputs of one step.
+  struct InputSet {
+    std::vector<CuDevicePtr> dev;
+    std::vector<void *> pinned;
+    void *copied = nullptr, *consumed = nullptr;
+    bool used = false;
+  };
+
+  const ModelDesc &m;
+  uint64_t seed;
+  CudaDriver d;
+  std::vector<ModelInput> ins;
+  std::vector<size_t> inputArgs;
+  size_t stepArg = SIZE_MAX;
+  uint64_t stepCount = 0;
+  void *compute = nullptr, *copy = nullptr;
+  std::vector<CuDevicePtr> state; // per training-step argument (inputs: 0)
+  CuDevicePtr rng = 0;
+  Function train, eval;
+  InputSet sets[2];
+  int64_t inputCapacity = 0;
+  Scalars *ring = nullptr;
+  std::vector<std::pair<size_t, double *>> pending; // ring entry, loss destination
+  size_t next = 0;                                  // ring entry of the next step
+  // (result, argument) of every state tensor the training step updates.
+  std::vector<std::pair<size_t, size_t>> updates;
+
+  Impl(const ModelDesc &m, uint64_t seed, const CudaDriver &d) : m(m), seed(seed), d(d) {
+    const FunctionDesc &f = m.trainStep;
+    for (size_t i = 0; i < f.args.size(); ++i) {
+      const TensorDesc &t = f.args[i];
+      if (t.role == "input") {
+        ModelInput in{t.name, {}, 1, t.integer};
+        for (size_t k = 1; k < t.shape.size(); ++k) {
+          in.dims.push_back(t.shape[k]);
+          in.width *= t.shape[k];
+        }
+        ins.push_back(std::move(in));
+        inputArgs.push_back(i);
+      } else if (t.role == "step") {
+        stepArg = i;
+      }
+    }
+    for (size_t r = 1; r < f.results.size(); ++r) {
+      const TensorDesc &t = f.results[r];
+      if (t.role != "param" && t.role != "state" && t.role != "opt_state")
+        continue;
+      for (size_t a = 0; a < f.args.size(); ++a)
+        if (f.args[a].name == t.name)
+          updates.push_back({r, a});
+    }
+    train.f = &m.trainStep;
+    train.what = "the training step";
+    eval.f = &m.model;
+    eval.what = "the evaluation function";
+  }
+
+  ~Impl() {
+    if (compute)
+      d.streamSynchronize(compute);
+    if (copy)
+      d.streamSynchronize(copy);
+    for (Function *fn : {&train, &eval}) {
+      for (CuDevicePtr p : fn->own)
+        if (p)
+          d.memFree(p);
+      if (fn->block)
+        d.memFree(fn->block);
+      if (fn->module)
+        d.moduleUnload(fn->module);
+    }
+    for (CuDevicePtr p : state)
+      if (p)
+        d.memFree(p);
+    if (rng)
+      d.memFree(rng);
+    releaseInputs();
+    for (InputSet &s : sets)
+      for (void *e : {s.copied, s.consumed})
+        if (e)
+          d.eventDestroy(e);
+    if (ring)
+      d.memFreeHost(ring);
+    for (void *s : {compute, copy})
+      if (s)
+        d.streamDestroy(s);
+  }
+
+  void releaseInputs() {
+    for (InputSet &s : sets) {
+      for (CuDevicePtr p : s.dev)
+        if (p)
+          d.memFree(p);
+      for (void *p : s.pinned)
+        if (p)
+          d.memFreeHost(p);
+      s.dev.clear();
+      s.pinned.clear();
+    }
+  }
+
+  Status alloc(CuDevicePtr &p, size_t bytes, const std::string &what) {
+    if (int rc = d.memAlloc(&p, std::max<size_t>(bytes, 4)))
+      return d.fail("cuMemAlloc(" + std::to_string(bytes) + " bytes) for " + what, rc);
+    return Status::ok();
+  }
+
+  Status load(Function &fn) {
+    const CudaCode &code = fn.f->cuda;
+    if (code.empty())
+      return Status::error(std::string(fn.what) + " has no CUDA code (compile it with --target=cuda)");
+    char log[8192] = {};
+    int options[] = {5 /*CU_JIT_ERROR_LOG_BUFFER*/, 6 /*CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES*/};
+    void *values[] = {log, reinterpret_cast<void *>(sizeof log)};
+    if (int rc = d.moduleLoadDataEx(&fn.module, code.image.c_str(), 2, options, values)) {
+      fn.module = nullptr;
+      Status s = d.fail(std::string("loading the CUDA module of ") + fn.what, rc);
+      return log[0] ? Status::error(s.message() + "\n" + log) : s;
+    }
+    for (const CudaLaunch &l : code.launches) {
+      void *k = nullptr;
+      if (int rc = d.moduleGetFunction(&k, fn.module, l.kernel.c_str()))
+        return d.fail("the CUDA module of " + std::string(fn.what) + " has no kernel " + l.kernel, rc);
+      fn.kernels.push_back(k);
+    }
+    return Status::ok();
+  }
+
+  Status start() {
+    if (Status s = load(train); !s)
+      return s;
+    if (Status s = load(eval); !s)
+      return s;
+    if (int rc = d.streamCreate(&compute, 1 /*CU_STREAM_NON_BLOCKING*/))
+      return d.fail("cuStreamCreate", rc);
+    if (int rc = d.streamCreate(&copy, 1))
+      return d.fail("cuStreamCreate", rc);
+    for (InputSet &s : sets)
+      for (void **e : {&s.copied, &s.consumed})
+        if (int rc = d.eventCreate(e, 2 /*CU_EVENT_DISABLE_TIMING*/))
+          return d.fail("cuEventCreate", rc);
+    if (int rc = d.memHostAlloc(reinterpret_cast<void **>(&ring), kRing * sizeof(Scalars), 0))
+      return d.fail("cuMemHostAlloc (" + std::to_string(kRing * sizeof(Scalars)) + " bytes)", rc);
+    if (Status s = alloc(rng, 16, "the random seed"); !s)
+      return s;
+    const FunctionDesc &f = m.trainStep;
+    state.assign(f.args.size(), 0);
+    for (size_t i = 0; i < f.args.size(); ++i)
+      if (f.args[i].role != "input")
+        if (Status s = alloc(state[i], static_cast<size_t>(std::max<int64_t>(1, f.args[i].numel(0))) * 4,
+                             "'" + f.args[i].name + "'");
+            !s)
+          return s;
+    return Status::ok();
+  }
+
+  /// Buffers of `fn` for batches up to `n` (reallocated when `n` grows).
+  Status reserve(Function &fn, int64_t n) {
+    if (n <= fn.capacity)
+      return Status::ok();
+    if (int rc = d.streamSynchronize(compute))
+      return d.fail(std::string("the CUDA kernels of ") + fn.what, rc);
+    const CudaCode &code = fn.f->cuda;
+    for (CuDevicePtr &p : fn.own)
+      if (p)
+        d.memFree(p);
+    if (fn.block)
+      d.memFree(fn.block);
+    fn.block = 0;
+    fn.own.assign(code.buffers.size() / 3, 0);
+    fn.bytes = 0;
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (size_t s = 0; s + 1 < code.slots.size(); s += 2) {
+      offsets.push_back(total);
+      total += roundUp(wordsAt(code.slots[s], code.slots[s + 1], n) * 4);
+    }
+    if (total)
+      if (Status s = alloc(fn.block, total, std::string("the memory plan of ") + fn.what); !s)
+        return s;
+    fn.bytes = total;
+    size_t nargs = fn.f->args.size();
+    fn.ptr.assign(nargs + fn.own.size(), 0);
+    for (size_t b = 0; b < fn.own.size(); ++b) {
+      int64_t perBatch = code.buffers[3 * b], fixed = code.buffers[3 * b + 1], slot = code.buffers[3 * b + 2];
+      if (slot >= 0) {
+        fn.ptr[nargs + b] = fn.block + offsets[static_cast<size_t>(slot)];
+        continue;
+      }
+      size_t bytes = wordsAt(perBatch, fixed, n) * 4;
+      if (Status s = alloc(fn.own[b], bytes, std::string("a result of ") + fn.what); !s)
+        return s;
+      fn.bytes += bytes;
+    }
+    fn.capacity = n;
+    return Status::ok();
+  }
+
+  /// Device and pinned buffers for inputs of batches up to `n`.
+  Status reserveInputs(int64_t n) {
+    if (n <= inputCapacity)
+      return Status::ok();
+    for (void *s : {compute, copy})
+      if (int rc = d.streamSynchronize(s))
+        return d.fail("the CUDA stream", rc);
+    releaseInputs();
+    for (InputSet &s : sets) {
+      s.used = false;
+      for (size_t i : inputArgs) {
+        size_t bytes = static_cast<size_t>(std::max<int64_t>(1, m.trainStep.args[i].numel(n))) * 4;
+        s.dev.push_back(0);
+        s.pinned.push_back(nullptr);
+        if (Status st = alloc(s.dev.back(), bytes, "the input '" + m.trainStep.args[i].name + "'"); !st)
+          return st;
+        if (int rc = d.memHostAlloc(&s.pinned.back(), bytes, 0))
+          return d.fail("cuMemHostAlloc(" + std::to_string(bytes) + " bytes) for the input '" +
+                            m.trainStep.args[i].name + "'",
+                        rc);
+      }
+    }
+    inputCapacity = n;
+    return Status::ok();
+  }
+
+  /// Points `fn`'s argument buffers at the state and the inputs of `set`.
+  void bind(Function &fn, const InputSet &set) {
+    for (size_t a = 0; a < fn.f->args.size(); ++a) {
+      auto in = std::find(inputArgs.begin(), inputArgs.end(), a);
+      fn.ptr[a] = in != inputArgs.end() ? set.dev[in - inputArgs.begin()] : state[a];
+    }
+    for (size_t b = 0; b < fn.own.size(); ++b)
+      if (fn.own[b])
+        fn.ptr[fn.f->args.size() + b] = fn.own[b];
+  }
+
+  Status launch(Function &fn, int64_t n) {
+    const CudaCode &code = fn.f->cuda;
+    std::vector<CuDevicePtr> ptrs;
+    std::vector<void *> params;
+    long long batch = n;
+    for (size_t k = 0; k < code.launches.size(); ++k) {
+      const CudaLaunch &l = code.launches[k];
+      ptrs.clear();
+      params.clear();
+      for (int32_t b : l.buffers)
+        ptrs.push_back(fn.ptr[static_cast<size_t>(b)]);
+      for (CuDevicePtr &p : ptrs)
+        params.push_back(&p);
+      if (l.rng)
+        params.push_back(&rng);
+      params.push_back(&batch);
+      int64_t threads = l.threadsPerBatch * n + l.threadsFixed;
+      unsigned blocks = static_cast<unsigned>(
+          std::clamp<int64_t>((threads + code.blockSize - 1) / code.blockSize, 1, kMaxBlocks));
+      if (int rc = d.launchKernel(fn.kernels[k], blocks, 1, 1, static_cast<unsigned>(code.blockSize), 1, 1,
+                                  0, compute, params.data(), nullptr))
+        return d.fail(std::string(fn.what) + ": launching " + l.kernel + " (" + l.what + ")", rc);
+    }
+    return Status::ok();
+  }
+
+  /// Stages the batch in `set` and starts its upload on the copy stream;
+  /// the compute stream waits for it.
+  Status upload(InputSet &set, const std::vector<HostTensor> &batch) {
+    if (batch.size() != inputArgs.size())
+      return Status::error("the batch has " + std::to_string(batch.size()) + " tensors, the model " +
+                           std::to_string(inputArgs.size()) + " inputs");
+    if (set.used)
+      if (int rc = d.eventSynchronize(set.copied))
+        return d.fail("uploading a batch", rc);
+    if (set.used)
+      if (int rc = d.streamWaitEvent(copy, set.consumed, 0))
+        return d.fail("cuStreamWaitEvent", rc);
+    for (size_t i = 0; i < inputArgs.size(); ++i) {
+      const TensorDesc &t = m.trainStep.args[inputArgs[i]];
+      size_t n = batch[i].data.size();
+      toWords(t, batch[i].data.data(), n, set.pinned[i]);
+      if (int rc = d.memcpyHtoDAsync(set.dev[i], set.pinned[i], std::max<size_t>(n, 1) * 4, copy))
+        return d.fail("uploading the input '" + t.name + "'", rc);
+    }
+    if (int rc = d.eventRecord(set.copied, copy))
+      return d.fail("cuEventRecord", rc);
+    if (int rc = d.streamWaitEvent(compute, set.copied, 0))
+      return d.fail("cuStreamWaitEvent", rc);
+    set.used = true;
+    return Status::ok();
+  }
+
+  /// Sends the step count and rng words of the coming call from ring
+  /// entry `e`.
+  Status scalars(size_t e) {
+    Scalars &s = ring[e];
+    s.rng[0] = static_cast<int64_t>(seed);
+    s.rng[1] = static_cast<int64_t>(stepCount);
+    if (int rc = d.memcpyHtoDAsync(rng, s.rng, sizeof s.rng, compute))
+      return d.fail("sending the random seed", rc);
+    if (stepArg != SIZE_MAX) {
+      if (m.trainStep.args[stepArg].integer)
+        s.stepWord.i = static_cast<int32_t>(stepCount);
+      else
+        s.stepWord.f = static_cast<float>(stepCount);
+      if (int rc = d.memcpyHtoDAsync(state[stepArg], &s.stepWord, 4, compute))
+        return d.fail("sending the step count", rc);
+    }
+    return Status::ok();
+  }
+
+  Status stepAsync(const std::vector<HostTensor> &batch, double *loss) {
+    if (pending.size() >= kRing)
+      if (Status s = drain(); !s)
+        return s;
+    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+    if (Status s = reserveInputs(n); !s)
+      return s;
+    if (Status s = reserve(train, n); !s)
+      return s;
+    InputSet &set = sets[stepCount % 2];
+    if (Status s = upload(set, batch); !s)
+      return s;
+    ++stepCount;
+    size_t e = next;
+    next = (next + 1) % kRing;
+    if (Status s = scalars(e); !s)
+      return s;
+    bind(train, set);
+    if (Status s = launch(train, n); !s)
+      return s;
+    if (int rc = d.eventRecord(set.consumed, compute))
+      return d.fail("cuEventRecord", rc);
+    const CudaCode &code = m.trainStep.cuda;
+    if (int rc = d.memcpyDtoHAsync(&ring[e].loss, train.ptr[code.results[0]], 4, compute))
+      return d.fail("reading the loss", rc);
+    pending.push_back({e, loss});
+    // The new state: a result in a buffer of its own trades places with the
+    // tensor it replaces; any other is copied over it.
+    size_t nargs = m.trainStep.args.size();
+    for (auto [r, a] : updates) {
+      size_t b = static_cast<size_t>(code.results[r]);
+      bool own = b >= nargs && train.own[b - nargs] &&
+                 std::count(code.results.begin(), code.results.end(), code.results[r]) == 1;
+      if (own) {
+        std::swap(state[a], train.own[b - nargs]);
+        continue;
+      }
+      if (b == a)
+        continue; // written in place
+      size_t bytes = static_cast<size_t>(std::max<int64_t>(1, m.trainStep.args[a].numel(0))) * 4;
+      if (int rc = d.memcpyDtoDAsync(state[a], train.ptr[b], bytes, compute))
+        return d.fail("updating '" + m.trainStep.args[a].name + "'", rc);
+    }
+    return Status::ok();
+  }
+
+  /// Waits for the steps started and hands out their losses.
+  Status drain() {
+    if (int rc = d.streamSynchronize(compute))
+      return d.fail("the CUDA kernels of the training step", rc);
+    for (auto [e, loss] : pending)
+      *loss = ring[e].loss;
+    pending.clear();
+    return Status::ok();
+  }
+
+  /// Every stream idle (before the host reads or writes device data).
+  Status idle() {
+    if (Status s = drain(); !s)
+      return s;
+    if (int rc = d.streamSynchronize(copy))
+      return d.fail("the CUDA copy stream", rc);
+    return Status::ok();
+  }
+
+  Status download(CuDevicePtr p, const TensorDesc &t, int64_t n, HostTensor &out) {
+    out.name = t.name;
+    out.shape = t.shapeAt(n);
+    out.data.resize(static_cast<size_t>(t.numel(n)));
+    std::vector<int32_t> words(std::max<size_t>(out.data.size(), 1));
+    if (int rc = d.memcpyDtoHAsync(words.data(), p, words.size() * 4, compute))
+      return d.fail("reading '" + t.name + "'", rc);
+    if (int rc = d.streamSynchronize(compute))
+      return d.fail("reading '" + t.name + "'", rc);
+    fromWords(t, words.data(), out.data.size(), out.data.data());
+    return Status::ok();
+  }
+
+  Status upload(CuDevicePtr p, const TensorDesc &t, const std::vector<float> &values) {
+    std::vector<int32_t> words(std::max<size_t>(values.size(), 1));
+    toWords(t, values.data(), values.size(), words.data());
+    if (int rc = d.memcpyHtoDAsync(p, words.data(), words.size() * 4, compute))
+      return d.fail("writing '" + t.name + "'", rc);
+    if (int rc = d.streamSynchronize(compute))
+      return d.fail("writing '" + t.name + "'", rc);
+    return Status::ok();
+  }
+
+  Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs, double &loss) {
+    if (Status s = idle(); !s)
+      return s;
+    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+    if (Status s = reserveInputs(n); !s)
+      return s;
+    if (Status s = reserve(eval, n); !s)
+      return s;
+    InputSet &set = sets[stepCount % 2];
+    if (Status s = upload(set, batch); !s)
+      return s;
+    if (Status s = scalars(next); !s)
+      return s;
+    bind(eval, set);
+    if (Status s = launch(eval, n); !s)
+      return s;
+    if (int rc = d.eventRecord(set.consumed, compute))
+      return d.fail("cuEventRecord", rc);
+    const FunctionDesc &f = m.model;
+    outputs.clear();
+    for (size_t r = 0; r < f.results.size(); ++r) {
+      HostTensor h;
+      if (Status s = download(eval.ptr[f.cuda.results[r]], f.results[r], n, h); !s)
+        return s;
+      if (r == m.lossResult)
+        loss = h.data.empty() ? 0 : h.data[0];
+      else
+        outputs.push_back(std::move(h));
+    }
+    return Status::ok();
+  }
+
+  size_t indexOf(const std::string &name) const {
+    for (size_t i = 0; i < m.trainStep.args.size(); ++i)
+      if (m.trainStep.args[i].name == name && m.trainStep.args[i].role != "input" && i != stepArg)
+        return i;
+    return SIZE_MAX;
+  }
+};
+
+CudaModel::CudaModel(const ModelDesc &m, uint64_t seed, const CudaDriver &driver)
+    : impl(new Impl(m, seed, driver)) {}
+
+CudaModel::~CudaModel() = default;
+
+Status CudaModel::initialize() {
+  Impl &x = *impl;
+  if (Status s = x.start(); !s)
+    return s;
+  // Parameters from their initializers; the rest of the state (optimizer
+  // moments, the step) starts at zero.
+  for (size_t i = 0; i < x.m.trainStep.args.size(); ++i) {
+    const TensorDesc &t = x.m.trainStep.args[i];
+    if (t.role == "input")
+      continue;
+    size_t count = static_cast<size_t>(std::max<int64_t>(0, t.numel(0)));
+    std::vector<float> values(count, 0.0f);
+    if (i < x.m.inits.size())
+      if (Status s = rt::initialize(x.m.inits[i], x.seed, i, values, count); !s)
+        return Status::error("initializing '" + t.name + "': " + s.message());
+    if (t.integer)
+      for (float &v : values)
+        v = std::round(v);
+    if (Status s = x.upload(x.state[i], t, values); !s)
+      return s;
+  }
+  return Status::ok();
+}
+
+std::string CudaModel::modelName() const { return impl->m.name; }
+const std::vector<ModelInput> &CudaModel::inputs() const { return impl->ins; }
+uint64_t CudaModel::steps() const { return impl->stepCount; }
+void CudaModel::setSteps(uint64_t n) { impl->stepCount = n; }
+int64_t CudaModel::stepsInFlight() const { return kInFlight; }
+
+Status CudaModel::stepAsync(const std::vector<HostTensor> &batch, double *loss) {
+  return impl->stepAsync(batch, loss);
+}
+
+Status CudaModel::sync() { return impl->drain(); }
+
+Status CudaModel::step(const std::vector<HostTensor> &batch, double &loss) {
+  if (Status s = impl->stepAsync(batch, &loss); !s)
+    return s;
+  return impl->drain();
+}
+
+Status CudaModel::evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
+                           double &loss) {
+  return impl->evaluate(batch, outputs, loss);
+}
+
+std::vector<std::string> CudaModel::stateNames() const {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < impl->m.trainStep.args.size(); ++i)
+    if (impl->m.trainStep.args[i].role != "input" && i != impl->stepArg)
+      names.push_back(impl->m.trainStep.args[i].name);
+  return names;
+}
+
+Status CudaModel::getState(const std::string &name, HostTensor &out) const {
+  size_t i = impl->indexOf(name);
+  if (i == SIZE_MAX)
+    return Status::error("no state tensor '" + name + "'");
+  if (Status s = impl->idle(); !s)
+    return s;
+  return impl->download(impl->state[i], impl->m.trainStep.args[i], 0, out);
+}
+
+Status CudaModel::setState(const std::string &name, const HostTensor &value) {
+  size_t i = impl->indexOf(name);
+  if (i == SIZE_MAX)
+    return Status::error("no state tensor '" + name + "'");
+  const TensorDesc &t = impl->m.trainStep.args[i];
+  if (t.shapeAt(0) != value.shape)
+    return Status::error("state tensor '" + name + "' does not fit");
+  if (Status s = impl->idle(); !s)
+    return s;
+  return impl->upload(impl->state[i], t, value.data);
+}
+
+size_t CudaModel::deviceBytes() const {
+  size_t n = impl->train.bytes + impl->eval.bytes;
+  for (size_t i = 0; i < impl->state.size(); ++i)
+    if (impl->state[i])
+      n += static_cast<size_t>(std::max<int64_t>(1, impl->m.trainStep.args[i].numel(0))) * 4;
+  for (size_t i : impl->inputArgs)
+    n += 2 * static_cast<size_t>(std::max<int64_t>(1, impl->m.trainStep.args[i].numel(impl->inputCapacity))) * 4;
+  return n;
+}

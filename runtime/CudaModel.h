@@ -1,0 +1,59 @@
+//===- CudaModel.h - a model's CUDA kernels, run on a device ----*- C++ -*-===//
+//
+// The GPU counterpart of CompiledModel: the training step and evaluation
+// function of a ModelDesc as CUDA modules (FunctionDesc::cuda), run
+// through the driver API on one stream. The model state lives on the
+// device for the whole run: updated tensors are swapped with the state
+// they replace (no copies), only the loss comes back each step, and each
+// batch goes up from pinned memory on a second stream while the previous
+// step computes. Intermediates share the slots of the function's memory
+// plan. `nnc train --target=cuda` and binaries built with `--target=cuda`
+// train through it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_CUDAMODEL_H
+#define NNC_RUNTIME_CUDAMODEL_H
+
+#include "runtime/Compiled.h"
+#include "runtime/CudaDriver.h"
+
+#include <memory>
+
+namespace nnc::rt {
+
+class CudaModel : public Trainable {
+public:
+  CudaModel(const ModelDesc &m, uint64_t seed, const CudaDriver &driver);
+  ~CudaModel() override;
+
+  /// Loads the modules, allocates the state on the device and draws the
+  /// initial parameters from their initializers and the seed.
+  Status initialize();
+
+  std::string modelName() const override;
+  const char *backendName() const override { return "cuda"; }
+  const std::vector<ModelInput> &inputs() const override;
+  Status step(const std::vector<HostTensor> &batch, double &loss) override;
+  Status stepAsync(const std::vector<HostTensor> &batch, double *loss) override;
+  Status sync() override;
+  int64_t stepsInFlight() const override;
+  Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
+                  double &loss) override;
+  std::vector<std::string> stateNames() const override;
+  Status getState(const std::string &name, HostTensor &out) const override;
+  Status setState(const std::string &name, const HostTensor &value) override;
+  uint64_t steps() const override;
+  void setSteps(uint64_t n) override;
+
+  /// Device bytes held now (state, buffers, slots), for reports and tests.
+  size_t deviceBytes() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl;
+};
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_CUDAMODEL_H

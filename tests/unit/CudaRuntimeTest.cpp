@@ -1,0 +1,395 @@
+//===- CudaRuntimeTest.cpp - the device runtime over an emulated driver ---===//
+//
+// rt::CudaModel drives a GPU through a table of driver entry points. Here
+// the table is filled with a driver that runs the same generated kernels
+// on the host (cuda::HostKernels, each kernel taking its parameters as
+// cuLaunchKernel passes them): module images are the CUDA source, device
+// memory is host memory filled with NaNs when allocated, streams run in
+// order. What is checked is everything above the driver: the compiled
+// model's launch table and memory plan, the state kept on the device and
+// swapped with its updates, double-buffered uploads, losses read back in
+// groups, evaluation, state reads and writes, errors.
+//
+//===----------------------------------------------------------------------===//
+
+#include "TestUtil.h"
+
+#include "compiler/codegen/cuda/HostEmulation.h"
+#include "compiler/codegen/cuda/Model.h"
+#include "compiler/reference/Trainer.h"
+#include "runtime/CudaModel.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+using namespace nnc;
+using ref::Tensor;
+
+namespace {
+
+/// The emulated driver: its modules by image, its allocations, and faults
+/// to inject.
+struct FakeDriver {
+  static inline std::map<std::string, cuda::HostKernels *> modules;
+  static inline std::map<rt::CuDevicePtr, size_t> live; // device allocations
+  static inline int allocsLeft = -1;                      // fail after this many (-1: never)
+  static inline int launches = 0;
+
+  static int loadModule(void **m, const void *image, unsigned n, int *options, void **values) {
+    auto it = modules.find(static_cast<const char *>(image));
+    if (it == modules.end()) {
+      for (unsigned i = 0; i < n; ++i)
+        if (options[i] == 5) // the error log buffer
+          std::strcpy(static_cast<char *>(values[i]), "ptxas fatal: not a module this driver knows");
+      return 200; // CUDA_ERROR_INVALID_IMAGE
+    }
+    *m = it->second;
+    return 0;
+  }
+  static int getFunction(void **f, void *m, const char *name) {
+    auto e = static_cast<cuda::HostKernels *>(m)->entry(name);
+    *f = reinterpret_cast<void *>(e);
+    return e ? 0 : 500; // CUDA_ERROR_NOT_FOUND
+  }
+  static int alloc(rt::CuDevicePtr *p, size_t bytes) {
+    if (allocsLeft == 0)
+      return 2; // CUDA_ERROR_OUT_OF_MEMORY
+    if (allocsLeft > 0)
+      --allocsLeft;
+    void *q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    std::memset(q, 0xff, bytes); // NaN: nothing may read memory it did not write
+    *p = reinterpret_cast<rt::CuDevicePtr>(q);
+    live[*p] = bytes;
+    return 0;
+  }
+  static int free(rt::CuDevicePtr p) {
+    if (!live.erase(p))
+      return 1; // CUDA_ERROR_INVALID_VALUE
+    std::free(reinterpret_cast<void *>(p));
+    return 0;
+  }
+  static int hostAlloc(void **p, size_t bytes, unsigned) {
+    *p = std::malloc(std::max<size_t>(bytes, 1));
+    return 0;
+  }
+  static int hostFree(void *p) {
+    std::free(p);
+    return 0;
+  }
+  static int copyToDevice(rt::CuDevicePtr d, const void *s, size_t n, void *) {
+    return inside(d, n) ? (std::memcpy(reinterpret_cast<void *>(d), s, n), 0) : 1;
+  }
+  static int copyToHost(void *d, rt::CuDevicePtr s, size_t n, void *) {
+    return inside(s, n) ? (std::memcpy(d, reinterpret_cast<void *>(s), n), 0) : 1;
+  }
+  static int copyOnDevice(rt::CuDevicePtr d, rt::CuDevicePtr s, size_t n, void *) {
+    return inside(d, n) && inside(s, n)
+               ? (std::memcpy(reinterpret_cast<void *>(d), reinterpret_cast<void *>(s), n), 0)
+               : 1;
+  }
+  /// Whether [p, p+n) lies in one live allocation.
+  static bool inside(rt::CuDevicePtr p, size_t n) {
+    auto it = live.upper_bound(p);
+    if (it == live.begin())
+      return false;
+    --it;
+    return p + n <= it->first + it->second;
+  }
+  static int create(void **h, unsigned) {
+    *h = new int(0);
+    return 0;
+  }
+  static int destroy(void *h) {
+    delete static_cast<int *>(h);
+    return 0;
+  }
+  static int done(void *) { return 0; }
+  static int wait(void *, void *, unsigned) { return 0; }
+  static int record(void *, void *) { return 0; }
+  static int launch(void *f, unsigned gx, unsigned, unsigned, unsigned bx, unsigned, unsigned, unsigned,
+                    void *, void **params, void **) {
+    if (bx != cuda::kBlockSize || gx == 0 || gx > 65535)
+      return 1;
+    ++launches;
+    reinterpret_cast<cuda::HostKernels::Entry>(f)(params, gx);
+    return 0;
+  }
+  static int errorString(int rc, const char **text) {
+    *text = rc == 2 ? "out of memory" : rc == 200 ? "device kernel image is invalid" : "error";
+    return 0;
+  }
+
+  static rt::CudaDriver table() {
+    rt::CudaDriver d;
+    d.moduleLoadDataEx = loadModule;
+    d.moduleUnload = [](void *) { return 0; };
+    d.moduleGetFunction = getFunction;
+    d.memAlloc = alloc;
+    d.memFree = free;
+    d.memHostAlloc = hostAlloc;
+    d.memFreeHost = hostFree;
+    d.memcpyHtoDAsync = copyToDevice;
+    d.memcpyDtoHAsync = copyToHost;
+    d.memcpyDtoDAsync = copyOnDevice;
+    d.streamCreate = create;
+    d.streamDestroy = destroy;
+    d.streamSynchronize = done;
+    d.streamWaitEvent = wait;
+    d.eventCreate = create;
+    d.eventDestroy = destroy;
+    d.eventRecord = record;
+    d.eventSynchronize = done;
+    d.launchKernel = launch;
+    d.getErrorString = errorString;
+    d.device = "emulated";
+    return d;
+  }
+};
+
+/// A model compiled for CUDA with the source as its module images, and
+/// those sources compiled for the emulated driver.
+struct Compiled {
+  test::Compiled m;
+  std::string name;
+  rt::ModelDesc desc;
+  std::vector<cuda::CudaModule> code;
+  std::vector<std::unique_ptr<cuda::HostKernels>> kernels;
+
+  /// An example by name, or a model's source.
+  explicit Compiled(const std::string &example)
+      : m(example.find('{') != std::string::npos ? example
+                                                 : test::readSource("examples/" + example + ".nn"),
+          Stage::Train) {
+    if (!m.module)
+      return;
+    auto t = ref::Trainer::create(*m.module, 0, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
+    if (failed(t))
+      return;
+    name = t->modelFunction().getName().str();
+    auto source = [](const cuda::CudaModule &c, mlir::func::FuncOp) -> mlir::FailureOr<std::string> {
+      return c.source;
+    };
+    auto d = cuda::compileModel(*m.module, name, source, &code);
+    if (failed(d))
+      return;
+    desc = std::move(*d);
+    for (const cuda::CudaModule &c : code) {
+      auto k = cuda::HostKernels::compile(c, NNC_HOST_CXX, m.module->getOperation());
+      if (failed(k))
+        return;
+      FakeDriver::modules[c.source] = k->get();
+      kernels.push_back(std::move(*k));
+    }
+  }
+  bool ok() const { return kernels.size() == 2; }
+};
+
+std::vector<rt::HostTensor> hostBatch(const std::vector<Tensor> &in) {
+  std::vector<rt::HostTensor> out;
+  for (const Tensor &t : in)
+    out.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+  return out;
+}
+
+/// Within f32 rounding: the same kernels, fed the same numbers (the
+/// emulation's tensors pass through doubles between calls).
+void expectClose(const rt::HostTensor &a, const Tensor &b, const std::string &what) {
+  ASSERT_EQ(a.shape, b.shape) << what;
+  for (size_t i = 0; i < a.data.size(); ++i)
+    if (!(std::abs(a.data[i] - b.data[i]) <= 1e-5 * std::abs(b.data[i]) + 1e-6)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << a.data[i] << " vs " << b.data[i];
+      return;
+    }
+}
+
+/// Dropout (random numbers from the seed and the step), group and
+/// local-response normalization, a weight penalty, Adam: vgg_small's ops at
+/// a size the emulation runs quickly.
+constexpr const char *kSmallVgg = R"(model small_vgg {
+  input x: f32[B, 2, 8, 8]
+  input y: i32[B]
+  a = relu(conv2d(x, 4, kernel=3, padding=1))
+  n = local_response_norm(a, size=3, alpha=1e-4, beta=0.75, k=2.0)
+  p = max_pool2d(n, 2)
+  b = relu(group_norm(conv2d(p, 8, kernel=3, padding=1), groups=2))
+  f = dropout(relu(dense(flatten(b), 16)), rate=0.5)
+  logits = dense(f, 3)
+  loss = softmax_cross_entropy(logits, y) + 5e-4 * l2(f.w)
+  output logits
+  minimize loss
+}
+train {
+  optimizer = adam(lr=1e-3)
+}
+)";
+
+class CudaRuntime : public ::testing::TestWithParam<const char *> {};
+
+/// Steps of the device runtime (batches of changing size, started
+/// asynchronously and synced in a group), then evaluation, against the
+/// same kernels run by the reference trainer through the host emulation
+/// (which CudaTest.cpp checks against the reference evaluator): the
+/// runtime must compute the same numbers, whatever it keeps on the device,
+/// swaps or reuses.
+TEST_P(CudaRuntime, ComputesWhatTheEmulatedKernelsCompute) {
+  Compiled c(GetParam());
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  rt::CudaModel gpu(c.desc, 5, FakeDriver::table());
+  ASSERT_TRUE(gpu.initialize());
+  auto ref = ref::Trainer::create(*c.m.module, 5,
+                                  std::shared_ptr<ref::Executor>(cuda::createHostEmulationExecutor(NNC_HOST_CXX)));
+  ASSERT_TRUE(succeeded(ref));
+  // Batches of 4, 4 and 3: the buffers grow, then a ragged batch reuses them.
+  std::vector<int64_t> sizes = {4, 4, 3};
+  std::vector<double> losses(sizes.size());
+  std::vector<double> want;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    std::vector<Tensor> in = test::inputsFor(ref->modelFunction(), sizes[s], 30 + static_cast<int>(s));
+    ASSERT_TRUE(gpu.stepAsync(hostBatch(in), &losses[s]));
+    auto l = ref->step(in);
+    ASSERT_TRUE(succeeded(l));
+    want.push_back(*l);
+  }
+  ASSERT_TRUE(gpu.sync());
+  EXPECT_EQ(gpu.steps(), sizes.size());
+  for (size_t s = 0; s < sizes.size(); ++s)
+    EXPECT_NEAR(losses[s], want[s], 1e-5 * (1 + std::abs(want[s]))) << "loss at step " << s;
+  for (const std::string &name : ref->stateNames()) {
+    rt::HostTensor got;
+    ASSERT_TRUE(gpu.getState(name, got)) << name;
+    expectClose(got, *ref->tensor(name), name);
+  }
+  std::vector<Tensor> later = test::inputsFor(ref->modelFunction(), 5, 40);
+  std::vector<rt::HostTensor> outputs;
+  double loss = 0;
+  ASSERT_TRUE(gpu.evaluate(hostBatch(later), outputs, loss));
+  auto wantOut = ref->evaluate(later);
+  ASSERT_TRUE(succeeded(wantOut));
+  size_t k = 0;
+  for (size_t i = 0; i < wantOut->size(); ++i) {
+    if ((*wantOut)[i].data.size() == 1 && i == c.desc.lossResult) {
+      EXPECT_NEAR(loss, (*wantOut)[i].data[0], 1e-5 * (1 + std::abs((*wantOut)[i].data[0])));
+      continue;
+    }
+    ASSERT_LT(k, outputs.size());
+    expectClose(outputs[k++], (*wantOut)[i], "output " + std::to_string(i));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Examples, CudaRuntime,
+                         ::testing::Values("xor_mlp", "mnist_mlp", "weight_norm", "mnist_cnn", kSmallVgg),
+                         [](const auto &info) {
+                           std::string p = info.param;
+                           return p.find('{') == std::string::npos ? p : std::string("small_vgg");
+                         });
+
+/// A state written into a second model (a checkpoint restored) continues
+/// bit for bit as the first.
+TEST(CudaRuntimeState, RestoredStateContinuesBitForBit) {
+  Compiled c("mnist_cnn");
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  rt::CudaModel a(c.desc, 7, FakeDriver::table()), b(c.desc, 99, FakeDriver::table());
+  ASSERT_TRUE(a.initialize());
+  ASSERT_TRUE(b.initialize());
+  auto fn = c.m.module->lookupSymbol<mlir::func::FuncOp>(c.name);
+  for (int s = 0; s < 2; ++s) {
+    double loss = 0;
+    ASSERT_TRUE(a.step(hostBatch(test::inputsFor(fn, 3, 50 + s)), loss));
+  }
+  for (const std::string &name : a.stateNames()) {
+    rt::HostTensor t;
+    ASSERT_TRUE(a.getState(name, t));
+    ASSERT_TRUE(b.setState(name, t)) << name;
+  }
+  b.setSteps(a.steps());
+  rt::HostTensor wrong{"", {1}, {0}};
+  EXPECT_FALSE(b.setState(a.stateNames()[0], wrong)) << "a state of the wrong shape was accepted";
+  EXPECT_FALSE(b.setState("no_such_tensor", wrong));
+  std::vector<Tensor> in = test::inputsFor(fn, 3, 60);
+  double la = 0, lb = 0;
+  ASSERT_TRUE(a.step(hostBatch(in), la));
+  ASSERT_TRUE(b.step(hostBatch(in), lb));
+  EXPECT_EQ(la, lb);
+  for (const std::string &name : a.stateNames()) {
+    rt::HostTensor x, y;
+    ASSERT_TRUE(a.getState(name, x));
+    ASSERT_TRUE(b.getState(name, y));
+    EXPECT_EQ(x.data, y.data) << name;
+  }
+}
+
+/// The memory plan: intermediates share slots, never two that a launch
+/// touches while both are live; results keep buffers of their own.
+TEST(CudaRuntimePlan, SlotsAreSharedOnlyBetweenDisjointLifetimes) {
+  Compiled c("mnist_cnn");
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  const rt::CudaCode &code = c.desc.trainStep.cuda;
+  size_t nargs = c.desc.trainStep.args.size(), buffers = code.buffers.size() / 3;
+  std::vector<size_t> first(buffers, SIZE_MAX), last(buffers, 0);
+  for (size_t k = 0; k < code.launches.size(); ++k)
+    for (int32_t b : code.launches[k].buffers)
+      if (static_cast<size_t>(b) >= nargs) {
+        first[b - nargs] = std::min(first[b - nargs], k);
+        last[b - nargs] = std::max(last[b - nargs], k);
+      }
+  size_t inSlots = 0;
+  for (size_t i = 0; i < buffers; ++i) {
+    int64_t slot = code.buffers[3 * i + 2];
+    bool result = std::count(code.results.begin(), code.results.end(), static_cast<int32_t>(nargs + i)) > 0;
+    EXPECT_EQ(slot < 0, result) << "buffer " << i;
+    if (slot < 0)
+      continue;
+    ++inSlots;
+    EXPECT_GE(code.slots[2 * slot], code.buffers[3 * i]);
+    EXPECT_GE(code.slots[2 * slot + 1], code.buffers[3 * i + 1]);
+    for (size_t j = 0; j < i; ++j)
+      if (code.buffers[3 * j + 2] == slot)
+        EXPECT_TRUE(last[j] < first[i] || last[i] < first[j]) << "buffers " << j << " and " << i;
+  }
+  EXPECT_LT(code.slots.size() / 2, inSlots) << "no slot is shared";
+}
+
+/// Driver failures come back as statuses naming the call and the reason.
+TEST(CudaRuntimeErrors, FailuresAreStatusesWithContext) {
+  Compiled c("xor_mlp");
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  FakeDriver::allocsLeft = 3;
+  {
+    rt::CudaModel gpu(c.desc, 1, FakeDriver::table());
+    rt::Status s = gpu.initialize();
+    FakeDriver::allocsLeft = -1;
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.message().find("cuMemAlloc"), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("out of memory"), std::string::npos) << s.message();
+  }
+  rt::ModelDesc bad = c.desc;
+  bad.trainStep.cuda.image = "not a module";
+  rt::CudaModel gpu(bad, 1, FakeDriver::table());
+  rt::Status s = gpu.initialize();
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.message().find("loading the CUDA module of the training step"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("ptxas fatal"), std::string::npos) << "the JIT log is missing: " << s.message();
+}
+
+/// Every device allocation is released with the model.
+TEST(CudaRuntimeErrors, ReleasesEverything) {
+  Compiled c("mnist_mlp");
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  size_t before = FakeDriver::live.size();
+  {
+    rt::CudaModel gpu(c.desc, 1, FakeDriver::table());
+    ASSERT_TRUE(gpu.initialize());
+    double loss = 0;
+    auto fn = c.m.module->lookupSymbol<mlir::func::FuncOp>(c.name);
+    ASSERT_TRUE(gpu.step(hostBatch(test::inputsFor(fn, 4, 1)), loss));
+    EXPECT_GT(FakeDriver::live.size(), before);
+    EXPECT_GT(gpu.deviceBytes(), 0u);
+  }
+  EXPECT_EQ(FakeDriver::live.size(), before);
+}
+
+} // namespace
