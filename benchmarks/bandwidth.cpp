@@ -2,8 +2,10 @@
 //
 // nnc-bandwidth [--n N] [--reps R] [--threads T]
 //
-// Measures, in one run, the machine's memory bandwidth with a STREAM-style
-// triad (a = b + s * c, compiled ahead of time with -O3 for this CPU) and
+// Measures, in one run, the machine's peak FMA throughput with its widest
+// vector unit (independent fused multiply-adds on 512-bit vectors where
+// the CPU has them, compiled for this CPU), its memory bandwidth with a
+// STREAM-style triad (a = b + s * c, compiled ahead of time with -O3) and
 // the bandwidth of nnc's code for elementwise chains over the same number
 // of elements, compiled through the whole CPU pipeline (fusion, loops,
 // LLVM, JIT). Bytes count what a chain must read and write at the least:
@@ -51,6 +53,30 @@ __attribute__((noinline)) void triad(float *__restrict a, const float *__restric
     a[i] = b[i] + s * c[i];
 }
 
+/// Peak FMA GFLOP/s of one thread: 16 independent accumulators of the
+/// widest vector (64 bytes), each step an FMA per accumulator (enough
+/// independent chains to cover the FMA latency on two ports).
+typedef float Vec __attribute__((vector_size(64)));
+__attribute__((noinline)) double fmaPeak(int64_t steps) {
+  Vec acc[16], m, a;
+  for (int k = 0; k < 16; ++k)
+    acc[k] = Vec{} + static_cast<float>(k) * 1e-3f;
+  m = Vec{} + 0.999999f;
+  a = Vec{} + 1e-7f;
+  auto begin = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) {
+    for (int k = 0; k < 16; ++k)
+      acc[k] = acc[k] * m + a;
+    asm volatile("" : "+v"(m)); // keep the loop from being folded
+  }
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  float sink = 0;
+  for (int k = 0; k < 16; ++k)
+    sink += acc[k][0];
+  asm volatile("" ::"v"(sink));
+  return 2.0 * 16 * 16 * static_cast<double>(steps) / seconds / 1e9;
+}
+
 struct Chain {
   const char *name;
   int inputs;      // tensors of n floats read
@@ -83,6 +109,21 @@ int main(int argc, char **argv) {
   // The compiled code's thread count (libomp reads it when first used).
   setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
+  // Peak FMA: every thread at once, best of the repetitions.
+  double peak = 0;
+  for (int r = 0; r < std::max(reps, 3); ++r) {
+    std::vector<double> each(threads);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&each, t] { each[t] = fmaPeak(int64_t(1) << 24); });
+    for (std::thread &t : pool)
+      t.join();
+    double sum = 0;
+    for (double g : each)
+      sum += g;
+    peak = std::max(peak, sum);
+  }
+
   // Pages touched before timing, as STREAM does.
   std::vector<float> a(n, 0.0f), b(n, 1.0f), c(n, 2.0f), d(n, 0.5f);
   double triadSeconds = bestOf(reps, [&] {
@@ -94,6 +135,7 @@ int main(int argc, char **argv) {
   });
   double triadGBs = 12.0 * static_cast<double>(n) / triadSeconds / 1e9;
   fmt::print("n = {} floats, {} thread(s), best of {}\n", n, threads, reps);
+  fmt::print("{:<34} {:>12} {:>8.1f} GFLOP/s\n", "peak FMA (16 x 512-bit chains)", "", peak);
   fmt::print("{:<34} {:>9.3f} ms {:>8.1f} GB/s\n", "STREAM triad a = b + s*c", triadSeconds * 1e3, triadGBs);
 
   mlir::MLIRContext ctx;

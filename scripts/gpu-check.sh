@@ -3,10 +3,9 @@
 # suite, compile every example's kernels for the device's architecture
 # (NVRTC, then ptxas to machine code), and write a report.
 #   scripts/gpu-check.sh [REPORT]        (default: gpu-report.md)
-# Then it trains the MNIST MLP for one epoch on the GPU and on the CPU (same
-# seed) and reports both epochs' time and accuracy. `nnc train
-# --target=cuda` runs the generated kernels through the reference trainer
-# (state copied in and out each step): a correctness run, not a speed one.
+# Then it trains the MNIST MLP and CNN for one epoch on the GPU and on the
+# CPU (same seed) and reports both epochs' time and accuracy, and trains XOR
+# with a CUDA executable made by `nnc build --target=cuda`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 report="${1:-gpu-report.md}"
@@ -26,14 +25,18 @@ cuda="${CUDA_HOME:-/usr/local/cuda}"
   echo '```'
   "$nnc" train examples/xor_mlp.nn --target=cuda --epochs 300 2>&1 | tail -2 || true
   scripts/fetch-mnist.sh >/dev/null 2>&1 || true
-  "$nnc" train examples/mnist_mlp.nn --target=cuda --epochs 1 2>&1 | tail -2 || true
-  "$nnc" train examples/mnist_mlp.nn --target=cpu --epochs 1 2>&1 | tail -1 || true
+  for m in mnist_mlp mnist_cnn; do
+    "$nnc" train examples/$m.nn --target=cuda --epochs 1 2>&1 | tail -2 || true
+    "$nnc" train examples/$m.nn --target=cpu --epochs 1 2>&1 | tail -1 || true
+  done
+  "$nnc" build examples/xor_mlp.nn --target=cuda -o "$build/xor-cuda" 2>&1 || true
+  "$build/xor-cuda" --epochs 300 2>&1 | tail -1 || true
   echo '```'
   echo
   echo "## CUDA tests (host emulation, NVRTC, kernel cache)"
   echo '```'
   (cd "$build" && ctest -R 'Cuda|KernelCache|Nvrtc' -j "$(nproc)" 2>&1 | tail -5)
-  (cd "$build" && /usr/lib/llvm-19/build/utils/lit/lit.py -v tests/lit --filter cuda 2>&1 | grep -E '^(PASS|FAIL|UNSUPPORTED)') || true
+  (cd "$build" && /usr/lib/llvm-19/build/utils/lit/lit.py -v tests/lit --filter 'cuda|build' 2>&1 | grep -E '^(PASS|FAIL|UNSUPPORTED)') || true
   echo '```'
   echo
   echo "## Every example's kernels for this device"

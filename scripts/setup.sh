@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 PACKAGES=(
   cmake ninja-build ccache g++ python3
   llvm-19-dev libmlir-19-dev mlir-19-tools llvm-19-tools clang-19 libclang-rt-19-dev
-  libfmt-dev libzstd-dev libgtest-dev libgmock-dev libomp-19-dev
+  libfmt-dev libzstd-dev libgtest-dev libgmock-dev libomp-19-dev libbenchmark-dev
 )
 
 missing=()

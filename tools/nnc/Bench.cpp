@@ -4,10 +4,15 @@
 // one op with the elementwise ops fused into it), runs it on synthetic
 // batches and prints, per kernel, its time per step, share of the step,
 // GFLOP/s and GB/s (estimated from the shapes), as a table, JSON or CSV.
+// With --kernel SPEC the model is one op at a named shape (KernelSpec.h):
+// its forward function alone, or with --backward its training step.
 //
 //===----------------------------------------------------------------------===//
 
 #include "tools/nnc/Model.h"
+
+#include "compiler/codegen/cpu/Runner.h"
+#include "compiler/frontend/KernelSpec.h"
 
 #include "runtime/Checkpoint.h"
 #include "runtime/Profile.h"
@@ -15,10 +20,14 @@
 
 #include "mlir/IR/Diagnostics.h"
 
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/raw_ostream.h"
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <numeric>
 
 using namespace mlir;
@@ -33,12 +42,26 @@ struct Row {
   int64_t calls = 0;
 };
 
+/// Synthetic values for `t` at `batch`: uniform [0, 1), labels 0.
+rt::HostTensor synthetic(const rt::TensorDesc &t, int64_t batch, uint64_t &counter) {
+  rt::HostTensor h{t.name, t.shapeAt(batch), {}};
+  h.data.resize(static_cast<size_t>(t.numel(batch)));
+  for (float &v : h.data)
+    v = t.integer ? 0.0f : static_cast<float>(rt::uniform01(7, 0, counter++));
+  return h;
+}
+
 } // namespace
 
 int nnc::driver::runBench(const Args &args) {
   const Command &c = command("bench");
-  if (auto rc = needFile(c, args))
-    return *rc;
+  std::string spec = args.get("kernel");
+  if (spec.empty()) {
+    if (auto rc = needFile(c, args))
+      return *rc;
+  } else if (!args.positional.empty()) {
+    return usageError("give a model FILE or --kernel SPEC, not both", &c);
+  }
   int64_t batch = 0, steps = 20, warmup = 3, threads = 0;
   for (auto rc : {numberOption(args, c, "batch", batch), numberOption(args, c, "steps", steps),
                   numberOption(args, c, "warmup", warmup), numberOption(args, c, "threads", threads)})
@@ -52,41 +75,84 @@ int nnc::driver::runBench(const Args &args) {
   if (threads > 0)
     setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
 
-  Loaded m;
-  if (int rc = load(args.positional[0], std::nullopt, m))
-    return rc;
-  SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
-  if (batch == 0)
-    batch = m.setting("batch", 32);
-  CpuCode cpu;
-  if (int rc = compileCpu(m, /*profile=*/true, cpu, /*fuse=*/!args.has("no-fusion")))
-    return rc;
-  rt::CompiledModel model(cpu.desc, 1, "cpu");
-  if (rt::Status s = model.initialize(); !s)
-    return userError(s.message());
-  // Synthetic inputs: uniform [0, 1) values, labels 0.
-  std::vector<rt::HostTensor> inputs;
-  uint64_t counter = 0;
-  for (const rt::ModelInput &in : model.inputs()) {
-    rt::HostTensor t{in.name, {batch}, {}};
-    t.shape.insert(t.shape.end(), in.dims.begin(), in.dims.end());
-    t.data.resize(t.numel());
-    for (float &v : t.data)
-      v = in.integer ? 0.0f : static_cast<float>(rt::uniform01(7, 0, counter++));
-    inputs.push_back(std::move(t));
+  // A kernel spec becomes a one-op model in a scratch file.
+  std::string path = spec.empty() ? args.positional[0] : "";
+  if (!spec.empty()) {
+    std::string error, source = kernelSource(spec, args.has("backward"), error);
+    if (source.empty())
+      return usageError("--kernel: " + error, &c);
+    llvm::SmallString<128> dir;
+    if (llvm::sys::fs::createUniqueDirectory("nnc-kernel", dir))
+      return userError("cannot create a scratch directory for --kernel");
+    path = (dir + "/" + spec.substr(0, spec.find(':')) + ".nn").str();
+    std::error_code ec;
+    llvm::raw_fd_ostream os(path, ec);
+    os << source;
+    os.close();
+    if (ec || os.has_error())
+      return userError("cannot write '" + path + "'");
+  } else if (args.has("backward")) {
+    return usageError("--backward goes with --kernel (a model file's training step is its backward pass)", &c);
   }
-  double loss = 0;
+  Loaded m;
+  int loaded = load(path, std::nullopt, m, /*train=*/spec.empty() || args.has("backward"));
+  if (!spec.empty()) {
+    llvm::sys::fs::remove(path);
+    llvm::sys::fs::remove(llvm::sys::path::parent_path(path));
+  }
+  if (loaded)
+    return loaded;
+  SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
+  bool fuse = !args.has("no-fusion");
+  bool forward = !spec.empty() && !args.has("backward");
+  if (batch == 0)
+    batch = forward ? 1 : m.setting("batch", 32);
+  // What one timed step runs: the training step, or the forward function.
+  CpuCode cpu;
+  std::unique_ptr<cpu::FunctionRunner> fwd;
+  std::unique_ptr<rt::CompiledModel> model;
+  std::vector<rt::HostTensor> inputs;
+  std::function<rt::Status()> once;
+  ArrayAttr table;
+  double compileSeconds = 0;
+  if (forward) {
+    auto runner = cpu::FunctionRunner::create(m.model, batch, /*profile=*/true, fuse);
+    if (failed(runner))
+      return kUserError;
+    fwd = std::move(*runner);
+    once = [&] {
+      fwd->run();
+      return rt::Status::ok();
+    };
+    table = fwd->kernels();
+    compileSeconds = fwd->compileSeconds();
+  } else {
+    if (int rc = compileCpu(m, /*profile=*/true, cpu, fuse))
+      return rc;
+    model = std::make_unique<rt::CompiledModel>(cpu.desc, 1, "cpu");
+    if (rt::Status s = model->initialize(); !s)
+      return userError(s.message());
+    uint64_t counter = 0;
+    for (size_t i = 0; i < cpu.desc.trainStep.args.size(); ++i)
+      if (cpu.desc.trainStep.args[i].role == "input")
+        inputs.push_back(synthetic(cpu.desc.trainStep.args[i], batch, counter));
+    once = [&] {
+      double loss = 0;
+      return model->step(inputs, loss);
+    };
+    table = cpu.kernels;
+    compileSeconds = cpu.seconds;
+  }
   for (int64_t i = 0; i < warmup; ++i)
-    if (rt::Status s = model.step(inputs, loss); !s)
+    if (rt::Status s = once(); !s)
       return userError(s.message());
   rt::resetProfile();
   auto begin = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < steps; ++i)
-    (void)model.step(inputs, loss);
+    (void)once();
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
                 static_cast<double>(steps);
 
-  ArrayAttr table = cpu.kernels;
   if (!table) {
     llvm::errs() << "nnc: error: the compiled step has no kernel table\n";
     return kUserError;
@@ -118,8 +184,11 @@ int nnc::driver::runBench(const Args &args) {
   llvm::raw_ostream &os = llvm::outs();
   auto rate = [](double amount, double seconds) { return seconds > 0 ? amount / seconds / 1e9 : 0.0; };
   if (format == "json") {
-    os << "{\"model\": " << rt::jsonString(m.model.getName().str()) << ", \"batch\": " << batch
-       << ", \"steps\": " << steps << ", \"compile_seconds\": " << llvm::format("%.4f", cpu.seconds)
+    os << "{\"model\": " << rt::jsonString(m.model.getName().str());
+    if (!spec.empty())
+      os << ", \"kernel\": " << rt::jsonString(spec) << ", \"backward\": " << (forward ? "false" : "true");
+    os << ", \"batch\": " << batch << ", \"steps\": " << steps
+       << ", \"compile_seconds\": " << llvm::format("%.4f", compileSeconds)
        << ", \"step_seconds\": " << llvm::format("%.6g", wall) << ", \"kernels\": [";
     for (auto [k, i] : llvm::enumerate(order)) {
       const Row &r = rows[i];
@@ -144,9 +213,13 @@ int nnc::driver::runBench(const Args &args) {
     }
     return kOk;
   }
-  os << llvm::format("%s: training step at batch %lld: %.3f ms (%zu kernels; compiled in %.2f s)\n",
-                     m.model.getName().str().c_str(), static_cast<long long>(batch), wall * 1e3,
-                     rows.size(), cpu.seconds);
+  if (spec.empty())
+    os << llvm::format("%s: training step at batch %lld: %.3f ms (%zu kernels; compiled in %.2f s)\n",
+                       m.model.getName().str().c_str(), static_cast<long long>(batch), wall * 1e3,
+                       rows.size(), compileSeconds);
+  else
+    os << llvm::format("%s%s: %.3f ms (%zu kernels; compiled in %.2f s)\n", spec.c_str(),
+                       forward ? "" : " forward and backward", wall * 1e3, rows.size(), compileSeconds);
   os << "  id   ms/step  share   GFLOP/s     GB/s  kernel (fused ops)           location\n";
   for (size_t i : order) {
     const Row &r = rows[i];

@@ -51,8 +51,9 @@ struct Loaded {
 };
 
 /// Parses and compiles FILE to its training step; `lr` overrides the
-/// optimizer's learning rate before the step is built.
-int load(const std::string &path, std::optional<double> lr, Loaded &out);
+/// optimizer's learning rate before the step is built. Without `train`,
+/// only the model function (no loss needed, inputs of any shape).
+int load(const std::string &path, std::optional<double> lr, Loaded &out, bool train = true);
 
 /// A model's training step and evaluation function compiled for this CPU
 /// and JIT-compiled, with the table that runs them (runtime/Compiled.h).

@@ -40,7 +40,7 @@ using ref::Tensor;
 
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate before the step is built.
-int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out) {
+int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out, bool train) {
   out.path = path;
   if (!out.session.open(path))
     return kUserError;
@@ -67,6 +67,14 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
     (*out.module)->setAttr(nn::attr::kTrain, out.train);
   }
   out.model = *out.module->getOps<func::FuncOp>().begin();
+  if (!train) {
+    PassManager pm(ctx);
+    buildPipeline(pm, Stage::Nn);
+    if (failed(pm.run(*out.module)))
+      return kUserError;
+    out.model = *out.module->getOps<func::FuncOp>().begin();
+    return kOk;
+  }
   if (!out.lossResult()) {
     llvm::errs() << "nnc: error: " << path << ": model '" << out.model.getName()
                  << "' has nothing to train: it has no 'minimize'\n";

@@ -117,14 +117,18 @@ const std::vector<Command> &commands() {
         {"target", "T", "Where the gradients are computed: reference (default, double "
                         "precision) or cpu (the compiled, fused code)"}},
        runGradcheck},
-      {"bench", "nnc bench FILE [options]",
-       "Time a model's training step kernel by kernel (synthetic data).",
+      {"bench", "nnc bench FILE [options]  |  nnc bench --kernel SPEC [options]",
+       "Time a model's training step, or one op at a named shape, kernel by kernel (synthetic data).",
        {{"batch", "N", "Batch size (default: the train section's)"},
         {"steps", "N", "Steps timed (default 20)"},
         {"warmup", "N", "Steps run first, untimed (default 3)"},
         {"threads", "N", "Worker threads (default: every core)"},
         {"format", "F", "table (default), json or csv"},
-        {"no-fusion", nullptr, "Every op a kernel of its own (to measure what fusion gains)"}},
+        {"no-fusion", nullptr, "Every op a kernel of its own (to measure what fusion gains)"},
+        {"kernel", "SPEC",
+         "One op at a shape: gemm:MxNxK | conv2d:N,C,H,W,O,K[,S[,P]] | elementwise:N:EXPR (of x, y, z) | "
+         "reduction:RxC[:AXIS] | softmax_ce:NxC"},
+        {"backward", nullptr, "With --kernel: the op's forward and backward pass (a training step)"}},
        runBench},
   };
   return table;

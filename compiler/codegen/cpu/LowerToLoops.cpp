@@ -42,6 +42,8 @@ MemRefType memrefOf(Type t) {
 
 ArrayRef<int64_t> shapeOf(Value v) { return cast<ShapedType>(v.getType()).getShape(); }
 
+bool worthThreads(Value v);
+
 struct Emitter {
   OpBuilder &b;
   Location loc;
@@ -127,6 +129,7 @@ struct Emitter {
   }
   Value mul(Value x, Value y) { return b.create<arith::MulIOp>(loc, x, y); }
   Value add(Value x, Value y) { return b.create<arith::AddIOp>(loc, x, y); }
+  Value sub(Value x, Value y) { return b.create<arith::SubIOp>(loc, x, y); }
   /// An index value as f32.
   Value toF32(Value i) {
     return b.create<arith::SIToFPOp>(loc, b.getF32Type(),
@@ -169,7 +172,7 @@ struct Emitter {
     rec(0);
   }
   void fill(Value m, Value v) {
-    loops(sizes(m), [&](ValueRange ivs) { store(v, m, ivs); }, /*parallel=*/true);
+    loops(sizes(m), [&](ValueRange ivs) { store(v, m, ivs); }, worthThreads(m));
   }
   /// Indices into `operand` for output indices `ivs`, numpy-broadcast.
   SmallVector<Value> broadcastIdx(Value operand, ValueRange ivs) {
@@ -546,14 +549,21 @@ LogicalResult count(Emitter &e) {
 /// columns, accumulated in vector registers over a block of kDepth steps
 /// of the reduction (an outer product per k: kVectors loads of a row of B,
 /// kRows broadcasts from A), then added to C. The cache block: a group of
-/// kGroup row blocks runs each (column block, depth block) in turn, so the
-/// kDepth x kVectors*kLanes panel of B (16 KiB) is loaded from memory once
-/// and then served from L1 to every row block of the group. Row groups run
-/// in parallel; leftover rows take one-row blocks; the last column block of
-/// a ragged width uses masked loads and stores. Every element of C sums its
-/// products in k order (through C between depth blocks, exact in f32), so
-/// the result does not depend on the blocking or the thread count.
-constexpr int64_t kLanes = 16, kRows = 4, kVectors = 4, kDepth = 64, kGroup = 4;
+/// up to kGroupMax row blocks runs each (column block, depth block) in
+/// turn; the kDepth x kVectors*kLanes panel of B (32 KiB) is first copied
+/// to a contiguous buffer on the thread's stack (B's rows are a power of
+/// two apart in large products, and read in place the panel evicts itself
+/// from L1), then served from L1 to every row block of the group. Groups
+/// are sized for at least kGroupsWanted of them (threads need several to
+/// share) and run in parallel when the product is large enough. Leftover
+/// rows take one-row blocks; the last column block of a ragged width uses
+/// masked loads and stores, unpacked. Every element of C sums its products
+/// in k order (through C between depth blocks, exact in f32), so the
+/// result does not depend on the blocking or the thread count.
+/// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
+/// row blocks unpacked gave 103 and 71 GFLOP/s; packed, 128-deep blocks of
+/// up to 64 row blocks 187 and 175.
+constexpr int64_t kLanes = 16, kRows = 4, kVectors = 4, kDepth = 128, kGroupMax = 64, kGroupsWanted = 4;
 
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
@@ -569,7 +579,7 @@ LogicalResult matmul(Emitter &e) {
   // One register block: `rows` rows from i0, `vectors` vectors from column
   // j0, reduction steps [k0, k1).
   auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0,
-                   Value k1) {
+                   Value k1, Value packed) {
     SmallVector<Value> cols, rowIdx, init;
     for (int64_t v = 0; v < vectors; ++v)
       cols.push_back(e.add(j0, e.idx(v * kLanes)));
@@ -586,8 +596,11 @@ LogicalResult matmul(Emitter &e) {
       Value kv = k.getInductionVar();
       SmallVector<Value> row;
       for (int64_t v = 0; v < vectors; ++v)
-        row.push_back(b.create<vector::TransferReadOp>(loc, vt, B, ValueRange{kv, cols[v]}, pad,
-                                                       ArrayRef<bool>{inBounds}));
+        row.push_back(packed ? b.create<vector::TransferReadOp>(loc, vt, packed,
+                                                                ValueRange{e.sub(kv, k0), e.idx(v * kLanes)},
+                                                                pad, ArrayRef<bool>{true})
+                             : b.create<vector::TransferReadOp>(loc, vt, B, ValueRange{kv, cols[v]}, pad,
+                                                                ArrayRef<bool>{inBounds}));
       SmallVector<Value> next;
       for (int64_t r = 0; r < rows; ++r) {
         Value a = b.create<vector::BroadcastOp>(loc, vt, e.read(0, {rowIdx[r], kv}));
@@ -619,15 +632,33 @@ LogicalResult matmul(Emitter &e) {
   };
   // Every column block, in depth blocks, for row blocks [rb0, rb1) of
   // `rows` rows each.
-  auto columns = [&](Value rb0, Value rb1, int64_t rows) {
+  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack) {
     auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
+      // A full-width panel of B is first copied to `pack` (contiguous rows
+      // of 64 floats): B's rows are a large power of two apart in the big
+      // products, and a panel read in place evicts itself from L1.
+      Value packed = inBounds ? pack : Value();
       b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
                            [&](OpBuilder &, Location, Value k0, ValueRange) {
                              Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
+                             if (packed)
+                               b.create<scf::ForOp>(
+                                   loc, k0, k1, e.idx(1), std::nullopt,
+                                   [&](OpBuilder &, Location, Value kk, ValueRange) {
+                                     for (int64_t v = 0; v < vectors; ++v) {
+                                       Value x = b.create<vector::TransferReadOp>(
+                                           loc, vt, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))}, pad,
+                                           ArrayRef<bool>{true});
+                                       b.create<vector::TransferWriteOp>(
+                                           loc, x, packed, ValueRange{e.sub(kk, k0), e.idx(v * kLanes)},
+                                           ArrayRef<bool>{true});
+                                     }
+                                     b.create<scf::YieldOp>(loc);
+                                   });
                              b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
                                                   [&](OpBuilder &, Location, Value rb, ValueRange) {
                                                     block(e.mul(rb, e.idx(rows)), rows, j0, vectors,
-                                                          inBounds, k0, k1);
+                                                          inBounds, k0, k1, packed);
                                                     b.create<scf::YieldOp>(loc);
                                                   });
                              b.create<scf::YieldOp>(loc);
@@ -654,16 +685,25 @@ LogicalResult matmul(Emitter &e) {
       depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
   };
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
+  int64_t typicalBlocks = typicalDim(e.op->getOperand(0), 0) / kRows;
+  const int64_t kGroup = std::clamp<int64_t>(typicalBlocks / kGroupsWanted, 1, kGroupMax);
   Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
   // Threads pay off from about a million multiply-adds.
   Value a = e.op->getOperand(0), c = e.op->getOperand(1);
   bool parallel = typicalDim(a, 0) * typicalDim(a, 1) * typicalDim(c, 1) >= (1 << 20);
+  // The packed panel (only when a group has several row blocks to reuse
+  // it): on the stack of the thread running the group. In a parallel loop
+  // the alloca is in the loop body, which the OpenMP lowering scopes per
+  // iteration; otherwise one alloca before the loop serves every group.
+  auto packType = MemRefType::get({kDepth, kVectors * kLanes}, b.getF32Type());
+  auto newPack = [&]() -> Value { return b.create<memref::AllocaOp>(loc, packType, b.getI64IntegerAttr(64)); };
+  Value shared = kGroup >= 2 && !parallel ? newPack() : Value();
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], e.idx(kGroup));
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
-    columns(rb0, rb1, kRows);
+    columns(rb0, rb1, kRows, kGroup >= 2 && parallel ? newPack() : shared);
   }, parallel);
-  columns(e.mul(blocks, e.idx(kRows)), M, 1);
+  columns(e.mul(blocks, e.idx(kRows)), M, 1, Value());
   return success();
 }
 

@@ -649,18 +649,18 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       };
       std::string totalExpr = elements(space);
       std::vector<int64_t> threadShape = shapeOf(space);
-      if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
-        // Tiles of 16 x 16 outputs per block of 256 threads; A and B pass
-        // through shared memory 16 deep at a time. Blocks stride over the
-        // tiles; the epilogue applies to each thread's output.
-        Value a = mm->getOperand(0), b = mm->getOperand(1);
+      // A product tiled through shared memory: outputs (row, col) of an
+      // M x N result in tiles of 16 x 16 per block of 256 threads, the
+      // operands staged 16 deep at a time. `loadA(row, k)` and `loadB(k,
+      // col)` write code that defines their values (bounds are checked
+      // here); `at(row, col)` writes the output's index. Blocks stride over
+      // the tiles; the epilogue applies to each thread's output.
+      auto tiled = [&](const std::string &M, const std::string &N, const std::string &K,
+                       const std::function<FailureOr<std::string>()> &loadA,
+                       const std::function<FailureOr<std::string>()> &loadB,
+                       const std::function<std::vector<std::string>()> &at) -> LogicalResult {
         launch.barriers = true;
-        std::string M = dim(space, 0), N = dim(space, 1), K = dim(a, 1);
         totalExpr = "((" + M + " + 15) / 16) * ((" + N + " + 15) / 16)";
-        int64_t tilesN = (typeOf(space).isDynamicDim(1) ? 1 : (typeOf(space).getDimSize(1) + 15) / 16);
-        std::vector<int64_t> ms = shapeOf(space);
-        // Threads: 256 per tile (a multiple of the batch when M grows with it).
-        threadShape = {ms[0] < 0 ? ms[0] * tilesN * 16 : ((ms[0] + 15) / 16) * tilesN * 256};
         body << "  const i64 tilesN = (" << N << " + 15) / 16;\n"
              << "  __shared__ float As[16][17];\n  __shared__ float Bs[16][17];\n"
              << "  const i64 tx = threadIdx.x % 16, ty = threadIdx.x / 16;\n"
@@ -669,25 +669,108 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
              << "    float acc = 0.0f;\n    for (i64 k0 = 0; k0 < " << K << "; k0 += 16) {\n"
              << "    As[ty][tx] = 0.0f;\n    Bs[ty][tx] = 0.0f;\n"
              << "    if (o0 < " << M << " && k0 + tx < " << K << ") {\n    const i64 ka = k0 + tx;\n";
-        auto x = value(a, {"o0", "ka"});
+        auto x = loadA();
         if (failed(x))
           return failure();
         body << "    As[ty][tx] = " << *x << ";\n    }\n"
              << "    if (k0 + ty < " << K << " && o1 < " << N << ") {\n    const i64 kb = k0 + ty;\n";
-        auto y = value(b, {"kb", "o1"});
+        auto y = loadB();
         if (failed(y))
           return failure();
         body << "    Bs[ty][tx] = " << *y << ";\n    }\n    __syncthreads();\n"
              << "    for (int j = 0; j < 16; ++j)\n      acc += As[ty][j] * Bs[j][tx];\n"
              << "    __syncthreads();\n    }\n    if (o0 < " << M << " && o1 < " << N << ") {\n";
-        // Fused transposes computed above live in inner scopes: forget them.
+        // Values computed in the loaders live in inner scopes: forget them.
         local.clear();
-        std::vector<std::string> idx = {"o0", "o1"};
+        std::vector<std::string> idx = at();
         local[space] = "acc";
         store(space, "acc", idx);
         if (failed(emitEpilogue(idx)))
           return failure();
         body << "    }\n  }\n";
+        return success();
+      };
+      // Threads for a tiled product: 256 per tile, a multiple of the batch
+      // when a side grows with it (an upper bound: blocks stride over the
+      // tiles).
+      auto tileThreads = [](int64_t rows, int64_t colsPerBatch) {
+        return std::vector<int64_t>{-(((rows + 15) / 16) * ((colsPerBatch + 15) / 16) * 256)};
+      };
+      auto conv = dyn_cast<nnops::Conv2dOp>(root);
+      auto convGrad = dyn_cast<nnops::Conv2dGradInputOp>(root);
+      if (auto mm = dyn_cast<nnops::MatmulOp>(root)) {
+        Value a = mm->getOperand(0), b = mm->getOperand(1);
+        std::string M = dim(space, 0), N = dim(space, 1), K = dim(a, 1);
+        int64_t tilesN = (typeOf(space).isDynamicDim(1) ? 1 : (typeOf(space).getDimSize(1) + 15) / 16);
+        std::vector<int64_t> ms = shapeOf(space);
+        threadShape = {ms[0] < 0 ? ms[0] * tilesN * 16 : ((ms[0] + 15) / 16) * tilesN * 256};
+        if (failed(tiled(
+                M, N, K, [&] { return value(a, {"o0", "ka"}); }, [&] { return value(b, {"kb", "o1"}); },
+                [] { return std::vector<std::string>{"o0", "o1"}; })))
+          return failure();
+      } else if ((conv && conv.getGroups() == 1) || (convGrad && convGrad.getGroups() == 1)) {
+        // Convolutions as implicit products (groups of one): the forward
+        // pass is W[O, C*KH*KW] x X'[C*KH*KW, N*OH*OW], the input gradient
+        // W^T[C, O*KH*KW] x dY'[O*KH*KW, N*H*W], where X' and dY' gather
+        // the window element for each (k, column) from memory on the fly
+        // (zero at the padding, and where a stride skips a position).
+        auto attr = [&](StringRef name) { return cast<DenseI64ArrayAttr>(root->getAttr(name)).asArrayRef(); };
+        ArrayRef<int64_t> st = attr("stride"), pd = attr("padding");
+        Value wt = root->getOperand(1), in = root->getOperand(0);
+        auto wtt = typeOf(wt);
+        int64_t KH = wtt.getDimSize(2), KW = wtt.getDimSize(3);
+        auto rs = typeOf(space);
+        int64_t plane = rs.getDimSize(2) * rs.getDimSize(3), W = rs.getDimSize(3);
+        std::string khw = std::to_string(KH * KW), kw = std::to_string(KW), kh = std::to_string(KH);
+        std::string P = std::to_string(plane), Ws = std::to_string(W);
+        std::string rows = dim(space, 1), cols = dim(space, 0) + " * " + P;
+        auto read = [&](Value v, std::vector<std::string> at) {
+          return param(v, false) + "[" + offset(v, at) + "]";
+        };
+        auto column = [&](const std::string &c) {
+          return std::vector<std::string>{"(" + c + " / " + P + ")", "((" + c + " % " + P + ") / " + Ws + ")",
+                                          "(" + c + " % " + Ws + ")"};
+        };
+        threadShape = tileThreads(rs.getDimSize(1), plane);
+        std::string sh = std::to_string(st[0]), sw = std::to_string(st[1]);
+        std::string ph = std::to_string(pd[0]), pw = std::to_string(pd[1]);
+        if (conv) {
+          std::string K = std::to_string(wtt.getDimSize(1) * KH * KW);
+          auto loadA = [&]() -> FailureOr<std::string> {
+            return read(wt, {"o0", "(ka / " + khw + ")", "((ka / " + kw + ") % " + kh + ")", "(ka % " + kw + ")"});
+          };
+          auto loadB = [&]() -> FailureOr<std::string> {
+            std::vector<std::string> c = column("o1");
+            body << "    const i64 ih = " << c[1] << " * " << sh << " - " << ph << " + (kb / " << kw << ") % " << kh
+                 << ", iw = " << c[2] << " * " << sw << " - " << pw << " + kb % " << kw << ";\n";
+            return "(ih >= 0 && ih < " + dim(in, 2) + " && iw >= 0 && iw < " + dim(in, 3) + ") ? " +
+                   read(in, {c[0], "(kb / " + khw + ")", "ih", "iw"}) + " : 0.0f";
+          };
+          if (failed(tiled(rows, cols, K, loadA, loadB, [&] {
+                std::vector<std::string> c = column("o1");
+                return std::vector<std::string>{c[0], "o0", c[1], c[2]};
+              })))
+            return failure();
+        } else {
+          Value dy = in;
+          std::string K = std::to_string(wtt.getDimSize(0) * KH * KW);
+          auto loadA = [&]() -> FailureOr<std::string> {
+            return read(wt, {"(ka / " + khw + ")", "o0", "((ka / " + kw + ") % " + kh + ")", "(ka % " + kw + ")"});
+          };
+          auto loadB = [&]() -> FailureOr<std::string> {
+            std::vector<std::string> c = column("o1");
+            body << "    const i64 th = " << c[1] << " + " << ph << " - (kb / " << kw << ") % " << kh
+                 << ", tw = " << c[2] << " + " << pw << " - kb % " << kw << ";\n";
+            return "(th >= 0 && th % " + sh + " == 0 && th / " + sh + " < " + dim(dy, 2) + " && tw >= 0 && tw % " +
+                   sw + " == 0 && tw / " + sw + " < " + dim(dy, 3) + ") ? " +
+                   read(dy, {c[0], "(kb / " + khw + ")", "th / " + sh, "tw / " + sw}) + " : 0.0f";
+          };
+          if (failed(tiled(rows, cols, K, loadA, loadB, [&] {
+                std::vector<std::string> c = column("o1");
+                return std::vector<std::string>{c[0], "o0", c[1], c[2]};
+              })))
+            return failure();
+        }
       } else if (isReduction(root) && blockPerOutput(root)) {
         // Few outputs, long reductions (a loss, a bias gradient over the
         // batch): one block per output; threads stride over the reduced

@@ -34,16 +34,21 @@ static nnc_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define NNC_INF __builtin_huge_valf()
 // Threads of a block as fibers: each runs until __syncthreads, and a
 // round resumes every fiber once, so all reach a barrier before any
-// passes it.
+// passes it. A fiber is entered once through swapcontext (onto its own
+// stack); after that, switches are _setjmp/_longjmp, which save no signal
+// mask (swapcontext makes a system call per switch).
+#include <setjmp.h>
 #include <ucontext.h>
 #include <vector>
 namespace nnc_emu {
 struct Fiber {
   ucontext_t ctx;
+  jmp_buf at;
   std::vector<char> stack;
-  bool done = false;
+  bool started = false, done = false;
 };
-static ucontext_t scheduler;
+static ucontext_t entryContext;
+static jmp_buf scheduler;
 static std::vector<Fiber> fibers;
 static unsigned current;
 static void (*body)(void *);
@@ -51,7 +56,7 @@ static void *env;
 static void entry() {
   body(env);
   fibers[current].done = true;
-  swapcontext(&fibers[current].ctx, &scheduler);
+  _longjmp(scheduler, 1);
 }
 template <class F> void runBlock(F &f, unsigned threads) {
   fibers.resize(threads);
@@ -59,7 +64,7 @@ template <class F> void runBlock(F &f, unsigned threads) {
   env = &f;
   for (Fiber &t : fibers) {
     t.stack.resize(1 << 16);
-    t.done = false;
+    t.started = t.done = false;
     getcontext(&t.ctx);
     t.ctx.uc_stack.ss_sp = t.stack.data();
     t.ctx.uc_stack.ss_size = t.stack.size();
@@ -69,17 +74,26 @@ template <class F> void runBlock(F &f, unsigned threads) {
   for (bool running = true; running;) {
     running = false;
     for (current = 0; current < threads; ++current) {
-      if (fibers[current].done)
+      Fiber &t = fibers[current];
+      if (t.done)
         continue;
       threadIdx.x = current;
-      swapcontext(&scheduler, &fibers[current].ctx);
+      if (!_setjmp(scheduler)) {
+        if (!t.started) {
+          t.started = true;
+          swapcontext(&entryContext, &t.ctx);
+        } else {
+          _longjmp(t.at, 1);
+        }
+      }
       running |= !fibers[current].done;
     }
   }
 }
 } // namespace nnc_emu
 inline void __syncthreads() {
-  swapcontext(&nnc_emu::fibers[nnc_emu::current].ctx, &nnc_emu::scheduler);
+  if (!_setjmp(nnc_emu::fibers[nnc_emu::current].at))
+    _longjmp(nnc_emu::scheduler, 1);
   threadIdx.x = nnc_emu::current;
 }
 // A warp shuffle as an exchange through the block (every thread of the

@@ -1,0 +1,140 @@
+"""The workloads of benchmarks/kernels.cpp in PyTorch eager (the peer), on
+the CPU, at the same shapes: prints one JSON object, workload name -> best
+milliseconds per call. Run through benchmarks/compare.sh, which sets the
+peer up at its best (../shared/PEERS.md) and prints the ratios.
+
+    /usr/bin/python3 benchmarks/peer_kernels.py --threads 1 [--filter REGEX]
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnist_peer import CNN, MLP  # noqa: E402  (the models of the epoch benchmark)
+
+
+def best_ms(fn, min_time=0.3, min_reps=3, warm=2):
+    """Best time of one call, after `warm` calls, over at least min_time s."""
+    for _ in range(warm):
+        fn()
+    best, total, reps = float("inf"), 0.0, 0
+    while reps < min_reps or total < min_time:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, total, reps = min(best, dt), total + dt, reps + 1
+    return best * 1e3
+
+
+def gemm(m, n, k):
+    a, b = torch.rand(m, k), torch.rand(k, n)
+    return lambda: torch.mm(a, b)
+
+
+def conv(n, c, h, w, o, k, s=1, p=0):
+    x, wt = torch.rand(n, c, h, w), torch.rand(o, c, k, k)
+    return lambda: F.conv2d(x, wt, stride=s, padding=p)
+
+
+def conv_fwd_bwd(n, c, h, w, o, k, s=1, p=0):
+    # As nnc's --backward model: both operands trained, loss = sum(y), SGD.
+    x = torch.rand(n, c, h, w, requires_grad=True)
+    wt = torch.rand(o, c, k, k, requires_grad=True)
+    opt = torch.optim.SGD([x, wt], lr=0.0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.conv2d(x, wt, stride=s, padding=p).sum().backward()
+        opt.step()
+    return step
+
+
+def chain(kind):
+    n = 16777216
+    x, y, z = torch.rand(n), torch.rand(n), torch.rand(n)
+    if kind == "relu":
+        return lambda: torch.relu(x * 0.5 + y)
+    if kind == "sigmoid":
+        return lambda: torch.sigmoid(x * y + z)
+    return lambda: x - 0.1 * y
+
+
+def reduction(axis):
+    x = torch.rand(4096, 4096)
+    return lambda: x.sum(dim=axis)
+
+
+def softmax_ce(n, c):
+    x, y = torch.rand(n, c), torch.zeros(n, dtype=torch.long)
+    return lambda: F.cross_entropy(x, y)
+
+
+def train_step(name):
+    torch.manual_seed(0)
+    model = MLP() if name == "mnist_mlp" else CNN()
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1) if name == "mnist_mlp"
+           else torch.optim.Adam(model.parameters(), lr=1e-3))
+    shape = (64, 784) if name == "mnist_mlp" else (64, 1, 28, 28)
+    x, y = torch.rand(*shape), torch.randint(0, 10, (64,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def epoch(name):
+    step = train_step(name)
+    return lambda: [step() for _ in range(60000 // 64 + 1)]
+
+
+def workloads():
+    w = {}
+    for n in (256, 512, 1024, 2048):
+        w["gemm/%d" % n] = gemm(n, n, n)
+    for m, n, k in ((64, 128, 784), (64, 64, 128), (64, 10, 64), (784, 128, 64)):
+        w["mlp_gemm:%dx%dx%d" % (m, n, k)] = gemm(m, n, k)
+    convs = {"mnist_cnn": (64, 1, 28, 28, 32, 5, 1, 2), "lenet5_c1": (64, 1, 28, 28, 6, 5, 1, 2),
+             "lenet5_c3": (64, 6, 14, 14, 16, 5), "vgg_small_a2": (32, 32, 32, 32, 32, 3, 1, 1),
+             "vgg_small_b2": (32, 64, 16, 16, 64, 3, 1, 1)}
+    for name, args in convs.items():
+        w["conv/" + name] = conv(*args)
+        w["conv_fwd_bwd/" + name] = conv_fwd_bwd(*args)
+    w["chain/relu(x * 0.5 + y)"] = chain("relu")
+    w["chain/sigmoid(x * y + z)"] = chain("sigmoid")
+    w["chain/x - 0.1 * y"] = chain("sgd")
+    w["reduction/rows_4096x4096"] = reduction(1)
+    w["reduction/cols_4096x4096"] = reduction(0)
+    w["softmax_ce/64x10"] = softmax_ce(64, 10)
+    w["softmax_ce/1024x1000"] = softmax_ce(1024, 1000)
+    for m in ("mnist_mlp", "mnist_cnn"):
+        w["step/" + m] = train_step(m)
+        w["epoch/" + m] = epoch(m)
+    return w
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--filter", default=".")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {}
+    for name, fn in workloads().items():
+        if not re.search(args.filter, name):
+            continue
+        epochs = name.startswith("epoch/")
+        out[name] = best_ms(fn, min_time=0 if epochs else 0.3, min_reps=1 if epochs else 3,
+                            warm=0 if epochs else 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+//===- Runner.cpp - one function compiled and bound to buffers ------------===//
+
+#include "compiler/codegen/cpu/Runner.h"
+
+#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cpu/Model.h"
+#include "runtime/Random.h"
+
+#include <chrono>
+#include <cstring>
+
+using namespace mlir;
+using namespace nnc;
+using namespace nnc::cpu;
+
+FunctionRunner::~FunctionRunner() = default;
+
+FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp fn, int64_t batch,
+                                                                  bool profile, bool fuse) {
+  auto begin = std::chrono::steady_clock::now();
+  std::unique_ptr<FunctionRunner> r(new FunctionRunner);
+  r->batch = batch;
+  r->code = ModuleOp::create(fn.getLoc());
+  if (failed(addLoops(fn, std::nullopt, *r->code, kModelKernel, profile, fuse)))
+    return failure();
+  auto d = describeSignature(fn);
+  if (failed(d))
+    return failure();
+  r->f = std::move(*d);
+  auto kernel = r->code->lookupSymbol<func::FuncOp>(kModelKernel);
+  r->f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  r->table = kernel->getAttrOfType<ArrayAttr>("nnc.kernels");
+  auto jit = JitModule::compile(*r->code);
+  if (failed(jit) || failed((*jit)->prepare(kModelKernel)))
+    return failure();
+  r->jit = std::move(*jit);
+  r->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+
+  uint64_t counter = 0;
+  for (const rt::TensorDesc &t : r->f.args) {
+    std::vector<int32_t> words(static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)), 0);
+    if (!t.integer)
+      for (int32_t &w : words) {
+        float v = static_cast<float>(rt::uniform01(7, 0, counter++));
+        std::memcpy(&w, &v, 4);
+      }
+    r->buffers.push_back(std::move(words));
+  }
+  for (const rt::TensorDesc &t : r->f.results)
+    r->buffers.emplace_back(static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)));
+  for (auto &b : r->buffers)
+    r->pointers.push_back(b.data());
+  r->pointers.push_back(r->rng);
+  r->workspace.resize(rt::placeSlots(r->f.slots, batch, nullptr, nullptr) / 4 + 16);
+  auto base = (reinterpret_cast<uintptr_t>(r->workspace.data()) + 63) & ~uintptr_t(63);
+  rt::placeSlots(r->f.slots, batch, reinterpret_cast<void *>(base), &r->slots);
+  return r;
+}
+
+void FunctionRunner::run() { (void)jit->call(kModelKernel, pointers, batch, slots); }
