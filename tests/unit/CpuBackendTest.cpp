@@ -269,3 +269,68 @@ INSTANTIATE_TEST_SUITE_P(Examples, CompiledGradcheck,
                                            "weight_norm"));
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// Transcendental functions of the compiled code, in ULPs
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Distance in f32 units in the last place between `got` and the exact
+/// value `want` (rounded to f32 first, so a correctly rounded result is 0).
+double ulps(float got, double want) {
+  float w = static_cast<float>(want);
+  if (got == w)
+    return 0;
+  if (!std::isfinite(got) || !std::isfinite(w))
+    return 1e9;
+  double spacing = std::nextafter(std::abs(w), INFINITY) - std::abs(w);
+  return std::abs(static_cast<double>(got) - static_cast<double>(w)) / spacing;
+}
+
+struct MathCase {
+  const char *expr;
+  double lo, hi, maxUlps;
+  double (*exact)(double);
+};
+
+class CompiledMath : public ::testing::TestWithParam<MathCase> {};
+
+/// The compiled elementwise functions (vectorized polynomial forms) over a
+/// dense sweep of their useful range, against the exact value in double.
+TEST_P(CompiledMath, WithinUlpsOfExact) {
+  const MathCase &c = GetParam();
+  std::string src = std::string("model m {\n  input x: f32[B]\n  y = ") + c.expr + "\n  output y\n}\n";
+  test::Compiled m(src, Stage::Nn);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto fn = m.module->lookupSymbol<mlir::func::FuncOp>("m");
+  const int64_t n = 200003;
+  Tensor x = Tensor::filled({n});
+  for (int64_t i = 0; i < n; ++i)
+    x.data[i] = static_cast<float>(c.lo + (c.hi - c.lo) * static_cast<double>(i) / static_cast<double>(n - 1));
+  auto exec = cpu::createExecutor();
+  auto y = exec->run(fn, {x}, {});
+  ASSERT_TRUE(succeeded(y)) << m.firstError();
+  double worst = 0, at = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double e = ulps(static_cast<float>((*y)[0].data[i]), c.exact(static_cast<float>(x.data[i])));
+    if (e > worst) {
+      worst = e;
+      at = x.data[i];
+    }
+  }
+  RecordProperty("max_ulps", std::to_string(worst));
+  EXPECT_LE(worst, c.maxUlps) << c.expr << " at x = " << at;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Functions, CompiledMath,
+    ::testing::Values(MathCase{"exp(x)", -87, 88, 2, [](double v) { return std::exp(v); }},
+                      MathCase{"log(x)", 1e-30, 1e30, 2, [](double v) { return std::log(v); }},
+                      MathCase{"log(x)", 0.5, 2, 2, [](double v) { return std::log(v); }},
+                      MathCase{"sigmoid(x)", -30, 30, 3, [](double v) { return 1 / (1 + std::exp(-v)); }},
+                      MathCase{"tanh(x)", -10, 10, 4, [](double v) { return std::tanh(v); }},
+                      MathCase{"softplus(x)", -30, 30, 3, [](double v) { return std::log1p(std::exp(v)); }}),
+    [](const auto &info) { return std::string("f") + std::to_string(info.index); });
+
+} // namespace

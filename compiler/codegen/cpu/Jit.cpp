@@ -18,6 +18,8 @@
 #include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
@@ -116,12 +118,35 @@ static void addAliasScopes(ModuleOp module) {
   });
 }
 
+namespace {
+
+/// exp, log, log1p, tanh, ... as polynomial approximations in arith ops
+/// (MLIR's, within 2-3 ULPs over their range: tests/unit/CpuBackendTest.cpp,
+/// CompiledMath), so loops over them vectorize: a libm call per element
+/// does not, and MathToLLVM's log1p (log(1 + x)) loses every digit of
+/// small arguments.
+struct MathApproximation : PassWrapper<MathApproximation, OperationPass<ModuleOp>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(MathApproximation)
+  StringRef getArgument() const override { return "nnc-math-approximation"; }
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateMathPolynomialApproximationPatterns(patterns);
+    if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns))))
+      signalPassFailure();
+  }
+};
+
+std::unique_ptr<Pass> createMathApproximationPass() { return std::make_unique<MathApproximation>(); }
+
+} // namespace
+
 LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   PassManager pm(module.getContext());
   pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
   pm.addPass(createLowerAffinePass());
   pm.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
+  pm.addPass(createMathApproximationPass());
   // Math first: what LLVM has no intrinsic for (tanh) becomes libm calls,
   // lane by lane for vectors (epilogues), through vector ops lowered next.
   pm.addPass(createConvertMathToLLVMPass());

@@ -302,7 +302,14 @@ const llvm::DenseMap<TypeID, Scalar> &scalars() {
     add(scalar<nnops::LogOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::LogOp>(e.loc, x); })));
     add(scalar<nnops::SqrtOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::SqrtOp>(e.loc, x); })));
     add(scalar<nnops::AbsOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::AbsFOp>(e.loc, x); })));
-    add(scalar<nnops::TanhOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::TanhOp>(e.loc, x); })));
+    add(scalar<nnops::TanhOp>(unary([](E &e, Value x) -> Value {
+      // tanh x = expm1(2x) / (expm1(2x) + 2), accurate near 0 (no
+      // cancellation) and vectorizable; +-1 beyond |x| = 9, where f32 rounds
+      // to it and expm1 would overflow further out.
+      Value c = e.b.create<arith::MinimumFOp>(e.loc, e.b.create<arith::MaximumFOp>(e.loc, x, e.f32(-9.0)), e.f32(9.0));
+      Value m = e.b.create<math::ExpM1Op>(e.loc, e.b.create<arith::AddFOp>(e.loc, c, c));
+      return e.b.create<arith::DivFOp>(e.loc, m, e.b.create<arith::AddFOp>(e.loc, m, e.f32(2.0)));
+    })));
     add(scalar<nnops::SigmoidOp>(unary([](E &e, Value x) -> Value {
       Value ex = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, x));
       return e.b.create<arith::DivFOp>(e.loc, e.f32(1.0), e.b.create<arith::AddFOp>(e.loc, e.f32(1.0), ex));
