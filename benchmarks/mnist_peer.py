@@ -20,6 +20,14 @@ import sys
 import tempfile
 import time
 
+# OpenBLAS (pthreads) keeps a thread pool of its own, sized to every core
+# unless told: the peer gets the thread count nnc gets (--threads), set
+# before OpenBLAS loads.
+_threads = "1"
+for _i, _a in enumerate(sys.argv):
+    if _a == "--threads" and _i + 1 < len(sys.argv):
+        _threads = sys.argv[_i + 1]
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads)
 import numpy as np
 import torch
 import torch.nn as nn

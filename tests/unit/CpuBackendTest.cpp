@@ -18,6 +18,9 @@
 #include "dialects/nn/NNOps.h"
 #include "runtime/Random.h"
 
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/raw_ostream.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -332,5 +335,81 @@ INSTANTIATE_TEST_SUITE_P(
                       MathCase{"tanh(x)", -10, 10, 4, [](double v) { return std::tanh(v); }},
                       MathCase{"softplus(x)", -30, 30, 3, [](double v) { return std::log1p(std::exp(v)); }}),
     [](const auto &info) { return std::string("f") + std::to_string(info.index); });
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// The on-disk cache of compiled code
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// One compile of `example`'s training step and the loss of one step.
+struct CacheRun {
+  bool cached = false;
+  double loss = 0;
+};
+
+CacheRun compileAndStep(const std::string &example) {
+  CacheRun out;
+  test::Compiled m(test::readSource("examples/" + example + ".nn"), Stage::Train);
+  EXPECT_TRUE(m.module) << m.firstError();
+  auto trainer = ref::Trainer::create(*m.module, 1, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
+  EXPECT_TRUE(succeeded(trainer));
+  auto code = mlir::ModuleOp::create(mlir::UnknownLoc::get(m.module->getContext()));
+  mlir::OwningOpRef<mlir::ModuleOp> owner(code);
+  auto desc = cpu::compileModel(*m.module, trainer->modelFunction().getName(), code);
+  EXPECT_TRUE(succeeded(desc));
+  auto jit = cpu::JitModule::compile(code);
+  EXPECT_TRUE(succeeded(jit)) << m.firstError();
+  if (failed(jit) || failed(desc))
+    return out;
+  out.cached = (*jit)->cached();
+  EXPECT_TRUE(succeeded((*jit)->prepare(cpu::kTrainStepKernel)));
+  size_t buffers = desc->trainStep.args.size() + desc->trainStep.results.size() + 1;
+  size_t slots = desc->trainStep.slots.size() / 2;
+  desc->trainStep.call = [j = jit->get(), buffers, slots](void **b, int64_t n, void **s) {
+    (void)j->call(cpu::kTrainStepKernel, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
+  };
+  rt::CompiledModel model(*desc, 1, "cpu");
+  EXPECT_TRUE(model.initialize());
+  std::vector<rt::HostTensor> batch;
+  for (const Tensor &t : test::inputsFor(trainer->modelFunction(), 8, 5))
+    batch.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+  EXPECT_TRUE(model.step(batch, out.loss));
+  return out;
+}
+
+/// A second compile of the same code loads the cached object and computes
+/// the same numbers; a damaged cache file is compiled over.
+TEST(CpuObjectCache, SecondCompileLoadsTheSameCode) {
+  llvm::SmallString<128> dir;
+  ASSERT_FALSE(llvm::sys::fs::createUniqueDirectory("nnc-object-cache", dir));
+  const char *old = std::getenv("NNC_CACHE_DIR");
+  std::string saved = old ? old : "";
+  setenv("NNC_CACHE_DIR", dir.c_str(), 1);
+  CacheRun first = compileAndStep("mnist_mlp"), second = compileAndStep("mnist_mlp");
+  EXPECT_FALSE(first.cached);
+  EXPECT_TRUE(second.cached);
+  EXPECT_EQ(first.loss, second.loss);
+  // Damage every cached object: the next compile must not load it.
+  std::error_code ec;
+  size_t damaged = 0;
+  for (llvm::sys::fs::directory_iterator it(dir, ec), end; it != end && !ec; it.increment(ec)) {
+    llvm::raw_fd_ostream os(it->path(), ec);
+    os << "not an object file";
+    ++damaged;
+  }
+  EXPECT_EQ(damaged, 1u);
+  CacheRun third = compileAndStep("mnist_mlp");
+  EXPECT_FALSE(third.cached);
+  EXPECT_EQ(third.loss, first.loss);
+  EXPECT_TRUE(compileAndStep("mnist_mlp").cached) << "the damaged object was not replaced";
+  if (old)
+    setenv("NNC_CACHE_DIR", saved.c_str(), 1);
+  else
+    unsetenv("NNC_CACHE_DIR");
+  llvm::sys::fs::remove_directories(dir);
+}
 
 } // namespace

@@ -383,8 +383,9 @@ int nnc::driver::runTrain(const Args &args) {
   if (int rc = makeBackend(args, c, m, o.seed, backend))
     return rc;
   if (backend.cpu.jit)
-    llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s\n", m.model.getName().str().c_str(),
-                                 backend.cpu.seconds);
+    llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s%s\n", m.model.getName().str().c_str(),
+                                 backend.cpu.seconds,
+                                 backend.cpu.jit->cached() ? " (code from the cache)" : "");
   if (!backend.cuda.arch.empty())
     llvm::outs() << llvm::format("compiled %s for CUDA (%s) in %.2f s; device: %s\n",
                                  m.model.getName().str().c_str(), backend.cuda.arch.c_str(),

@@ -1,7 +1,10 @@
 //===- Jit.cpp - compiling and running CPU code in process ----------------===//
 
 #include "compiler/codegen/cpu/Jit.h"
+#include "runtime/Cache.h"
 #include "runtime/Profile.h"
+
+#include <unistd.h>
 
 #include "mlir/Conversion/AffineToStandard/AffineToStandard.h"
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
@@ -28,7 +31,15 @@
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
+#include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
+#include "llvm/ExecutionEngine/Orc/LLJIT.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SHA256.h"
+#include "llvm/ADT/MapVector.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Config/llvm-config.h"
 #include "llvm/ExecutionEngine/Orc/Mangling.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -87,7 +98,7 @@ static void addAliasScopes(ModuleOp module) {
     if (fn.isExternal())
       return;
     auto domain = LLVM::AliasScopeDomainAttr::get(ctx, StringAttr::get(ctx, fn.getName()));
-    llvm::DenseMap<BlockArgument, LLVM::AliasScopeAttr> scopes;
+    llvm::MapVector<BlockArgument, LLVM::AliasScopeAttr> scopes; // argument order: the printed module (the cache key) is the same every run
     for (BlockArgument arg : fn.getArguments())
       if (fn.getArgAttr(arg.getArgNumber(), LLVM::LLVMDialect::getNoAliasAttrName()))
         scopes[arg] = LLVM::AliasScopeAttr::get(domain);
@@ -219,7 +230,33 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   if (failed(tm))
     return failure();
   std::shared_ptr<llvm::TargetMachine> machine = std::move(*tm);
+
+  // The object code cache: keyed by the LLVM-dialect module (printed
+  // without locations), the CPU, its features and the LLVM version.
+  std::string dir = rt::cacheDirectory(), path;
+  if (!dir.empty()) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    module.print(os);
+    llvm::SHA256 hash;
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-1"), llvm::StringRef(text),
+                                 machine->getTargetCPU(), machine->getTargetFeatureString(),
+                                 llvm::StringRef(LLVM_VERSION_STRING)}) {
+      hash.update(part);
+      hash.update(llvm::StringRef("\0", 1));
+    }
+    path = dir + "/cpu-" + llvm::toHex(hash.final(), /*LowerCase=*/true) + ".o";
+    std::vector<std::string> names;
+    for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
+      if (!fn.isExternal())
+        names.push_back(fn.getName().str());
+    if (auto cached = loadCached(path, *machine, names))
+      return cached;
+    llvm::sys::fs::remove(path); // absent, or it did not load: compiled over below
+  }
+
   ExecutionEngineOptions options;
+  options.enableObjectDump = !path.empty();
   options.transformer = makeOptimizingTransformer(3, 0, machine.get());
   options.jitCodeGenOptLevel = llvm::CodeGenOptLevel::Aggressive;
   // Parallel loops call the OpenMP runtime.
@@ -240,6 +277,72 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   });
   std::unique_ptr<JitModule> jit(new JitModule());
   jit->engine = std::move(*engine);
+  if (!path.empty()) {
+    // Compile now (the JIT compiles the whole module at its first lookup)
+    // and keep the object: written aside, then renamed into place, so a
+    // reader never sees half of one. A cache that cannot be written only
+    // costs the next run its compile.
+    for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
+      if (!fn.isExternal()) {
+        (void)jit->prepare(fn.getName());
+        break;
+      }
+    if (!llvm::sys::fs::create_directories(dir)) {
+      std::string tmp = path + ".tmp" + std::to_string(::getpid());
+      jit->engine->dumpToObjectFile(tmp);
+      if (llvm::sys::fs::rename(tmp, path))
+        llvm::sys::fs::remove(tmp);
+    }
+  }
+  return jit;
+}
+
+std::unique_ptr<cpu::JitModule> cpu::JitModule::loadCached(llvm::StringRef path, llvm::TargetMachine &tm,
+                                                           const std::vector<std::string> &names) {
+  auto object = llvm::MemoryBuffer::getFile(path);
+  if (!object)
+    return nullptr;
+  llvm::orc::JITTargetMachineBuilder jtmb(tm.getTargetTriple());
+  jtmb.setCPU(tm.getTargetCPU().str());
+  jtmb.addFeatures(std::vector<std::string>{tm.getTargetFeatureString().str()});
+  auto created = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(std::move(jtmb)).create();
+  if (!created) {
+    llvm::consumeError(created.takeError());
+    return nullptr;
+  }
+  std::unique_ptr<llvm::orc::LLJIT> lljit = std::move(*created);
+  llvm::orc::JITDylib &lib = lljit->getMainJITDylib();
+  char prefix = lljit->getDataLayout().getGlobalPrefix();
+  auto process = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(prefix);
+  auto omp = llvm::orc::DynamicLibrarySearchGenerator::Load(NNC_LIBOMP, prefix);
+  if (!process || !omp) {
+    llvm::consumeError(process.takeError());
+    llvm::consumeError(omp.takeError());
+    return nullptr;
+  }
+  lib.addGenerator(std::move(*process));
+  lib.addGenerator(std::move(*omp));
+  llvm::orc::MangleAndInterner interner(lljit->getExecutionSession(), lljit->getDataLayout());
+  llvm::orc::SymbolMap map;
+  map[interner("nnc_profile_begin")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_begin),
+                                        llvm::JITSymbolFlags::Exported};
+  map[interner("nnc_profile_end")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_end),
+                                      llvm::JITSymbolFlags::Exported};
+  if (llvm::Error err = lib.define(llvm::orc::absoluteSymbols(std::move(map)))) {
+    llvm::consumeError(std::move(err));
+    return nullptr;
+  }
+  if (llvm::Error err = lljit->addObjectFile(std::move(*object))) {
+    llvm::consumeError(std::move(err));
+    return nullptr;
+  }
+  std::unique_ptr<JitModule> jit(new JitModule());
+  jit->loaded = std::move(lljit);
+  jit->fromCache = true;
+  // Linking happens at the first lookup: every function must resolve.
+  for (const std::string &name : names)
+    if (failed(jit->prepare(name)))
+      return nullptr;
   return jit;
 }
 
@@ -320,6 +423,17 @@ cpu::JitModule::~JitModule() = default;
 LogicalResult cpu::JitModule::prepare(StringRef name) {
   if (functions.count(name))
     return success();
+  if (loaded) {
+    // The packed wrapper the ExecutionEngine generated when the object was
+    // first compiled.
+    auto sym = loaded->lookup(("_mlir_" + name).str());
+    if (!sym) {
+      llvm::consumeError(sym.takeError());
+      return failure();
+    }
+    functions[name] = sym->toPtr<void (*)(void **)>();
+    return success();
+  }
   auto fn = engine->lookupPacked(name);
   if (!fn) {
     llvm::consumeError(fn.takeError());

@@ -16,10 +16,17 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace mlir {
 class ExecutionEngine;
 } // namespace mlir
+namespace llvm {
+class TargetMachine;
+namespace orc {
+class LLJIT;
+} // namespace orc
+} // namespace llvm
 
 namespace nnc::cpu {
 
@@ -36,8 +43,14 @@ mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path);
 
 class JitModule {
 public:
-  /// Lowers and compiles `module`; reports failures as diagnostics.
+  /// Lowers and compiles `module`; reports failures as diagnostics. The
+  /// object code is kept in rt::cacheDirectory() under a hash of the
+  /// lowered module, the CPU and the LLVM version; a later compile of the
+  /// same module loads it instead of optimizing and generating code again
+  /// (a cache file that does not load is compiled over).
   static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
+  /// Whether the code came from the cache.
+  bool cached() const { return fromCache; }
   ~JitModule();
 
   /// Compiles `name` now rather than at its first call (the JIT compiles
@@ -51,7 +64,12 @@ public:
 
 private:
   JitModule() = default;
+  /// The object cached at `path`, loaded, or null.
+  static std::unique_ptr<JitModule> loadCached(llvm::StringRef path, llvm::TargetMachine &tm,
+                                               const std::vector<std::string> &names);
   std::unique_ptr<mlir::ExecutionEngine> engine;
+  std::unique_ptr<llvm::orc::LLJIT> loaded; // from the cache
+  bool fromCache = false;
   llvm::StringMap<void (*)(void **)> functions; // looked up once each
 };
 

@@ -2,6 +2,8 @@
 
 #include "compiler/codegen/cuda/Nvrtc.h"
 
+#include "runtime/Cache.h"
+
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -160,15 +162,7 @@ std::string nnc::cuda::cacheKey(const std::string &source, const std::string &ar
   return llvm::toHex(digest, /*LowerCase=*/true);
 }
 
-std::string nnc::cuda::defaultCacheDir() {
-  if (const char *d = std::getenv("NNC_CACHE_DIR"); d && *d)
-    return d;
-  if (const char *x = std::getenv("XDG_CACHE_HOME"); x && *x)
-    return std::string(x) + "/nnc";
-  if (const char *home = std::getenv("HOME"); home && *home)
-    return std::string(home) + "/.cache/nnc";
-  return "";
-}
+std::string nnc::cuda::defaultCacheDir() { return rt::cacheDirectory(); }
 
 NvrtcResult nnc::cuda::compileCached(const std::string &source, const std::string &name,
                                      const std::string &arch, const std::vector<std::string> &options,

@@ -36,8 +36,8 @@ NvrtcResult compileToPtx(const std::string &source, const std::string &name,
 std::string cacheKey(const std::string &source, const std::string &arch,
                      const std::vector<std::string> &options, const std::string &nvrtcVersion);
 
-/// The on-disk kernel cache: $NNC_CACHE_DIR, else $XDG_CACHE_HOME/nnc,
-/// else ~/.cache/nnc ("" when none can be named).
+/// The on-disk kernel cache: rt::cacheDirectory() ($NNC_CACHE_DIR, else
+/// $XDG_CACHE_HOME/nnc, else ~/.cache/nnc; "" when none can be named).
 std::string defaultCacheDir();
 
 /// compileToPtx through the cache in `dir` ("" for none): a hit reads the
