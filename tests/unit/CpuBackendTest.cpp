@@ -413,3 +413,27 @@ TEST(CpuObjectCache, SecondCompileLoadsTheSameCode) {
 }
 
 } // namespace
+
+namespace {
+
+/// Products whose shapes take every path of the blocked matmul: 6-row and
+/// 4-row register blocks, one-row remainders, packed and unpacked (ragged)
+/// column blocks, depths that are not a multiple of the depth block.
+TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
+  for (auto [m, k, n] : {std::tuple{198, 130, 70}, std::tuple{200, 257, 64}, std::tuple{66, 129, 129},
+                         std::tuple{7, 5, 3}, std::tuple{384, 128, 192}}) {
+    std::string src = "model m {\n  input a: f32[" + std::to_string(m) + ", " + std::to_string(k) +
+                      "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
+                      "]\n  c = a @ b\n  output c\n}\n";
+    test::Compiled c(src, Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 1, 3);
+    auto got = cpu::createExecutor()->run(fn, in, {});
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+    expectClose((*got)[0], (*want)[0], src, 1e-5, 1e-5);
+  }
+}
+
+} // namespace

@@ -552,7 +552,7 @@ LogicalResult count(Emitter &e) {
 }
 
 /// A register- and cache-blocked matrix product C = A B (row-major, f32).
-/// The register block: kRows rows of C times kVectors vectors of kLanes
+/// The register block: kRows (4 or 6) rows of C times kVectors vectors of kLanes
 /// columns, accumulated in vector registers over a block of kDepth steps
 /// of the reduction (an outer product per k: kVectors loads of a row of B,
 /// kRows broadcasts from A), then added to C. The cache block: a group of
@@ -568,9 +568,9 @@ LogicalResult count(Emitter &e) {
 /// in k order (through C between depth blocks, exact in f32), so the
 /// result does not depend on the blocking or the thread count.
 /// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
-/// row blocks unpacked gave 103 and 71 GFLOP/s; packed, 128-deep blocks of
-/// up to 64 row blocks 187 and 175.
-constexpr int64_t kLanes = 16, kRows = 4, kVectors = 4, kDepth = 128, kGroupMax = 64, kGroupsWanted = 4;
+/// row blocks of 4 rows unpacked gave 103 and 71 GFLOP/s; packed, 128-deep
+/// blocks of up to 64 row blocks 187 and 175 (4 rows), 178 and 187 (6).
+constexpr int64_t kLanes = 16, kVectors = 4, kDepth = 128, kGroupMax = 64, kGroupsWanted = 4;
 
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
@@ -691,8 +691,13 @@ LogicalResult matmul(Emitter &e) {
     if (rest > 0)
       depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
   };
+  // Register blocks of 6 rows (24 accumulators: 24 FMAs per 4 loads of B
+  // and 6 broadcasts) where the rows divide by 6 or are many; else 4 (16
+  // accumulators), so that few rows fall to the one-row remainder.
+  int64_t typicalRows = typicalDim(e.op->getOperand(0), 0);
+  const int64_t kRows = typicalRows % 6 == 0 || typicalRows >= 192 ? 6 : 4;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
-  int64_t typicalBlocks = typicalDim(e.op->getOperand(0), 0) / kRows;
+  int64_t typicalBlocks = typicalRows / kRows;
   const int64_t kGroup = std::clamp<int64_t>(typicalBlocks / kGroupsWanted, 1, kGroupMax);
   Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
   // Threads pay off from about a million multiply-adds.
