@@ -437,3 +437,25 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
 }
 
 } // namespace
+
+namespace {
+
+/// Reductions whose trailing axes are all reduced read one contiguous run
+/// per leading index: every form of them against the reference.
+TEST(CpuReductionRuns, MatchReference) {
+  for (const char *expr : {"sum(x, axis=[0, 2, 3])", "mean(x, axis=[2, 3], keepdims=true)",
+                           "max(x, axis=[1, 2, 3])", "sum(x)", "max(x, axis=[0, 3])",
+                           "sum(x, axis=[0, 2, 3], keepdims=true)", "mean(x, axis=3)"}) {
+    std::string src = std::string("model m {\n  input x: f32[B, 3, 5, 7]\n  y = ") + expr + "\n  output y\n}\n";
+    test::Compiled c(src, Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 4, 9);
+    auto got = cpu::createExecutor()->run(fn, in, {});
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+    expectClose((*got)[0], (*want)[0], expr, 1e-5, 1e-5);
+  }
+}
+
+} // namespace

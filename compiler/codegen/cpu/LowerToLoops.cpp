@@ -508,6 +508,31 @@ LogicalResult reduce(Emitter &e, bool max) {
     inner.push_back(e.valueDim(e.op->getOperand(0), i));
   OpBuilder &b = e.b;
   Location loc = e.loc;
+  // An operand read from memory whose trailing axes are all reduced (the
+  // spatial axes of a per-channel sum) is read as one contiguous run per
+  // leading index: a loop that long vectorizes, 28-wide rows do not.
+  int64_t rank = static_cast<int64_t>(in.size()), tail = rank;
+  while (tail > 0 && llvm::is_contained(reduced, tail - 1))
+    --tail;
+  Value source = e.in.empty() ? Value() : e.in[0];
+  bool fromMemory = source && !(e.gen.size() > 0 && e.gen[0]) && !e.lanes;
+  auto sourceType = fromMemory ? dyn_cast<MemRefType>(source.getType()) : MemRefType();
+  bool flatten = fromMemory && !axes.empty() && rank - tail >= 2 && tail >= 1 && sourceType &&
+                 sourceType.getLayout().isIdentity();
+  if (flatten) {
+    SmallVector<ReassociationIndices> groups;
+    for (int64_t d = 0; d < tail; ++d)
+      groups.push_back({d});
+    groups.emplace_back();
+    for (int64_t d = tail; d < rank; ++d)
+      groups.back().push_back(d);
+    source = b.create<memref::CollapseShapeOp>(loc, e.in[0], groups);
+    inner.clear();
+    for (int64_t i : reduced)
+      if (i < tail)
+        inner.push_back(e.valueDim(e.op->getOperand(0), i));
+    inner.push_back(e.dim(source, tail));
+  }
   auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
   Value init = e.f32(max ? -std::numeric_limits<float>::infinity() : 0.0);
   e.loops(outer, [&](ValueRange ov) {
@@ -515,16 +540,33 @@ LogicalResult reduce(Emitter &e, bool max) {
     for (auto [k, d] : llvm::enumerate(kept))
       idx[d] = ov[k];
     // Nested loops over the reduced axes, carrying the accumulator.
+    SmallVector<int64_t> loopAxes;
+    for (int64_t i : reduced)
+      if (!flatten || i < tail)
+        loopAxes.push_back(i);
+    if (flatten)
+      loopAxes.push_back(tail);
+    SmallVector<Value> flatIdx(flatten ? tail + 1 : 0);
     std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
-      if (d == reduced.size()) {
-        Value v = e.read(0, idx);
+      if (d == loopAxes.size()) {
+        Value v;
+        if (flatten) {
+          for (int64_t i = 0; i < tail; ++i)
+            flatIdx[i] = idx[i];
+          v = e.load(source, flatIdx);
+        } else {
+          v = e.read(0, idx);
+        }
         return max ? b.create<arith::MaximumFOp>(loc, acc, v).getResult()
                    : b.create<arith::AddFOp>(loc, acc, v, flags).getResult();
       }
       auto f = b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), ValueRange{acc});
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(f.getBody());
-      idx[reduced[d]] = f.getInductionVar();
+      if (flatten && loopAxes[d] == tail)
+        flatIdx[tail] = f.getInductionVar();
+      else
+        idx[loopAxes[d]] = f.getInductionVar();
       b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()[0]));
       return f.getResult(0);
     };
@@ -1278,6 +1320,19 @@ LogicalResult avgPool(Emitter &e, bool grad) {
 
 /// Batch normalization in two passes per channel (statistics in registers,
 /// then the normalization), channels in parallel.
+/// `m` (N, C, spatial...) as (N, C, product of the spatial sizes): one
+/// long contiguous run per (sample, channel), so that loops over it
+/// vectorize (28-wide rows do not: a vector loop needs more iterations).
+Value flattenSpatial(Emitter &e, Value m) {
+  auto t = cast<MemRefType>(m.getType());
+  if (t.getRank() <= 3 || !t.getLayout().isIdentity())
+    return m;
+  SmallVector<ReassociationIndices> groups = {{0}, {1}, {}};
+  for (int64_t d = 2; d < t.getRank(); ++d)
+    groups.back().push_back(d);
+  return e.b.create<memref::CollapseShapeOp>(e.loc, m, groups);
+}
+
 LogicalResult batchNorm(Emitter &e) {
   auto op = self<nnops::BatchNormOp>(e);
   SmallVector<Value> x = e.sizes(e.in[0]);
@@ -1298,9 +1353,16 @@ LogicalResult batchNorm(Emitter &e) {
     Value mean, var;
     if (op.getTraining()) {
       Value n = e.toF32(count);
-      mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(e.in[0], at(r)); }), n);
-      Value ss = e.sumOver(rest, [&](ValueRange r) {
-        Value d = b.create<arith::SubFOp>(loc, e.load(e.in[0], at(r)), mean);
+      // The statistics over one long run per (sample, channel).
+      Value xf = flattenSpatial(e, e.in[0]);
+      SmallVector<Value> flat = {x[0], e.sizes(xf).back()};
+      bool flattened = xf != e.in[0];
+      if (!flattened)
+        flat = rest;
+      auto atf = [&](ValueRange r) { return flattened ? SmallVector<Value>{r[0], c, r.back()} : at(r); };
+      mean = b.create<arith::DivFOp>(loc, e.sumOver(flat, [&](ValueRange r) { return e.load(xf, atf(r)); }), n);
+      Value ss = e.sumOver(flat, [&](ValueRange r) {
+        Value d = b.create<arith::SubFOp>(loc, e.load(xf, atf(r)), mean);
         return b.create<arith::MulFOp>(loc, d, d).getResult();
       });
       var = b.create<arith::DivFOp>(loc, ss, n);
@@ -1326,7 +1388,8 @@ LogicalResult batchNorm(Emitter &e) {
 /// the input gradient; a channel's data stays in cache across the passes.
 LogicalResult batchNormGrad(Emitter &e) {
   auto op = self<nnops::BatchNormGradOp>(e);
-  Value dy = e.in[0], x = e.in[1], gamma = e.in[2];
+  Value dy = flattenSpatial(e, e.in[0]), x = flattenSpatial(e, e.in[1]), gamma = e.in[2];
+  Value dx = flattenSpatial(e, e.out[0]);
   SmallVector<Value> sizes = e.sizes(x);
   SmallVector<Value> rest = {sizes[0]};
   rest.append(sizes.begin() + 2, sizes.end());
@@ -1364,7 +1427,7 @@ LogicalResult batchNormGrad(Emitter &e) {
     e.loops(rest, [&](ValueRange r) {
       Value v = b.create<arith::SubFOp>(
           loc, b.create<arith::SubFOp>(loc, e.load(dy, at(r)), a), b.create<arith::MulFOp>(loc, xhat(r), k));
-      e.store(b.create<arith::MulFOp>(loc, scale, v), e.out[0], at(r));
+      e.store(b.create<arith::MulFOp>(loc, scale, v), dx, at(r));
     });
   }, /*parallel=*/true);
   return success();
