@@ -1138,8 +1138,58 @@ WindowMax windowMax(Emitter &e, Value x, ValueRange nc, Value i, Value j, ArrayR
   return {outer.getResult(0), outer.getResult(1), outer.getResult(2), outer.getResult(3)};
 }
 
+/// The 2x2, stride-2 max pool on whole rows of windows: two input rows of
+/// 32 columns are loaded as vectors and split into the four taps of 16
+/// windows (even and odd columns), taken in window order with the scalar
+/// rule (a later tap wins only if greater: NaNs are skipped, ties keep the
+/// first). Masked transfers cover ragged row ends.
+void maxPool2x2(Emitter &e) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value X = e.in[0], Y = e.out[0];
+  ArrayRef<int64_t> out = shapeOf(Y), in = shapeOf(X);
+  auto wide = VectorType::get({2 * kLanes}, b.getF32Type());
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  SmallVector<int64_t> even, odd;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    even.push_back(2 * l);
+    odd.push_back(2 * l + 1);
+  }
+  Value lowest = b.create<arith::ConstantOp>(
+      loc, DenseElementsAttr::get(vt, -std::numeric_limits<float>::infinity()));
+  Value pad = e.f32(0);
+  e.loops(ArrayRef<Value>{e.dim(Y, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
+    Value n = iv[0], c = iv[1], i = iv[2];
+    Value h0 = e.mul(i, e.idx(2)), h1 = e.add(h0, e.idx(1));
+    for (int64_t j0 = 0; j0 < out[3]; j0 += kLanes) {
+      bool full = j0 + kLanes <= out[3] && 2 * (j0 + kLanes) <= in[3];
+      auto read = [&](Value h) {
+        return b.create<vector::TransferReadOp>(loc, wide, X, ValueRange{n, c, h, e.idx(2 * j0)}, pad,
+                                                ArrayRef<bool>{full});
+      };
+      Value r0 = read(h0), r1 = read(h1);
+      Value acc = lowest;
+      for (Value tap : {b.create<vector::ShuffleOp>(loc, r0, r0, even).getResult(),
+                        b.create<vector::ShuffleOp>(loc, r0, r0, odd).getResult(),
+                        b.create<vector::ShuffleOp>(loc, r1, r1, even).getResult(),
+                        b.create<vector::ShuffleOp>(loc, r1, r1, odd).getResult()}) {
+        Value take = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OGT, tap, acc);
+        acc = b.create<arith::SelectOp>(loc, take, tap, acc);
+      }
+      b.create<vector::TransferWriteOp>(loc, acc, Y, ValueRange{n, c, i, e.idx(j0)}, ArrayRef<bool>{full});
+    }
+  }, /*parallel=*/true);
+}
+
 LogicalResult maxPool(Emitter &e) {
   auto op = self<nnops::MaxPool2dOp>(e);
+  ArrayRef<int64_t> k = op.getKernel(), st = op.getStride(), pd = op.getPadding();
+  ArrayRef<int64_t> in = shapeOf(e.in[0]), out = shapeOf(e.out[0]);
+  if (k[0] == 2 && k[1] == 2 && st[0] == 2 && st[1] == 2 && pd[0] == 0 && pd[1] == 0 && !e.epilogue &&
+      in[2] >= 2 * out[2] && in[3] >= 2 * out[3]) {
+    maxPool2x2(e);
+    return success();
+  }
   e.loops(e.sizes(e.out[0]), [&](ValueRange iv) {
     WindowMax m = windowMax(e, e.in[0], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[0]));
