@@ -974,6 +974,34 @@ LogicalResult conv2d(Emitter &e) {
 
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
+  ArrayRef<int64_t> st = op.getStride(), pd = op.getPadding(), w = shapeOf(e.in[1]);
+  int64_t groups = op.getGroups(), og = w[0] / groups, cg = w[1];
+  // With unit strides the input gradient is a forward convolution of the
+  // output gradient with the weights flipped and transposed per group,
+  // W'[g*cg + c, o, i, j] = W[g*og + o, c, KH-1-i, KW-1-j], padded by
+  // K-1-P: it runs on the forward pass's register-blocked rows. W' is small
+  // and lives on the stack.
+  if (st[0] == 1 && st[1] == 1 && pd[0] <= w[2] - 1 && pd[1] <= w[3] - 1 &&
+      w[0] * w[1] * w[2] * w[3] * 4 <= (256 << 10)) {
+    OpBuilder &b = e.b;
+    Location loc = e.loc;
+    Value W = e.in[1];
+    Value flipped = b.create<memref::AllocaOp>(
+        loc, MemRefType::get({groups * cg, og, w[2], w[3]}, b.getF32Type()), b.getI64IntegerAttr(64));
+    e.loops(ArrayRef<Value>{e.idx(w[0]), e.idx(cg), e.idx(w[2]), e.idx(w[3])}, [&](ValueRange iv) {
+      Value o = iv[0], c = iv[1];
+      Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
+      Value oi = b.create<arith::RemUIOp>(loc, o, e.idx(og));
+      Value fi = e.sub(e.idx(w[2] - 1), iv[2]), fj = e.sub(e.idx(w[3] - 1), iv[3]);
+      e.store(e.load(W, {o, c, fi, fj}), flipped, {e.add(e.mul(g, e.idx(cg)), c), oi, iv[2], iv[3]});
+    });
+    SmallVector<Value> saved(e.in.begin(), e.in.end());
+    e.in[1] = flipped;
+    int64_t unit[2] = {1, 1}, pad[2] = {w[2] - 1 - pd[0], w[3] - 1 - pd[1]};
+    conv2dRows(e, unit, pad, groups);
+    e.in.assign(saved.begin(), saved.end());
+    return success();
+  }
   e.fill(e.out[0], e.f32(0));
   convTaps(e, e.out[0], shapeOf(e.in[1]), e.in[0], op.getStride(),
            op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
