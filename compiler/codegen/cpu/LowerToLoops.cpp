@@ -740,7 +740,11 @@ LogicalResult matmul(Emitter &e) {
   const int64_t kRows = typicalRows % 6 == 0 || typicalRows >= 192 ? 6 : 4;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   int64_t typicalBlocks = typicalRows / kRows;
-  const int64_t kGroup = std::clamp<int64_t>(typicalBlocks / kGroupsWanted, 1, kGroupMax);
+  // A multiple of kGroupsWanted groups of equal size (up to kGroupMax
+  // blocks), so that threads get equal shares.
+  int64_t wantedGroups = kGroupsWanted * std::max<int64_t>(1, (typicalBlocks + kGroupsWanted * kGroupMax - 1) /
+                                                                  (kGroupsWanted * kGroupMax));
+  const int64_t kGroup = std::clamp<int64_t>((typicalBlocks + wantedGroups - 1) / wantedGroups, 1, kGroupMax);
   Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
   // Threads pay off from about a million multiply-adds.
   Value a = e.op->getOperand(0), c = e.op->getOperand(1);
