@@ -482,3 +482,28 @@ TEST(CpuMaxPool2x2, MatchesReferenceAtRaggedWidths) {
 }
 
 } // namespace
+
+namespace {
+
+/// Reductions over leading axes keeping trailing ones (column sums):
+/// vectors of outputs accumulated down the rows, against the reference.
+TEST(CpuReductionColumns, MatchReference) {
+  for (auto [type, expr] : {std::pair{"f32[B, 32]", "sum(x, axis=0)"},
+                            std::pair{"f32[B, 128]", "mean(x, axis=0, keepdims=true)"},
+                            std::pair{"f32[B, 64]", "max(x, axis=0)"},
+                            std::pair{"f32[B, 3, 64]", "sum(x, axis=0)"},
+                            std::pair{"f32[B, 3, 16]", "sum(x, axis=[0, 1])"},
+                            std::pair{"f32[B, 10]", "sum(x, axis=0)"}}) {
+    std::string src = std::string("model m {\n  input x: ") + type + "\n  y = " + expr + "\n  output y\n}\n";
+    test::Compiled c(src, Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 7, 2);
+    auto got = cpu::createExecutor()->run(fn, in, {});
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+    expectClose((*got)[0], (*want)[0], src, 1e-5, 1e-5);
+  }
+}
+
+} // namespace

@@ -517,6 +517,60 @@ LogicalResult reduce(Emitter &e, bool max) {
   Value source = e.in.empty() ? Value() : e.in[0];
   bool fromMemory = source && !(e.gen.size() > 0 && e.gen[0]) && !e.lanes;
   auto sourceType = fromMemory ? dyn_cast<MemRefType>(source.getType()) : MemRefType();
+  // Reduced leading axes, kept trailing axes (column sums, bias gradients
+  // over the batch): up to 4 vectors of 16 outputs accumulate down the
+  // reduced axes, each step contiguous loads, instead of one output at a
+  // time walking the input a row apart per element.
+  constexpr int64_t kVec = 16; // lanes of a 512-bit vector of f32
+  int64_t lastKept = kept.empty() ? -1 : kept.back();
+  bool leading = fromMemory && !kept.empty() && !reduced.empty() && reduced.back() < kept.front() &&
+                 sourceType && sourceType.getLayout().isIdentity() &&
+                 static_cast<int64_t>(kept.size()) == rank - static_cast<int64_t>(reduced.size()) &&
+                 in[lastKept] > 0 && in[lastKept] % kVec == 0;
+  if (leading) {
+    const int64_t vecs = in[lastKept] % (4 * kVec) == 0 ? 4 : 1, width = vecs * kVec;
+    auto vt = VectorType::get({kVec}, b.getF32Type());
+    Value init = b.create<arith::ConstantOp>(
+        loc, DenseElementsAttr::get(vt, max ? -std::numeric_limits<float>::infinity() : 0.0f));
+    SmallVector<Value> chunks(outer);
+    chunks.back() = e.idx(in[lastKept] / width);
+    e.loops(chunks, [&](ValueRange ov) {
+      SmallVector<Value> idx(in.size());
+      for (auto [k, d] : llvm::enumerate(kept))
+        idx[d] = ov[k];
+      Value j0 = e.mul(ov.back(), e.idx(width));
+      std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
+        SmallVector<Value> next;
+        if (d == reduced.size()) {
+          for (int64_t v = 0; v < vecs; ++v) {
+            idx[lastKept] = e.add(j0, e.idx(v * kVec));
+            Value x = b.create<vector::TransferReadOp>(loc, vt, source, idx, e.f32(0), ArrayRef<bool>{true});
+            next.push_back(max ? b.create<arith::MaximumFOp>(loc, acc[v], x).getResult()
+                               : b.create<arith::AddFOp>(loc, acc[v], x).getResult());
+          }
+          return next;
+        }
+        auto f = b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), acc);
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(f.getBody());
+        idx[reduced[d]] = f.getInductionVar();
+        b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()));
+        return SmallVector<Value>(f.getResults());
+      };
+      SmallVector<Value> acc = rec(0, SmallVector<Value>(vecs, init));
+      for (int64_t l = 0; l < width; ++l) {
+        SmallVector<Value> o;
+        for (size_t i = 0; i < in.size(); ++i) {
+          if (llvm::is_contained(kept, static_cast<int64_t>(i)))
+            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(l)) : idx[i]);
+          else if (keepdims)
+            o.push_back(e.idx(0));
+        }
+        e.emit(b.create<vector::ExtractOp>(loc, acc[l / kVec], ArrayRef<int64_t>{l % kVec}), o);
+      }
+    }, worthThreads(e.op->getOperand(0)));
+    return success();
+  }
   bool flatten = fromMemory && !axes.empty() && rank - tail >= 2 && tail >= 1 && sourceType &&
                  sourceType.getLayout().isIdentity();
   if (flatten) {
