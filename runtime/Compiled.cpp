@@ -2,6 +2,8 @@
 
 #include "runtime/Compiled.h"
 
+#include "runtime/Random.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -89,9 +91,7 @@ struct CompiledModel::Frame {
   }
 };
 
-CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string backend)
-    : m(m), seed(seed), backend(std::move(backend)), trainFrame(new Frame), evalFrame(new Frame) {
-  const FunctionDesc &f = m.trainStep;
+StepLayout::StepLayout(const FunctionDesc &f) {
   for (size_t i = 0; i < f.args.size(); ++i) {
     const TensorDesc &t = f.args[i];
     if (t.role == "input") {
@@ -100,13 +100,43 @@ CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string back
         in.dims.push_back(t.shape[d]);
         in.width *= t.shape[d];
       }
-      ins.push_back(std::move(in));
+      inputs.push_back(std::move(in));
       inputArgs.push_back(i);
-    } else if (t.role == "step") {
-      stepArg = i;
+      continue;
     }
-    state.push_back({t.name, t.shapeAt(0), std::vector<float>(std::max<int64_t>(0, t.numel(0)))});
+    if (t.role == "step")
+      stepArg = i;
+    else
+      stateNames.push_back(t.name);
   }
+  for (size_t r = 1; r < f.results.size(); ++r) {
+    const TensorDesc &t = f.results[r];
+    if (t.role != "param" && t.role != "state" && t.role != "opt_state")
+      continue;
+    for (size_t a = 0; a < f.args.size(); ++a)
+      if (f.args[a].name == t.name)
+        updates.push_back({r, a});
+  }
+}
+
+HostTensor rt::syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter) {
+  HostTensor h{t.name, t.shapeAt(batch), {}};
+  h.data.resize(static_cast<size_t>(std::max<int64_t>(0, t.numel(batch))));
+  for (float &v : h.data)
+    v = t.integer ? 0.0f : static_cast<float>(uniform01(7, 0, counter++));
+  return h;
+}
+
+int64_t StepLayout::inputOf(size_t a) const {
+  auto in = std::find(inputArgs.begin(), inputArgs.end(), a);
+  return in == inputArgs.end() ? -1 : in - inputArgs.begin();
+}
+
+CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string backend)
+    : m(m), seed(seed), backend(std::move(backend)), layout(m.trainStep), trainFrame(new Frame),
+      evalFrame(new Frame) {
+  for (const TensorDesc &t : m.trainStep.args)
+    state.push_back({t.name, t.shapeAt(0), std::vector<float>(std::max<int64_t>(0, t.numel(0)))});
 }
 
 CompiledModel::~CompiledModel() = default;
@@ -131,39 +161,36 @@ void CompiledModel::run(const FunctionDesc &f, Frame &frame, const std::vector<H
                         int64_t n) {
   frame.prepare(f, n);
   for (size_t i = 0; i < f.args.size(); ++i) {
-    auto in = std::find(inputArgs.begin(), inputArgs.end(), i);
-    frame.set(i, f.args[i], in != inputArgs.end() ? batch[in - inputArgs.begin()].data : state[i].data);
+    int64_t in = layout.inputOf(i);
+    frame.set(i, f.args[i], in >= 0 ? batch[static_cast<size_t>(in)].data : state[i].data);
   }
   int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
   frame.call(f, n, rng);
 }
 
 Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
-  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  int64_t n = batchSize(batch);
   const FunctionDesc &f = m.trainStep;
   Frame &frame = *trainFrame;
   ++stepCount;
-  state[stepArg].data.assign(1, static_cast<float>(stepCount));
+  if (layout.stepArg != SIZE_MAX)
+    state[layout.stepArg].data.assign(1, static_cast<float>(stepCount));
   run(f, frame, batch, n);
   loss = frame.result(f, 0, n).data[0];
-  for (size_t r = 1; r < f.results.size(); ++r) {
-    const TensorDesc &t = f.results[r];
-    if ((t.role != "param" && t.role != "state" && t.role != "opt_state") || f.overwrites(r) >= 0)
+  for (auto [r, a] : layout.updates) {
+    if (f.overwrites(r) >= 0)
       continue; // an update in place is in the state already
-    for (size_t a = 0; a < f.args.size(); ++a)
-      if (f.args[a].name == t.name) {
-        if (t.integer)
-          state[a].data = frame.result(f, r, n).data;
-        else
-          frame.resultInto(f, r, state[a].data);
-      }
+    if (f.results[r].integer)
+      state[a].data = frame.result(f, r, n).data;
+    else
+      frame.resultInto(f, r, state[a].data);
   }
   return Status::ok();
 }
 
 Status CompiledModel::evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
                                double &loss) {
-  int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  int64_t n = batchSize(batch);
   const FunctionDesc &f = m.model;
   Frame &frame = *evalFrame;
   run(f, frame, batch, n);
@@ -173,14 +200,6 @@ Status CompiledModel::evaluate(const std::vector<HostTensor> &batch, std::vector
       outputs.push_back(frame.result(f, r, n));
   loss = frame.result(f, m.lossResult, n).data[0];
   return Status::ok();
-}
-
-std::vector<std::string> CompiledModel::stateNames() const {
-  std::vector<std::string> names;
-  for (size_t i = 0; i < state.size(); ++i)
-    if (m.trainStep.args[i].role != "input" && i != stepArg)
-      names.push_back(state[i].name);
-  return names;
 }
 
 Status CompiledModel::getState(const std::string &name, HostTensor &out) const {

@@ -21,6 +21,7 @@
 #include "runtime/Training.h"
 
 #include <cstdint>
+#include <utility>
 #include <functional>
 #include <memory>
 #include <string>
@@ -75,8 +76,9 @@ struct CudaCode {
   std::vector<int64_t> slots;
   /// Per result of the function: the buffer holding it.
   std::vector<int32_t> results;
-  /// Threads per block of every launch (the kernels' launch bounds).
-  int64_t blockSize = 256;
+  /// Threads per block of every launch (the kernels' launch bounds), and
+  /// the most blocks a launch gets (kernels stride over their work).
+  int64_t blockSize = 256, maxBlocks = 4096;
   bool empty() const { return launches.empty(); }
 };
 
@@ -107,6 +109,26 @@ struct ModelDesc {
   std::string dataKind, dataPath;
 };
 
+/// How a training step's arguments and results meet the model: the inputs
+/// (in argument order) and their argument indices, the step counter's
+/// argument (SIZE_MAX: none), the state tensors a checkpoint holds (every
+/// argument but the inputs and the step), and the (result, argument) pairs
+/// of every state tensor the step updates. Shared by every backend.
+struct StepLayout {
+  explicit StepLayout(const FunctionDesc &trainStep);
+  std::vector<ModelInput> inputs;
+  std::vector<size_t> inputArgs;
+  size_t stepArg = SIZE_MAX;
+  std::vector<std::string> stateNames;
+  std::vector<std::pair<size_t, size_t>> updates;
+  /// The index of `batch` feeding argument `a`, or -1 when it is state.
+  int64_t inputOf(size_t a) const;
+};
+
+/// Synthetic values for `t` at `batch` (benchmarks, kernel timing): f32
+/// uniform [0, 1) from the counter-based generator, integers 0.
+HostTensor syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter);
+
 /// Places the slots of a memory plan (`slots`: bytes per batch element and
 /// fixed bytes, per slot) in one block at `base` (64-byte aligned): their
 /// addresses go to `out`. Returns the bytes the block needs from `base`
@@ -128,11 +150,11 @@ public:
 
   std::string modelName() const override { return m.name; }
   const char *backendName() const override { return backend.c_str(); }
-  const std::vector<ModelInput> &inputs() const override { return ins; }
+  const std::vector<ModelInput> &inputs() const override { return layout.inputs; }
   Status step(const std::vector<HostTensor> &batch, double &loss) override;
   Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,
                   double &loss) override;
-  std::vector<std::string> stateNames() const override;
+  std::vector<std::string> stateNames() const override { return layout.stateNames; }
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
   uint64_t steps() const override { return stepCount; }
@@ -145,9 +167,7 @@ private:
   const ModelDesc &m;
   uint64_t seed;
   std::string backend;
-  std::vector<ModelInput> ins;
-  std::vector<size_t> inputArgs;
-  size_t stepArg = 0;
+  StepLayout layout;
   std::vector<HostTensor> state; // per training-step argument
   uint64_t stepCount = 0;
   std::unique_ptr<Frame> trainFrame, evalFrame;

@@ -24,10 +24,6 @@ namespace {
 constexpr size_t kAlign = 256;
 constexpr size_t kRing = 64;      // pinned per-step scalars
 constexpr int64_t kInFlight = 16; // steps started before their losses are read
-// Kernels loop over their work (grid-stride), so a grid larger than the
-// device can hold at once only adds scheduling: 4096 blocks of 256 threads
-// fill the largest GPUs.
-constexpr int64_t kMaxBlocks = 4096;
 
 size_t roundUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
@@ -92,9 +88,9 @@ struct CudaModel::Impl {
   const ModelDesc &m;
   uint64_t seed;
   CudaDriver d;
-  std::vector<ModelInput> ins;
-  std::vector<size_t> inputArgs;
-  size_t stepArg = SIZE_MAX;
+  StepLayout layout;
+  const std::vector<size_t> &inputArgs = layout.inputArgs;
+  const size_t &stepArg = layout.stepArg;
   uint64_t stepCount = 0;
   void *compute = nullptr, *copy = nullptr;
   std::vector<CuDevicePtr> state; // per training-step argument (inputs: 0)
@@ -105,33 +101,8 @@ struct CudaModel::Impl {
   Scalars *ring = nullptr;
   std::vector<std::pair<size_t, double *>> pending; // ring entry, loss destination
   size_t next = 0;                                  // ring entry of the next step
-  // (result, argument) of every state tensor the training step updates.
-  std::vector<std::pair<size_t, size_t>> updates;
 
-  Impl(const ModelDesc &m, uint64_t seed, const CudaDriver &d) : m(m), seed(seed), d(d) {
-    const FunctionDesc &f = m.trainStep;
-    for (size_t i = 0; i < f.args.size(); ++i) {
-      const TensorDesc &t = f.args[i];
-      if (t.role == "input") {
-        ModelInput in{t.name, {}, 1, t.integer};
-        for (size_t k = 1; k < t.shape.size(); ++k) {
-          in.dims.push_back(t.shape[k]);
-          in.width *= t.shape[k];
-        }
-        ins.push_back(std::move(in));
-        inputArgs.push_back(i);
-      } else if (t.role == "step") {
-        stepArg = i;
-      }
-    }
-    for (size_t r = 1; r < f.results.size(); ++r) {
-      const TensorDesc &t = f.results[r];
-      if (t.role != "param" && t.role != "state" && t.role != "opt_state")
-        continue;
-      for (size_t a = 0; a < f.args.size(); ++a)
-        if (f.args[a].name == t.name)
-          updates.push_back({r, a});
-    }
+  Impl(const ModelDesc &m, uint64_t seed, const CudaDriver &d) : m(m), seed(seed), d(d), layout(m.trainStep) {
     train.f = &m.trainStep;
     train.what = "the training step";
     eval.f = &m.model;
@@ -308,8 +279,8 @@ struct CudaModel::Impl {
   /// Points `fn`'s argument buffers at the state and the inputs of `set`.
   void bind(Function &fn, const InputSet &set) {
     for (size_t a = 0; a < fn.f->args.size(); ++a) {
-      auto in = std::find(inputArgs.begin(), inputArgs.end(), a);
-      fn.ptr[a] = in != inputArgs.end() ? set.dev[in - inputArgs.begin()] : state[a];
+      int64_t in = layout.inputOf(a);
+      fn.ptr[a] = in >= 0 ? set.dev[static_cast<size_t>(in)] : state[a];
     }
     for (size_t b = 0; b < fn.own.size(); ++b)
       if (fn.own[b])
@@ -334,7 +305,7 @@ struct CudaModel::Impl {
       params.push_back(&batch);
       int64_t threads = l.threadsPerBatch * n + l.threadsFixed;
       unsigned blocks = static_cast<unsigned>(
-          std::clamp<int64_t>((threads + code.blockSize - 1) / code.blockSize, 1, kMaxBlocks));
+          std::clamp<int64_t>((threads + code.blockSize - 1) / code.blockSize, 1, code.maxBlocks));
       if (int rc = d.launchKernel(fn.kernels[k], blocks, 1, 1, static_cast<unsigned>(code.blockSize), 1, 1,
                                   0, compute, params.data(), nullptr))
         return d.fail(std::string(fn.what) + ": launching " + l.kernel + " (" + l.what + ")", rc);
@@ -388,28 +359,38 @@ struct CudaModel::Impl {
     return Status::ok();
   }
 
-  Status stepAsync(const std::vector<HostTensor> &batch, double *loss) {
-    if (pending.size() >= kRing)
-      if (Status s = drain(); !s)
-        return s;
-    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+  /// One call of `fn` on `batch` (`n` samples): buffers sized, the batch
+  /// uploaded into the step's input set, the step counted when `counts`,
+  /// the scalars sent from ring entry `entry`, the kernels launched.
+  Status run(Function &fn, const std::vector<HostTensor> &batch, int64_t n, size_t entry, bool counts) {
     if (Status s = reserveInputs(n); !s)
       return s;
-    if (Status s = reserve(train, n); !s)
+    if (Status s = reserve(fn, n); !s)
       return s;
     InputSet &set = sets[stepCount % 2];
     if (Status s = upload(set, batch); !s)
       return s;
-    ++stepCount;
-    size_t e = next;
-    next = (next + 1) % kRing;
-    if (Status s = scalars(e); !s)
+    if (counts)
+      ++stepCount;
+    if (Status s = scalars(entry); !s)
       return s;
-    bind(train, set);
-    if (Status s = launch(train, n); !s)
+    bind(fn, set);
+    if (Status s = launch(fn, n); !s)
       return s;
     if (int rc = d.eventRecord(set.consumed, compute))
       return d.fail("cuEventRecord", rc);
+    return Status::ok();
+  }
+
+  Status stepAsync(const std::vector<HostTensor> &batch, double *loss) {
+    if (pending.size() >= kRing)
+      if (Status s = drain(); !s)
+        return s;
+    int64_t n = batchSize(batch);
+    size_t e = next;
+    if (Status s = run(train, batch, n, e, /*counts=*/true); !s)
+      return s;
+    next = (next + 1) % kRing;
     const CudaCode &code = m.trainStep.cuda;
     if (int rc = d.memcpyDtoHAsync(&ring[e].loss, train.ptr[code.results[0]], 4, compute))
       return d.fail("reading the loss", rc);
@@ -417,7 +398,7 @@ struct CudaModel::Impl {
     // The new state: a result in a buffer of its own trades places with the
     // tensor it replaces; any other is copied over it.
     size_t nargs = m.trainStep.args.size();
-    for (auto [r, a] : updates) {
+    for (auto [r, a] : layout.updates) {
       size_t b = static_cast<size_t>(code.results[r]);
       bool own = b >= nargs && train.own[b - nargs] &&
                  std::count(code.results.begin(), code.results.end(), code.results[r]) == 1;
@@ -479,21 +460,9 @@ struct CudaModel::Impl {
   Status evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs, double &loss) {
     if (Status s = idle(); !s)
       return s;
-    int64_t n = batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
-    if (Status s = reserveInputs(n); !s)
+    int64_t n = batchSize(batch);
+    if (Status s = run(eval, batch, n, next, /*counts=*/false); !s)
       return s;
-    if (Status s = reserve(eval, n); !s)
-      return s;
-    InputSet &set = sets[stepCount % 2];
-    if (Status s = upload(set, batch); !s)
-      return s;
-    if (Status s = scalars(next); !s)
-      return s;
-    bind(eval, set);
-    if (Status s = launch(eval, n); !s)
-      return s;
-    if (int rc = d.eventRecord(set.consumed, compute))
-      return d.fail("cuEventRecord", rc);
     const FunctionDesc &f = m.model;
     outputs.clear();
     for (size_t r = 0; r < f.results.size(); ++r) {
@@ -546,7 +515,7 @@ Status CudaModel::initialize() {
 }
 
 std::string CudaModel::modelName() const { return impl->m.name; }
-const std::vector<ModelInput> &CudaModel::inputs() const { return impl->ins; }
+const std::vector<ModelInput> &CudaModel::inputs() const { return impl->layout.inputs; }
 uint64_t CudaModel::steps() const { return impl->stepCount; }
 void CudaModel::setSteps(uint64_t n) { impl->stepCount = n; }
 int64_t CudaModel::stepsInFlight() const { return kInFlight; }
@@ -568,13 +537,7 @@ Status CudaModel::evaluate(const std::vector<HostTensor> &batch, std::vector<Hos
   return impl->evaluate(batch, outputs, loss);
 }
 
-std::vector<std::string> CudaModel::stateNames() const {
-  std::vector<std::string> names;
-  for (size_t i = 0; i < impl->m.trainStep.args.size(); ++i)
-    if (impl->m.trainStep.args[i].role != "input" && i != impl->stepArg)
-      names.push_back(impl->m.trainStep.args[i].name);
-  return names;
-}
+std::vector<std::string> CudaModel::stateNames() const { return impl->layout.stateNames; }
 
 Status CudaModel::getState(const std::string &name, HostTensor &out) const {
   size_t i = impl->indexOf(name);

@@ -28,6 +28,12 @@ struct HostTensor {
   }
 };
 
+/// The number of samples in a batch: the first input's leading size (1 for
+/// a model without batched inputs).
+inline int64_t batchSize(const std::vector<HostTensor> &batch) {
+  return batch.empty() || batch[0].shape.empty() ? 1 : batch[0].shape[0];
+}
+
 } // namespace nnc::rt
 
 #endif // NNC_RUNTIME_TENSOR_H

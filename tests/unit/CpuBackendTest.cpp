@@ -24,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 using namespace nnc;
 using ref::Tensor;
@@ -416,74 +417,57 @@ TEST(CpuObjectCache, SecondCompileLoadsTheSameCode) {
 
 namespace {
 
+/// The model `src` (a function `m` of one output) compiled for the CPU and
+/// run by the reference evaluator on the same inputs (batch `batch`,
+/// `adjust`ed), its output compared within `tol` (relative and absolute).
+void expectMatchesReference(const std::string &src, int64_t batch, uint64_t salt, double tol,
+                            const std::function<void(std::vector<Tensor> &)> &adjust = {}) {
+  test::Compiled c(src, Stage::Nn);
+  ASSERT_TRUE(c.module) << c.firstError();
+  auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+  std::vector<Tensor> in = test::inputsFor(fn, batch, salt);
+  if (adjust)
+    adjust(in);
+  auto got = cpu::createExecutor()->run(fn, in, {});
+  auto want = ref::createReferenceExecutor()->run(fn, in, {});
+  ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+  expectClose((*got)[0], (*want)[0], src, tol, tol);
+}
+
 /// Products whose shapes take every path of the blocked matmul: 6-row and
 /// 4-row register blocks, one-row remainders, packed and unpacked (ragged)
 /// column blocks, depths that are not a multiple of the depth block.
 TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
   for (auto [m, k, n] : {std::tuple{198, 130, 70}, std::tuple{200, 257, 64}, std::tuple{66, 129, 129},
-                         std::tuple{7, 5, 3}, std::tuple{384, 128, 192}}) {
-    std::string src = "model m {\n  input a: f32[" + std::to_string(m) + ", " + std::to_string(k) +
-                      "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
-                      "]\n  c = a @ b\n  output c\n}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 1, 3);
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    expectClose((*got)[0], (*want)[0], src, 1e-5, 1e-5);
-  }
+                         std::tuple{7, 5, 3}, std::tuple{384, 128, 192}})
+    expectMatchesReference("model m {\n  input a: f32[" + std::to_string(m) + ", " + std::to_string(k) +
+                               "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
+                               "]\n  c = a @ b\n  output c\n}\n",
+                           1, 3, 1e-5);
 }
-
-} // namespace
-
-namespace {
 
 /// Reductions whose trailing axes are all reduced read one contiguous run
 /// per leading index: every form of them against the reference.
 TEST(CpuReductionRuns, MatchReference) {
   for (const char *expr : {"sum(x, axis=[0, 2, 3])", "mean(x, axis=[2, 3], keepdims=true)",
                            "max(x, axis=[1, 2, 3])", "sum(x)", "max(x, axis=[0, 3])",
-                           "sum(x, axis=[0, 2, 3], keepdims=true)", "mean(x, axis=3)"}) {
-    std::string src = std::string("model m {\n  input x: f32[B, 3, 5, 7]\n  y = ") + expr + "\n  output y\n}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 4, 9);
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    expectClose((*got)[0], (*want)[0], expr, 1e-5, 1e-5);
-  }
+                           "sum(x, axis=[0, 2, 3], keepdims=true)", "mean(x, axis=3)"})
+    expectMatchesReference(std::string("model m {\n  input x: f32[B, 3, 5, 7]\n  y = ") + expr +
+                               "\n  output y\n}\n",
+                           4, 9, 1e-5);
 }
-
-} // namespace
-
-namespace {
 
 /// The vectorized 2x2 max pool at widths that end rows in every way (less
 /// than a vector, several vectors, odd input widths), with ties.
 TEST(CpuMaxPool2x2, MatchesReferenceAtRaggedWidths) {
-  for (int w : {8, 29, 64, 70, 33}) {
-    std::string src = "model m {\n  input x: f32[B, 2, 6, " + std::to_string(w) +
-                      "]\n  y = max_pool2d(x, 2)\n  output y\n}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 3, 4);
-    for (double &v : in[0].data)
-      v = std::round(v * 4) / 4; // ties within windows
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    expectClose((*got)[0], (*want)[0], "width " + std::to_string(w), 0, 0);
-  }
+  for (int w : {8, 29, 64, 70, 33})
+    expectMatchesReference("model m {\n  input x: f32[B, 2, 6, " + std::to_string(w) +
+                               "]\n  y = max_pool2d(x, 2)\n  output y\n}\n",
+                           3, 4, 0, [](std::vector<Tensor> &in) {
+                             for (double &v : in[0].data)
+                               v = std::round(v * 4) / 4; // ties within windows
+                           });
 }
-
-} // namespace
-
-namespace {
 
 /// Reductions over leading axes keeping trailing ones (column sums):
 /// vectors of outputs accumulated down the rows, against the reference.
@@ -493,17 +477,10 @@ TEST(CpuReductionColumns, MatchReference) {
                             std::pair{"f32[B, 64]", "max(x, axis=0)"},
                             std::pair{"f32[B, 3, 64]", "sum(x, axis=0)"},
                             std::pair{"f32[B, 3, 16]", "sum(x, axis=[0, 1])"},
-                            std::pair{"f32[B, 10]", "sum(x, axis=0)"}}) {
-    std::string src = std::string("model m {\n  input x: ") + type + "\n  y = " + expr + "\n  output y\n}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 7, 2);
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    expectClose((*got)[0], (*want)[0], src, 1e-5, 1e-5);
-  }
+                            std::pair{"f32[B, 10]", "sum(x, axis=0)"}})
+    expectMatchesReference(std::string("model m {\n  input x: ") + type + "\n  y = " + expr +
+                               "\n  output y\n}\n",
+                           7, 2, 1e-5);
 }
 
 } // namespace

@@ -42,15 +42,6 @@ struct Row {
   int64_t calls = 0;
 };
 
-/// Synthetic values for `t` at `batch`: uniform [0, 1), labels 0.
-rt::HostTensor synthetic(const rt::TensorDesc &t, int64_t batch, uint64_t &counter) {
-  rt::HostTensor h{t.name, t.shapeAt(batch), {}};
-  h.data.resize(static_cast<size_t>(t.numel(batch)));
-  for (float &v : h.data)
-    v = t.integer ? 0.0f : static_cast<float>(rt::uniform01(7, 0, counter++));
-  return h;
-}
-
 } // namespace
 
 int nnc::driver::runBench(const Args &args) {
@@ -135,7 +126,7 @@ int nnc::driver::runBench(const Args &args) {
     uint64_t counter = 0;
     for (size_t i = 0; i < cpu.desc.trainStep.args.size(); ++i)
       if (cpu.desc.trainStep.args[i].role == "input")
-        inputs.push_back(synthetic(cpu.desc.trainStep.args[i], batch, counter));
+        inputs.push_back(rt::syntheticTensor(cpu.desc.trainStep.args[i], batch, counter));
     once = [&] {
       double loss = 0;
       return model->step(inputs, loss);

@@ -103,7 +103,8 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
      << var << ".cuda.buffers = " << list(k.buffers) << ";\n"
      << var << ".cuda.slots = " << list(k.slots) << ";\n"
      << var << ".cuda.results = " << list(k.results) << ";\n"
-     << var << ".cuda.blockSize = " << k.blockSize << ";\n";
+     << var << ".cuda.blockSize = " << k.blockSize << ";\n"
+     << var << ".cuda.maxBlocks = " << k.maxBlocks << ";\n";
   return os.str();
 }
 

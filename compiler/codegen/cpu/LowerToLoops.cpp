@@ -1224,27 +1224,28 @@ WindowMax windowMax(Emitter &e, Value x, ValueRange nc, Value i, Value j, ArrayR
   return {outer.getResult(0), outer.getResult(1), outer.getResult(2), outer.getResult(3)};
 }
 
-/// The 2x2, stride-2 max pool on whole rows of windows: two input rows of
-/// 32 columns are loaded as vectors and split into the four taps of 16
-/// windows (even and odd columns), taken in window order with the scalar
-/// rule (a later tap wins only if greater: NaNs are skipped, ties keep the
-/// first). Masked transfers cover ragged row ends.
-void maxPool2x2(Emitter &e) {
+/// Rows of 2x2, stride-2 windows of X (N, C, H, W), 16 windows at a time:
+/// two input rows of 32 columns are loaded as vectors and split into the
+/// four taps (row-major window order: even and odd columns of each row).
+/// `body` gets the sample, channel and output row, the first output column,
+/// whether the 16 windows lie within the row (else transfers are masked),
+/// the two input rows and the taps. `out` is the output (or output
+/// gradient) shape, `batch` a buffer whose axis 0 is the batch.
+void windowRows2x2(Emitter &e, Value X, Value batch, ArrayRef<int64_t> out,
+                   function_ref<void(Value n, Value c, Value i, int64_t j0, bool full, Value h0, Value h1,
+                                     ArrayRef<Value> taps)>
+                       body) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  Value X = e.in[0], Y = e.out[0];
-  ArrayRef<int64_t> out = shapeOf(Y), in = shapeOf(X);
+  ArrayRef<int64_t> in = shapeOf(X);
   auto wide = VectorType::get({2 * kLanes}, b.getF32Type());
-  auto vt = VectorType::get({kLanes}, b.getF32Type());
   SmallVector<int64_t> even, odd;
   for (int64_t l = 0; l < kLanes; ++l) {
     even.push_back(2 * l);
     odd.push_back(2 * l + 1);
   }
-  Value lowest = b.create<arith::ConstantOp>(
-      loc, DenseElementsAttr::get(vt, -std::numeric_limits<float>::infinity()));
   Value pad = e.f32(0);
-  e.loops(ArrayRef<Value>{e.dim(Y, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
+  e.loops(ArrayRef<Value>{e.dim(batch, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
     Value n = iv[0], c = iv[1], i = iv[2];
     Value h0 = e.mul(i, e.idx(2)), h1 = e.add(h0, e.idx(1));
     for (int64_t j0 = 0; j0 < out[3]; j0 += kLanes) {
@@ -1254,17 +1255,33 @@ void maxPool2x2(Emitter &e) {
                                                 ArrayRef<bool>{full});
       };
       Value r0 = read(h0), r1 = read(h1);
-      Value acc = lowest;
-      for (Value tap : {b.create<vector::ShuffleOp>(loc, r0, r0, even).getResult(),
-                        b.create<vector::ShuffleOp>(loc, r0, r0, odd).getResult(),
-                        b.create<vector::ShuffleOp>(loc, r1, r1, even).getResult(),
-                        b.create<vector::ShuffleOp>(loc, r1, r1, odd).getResult()}) {
-        Value take = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OGT, tap, acc);
-        acc = b.create<arith::SelectOp>(loc, take, tap, acc);
-      }
-      b.create<vector::TransferWriteOp>(loc, acc, Y, ValueRange{n, c, i, e.idx(j0)}, ArrayRef<bool>{full});
+      Value taps[4] = {b.create<vector::ShuffleOp>(loc, r0, r0, even), b.create<vector::ShuffleOp>(loc, r0, r0, odd),
+                       b.create<vector::ShuffleOp>(loc, r1, r1, even), b.create<vector::ShuffleOp>(loc, r1, r1, odd)};
+      body(n, c, i, j0, full, h0, h1, taps);
     }
   }, /*parallel=*/true);
+}
+
+/// The 2x2, stride-2 max pool on whole rows of windows (windowRows2x2):
+/// the taps taken in window order with the scalar rule (a later tap wins
+/// only if greater: NaNs are skipped, ties keep the first).
+void maxPool2x2(Emitter &e) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value Y = e.out[0];
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value lowest = b.create<arith::ConstantOp>(
+      loc, DenseElementsAttr::get(vt, -std::numeric_limits<float>::infinity()));
+  windowRows2x2(e, e.in[0], Y, shapeOf(Y),
+                [&](Value n, Value c, Value i, int64_t j0, bool full, Value, Value, ArrayRef<Value> taps) {
+                  Value acc = lowest;
+                  for (Value tap : taps) {
+                    Value take = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OGT, tap, acc);
+                    acc = b.create<arith::SelectOp>(loc, take, tap, acc);
+                  }
+                  b.create<vector::TransferWriteOp>(loc, acc, Y, ValueRange{n, c, i, e.idx(j0)},
+                                                    ArrayRef<bool>{full});
+                });
 }
 
 LogicalResult maxPool(Emitter &e) {
@@ -1284,66 +1301,48 @@ LogicalResult maxPool(Emitter &e) {
   return success();
 }
 
-/// The 2x2, stride-2 max-pool gradient on whole rows of windows: two input
-/// rows of 32 columns are loaded as vectors and split into the four taps of
-/// 16 windows (even and odd columns), the first maximum of each window is
-/// chosen lane by lane, and the gradients are interleaved back into two
-/// output rows. Masked transfers cover ragged row ends.
+/// The 2x2, stride-2 max-pool gradient on whole rows of windows
+/// (windowRows2x2): the first maximum of each window is chosen lane by
+/// lane, and the gradients are interleaved back into two output rows.
 void maxPoolGrad2x2(Emitter &e) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  Value DY = e.in[0], X = e.in[1], DX = e.out[0];
-  ArrayRef<int64_t> out = shapeOf(DY), in = shapeOf(X);
-  auto wide = VectorType::get({2 * kLanes}, b.getF32Type());
+  Value DY = e.in[0], DX = e.out[0];
+  ArrayRef<int64_t> out = shapeOf(DY);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
-  SmallVector<int64_t> even, odd, interleave;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    even.push_back(2 * l);
-    odd.push_back(2 * l + 1);
-  }
+  SmallVector<int64_t> interleave;
   for (int64_t l = 0; l < kLanes; ++l)
     interleave.append({l, l + kLanes});
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value pad = e.f32(0);
-  e.loops(ArrayRef<Value>{e.dim(DY, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
-    Value n = iv[0], c = iv[1], i = iv[2];
-    Value h0 = e.mul(i, e.idx(2)), h1 = e.add(h0, e.idx(1));
-    for (int64_t j0 = 0; j0 < out[3]; j0 += kLanes) {
-      bool full = j0 + kLanes <= out[3] && 2 * (j0 + kLanes) <= in[3];
-      auto read = [&](Value h) {
-        return b.create<vector::TransferReadOp>(loc, wide, X, ValueRange{n, c, h, e.idx(2 * j0)}, pad,
-                                                ArrayRef<bool>{full});
-      };
-      Value r0 = read(h0), r1 = read(h1);
-      Value taps[4] = {b.create<vector::ShuffleOp>(loc, r0, r0, even), b.create<vector::ShuffleOp>(loc, r0, r0, odd),
-                       b.create<vector::ShuffleOp>(loc, r1, r1, even), b.create<vector::ShuffleOp>(loc, r1, r1, odd)};
-      Value m = b.create<arith::MaxNumFOp>(loc, b.create<arith::MaxNumFOp>(loc, taps[0], taps[1]),
-                                          b.create<arith::MaxNumFOp>(loc, taps[2], taps[3]));
-      Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, c, i, e.idx(j0)}, pad,
-                                                  ArrayRef<bool>{j0 + kLanes <= out[3]});
-      Value taken;
-      Value grads[4];
-      for (int t = 0; t < 4; ++t) {
-        Value eq = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, taps[t], m);
-        Value hit = taken ? b.create<arith::AndIOp>(
-                                loc, eq, b.create<arith::XOrIOp>(
-                                             loc, taken,
-                                             b.create<arith::ConstantOp>(
-                                                 loc, DenseElementsAttr::get(
-                                                          VectorType::get({kLanes}, b.getI1Type()), true))))
-                          : eq;
-        taken = taken ? b.create<arith::OrIOp>(loc, taken, eq).getResult() : eq;
-        grads[t] = b.create<arith::SelectOp>(loc, hit, dy, zero);
-      }
-      auto write = [&](Value a, Value c2, Value h) {
-        Value row = b.create<vector::ShuffleOp>(loc, a, c2, interleave);
-        b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)},
-                                          ArrayRef<bool>{full});
-      };
-      write(grads[0], grads[1], h0);
-      write(grads[2], grads[3], h1);
+  windowRows2x2(e, e.in[1], DY, out, [&](Value n, Value c, Value i, int64_t j0, bool full, Value h0, Value h1,
+                                       ArrayRef<Value> taps) {
+    Value m = b.create<arith::MaxNumFOp>(loc, b.create<arith::MaxNumFOp>(loc, taps[0], taps[1]),
+                                        b.create<arith::MaxNumFOp>(loc, taps[2], taps[3]));
+    Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, c, i, e.idx(j0)}, pad,
+                                                ArrayRef<bool>{j0 + kLanes <= out[3]});
+    Value taken;
+    Value grads[4];
+    for (int t = 0; t < 4; ++t) {
+      Value eq = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, taps[t], m);
+      Value hit = taken ? b.create<arith::AndIOp>(
+                              loc, eq, b.create<arith::XOrIOp>(
+                                           loc, taken,
+                                           b.create<arith::ConstantOp>(
+                                               loc, DenseElementsAttr::get(
+                                                        VectorType::get({kLanes}, b.getI1Type()), true))))
+                        : eq;
+      taken = taken ? b.create<arith::OrIOp>(loc, taken, eq).getResult() : eq;
+      grads[t] = b.create<arith::SelectOp>(loc, hit, dy, zero);
     }
-  }, /*parallel=*/true);
+    auto write = [&](Value a, Value c2, Value h) {
+      Value row = b.create<vector::ShuffleOp>(loc, a, c2, interleave);
+      b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)},
+                                        ArrayRef<bool>{full});
+    };
+    write(grads[0], grads[1], h0);
+    write(grads[2], grads[3], h1);
+  });
 }
 
 LogicalResult maxPoolGrad(Emitter &e) {

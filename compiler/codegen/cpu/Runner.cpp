@@ -5,7 +5,6 @@
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
-#include "runtime/Random.h"
 
 #include <chrono>
 #include <cstring>
@@ -39,12 +38,10 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
 
   uint64_t counter = 0;
   for (const rt::TensorDesc &t : r->f.args) {
-    std::vector<int32_t> words(static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)), 0);
-    if (!t.integer)
-      for (int32_t &w : words) {
-        float v = static_cast<float>(rt::uniform01(7, 0, counter++));
-        std::memcpy(&w, &v, 4);
-      }
+    rt::HostTensor h = rt::syntheticTensor(t, batch, counter);
+    std::vector<int32_t> words(std::max<size_t>(h.data.size(), 1), 0);
+    if (!t.integer) // integers (labels) are 0
+      std::memcpy(words.data(), h.data.data(), h.data.size() * 4);
     r->buffers.push_back(std::move(words));
   }
   for (const rt::TensorDesc &t : r->f.results)

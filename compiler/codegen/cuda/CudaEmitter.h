@@ -59,6 +59,10 @@ struct CudaModule {
 
 /// Threads per block of every launch (the prelude's launch bounds).
 inline constexpr int kBlockSize = 256;
+/// The most blocks a launch gets: kernels loop over their work (grid
+/// stride), so a grid larger than the device holds at once only adds
+/// scheduling; 4096 blocks of 256 threads fill the largest GPUs.
+inline constexpr int kMaxBlocks = 4096;
 
 /// Emits the kernels of `fn`, a function after cpu::prepare (decomposed,
 /// fused; `scaling` from the same call). Fails with a located error on an

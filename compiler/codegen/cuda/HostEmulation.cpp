@@ -172,7 +172,7 @@ public:
       long long n = batch;
       params.push_back(&n);
       long long threads = launch.threadsPerBatch * batch + launch.threadsFixed;
-      call(params.data(), std::clamp<long long>((threads + kBlockSize - 1) / kBlockSize, 1, 4096));
+      call(params.data(), std::clamp<long long>((threads + kBlockSize - 1) / kBlockSize, 1, kMaxBlocks));
     }
     std::vector<ref::Tensor> out;
     for (auto [i, r] : llvm::enumerate(code.results)) {

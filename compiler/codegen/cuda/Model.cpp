@@ -32,6 +32,7 @@ FailureOr<rt::CudaCode> cuda::planBuffers(const CudaModule &code, size_t numArgs
   std::vector<Use> uses; // per buffer after the arguments
   rt::CudaCode out;
   out.blockSize = kBlockSize;
+  out.maxBlocks = kMaxBlocks;
   for (size_t k = 0; k < code.launches.size(); ++k) {
     const Launch &l = code.launches[k];
     rt::CudaLaunch launch{l.name, l.ops + " at " + l.loc, {}, l.threadsPerBatch, l.threadsFixed, l.rng};
