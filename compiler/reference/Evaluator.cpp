@@ -567,7 +567,9 @@ LogicalResult batchNorm(Ctx &c) {
     if (c.arg(i).numel() != x.shape[1])
       return c.fail("batch_norm parameter " + Twine(i) + " does not match the channels");
   c.out.push_back(x);
-  Tensor &y = c.out.back();
+  c.out.push_back(rm); // the statistics normalized with
+  c.out.push_back(rv);
+  Tensor &y = c.out[0], &usedMean = c.out[1], &usedVar = c.out[2];
   NCS v(x.shape);
   double eps = op.getEps().convertToDouble();
   for (int64_t ch = 0; ch < v.c; ++ch) {
@@ -583,6 +585,8 @@ LogicalResult batchNorm(Ctx &c) {
           ss += (x.data[v.at(b, ch, i)] - mean) * (x.data[v.at(b, ch, i)] - mean);
       var = ss / n;
     }
+    usedMean.data[ch] = mean;
+    usedVar.data[ch] = var;
     double rstd = 1.0 / std::sqrt(var + eps);
     for (int64_t b = 0; b < v.n; ++b)
       for (int64_t i = 0; i < v.s; ++i) {

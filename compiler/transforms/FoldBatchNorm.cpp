@@ -82,6 +82,8 @@ bool fold(nnops::BatchNormOp bn) {
   newLayer->setOperand(1, scaled);
   Value y = g.add(newLayer->getResult(0), conv ? g.channels(shift, rank) : shift);
   bn.getResult().replaceAllUsesWith(y);
+  bn.getMean().replaceAllUsesWith(bn.getRunningMean()); // the statistics it used
+  bn.getVar().replaceAllUsesWith(bn.getRunningVar());
   Operation *oldAdd = v.getDefiningOp() != layer.getDefiningOp() ? v.getDefiningOp() : nullptr;
   bn->erase();
   Operation *view = nullptr;

@@ -219,7 +219,8 @@ void nnc::fuseKernels(func::FuncOp fn) {
   for (Operation &op : body.without_terminator()) {
     if (!isa<nnops::BatchNormOp, nnops::MatmulOp, nnops::Conv2dOp>(op) && !isReduction(&op))
       continue;
-    if (op.getNumResults() != 1 || op.getResult(0).use_empty() ||
+    // (A batch norm's statistics, its other results, are stored as they are.)
+    if ((op.getNumResults() != 1 && !isa<nnops::BatchNormOp>(op)) || op.getResult(0).use_empty() ||
         llvm::is_contained(ret->getOperands(), op.getResult(0)))
       continue;
     Value r = op.getResult(0);

@@ -251,7 +251,8 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
     resultAttrs.push_back(named(stringAttr(step, i, nnops::attr::kName), "param"));
   }
 
-  // Batch-norm running statistics, with the unbiased batch variance.
+  // Batch-norm running statistics from the batch statistics the op
+  // normalized with, the variance made unbiased: var * n / (n - 1).
   for (Operation &op : llvm::make_early_inc_range(body.without_terminator())) {
     auto bn = dyn_cast<nnops::BatchNormOp>(op);
     if (!bn || !bn.getTraining())
@@ -259,10 +260,9 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
     GradBuilder s(b, NameLoc::get(b.getStringAttr("running_stats"), bn.getLoc()));
     auto x = bn.getInput();
     SmallVector<int64_t> axes = allButChannels(cast<RankedTensorType>(x.getType()).getRank());
-    Value mean = s.meanAxes(x, axes, false);
-    Value xc = s.sub(x, s.broadcastLike(s.unreduce(mean, x, axes, false), x));
     Value n = s.count(x, axes);
-    Value var = s.div(s.sumAxes(s.mul(xc, xc), axes, false), s.sub(n, s.scalar(1.0)));
+    Value mean = bn.getMean();
+    Value var = s.mul(bn.getVar(), s.div(n, s.sub(n, s.scalar(1.0))));
     double m = bn.getMomentum().convertToDouble();
     for (auto [running, stat] : {std::pair{bn.getRunningMean(), mean}, std::pair{bn.getRunningVar(), var}}) {
       auto arg = dyn_cast<BlockArgument>(running);

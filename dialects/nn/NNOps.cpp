@@ -261,7 +261,11 @@ LogicalResult BatchNormOp::inferReturnTypes(MLIRContext *,
   for (auto [name, v] : params)
     if (r.ok())
       r = shape::channelParam("batch_norm", name, in, shapeOf(v), 2);
-  return finish(loc, r, elementOf(adaptor.getInput()), types);
+  if (failed(finish(loc, r, elementOf(adaptor.getInput()), types)))
+    return failure();
+  types.push_back(adaptor.getRunningMean().getType()); // the statistics used
+  types.push_back(adaptor.getRunningVar().getType());
+  return success();
 }
 
 LogicalResult GroupNormOp::inferReturnTypes(MLIRContext *,

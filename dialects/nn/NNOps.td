@@ -336,9 +336,12 @@ def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
     `running = (1 - momentum) * running + momentum * batch`, unbiased
     variance); without it, normalizes with `running_mean` / `running_var`.
     `y = (x - mean) / sqrt(var + eps) * gamma + beta`.
+    The second and third results are the `mean` and `var` it normalized
+    with (like the saved statistics of PyTorch's `native_batch_norm`), so
+    that the running statistics need no second pass over `x`.
 
     ```mlir
-    %y = nn.batch_norm %x, %g, %b, %rm, %rv {eps = 1.0e-05 : f32, momentum = 0.1 : f32}
+    %y, %mean, %var = nn.batch_norm %x, %g, %b, %rm, %rv {eps = 1.0e-05 : f32, momentum = 0.1 : f32}
         : tensor<?x32x28x28xf32>, tensor<32xf32>, tensor<32xf32>, tensor<32xf32>, tensor<32xf32>
     ```
   }];
@@ -346,7 +349,7 @@ def NN_BatchNormOp : NN_Op<"batch_norm", [Pure, InferTypeOpAdaptor]> {
                        NN_F32Tensor:$beta, NN_F32Tensor:$running_mean,
                        NN_F32Tensor:$running_var, F32Attr:$eps, F32Attr:$momentum,
                        UnitAttr:$training);
-  let results = (outs NN_F32Tensor:$result);
+  let results = (outs NN_F32Tensor:$result, NN_F32Tensor:$mean, NN_F32Tensor:$var);
   let assemblyFormat = [{
     $input `,` $gamma `,` $beta `,` $running_mean `,` $running_var attr-dict `:`
     type($input) `,` type($gamma) `,` type($beta) `,` type($running_mean) `,`

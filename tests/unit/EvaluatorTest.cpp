@@ -124,13 +124,17 @@ TEST(Evaluator, LocalResponseNormFollowsPyTorch) {
 
 TEST(Evaluator, NormalizationUsesBiasedVariance) {
   Tensor x{{2, 2}, {1, 4, 3, 8}}, one{{2}, {1, 1}}, zero{{2}, {0, 0}};
-  auto out = run(R"(func.func @f(%x: tensor<2x2xf32>, %g: tensor<2xf32>, %b: tensor<2xf32>) -> (tensor<2x2xf32>, tensor<2x2xf32>) {
-    %y = nn.batch_norm %x, %g, %b, %b, %g {eps = 0.0 : f32, momentum = 0.1 : f32, training} : tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
-    %e = nn.batch_norm %x, %g, %b, %b, %g {eps = 0.0 : f32, momentum = 0.1 : f32} : tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
-    return %y, %e : tensor<2x2xf32>, tensor<2x2xf32>
+  auto out = run(R"(func.func @f(%x: tensor<2x2xf32>, %g: tensor<2xf32>, %b: tensor<2xf32>) -> (tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2x2xf32>, tensor<2xf32>) {
+    %y:3 = nn.batch_norm %x, %g, %b, %b, %g {eps = 0.0 : f32, momentum = 0.1 : f32, training} : tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+    %e:3 = nn.batch_norm %x, %g, %b, %b, %g {eps = 0.0 : f32, momentum = 0.1 : f32} : tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+    return %y#0, %y#1, %y#2, %e#0, %e#2 : tensor<2x2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2x2xf32>, tensor<2xf32>
   })", {x, one, zero});
+  ASSERT_EQ(out.size(), 5u);
   expectNear(out[0], {-1, -1, 1, 1});
-  expectNear(out[1], {1, 4, 3, 8}); // running mean 0, variance 1
+  expectNear(out[1], {2, 6}); // the batch statistics it normalized with
+  expectNear(out[2], {1, 4}); // biased: sum of squares / 2
+  expectNear(out[3], {1, 4, 3, 8}); // running mean 0, variance 1
+  expectNear(out[4], {1, 1});
 }
 
 TEST(Evaluator, DynamicBatchAndBroadcasting) {

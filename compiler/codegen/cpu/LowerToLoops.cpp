@@ -1505,6 +1505,8 @@ LogicalResult batchNorm(Emitter &e) {
       mean = e.load(e.in[3], {c});
       var = e.load(e.in[4], {c});
     }
+    e.store(mean, e.out[1], {c});
+    e.store(var, e.out[2], {c});
     Value rstd = b.create<arith::DivFOp>(
         loc, e.f32(1.0),
         b.create<math::SqrtOp>(loc, b.create<arith::AddFOp>(loc, var, e.f32(op.getEps().convertToDouble()))));
@@ -1806,7 +1808,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         stored.insert(m);
     }
     for (Operation *m : g) {
-      if (fused.contains(m) || scalars().count(m->getName().getTypeID()) || m->getNumResults() != 1)
+      if (fused.contains(m) || scalars().count(m->getName().getTypeID()) ||
+          (m->getNumResults() != 1 && !isa<nnops::BatchNormOp>(m)))
         continue;
       Value r = m->getResult(0);
       if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
@@ -2227,6 +2230,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       epilogueSource = nullptr;
       Value out = *buf;
       e.out.push_back(buffers.lookup(op->getResult(0)));
+      for (Value r : op->getResults().drop_front()) { // stored as they are
+        auto other = outputFor(r);
+        if (failed(other))
+          return failure();
+        e.out.push_back(*other);
+        buffers[r] = *other;
+      }
       e.epilogue = [&ce, &epilogueValue, out](Value v, ValueRange ivs) {
         epilogueValue = v;
         ce.store(ce.at(ivs), out, ivs);

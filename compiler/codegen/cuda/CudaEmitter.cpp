@@ -859,6 +859,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         };
         if (auto bn = dyn_cast<nnops::BatchNormOp>(root)) {
           stats(bn.getTraining(), bn.getEps().convertToDouble());
+          store(bn.getMean(), "mean", {"c"});
+          store(bn.getVar(), "var", {"c"});
           body << "    const float scale = rstd * " << param(bn.getGamma(), false) << "[c];\n"
                << "    const float shift = " << param(bn.getBeta(), false) << "[c];\n" << loops("    ")
                << "    {\n    const float y = (" << param(x, false) << "[" << offset(x, at)

@@ -92,13 +92,13 @@ func.func @sce(%x: tensor<?x10xf32> {nn.name = "x", nn.role = "param"},
 // CHECK-LABEL: func.func @modes(
 // CHECK-NOT: training
 // CHECK-LABEL: func.func @modes_grad
-// CHECK: %[[BN:.*]] = nn.batch_norm {{.*}} {eps = {{.*}}, momentum = {{.*}}, training}
+// CHECK: %[[BN:[^,]*]], %{{[^,]*}}, %{{[^,]*}} = nn.batch_norm {{.*}} {eps = {{.*}}, momentum = {{.*}}, training}
 // CHECK: %[[Y:.*]], %[[MASK:.*]] = nn.dropout %[[BN]] {rate = 5.000000e-01 : f32, training}
 // CHECK: nn.mul %{{.*}}, %[[MASK]]
 func.func @modes(%x: tensor<?x4xf32> {nn.name = "x", nn.role = "param"},
                  %g: tensor<4xf32> {nn.name = "g", nn.role = "param"})
     -> (tensor<f32> {nn.name = "loss", nn.role = "loss"}) {
-  %bn = nn.batch_norm %x, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32}
+  %bn, %mean, %var = nn.batch_norm %x, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32}
       : tensor<?x4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>
   %y, %m = nn.dropout %bn {rate = 0.5 : f32} : tensor<?x4xf32>
   %l = nn.reduce_mean %y {axes = array<i64: 0, 1>} : tensor<?x4xf32>

@@ -26,8 +26,8 @@ func.func @conv_bias(%x: tensor<?x1x4x4xf32>, %w: tensor<2x1x3x3xf32>, %b: tenso
   %c = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
   %bv = nn.reshape %b {shape = array<i64: 2, 1, 1>} : tensor<2xf32>
   %a = nn.add %c, %bv : tensor<?x2x4x4xf32>, tensor<2x1x1xf32>
-  %y = nn.batch_norm %a, %g, %beta, %rm, %rv {eps = 0.1 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
-  return %y : tensor<?x2x4x4xf32>
+  %y:3 = nn.batch_norm %a, %g, %beta, %rm, %rv {eps = 0.1 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  return %y#0 : tensor<?x2x4x4xf32>
 }
 
 // A product without bias: the shift is beta - mean * s; [K, C] weights
@@ -39,12 +39,14 @@ func.func @conv_bias(%x: tensor<?x1x4x4xf32>, %w: tensor<2x1x3x3xf32>, %b: tenso
 // CHECK: %[[M:.*]] = nn.mul %arg4, %[[S]]
 // CHECK: %[[T:.*]] = nn.sub %arg3, %[[M]]
 // CHECK: %[[P:.*]] = nn.matmul %arg0, %[[W]]
-// CHECK: nn.add %[[P]], %[[T]]
+// CHECK: %[[Y:.*]] = nn.add %[[P]], %[[T]]
+// The statistics it normalized with are the running ones.
+// CHECK: return %[[Y]], %arg4, %arg5
 func.func @matmul(%x: tensor<?x4xf32>, %w: tensor<4x3xf32>, %g: tensor<3xf32>, %beta: tensor<3xf32>,
-                  %rm: tensor<3xf32>, %rv: tensor<3xf32>) -> tensor<?x3xf32> {
+                  %rm: tensor<3xf32>, %rv: tensor<3xf32>) -> (tensor<?x3xf32>, tensor<3xf32>, tensor<3xf32>) {
   %p = nn.matmul %x, %w : tensor<?x4xf32>, tensor<4x3xf32>
-  %y = nn.batch_norm %p, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>
-  return %y : tensor<?x3xf32>
+  %y:3 = nn.batch_norm %p, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>
+  return %y#0, %y#1, %y#2 : tensor<?x3xf32>, tensor<3xf32>, tensor<3xf32>
 }
 
 // Must not fold: training mode (batch statistics); the convolution's
@@ -58,9 +60,9 @@ func.func @kept(%x: tensor<?x1x4x4xf32>, %w: tensor<2x1x3x3xf32>, %g: tensor<2xf
                 %beta: tensor<2xf32>, %rm: tensor<2xf32>, %rv: tensor<2xf32>)
     -> (tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>) {
   %c = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
-  %t = nn.batch_norm %c, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32, training} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  %t:3 = nn.batch_norm %c, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32, training} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
   %c2 = nn.conv2d %x, %w {padding = array<i64: 1, 1>, stride = array<i64: 1, 1>} : tensor<?x1x4x4xf32>, tensor<2x1x3x3xf32>
-  %e = nn.batch_norm %c2, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
-  %g1 = nn.batch_norm %t, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
-  return %t, %e, %c2, %g1 : tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>
+  %e:3 = nn.batch_norm %c2, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  %g1:3 = nn.batch_norm %t#0, %g, %beta, %rm, %rv {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x2x4x4xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>, tensor<2xf32>
+  return %t#0, %e#0, %c2, %g1#0 : tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>, tensor<?x2x4x4xf32>
 }

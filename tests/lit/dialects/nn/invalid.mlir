@@ -138,7 +138,7 @@ func.func @softmax_axis(%x: tensor<2x3xf32>) {
 
 func.func @bn_channels(%x: tensor<?x32x8x8xf32>, %g: tensor<16xf32>) {
   // expected-error @+1 {{batch_norm gamma has shape [16] but the input [?, 32, 8, 8] has 32 channels (axis 1)}}
-  %0 = nn.batch_norm %x, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x32x8x8xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>
+  %0:3 = nn.batch_norm %x, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32} : tensor<?x32x8x8xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>
   return
 }
 

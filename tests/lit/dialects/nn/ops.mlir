@@ -85,8 +85,8 @@ func.func @cnn(%x: tensor<?x3x32x32xf32>, %w: tensor<16x3x5x5xf32>, %g: tensor<1
     -> (tensor<?x16x14x14xf32>, tensor<?x16x7x7xf32>, tensor<?x16x14x14xf32>) {
   // CHECK: %[[CONV:.*]] = nn.conv2d %{{.*}}, %{{.*}} {padding = array<i64: 0, 0>, stride = array<i64: 2, 2>} : tensor<?x3x32x32xf32>, tensor<16x3x5x5xf32>
   %0 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 0, 0>} : tensor<?x3x32x32xf32>, tensor<16x3x5x5xf32>
-  // CHECK: nn.batch_norm %[[CONV]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999974E-6 : f32, momentum = 1.000000e-01 : f32}
-  %1 = nn.batch_norm %0, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32}
+  // CHECK: %[[BN:[^,]*]], %{{[^,]*}}, %{{[^,]*}} = nn.batch_norm %[[CONV]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999974E-6 : f32, momentum = 1.000000e-01 : f32}
+  %1, %mean, %var = nn.batch_norm %0, %g, %g, %g, %g {eps = 1.0e-5 : f32, momentum = 0.1 : f32}
       : tensor<?x16x14x14xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>, tensor<16xf32>
   // CHECK: nn.max_pool2d
   %2 = nn.max_pool2d %1 {kernel = array<i64: 2, 2>, stride = array<i64: 2, 2>, padding = array<i64: 0, 0>} : tensor<?x16x14x14xf32>
