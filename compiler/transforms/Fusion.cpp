@@ -7,8 +7,10 @@
 //      through its permutation; an elementwise op read by a reduction and
 //      by later ops is computed by the reduction, which also stores it;
 //   2. epilogues: the elementwise ops that consume (only) a batch norm's,
-//      a matrix product's, a convolution's or a reduction's result, with the same shape, run as it stores each
-//      element, when everything else they read exists before it;
+//      a matrix product's, a convolution's, a reduction's or a max-pool
+//      gradient's (windows tiling the input) result, with the same shape,
+//      run as it stores each element, when everything else they read
+//      exists before it;
 //   3. horizontal: adjacent kernels of elementwise ops that do not depend
 //      on each other run as one (an optimizer's updates of every weight).
 // Views (reshapes) and literals (splat constants, element counts and math
@@ -217,7 +219,9 @@ void nnc::fuseKernels(func::FuncOp fn) {
 
   // 2. Epilogues of batch norms and reductions.
   for (Operation &op : body.without_terminator()) {
-    if (!isa<nnops::BatchNormOp, nnops::MatmulOp, nnops::Conv2dOp>(op) && !isReduction(&op))
+    auto poolGrad = dyn_cast<nnops::MaxPool2dGradOp>(op);
+    if (!isa<nnops::BatchNormOp, nnops::MatmulOp, nnops::Conv2dOp>(op) && !isReduction(&op) &&
+        !(poolGrad && poolGrad.windowsTileInput()))
       continue;
     // (A batch norm's statistics, its other results, are stored as they are.)
     if ((op.getNumResults() != 1 && !isa<nnops::BatchNormOp>(op)) || op.getResult(0).use_empty() ||

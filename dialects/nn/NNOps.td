@@ -616,12 +616,25 @@ class NN_PoolGradOp<string mnemonic, string what, dag extra = (ins)>
                             DenseI64ArrayAttr:$padding), extra);
   let results = (outs NN_F32Tensor:$result);
   let assemblyFormat = "$grad `,` $input attr-dict `:` type($grad) `,` type($input)";
+  let extraClassDeclaration = [{
+    /// Whether the windows tile the input exactly (kernel = stride, no
+    /// padding, no rows or columns past the last window): every input
+    /// element then lies in exactly one window.
+    bool windowsTileInput();
+  }];
   let extraClassDefinition = [{
     ::llvm::LogicalResult $cppClass::inferReturnTypes(
         ::mlir::MLIRContext *, std::optional<::mlir::Location>,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
       types.push_back(adaptor.getInput().getType());
       return ::mlir::success();
+    }
+    bool $cppClass::windowsTileInput() {
+      auto in = ::llvm::cast<::mlir::ShapedType>(getInput().getType()).getShape();
+      auto out = ::llvm::cast<::mlir::ShapedType>(getGrad().getType()).getShape();
+      ::llvm::ArrayRef<int64_t> k = getKernel(), s = getStride(), p = getPadding();
+      return in.size() == 4 && out.size() == 4 && k == s && p[0] == 0 && p[1] == 0 &&
+             in[2] == out[2] * k[0] && in[3] == out[3] * k[1];
     }
   }];
 }

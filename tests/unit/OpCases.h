@@ -90,6 +90,13 @@ inline std::vector<Case> cases() {
   // 16, 16 and a ragged 3).
   v.push_back({"max_pool_wide", "  out = max_pool2d(conv2d(x, 2, kernel=1), 2)\n",
                "  input x: f32[B, 2, 4, 70]\n"});
+  // The activation's gradient as the pooling gradient's epilogue: 2x2
+  // rows with a ragged vector tail, and 3x3 windows tiling the input.
+  v.push_back({"max_pool_epilogue_2x2", "  out = max_pool2d(tanh(conv2d(x, 2, kernel=1, bias=false)), 2)\n",
+               "  input x: f32[B, 2, 4, 70]\n"});
+  v.push_back({"max_pool_epilogue_3x3",
+               "  out = max_pool2d(leaky_relu(conv2d(x, 2, kernel=1, bias=false), alpha=0.1), 3)\n",
+               "  input x: f32[B, 2, 6, 9]\n"});
   v.push_back({"avg_pool", "  out = avg_pool2d(conv2d(x, 2, kernel=2), [2, 3], stride=1)\n", img});
   v.push_back({"avg_pool_pad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
   v.push_back({"avg_pool_nopad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1, "

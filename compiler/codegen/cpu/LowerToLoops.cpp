@@ -1301,6 +1301,13 @@ LogicalResult maxPool(Emitter &e) {
   return success();
 }
 
+/// Whether a max-pool gradient takes the 2x2 row path (maxPoolGrad2x2),
+/// which stores rows of 2 * kLanes elements (through an epilogue, if any).
+bool poolGradRows2x2(nnops::MaxPool2dGradOp op) {
+  ArrayRef<int64_t> k = op.getKernel();
+  return op.windowsTileInput() && k[0] == 2 && k[1] == 2;
+}
+
 /// The 2x2, stride-2 max-pool gradient on whole rows of windows
 /// (windowRows2x2): the first maximum of each window is chosen lane by
 /// lane, and the gradients are interleaved back into two output rows.
@@ -1337,8 +1344,11 @@ void maxPoolGrad2x2(Emitter &e) {
     }
     auto write = [&](Value a, Value c2, Value h) {
       Value row = b.create<vector::ShuffleOp>(loc, a, c2, interleave);
-      b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)},
-                                        ArrayRef<bool>{full});
+      if (e.epilogue) // (its stores are masked past the row's end)
+        e.epilogue(row, {n, c, h, e.idx(2 * j0)});
+      else
+        b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)},
+                                          ArrayRef<bool>{full});
     };
     write(grads[0], grads[1], h0);
     write(grads[2], grads[3], h1);
@@ -1349,17 +1359,17 @@ LogicalResult maxPoolGrad(Emitter &e) {
   auto op = self<nnops::MaxPool2dGradOp>(e);
   ArrayRef<int64_t> k = op.getKernel(), st = op.getStride(), pad = op.getPadding();
   ArrayRef<int64_t> in = shapeOf(e.in[1]), out = shapeOf(e.in[0]);
-  if (k[0] == 2 && k[1] == 2 && st[0] == 2 && st[1] == 2 && pad[0] == 0 && pad[1] == 0 &&
-      in[2] == 2 * out[2] && in[3] == 2 * out[3]) {
+  if (poolGradRows2x2(op)) {
     maxPoolGrad2x2(e);
     return success();
   }
   if (k == st && pad[0] == 0 && pad[1] == 0) {
     // Windows that tile the input: every input element belongs to at most
     // one window, so each window writes its elements once (the gradient at
-    // its first maximum, zeros elsewhere) instead of zero-filling the whole
-    // input and scattering into it. Rows and columns past the last window
-    // are zeroed apart.
+    // its first maximum, zeros elsewhere; through the epilogue, which only
+    // windows tiling the whole input have) instead of zero-filling the
+    // whole input and scattering into it. Rows and columns past the last
+    // window are zeroed apart.
     if (in[2] != out[2] * k[0] || in[3] != out[3] * k[1])
       e.fill(e.out[0], e.f32(0));
     // The window's maximum as a tree of independent maxima, then the first
@@ -1818,8 +1828,9 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       // take the epilogue there; after any other op (a convolution with a
       // column stride), the epilogue is a loop of its own in the kernel.
       auto conv = dyn_cast<nnops::Conv2dOp>(m);
+      auto poolGrad = dyn_cast<nnops::MaxPool2dGradOp>(m);
       if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(m) && !isReduction(m) &&
-          !(conv && conv.getStride()[1] == 1))
+          !(conv && conv.getStride()[1] == 1) && !(poolGrad && poolGrad.windowsTileInput()))
         continue;
       Operation *c = *r.getUsers().begin();
       while (fused.contains(c))
@@ -2215,6 +2226,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       Emitter &ce = producers.back();
       if (isa<nnops::Conv2dOp>(op))
         ce.lanes = kLanes; // applied to the row vectors of the output
+      if (auto pool = dyn_cast<nnops::MaxPool2dGradOp>(op); pool && poolGradRows2x2(pool))
+        ce.lanes = 2 * kLanes; // to each pair of interleaved gradient rows
       if (isa<nnops::MatmulOp>(op)) {
         // The product accumulates in its own buffer; the epilogue, applied
         // to whole vectors of a row, stores the last depth block.
