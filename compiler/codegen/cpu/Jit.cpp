@@ -4,6 +4,7 @@
 #include "runtime/Cache.h"
 #include "runtime/Profile.h"
 
+#include <thread>
 #include <unistd.h>
 
 #include "mlir/Conversion/AffineToStandard/AffineToStandard.h"
@@ -24,14 +25,24 @@
 #include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
-#include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/Pass/Pass.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/Linker/Linker.h"
+#include "llvm/Analysis/InstructionSimplify.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/Analysis/ValueTracking.h"
+#include "llvm/IR/Dominators.h"
+#include "llvm/Transforms/Utils/Cloning.h"
+#include "llvm/Transforms/Utils/CodeExtractor.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
 #include "llvm/Support/FileSystem.h"
@@ -210,6 +221,194 @@ static std::unique_ptr<llvm::Module> translateForHost(Operation *module,
   return m;
 }
 
+namespace {
+
+/// The partitions a module's code is generated in, each on a thread of its
+/// own (a fixed count, so that the cached objects do not depend on the
+/// machine's cores).
+constexpr unsigned kParts = 2;
+
+/// `_mlir_NAME(void **args)` beside each function NAME defined with external
+/// linkage: calls NAME with argument i loaded from where args[i] points (and
+/// stores a result through args[n]): the packed calling convention of
+/// MLIR's ExecutionEngine, which JitModule::call uses.
+void addPackedWrappers(llvm::Module &m) {
+  std::vector<llvm::Function *> fns;
+  for (llvm::Function &f : m)
+    if (!f.isDeclaration() && f.hasExternalLinkage())
+      fns.push_back(&f);
+  llvm::IRBuilder<> b(m.getContext());
+  llvm::Type *ptr = b.getPtrTy();
+  for (llvm::Function *f : fns) {
+    auto *w = llvm::Function::Create(llvm::FunctionType::get(b.getVoidTy(), {ptr}, false),
+                                     llvm::GlobalValue::ExternalLinkage, "_mlir_" + f->getName(), m);
+    b.SetInsertPoint(llvm::BasicBlock::Create(m.getContext(), "entry", w));
+    auto slot = [&](unsigned i) {
+      return b.CreateLoad(ptr, b.CreateConstGEP1_64(ptr, w->getArg(0), i));
+    };
+    llvm::SmallVector<llvm::Value *> args;
+    for (llvm::Argument &a : f->args())
+      args.push_back(b.CreateLoad(a.getType(), slot(a.getArgNo())));
+    llvm::Value *r = b.CreateCall(f, args);
+    if (!f->getReturnType()->isVoidTy())
+      b.CreateStore(r, slot(f->arg_size()));
+    b.CreateRetVoid();
+  }
+}
+
+/// Moves each top-level loop nest of the functions defined with external
+/// linkage (a step's or a model's sequence of kernels) into a function of
+/// its own, so that their code can be generated in parallel partitions.
+void outlineLoopNests(llvm::Module &m) {
+  std::vector<llvm::Function *> fns;
+  for (llvm::Function &f : m)
+    if (!f.isDeclaration() && f.hasExternalLinkage() && !f.getName().starts_with("_mlir_"))
+      fns.push_back(&f);
+  for (llvm::Function *f : fns) {
+    // Fields read from memref descriptors become the values inserted, so
+    // that nests take the buffers' pointers (which can be `noalias`), not
+    // whole descriptors.
+    const llvm::DataLayout &layout = m.getDataLayout();
+    for (llvm::Instruction &i : llvm::make_early_inc_range(llvm::instructions(*f)))
+      if (llvm::isa<llvm::ExtractValueInst>(i))
+        if (llvm::Value *v = llvm::simplifyInstruction(&i, llvm::SimplifyQuery(layout))) {
+          i.replaceAllUsesWith(v);
+          i.eraseFromParent();
+        }
+    std::vector<std::vector<llvm::BasicBlock *>> nests;
+    {
+      llvm::DominatorTree dt(*f);
+      llvm::LoopInfo li(dt);
+      for (llvm::Loop *l : li)
+        nests.emplace_back(l->getBlocks().begin(), l->getBlocks().end());
+    }
+    for (auto &blocks : nests) {
+      llvm::DominatorTree dt(*f);
+      llvm::CodeExtractorAnalysisCache cache(*f);
+      llvm::CodeExtractor extractor(blocks, &dt, /*AggregateArgs=*/false, nullptr, nullptr, nullptr,
+                                    /*AllowVarArgs=*/false, /*AllowAlloca=*/true);
+      if (!extractor.isEligible())
+        continue;
+      // Kept out of line, so that a nest's code is the same in whichever
+      // partition it lands.
+      llvm::Function *nest = extractor.extractCodeRegion(cache);
+      if (!nest)
+        continue;
+      nest->addFnAttr(llvm::Attribute::NoInline);
+      // A pointer parameter is `noalias` when it is the only one derived
+      // from a `noalias` buffer argument (or a stack allocation) of the
+      // caller: the facts the caller stated hold in the nest too, and its
+      // loops vectorize without run-time overlap checks.
+      auto *call = llvm::cast<llvm::CallInst>(*nest->user_begin());
+      llvm::DenseMap<const llvm::Value *, unsigned> uses;
+      auto rootOf = [](llvm::Value *v) -> const llvm::Value * {
+        const llvm::Value *root = llvm::getUnderlyingObject(v, /*MaxLookup=*/0);
+        auto *arg = llvm::dyn_cast<llvm::Argument>(root);
+        return (arg && arg->hasNoAliasAttr()) || llvm::isa<llvm::AllocaInst>(root) ? root : nullptr;
+      };
+      for (llvm::Value *a : call->args())
+        if (a->getType()->isPointerTy())
+          ++uses[rootOf(a)];
+      for (auto [i, a] : llvm::enumerate(call->args()))
+        if (a->getType()->isPointerTy())
+          if (const llvm::Value *root = rootOf(a); root && uses[root] == 1)
+            nest->addParamAttr(i, llvm::Attribute::NoAlias);
+    }
+  }
+}
+
+/// `m` as `n` modules (bitcode, to be read into contexts of their own):
+/// functions dealt largest first to the partition with the fewest
+/// instructions so far, global variables to the first; each partition
+/// declares what it uses of the others (local symbols become hidden global
+/// ones, their names being unique in `m`).
+std::vector<llvm::SmallVector<char, 0>> partition(llvm::Module &m, unsigned n) {
+  for (llvm::GlobalValue &gv : m.global_values()) {
+    if (gv.isDeclaration() || !gv.hasLocalLinkage())
+      continue;
+    if (!gv.hasName())
+      gv.setName("nnc.local");
+    gv.setLinkage(llvm::GlobalValue::ExternalLinkage);
+    gv.setVisibility(llvm::GlobalValue::HiddenVisibility);
+  }
+  std::vector<llvm::Function *> fns;
+  for (llvm::Function &f : m)
+    if (!f.isDeclaration())
+      fns.push_back(&f);
+  llvm::stable_sort(fns, [](llvm::Function *a, llvm::Function *b) {
+    return a->getInstructionCount() > b->getInstructionCount();
+  });
+  llvm::DenseMap<const llvm::GlobalValue *, unsigned> partOf;
+  std::vector<uint64_t> load(n, 0);
+  for (llvm::Function *f : fns) {
+    unsigned least = std::min_element(load.begin(), load.end()) - load.begin();
+    partOf[f] = least;
+    load[least] += f->getInstructionCount();
+  }
+  std::vector<llvm::SmallVector<char, 0>> parts(n);
+  for (unsigned i = 0; i < n; ++i) {
+    llvm::ValueToValueMapTy map;
+    std::unique_ptr<llvm::Module> part = llvm::CloneModule(m, map, [&](const llvm::GlobalValue *gv) {
+      auto it = partOf.find(gv);
+      return it == partOf.end() ? i == 0 : it->second == i;
+    });
+    llvm::raw_svector_ostream os(parts[i]);
+    llvm::WriteBitcodeToFile(*part, os);
+  }
+  return parts;
+}
+
+/// `module` (LLVM dialect) as the LLVM IR partitions whose code is
+/// generated apart (bitcode): translated for the host, with packed wrappers
+/// for the JIT, its loop nests outlined, partitioned. The JIT and object
+/// files both start here, so that they compute the same numbers.
+FailureOr<std::vector<llvm::SmallVector<char, 0>>> hostPartitions(ModuleOp module, llvm::TargetMachine &tm) {
+  llvm::LLVMContext context;
+  std::unique_ptr<llvm::Module> ir = translateForHost(module, context, tm);
+  if (!ir)
+    return module.emitError("translation to LLVM IR failed");
+  addPackedWrappers(*ir);
+  outlineLoopNests(*ir);
+  return partition(*ir, kParts);
+}
+
+/// A partition read into `context` and optimized (-O3) for `tm`.
+llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(llvm::StringRef bitcode, llvm::LLVMContext &context,
+                                                           llvm::TargetMachine &tm, bool pic) {
+  auto m = llvm::parseBitcodeFile(llvm::MemoryBufferRef(bitcode, "part"), context);
+  if (!m)
+    return m.takeError();
+  if (pic)
+    (*m)->setPICLevel(llvm::PICLevel::BigPIC);
+  if (llvm::Error err = makeOptimizingTransformer(3, 0, &tm)(m->get()))
+    return err;
+  return m;
+}
+
+/// One partition optimized and compiled to object code, on an LLVM context
+/// and target machine of its own (so partitions compile in parallel).
+llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> compilePart(llvm::StringRef bitcode,
+                                                                 llvm::orc::JITTargetMachineBuilder jtmb,
+                                                                 unsigned index) {
+  llvm::LLVMContext context;
+  auto tm = jtmb.createTargetMachine();
+  if (!tm)
+    return tm.takeError();
+  auto m = optimizePart(bitcode, context, **tm, /*pic=*/false);
+  if (!m)
+    return m.takeError();
+  llvm::SmallVector<char, 0> object;
+  llvm::raw_svector_ostream os(object);
+  llvm::legacy::PassManager pm;
+  if ((*tm)->addPassesToEmitFile(pm, os, nullptr, llvm::CodeGenFileType::ObjectFile))
+    return llvm::createStringError("the target cannot emit object files");
+  pm.run(**m);
+  return llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(object.data(), object.size()),
+                                              "nnc-part-" + std::to_string(index));
+}
+
+} // namespace
+
 FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp module) {
   static bool initialized = [] {
     llvm::InitializeNativeTarget();
@@ -229,79 +428,96 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   auto tm = hostMachine(module);
   if (failed(tm))
     return failure();
-  std::shared_ptr<llvm::TargetMachine> machine = std::move(*tm);
+  std::unique_ptr<llvm::TargetMachine> machine = std::move(*tm);
+  std::vector<std::string> names;
+  for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
+    if (!fn.isExternal())
+      names.push_back(fn.getName().str());
 
   // The object code cache: keyed by the LLVM-dialect module (printed
-  // without locations), the CPU, its features and the LLVM version.
-  std::string dir = rt::cacheDirectory(), path;
+  // without locations), the CPU, its features and the LLVM version; one
+  // file per partition.
+  std::string dir = rt::cacheDirectory();
+  std::vector<std::string> paths;
   if (!dir.empty()) {
     std::string text;
     llvm::raw_string_ostream os(text);
     module.print(os);
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-1"), llvm::StringRef(text),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-4"), llvm::StringRef(text),
                                  machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);
       hash.update(llvm::StringRef("\0", 1));
     }
-    path = dir + "/cpu-" + llvm::toHex(hash.final(), /*LowerCase=*/true) + ".o";
-    std::vector<std::string> names;
-    for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
-      if (!fn.isExternal())
-        names.push_back(fn.getName().str());
-    if (auto cached = loadCached(path, *machine, names))
-      return cached;
-    llvm::sys::fs::remove(path); // absent, or it did not load: compiled over below
+    std::string stem = dir + "/cpu-" + llvm::toHex(hash.final(), /*LowerCase=*/true);
+    for (unsigned i = 0; i < kParts; ++i)
+      paths.push_back(stem + "." + std::to_string(i) + ".o");
+    std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects;
+    for (const std::string &path : paths)
+      if (auto object = llvm::MemoryBuffer::getFile(path))
+        objects.push_back(std::move(*object));
+    if (objects.size() == kParts)
+      if (auto cached = load(std::move(objects), *machine, names)) {
+        cached->fromCache = true;
+        return cached;
+      }
+    for (const std::string &path : paths) // absent or unloadable: compiled over below
+      llvm::sys::fs::remove(path);
   }
 
-  ExecutionEngineOptions options;
-  options.enableObjectDump = !path.empty();
-  options.transformer = makeOptimizingTransformer(3, 0, machine.get());
-  options.jitCodeGenOptLevel = llvm::CodeGenOptLevel::Aggressive;
-  // Parallel loops call the OpenMP runtime.
-  static const std::string omp = NNC_LIBOMP;
-  static llvm::StringRef libs[] = {omp};
-  options.sharedLibPaths = libs;
-  auto engine = ExecutionEngine::create(module, options);
-  if (!engine)
-    return module.emitError("JIT compilation failed: ") << llvm::toString(engine.takeError());
-  // Profiled code calls the runtime's timers.
-  (*engine)->registerSymbols([](llvm::orc::MangleAndInterner interner) {
-    llvm::orc::SymbolMap map;
-    map[interner("nnc_profile_begin")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_begin),
-                                          llvm::JITSymbolFlags::Exported};
-    map[interner("nnc_profile_end")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_end),
-                                        llvm::JITSymbolFlags::Exported};
-    return map;
-  });
-  std::unique_ptr<JitModule> jit(new JitModule());
-  jit->engine = std::move(*engine);
-  if (!path.empty()) {
-    // Compile now (the JIT compiles the whole module at its first lookup)
-    // and keep the object: written aside, then renamed into place, so a
-    // reader never sees half of one. A cache that cannot be written only
-    // costs the next run its compile.
-    for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
-      if (!fn.isExternal()) {
-        (void)jit->prepare(fn.getName());
-        break;
+  // LLVM IR in partitions (compiler/codegen/cpu/Jit.cpp: hostPartitions),
+  // each optimized and compiled on a thread of its own.
+  auto bitcode = hostPartitions(module, *machine);
+  if (failed(bitcode))
+    return failure();
+  llvm::orc::JITTargetMachineBuilder jtmb(machine->getTargetTriple());
+  jtmb.setCPU(machine->getTargetCPU().str());
+  jtmb.addFeatures(std::vector<std::string>{machine->getTargetFeatureString().str()});
+  jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects(bitcode->size());
+  std::vector<std::string> errors(bitcode->size());
+  auto run = [&](unsigned i) {
+    auto object = compilePart(llvm::StringRef((*bitcode)[i].data(), (*bitcode)[i].size()), jtmb, i);
+    if (object)
+      objects[i] = std::move(*object);
+    else
+      errors[i] = llvm::toString(object.takeError());
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < bitcode->size(); ++i)
+    threads.emplace_back(run, i);
+  run(0);
+  for (std::thread &t : threads)
+    t.join();
+  for (const std::string &error : errors)
+    if (!error.empty())
+      return module.emitError("JIT compilation failed: ") << error;
+
+  // Kept for the next run: each file written aside, then renamed into
+  // place, so a reader never sees half of one. A cache that cannot be
+  // written only costs the next run its compile.
+  if (!paths.empty() && objects.size() == kParts && !llvm::sys::fs::create_directories(dir))
+    for (unsigned i = 0; i < kParts; ++i) {
+      std::string tmp = paths[i] + ".tmp" + std::to_string(::getpid());
+      std::error_code ec;
+      llvm::raw_fd_ostream out(tmp, ec, llvm::sys::fs::OF_None);
+      if (!ec) {
+        out << objects[i]->getBuffer();
+        out.close();
       }
-    if (!llvm::sys::fs::create_directories(dir)) {
-      std::string tmp = path + ".tmp" + std::to_string(::getpid());
-      jit->engine->dumpToObjectFile(tmp);
-      if (llvm::sys::fs::rename(tmp, path))
+      if (ec || out.has_error() || llvm::sys::fs::rename(tmp, paths[i]))
         llvm::sys::fs::remove(tmp);
     }
-  }
+  auto jit = load(std::move(objects), *machine, names);
+  if (!jit)
+    return module.emitError("the JIT could not link the compiled code");
   return jit;
 }
 
-std::unique_ptr<cpu::JitModule> cpu::JitModule::loadCached(llvm::StringRef path, llvm::TargetMachine &tm,
-                                                           const std::vector<std::string> &names) {
-  auto object = llvm::MemoryBuffer::getFile(path);
-  if (!object)
-    return nullptr;
+std::unique_ptr<cpu::JitModule> cpu::JitModule::load(std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects,
+                                                     llvm::TargetMachine &tm,
+                                                     const std::vector<std::string> &names) {
   llvm::orc::JITTargetMachineBuilder jtmb(tm.getTargetTriple());
   jtmb.setCPU(tm.getTargetCPU().str());
   jtmb.addFeatures(std::vector<std::string>{tm.getTargetFeatureString().str()});
@@ -322,6 +538,7 @@ std::unique_ptr<cpu::JitModule> cpu::JitModule::loadCached(llvm::StringRef path,
   }
   lib.addGenerator(std::move(*process));
   lib.addGenerator(std::move(*omp));
+  // Profiled code calls the runtime's timers.
   llvm::orc::MangleAndInterner interner(lljit->getExecutionSession(), lljit->getDataLayout());
   llvm::orc::SymbolMap map;
   map[interner("nnc_profile_begin")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_begin),
@@ -332,13 +549,13 @@ std::unique_ptr<cpu::JitModule> cpu::JitModule::loadCached(llvm::StringRef path,
     llvm::consumeError(std::move(err));
     return nullptr;
   }
-  if (llvm::Error err = lljit->addObjectFile(std::move(*object))) {
-    llvm::consumeError(std::move(err));
-    return nullptr;
-  }
+  for (auto &object : objects)
+    if (llvm::Error err = lljit->addObjectFile(std::move(object))) {
+      llvm::consumeError(std::move(err));
+      return nullptr;
+    }
   std::unique_ptr<JitModule> jit(new JitModule());
-  jit->loaded = std::move(lljit);
-  jit->fromCache = true;
+  jit->jit = std::move(lljit);
   // Linking happens at the first lookup: every function must resolve.
   for (const std::string &name : names)
     if (failed(jit->prepare(name)))
@@ -366,14 +583,21 @@ FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context,
   auto tm = hostMachine(module, pic);
   if (failed(tm))
     return failure();
-  std::unique_ptr<llvm::Module> translated = translateForHost(module, context, **tm);
-  HostCode code{std::move(*tm), std::move(translated)};
-  if (!code.module)
-    return module.emitError("translation to LLVM IR failed");
-  if (pic)
-    code.module->setPICLevel(llvm::PICLevel::BigPIC);
-  if (llvm::Error err = makeOptimizingTransformer(3, 0, code.machine.get())(code.module.get()))
-    return module.emitError("LLVM optimization failed: ") << llvm::toString(std::move(err));
+  auto parts = hostPartitions(module, **tm);
+  if (failed(parts))
+    return failure();
+  // The partitions optimized apart, as the JIT does, then linked into one
+  // module.
+  HostCode code{std::move(*tm), nullptr};
+  for (const auto &bitcode : *parts) {
+    auto m = optimizePart(llvm::StringRef(bitcode.data(), bitcode.size()), context, *code.machine, pic);
+    if (!m)
+      return module.emitError("LLVM optimization failed: ") << llvm::toString(m.takeError());
+    if (!code.module)
+      code.module = std::move(*m);
+    else if (llvm::Linker::linkModules(*code.module, std::move(*m)))
+      return module.emitError("the code partitions do not link");
+  }
   return code;
 }
 
@@ -423,23 +647,12 @@ cpu::JitModule::~JitModule() = default;
 LogicalResult cpu::JitModule::prepare(StringRef name) {
   if (functions.count(name))
     return success();
-  if (loaded) {
-    // The packed wrapper the ExecutionEngine generated when the object was
-    // first compiled.
-    auto sym = loaded->lookup(("_mlir_" + name).str());
-    if (!sym) {
-      llvm::consumeError(sym.takeError());
-      return failure();
-    }
-    functions[name] = sym->toPtr<void (*)(void **)>();
-    return success();
-  }
-  auto fn = engine->lookupPacked(name);
-  if (!fn) {
-    llvm::consumeError(fn.takeError());
+  auto sym = jit->lookup(("_mlir_" + name).str()); // its packed wrapper
+  if (!sym) {
+    llvm::consumeError(sym.takeError());
     return failure();
   }
-  functions[name] = *fn;
+  functions[name] = sym->toPtr<void (*)(void **)>();
   return success();
 }
 

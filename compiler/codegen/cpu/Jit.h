@@ -18,10 +18,8 @@
 #include <string>
 #include <vector>
 
-namespace mlir {
-class ExecutionEngine;
-} // namespace mlir
 namespace llvm {
+class MemoryBuffer;
 class TargetMachine;
 namespace orc {
 class LLJIT;
@@ -44,10 +42,12 @@ mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path);
 class JitModule {
 public:
   /// Lowers and compiles `module`; reports failures as diagnostics. The
-  /// object code is kept in rt::cacheDirectory() under a hash of the
-  /// lowered module, the CPU and the LLVM version; a later compile of the
-  /// same module loads it instead of optimizing and generating code again
-  /// (a cache file that does not load is compiled over).
+  /// LLVM IR is split at function boundaries into partitions optimized and
+  /// compiled on threads of their own. The object code is kept in
+  /// rt::cacheDirectory() under a hash of the lowered module, the CPU and
+  /// the LLVM version; a later compile of the same module loads it instead
+  /// of optimizing and generating code again (cache files that do not load
+  /// are compiled over).
   static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
   /// Whether the code came from the cache.
   bool cached() const { return fromCache; }
@@ -64,11 +64,12 @@ public:
 
 private:
   JitModule() = default;
-  /// The object cached at `path`, loaded, or null.
-  static std::unique_ptr<JitModule> loadCached(llvm::StringRef path, llvm::TargetMachine &tm,
-                                               const std::vector<std::string> &names);
-  std::unique_ptr<mlir::ExecutionEngine> engine;
-  std::unique_ptr<llvm::orc::LLJIT> loaded; // from the cache
+  /// Object files linked into a JIT (the host process and OpenMP runtime
+  /// resolving the rest), every function of `names` looked up; null when
+  /// they do not load or link.
+  static std::unique_ptr<JitModule> load(std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects,
+                                         llvm::TargetMachine &tm, const std::vector<std::string> &names);
+  std::unique_ptr<llvm::orc::LLJIT> jit;
   bool fromCache = false;
   llvm::StringMap<void (*)(void **)> functions; // looked up once each
 };
