@@ -281,8 +281,11 @@ Kernel reduction(Reduce kind) {
       std::fill(t->data.begin(), t->data.end(), -std::numeric_limits<double>::infinity());
     forEachIndex(x.shape, [&](ArrayRef<int64_t> idx, int64_t lin) {
       int64_t o = broadcastIndex(idx, kept, sk);
-      if (kind == Reduce::Max)
-        t->data[o] = std::max(t->data[o], x.data[lin]);
+      if (kind == Reduce::Max) { // a NaN is the maximum, as in torch.amax
+        double &m = t->data[o], v = x.data[lin];
+        if (!std::isnan(m) && (std::isnan(v) || v > m))
+          m = v;
+      }
       else
         t->data[o] += x.data[lin];
     });

@@ -43,7 +43,8 @@ void expectClose(const Tensor &a, const Tensor &b, const std::string &what, doub
                  double atol) {
   ASSERT_EQ(a.shape, b.shape) << what;
   for (size_t i = 0; i < a.data.size(); ++i)
-    if (!(std::abs(a.data[i] - b.data[i]) <= rtol * std::abs(b.data[i]) + atol + 1e-6)) {
+    if (!(std::abs(a.data[i] - b.data[i]) <= rtol * std::abs(b.data[i]) + atol + 1e-6) &&
+        !(std::isnan(a.data[i]) && std::isnan(b.data[i]))) {
       ADD_FAILURE() << what << ": element " << i << " is " << a.data[i] << " vs " << b.data[i]
                     << " (tolerance " << rtol << " relative + " << atol << ")";
       return;
@@ -457,6 +458,26 @@ TEST(CpuReductionRuns, MatchReference) {
     expectMatchesReference(std::string("model m {\n  input x: f32[B, 3, 5, 7]\n  y = ") + expr +
                                "\n  output y\n}\n",
                            4, 9, 1e-5);
+}
+
+/// Maxima over contiguous runs (whole vectors, then a masked tail) at
+/// lengths below, at and past a vector, rows and flattened trailing axes;
+/// a NaN anywhere in a run is the run's maximum, as in PyTorch; -inf and
+/// all-negative runs.
+TEST(CpuReductionMaxRuns, MatchReferenceWithNaNs) {
+  for (const char *type : {"f32[B, 5]", "f32[B, 16]", "f32[B, 33]", "f32[B, 1000]", "f32[B, 3, 4, 7]"}) {
+    std::string axis = llvm::StringRef(type).count(',') == 1 ? "1" : "[2, 3]";
+    expectMatchesReference(std::string("model m {\n  input x: ") + type + "\n  y = max(x, axis=" + axis +
+                               ")\n  output y\n}\n",
+                           5, 3, 0, [](std::vector<Tensor> &in) {
+                             std::vector<double> &v = in[0].data;
+                             size_t n = v.size();
+                             v[n / 5 + 1] = std::nan("");          // one run (row) has a NaN
+                             v[n - 1] = -std::numeric_limits<double>::infinity();
+                             for (size_t i = 0; i < n / 5; ++i)    // the first row all negative
+                               v[i] = -1.0 - std::fabs(v[i]);
+                           });
+  }
 }
 
 /// The vectorized 2x2 max pool at widths that end rows in every way (less

@@ -105,6 +105,27 @@ TEST_P(CudaHostOp, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Ops, CudaHostOp, ::testing::ValuesIn(test::cases()),
                          [](const auto &info) { return std::string(info.param.name); });
 
+/// A NaN in a run is the run's maximum (torch.amax), on the device as in
+/// the reference: rows shorter than, equal to and longer than a block.
+TEST(CudaHostEmulation, ReductionMaximumPropagatesNaN) {
+  for (int width : {7, 256, 600}) {
+    std::string src = "model m {\n  input x: f32[B, " + std::to_string(width) +
+                      "]\n  y = max(x, axis=1)\n  output y\n}\n";
+    test::Compiled m(src, Stage::Nn);
+    ASSERT_TRUE(m.module) << m.firstError();
+    auto fn = m.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 3, 4);
+    in[0].data[width + 2] = std::nan(""); // row 1
+    auto emu = cuda::createHostEmulationExecutor(NNC_HOST_CXX);
+    auto a = emu->run(fn, in, {}), b = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(a) && succeeded(b)) << m.firstError();
+    ASSERT_EQ((*a)[0].data.size(), 3u);
+    EXPECT_TRUE(std::isnan((*a)[0].data[1]) && std::isnan((*b)[0].data[1])) << width;
+    EXPECT_FLOAT_EQ((*a)[0].data[0], (*b)[0].data[0]) << width;
+    EXPECT_FLOAT_EQ((*a)[0].data[2], (*b)[0].data[2]) << width;
+  }
+}
+
 /// The share of op cases generated end to end may only grow.
 TEST(CudaCoverage, OpCasesGenerated) {
   size_t n = 0, all = 0;

@@ -601,7 +601,43 @@ LogicalResult reduce(Emitter &e, bool max) {
     if (flatten)
       loopAxes.push_back(tail);
     SmallVector<Value> flatIdx(flatten ? tail + 1 : 0);
+    // A maximum over a contiguous run in memory: a vector of maxima over
+    // whole vectors, a masked tail, then across the lanes (LLVM does not
+    // vectorize NaN-propagating maximum reductions; the maximum does not
+    // depend on the order, so this is exact).
+    bool vectorMax = max && fromMemory && sourceType && sourceType.getLayout().isIdentity() &&
+                     !loopAxes.empty() && (flatten || loopAxes.back() == rank - 1);
+    auto runMax = [&](Value acc) -> Value {
+      auto vt = VectorType::get({kVec}, b.getF32Type());
+      float ninf = -std::numeric_limits<float>::infinity();
+      Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(ninf));
+      Value n = inner.back();
+      Value whole = e.mul(b.create<arith::DivUIOp>(loc, n, e.idx(kVec)), e.idx(kVec));
+      auto at = [&](Value j) {
+        SmallVector<Value> i = flatten ? flatIdx : idx;
+        if (flatten)
+          for (int64_t k = 0; k < tail; ++k)
+            i[k] = idx[k];
+        i.back() = j;
+        return i;
+      };
+      Value init = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, ninf));
+      auto f = b.create<scf::ForOp>(loc, e.idx(0), whole, e.idx(kVec), ValueRange{init});
+      {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(f.getBody());
+        Value x = b.create<vector::TransferReadOp>(loc, vt, source, at(f.getInductionVar()), pad,
+                                                   ArrayRef<bool>{true});
+        b.create<scf::YieldOp>(loc, ValueRange{b.create<arith::MaximumFOp>(loc, f.getRegionIterArgs()[0], x)});
+      }
+      Value rest = b.create<vector::TransferReadOp>(loc, vt, source, at(whole), pad, ArrayRef<bool>{false});
+      Value lanes = b.create<arith::MaximumFOp>(loc, f.getResult(0), rest);
+      Value r = b.create<vector::ReductionOp>(loc, vector::CombiningKind::MAXIMUMF, lanes);
+      return b.create<arith::MaximumFOp>(loc, acc, r);
+    };
     std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
+      if (vectorMax && d + 1 == loopAxes.size())
+        return runMax(acc);
       if (d == loopAxes.size()) {
         Value v;
         if (flatten) {

@@ -51,6 +51,8 @@ __device__ __forceinline__ u64 nnc_mix64(u64 z) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
+// The maximum of a reduction: a NaN is the maximum (fmaxf would skip it).
+__device__ __forceinline__ float nnc_max(float a, float b) { return (a > b || a != a) ? a : b; }
 __device__ __forceinline__ double nnc_uniform01(u64 seed, u64 stream, u64 counter) {
   return (double)(nnc_mix64(nnc_mix64(seed ^ nnc_mix64(stream)) + counter) >> 11) * 0x1.0p-53;
 }
@@ -782,7 +784,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         bool keep = nnops::keepsReducedAxes(root);
         bool sum = isa<nnops::ReduceSumOp>(root);
         auto combine = [&](const std::string &a, const std::string &b) {
-          return sum ? a + " + " + b : "fmaxf(" + a + ", " + b + ")";
+          return sum ? a + " + " + b : "nnc_max(" + a + ", " + b + ")";
         };
         threadShape = {typeOf(space).getNumElements() * kBlockSize};
         std::string extent = "(i64)1";
@@ -948,7 +950,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         auto v = value(x, xi);
         if (failed(v))
           return failure();
-        body << indent << (sum ? "acc += " + *v + ";" : "acc = fmaxf(acc, " + *v + ");") << "\n";
+        body << indent << (sum ? "acc += " + *v + ";" : "acc = nnc_max(acc, " + *v + ");") << "\n";
         for (int64_t d = 0; d < rt.getRank(); ++d)
           if (axes.empty() || llvm::is_contained(axes, d)) {
             indent.resize(indent.size() - 2);
