@@ -601,18 +601,25 @@ LogicalResult reduce(Emitter &e, bool max) {
     if (flatten)
       loopAxes.push_back(tail);
     SmallVector<Value> flatIdx(flatten ? tail + 1 : 0);
-    // A maximum over a contiguous run in memory: a vector of maxima over
-    // whole vectors, a masked tail, then across the lanes (LLVM does not
-    // vectorize NaN-propagating maximum reductions; the maximum does not
-    // depend on the order, so this is exact).
-    bool vectorMax = max && fromMemory && sourceType && sourceType.getLayout().isIdentity() &&
+    // A sum or maximum over a contiguous run in memory, in vectors: four
+    // accumulators over blocks of four vectors (independent chains, enough
+    // loads in flight to stream from memory), one over the remaining whole
+    // vectors, a masked tail, then across the lanes. LLVM does not
+    // vectorize NaN-propagating maximum reductions at all; the maximum
+    // does not depend on the order (exact), sums are reassociated as the
+    // scalar loop's `reassoc` allows.
+    bool vectorRun = fromMemory && sourceType && sourceType.getLayout().isIdentity() &&
                      !loopAxes.empty() && (flatten || loopAxes.back() == rank - 1);
-    auto runMax = [&](Value acc) -> Value {
+    auto runVector = [&](Value acc) -> Value {
+      constexpr int64_t kChains = 4;
       auto vt = VectorType::get({kVec}, b.getF32Type());
-      float ninf = -std::numeric_limits<float>::infinity();
-      Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(ninf));
-      Value n = inner.back();
-      Value whole = e.mul(b.create<arith::DivUIOp>(loc, n, e.idx(kVec)), e.idx(kVec));
+      float identity = max ? -std::numeric_limits<float>::infinity() : 0.0f;
+      Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(identity));
+      Value init = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, identity));
+      auto combine = [&](Value x, Value y) -> Value {
+        return max ? b.create<arith::MaximumFOp>(loc, x, y).getResult()
+                   : b.create<arith::AddFOp>(loc, x, y, flags).getResult();
+      };
       auto at = [&](Value j) {
         SmallVector<Value> i = flatten ? flatIdx : idx;
         if (flatten)
@@ -621,23 +628,44 @@ LogicalResult reduce(Emitter &e, bool max) {
         i.back() = j;
         return i;
       };
-      Value init = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, ninf));
-      auto f = b.create<scf::ForOp>(loc, e.idx(0), whole, e.idx(kVec), ValueRange{init});
+      auto read = [&](Value j, bool inBounds) -> Value {
+        return b.create<vector::TransferReadOp>(loc, vt, source, at(j), pad, ArrayRef<bool>{inBounds});
+      };
+      auto below = [&](Value n, int64_t step) {
+        return e.mul(b.create<arith::DivUIOp>(loc, n, e.idx(step)), e.idx(step));
+      };
+      Value n = inner.back();
+      Value blocks = below(n, kChains * kVec), whole = below(n, kVec);
+      auto wide = b.create<scf::ForOp>(loc, e.idx(0), blocks, e.idx(kChains * kVec),
+                                       SmallVector<Value>(kChains, init));
       {
         OpBuilder::InsertionGuard guard(b);
-        b.setInsertionPointToStart(f.getBody());
-        Value x = b.create<vector::TransferReadOp>(loc, vt, source, at(f.getInductionVar()), pad,
-                                                   ArrayRef<bool>{true});
-        b.create<scf::YieldOp>(loc, ValueRange{b.create<arith::MaximumFOp>(loc, f.getRegionIterArgs()[0], x)});
+        b.setInsertionPointToStart(wide.getBody());
+        SmallVector<Value> next;
+        for (int64_t c = 0; c < kChains; ++c)
+          next.push_back(combine(wide.getRegionIterArgs()[c],
+                                 read(e.add(wide.getInductionVar(), e.idx(c * kVec)), true)));
+        b.create<scf::YieldOp>(loc, next);
       }
-      Value rest = b.create<vector::TransferReadOp>(loc, vt, source, at(whole), pad, ArrayRef<bool>{false});
-      Value lanes = b.create<arith::MaximumFOp>(loc, f.getResult(0), rest);
-      Value r = b.create<vector::ReductionOp>(loc, vector::CombiningKind::MAXIMUMF, lanes);
-      return b.create<arith::MaximumFOp>(loc, acc, r);
+      Value lanes = combine(combine(wide.getResult(0), wide.getResult(1)),
+                            combine(wide.getResult(2), wide.getResult(3)));
+      auto one = b.create<scf::ForOp>(loc, blocks, whole, e.idx(kVec), ValueRange{lanes});
+      {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(one.getBody());
+        b.create<scf::YieldOp>(loc, ValueRange{combine(one.getRegionIterArgs()[0],
+                                                       read(one.getInductionVar(), true))});
+      }
+      lanes = combine(one.getResult(0), read(whole, false));
+      Value r = max ? b.create<vector::ReductionOp>(loc, vector::CombiningKind::MAXIMUMF, lanes).getResult()
+                    : b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, lanes, Value(),
+                                                    flags).getResult();
+      return max ? b.create<arith::MaximumFOp>(loc, acc, r).getResult()
+                 : b.create<arith::AddFOp>(loc, acc, r, flags).getResult();
     };
     std::function<Value(size_t, Value)> rec = [&](size_t d, Value acc) -> Value {
-      if (vectorMax && d + 1 == loopAxes.size())
-        return runMax(acc);
+      if (vectorRun && d + 1 == loopAxes.size())
+        return runVector(acc);
       if (d == loopAxes.size()) {
         Value v;
         if (flatten) {
