@@ -442,7 +442,10 @@ void expectMatchesReference(const std::string &src, int64_t batch, uint64_t salt
 /// column blocks, depths that are not a multiple of the depth block.
 TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
   for (auto [m, k, n] : {std::tuple{198, 130, 70}, std::tuple{200, 257, 64}, std::tuple{66, 129, 129},
-                         std::tuple{7, 5, 3}, std::tuple{384, 128, 192}})
+                         std::tuple{7, 5, 3}, std::tuple{384, 128, 192},
+                         // 6-row blocks then a 4-row block (and a single
+                         // row); blocks of 4 throughout.
+                         std::tuple{64, 784, 128}, std::tuple{11, 33, 40}, std::tuple{32, 20, 17}})
     expectMatchesReference("model m {\n  input a: f32[" + std::to_string(m) + ", " + std::to_string(k) +
                                "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
                                "]\n  c = a @ b\n  output c\n}\n",

@@ -798,8 +798,8 @@ LogicalResult matmul(Emitter &e) {
     write();
   };
   // Every column block, in depth blocks, for row blocks [rb0, rb1) of
-  // `rows` rows each.
-  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack) {
+  // `rows` rows each, from row `base`.
+  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack, Value base) {
     auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
       // A full-width panel of B is first copied to `pack` (contiguous rows
       // of 64 floats): B's rows are a large power of two apart in the big
@@ -824,8 +824,8 @@ LogicalResult matmul(Emitter &e) {
                                    });
                              b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
                                                   [&](OpBuilder &, Location, Value rb, ValueRange) {
-                                                    block(e.mul(rb, e.idx(rows)), rows, j0, vectors,
-                                                          inBounds, k0, k1, packed);
+                                                    block(e.add(base, e.mul(rb, e.idx(rows))), rows, j0,
+                                                          vectors, inBounds, k0, k1, packed);
                                                     b.create<scf::YieldOp>(loc);
                                                   });
                              b.create<scf::YieldOp>(loc);
@@ -852,10 +852,11 @@ LogicalResult matmul(Emitter &e) {
       depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
   };
   // Register blocks of 6 rows (24 accumulators: 24 FMAs per 4 loads of B
-  // and 6 broadcasts) where the rows divide by 6 or are many; else 4 (16
-  // accumulators), so that few rows fall to the one-row remainder.
+  // and 6 broadcasts), the rows left over in a block of 4 (16
+  // accumulators) and then one at a time; blocks of 4 throughout where
+  // that leaves fewer single rows (32 rows: 8 x 4, not 5 x 6 + 2 x 1).
   int64_t typicalRows = typicalDim(e.op->getOperand(0), 0);
-  const int64_t kRows = typicalRows % 6 == 0 || typicalRows >= 192 ? 6 : 4;
+  const int64_t kRows = typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6 : 4;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   int64_t typicalBlocks = typicalRows / kRows;
   // A multiple of kGroupsWanted groups of equal size (up to kGroupMax
@@ -877,9 +878,15 @@ LogicalResult matmul(Emitter &e) {
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], e.idx(kGroup));
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
-    columns(rb0, rb1, kRows, kGroup >= 2 && parallel ? newPack() : shared);
+    columns(rb0, rb1, kRows, kGroup >= 2 && parallel ? newPack() : shared, e.idx(0));
   }, parallel);
-  columns(e.mul(blocks, e.idx(kRows)), M, 1, Value());
+  Value done = e.mul(blocks, e.idx(kRows));
+  if (kRows == 6) {
+    Value quads = b.create<arith::DivUIOp>(loc, e.sub(M, done), e.idx(4));
+    columns(e.idx(0), quads, 4, Value(), done);
+    done = e.add(done, e.mul(quads, e.idx(4)));
+  }
+  columns(done, M, 1, Value(), e.idx(0));
   return success();
 }
 
