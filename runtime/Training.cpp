@@ -53,18 +53,25 @@ Status rt::bindInputs(const Table &data, const std::vector<ModelInput> &inputs, 
   return Status::ok();
 }
 
-std::vector<HostTensor> rt::batchOf(const Table &t, const std::vector<ModelInput> &inputs,
-                                    const std::vector<int64_t> &indices) {
-  std::vector<HostTensor> out;
+void rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+                   std::vector<HostTensor> &out) {
+  out.resize(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
-    HostTensor x{inputs[i].name, {static_cast<int64_t>(indices.size())}, {}};
+    HostTensor &x = out[i];
+    x.name = inputs[i].name;
+    x.shape.assign(1, static_cast<int64_t>(indices.size()));
     x.shape.insert(x.shape.end(), inputs[i].dims.begin(), inputs[i].dims.end());
     const Field &f = t.fields[i];
     x.data.resize(indices.size() * f.width);
     for (size_t r = 0; r < indices.size(); ++r)
       std::copy_n(f.values.begin() + indices[r] * f.width, f.width, x.data.begin() + r * f.width);
-    out.push_back(std::move(x));
   }
+}
+
+std::vector<HostTensor> rt::batchOf(const Table &t, const std::vector<ModelInput> &inputs,
+                                    const std::vector<int64_t> &indices) {
+  std::vector<HostTensor> out;
+  batchInto(t, inputs, indices, out);
   return out;
 }
 
@@ -114,10 +121,11 @@ Status rt::score(Trainable &m, const Table &data, Score &out) {
   int64_t correct = 0;
   bool counted = false;
   const int64_t chunk = 1000;
+  std::vector<HostTensor> in;
   for (int64_t start = 0; start < data.count; start += chunk) {
     std::vector<int64_t> idx(std::min(data.count, start + chunk) - start);
     std::iota(idx.begin(), idx.end(), start);
-    std::vector<HostTensor> in = batchOf(data, inputs, idx);
+    batchInto(data, inputs, idx, in);
     std::vector<HostTensor> outputs;
     double loss = 0;
     if (Status s = m.evaluate(in, outputs, loss); !s)
@@ -253,11 +261,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     const int64_t group = std::max<int64_t>(1, m.stepsInFlight());
     std::vector<double> losses(static_cast<size_t>(steps));
     std::vector<int64_t> sizes(static_cast<size_t>(steps));
+    std::vector<int64_t> idx;
+    std::vector<HostTensor> inputs; // (a step has copied what it needs when stepAsync returns)
     for (int64_t k = 0, settled = 0; k < steps; ++k) {
-      std::vector<int64_t> idx(order.begin() + k * batch,
-                               order.begin() + std::min(count, (k + 1) * batch));
+      idx.assign(order.begin() + k * batch, order.begin() + std::min(count, (k + 1) * batch));
       sizes[k] = static_cast<int64_t>(idx.size());
-      if (Status s = m.stepAsync(batchOf(data.train, m.inputs(), idx), &losses[k]); !s) {
+      batchInto(data.train, m.inputs(), idx, inputs);
+      if (Status s = m.stepAsync(inputs, &losses[k]); !s) {
         progress.finishLine();
         return fail(s.message());
       }

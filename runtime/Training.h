@@ -88,6 +88,10 @@ Status bindInputs(const Table &data, const std::vector<ModelInput> &inputs, bool
 /// The tensors of the rows `indices` of a bound table.
 std::vector<HostTensor> batchOf(const Table &t, const std::vector<ModelInput> &inputs,
                                 const std::vector<int64_t> &indices);
+/// The same into `out`, reusing its storage (a training loop gathers every
+/// batch into the same memory instead of fresh pages each step).
+void batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+               std::vector<HostTensor> &out);
 
 struct Score {
   double loss = 0;
