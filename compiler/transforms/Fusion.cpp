@@ -219,12 +219,7 @@ void nnc::fuseKernels(func::FuncOp fn) {
 
   // 2. Epilogues of batch norms and reductions.
   for (Operation &op : body.without_terminator()) {
-    auto poolGrad = dyn_cast<nnops::MaxPool2dGradOp>(op);
-    if (!isa<nnops::BatchNormOp, nnops::MatmulOp, nnops::Conv2dOp>(op) && !isReduction(&op) &&
-        !(poolGrad && poolGrad.windowsTileInput()))
-      continue;
-    // (A batch norm's statistics, its other results, are stored as they are.)
-    if ((op.getNumResults() != 1 && !isa<nnops::BatchNormOp>(op)) || op.getResult(0).use_empty() ||
+    if (!nnops::hostsEpilogue(&op) || op.getResult(0).use_empty() ||
         llvm::is_contained(ret->getOperands(), op.getResult(0)))
       continue;
     Value r = op.getResult(0);

@@ -118,6 +118,12 @@ bool nnc::nn::isElementwise(Operation *op) {
 
 bool nnc::nn::isReduction(Operation *op) { return isa<ReduceSumOp, ReduceMaxOp>(op); }
 
+bool nnc::nn::hostsEpilogue(Operation *op) {
+  if (auto pool = dyn_cast<MaxPool2dGradOp>(op))
+    return pool.windowsTileInput();
+  return isa<BatchNormOp, MatmulOp, Conv2dOp>(op) || isReduction(op);
+}
+
 ArrayRef<int64_t> nnc::nn::reductionAxes(Operation *op) {
   return cast<DenseI64ArrayAttr>(op->getAttr("axes")).asArrayRef();
 }

@@ -39,6 +39,13 @@ bool isElementwise(mlir::Operation *op);
 /// Whether `op` sums or maximizes its one operand over axes (reading each
 /// element once).
 bool isReduction(mlir::Operation *op);
+
+/// Whether `op` can apply the elementwise consumers of its first result as
+/// it stores each element (an epilogue, compiler/transforms/Fusion.cpp):
+/// batch norms (their statistics, the other results, are stored as they
+/// are), products, convolutions, reductions, and max-pool gradients whose
+/// windows tile the input (each element is stored exactly once).
+bool hostsEpilogue(mlir::Operation *op);
 /// A reduction's axes (every axis when empty) and whether it keeps them
 /// as size 1 (reduce_sum, reduce_mean, reduce_max).
 llvm::ArrayRef<int64_t> reductionAxes(mlir::Operation *op);

@@ -31,16 +31,16 @@
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
+#include "llvm/Analysis/InstructionSimplify.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/Bitcode/BitcodeReader.h"
 #include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
-#include "llvm/IR/IRBuilder.h"
-#include "llvm/Linker/Linker.h"
-#include "llvm/Analysis/InstructionSimplify.h"
-#include "llvm/Analysis/LoopInfo.h"
-#include "llvm/IR/InstIterator.h"
-#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Dominators.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/Linker/Linker.h"
 #include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/CodeExtractor.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
@@ -222,6 +222,15 @@ static std::unique_ptr<llvm::Module> translateForHost(Operation *module,
 }
 
 namespace {
+
+/// A builder of target machines like `tm` (one per thread that compiles,
+/// and the JIT's own).
+llvm::orc::JITTargetMachineBuilder builderLike(llvm::TargetMachine &tm) {
+  llvm::orc::JITTargetMachineBuilder jtmb(tm.getTargetTriple());
+  jtmb.setCPU(tm.getTargetCPU().str());
+  jtmb.addFeatures(std::vector<std::string>{tm.getTargetFeatureString().str()});
+  return jtmb;
+}
 
 /// The partitions a module's code is generated in, each on a thread of its
 /// own (a fixed count, so that the cached objects do not depend on the
@@ -471,9 +480,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   auto bitcode = hostPartitions(module, *machine);
   if (failed(bitcode))
     return failure();
-  llvm::orc::JITTargetMachineBuilder jtmb(machine->getTargetTriple());
-  jtmb.setCPU(machine->getTargetCPU().str());
-  jtmb.addFeatures(std::vector<std::string>{machine->getTargetFeatureString().str()});
+  llvm::orc::JITTargetMachineBuilder jtmb = builderLike(*machine);
   jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
   std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects(bitcode->size());
   std::vector<std::string> errors(bitcode->size());
@@ -518,10 +525,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
 std::unique_ptr<cpu::JitModule> cpu::JitModule::load(std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects,
                                                      llvm::TargetMachine &tm,
                                                      const std::vector<std::string> &names) {
-  llvm::orc::JITTargetMachineBuilder jtmb(tm.getTargetTriple());
-  jtmb.setCPU(tm.getTargetCPU().str());
-  jtmb.addFeatures(std::vector<std::string>{tm.getTargetFeatureString().str()});
-  auto created = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(std::move(jtmb)).create();
+  auto created = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(builderLike(tm)).create();
   if (!created) {
     llvm::consumeError(created.takeError());
     return nullptr;

@@ -1889,19 +1889,16 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         stored.insert(m);
     }
     for (Operation *m : g) {
-      if (fused.contains(m) || scalars().count(m->getName().getTypeID()) ||
-          (m->getNumResults() != 1 && !isa<nnops::BatchNormOp>(m)))
+      if (fused.contains(m) || !nnops::hostsEpilogue(m))
         continue;
       Value r = m->getResult(0);
       if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
         continue;
-      // Ops whose lowering stores each element once through Emitter::emit
-      // take the epilogue there; after any other op (a convolution with a
-      // column stride), the epilogue is a loop of its own in the kernel.
-      auto conv = dyn_cast<nnops::Conv2dOp>(m);
-      auto poolGrad = dyn_cast<nnops::MaxPool2dGradOp>(m);
-      if (!isa<nnops::BatchNormOp, nnops::MatmulOp>(m) && !isReduction(m) &&
-          !(conv && conv.getStride()[1] == 1) && !(poolGrad && poolGrad.windowsTileInput()))
+      // These lowerings store each element once through Emitter::emit and
+      // take the epilogue there; a convolution with a column stride
+      // accumulates its taps in memory, so its epilogue is a loop of its
+      // own in the kernel.
+      if (auto conv = dyn_cast<nnops::Conv2dOp>(m); conv && conv.getStride()[1] != 1)
         continue;
       Operation *c = *r.getUsers().begin();
       while (fused.contains(c))
