@@ -11,10 +11,10 @@
 
 namespace nnc::rt {
 
-Table fromMnist(const Dataset &mnist) {
+Table fromMnist(Dataset &&mnist) {
   Table t;
   t.count = mnist.count;
-  t.fields.push_back({"images", mnist.features, false, mnist.images});
+  t.fields.push_back({"images", mnist.features, false, std::move(mnist.images)});
   Field labels{"labels", 1, true, {}};
   labels.values.assign(mnist.labels.begin(), mnist.labels.end());
   t.fields.push_back(std::move(labels));

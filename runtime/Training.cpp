@@ -16,20 +16,27 @@ using namespace nnc::rt;
 
 Trainable::~Trainable() = default;
 
-Status rt::bindInputs(const Table &data, const std::vector<ModelInput> &inputs, bool mnist,
+Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool mnist,
                       Table &out) {
   out = Table();
   out.count = data.count;
-  size_t next = 0; // next CSV column
+  size_t next = 0;              // next CSV column
+  int movedTo[2] = {-1, -1};    // MNIST: the input each field moved to
   for (const ModelInput &in : inputs) {
     Field f{in.name, in.width, in.integer, {}};
     if (mnist) {
-      const Field &src = data.fields[in.integer ? 1 : 0];
+      int field = in.integer ? 1 : 0;
+      Field &src = data.fields[field];
       if (src.width != in.width)
         return Status::error("input '" + in.name + "' takes " + std::to_string(in.width) +
                              " values per sample, but MNIST " + src.name + " have " +
                              std::to_string(src.width));
-      f.values = src.values;
+      if (movedTo[field] < 0) {
+        f.values = std::move(src.values);
+        movedTo[field] = static_cast<int>(out.fields.size());
+      } else {
+        f.values = out.fields[movedTo[field]].values;
+      }
     } else {
       if (next + in.width > data.fields.size())
         return Status::error("the CSV file has " + std::to_string(data.fields.size()) +
@@ -87,17 +94,17 @@ Status rt::loadData(const DataSource &source, const std::vector<ModelInput> &inp
     if (s)
       s = loadMnist(source.path, "t10k", test);
     if (s) {
-      raw = fromMnist(train);
-      rawTest = fromMnist(test);
+      raw = fromMnist(std::move(train));
+      rawTest = fromMnist(std::move(test));
       out.hasTest = true;
     }
   } else {
     s = loadCsv(source.path, raw);
   }
   if (s)
-    s = bindInputs(raw, inputs, mnist, out.train);
+    s = bindInputs(std::move(raw), inputs, mnist, out.train);
   if (s && out.hasTest)
-    s = bindInputs(rawTest, inputs, true, out.test);
+    s = bindInputs(std::move(rawTest), inputs, true, out.test);
   if (!s)
     return s;
   if (validation > 0) {

@@ -81,8 +81,8 @@ Status loadData(const DataSource &source, const std::vector<ModelInput> &inputs,
                 double validation, uint64_t seed, BoundData &out);
 
 /// Regroups a data set's fields into one field per model input (MNIST:
-/// images and labels by type; CSV: consecutive columns).
-Status bindInputs(const Table &data, const std::vector<ModelInput> &inputs, bool mnist,
+/// images and labels by type, moved out of `data`; CSV: consecutive columns).
+Status bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool mnist,
                   Table &out);
 
 /// The tensors of the rows `indices` of a bound table.

@@ -456,7 +456,7 @@ int nnc::driver::runPredict(const Args &args) {
   rt::Table raw, table;
   rt::Status s = rt::loadCsv(args.get("input"), raw);
   if (s)
-    s = rt::bindInputs(raw, modelInputs(used), false, table);
+    s = rt::bindInputs(std::move(raw), modelInputs(used), false, table);
   if (!s)
     return userError(s.message());
   Backend backend;
