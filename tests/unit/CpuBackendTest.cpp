@@ -509,4 +509,21 @@ TEST(CpuReductionColumns, MatchReference) {
                            7, 2, 1e-5);
 }
 
+/// Column sums whose operand is computed in the same loops (elementwise
+/// producers, read as vectors along the kept axis, with operands broadcast
+/// along either axis) and whose consumer runs as they store (an epilogue,
+/// on vectors of outputs); a one-hot producer (indexed across the vector)
+/// keeps the scalar form. Against the reference.
+TEST(CpuReductionColumns, FusedProducersAndEpilogueMatchReference) {
+  for (const char *body :
+       {"  input x: f32[B, 64]\n  input s: f32[B, 1]\n  input w: f32[64]\n"
+        "  y = sum(relu(x) * s + w, axis=0) * 0.5 - w\n",
+        "  input x: f32[B, 128]\n  input z: f32[B, 128]\n  y = sum(step(x) * z, axis=0)\n",
+        "  input x: f32[B, 3, 32]\n  y = max(x * x - 1, axis=0, keepdims=true)\n",
+        "  input x: f32[B, 2, 16]\n  input w: f32[2, 16]\n  y = exp(mean(tanh(x) - w, axis=0)) + w\n",
+        "  input l: i32[B]\n  input w: f32[16]\n  y = sum(one_hot(l, 16) * w, axis=0)\n"})
+    for (int64_t batch : {1, 7, 64})
+      expectMatchesReference(std::string("model m {\n") + body + "  output y\n}\n", batch, 5, 1e-5);
+}
+
 } // namespace

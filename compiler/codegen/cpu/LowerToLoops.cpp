@@ -491,6 +491,27 @@ LogicalResult concat(Emitter &e) {
   return success();
 }
 
+constexpr int64_t kVec = 16; // lanes of a 512-bit vector of f32
+
+/// Whether reduction `op` sums (or maximizes) down leading axes, keeping
+/// trailing ones whose innermost is a whole number of vectors: column sums,
+/// bias gradients over the batch. Such a reduction accumulates whole
+/// vectors of outputs, and computes its fused producers and its epilogue as
+/// vectors too (the lowering binds it in vector mode).
+bool columnSums(Operation *op) {
+  if (!nnops::isReduction(op))
+    return false;
+  ArrayRef<int64_t> axes = nnops::reductionAxes(op);
+  ArrayRef<int64_t> in = shapeOf(op->getOperand(0));
+  int64_t rank = static_cast<int64_t>(in.size());
+  if (axes.empty() || rank < 2 || static_cast<int64_t>(axes.size()) >= rank)
+    return false;
+  for (int64_t i = 0; i < rank; ++i)
+    if (llvm::is_contained(axes, i) != (i < static_cast<int64_t>(axes.size())))
+      return false; // not the leading axes
+  return !ShapedType::isDynamic(in.back()) && in.back() > 0 && in.back() % kVec == 0;
+}
+
 /// sum (max = false) or max over `axes`: outer loops over the output, inner
 /// loops over the reduced axes accumulating in a register (a `reassoc`
 /// reduction LLVM vectorizes when the innermost axis is reduced).
@@ -519,14 +540,12 @@ LogicalResult reduce(Emitter &e, bool max) {
   auto sourceType = fromMemory ? dyn_cast<MemRefType>(source.getType()) : MemRefType();
   // Reduced leading axes, kept trailing axes (column sums, bias gradients
   // over the batch): up to 4 vectors of 16 outputs accumulate down the
-  // reduced axes, each step contiguous loads, instead of one output at a
-  // time walking the input a row apart per element.
-  constexpr int64_t kVec = 16; // lanes of a 512-bit vector of f32
+  // reduced axes, each step contiguous loads (or vectors of the fused
+  // producers), instead of one output at a time walking the input a row
+  // apart per element. The outputs go out as vectors.
   int64_t lastKept = kept.empty() ? -1 : kept.back();
-  bool leading = fromMemory && !kept.empty() && !reduced.empty() && reduced.back() < kept.front() &&
-                 sourceType && sourceType.getLayout().isIdentity() &&
-                 static_cast<int64_t>(kept.size()) == rank - static_cast<int64_t>(reduced.size()) &&
-                 in[lastKept] > 0 && in[lastKept] % kVec == 0;
+  bool leading = e.lanes == kVec;
+  assert((!e.lanes || (leading && columnSums(e.op))) && "a reduction in vector mode sums columns");
   if (leading) {
     const int64_t vecs = in[lastKept] % (4 * kVec) == 0 ? 4 : 1, width = vecs * kVec;
     auto vt = VectorType::get({kVec}, b.getF32Type());
@@ -544,7 +563,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         if (d == reduced.size()) {
           for (int64_t v = 0; v < vecs; ++v) {
             idx[lastKept] = e.add(j0, e.idx(v * kVec));
-            Value x = b.create<vector::TransferReadOp>(loc, vt, source, idx, e.f32(0), ArrayRef<bool>{true});
+            Value x = e.read(0, idx);
             next.push_back(max ? b.create<arith::MaximumFOp>(loc, acc[v], x).getResult()
                                : b.create<arith::AddFOp>(loc, acc[v], x).getResult());
           }
@@ -558,15 +577,15 @@ LogicalResult reduce(Emitter &e, bool max) {
         return SmallVector<Value>(f.getResults());
       };
       SmallVector<Value> acc = rec(0, SmallVector<Value>(vecs, init));
-      for (int64_t l = 0; l < width; ++l) {
+      for (int64_t v = 0; v < vecs; ++v) {
         SmallVector<Value> o;
         for (size_t i = 0; i < in.size(); ++i) {
           if (llvm::is_contained(kept, static_cast<int64_t>(i)))
-            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(l)) : idx[i]);
+            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(v * kVec)) : idx[i]);
           else if (keepdims)
             o.push_back(e.idx(0));
         }
-        e.emit(b.create<vector::ExtractOp>(loc, acc[l / kVec], ArrayRef<int64_t>{l % kVec}), o);
+        e.emit(acc[v], o);
       }
     }, worthThreads(e.op->getOperand(0)));
     return success();
@@ -2112,6 +2131,19 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         .getResult();
   };
 
+  // Whether the fused producers of `op` can be emitted as vectors along
+  // the last axis: elementwise ops only (a one-hot or a transpose indexes
+  // across that axis).
+  std::function<bool(Operation *)> vectorizable = [&](Operation *op) {
+    for (Value v : op->getOperands()) {
+      Operation *def = v.getDefiningOp();
+      if (!def || !fused.contains(def) || consumerOf.lookup(def) != op)
+        continue;
+      if (!scalars().count(def->getName().getTypeID()) || !vectorizable(def))
+        return false;
+    }
+    return true;
+  };
   // Emitters of fused ops, kept alive while their consumers are emitted.
   std::deque<Emitter> producers;
   unsigned globals = 0;
@@ -2281,6 +2313,11 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (it == lowerings().end())
       return op->emitError("the CPU backend cannot lower '") << op->getName() << "'";
     Emitter e{b, op->getLoc(), op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
+    // Column sums work on vectors of outputs, so their fused producers
+    // (elementwise ops of the summed operand's shape) and their epilogue are
+    // emitted as vectors along the last axis.
+    if (columnSums(op) && vectorizable(op))
+      e.lanes = kVec;
     if (failed(bind(e, op)))
       return failure();
     if (Operation *c = epilogueOf.lookup(op)) {
@@ -2296,6 +2333,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         ce.lanes = kLanes; // applied to the row vectors of the output
       if (auto pool = dyn_cast<nnops::MaxPool2dGradOp>(op); pool && poolGradRows2x2(pool))
         ce.lanes = 2 * kLanes; // to each pair of interleaved gradient rows
+      if (e.lanes)
+        ce.lanes = e.lanes;
       if (isa<nnops::MatmulOp>(op)) {
         // The product accumulates in its own buffer; the epilogue, applied
         // to whole vectors of a row, stores the last depth block.
