@@ -18,6 +18,7 @@
 #include "dialects/nn/NNOps.h"
 #include "runtime/Random.h"
 
+#include "llvm/Support/DynamicLibrary.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/raw_ostream.h"
 
@@ -450,6 +451,33 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
                                "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
                                "]\n  c = a @ b\n  output c\n}\n",
                            1, 3, 1e-5);
+}
+
+/// Products split their row blocks into groups by the thread count at run
+/// time; every element sums its terms in the same order whatever the
+/// grouping, so one, two and three threads give the same bits.
+TEST(CpuMatmulBlocking, SameBitsOnAnyThreadCount) {
+  test::Compiled c("model m {\n  input a: f32[B, 257]\n  input b: f32[257, 96]\n  c = a @ b\n  output c\n}\n",
+                   Stage::Nn);
+  ASSERT_TRUE(c.module) << c.firstError();
+  auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+  std::vector<Tensor> in = test::inputsFor(fn, 200, 4);
+  auto exec = std::unique_ptr<ref::Executor>(cpu::createExecutor());
+  auto first = exec->run(fn, in, {}); // loads the OpenMP runtime
+  ASSERT_TRUE(succeeded(first)) << c.firstError();
+  auto setThreads = reinterpret_cast<void (*)(int)>(
+      llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_set_num_threads"));
+  ASSERT_NE(setThreads, nullptr);
+  auto getThreads = reinterpret_cast<int (*)()>(
+      llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_get_max_threads"));
+  int saved = getThreads();
+  for (int threads : {1, 2, 3}) {
+    setThreads(threads);
+    auto got = exec->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got));
+    EXPECT_EQ((*got)[0].data, (*first)[0].data) << threads << " threads";
+  }
+  setThreads(saved);
 }
 
 /// Reductions whose trailing axes are all reduced read one contiguous run

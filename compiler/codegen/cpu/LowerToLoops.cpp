@@ -130,6 +130,18 @@ struct Emitter {
   Value mul(Value x, Value y) { return b.create<arith::MulIOp>(loc, x, y); }
   Value add(Value x, Value y) { return b.create<arith::AddIOp>(loc, x, y); }
   Value sub(Value x, Value y) { return b.create<arith::SubIOp>(loc, x, y); }
+  /// The number of threads a parallel loop runs on (OpenMP's, set by
+  /// `--threads` through OMP_NUM_THREADS), as an index of at least 1.
+  Value threads() {
+    constexpr StringLiteral kName = "omp_get_max_threads";
+    if (!module.lookupSymbol(kName)) {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(module.getBody());
+      b.create<func::FuncOp>(loc, kName, b.getFunctionType({}, {b.getI32Type()})).setPrivate();
+    }
+    Value n = b.create<func::CallOp>(loc, kName, TypeRange{b.getI32Type()}, ValueRange{}).getResult(0);
+    return b.create<arith::MaxSIOp>(loc, idx(1), b.create<arith::IndexCastOp>(loc, b.getIndexType(), n));
+  }
   /// An index value as f32.
   Value toF32(Value i) {
     return b.create<arith::SIToFPOp>(loc, b.getF32Type(),
@@ -740,8 +752,8 @@ LogicalResult count(Emitter &e) {
 /// to a contiguous buffer on the thread's stack (B's rows are a power of
 /// two apart in large products, and read in place the panel evicts itself
 /// from L1), then served from L1 to every row block of the group. Groups
-/// are sized for at least kGroupsWanted of them (threads need several to
-/// share) and run in parallel when the product is large enough. Leftover
+/// are as few as the thread count allows (a multiple of it, decided at run
+/// time) and run in parallel when the product is large enough. Leftover
 /// rows take one-row blocks; the last column block of a ragged width uses
 /// masked loads and stores, unpacked. Every element of C sums its products
 /// in k order (through C between depth blocks, exact in f32), so the
@@ -749,7 +761,7 @@ LogicalResult count(Emitter &e) {
 /// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
 /// row blocks of 4 rows unpacked gave 103 and 71 GFLOP/s; packed, 128-deep
 /// blocks of up to 64 row blocks 187 and 175 (4 rows), 178 and 187 (6).
-constexpr int64_t kLanes = 16, kVectors = 4, kDepth = 128, kGroupMax = 64, kGroupsWanted = 4;
+constexpr int64_t kLanes = 16, kVectors = 4, kDepth = 128, kGroupMax = 64;
 
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
@@ -760,7 +772,16 @@ LogicalResult matmul(Emitter &e) {
   Value N = e.dim(B, 1);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value pad = e.f32(0);
-  e.fill(C, e.f32(0));
+  // The first depth block starts its accumulators at zero, so C needs no
+  // filling (a pass over C less; and a parallel fill would leave parts of
+  // C in another core's cache for the product to fetch back) except when
+  // there is no depth block at all.
+  std::optional<int64_t> depth = getConstantIntValue(K);
+  if (!depth)
+    e.when(b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, K, e.idx(0)), [&] { e.fill(C, e.f32(0)); });
+  else if (*depth == 0)
+    e.fill(C, e.f32(0));
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getF32Type()), 0.0f));
 
   // One register block: `rows` rows from i0, `vectors` vectors from column
   // j0, reduction steps [k0, k1).
@@ -771,10 +792,21 @@ LogicalResult matmul(Emitter &e) {
       cols.push_back(e.add(j0, e.idx(v * kLanes)));
     for (int64_t r = 0; r < rows; ++r)
       rowIdx.push_back(e.add(i0, e.idx(r)));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t v = 0; v < vectors; ++v)
-        init.push_back(b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
-                                                        ArrayRef<bool>{inBounds}));
+    auto first = b.create<scf::IfOp>(loc, SmallVector<Type>(rows * vectors, vt),
+                                     b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k0, e.idx(0)),
+                                     /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(&first.getThenRegion().front());
+      b.create<scf::YieldOp>(loc, SmallVector<Value>(rows * vectors, zero));
+      b.setInsertionPointToStart(&first.getElseRegion().front());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t v = 0; v < vectors; ++v)
+          init.push_back(b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
+                                                          ArrayRef<bool>{inBounds}));
+      b.create<scf::YieldOp>(loc, init);
+      init.assign(first.getResults().begin(), first.getResults().end());
+    }
     auto k = b.create<scf::ForOp>(loc, k0, k1, e.idx(1), init);
     {
       OpBuilder::InsertionGuard guard(b);
@@ -878,26 +910,32 @@ LogicalResult matmul(Emitter &e) {
   const int64_t kRows = typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6 : 4;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   int64_t typicalBlocks = typicalRows / kRows;
-  // A multiple of kGroupsWanted groups of equal size (up to kGroupMax
-  // blocks), so that threads get equal shares.
-  int64_t wantedGroups = kGroupsWanted * std::max<int64_t>(1, (typicalBlocks + kGroupsWanted * kGroupMax - 1) /
-                                                                  (kGroupsWanted * kGroupMax));
-  const int64_t kGroup = std::clamp<int64_t>((typicalBlocks + wantedGroups - 1) / wantedGroups, 1, kGroupMax);
-  Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, e.idx(kGroup));
   // Threads pay off from about a million multiply-adds.
   Value a = e.op->getOperand(0), c = e.op->getOperand(1);
   bool parallel = typicalDim(a, 0) * typicalDim(a, 1) * typicalDim(c, 1) >= (1 << 20);
+  // Groups of equal size, as large as kGroupMax allows (every row block of
+  // a group reuses the packed panels of B), and a multiple of the thread
+  // count in number, so that threads get equal shares: decided at run time
+  // (one thread runs the MNIST MLP's first product, 10 blocks, as one group
+  // at 178 GFLOP/s; as the four groups two threads want, at 147).
+  Value threads = parallel ? e.threads() : e.idx(1);
+  Value perThread = b.create<arith::MaxUIOp>(
+      loc, e.idx(1), b.create<arith::CeilDivUIOp>(loc, blocks, e.mul(threads, e.idx(kGroupMax))));
+  Value size = b.create<arith::CeilDivUIOp>(loc, blocks, e.mul(threads, perThread));
+  size = b.create<arith::MinUIOp>(loc, e.idx(kGroupMax), b.create<arith::MaxUIOp>(loc, e.idx(1), size));
+  Value groups = b.create<arith::CeilDivUIOp>(loc, blocks, size);
   // The packed panel (only when a group has several row blocks to reuse
   // it): on the stack of the thread running the group. In a parallel loop
   // the alloca is in the loop body, which the OpenMP lowering scopes per
   // iteration; otherwise one alloca before the loop serves every group.
   auto packType = MemRefType::get({kDepth, kVectors * kLanes}, b.getF32Type());
   auto newPack = [&]() -> Value { return b.create<memref::AllocaOp>(loc, packType, b.getI64IntegerAttr(64)); };
-  Value shared = kGroup >= 2 && !parallel ? newPack() : Value();
+  bool pack = typicalBlocks >= 2;
+  Value shared = pack && !parallel ? newPack() : Value();
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
-    Value rb0 = e.mul(iv[0], e.idx(kGroup));
-    Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, e.idx(kGroup)));
-    columns(rb0, rb1, kRows, kGroup >= 2 && parallel ? newPack() : shared, e.idx(0));
+    Value rb0 = e.mul(iv[0], size);
+    Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, size));
+    columns(rb0, rb1, kRows, pack && parallel ? newPack() : shared, e.idx(0));
   }, parallel);
   Value done = e.mul(blocks, e.idx(kRows));
   if (kRows == 6) {
