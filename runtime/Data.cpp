@@ -3,6 +3,7 @@
 #include "runtime/Data.h"
 #include "runtime/Random.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -11,10 +12,30 @@
 
 namespace nnc::rt {
 
+void Field::copyRow(int64_t r, float *out) const {
+  if (pixels.empty()) {
+    std::copy_n(values.data() + r * width, width, out);
+    return;
+  }
+  const uint8_t *p = pixels.data() + r * width;
+  for (int64_t i = 0; i < width; ++i)
+    out[i] = static_cast<float>(p[i]) / 255.0f;
+}
+
+void Field::prefetchRow(int64_t r) const {
+  const char *p = pixels.empty() ? reinterpret_cast<const char *>(values.data() + r * width)
+                                 : reinterpret_cast<const char *>(pixels.data() + r * width);
+  size_t bytes = static_cast<size_t>(width) * (pixels.empty() ? sizeof(float) : 1);
+  for (size_t at = 0; at < bytes; at += 64)
+    __builtin_prefetch(p + at);
+}
+
 Table fromMnist(Dataset &&mnist) {
   Table t;
   t.count = mnist.count;
-  t.fields.push_back({"images", mnist.features, false, std::move(mnist.images)});
+  Field images{"images", mnist.features, false, {}};
+  images.pixels = std::move(mnist.pixels);
+  t.fields.push_back(std::move(images));
   Field labels{"labels", 1, true, {}};
   labels.values.assign(mnist.labels.begin(), mnist.labels.end());
   t.fields.push_back(std::move(labels));
@@ -111,10 +132,15 @@ Table gather(const Table &t, const std::vector<int64_t> &indices) {
   out.count = static_cast<int64_t>(indices.size());
   for (const Field &f : t.fields) {
     Field g{f.name, f.width, f.integer, {}};
-    g.values.reserve(indices.size() * f.width);
-    for (int64_t i : indices)
-      g.values.insert(g.values.end(), f.values.begin() + i * f.width,
-                      f.values.begin() + (i + 1) * f.width);
+    auto pick = [&](const auto &from, auto &to) {
+      to.reserve(indices.size() * f.width);
+      for (int64_t i : indices)
+        to.insert(to.end(), from.begin() + i * f.width, from.begin() + (i + 1) * f.width);
+    };
+    if (f.pixels.empty())
+      pick(f.values, g.values);
+    else
+      pick(f.pixels, g.pixels);
     out.fields.push_back(std::move(g));
   }
   return out;

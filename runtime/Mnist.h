@@ -21,8 +21,12 @@ namespace nnc::rt {
 struct Dataset {
   int64_t count = 0;
   int64_t features = 0;       // pixels per image (784)
-  std::vector<float> images;  // count * features, scaled to [0, 1]
+  std::vector<uint8_t> pixels; // count * features, as stored (0-255)
   std::vector<int32_t> labels; // count, in [0, 9]
+
+  /// Pixel `i` as the models see it: scaled to [0, 1] (x / 255, as
+  /// torchvision's ToTensor).
+  float image(size_t i) const { return static_cast<float>(pixels[i]) / 255.0f; }
 };
 
 /// Loads one split: `split` is "train" or "t10k" inside directory `dir`.

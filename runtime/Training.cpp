@@ -33,9 +33,11 @@ Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool 
                              std::to_string(src.width));
       if (movedTo[field] < 0) {
         f.values = std::move(src.values);
+        f.pixels = std::move(src.pixels);
         movedTo[field] = static_cast<int>(out.fields.size());
       } else {
         f.values = out.fields[movedTo[field]].values;
+        f.pixels = out.fields[movedTo[field]].pixels;
       }
     } else {
       if (next + in.width > data.fields.size())
@@ -60,6 +62,10 @@ Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool 
   return Status::ok();
 }
 
+/// Rows of a shuffled batch lie anywhere in the data set: the loads of the
+/// row this many ahead are started while a row is copied.
+constexpr size_t kAhead = 4;
+
 void rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
                    std::vector<HostTensor> &out) {
   out.resize(inputs.size());
@@ -70,8 +76,11 @@ void rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const 
     x.shape.insert(x.shape.end(), inputs[i].dims.begin(), inputs[i].dims.end());
     const Field &f = t.fields[i];
     x.data.resize(indices.size() * f.width);
-    for (size_t r = 0; r < indices.size(); ++r)
-      std::copy_n(f.values.begin() + indices[r] * f.width, f.width, x.data.begin() + r * f.width);
+    for (size_t r = 0; r < indices.size(); ++r) {
+      if (r + kAhead < indices.size())
+        f.prefetchRow(indices[r + kAhead]);
+      f.copyRow(indices[r], x.data.data() + r * f.width);
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include "runtime/Init.h"
 #include "runtime/Mnist.h"
 #include "runtime/Random.h"
+#include "runtime/Training.h"
 
 #include <gtest/gtest.h>
 
@@ -58,8 +59,47 @@ TEST(Runtime, IdxLoaderReadsAndScales) {
   ASSERT_TRUE(s.isOk()) << s.message();
   EXPECT_EQ(d.count, 2);
   EXPECT_EQ(d.features, 4);
-  EXPECT_FLOAT_EQ(d.images[1], 50.0f / 255.0f);
+  EXPECT_FLOAT_EQ(d.image(1), 50.0f / 255.0f);
   EXPECT_EQ(d.labels[1], 3);
+}
+
+/// MNIST's pixels stay bytes through binding and splitting; a batch holds
+/// them scaled to [0, 1], row by row in the order asked for.
+TEST(Runtime, MnistBatchesScaleTheStoredBytes) {
+  std::string img = tempPath("batch-img"), lab = tempPath("batch-lab");
+  writeIdx(img, lab, 5);
+  Dataset d;
+  ASSERT_TRUE(loadIdx(img, lab, d).isOk());
+  std::vector<ModelInput> inputs{{"x", {4}, 4, false}, {"y", {}, 1, true}};
+  Table bound;
+  Status s = bindInputs(fromMnist(std::move(d)), inputs, /*mnist=*/true, bound);
+  ASSERT_TRUE(s.isOk()) << s.message();
+  ASSERT_EQ(bound.fields.size(), 2u);
+  EXPECT_EQ(bound.fields[0].size(), 20u);
+  std::vector<HostTensor> batch = batchOf(bound, inputs, {3, 0, 4});
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(batch[0].shape, (std::vector<int64_t>{3, 4}));
+  for (int64_t r = 0; r < 3; ++r)
+    for (int64_t p = 0; p < 4; ++p) {
+      int64_t row = std::vector<int64_t>{3, 0, 4}[r];
+      EXPECT_EQ(batch[0].data[r * 4 + p], static_cast<float>(uint8_t((row * 4 + p) * 50)) / 255.0f);
+    }
+  EXPECT_EQ(batch[1].data, (std::vector<float>{3, 3, 3}));
+  Table train, val;
+  splitValidation(bound, 0.4, 1, train, val);
+  ASSERT_EQ(val.count, 2);
+  std::multiset<float> seen;
+  for (const Table *t : {&train, &val}) {
+    std::vector<int64_t> all(t->count);
+    for (int64_t i = 0; i < t->count; ++i)
+      all[i] = i;
+    std::vector<HostTensor> b = batchOf(*t, inputs, all);
+    seen.insert(b[0].data.begin(), b[0].data.end());
+  }
+  std::multiset<float> want;
+  for (int i = 0; i < 20; ++i)
+    want.insert(static_cast<float>(uint8_t(i * 50)) / 255.0f);
+  EXPECT_EQ(seen, want);
 }
 
 TEST(Runtime, IdxLoaderRejectsBadFiles) {

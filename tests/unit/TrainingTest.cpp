@@ -255,7 +255,7 @@ TEST(Training, MnistMlpLowersItsLossOnRealData) {
     for (int64_t b = 0; b < batch; ++b) {
       int64_t i = rt::randomBits(1, 42, k * batch + b) % train.count;
       for (int64_t p = 0; p < 784; ++p)
-        x.data[b * 784 + p] = train.images[i * 784 + p];
+        x.data[b * 784 + p] = train.image(i * 784 + p);
       y.data[b] = train.labels[i];
     }
     auto loss = t.step({x, y});
@@ -274,7 +274,7 @@ TEST(Training, MnistMlpLowersItsLossOnRealData) {
   const int64_t n = 1000;
   Tensor x = Tensor::filled({n, 784}), y = Tensor::filled({n});
   for (int64_t i = 0; i < n * 784; ++i)
-    x.data[i] = test.images[i];
+    x.data[i] = test.image(i);
   for (int64_t i = 0; i < n; ++i)
     y.data[i] = test.labels[i];
   auto out = t.evaluate({x, y});
