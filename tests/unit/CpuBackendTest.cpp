@@ -531,7 +531,12 @@ TEST(CpuReductionColumns, MatchReference) {
                             std::pair{"f32[B, 64]", "max(x, axis=0)"},
                             std::pair{"f32[B, 3, 64]", "sum(x, axis=0)"},
                             std::pair{"f32[B, 3, 16]", "sum(x, axis=[0, 1])"},
-                            std::pair{"f32[B, 10]", "sum(x, axis=0)"}})
+                            std::pair{"f32[B, 10]", "sum(x, axis=0)"},
+                            // Large: rows stream through panels of
+                            // accumulators (one, two, over two axes).
+                            std::pair{"f32[B, 4096]", "sum(x, axis=0)"},
+                            std::pair{"f32[B, 4608]", "max(x, axis=0, keepdims=true)"},
+                            std::pair{"f32[B, 2, 2304]", "mean(x, axis=[0, 1])"}})
     expectMatchesReference(std::string("model m {\n  input x: ") + type + "\n  y = " + expr +
                                "\n  output y\n}\n",
                            7, 2, 1e-5);
@@ -549,7 +554,9 @@ TEST(CpuReductionColumns, FusedProducersAndEpilogueMatchReference) {
         "  input x: f32[B, 128]\n  input z: f32[B, 128]\n  y = sum(step(x) * z, axis=0)\n",
         "  input x: f32[B, 3, 32]\n  y = max(x * x - 1, axis=0, keepdims=true)\n",
         "  input x: f32[B, 2, 16]\n  input w: f32[2, 16]\n  y = exp(mean(tanh(x) - w, axis=0)) + w\n",
-        "  input l: i32[B]\n  input w: f32[16]\n  y = sum(one_hot(l, 16) * w, axis=0)\n"})
+        "  input l: i32[B]\n  input w: f32[16]\n  y = sum(one_hot(l, 16) * w, axis=0)\n",
+        "  input x: f32[B, 4096]\n  input s: f32[B, 1]\n  input w: f32[4096]\n"
+        "  y = sum(relu(x) * s, axis=0) - w\n"})
     for (int64_t batch : {1, 7, 64})
       expectMatchesReference(std::string("model m {\n") + body + "  output y\n}\n", batch, 5, 1e-5);
 }

@@ -559,10 +559,71 @@ LogicalResult reduce(Emitter &e, bool max) {
   bool leading = e.lanes == kVec;
   assert((!e.lanes || (leading && columnSums(e.op))) && "a reduction in vector mode sums columns");
   if (leading) {
-    const int64_t vecs = in[lastKept] % (4 * kVec) == 0 ? 4 : 1, width = vecs * kVec;
     auto vt = VectorType::get({kVec}, b.getF32Type());
     Value init = b.create<arith::ConstantOp>(
         loc, DenseElementsAttr::get(vt, max ? -std::numeric_limits<float>::infinity() : 0.0f));
+    auto combine = [&](Value acc, Value x) -> Value {
+      return max ? b.create<arith::MaximumFOp>(loc, acc, x).getResult()
+                 : b.create<arith::AddFOp>(loc, acc, x).getResult();
+    };
+    // An input beyond the caches with one kept axis: each row's run of
+    // `panel` columns (up to 16 KiB) is read in turn, contiguously, into
+    // accumulators in an L1 buffer (walking down a column of vectors
+    // instead touches a new page every load: 4096x4096 column sums 6.3 ->
+    // 2.9-3.2 ms). Every output still sums its rows in order, as in
+    // registers.
+    int64_t n = in[lastKept], rows = 1;
+    for (int64_t d : reduced)
+      rows *= typicalDim(e.op->getOperand(0), d);
+    int64_t panel = 0;
+    if (kept.size() == 1 && rows >= 16 && rows * n >= (1 << 18))
+      for (int64_t p = std::min<int64_t>(n, 4096) / kVec * kVec; p >= 256 && !panel; p -= kVec)
+        if (n % p == 0)
+          panel = p;
+    if (panel) {
+      bool parallel = worthThreads(e.op->getOperand(0));
+      auto bufType = MemRefType::get({panel}, b.getF32Type());
+      auto newBuf = [&]() -> Value { return b.create<memref::AllocaOp>(loc, bufType, b.getI64IntegerAttr(64)); };
+      Value shared = parallel ? Value() : newBuf();
+      Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0));
+      auto overPanel = [&](function_ref<void(Value)> body) {
+        b.create<scf::ForOp>(loc, e.idx(0), e.idx(panel), e.idx(kVec), std::nullopt,
+                             [&](OpBuilder &, Location, Value j, ValueRange) {
+                               body(j);
+                               b.create<scf::YieldOp>(loc);
+                             });
+      };
+      e.loops(ArrayRef<Value>{e.idx(n / panel)}, [&](ValueRange ov) {
+        Value buf = shared ? shared : newBuf();
+        Value p0 = e.mul(ov[0], e.idx(panel));
+        overPanel([&](Value j) { b.create<vector::TransferWriteOp>(loc, init, buf, j, ArrayRef<bool>{true}); });
+        SmallVector<Value> idx(in.size());
+        std::function<void(size_t)> rec = [&](size_t d) {
+          if (d == reduced.size()) {
+            overPanel([&](Value j) {
+              idx[lastKept] = e.add(p0, j);
+              Value acc = b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true});
+              b.create<vector::TransferWriteOp>(loc, combine(acc, e.read(0, idx)), buf, j, ArrayRef<bool>{true});
+            });
+            return;
+          }
+          b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), std::nullopt,
+                               [&](OpBuilder &, Location, Value r, ValueRange) {
+                                 idx[reduced[d]] = r;
+                                 rec(d + 1);
+                                 b.create<scf::YieldOp>(loc);
+                               });
+        };
+        rec(0);
+        overPanel([&](Value j) {
+          SmallVector<Value> o(keepdims ? in.size() - 1 : 0, e.idx(0));
+          o.push_back(e.add(p0, j));
+          e.emit(b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true}), o);
+        });
+      }, parallel);
+      return success();
+    }
+    const int64_t vecs = in[lastKept] % (4 * kVec) == 0 ? 4 : 1, width = vecs * kVec;
     SmallVector<Value> chunks(outer);
     chunks.back() = e.idx(in[lastKept] / width);
     e.loops(chunks, [&](ValueRange ov) {
@@ -575,9 +636,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         if (d == reduced.size()) {
           for (int64_t v = 0; v < vecs; ++v) {
             idx[lastKept] = e.add(j0, e.idx(v * kVec));
-            Value x = e.read(0, idx);
-            next.push_back(max ? b.create<arith::MaximumFOp>(loc, acc[v], x).getResult()
-                               : b.create<arith::AddFOp>(loc, acc[v], x).getResult());
+            next.push_back(combine(acc[v], e.read(0, idx)));
           }
           return next;
         }
