@@ -2,6 +2,7 @@
 
 #include "runtime/Compiled.h"
 
+#include "runtime/Memory.h"
 #include "runtime/Random.h"
 
 #include <algorithm>
@@ -36,9 +37,10 @@ struct CompiledModel::Frame {
     buffers.resize(f.args.size() + f.results.size());
     borrowed.assign(f.args.size(), nullptr);
     for (size_t i = 0; i < f.results.size(); ++i)
-      buffers[f.args.size() + i].resize(f.overwrites(i) >= 0 ? 1 : std::max<int64_t>(1, f.results[i].numel(batch)));
+      resizeLarge(buffers[f.args.size() + i],
+                  f.overwrites(i) >= 0 ? 1 : std::max<int64_t>(1, f.results[i].numel(batch)));
     size_t total = placeSlots(f.slots, batch, nullptr, nullptr) + 64;
-    workspace.resize(std::max(workspace.size(), total / 4 + 1));
+    resizeLarge(workspace, std::max(workspace.size(), total / 4 + 1));
     uintptr_t base = (reinterpret_cast<uintptr_t>(workspace.data()) + 63) & ~uintptr_t(63);
     placeSlots(f.slots, batch, reinterpret_cast<void *>(base), &slots);
   }

@@ -1,30 +1,14 @@
 //===- Mnist.cpp - the MNIST IDX loader -----------------------------------===//
 
 #include "runtime/Mnist.h"
+#include "runtime/Memory.h"
 
 #include <algorithm>
 #include <fstream>
 #include <iterator>
 
-#include <sys/mman.h>
-
 namespace nnc::rt {
 
-/// Sizes `v` to `n` elements, asking for transparent huge pages first where
-/// the kernel grants them on request: MNIST's 47 MB of training images would
-/// otherwise take some 11,000 page faults, and every batch gathers 64 rows
-/// from anywhere in them (fewer TLB misses).
-template <typename T> static void resizeHuge(std::vector<T> &v, size_t n) {
-  v.reserve(n);
-#ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = 2u << 20;
-  uintptr_t begin = (reinterpret_cast<uintptr_t>(v.data()) + kHuge - 1) & ~(kHuge - 1);
-  uintptr_t end = (reinterpret_cast<uintptr_t>(v.data() + n)) & ~(kHuge - 1);
-  if (end > begin)
-    (void)madvise(reinterpret_cast<void *>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-  v.resize(n);
-}
 
 static Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
   std::ifstream in(path, std::ios::binary);
@@ -33,7 +17,7 @@ static Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
   in.seekg(0, std::ios::end);
   std::streamoff size = in.tellg();
   in.seekg(0, std::ios::beg);
-  resizeHuge(bytes, size > 0 ? static_cast<size_t>(size) : 0);
+  resizeLarge(bytes, size > 0 ? static_cast<size_t>(size) : 0);
   in.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   if (in.bad() || in.gcount() != static_cast<std::streamsize>(bytes.size()))
     return Status::error(path + ": read error");
@@ -86,7 +70,7 @@ Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
                          (lab.size() < 8 + count ? " (truncated)" : " (trailing data)"));
   out.count = static_cast<int64_t>(count);
   out.features = static_cast<int64_t>(rows * cols);
-  resizeHuge(out.pixels, count * rows * cols);
+  resizeLarge(out.pixels, count * rows * cols);
   std::copy(img.begin() + 16, img.end(), out.pixels.begin());
   out.labels.resize(count);
   for (size_t i = 0; i < count; ++i) {

@@ -6,6 +6,8 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
 
+#include "runtime/Memory.h"
+
 #include <chrono>
 #include <cstring>
 
@@ -39,17 +41,18 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
   uint64_t counter = 0;
   for (const rt::TensorDesc &t : r->f.args) {
     rt::HostTensor h = rt::syntheticTensor(t, batch, counter);
-    std::vector<int32_t> words(std::max<size_t>(h.data.size(), 1), 0);
+    std::vector<int32_t> words;
+    rt::resizeLarge(words, std::max<size_t>(h.data.size(), 1));
     if (!t.integer) // integers (labels) are 0
       std::memcpy(words.data(), h.data.data(), h.data.size() * 4);
     r->buffers.push_back(std::move(words));
   }
   for (const rt::TensorDesc &t : r->f.results)
-    r->buffers.emplace_back(static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)));
+    rt::resizeLarge(r->buffers.emplace_back(), static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)));
   for (auto &b : r->buffers)
     r->pointers.push_back(b.data());
   r->pointers.push_back(r->rng);
-  r->workspace.resize(rt::placeSlots(r->f.slots, batch, nullptr, nullptr) / 4 + 16);
+  rt::resizeLarge(r->workspace, rt::placeSlots(r->f.slots, batch, nullptr, nullptr) / 4 + 16);
   auto base = (reinterpret_cast<uintptr_t>(r->workspace.data()) + 63) & ~uintptr_t(63);
   rt::placeSlots(r->f.slots, batch, reinterpret_cast<void *>(base), &r->slots);
   return r;
