@@ -480,6 +480,25 @@ TEST(CpuMatmulBlocking, SameBitsOnAnyThreadCount) {
   setThreads(saved);
 }
 
+/// Convolutions whose output-channel blocks take every size (16, 8, 4, 2
+/// and 1 channels times one to three row vectors, grouped and not, with an
+/// epilogue), against the reference.
+TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
+  struct Layer {
+    const char *x, *w, *expr;
+  };
+  for (Layer l : {Layer{"[B, 4, 9, 10]", "[32, 2, 3, 3]", "relu(conv2d(x, w, padding=1, groups=2))"}, // 16 x 1
+                  Layer{"[B, 4, 9, 10]", "[8, 4, 3, 2]", "conv2d(x, w, padding=1)"},   // 8 x 1, 11 wide
+                  Layer{"[B, 4, 9, 10]", "[12, 4, 3, 3]", "tanh(conv2d(x, w))"},       // 4 x 1
+                  Layer{"[B, 4, 9, 10]", "[6, 2, 1, 1]", "conv2d(x, w, groups=2)"},    // 1 x 1
+                  Layer{"[B, 4, 9, 10]", "[2, 4, 2, 2]", "conv2d(x, w)"},              // 2 x 1
+                  Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=1)"},  // 8 x 2
+                  Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=[0, 11])"}}) // 4 x 3
+    expectMatchesReference(std::string("model m {\n  input x: f32") + l.x + "\n  input w: f32" + l.w +
+                               "\n  y = " + l.expr + "\n  output y\n}\n",
+                           3, 6, 1e-4);
+}
+
 /// Reductions whose trailing axes are all reduced read one contiguous run
 /// per leading index: every form of them against the reference.
 TEST(CpuReductionRuns, MatchReference) {

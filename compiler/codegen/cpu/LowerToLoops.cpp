@@ -1147,8 +1147,17 @@ void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int
   Value X = e.in[0], W = e.in[1], Y = e.out[0];
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
   int64_t og = w[0] / groups, cg = w[1];
-  int64_t block = og % 4 == 0 ? 4 : og % 2 == 0 ? 2 : 1;
+  // Up to 16 accumulators: output channels of the block times the row's
+  // vectors (a 16-wide row with 4 channels kept 4 FMA chains in flight, too
+  // few to hide the FMA latency; the weights are broadcast from memory
+  // into the FMAs and take no registers).
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
+  int64_t block = 1;
+  for (int64_t c : {16, 8, 4, 2})
+    if (og % c == 0 && c * vectors <= 16) {
+      block = c;
+      break;
+    }
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
