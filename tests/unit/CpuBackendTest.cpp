@@ -503,6 +503,31 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                            3, 6, 1e-4);
 }
 
+/// Elementwise kernels over short trailing axes run as one flat loop when
+/// every buffer has the result's shape or one element; with an operand
+/// broadcast along an axis they keep the nested loops. Every result (a
+/// fused producer stored for a second use included) against the reference.
+TEST(CpuElementwiseFlat, MatchesReference) {
+  for (const char *body :
+       {"  z = x * s - y / 2\n  output z\n",                           // flat, a one-element operand
+        "  z = x + b\n  output z\n",                                   // broadcast: nested loops
+        "  h = exp(x) * 0.5\n  z = h + y\n  output z\n  output h\n",  // flat, h stored as well
+        "  z = x * y + s\n  w = sum(z, axis=1)\n  output w\n  output z\n"}) {
+    std::string src = std::string("model m {\n  input x: f32[B, 5, 3]\n  input y: f32[B, 5, 3]\n"
+                                  "  input s: f32[1, 1, 1]\n  input b: f32[3]\n") + body + "}\n";
+    test::Compiled c(src, Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 7, 8);
+    auto got = cpu::createExecutor()->run(fn, in, {});
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+    ASSERT_EQ(got->size(), want->size());
+    for (size_t i = 0; i < got->size(); ++i)
+      expectClose((*got)[i], (*want)[i], src + " result " + std::to_string(i), 1e-5, 1e-5);
+  }
+}
+
 /// Reductions whose trailing axes are all reduced read one contiguous run
 /// per leading index: every form of them against the reference.
 TEST(CpuReductionRuns, MatchReference) {

@@ -64,6 +64,10 @@ struct Emitter {
   /// last axis, from the index given; literals are splats, and reads of
   /// operands constant along that axis are broadcasts.
   int64_t lanes = 0;
+  /// Flat mode (an elementwise kernel whose buffers all have the result's
+  /// shape, or one element): buffers of that shape are 1-D views and
+  /// element indices a single linear index.
+  bool flat = false;
 
   Value idx(int64_t v) { return b.create<arith::ConstantIndexOp>(loc, v); }
   Value f32(double v) { return splat(b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(v))); }
@@ -362,7 +366,14 @@ const llvm::DenseMap<TypeID, Scalar> &scalars() {
 
 Value Emitter::at(ValueRange ivs) {
   const Scalar &f = scalars().find(op->getName().getTypeID())->second;
-  return f(*this, [&](unsigned k) { return read(k, broadcastIdx(op->getOperand(k), ivs)); });
+  return f(*this, [&](unsigned k) {
+    Value v = op->getOperand(k);
+    if (!flat)
+      return read(k, broadcastIdx(v, ivs));
+    if (v.getType() == op->getResult(0).getType())
+      return read(k, ivs);
+    return read(k, SmallVector<Value>(shapeOf(v).size(), idx(0))); // one element
+  });
 }
 
 /// Whether a loop nest over `v`'s elements is worth splitting across
@@ -383,6 +394,24 @@ bool worthThreads(Value v) {
 }
 
 LogicalResult elementwise(Emitter &e) {
+  if (e.flat) {
+    // One loop over the elements, in chunks for the threads: trailing axes
+    // of 3 (a convolution's kernel) or 10 would leave the inner loops too
+    // short to vectorize.
+    constexpr int64_t kChunk = 4096;
+    Value n = e.dim(e.out[0], 0);
+    Value chunks = e.b.create<arith::CeilDivUIOp>(e.loc, n, e.idx(kChunk));
+    e.loops(ArrayRef<Value>{chunks}, [&](ValueRange c) {
+      Value lo = e.mul(c[0], e.idx(kChunk));
+      Value hi = e.b.create<arith::MinUIOp>(e.loc, n, e.add(lo, e.idx(kChunk)));
+      e.b.create<scf::ForOp>(e.loc, lo, hi, e.idx(1), std::nullopt,
+                             [&](OpBuilder &, Location, Value i, ValueRange) {
+                               e.store(e.at(i), e.out[0], i);
+                               e.b.create<scf::YieldOp>(e.loc);
+                             });
+    }, worthThreads(e.op->getResult(0)));
+    return success();
+  }
   e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(e.at(ivs), e.out[0], ivs); },
           worthThreads(e.op->getResult(0)));
   return success();
@@ -2326,10 +2355,10 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         if (failed(out))
           return failure();
         buffers[def->getResult(0)] = *out;
-        Value to = *out;
-        e.gen.emplace_back([&p, to](ValueRange ivs) {
+        p.out.push_back(*out);
+        e.gen.emplace_back([&p](ValueRange ivs) {
           Value v = p.at(ivs);
-          p.store(v, to, ivs);
+          p.store(v, p.out[0], ivs);
           return v;
         });
       } else {
@@ -2416,6 +2445,60 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
          b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
+  // An elementwise kernel whose buffers (its own and its fused producers')
+  // all have the result's shape or hold one element, in identity layout,
+  // runs in flat mode: over 1-D views of them, one linear index.
+  auto flatten = [&](Emitter &e) {
+    Type full = e.op->getResult(0).getType();
+    if (cast<ShapedType>(full).getRank() < 2)
+      return;
+    SmallVector<Emitter *> all{&e};
+    for (Emitter &p : producers)
+      all.push_back(&p);
+    auto oneElement = [](Value v) {
+      return llvm::all_of(shapeOf(v), [](int64_t d) { return d == 1; });
+    };
+    auto identity = [](Value m) { return m && cast<MemRefType>(m.getType()).getLayout().isIdentity(); };
+    for (Emitter *p : all) {
+      if (immediate.contains(p->op))
+        continue; // math on literals: reads no buffer
+      if (!scalars().count(p->op->getName().getTypeID()) || p->op->getResult(0).getType() != full ||
+          llvm::any_of(p->out, [&](Value m) { return !identity(m); }))
+        return;
+      for (auto [k, v] : llvm::enumerate(p->op->getOperands())) {
+        bool generated = k < p->gen.size() && p->gen[k];
+        if (generated ? v.getType() != full && !immediate.contains(v.getDefiningOp())
+                      : !oneElement(v) && (v.getType() != full || !identity(p->in[k])))
+          return;
+      }
+    }
+    if (!identity(e.out[0]))
+      return;
+    // One view per buffer: an element updated in place is then read and
+    // written through the same pointer, which LLVM vectorizes without
+    // run-time overlap checks (which two views of it fail).
+    llvm::DenseMap<Value, Value> views;
+    auto view = [&](Value m) -> Value {
+      Value &v = views[m];
+      if (!v) {
+        ReassociationIndices dims;
+        for (int64_t d = 0; d < cast<MemRefType>(m.getType()).getRank(); ++d)
+          dims.push_back(d);
+        v = b.create<memref::CollapseShapeOp>(loc, m, ArrayRef<ReassociationIndices>{dims});
+      }
+      return v;
+    };
+    for (Emitter *p : all) {
+      if (immediate.contains(p->op))
+        continue;
+      p->flat = true;
+      for (auto [k, v] : llvm::enumerate(p->op->getOperands()))
+        if (!(k < p->gen.size() && p->gen[k]) && v.getType() == full)
+          p->in[k] = view(p->in[k]);
+      for (Value &m : p->out) // a producer also stored (e, its own out[0])
+        m = view(m);
+    }
+  };
   // One op of a kernel, with its fused producers and its epilogue.
   auto lowerOne = [&](Operation *op) -> LogicalResult {
     auto it = lowerings().find(op->getName().getTypeID());
@@ -2479,6 +2562,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         buffers[r] = e.out.back();
       }
     }
+    if (!epilogueOf.lookup(op) && !e.lanes && scalars().count(op->getName().getTypeID()))
+      flatten(e);
     LogicalResult done = it->second(e);
     producers.clear();
     return done;
