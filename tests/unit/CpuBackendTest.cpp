@@ -458,30 +458,38 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
 /// grouping, so one, two and three threads give the same bits.
 TEST(CpuMatmulBlocking, SameBitsOnAnyThreadCount) {
   // Large enough to run in parallel; 66 blocks of 6 rows: one thread takes
-  // groups of 64 and 2, two threads 33 each, three 22.
-  test::Compiled c("model m {\n  input a: f32[400, 300]\n  input b: f32[300, 160]\n  c = a @ b\n  output c\n}\n",
-                   Stage::Nn);
-  ASSERT_TRUE(c.module) << c.firstError();
-  auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-  std::vector<Tensor> in = test::inputsFor(fn, 1, 4);
-  auto exec = std::unique_ptr<ref::Executor>(cpu::createExecutor());
-  auto first = exec->run(fn, in, {}); // loads the OpenMP runtime
-  auto want = ref::createReferenceExecutor()->run(fn, in, {});
-  ASSERT_TRUE(succeeded(first) && succeeded(want)) << c.firstError();
-  expectClose((*first)[0], (*want)[0], "product", 1e-5, 1e-5);
-  auto setThreads = reinterpret_cast<void (*)(int)>(
-      llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_set_num_threads"));
-  ASSERT_NE(setThreads, nullptr);
-  auto getThreads = reinterpret_cast<int (*)()>(
-      llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_get_max_threads"));
-  int saved = getThreads();
-  for (int threads : {1, 2, 3}) {
-    setThreads(threads);
-    auto got = exec->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got));
-    EXPECT_EQ((*got)[0].data, (*first)[0].data) << threads << " threads";
+  // groups of 64 and 2, two threads 33 each, three 22. With a batch-sized
+  // dimension the size is judged at run time: 400 rows are split, 7 not.
+  struct Case {
+    const char *a;
+    int64_t batch;
+  };
+  for (Case k : {Case{"f32[400, 300]", 1}, Case{"f32[B, 300]", 400}, Case{"f32[B, 300]", 7}}) {
+    test::Compiled c(std::string("model m {\n  input a: ") + k.a +
+                         "\n  input b: f32[300, 160]\n  c = a @ b\n  output c\n}\n",
+                     Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, k.batch, 4);
+    auto exec = std::unique_ptr<ref::Executor>(cpu::createExecutor());
+    auto first = exec->run(fn, in, {}); // loads the OpenMP runtime
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(first) && succeeded(want)) << c.firstError();
+    expectClose((*first)[0], (*want)[0], std::string("product ") + k.a, 1e-5, 1e-5);
+    auto setThreads = reinterpret_cast<void (*)(int)>(
+        llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_set_num_threads"));
+    ASSERT_NE(setThreads, nullptr);
+    auto getThreads = reinterpret_cast<int (*)()>(
+        llvm::sys::DynamicLibrary::SearchForAddressOfSymbol("omp_get_max_threads"));
+    int saved = getThreads();
+    for (int threads : {1, 2, 3}) {
+      setThreads(threads);
+      auto got = exec->run(fn, in, {});
+      ASSERT_TRUE(succeeded(got));
+      EXPECT_EQ((*got)[0].data, (*first)[0].data) << k.a << ", " << threads << " threads";
+    }
+    setThreads(saved);
   }
-  setThreads(saved);
 }
 
 /// Convolutions whose output-channel blocks take every size (16, 8, 4, 2

@@ -1001,15 +1001,25 @@ LogicalResult matmul(Emitter &e) {
   // Threads pay off from about 16 million multiply-adds (80 us on one
   // core): a second core first fetches its share of the operands from the
   // first core's caches, and the products of the MNIST MLP at batch 64 (6.4
-  // million) ran slower on two threads than on one.
+  // million) ran slower on two threads than on one. With a batch-sized
+  // dimension the product is measured at run time (the same layer at batch
+  // 512 is worth splitting).
   Value a = e.op->getOperand(0), c = e.op->getOperand(1);
-  bool parallel = typicalDim(a, 0) * typicalDim(a, 1) * typicalDim(c, 1) >= (1 << 24);
+  constexpr int64_t kWorthThreads = int64_t(1) << 24;
+  bool dynamic = ShapedType::isDynamic(shapeOf(a)[0]) || ShapedType::isDynamic(shapeOf(a)[1]) ||
+                 ShapedType::isDynamic(shapeOf(c)[1]);
+  bool parallel = dynamic || typicalDim(a, 0) * typicalDim(a, 1) * typicalDim(c, 1) >= kWorthThreads;
   // Groups of equal size, as large as kGroupMax allows (every row block of
   // a group reuses the packed panels of B), and a multiple of the thread
   // count in number, so that threads get equal shares: decided at run time
   // (one thread runs the MNIST MLP's first product, 10 blocks, as one group
   // at 178 GFLOP/s; as the four groups two threads want, at 147).
   Value threads = parallel ? e.threads() : e.idx(1);
+  if (dynamic) {
+    Value big = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::uge, e.mul(e.mul(M, K), N),
+                                        e.idx(kWorthThreads));
+    threads = b.create<arith::SelectOp>(loc, big, threads, e.idx(1));
+  }
   Value perThread = b.create<arith::MaxUIOp>(
       loc, e.idx(1), b.create<arith::CeilDivUIOp>(loc, blocks, e.mul(threads, e.idx(kGroupMax))));
   Value size = b.create<arith::CeilDivUIOp>(loc, blocks, e.mul(threads, perThread));
