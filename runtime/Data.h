@@ -29,8 +29,6 @@ struct Field {
   /// batch to gather from).
   std::vector<uint8_t> pixels;
 
-  /// The number of values held.
-  size_t size() const { return pixels.empty() ? values.size() : pixels.size(); }
   /// Row `r`'s `width` values into `out`.
   void copyRow(int64_t r, float *out) const;
   /// Starts loading row `r` into the cache.

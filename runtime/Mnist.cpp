@@ -3,12 +3,10 @@
 #include "runtime/Mnist.h"
 #include "runtime/Memory.h"
 
-#include <algorithm>
 #include <fstream>
 #include <iterator>
 
 namespace nnc::rt {
-
 
 static Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
   std::ifstream in(path, std::ios::binary);
@@ -70,8 +68,6 @@ Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
                          (lab.size() < 8 + count ? " (truncated)" : " (trailing data)"));
   out.count = static_cast<int64_t>(count);
   out.features = static_cast<int64_t>(rows * cols);
-  resizeLarge(out.pixels, count * rows * cols);
-  std::copy(img.begin() + 16, img.end(), out.pixels.begin());
   out.labels.resize(count);
   for (size_t i = 0; i < count; ++i) {
     if (lab[8 + i] > 9)
@@ -79,6 +75,8 @@ Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
                            " at index " + std::to_string(i) + " is not a digit 0-9");
     out.labels[i] = lab[8 + i];
   }
+  img.erase(img.begin(), img.begin() + 16); // the pixels, in the file's buffer
+  out.pixels = std::move(img);
   return Status::ok();
 }
 

@@ -532,7 +532,7 @@ LogicalResult concat(Emitter &e) {
   return success();
 }
 
-constexpr int64_t kVec = 16; // lanes of a 512-bit vector of f32
+constexpr int64_t kLanes = 16; // lanes of a 512-bit vector of f32
 
 /// Whether reduction `op` sums (or maximizes) down leading axes, keeping
 /// trailing ones whose innermost is a whole number of vectors: column sums,
@@ -550,7 +550,7 @@ bool columnSums(Operation *op) {
   for (int64_t i = 0; i < rank; ++i)
     if (llvm::is_contained(axes, i) != (i < static_cast<int64_t>(axes.size())))
       return false; // not the leading axes
-  return !ShapedType::isDynamic(in.back()) && in.back() > 0 && in.back() % kVec == 0;
+  return !ShapedType::isDynamic(in.back()) && in.back() > 0 && in.back() % kLanes == 0;
 }
 
 /// sum (max = false) or max over `axes`: outer loops over the output, inner
@@ -585,10 +585,10 @@ LogicalResult reduce(Emitter &e, bool max) {
   // producers), instead of one output at a time walking the input a row
   // apart per element. The outputs go out as vectors.
   int64_t lastKept = kept.empty() ? -1 : kept.back();
-  bool leading = e.lanes == kVec;
+  bool leading = e.lanes == kLanes;
   assert((!e.lanes || (leading && columnSums(e.op))) && "a reduction in vector mode sums columns");
   if (leading) {
-    auto vt = VectorType::get({kVec}, b.getF32Type());
+    auto vt = VectorType::get({kLanes}, b.getF32Type());
     Value init = b.create<arith::ConstantOp>(
         loc, DenseElementsAttr::get(vt, max ? -std::numeric_limits<float>::infinity() : 0.0f));
     auto combine = [&](Value acc, Value x) -> Value {
@@ -606,7 +606,7 @@ LogicalResult reduce(Emitter &e, bool max) {
       rows *= typicalDim(e.op->getOperand(0), d);
     int64_t panel = 0;
     if (kept.size() == 1 && rows >= 16 && rows * n >= (1 << 18))
-      for (int64_t p = std::min<int64_t>(n, 4096) / kVec * kVec; p >= 256 && !panel; p -= kVec)
+      for (int64_t p = std::min<int64_t>(n, 4096) / kLanes * kLanes; p >= 256 && !panel; p -= kLanes)
         if (n % p == 0)
           panel = p;
     if (panel) {
@@ -616,7 +616,7 @@ LogicalResult reduce(Emitter &e, bool max) {
       Value shared = parallel ? Value() : newBuf();
       Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0));
       auto overPanel = [&](function_ref<void(Value)> body) {
-        b.create<scf::ForOp>(loc, e.idx(0), e.idx(panel), e.idx(kVec), std::nullopt,
+        b.create<scf::ForOp>(loc, e.idx(0), e.idx(panel), e.idx(kLanes), std::nullopt,
                              [&](OpBuilder &, Location, Value j, ValueRange) {
                                body(j);
                                b.create<scf::YieldOp>(loc);
@@ -652,7 +652,7 @@ LogicalResult reduce(Emitter &e, bool max) {
       }, parallel);
       return success();
     }
-    const int64_t vecs = in[lastKept] % (4 * kVec) == 0 ? 4 : 1, width = vecs * kVec;
+    const int64_t vecs = in[lastKept] % (4 * kLanes) == 0 ? 4 : 1, width = vecs * kLanes;
     SmallVector<Value> chunks(outer);
     chunks.back() = e.idx(in[lastKept] / width);
     e.loops(chunks, [&](ValueRange ov) {
@@ -664,7 +664,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         SmallVector<Value> next;
         if (d == reduced.size()) {
           for (int64_t v = 0; v < vecs; ++v) {
-            idx[lastKept] = e.add(j0, e.idx(v * kVec));
+            idx[lastKept] = e.add(j0, e.idx(v * kLanes));
             next.push_back(combine(acc[v], e.read(0, idx)));
           }
           return next;
@@ -681,7 +681,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         SmallVector<Value> o;
         for (size_t i = 0; i < in.size(); ++i) {
           if (llvm::is_contained(kept, static_cast<int64_t>(i)))
-            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(v * kVec)) : idx[i]);
+            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(v * kLanes)) : idx[i]);
           else if (keepdims)
             o.push_back(e.idx(0));
         }
@@ -731,7 +731,7 @@ LogicalResult reduce(Emitter &e, bool max) {
                      !loopAxes.empty() && (flatten || loopAxes.back() == rank - 1);
     auto runVector = [&](Value acc) -> Value {
       constexpr int64_t kChains = 4;
-      auto vt = VectorType::get({kVec}, b.getF32Type());
+      auto vt = VectorType::get({kLanes}, b.getF32Type());
       float identity = max ? -std::numeric_limits<float>::infinity() : 0.0f;
       Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(identity));
       Value init = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, identity));
@@ -754,8 +754,8 @@ LogicalResult reduce(Emitter &e, bool max) {
         return e.mul(b.create<arith::DivUIOp>(loc, n, e.idx(step)), e.idx(step));
       };
       Value n = inner.back();
-      Value blocks = below(n, kChains * kVec), whole = below(n, kVec);
-      auto wide = b.create<scf::ForOp>(loc, e.idx(0), blocks, e.idx(kChains * kVec),
+      Value blocks = below(n, kChains * kLanes), whole = below(n, kLanes);
+      auto wide = b.create<scf::ForOp>(loc, e.idx(0), blocks, e.idx(kChains * kLanes),
                                        SmallVector<Value>(kChains, init));
       {
         OpBuilder::InsertionGuard guard(b);
@@ -763,12 +763,12 @@ LogicalResult reduce(Emitter &e, bool max) {
         SmallVector<Value> next;
         for (int64_t c = 0; c < kChains; ++c)
           next.push_back(combine(wide.getRegionIterArgs()[c],
-                                 read(e.add(wide.getInductionVar(), e.idx(c * kVec)), true)));
+                                 read(e.add(wide.getInductionVar(), e.idx(c * kLanes)), true)));
         b.create<scf::YieldOp>(loc, next);
       }
       Value lanes = combine(combine(wide.getResult(0), wide.getResult(1)),
                             combine(wide.getResult(2), wide.getResult(3)));
-      auto one = b.create<scf::ForOp>(loc, blocks, whole, e.idx(kVec), ValueRange{lanes});
+      auto one = b.create<scf::ForOp>(loc, blocks, whole, e.idx(kLanes), ValueRange{lanes});
       {
         OpBuilder::InsertionGuard guard(b);
         b.setInsertionPointToStart(one.getBody());
@@ -849,7 +849,7 @@ LogicalResult count(Emitter &e) {
 /// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
 /// row blocks of 4 rows unpacked gave 103 and 71 GFLOP/s; packed, 128-deep
 /// blocks of up to 64 row blocks 187 and 175 (4 rows), 178 and 187 (6).
-constexpr int64_t kLanes = 16, kVectors = 4, kDepth = 128, kGroupMax = 64;
+constexpr int64_t kVectors = 4, kDepth = 128, kGroupMax = 64;
 
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
@@ -1178,6 +1178,16 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
   return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
 }
 
+/// The output channels a convolution kernel keeps in registers at once:
+/// the largest power of two up to `most` that divides `channels` and keeps
+/// `perChannel` accumulators each within `accumulators`.
+int64_t channelBlock(int64_t channels, int64_t perChannel, int64_t accumulators, int64_t most) {
+  for (int64_t c = most; c > 1; c /= 2)
+    if (channels % c == 0 && c * perChannel <= accumulators)
+      return c;
+  return 1;
+}
+
 /// Convolution with unit column stride, register-blocked: for one sample
 /// and output row, a block of output channels times the row's vectors is
 /// accumulated in registers over input channels and kernel taps (each
@@ -1194,12 +1204,7 @@ void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int
   // few to hide the FMA latency; the weights are broadcast from memory
   // into the FMAs and take no registers).
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
-  int64_t block = 1;
-  for (int64_t c : {16, 8, 4, 2})
-    if (og % c == 0 && c * vectors <= 16) {
-      block = c;
-      break;
-    }
+  int64_t block = channelBlock(og, vectors, 16, 16);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
@@ -1325,12 +1330,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // gradient vector the kernel's columns: the larger the block, the fewer
   // bytes from L2 per multiply-add (64 channels of 3x3 kernels: 112 GFLOP/s
   // with blocks of 4, which read the output gradient from L2 at its limit).
-  int64_t block = 1;
-  for (int64_t c : {8, 4, 2})
-    if (og % c == 0 && c * kw <= 24) {
-      block = c;
-      break;
-    }
+  int64_t block = channelBlock(og, kw, 24, 8);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   e.loops(ArrayRef<Value>{e.idx(w[0] / block), e.idx(cg), e.idx(w[2])}, [&](ValueRange iv) {
@@ -2491,8 +2491,6 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
           return;
       }
     }
-    if (!identity(e.out[0]))
-      return;
     // One view per buffer: an element updated in place is then read and
     // written through the same pointer, which LLVM vectorizes without
     // run-time overlap checks (which two views of it fail).
@@ -2528,7 +2526,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     // (elementwise ops of the summed operand's shape) and their epilogue are
     // emitted as vectors along the last axis.
     if (columnSums(op) && vectorizable(op))
-      e.lanes = kVec;
+      e.lanes = kLanes;
     if (failed(bind(e, op)))
       return failure();
     if (Operation *c = epilogueOf.lookup(op)) {
