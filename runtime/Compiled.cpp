@@ -121,6 +121,13 @@ StepLayout::StepLayout(const FunctionDesc &f) {
   }
 }
 
+bool rt::isConstantOf(const ModelDesc &m, const std::string &name) {
+  for (size_t i = 0; i < m.trainStep.args.size() && i < m.inits.size(); ++i)
+    if (m.trainStep.args[i].name == name)
+      return m.trainStep.args[i].role == "frozen" && writtenOut(m.inits[i]);
+  return false;
+}
+
 HostTensor rt::syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter) {
   HostTensor h{t.name, t.shapeAt(batch), {}};
   h.data.resize(static_cast<size_t>(std::max<int64_t>(0, t.numel(batch))));

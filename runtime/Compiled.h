@@ -125,6 +125,10 @@ struct StepLayout {
   int64_t inputOf(size_t a) const;
 };
 
+/// Whether argument `name` of `m`'s training step is a frozen tensor with
+/// written-out values (Trainable::isConstant).
+bool isConstantOf(const ModelDesc &m, const std::string &name);
+
 /// Synthetic values for `t` at `batch` (benchmarks, kernel timing): f32
 /// uniform [0, 1) from the counter-based generator, integers 0.
 HostTensor syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter);
@@ -157,6 +161,7 @@ public:
   std::vector<std::string> stateNames() const override { return layout.stateNames; }
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
+  bool isConstant(const std::string &name) const override { return isConstantOf(m, name); }
   uint64_t steps() const override { return stepCount; }
   void setSteps(uint64_t n) override { stepCount = n; }
 

@@ -538,6 +538,7 @@ Status CudaModel::evaluate(const std::vector<HostTensor> &batch, std::vector<Hos
 }
 
 std::vector<std::string> CudaModel::stateNames() const { return impl->layout.stateNames; }
+bool CudaModel::isConstant(const std::string &name) const { return isConstantOf(impl->m, name); }
 
 Status CudaModel::getState(const std::string &name, HostTensor &out) const {
   size_t i = impl->indexOf(name);

@@ -43,6 +43,7 @@ public:
   std::vector<std::string> stateNames() const override;
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
+  bool isConstant(const std::string &name) const override;
   uint64_t steps() const override;
   void setSteps(uint64_t n) override;
 

@@ -26,6 +26,13 @@ struct InitSpec {
   std::vector<double> literal;       // kind == "literal"
 };
 
+/// Whether `spec` writes its values out (zeros, ones, constant, a literal)
+/// rather than drawing them: the compiler may fold a frozen tensor so
+/// initialized into the code as a constant.
+inline bool writtenOut(const InitSpec &spec) {
+  return spec.kind == "zeros" || spec.kind == "ones" || spec.kind == "constant" || spec.kind == "literal";
+}
+
 /// Fills `out` with `count` initial values. `stream` distinguishes the
 /// parameters of one model (their index), so each gets its own numbers.
 Status initialize(const InitSpec &spec, uint64_t seed, uint64_t stream,

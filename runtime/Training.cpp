@@ -211,6 +211,18 @@ Status rt::restoreState(Trainable &m, const std::string &path, Metadata &meta) {
                            " (the checkpoint does not fit this model)");
     found.push_back(&*it);
   }
+  for (const HostTensor *t : found) {
+    if (!m.isConstant(t->name))
+      continue;
+    HostTensor current;
+    if (Status s = m.getState(t->name, current); !s)
+      return s;
+    if (current.data != t->data)
+      return Status::error(path + ": tensor '" + t->name +
+                           "' is frozen with values written in the model, which the compiled code uses as "
+                           "constants, but the checkpoint holds other values (declare it with a drawn "
+                           "initializer to load it from a checkpoint)");
+  }
   for (const HostTensor *t : found)
     if (Status s = m.setState(t->name, *t); !s)
       return s;

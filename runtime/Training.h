@@ -61,6 +61,10 @@ public:
   virtual Status setState(const std::string &name, const HostTensor &value) = 0;
   virtual uint64_t steps() const = 0;
   virtual void setSteps(uint64_t steps) = 0;
+  /// Whether state tensor `name` is a constant of the model, which a
+  /// checkpoint may not change: a frozen tensor with written-out values,
+  /// which compiled code may have folded in.
+  virtual bool isConstant(const std::string &name) const { return false; }
 };
 
 struct DataSource {

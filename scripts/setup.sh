@@ -4,9 +4,12 @@
 # rebuilds only what changed.
 #
 #   scripts/setup.sh            # Release build in ./build
+#   scripts/setup.sh --peer     # also PyTorch, the peer of tests/peer and benchmarks/
 #   BUILD_DIR=out scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+peer=0
+[ "${1:-}" = "--peer" ] && peer=1
 
 BUILD_DIR=${BUILD_DIR:-build}
 PACKAGES=(
@@ -25,6 +28,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# PyTorch (with OpenBLAS, the peer as benchmarks/README.md sets it up) is optional:
+# without it the comparison test is skipped, so a failed install only warns.
+if [ $peer = 1 ]; then
+  missing=()
+  for p in python3-torch python3-numpy libopenblas0-pthread; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing the peer: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    { $SUDO apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } ||
+      echo "==> warning: PyTorch could not be installed; the comparison with it will be skipped" >&2
+  fi
 fi
 
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The README's second command (and CI's): install what is missing, build, and
-# run the whole test suite (GoogleTest, lit, the bounded fuzz run). MNIST is
-# fetched first: one test trains on it.
+# run the whole test suite (GoogleTest, lit, the bounded fuzz run, the
+# op-by-op comparison with PyTorch). MNIST is fetched first: one test trains
+# on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-scripts/setup.sh
+scripts/setup.sh --peer
 scripts/fetch-mnist.sh   # the MNIST training test reads real data
 echo "==> running the test suite"
 cd "${BUILD_DIR:-build}"

@@ -255,6 +255,19 @@ public:
   }
   uint64_t steps() const override { return t.steps(); }
   void setSteps(uint64_t n) override { t.setSteps(n); }
+  // The compiled backends' rule, so that a checkpoint means the same to all.
+  bool isConstant(const std::string &name) const override {
+    for (unsigned i = 0; i < m.model.getNumArguments(); ++i) {
+      auto n = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName);
+      if (!n || n.getValue() != name)
+        continue;
+      auto role = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kRole);
+      auto init = m.model.getArgAttrOfType<DictionaryAttr>(i, "nn.init");
+      auto kind = init ? init.getAs<StringAttr>("kind") : StringAttr();
+      return role && role.getValue() == "frozen" && kind && rt::writtenOut(rt::InitSpec{kind.str(), {}, 0, 0, {}});
+    }
+    return false;
+  }
 
 private:
   const Loaded &m;

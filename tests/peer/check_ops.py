@@ -1,0 +1,428 @@
+"""Op-by-op comparison of nnc with PyTorch, through nnc's command line.
+
+For each case, a model computes `r` from parameters, and its loss is
+sum(r * c) with a random `c` of r's shape, so that the gradient of `c` is r
+itself: one SGD step with learning rate 1 (`nnc train --resume`) turns every
+parameter's gradient into the difference of two checkpoints. PyTorch
+computes r and the gradients in double precision from the same values.
+Batch-norm running statistics are compared after the step.
+
+    /usr/bin/python3 tests/peer/check_ops.py NNC [--filter REGEX] [--keep DIR]
+
+Exits 0 when every case matches, 1 when one does not, 77 when PyTorch is not
+installed (ctest reports the test as skipped).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:
+    print("check_ops.py: PyTorch or NumPy is not installed (%s): skipped" % e)
+    sys.exit(77)
+
+torch.set_default_dtype(torch.float64)
+
+
+def read_checkpoint(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    tensors = {}
+    for name, h in header.items():
+        assert h["dtype"] in ("F32", "I32"), h
+        a, b = h["data_offsets"]
+        dt = np.float32 if h["dtype"] == "F32" else np.int32
+        tensors[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt).reshape(h["shape"]).copy()
+    return tensors, meta
+
+
+def write_checkpoint(path, tensors, meta):
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.tobytes()
+        header[name] = {"dtype": "F32" if t.dtype == np.float32 else "I32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    data = b"".join(blobs)
+    meta = dict(meta, **{"nnc.crc32": str(zlib.crc32(data))})
+    header["__metadata__"] = meta
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data)
+
+
+class Case:
+    """`params`: name -> (shape, kind) for the values the expression reads;
+    kind is 'normal', 'positive', 'unit' (0.05..0.95), 'labels:C' (integers
+    below C, a frozen i32) or 'onehot:C'. `layers`: values nnc declares
+    itself (layer parameters, state), filled from their kind the same way.
+    `torch_fn(v)` returns r from the dict of tensors (by nnc's names) and may
+    update state tensors in place."""
+
+    def __init__(self, name, expr, params, torch_fn, layers=None, tol=2e-4):
+        self.name, self.expr, self.params, self.torch_fn = name, expr, params, torch_fn
+        self.layers, self.tol = layers or {}, tol
+
+
+def fill(rng, shape, kind):
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(np.float32)
+    if kind == "positive":
+        return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    if kind == "ties":  # exact zeros and repeated values: the kinks and ties
+        return rng.integers(-1, 2, shape).astype(np.float32)
+    if kind == "unit":
+        return rng.uniform(0.05, 0.95, shape).astype(np.float32)
+    if kind.startswith("labels:"):
+        return rng.integers(0, int(kind.split(":")[1]), shape).astype(np.int32)
+    if kind.startswith("onehot:"):
+        c = int(kind.split(":")[1])
+        p = rng.uniform(0.1, 1.0, shape).astype(np.float32)
+        return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+    raise ValueError(kind)
+
+
+def decl(name, shape, kind):
+    dims = ", ".join(str(s) for s in shape)
+    if kind.startswith("labels:"):
+        # Drawn, not written out: only then does a checkpoint set a frozen
+        # tensor (written-out values are constants of the model).
+        return "  frozen %s: i32[%s] = uniform(low=0, high=1)" % (name, dims)
+    # A start inside the op's domain: the first run (learning rate 0) only
+    # writes the checkpoint, but a loss of NaN would stop it.
+    init = {"normal": "zeros", "positive": "ones"}.get(kind, "0.5")
+    return "  param %s: f32[%s] = %s" % (name, dims, init)
+
+
+def run(nnc, args, cwd):
+    p = subprocess.run([nnc] + args, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("nnc %s failed (%d):\n%s%s" % (" ".join(args), p.returncode, p.stdout, p.stderr))
+    return p.stdout
+
+
+def check(nnc, case, work, rng):
+    # PyTorch first: r's shape decides c's.
+    values = {n: fill(rng, s, k) for n, (s, k) in {**case.params, **case.layers}.items()}
+    tv = {n: torch.tensor(v.astype(np.float64) if v.dtype == np.float32 else v.astype(np.int64))
+          for n, v in values.items()}
+    r = case.torch_fn(dict(tv))
+    rshape = list(r.shape) if r.dim() > 0 else [1]
+    values["c"] = rng.standard_normal(rshape).astype(np.float32)
+    lines = ["model t {", "  input d: f32[B, 1]"]
+    lines += [decl(n, s, k) for n, (s, k) in case.params.items()]
+    lines.append(decl("c", rshape, "normal"))
+    lines += ["  " + l for l in case.expr.strip().split("\n")]
+    lines += ["  loss = sum(r * c) + 0 * sum(d)", "  minimize loss", "}",
+              "train {", "  optimizer = sgd(lr=0)", "  batch = 1", "  epochs = 1", "  shuffle = false", "}"]
+    src = "\n".join(lines) + "\n"
+    open(os.path.join(work, "t.nn"), "w").write(src)
+    open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--target", "cpu"], work)
+    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
+    missing = [n for n in values if n not in ck]
+    extra = [n for n in ck if n not in values]
+    if missing or extra:
+        raise RuntimeError("checkpoint names differ: missing %s, unexpected %s" % (missing, extra))
+    for n, v in values.items():
+        if list(ck[n].shape) != list(v.shape):
+            raise RuntimeError("%s: nnc's shape %s, PyTorch's %s" % (n, list(ck[n].shape), list(v.shape)))
+        ck[n] = v.astype(ck[n].dtype)
+    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs", "2",
+              "--lr", "1", "--target", "cpu"], work)
+    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+
+    # PyTorch's gradients (and state updates) from the same values.
+    tv = {n: torch.tensor(v.astype(np.float64) if v.dtype == np.float32 else v.astype(np.int64))
+          for n, v in values.items()}
+    state = [n for n in tv if "running_" in n]
+    for n, t in tv.items():
+        if t.dtype == torch.float64 and n not in state:
+            t.requires_grad_(True)
+    r = case.torch_fn(tv)
+    (r.reshape(-1) * tv["c"].reshape(-1)).sum().backward()
+    failures = []
+    for n, t in tv.items():
+        if t.dtype != torch.float64:
+            continue
+        if n in state:
+            got, want, what = after[n].astype(np.float64), t.detach().numpy(), "after the step"
+        else:
+            got = values[n].astype(np.float64) - after[n].astype(np.float64)
+            want = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
+            what = "gradient"
+        scale = max(1.0, float(np.abs(want).max()) if want.size else 1.0)
+        err = np.abs(got - want)
+        bad = err > case.tol * (scale + np.abs(want))
+        if bad.any():
+            i = np.unravel_index(np.argmax(err - case.tol * np.abs(want)), want.shape)
+            failures.append("%s %s: %d of %d differ; at %s nnc %.7g, PyTorch %.7g" %
+                            (n, what, int(bad.sum()), bad.size, list(i), got[i], want[i]))
+    return failures, src
+
+
+def image(n=2, c=3, h=7, w=6):
+    return [n, c, h, w]
+
+
+def cases():
+    X = image()
+    out = []
+
+    def ew(name, expr, fn, kind="normal", shape=(3, 4)):
+        out.append(Case(name, "r = " + expr, {"x": (list(shape), kind)}, lambda v: fn(v["x"])))
+
+    ew("exp", "exp(x)", torch.exp)
+    ew("log", "log(x)", torch.log, "positive")
+    ew("sqrt", "sqrt(x)", torch.sqrt, "positive")
+    ew("abs", "abs(x)", torch.abs)
+    ew("neg", "neg(x)", torch.neg)
+    ew("unary_minus_pow", "-x ** 2", lambda x: -(x ** 2))
+    ew("sigmoid", "sigmoid(x)", torch.sigmoid)
+    ew("tanh", "tanh(x)", torch.tanh)
+    ew("relu", "relu(x)", torch.relu)
+    ew("leaky_relu", "leaky_relu(x)", F.leaky_relu)
+    ew("leaky_relu_alpha", "leaky_relu(x, alpha=0.2)", lambda x: F.leaky_relu(x, 0.2))
+    ew("softplus", "softplus(x * 10)", lambda x: F.softplus(x * 10))
+    ew("softmax", "softmax(x)", lambda x: torch.softmax(x, -1))
+    ew("softmax_axis0", "softmax(x, axis=0)", lambda x: torch.softmax(x, 0))
+    ew("log_softmax", "log_softmax(x)", lambda x: torch.log_softmax(x, -1))
+    ew("log_softmax_4d", "log_softmax(x, axis=1)", lambda x: torch.log_softmax(x, 1), shape=X)
+    ew("identity", "identity(x)", lambda x: x)
+    ew("pow_scalar", "x ** 3", lambda x: x ** 3)
+    ew("pow_fraction", "x ** 0.5", lambda x: x ** 0.5, "positive")
+    ew("sum_all", "sum(x)", torch.sum)
+    ew("sum_axis", "sum(x, axis=1)", lambda x: x.sum(1), shape=X)
+    ew("sum_axes_keep", "sum(x, axis=[0, 2], keepdims=true)", lambda x: x.sum((0, 2), keepdim=True), shape=X)
+    ew("mean_axis", "mean(x, axis=-1)", lambda x: x.mean(-1), shape=X)
+    ew("mean_all", "mean(x)", torch.mean, shape=X)
+    ew("max_axis", "max(x, axis=1)", lambda x: torch.amax(x, 1), shape=X)
+    ew("max_all", "max(x)", torch.amax)
+    ew("norm_all", "norm(x)", lambda x: torch.linalg.vector_norm(x))
+    ew("norm_axis", "norm(x, axis=0, keepdims=true)", lambda x: torch.linalg.vector_norm(x, dim=0, keepdim=True))
+    ew("reshape", "reshape(x, [4, 3])", lambda x: x.reshape(4, 3))
+    ew("reshape_infer", "reshape(x, [2, -1, 3])", lambda x: x.reshape(2, -1, 3), shape=X)
+    ew("flatten", "flatten(x)", lambda x: torch.flatten(x, 1), shape=X)
+    ew("transpose", "transpose(x)", lambda x: x.t())
+    ew("transpose_perm", "transpose(x, [0, 2, 3, 1])", lambda x: x.permute(0, 2, 3, 1), shape=X)
+    ew("l2", "l2(x)", lambda x: 0.5 * (x ** 2).sum())
+    # At the kinks and with ties, PyTorch's choices: relu'(0) = 0, abs'(0) =
+    # 0, leaky_relu'(0) = alpha; amax shares the gradient among equal
+    # maxima, max pooling gives it to the first.
+    ew("relu_at_zero", "relu(x)", torch.relu, "ties")
+    ew("abs_at_zero", "abs(x)", torch.abs, "ties")
+    ew("leaky_relu_at_zero", "leaky_relu(x, alpha=0.1)", lambda x: F.leaky_relu(x, 0.1), "ties")
+    ew("max_ties", "max(x, axis=1)", lambda x: torch.amax(x, 1), "ties", shape=(4, 6))
+    ew("max_all_ties", "max(x)", torch.amax, "ties", shape=(4, 6))
+    ew("max_pool2d_ties", "max_pool2d(x, 2)", lambda x: F.max_pool2d(x, 2), "ties", shape=image(2, 2, 6, 6))
+    ew("max_pool2d_overlap_ties", "max_pool2d(x, 3, stride=1, padding=1)",
+       lambda x: F.max_pool2d(x, 3, 1, 1), "ties", shape=image(1, 2, 5, 5))
+
+    def two(name, expr, fn, sa, sb, ka="normal", kb="normal"):
+        out.append(Case(name, "r = " + expr, {"a": (sa, ka), "b": (sb, kb)}, lambda v: fn(v["a"], v["b"])))
+
+    two("add_broadcast", "a + b", lambda a, b: a + b, [3, 4], [4])
+    two("sub_broadcast", "a - b", lambda a, b: a - b, [3, 1], [1, 4])
+    two("mul_broadcast", "a * b", lambda a, b: a * b, [2, 3, 4], [3, 1])
+    two("div", "a / b", lambda a, b: a / b, [3, 4], [3, 4], kb="positive")
+    two("pow", "a ** b", lambda a, b: a ** b, [3, 4], [3, 4], ka="positive")
+    two("pow_call", "pow(a, b)", torch.pow, [3, 4], [4], ka="positive")
+    two("matmul", "a @ b", torch.mm, [5, 7], [7, 3])
+    two("matmul_call", "matmul(a, b)", torch.mm, [17, 33], [33, 20])
+    two("concat0", "concat([a, b], axis=0)", lambda a, b: torch.cat([a, b], 0), [2, 4], [3, 4])
+    two("concat1", "concat([a, b, a], axis=1)", lambda a, b: torch.cat([a, b, a], 1), [3, 2], [3, 5])
+    two("mse", "mse(a, b)", F.mse_loss, [4, 5], [4, 5])
+    two("mse_sum", 'mse(a, b, reduction="sum")', lambda a, b: F.mse_loss(a, b, reduction="sum"), [4, 5], [4, 5])
+    two("mse_none", 'mse(a, b, reduction="none")', lambda a, b: F.mse_loss(a, b, reduction="none"), [4, 5], [4, 5])
+    two("mae", "mae(a, b)", F.l1_loss, [4, 5], [4, 5])
+    two("l1_loss", 'l1_loss(a, b, reduction="sum")', lambda a, b: F.l1_loss(a, b, reduction="sum"), [4, 5], [4, 5])
+    two("bce", "binary_cross_entropy(a, b)", F.binary_cross_entropy, [4, 5], [4, 5], "unit", "unit")
+    two("bce_none", 'binary_cross_entropy(a, b, reduction="none")',
+        lambda a, b: F.binary_cross_entropy(a, b, reduction="none"), [4, 5], [4, 5], "unit", "unit")
+    two("cross_entropy_probs", "cross_entropy(a, b)", lambda p, t: -(t * torch.log(p)).sum(1).mean(),
+        [4, 5], [4, 5], "onehot:5", "onehot:5")
+
+    def labels(name, expr, fn, n=6, c=5, kind="normal"):
+        out.append(Case(name, "r = " + expr, {"x": ([n, c], kind), "y": ([n], "labels:%d" % c)},
+                        lambda v: fn(v["x"], v["y"])))
+
+    labels("softmax_cross_entropy", "softmax_cross_entropy(x, y)", F.cross_entropy)
+    labels("softmax_cross_entropy_sum", 'softmax_cross_entropy(x, y, reduction="sum")',
+           lambda x, y: F.cross_entropy(x, y, reduction="sum"))
+    labels("softmax_cross_entropy_none", 'softmax_cross_entropy(x, y, reduction="none")',
+           lambda x, y: F.cross_entropy(x, y, reduction="none"))
+    labels("cross_entropy_labels", "cross_entropy(x, y)", lambda p, y: F.nll_loss(torch.log(p), y), kind="onehot:5")
+    labels("one_hot", "one_hot(y, 5) * x", lambda x, y: F.one_hot(y, 5).double() * x)
+
+    def layer(name, expr, fn, params, layers, tol=2e-4):
+        out.append(Case(name, expr, params, fn, layers, tol))
+
+    layer("dense", "r = dense(x, 3)", lambda v: F.linear(v["x"], v["r.w"].t(), v["r.b"]),
+          {"x": ([4, 5], "normal")}, {"r.w": ([5, 3], "normal"), "r.b": ([3], "normal")})
+    layer("dense_nobias", "r = dense(x, 3, bias=false)", lambda v: v["x"] @ v["r.w"],
+          {"x": ([4, 5], "normal")}, {"r.w": ([5, 3], "normal")})
+    for (k, s, p, g) in [(3, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 1, 3), (1, 1, 0, 1), (2, 3, 1, 1)]:
+        cin, cout = 3, 6
+        layer("conv2d_k%d_s%d_p%d_g%d" % (k, s, p, g),
+              "r = conv2d(x, %d, kernel=%d, stride=%d, padding=%d, groups=%d)" % (cout, k, s, p, g),
+              lambda v, s=s, p=p, g=g: F.conv2d(v["x"], v["r.w"], v["r.b"], stride=s, padding=p, groups=g),
+              {"x": (image(2, cin, 9, 8), "normal")},
+              {"r.w": ([cout, cin // g, k, k], "normal"), "r.b": ([cout], "normal")})
+    layer("conv2d_rect", "r = conv2d(x, 4, kernel=[3, 2], stride=[2, 1], padding=[1, 0])",
+          lambda v: F.conv2d(v["x"], v["r.w"], v["r.b"], stride=(2, 1), padding=(1, 0)),
+          {"x": (image(2, 2, 7, 6), "normal")}, {"r.w": ([4, 2, 3, 2], "normal"), "r.b": ([4], "normal")})
+    layer("conv2d_op", "r = conv2d(x, w, stride=2, padding=1)",
+          lambda v: F.conv2d(v["x"], v["w"], stride=2, padding=1),
+          {"x": (image(2, 3, 8, 8), "normal"), "w": ([4, 3, 3, 3], "normal")}, {})
+    for (k, s, p) in [(2, 2, 0), (3, 2, 1), (3, 1, 0), (3, 3, 1)]:
+        layer("max_pool2d_k%d_s%d_p%d" % (k, s, p), "r = max_pool2d(x, %d, stride=%d, padding=%d)" % (k, s, p),
+              lambda v, k=k, s=s, p=p: F.max_pool2d(v["x"], k, s, p), {"x": (image(2, 3, 9, 8), "normal")}, {})
+        layer("avg_pool2d_k%d_s%d_p%d" % (k, s, p), "r = avg_pool2d(x, %d, stride=%d, padding=%d)" % (k, s, p),
+              lambda v, k=k, s=s, p=p: F.avg_pool2d(v["x"], k, s, p), {"x": (image(2, 3, 9, 8), "normal")}, {})
+    layer("avg_pool2d_exclude_pad", "r = avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=false)",
+          lambda v: F.avg_pool2d(v["x"], 3, 2, 1, count_include_pad=False), {"x": (image(2, 3, 9, 8), "normal")}, {})
+
+    def bn(v):
+        return F.batch_norm(v["x"], v["r.running_mean"], v["r.running_var"], v["r.gamma"], v["r.beta"],
+                            training=True, momentum=0.1, eps=1e-5)
+
+    bnl = {"r.gamma": ([3], "normal"), "r.beta": ([3], "normal"), "r.running_mean": ([3], "normal"),
+           "r.running_var": ([3], "positive")}
+    layer("batch_norm2d", "r = batch_norm(x)", bn, {"x": (image(4, 3, 5, 4), "normal")}, bnl)
+    layer("batch_norm1d", "r = batch_norm(x)", bn, {"x": ([8, 3], "normal")}, bnl)
+    layer("group_norm", "r = group_norm(x, 2)",
+          lambda v: F.group_norm(v["x"], 2, v["r.gamma"], v["r.beta"], eps=1e-5),
+          {"x": (image(3, 4, 5, 3), "normal")}, {"r.gamma": ([4], "normal"), "r.beta": ([4], "normal")})
+    for size in (2, 3, 5):
+        layer("local_response_norm_%d" % size, "r = local_response_norm(x, %d, alpha=0.5, beta=0.75, k=1.5)" % size,
+              lambda v, size=size: F.local_response_norm(v["x"], size, alpha=0.5, beta=0.75, k=1.5),
+              {"x": (image(2, 6, 4, 3), "normal")}, {})
+    layer("local_response_norm_default", "r = local_response_norm(x, 3)",
+          lambda v: F.local_response_norm(v["x"], 3), {"x": (image(2, 5, 3, 3), "normal")}, {})
+    return out
+
+
+class OptCase:
+    """`steps` updates of w from the loss sum(q * (w - t)^2) (its gradient
+    changes every step) with nnc's `optimizer` and PyTorch's `make(params)`."""
+
+    def __init__(self, name, optimizer, make, clip=None, steps=4):
+        self.name, self.optimizer, self.make, self.clip, self.steps = name, optimizer, make, clip, steps
+
+
+def check_optimizer(nnc, case, work, rng):
+    shape = [3, 5]
+    values = {"w": rng.standard_normal(shape).astype(np.float32),
+              "t": rng.standard_normal(shape).astype(np.float32),
+              "q": rng.uniform(0.2, 2.0, shape).astype(np.float32)}
+    src = "\n".join([
+        "model t {", "  input d: f32[B, 1]", "  param w: f32[3, 5] = zeros", "  frozen t: f32[3, 5] = normal()",
+        "  frozen q: f32[3, 5] = uniform(low=1, high=2)", "  loss = sum(q * (w - t) ** 2) + 0 * sum(d)", "  minimize loss", "}",
+        "train {", "  optimizer = " + case.optimizer, "  batch = 1", "  epochs = 1", "  shuffle = false"] +
+        (["  clip_norm = %g" % case.clip] if case.clip else []) + ["}"]) + "\n"
+    open(os.path.join(work, "t.nn"), "w").write(src)
+    open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
+    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
+    for n in ck:  # optimizer state back to its start
+        ck[n] = values[n] if n in values else np.zeros_like(ck[n])
+    meta["nnc.step"] = "0"
+    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs",
+              str(1 + case.steps), "--target", "cpu"], work)
+    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+    w = torch.tensor(values["w"].astype(np.float64), requires_grad=True)
+    t, q = torch.tensor(values["t"].astype(np.float64)), torch.tensor(values["q"].astype(np.float64))
+    opt = case.make([w])
+    for _ in range(case.steps):
+        opt.zero_grad()
+        (q * (w - t) ** 2).sum().backward()
+        if case.clip:
+            torch.nn.utils.clip_grad_norm_([w], case.clip)
+        opt.step()
+    want, got = w.detach().numpy(), after["w"].astype(np.float64)
+    err = np.abs(got - want)
+    bad = err > 2e-5 * (1 + np.abs(want))
+    if bad.any():
+        i = np.unravel_index(np.argmax(err), want.shape)
+        return ["w after %d steps: %d of %d differ; at %s nnc %.7g, PyTorch %.7g" %
+                (case.steps, int(bad.sum()), bad.size, list(i), got[i], want[i])], src
+    return [], src
+
+
+def optimizer_cases():
+    o = torch.optim
+    return [
+        OptCase("sgd", "sgd(lr=0.1)", lambda p: o.SGD(p, lr=0.1)),
+        OptCase("sgd_weight_decay", "sgd(lr=0.1, weight_decay=0.05)", lambda p: o.SGD(p, lr=0.1, weight_decay=0.05)),
+        OptCase("sgd_momentum", "sgd(lr=0.1, momentum=0.8)", lambda p: o.SGD(p, lr=0.1, momentum=0.8)),
+        OptCase("momentum", "momentum(lr=0.05)", lambda p: o.SGD(p, lr=0.05, momentum=0.9)),
+        OptCase("nesterov", "nesterov(lr=0.05, weight_decay=0.01)",
+                lambda p: o.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+        OptCase("adagrad", "adagrad(lr=0.1)", lambda p: o.Adagrad(p, lr=0.1)),
+        OptCase("adagrad_weight_decay", "adagrad(lr=0.1, eps=1e-6, weight_decay=0.1)",
+                lambda p: o.Adagrad(p, lr=0.1, eps=1e-6, weight_decay=0.1)),
+        OptCase("rmsprop", "rmsprop(lr=0.01)", lambda p: o.RMSprop(p, lr=0.01)),
+        OptCase("rmsprop_momentum", "rmsprop(lr=0.01, alpha=0.9, eps=1e-6, momentum=0.5, weight_decay=0.1)",
+                lambda p: o.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-6, momentum=0.5, weight_decay=0.1)),
+        OptCase("adadelta", "adadelta()", lambda p: o.Adadelta(p)),
+        OptCase("adadelta_args", "adadelta(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1)",
+                lambda p: o.Adadelta(p, lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1)),
+        OptCase("adam", "adam(lr=0.01)", lambda p: o.Adam(p, lr=0.01)),
+        OptCase("adam_args", "adam(lr=0.02, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1)",
+                lambda p: o.Adam(p, lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+        OptCase("adamw", "adamw(lr=0.01)", lambda p: o.AdamW(p, lr=0.01)),
+        OptCase("adamw_args", "adamw(lr=0.02, weight_decay=0.2)", lambda p: o.AdamW(p, lr=0.02, weight_decay=0.2)),
+        OptCase("sgd_clip_norm", "sgd(lr=0.1)", lambda p: o.SGD(p, lr=0.1), clip=0.5),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("nnc")
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--keep", help="keep each case's files in this directory")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    nnc = os.path.abspath(a.nnc)
+    rng = np.random.default_rng(a.seed)
+    failed = 0
+    selected = [c for c in cases() + optimizer_cases() if re.search(a.filter, c.name)]
+    for case in selected:
+        work = os.path.join(a.keep, case.name) if a.keep else tempfile.mkdtemp(prefix="nnc-peer-")
+        os.makedirs(work, exist_ok=True)
+        try:
+            failures, src = (check_optimizer if isinstance(case, OptCase) else check)(nnc, case, work, rng)
+        except Exception as e:  # a failed run is a failed case
+            failures, src = [str(e)], ""
+        finally:
+            if not a.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        if failures:
+            failed += 1
+            print("FAIL %s\n  %s" % (case.name, "\n  ".join(failures)))
+            if src:
+                print("  model:\n    " + src.replace("\n", "\n    "))
+        else:
+            print("ok   %s" % case.name)
+    print("%d of %d cases match PyTorch" % (len(selected) - failed, len(selected)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
