@@ -5,7 +5,9 @@ sum(r * c) with a random `c` of r's shape, so that the gradient of `c` is r
 itself: one SGD step with learning rate 1 (`nnc train --resume`) turns every
 parameter's gradient into the difference of two checkpoints. PyTorch
 computes r and the gradients in double precision from the same values.
-Batch-norm running statistics are compared after the step.
+Batch-norm running statistics are compared after the step. Optimizers run
+four steps on a loss whose gradient changes every step; whole training runs
+over CSV rows compare every parameter at the end and `nnc predict`'s outputs.
 
     /usr/bin/python3 tests/peer/check_ops.py NNC [--filter REGEX] [--keep DIR]
 
@@ -392,6 +394,141 @@ def optimizer_cases():
     ]
 
 
+class TrainCase:
+    """A whole run: `epochs` epochs over `rows` CSV rows in batches of
+    `batch` (the last one smaller), no shuffling, from the same start as
+    PyTorch's `torch_model` (a function of the values and a batch, giving
+    the loss) with `make(params)`; every parameter and piece of state is
+    compared at the end, then `nnc predict` (evaluation mode) against
+    `torch_eval`."""
+
+    def __init__(self, name, body, layers, optimizer, make, torch_loss, torch_eval, rows=10, batch=4,
+                 epochs=2, features=4, classes=3):
+        self.name, self.body, self.layers, self.optimizer, self.make = name, body, layers, optimizer, make
+        self.torch_loss, self.torch_eval = torch_loss, torch_eval
+        self.rows, self.batch, self.epochs, self.features, self.classes = rows, batch, epochs, features, classes
+
+
+def check_training(nnc, case, work, rng):
+    x = rng.standard_normal((case.rows, case.features)).astype(np.float32)
+    y = rng.integers(0, case.classes, case.rows).astype(np.int32)
+    values = {n: fill(rng, sh, k) for n, (sh, k) in case.layers.items()}
+    src = "\n".join(["model t {", "  input x: f32[B, %d]" % case.features, "  input y: i32[B]"] +
+                     ["  " + l for l in case.body.strip().split("\n")] + ["}", "train {",
+                     "  optimizer = " + case.optimizer, "  batch = %d" % case.batch, "  epochs = 1",
+                     "  shuffle = false", "}"]) + "\n"
+    open(os.path.join(work, "t.nn"), "w").write(src)
+    with open(os.path.join(work, "d.csv"), "w") as f:
+        f.write(",".join(["x%d" % i for i in range(case.features)] + ["y"]) + "\n")
+        for r in range(case.rows):
+            f.write(",".join(["%.9g" % v for v in x[r]] + [str(y[r])]) + "\n")
+    with open(os.path.join(work, "x.csv"), "w") as f:
+        f.write(",".join(["x%d" % i for i in range(case.features)]) + "\n")
+        for r in range(case.rows):
+            f.write(",".join(["%.9g" % v for v in x[r]]) + "\n")
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
+    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
+    if sorted(n for n in ck if n in values) != sorted(values):
+        raise RuntimeError("checkpoint names %s, expected %s among them" % (sorted(ck), sorted(values)))
+    for n in ck:
+        ck[n] = values[n] if n in values else np.zeros_like(ck[n])
+    meta["nnc.step"], meta["nnc.epoch"] = "0", "0"
+    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs",
+              str(case.epochs), "--target", "cpu"], work)
+    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+    predicted = run(nnc, ["predict", "t.nn", "--checkpoint", "ck.st", "--input", "x.csv", "--target", "cpu"], work)
+
+    tv = {n: torch.tensor(v.astype(np.float64)) for n, v in values.items()}
+    params = [t.requires_grad_(True) for n, t in tv.items() if "running_" not in n]
+    opt = case.make(params)
+    tx, ty = torch.tensor(x.astype(np.float64)), torch.tensor(y.astype(np.int64))
+    for _ in range(case.epochs):
+        for b0 in range(0, case.rows, case.batch):
+            opt.zero_grad()
+            case.torch_loss(tv, tx[b0:b0 + case.batch], ty[b0:b0 + case.batch]).backward()
+            opt.step()
+    failures = []
+    for n, t in tv.items():
+        want, got = t.detach().numpy(), after[n].astype(np.float64)
+        bad = np.abs(got - want) > 1e-4 * (1 + np.abs(want))
+        if bad.any():
+            i = np.unravel_index(np.argmax(np.abs(got - want)), want.shape)
+            failures.append("%s after %d epochs: %d of %d differ; at %s nnc %.7g, PyTorch %.7g" %
+                            (n, case.epochs, int(bad.sum()), bad.size, list(i), got[i], want[i]))
+    with torch.no_grad():
+        want = case.torch_eval(tv, tx).numpy()
+    lines = predicted.strip().split("\n")
+    got = np.array([[float(c) for c in l.split(",")[:want.shape[1]]] for l in lines[1:]])
+    if got.shape != want.shape:
+        failures.append("predict: %s values, PyTorch %s" % (got.shape, want.shape))
+    elif (np.abs(got - want) > 1e-4 * (1 + np.abs(want))).any():
+        i = np.unravel_index(np.argmax(np.abs(got - want)), want.shape)
+        failures.append("predict (evaluation mode): at %s nnc %.7g, PyTorch %.7g" % (list(i), got[i], want[i]))
+    return failures, src
+
+
+def training_cases():
+    o = torch.optim
+
+    def mlp(v, x):
+        h = torch.relu(x @ v["h.w"] + v["h.b"])
+        return h @ v["logits.w"] + v["logits.b"]
+
+    mlp_layers = {"h.w": ([4, 5], "normal"), "h.b": ([5], "normal"), "logits.w": ([5, 3], "normal"),
+                  "logits.b": ([3], "normal")}
+    mlp_body = """h = relu(dense(x, 5))
+logits = dense(h, 3)
+loss = softmax_cross_entropy(logits, y)
+minimize loss
+output logits"""
+
+    def bn_model(v, x, training):
+        h = x @ v["h.w"]
+        h = F.batch_norm(h, v["n.running_mean"], v["n.running_var"], v["n.gamma"], v["n.beta"],
+                         training=training, momentum=0.1, eps=1e-5)
+        return torch.sigmoid(h) @ v["logits.w"]
+
+    bn_layers = {"h.w": ([4, 6], "normal"), "n.gamma": ([6], "normal"), "n.beta": ([6], "normal"),
+                 "n.running_mean": ([6], "normal"), "n.running_var": ([6], "positive"),
+                 "logits.w": ([6, 3], "normal")}
+    bn_body = """h = dense(x, 6, bias=false)
+n = batch_norm(h)
+logits = dense(sigmoid(n), 3, bias=false)
+loss = softmax_cross_entropy(logits, y) + 0.01 * l2(h.w)
+minimize loss
+output logits"""
+    def cnn(v, x):
+        x = x.reshape(-1, 1, 6, 6)
+        c = F.conv2d(x, v["c.w"], v["c.b"], padding=1)
+        g = F.group_norm(c, 2, v["g.gamma"], v["g.beta"], eps=1e-5)
+        p = F.max_pool2d(torch.tanh(g), 2)
+        return torch.flatten(p, 1) @ v["logits.w"] + v["logits.b"]
+
+    cnn_layers = {"c.w": ([4, 1, 3, 3], "normal"), "c.b": ([4], "normal"), "g.gamma": ([4], "normal"),
+                  "g.beta": ([4], "normal"), "logits.w": ([36, 3], "normal"), "logits.b": ([3], "normal")}
+    cnn_body = """i = reshape(x, [B, 1, 6, 6])
+c = conv2d(i, 4, kernel=3, padding=1)
+g = group_norm(c, 2)
+p = max_pool2d(tanh(g), 2)
+logits = dense(flatten(p), 3)
+loss = softmax_cross_entropy(logits, y)
+minimize loss
+output logits"""
+    return [
+        TrainCase("train_cnn_adamw", cnn_body, cnn_layers, "adamw(lr=0.01)", lambda p: o.AdamW(p, lr=0.01),
+                  lambda v, x, y: F.cross_entropy(cnn(v, x), y), cnn, rows=9, batch=4, epochs=2, features=36),
+        TrainCase("train_mlp_sgd", mlp_body, mlp_layers, "sgd(lr=0.1, momentum=0.9)",
+                  lambda p: o.SGD(p, lr=0.1, momentum=0.9),
+                  lambda v, x, y: F.cross_entropy(mlp(v, x), y), mlp),
+        TrainCase("train_mlp_adam", mlp_body, mlp_layers, "adam(lr=0.01)", lambda p: o.Adam(p, lr=0.01),
+                  lambda v, x, y: F.cross_entropy(mlp(v, x), y), mlp, rows=11, batch=3, epochs=3),
+        TrainCase("train_batch_norm_rmsprop", bn_body, bn_layers, "rmsprop(lr=0.01)", lambda p: o.RMSprop(p, lr=0.01),
+                  lambda v, x, y: F.cross_entropy(bn_model(v, x, True), y) + 0.01 * 0.5 * (v["h.w"] ** 2).sum(),
+                  lambda v, x: bn_model(v, x, False)),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("nnc")
@@ -402,12 +539,13 @@ def main():
     nnc = os.path.abspath(a.nnc)
     rng = np.random.default_rng(a.seed)
     failed = 0
-    selected = [c for c in cases() + optimizer_cases() if re.search(a.filter, c.name)]
+    selected = [c for c in cases() + optimizer_cases() + training_cases() if re.search(a.filter, c.name)]
     for case in selected:
         work = os.path.join(a.keep, case.name) if a.keep else tempfile.mkdtemp(prefix="nnc-peer-")
         os.makedirs(work, exist_ok=True)
         try:
-            failures, src = (check_optimizer if isinstance(case, OptCase) else check)(nnc, case, work, rng)
+            checker = {OptCase: check_optimizer, TrainCase: check_training}.get(type(case), check)
+            failures, src = checker(nnc, case, work, rng)
         except Exception as e:  # a failed run is a failed case
             failures, src = [str(e)], ""
         finally:
