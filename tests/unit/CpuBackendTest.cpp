@@ -451,6 +451,11 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
                                "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
                                "]\n  c = a @ b\n  output c\n}\n",
                            1, 3, 1e-5);
+  // Through an epilogue, the partial sums of several depth blocks and
+  // groups between (400 rows: a group of 64 blocks and one of 2).
+  expectMatchesReference("model m {\n  input a: f32[400, 300]\n  input b: f32[300, 136]\n"
+                         "  input s: f32[136]\n  c = tanh(a @ b * 0.1 + s)\n  output c\n}\n",
+                         1, 4, 1e-5);
 }
 
 /// Products split their row blocks into groups by the thread count at run

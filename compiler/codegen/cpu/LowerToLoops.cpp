@@ -873,8 +873,11 @@ LogicalResult matmul(Emitter &e) {
 
   // One register block: `rows` rows from i0, `vectors` vectors from column
   // j0, reduction steps [k0, k1).
+  // `local`, when given, holds the partial sums between depth blocks
+  // (row i0 at its row i0 - localBase): only the last depth block stores
+  // to C.
   auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0,
-                   Value k1, Value packed) {
+                   Value k1, Value packed, Value local, Value localBase) {
     SmallVector<Value> cols, rowIdx, init;
     for (int64_t v = 0; v < vectors; ++v)
       cols.push_back(e.add(j0, e.idx(v * kLanes)));
@@ -890,8 +893,11 @@ LogicalResult matmul(Emitter &e) {
       b.setInsertionPointToStart(&first.getElseRegion().front());
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t v = 0; v < vectors; ++v)
-          init.push_back(b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
-                                                          ArrayRef<bool>{inBounds}));
+          init.push_back(local ? b.create<vector::TransferReadOp>(
+                                     loc, vt, local, ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
+                                     pad, ArrayRef<bool>{true})
+                               : b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
+                                                                  ArrayRef<bool>{inBounds}));
       b.create<scf::YieldOp>(loc, init);
       init.assign(first.getResults().begin(), first.getResults().end());
     }
@@ -921,29 +927,42 @@ LogicalResult matmul(Emitter &e) {
           b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
                                             ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
     };
-    if (!e.epilogue) {
+    if (!e.epilogue && !local) {
       write();
       return;
     }
-    // The last depth block stores through the epilogue.
+    // The last depth block stores to C (through the epilogue, if any).
     auto last = b.create<scf::IfOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k1, K),
                                     /*withElseRegion=*/true);
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(&last.getThenRegion().front());
+    if (e.epilogue) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t v = 0; v < vectors; ++v)
+          e.emit(k.getResult(r * vectors + v), {rowIdx[r], cols[v]});
+    } else {
+      write();
+    }
+    b.setInsertionPointToStart(&last.getElseRegion().front());
+    if (!local) {
+      write();
+      return;
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t v = 0; v < vectors; ++v)
-        e.emit(k.getResult(r * vectors + v), {rowIdx[r], cols[v]});
-    b.setInsertionPointToStart(&last.getElseRegion().front());
-    write();
+        b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), local,
+                                          ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
+                                          ArrayRef<bool>{true});
   };
   // Every column block, in depth blocks, for row blocks [rb0, rb1) of
   // `rows` rows each, from row `base`.
-  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack, Value base) {
+  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack, Value base, Value local = Value()) {
     auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
       // A full-width panel of B is first copied to `pack` (contiguous rows
       // of 64 floats): B's rows are a large power of two apart in the big
       // products, and a panel read in place evicts itself from L1.
       Value packed = inBounds ? pack : Value();
+      Value sums = packed ? local : Value(), sumsBase = e.add(base, e.mul(rb0, e.idx(rows)));
       b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
                            [&](OpBuilder &, Location, Value k0, ValueRange) {
                              Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
@@ -961,10 +980,36 @@ LogicalResult matmul(Emitter &e) {
                                      }
                                      b.create<scf::YieldOp>(loc);
                                    });
+                             // While the group's row blocks run, each fetches its
+                             // share of the next depth block's rows of the panel:
+                             // they lie far apart in B, too few lines each for the
+                             // hardware to prefetch, and packing them at the miss
+                             // latency took 8% of a 2048^3 product.
+                             Value per = packed ? b.create<arith::CeilDivUIOp>(
+                                                      loc, e.idx(kDepth),
+                                                      b.create<arith::MaxUIOp>(loc, e.idx(1), e.sub(rb1, rb0)))
+                                                : Value();
                              b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
                                                   [&](OpBuilder &, Location, Value rb, ValueRange) {
+                                                    if (packed) {
+                                                      Value r0 = e.add(k1, e.mul(e.sub(rb, rb0), per));
+                                                      Value r1 = b.create<arith::MinSIOp>(
+                                                          loc, K, b.create<arith::MinSIOp>(
+                                                                      loc, e.add(k1, e.idx(kDepth)), e.add(r0, per)));
+                                                      b.create<scf::ForOp>(
+                                                          loc, r0, b.create<arith::MaxSIOp>(loc, r0, r1), e.idx(1),
+                                                          std::nullopt,
+                                                          [&](OpBuilder &, Location, Value kk, ValueRange) {
+                                                            for (int64_t v = 0; v < vectors; ++v)
+                                                              b.create<memref::PrefetchOp>(
+                                                                  loc, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))},
+                                                                  /*isWrite=*/false, /*localityHint=*/2,
+                                                                  /*isDataCache=*/true);
+                                                            b.create<scf::YieldOp>(loc);
+                                                          });
+                                                    }
                                                     block(e.add(base, e.mul(rb, e.idx(rows))), rows, j0,
-                                                          vectors, inBounds, k0, k1, packed);
+                                                          vectors, inBounds, k0, k1, packed, sums, sumsBase);
                                                     b.create<scf::YieldOp>(loc);
                                                   });
                              b.create<scf::YieldOp>(loc);
@@ -1033,10 +1078,21 @@ LogicalResult matmul(Emitter &e) {
   auto newPack = [&]() -> Value { return b.create<memref::AllocaOp>(loc, packType, b.getI64IntegerAttr(64)); };
   bool pack = typicalBlocks >= 2;
   Value shared = pack && !parallel ? newPack() : Value();
+  // The group's partial sums of one column block, between depth blocks:
+  // contiguous, where C's rows are often a power of two apart and, read in
+  // place, compete for a few sets of the caches with B's and A's rows (a
+  // sixth of the time of a 2048^3 product went to reloading C).
+  bool sumsWanted = pack && (!depth || *depth > kDepth);
+  auto sumsType = MemRefType::get({kGroupMax * 6, kVectors * kLanes}, b.getF32Type());
+  auto newSums = [&]() -> Value {
+    return sumsWanted ? b.create<memref::AllocaOp>(loc, sumsType, b.getI64IntegerAttr(64)) : Value();
+  };
+  Value sharedSums = !parallel ? newSums() : Value();
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], size);
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, size));
-    columns(rb0, rb1, kRows, pack && parallel ? newPack() : shared, e.idx(0));
+    columns(rb0, rb1, kRows, pack && parallel ? newPack() : shared, e.idx(0),
+            pack && parallel ? newSums() : sharedSums);
   }, parallel);
   Value done = e.mul(blocks, e.idx(kRows));
   if (kRows == 6) {
