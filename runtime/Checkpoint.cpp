@@ -7,6 +7,7 @@
 
 #include "runtime/Checkpoint.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -56,12 +57,19 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
   header << "{";
   size_t offset = 0;
   for (const HostTensor &t : tensors) {
-    size_t bytes = t.data.size() * sizeof(float);
-    header << jsonString(t.name) << ":{\"dtype\":\"F32\",\"shape\":[";
+    size_t bytes = t.data.size() * 4;
+    header << jsonString(t.name) << ":{\"dtype\":\"" << (t.integer ? "I32" : "F32") << "\",\"shape\":[";
     for (size_t i = 0; i < t.shape.size(); ++i)
       header << (i ? "," : "") << t.shape[i];
     header << "],\"data_offsets\":[" << offset << "," << offset + bytes << "]},";
-    data.append(reinterpret_cast<const char *>(t.data.data()), bytes);
+    if (t.integer) {
+      std::vector<int32_t> values(t.data.size());
+      for (size_t i = 0; i < values.size(); ++i)
+        values[i] = static_cast<int32_t>(std::lround(t.data[i]));
+      data.append(reinterpret_cast<const char *>(values.data()), bytes);
+    } else {
+      data.append(reinterpret_cast<const char *>(t.data.data()), bytes);
+    }
     offset += bytes;
   }
   Metadata meta = metadata;
@@ -276,10 +284,11 @@ Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
     if (!dtype || !shape || !offsets || shape->kind != Json::Value::Array ||
         offsets->kind != Json::Value::Array || offsets->items.size() != 2)
       return bad("tensor '" + name + "' lacks dtype, shape or data_offsets");
-    if (dtype->str != "F32")
-      return bad("tensor '" + name + "' has dtype " + dtype->str + "; nnc reads F32");
+    if (dtype->str != "F32" && dtype->str != "I32")
+      return bad("tensor '" + name + "' has dtype " + dtype->str + "; nnc reads F32 and I32");
     HostTensor t;
     t.name = name;
+    t.integer = dtype->str == "I32";
     for (const Json::Value &d : shape->items) {
       if (d.kind != Json::Value::Number || d.num < 0)
         return bad("tensor '" + name + "' has a bad shape");
@@ -292,6 +301,12 @@ Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
                  std::to_string(end) + ") that does not fit its shape or the file");
     t.data.resize(t.numel());
     std::memcpy(t.data.data(), bytes.data() + dataStart + begin, end - begin);
+    if (t.integer)
+      for (float &x : t.data) {
+        int32_t i;
+        std::memcpy(&i, &x, sizeof i);
+        x = static_cast<float>(i);
+      }
     tensors.push_back(std::move(t));
   }
   auto it = metadata.find("nnc.crc32");

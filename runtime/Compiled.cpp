@@ -128,6 +128,13 @@ bool rt::isConstantOf(const ModelDesc &m, const std::string &name) {
   return false;
 }
 
+bool rt::isIntegerOf(const ModelDesc &m, const std::string &name) {
+  for (const TensorDesc &t : m.trainStep.args)
+    if (t.name == name)
+      return t.integer;
+  return false;
+}
+
 HostTensor rt::syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter) {
   HostTensor h{t.name, t.shapeAt(batch), {}};
   h.data.resize(static_cast<size_t>(std::max<int64_t>(0, t.numel(batch))));

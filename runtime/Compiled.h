@@ -128,6 +128,8 @@ struct StepLayout {
 /// Whether argument `name` of `m`'s training step is a frozen tensor with
 /// written-out values (Trainable::isConstant).
 bool isConstantOf(const ModelDesc &m, const std::string &name);
+/// Whether argument `name` of `m`'s training step is i32.
+bool isIntegerOf(const ModelDesc &m, const std::string &name);
 
 /// Synthetic values for `t` at `batch` (benchmarks, kernel timing): f32
 /// uniform [0, 1) from the counter-based generator, integers 0.
@@ -162,6 +164,7 @@ public:
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
   bool isConstant(const std::string &name) const override { return isConstantOf(m, name); }
+  bool isInteger(const std::string &name) const override { return isIntegerOf(m, name); }
   uint64_t steps() const override { return stepCount; }
   void setSteps(uint64_t n) override { stepCount = n; }
 

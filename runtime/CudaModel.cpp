@@ -539,6 +539,7 @@ Status CudaModel::evaluate(const std::vector<HostTensor> &batch, std::vector<Hos
 
 std::vector<std::string> CudaModel::stateNames() const { return impl->layout.stateNames; }
 bool CudaModel::isConstant(const std::string &name) const { return isConstantOf(impl->m, name); }
+bool CudaModel::isInteger(const std::string &name) const { return isIntegerOf(impl->m, name); }
 
 Status CudaModel::getState(const std::string &name, HostTensor &out) const {
   size_t i = impl->indexOf(name);

@@ -44,6 +44,7 @@ public:
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
   bool isConstant(const std::string &name) const override;
+  bool isInteger(const std::string &name) const override;
   uint64_t steps() const override;
   void setSteps(uint64_t n) override;
 

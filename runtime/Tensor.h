@@ -19,6 +19,7 @@ struct HostTensor {
   std::string name;
   std::vector<int64_t> shape;
   std::vector<float> data;
+  bool integer = false; // i32 values (held exactly as floats); checkpoints store them as I32
 
   int64_t numel() const {
     int64_t n = 1;

@@ -180,6 +180,7 @@ Status rt::saveState(Trainable &m, const std::string &path, int64_t epoch, uint6
     if (Status s = m.getState(name, t); !s)
       return s;
     t.name = name;
+    t.integer = m.isInteger(name);
     tensors.push_back(std::move(t));
   }
   Metadata meta = {{"nnc.model", m.modelName()},

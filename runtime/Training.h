@@ -65,6 +65,9 @@ public:
   /// checkpoint may not change: a frozen tensor with written-out values,
   /// which compiled code may have folded in.
   virtual bool isConstant(const std::string &name) const { return false; }
+  /// Whether state tensor `name` is i32 (labels, indices): a checkpoint
+  /// stores it as I32.
+  virtual bool isInteger(const std::string &name) const { return false; }
 };
 
 struct DataSource {

@@ -120,23 +120,35 @@ TEST(Runtime, IdxLoaderRejectsBadFiles) {
 
 TEST(Runtime, CheckpointRoundTripAndValidation) {
   std::string path = tempPath("ckpt.safetensors");
-  std::vector<HostTensor> in = {{"w", {2, 3}, {1, 2, 3, 4, 5, 6}}, {"b", {3}, {-1, 0.5f, 7}}};
+  std::vector<HostTensor> in = {{"w", {2, 3}, {1, 2, 3, 4, 5, 6}}, {"b", {3}, {-1, 0.5f, 7}},
+                                {"labels", {4}, {3, -2, 0, 16777216}, /*integer=*/true}};
   ASSERT_TRUE(saveCheckpoint(path, in, {{"nnc.step", "12"}}).isOk());
   std::vector<HostTensor> out;
   Metadata meta;
   Status s = loadCheckpoint(path, out, meta);
   ASSERT_TRUE(s.isOk()) << s.message();
-  ASSERT_EQ(out.size(), 2u);
+  ASSERT_EQ(out.size(), 3u);
   EXPECT_EQ(out[0].name, "w");
   EXPECT_EQ(out[0].shape, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(out[0].data, in[0].data);
   EXPECT_EQ(out[1].data, in[1].data);
+  EXPECT_FALSE(out[1].integer);
+  EXPECT_EQ(out[2].data, in[2].data);
+  EXPECT_TRUE(out[2].integer);
   EXPECT_EQ(meta["nnc.step"], "12");
-  // The header is 8-byte aligned JSON, as safetensors requires.
+  // The header is 8-byte aligned JSON, as safetensors requires; i32
+  // tensors are stored as I32 (two's complement), not as floats.
   std::ifstream f(path, std::ios::binary);
   uint64_t n = 0;
   f.read(reinterpret_cast<char *>(&n), 8);
   EXPECT_EQ(n % 8, 0u);
+  std::string header(n, ' ');
+  f.read(header.data(), static_cast<std::streamsize>(n));
+  EXPECT_NE(header.find("\"labels\":{\"dtype\":\"I32\""), std::string::npos) << header;
+  f.seekg(static_cast<std::streamoff>(8 + n + 9 * 4 + 4));
+  int32_t minusTwo = 0;
+  f.read(reinterpret_cast<char *>(&minusTwo), 4);
+  EXPECT_EQ(minusTwo, -2);
 
   // Every truncation is an error, never a crash.
   std::ifstream whole(path, std::ios::binary);

@@ -257,19 +257,27 @@ public:
   void setSteps(uint64_t n) override { t.setSteps(n); }
   // The compiled backends' rule, so that a checkpoint means the same to all.
   bool isConstant(const std::string &name) const override {
-    for (unsigned i = 0; i < m.model.getNumArguments(); ++i) {
-      auto n = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName);
-      if (!n || n.getValue() != name)
-        continue;
-      auto role = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kRole);
-      auto init = m.model.getArgAttrOfType<DictionaryAttr>(i, "nn.init");
-      auto kind = init ? init.getAs<StringAttr>("kind") : StringAttr();
-      return role && role.getValue() == "frozen" && kind && rt::writtenOut(rt::InitSpec{kind.str(), {}, 0, 0, {}});
-    }
-    return false;
+    std::optional<unsigned> i = argument(name);
+    if (!i)
+      return false;
+    auto role = m.model.getArgAttrOfType<StringAttr>(*i, nn::attr::kRole);
+    auto init = m.model.getArgAttrOfType<DictionaryAttr>(*i, "nn.init");
+    auto kind = init ? init.getAs<StringAttr>("kind") : StringAttr();
+    return role && role.getValue() == "frozen" && kind && rt::writtenOut(rt::InitSpec{kind.str(), {}, 0, 0, {}});
+  }
+  bool isInteger(const std::string &name) const override {
+    std::optional<unsigned> i = argument(name);
+    return i && cast<ShapedType>(m.model.getArgument(*i).getType()).getElementType().isInteger(32);
   }
 
 private:
+  std::optional<unsigned> argument(const std::string &name) const {
+    for (unsigned i = 0; i < m.model.getNumArguments(); ++i)
+      if (auto n = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName); n && n.getValue() == name)
+        return i;
+    return std::nullopt;
+  }
+
   const Loaded &m;
   ref::Trainer &t;
   std::vector<rt::ModelInput> ins;
