@@ -497,17 +497,19 @@ TEST(CpuMatmulBlocking, SameBitsOnAnyThreadCount) {
   }
 }
 
-/// Convolutions whose output-channel blocks take every size (16, 8, 4, 2
-/// and 1 channels times one to three row vectors, grouped and not, with an
-/// epilogue), against the reference.
+/// Convolutions whose output-channel blocks take every kind of size (16,
+/// 12, 8, 6, 4, 3, 2 and 1 channels times one to three row vectors, grouped
+/// and not, with an epilogue), against the reference.
 TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
   struct Layer {
     const char *x, *w, *expr;
   };
   for (Layer l : {Layer{"[B, 4, 9, 10]", "[32, 2, 3, 3]", "relu(conv2d(x, w, padding=1, groups=2))"}, // 16 x 1
                   Layer{"[B, 4, 9, 10]", "[8, 4, 3, 2]", "conv2d(x, w, padding=1)"},   // 8 x 1, 11 wide
-                  Layer{"[B, 4, 9, 10]", "[12, 4, 3, 3]", "tanh(conv2d(x, w))"},       // 4 x 1
-                  Layer{"[B, 4, 9, 10]", "[6, 2, 1, 1]", "conv2d(x, w, groups=2)"},    // 1 x 1
+                  Layer{"[B, 4, 9, 10]", "[12, 4, 3, 3]", "tanh(conv2d(x, w))"},       // 12 x 1
+                  Layer{"[B, 4, 9, 10]", "[6, 2, 1, 1]", "conv2d(x, w, groups=2)"},    // 3 x 1
+                  Layer{"[B, 2, 6, 7]", "[17, 2, 2, 2]", "conv2d(x, w)"},              // 1 x 1
+                  Layer{"[B, 6, 14, 14]", "[6, 6, 5, 5]", "conv2d(x, w, padding=4)"},  // 6 x 2
                   Layer{"[B, 4, 9, 10]", "[2, 4, 2, 2]", "conv2d(x, w)"},              // 2 x 1
                   Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=1)"},  // 8 x 2
                   Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=[0, 11])"}}) // 4 x 3
