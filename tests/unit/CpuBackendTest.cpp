@@ -518,6 +518,38 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                            3, 6, 1e-4);
 }
 
+/// The weight gradient sums the batch in chunks (each chunk's output
+/// gradient sized to stay in L2) and adds each chunk's sums to the last:
+/// one, two and several chunks against the reference, tightly.
+TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
+  // 8 channels of 38 x 38 outputs: 46 KiB a sample, 11 samples a chunk.
+  std::string src = "model m {\n  input x: f32[B, 2, 40, 40]\n  input c: f32[B, 8, 38, 38]\n"
+                    "  param w: f32[8, 2, 3, 3] = normal(std=0.1)\n"
+                    "  loss = sum(conv2d(x, w) * c)\n  minimize loss\n}\n";
+  test::Compiled m(src, Stage::Train);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
+  auto trainer = ref::Trainer::create(*m.module, 3, refExec);
+  ASSERT_TRUE(succeeded(trainer)) << m.firstError();
+  mlir::func::FuncOp model = trainer->modelFunction();
+  auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("m_grad");
+  ASSERT_TRUE(grad);
+  for (int64_t batch : {5, 11, 12, 30}) {
+    std::vector<Tensor> in = test::inputsFor(model, batch, 2), args;
+    size_t k = 0;
+    for (unsigned i = 0; i < grad.getNumArguments(); ++i)
+      args.push_back(grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole).getValue() == "input"
+                         ? in[k++]
+                         : *trainer->tensor(grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kName).getValue()));
+    auto got = cpu::createExecutor()->run(grad, args, {});
+    auto want = ref::createReferenceExecutor()->run(grad, args, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << m.firstError();
+    for (size_t i = 0; i < got->size(); ++i)
+      expectClose((*got)[i], (*want)[i], "batch " + std::to_string(batch) + " result " + std::to_string(i),
+                  1e-4, 1e-4 * largest((*want)[i]));
+  }
+}
+
 /// Elementwise kernels over short trailing axes run as one flat loop when
 /// every buffer has the result's shape or one element; with an operand
 /// broadcast along an axis they keep the nested loops. Every result (a
