@@ -296,6 +296,10 @@ def cases():
               lambda v, k=k, s=s, p=p: F.max_pool2d(v["x"], k, s, p), {"x": (image(2, 3, 9, 8), "normal")}, {})
         layer("avg_pool2d_k%d_s%d_p%d" % (k, s, p), "r = avg_pool2d(x, %d, stride=%d, padding=%d)" % (k, s, p),
               lambda v, k=k, s=s, p=p: F.avg_pool2d(v["x"], k, s, p), {"x": (image(2, 3, 9, 8), "normal")}, {})
+    layer("avg_pool2d_2x2_tiling", "r = avg_pool2d(x, 2)", lambda v: F.avg_pool2d(v["x"], 2),
+          {"x": (image(2, 3, 8, 36), "normal")}, {})
+    layer("max_pool2d_2x2_tiling", "r = max_pool2d(x, 2)", lambda v: F.max_pool2d(v["x"], 2),
+          {"x": (image(2, 3, 8, 36), "normal")}, {})
     layer("avg_pool2d_exclude_pad", "r = avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=false)",
           lambda v: F.avg_pool2d(v["x"], 3, 2, 1, count_include_pad=False), {"x": (image(2, 3, 9, 8), "normal")}, {})
 

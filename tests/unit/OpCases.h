@@ -98,6 +98,12 @@ inline std::vector<Case> cases() {
                "  out = max_pool2d(leaky_relu(conv2d(x, 2, kernel=1, bias=false), alpha=0.1), 3)\n",
                "  input x: f32[B, 2, 6, 9]\n"});
   v.push_back({"avg_pool", "  out = avg_pool2d(conv2d(x, 2, kernel=2), [2, 3], stride=1)\n", img});
+  // 2x2 windows: tiling a wide input (forward and gradient on vectors of
+  // 16 windows, a ragged tail of 3), and leaving a row and column out (the
+  // gradient's general loop).
+  v.push_back({"avg_pool_2x2_wide", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 2)\n",
+               "  input x: f32[B, 2, 4, 70]\n"});
+  v.push_back({"avg_pool_2x2_odd", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 2)\n", "  input x: f32[B, 2, 7, 37]\n"});
   v.push_back({"avg_pool_pad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1)\n", img});
   v.push_back({"avg_pool_nopad", "  out = avg_pool2d(conv2d(x, 2, kernel=1), 3, stride=2, padding=1, "
                                  "count_include_pad=false)\n", img});

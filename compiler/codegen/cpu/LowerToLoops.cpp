@@ -1736,6 +1736,48 @@ LogicalResult maxPoolGrad(Emitter &e) {
 }
 
 /// Average pooling forward (grad = false) or backward.
+/// The 2x2, stride-2 average pool without padding on whole rows of
+/// windows (windowRows2x2), and its gradient where the windows tile the
+/// input: 16 windows at a time, with the general loop's arithmetic (each
+/// tap divided by 4, summed in window order; the gradient spreads dy / 4
+/// to its window with one interleaving shuffle per pair of rows).
+void avgPool2x2(Emitter &e, bool grad) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value four = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 4.0f));
+  if (!grad) {
+    Value Y = e.out[0];
+    windowRows2x2(e, e.in[0], Y, shapeOf(Y),
+                  [&](Value n, Value c, Value i, int64_t j0, bool full, Value, Value, ArrayRef<Value> taps) {
+                    Value acc = b.create<arith::DivFOp>(loc, taps[0], four);
+                    for (Value tap : taps.drop_front())
+                      acc = b.create<arith::AddFOp>(loc, acc, b.create<arith::DivFOp>(loc, tap, four));
+                    b.create<vector::TransferWriteOp>(loc, acc, Y, ValueRange{n, c, i, e.idx(j0)},
+                                                      ArrayRef<bool>{full});
+                  });
+    return;
+  }
+  Value DY = e.in[0], DX = e.out[0];
+  ArrayRef<int64_t> out = shapeOf(DY);
+  SmallVector<int64_t> interleave;
+  for (int64_t l = 0; l < kLanes; ++l)
+    interleave.append({l, l + kLanes});
+  e.loops(ArrayRef<Value>{e.dim(DY, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
+    Value n = iv[0], c = iv[1], i = iv[2];
+    Value h0 = e.mul(i, e.idx(2)), h1 = e.add(h0, e.idx(1));
+    for (int64_t j0 = 0; j0 < out[3]; j0 += kLanes) {
+      bool full = j0 + kLanes <= out[3];
+      Value dy = b.create<vector::TransferReadOp>(loc, vt, DY, ValueRange{n, c, i, e.idx(j0)}, e.f32(0),
+                                                  ArrayRef<bool>{full});
+      Value q = b.create<arith::DivFOp>(loc, dy, four);
+      Value row = b.create<vector::ShuffleOp>(loc, q, q, interleave);
+      for (Value h : {h0, h1})
+        b.create<vector::TransferWriteOp>(loc, row, DX, ValueRange{n, c, h, e.idx(2 * j0)}, ArrayRef<bool>{full});
+    }
+  }, /*parallel=*/true);
+}
+
 LogicalResult avgPool(Emitter &e, bool grad) {
   ArrayRef<int64_t> k = cast<DenseI64ArrayAttr>(e.op->getAttr("kernel")).asArrayRef();
   ArrayRef<int64_t> s = cast<DenseI64ArrayAttr>(e.op->getAttr("stride")).asArrayRef();
@@ -1743,7 +1785,12 @@ LogicalResult avgPool(Emitter &e, bool grad) {
   auto include = e.op->getAttrOfType<BoolAttr>("count_include_pad");
   bool includePad = !include || include.getValue();
   Value x = grad ? e.in[1] : e.in[0];
-  ArrayRef<int64_t> in = shapeOf(x);
+  ArrayRef<int64_t> in = shapeOf(x), out = shapeOf(grad ? e.in[0] : e.out[0]);
+  if (k[0] == 2 && k[1] == 2 && s[0] == 2 && s[1] == 2 && p[0] == 0 && p[1] == 0 && !e.epilogue &&
+      (grad ? in[2] == 2 * out[2] && in[3] == 2 * out[3] : in[2] >= 2 * out[2] && in[3] >= 2 * out[3])) {
+    avgPool2x2(e, grad);
+    return success();
+  }
   e.fill(e.out[0], e.f32(0));
   e.loops(e.sizes(grad ? e.in[0] : e.out[0]), [&](ValueRange iv) {
     // The divisor: the window size, or its in-bounds part.
