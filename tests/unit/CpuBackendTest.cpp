@@ -335,7 +335,12 @@ INSTANTIATE_TEST_SUITE_P(
                       MathCase{"log(x)", 1e-30, 1e30, 2, [](double v) { return std::log(v); }},
                       MathCase{"log(x)", 0.5, 2, 2, [](double v) { return std::log(v); }},
                       MathCase{"sigmoid(x)", -30, 30, 3, [](double v) { return 1 / (1 + std::exp(-v)); }},
-                      MathCase{"tanh(x)", -10, 10, 4, [](double v) { return std::tanh(v); }},
+                      MathCase{"tanh(x)", -10, 10, 2, [](double v) { return std::tanh(v); }},
+                      // Near zero, and around 0.625, where the polynomial
+                      // gives way to the exponential form.
+                      MathCase{"tanh(x)", -1e-3, 1e-3, 2, [](double v) { return std::tanh(v); }},
+                      MathCase{"tanh(x)", 0.5, 0.75, 2, [](double v) { return std::tanh(v); }},
+                      MathCase{"tanh(x)", -0.75, -0.5, 2, [](double v) { return std::tanh(v); }},
                       MathCase{"softplus(x)", -30, 30, 3, [](double v) { return std::log1p(std::exp(v)); }}),
     [](const auto &info) { return std::string("f") + std::to_string(info.index); });
 
