@@ -591,6 +591,33 @@ TEST(CpuReductionRuns, MatchReference) {
                            4, 9, 1e-5);
 }
 
+/// Sums and maxima over trailing axes of values computed by fused
+/// producers (a bias gradient behind an activation's gradient): the
+/// trailing axes are collapsed in every buffer the producers touch, the
+/// stored producer included; a one-element operand, an epilogue after the
+/// reduction, and a broadcast operand (not collapsed) alongside. Every
+/// result against the reference.
+TEST(CpuReductionRuns, FusedProducersOverTrailingAxes) {
+  for (const char *body :
+       {"  d = g * (1 - y * y)\n  b = sum(d, axis=[0, 2, 3])\n  output d\n  output b\n",
+        "  d = g * (1 - y * y) * s\n  b = sum(d, axis=[2, 3])\n  output d\n  output b\n",
+        "  b = exp(max(g * y, axis=[1, 2, 3])) * 2\n  output b\n",
+        "  d = g * c\n  b = sum(d, axis=[0, 2, 3])\n  output b\n  output d\n"}) {
+    std::string src = std::string("model m {\n  input y: f32[B, 3, 5, 9]\n  input g: f32[B, 3, 5, 9]\n"
+                                  "  input s: f32[1]\n  input c: f32[3, 1, 1]\n") + body + "}\n";
+    test::Compiled c(src, Stage::Nn);
+    ASSERT_TRUE(c.module) << c.firstError();
+    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+    std::vector<Tensor> in = test::inputsFor(fn, 6, 10);
+    auto got = cpu::createExecutor()->run(fn, in, {});
+    auto want = ref::createReferenceExecutor()->run(fn, in, {});
+    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+    ASSERT_EQ(got->size(), want->size());
+    for (size_t i = 0; i < got->size(); ++i)
+      expectClose((*got)[i], (*want)[i], src + " result " + std::to_string(i), 1e-5, 1e-5);
+  }
+}
+
 /// Maxima over contiguous runs (whole vectors, then a masked tail) at
 /// lengths below, at and past a vector, rows and flattened trailing axes;
 /// a NaN anywhere in a run is the run's maximum, as in PyTorch; -inf and
