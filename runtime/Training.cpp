@@ -310,7 +310,8 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         double loss = losses[settled];
         if (!std::isfinite(loss)) {
           progress.finishLine();
-          return fail("the loss became " + std::to_string(loss) + " at epoch " +
+          return fail(std::string("the loss became ") + (std::isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf") +
+                      " at epoch " +
                       std::to_string(epoch) + ", step " + std::to_string(settled + 1) +
                       "; try a smaller learning rate");
         }
