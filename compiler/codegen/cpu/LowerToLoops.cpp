@@ -863,7 +863,7 @@ LogicalResult count(Emitter &e) {
 /// The register block: kRows (4 or 6) rows of C times kVectors vectors of kLanes
 /// columns, accumulated in vector registers over a block of kDepth steps
 /// of the reduction (an outer product per k: kVectors loads of a row of B,
-/// kRows broadcasts from A), then added to C. The cache block: a group of
+/// kRows broadcasts from A), then carried to the next depth block. The cache block: a group of
 /// up to kGroupMax row blocks runs each (column block, depth block) in
 /// turn; the kDepth x kVectors*kLanes panel of B (32 KiB) is first copied
 /// to a contiguous buffer on the thread's stack (B's rows are a power of
@@ -873,8 +873,9 @@ LogicalResult count(Emitter &e) {
 /// time) and run in parallel when the product is large enough. Leftover
 /// rows take one-row blocks; the last column block of a ragged width uses
 /// masked loads and stores, unpacked. Every element of C sums its products
-/// in k order (through C between depth blocks, exact in f32), so the
-/// result does not depend on the blocking or the thread count.
+/// in k order (between depth blocks through a contiguous buffer of the
+/// group's partial sums, exact in f32), so the result does not depend on
+/// the blocking or the thread count.
 /// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
 /// row blocks of 4 rows unpacked gave 103 and 71 GFLOP/s; packed, 128-deep
 /// blocks of up to 64 row blocks 187 and 175 (4 rows), 178 and 187 (6).
