@@ -18,33 +18,26 @@ PACKAGES=(
   libfmt-dev libzstd-dev libgtest-dev libgmock-dev libomp-19-dev libbenchmark-dev
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# Installs those of the packages given that are missing (none: nothing).
+install_missing() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
   echo "==> installing: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
 
+install_missing "${PACKAGES[@]}"
 # PyTorch (with OpenBLAS, the peer as benchmarks/README.md sets it up) is optional:
 # without it the comparison test is skipped, so a failed install only warns.
 if [ $peer = 1 ]; then
-  missing=()
-  for p in python3-torch python3-numpy libopenblas0-pthread; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing the peer: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    { $SUDO apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } ||
-      echo "==> warning: PyTorch could not be installed; the comparison with it will be skipped" >&2
-  fi
+  install_missing python3-torch python3-numpy libopenblas0-pthread ||
+    echo "==> warning: PyTorch could not be installed; the comparison with it will be skipped" >&2
 fi
 
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then

@@ -443,6 +443,21 @@ void expectMatchesReference(const std::string &src, int64_t batch, uint64_t salt
   expectClose((*got)[0], (*want)[0], src, tol, tol);
 }
 
+/// Every result of model `src` (batch `batch`, inputs from `salt`) on the
+/// CPU backend against the reference evaluator, to 1e-5.
+void expectAllResultsMatch(const std::string &src, int64_t batch, uint64_t salt) {
+  test::Compiled c(src, Stage::Nn);
+  ASSERT_TRUE(c.module) << c.firstError();
+  auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
+  std::vector<Tensor> in = test::inputsFor(fn, batch, salt);
+  auto got = cpu::createExecutor()->run(fn, in, {});
+  auto want = ref::createReferenceExecutor()->run(fn, in, {});
+  ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
+  ASSERT_EQ(got->size(), want->size());
+  for (size_t i = 0; i < got->size(); ++i)
+    expectClose((*got)[i], (*want)[i], src + " result " + std::to_string(i), 1e-5, 1e-5);
+}
+
 /// Products whose shapes take every path of the blocked matmul: 6-row and
 /// 4-row register blocks, one-row remainders, packed and unpacked (ragged)
 /// column blocks, depths that are not a multiple of the depth block.
@@ -565,18 +580,9 @@ TEST(CpuElementwiseFlat, MatchesReference) {
         "  z = x + b\n  output z\n",                                   // broadcast: nested loops
         "  h = exp(x) * 0.5\n  z = h + y\n  output z\n  output h\n",  // flat, h stored as well
         "  z = x * y + s\n  w = sum(z, axis=1)\n  output w\n  output z\n"}) {
-    std::string src = std::string("model m {\n  input x: f32[B, 5, 3]\n  input y: f32[B, 5, 3]\n"
-                                  "  input s: f32[1, 1, 1]\n  input b: f32[3]\n") + body + "}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 7, 8);
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    ASSERT_EQ(got->size(), want->size());
-    for (size_t i = 0; i < got->size(); ++i)
-      expectClose((*got)[i], (*want)[i], src + " result " + std::to_string(i), 1e-5, 1e-5);
+    expectAllResultsMatch(std::string("model m {\n  input x: f32[B, 5, 3]\n  input y: f32[B, 5, 3]\n"
+                                      "  input s: f32[1, 1, 1]\n  input b: f32[3]\n") + body + "}\n",
+                          7, 8);
   }
 }
 
@@ -603,18 +609,9 @@ TEST(CpuReductionRuns, FusedProducersOverTrailingAxes) {
         "  d = g * (1 - y * y) * s\n  b = sum(d, axis=[2, 3])\n  output d\n  output b\n",
         "  b = exp(max(g * y, axis=[1, 2, 3])) * 2\n  output b\n",
         "  d = g * c\n  b = sum(d, axis=[0, 2, 3])\n  output b\n  output d\n"}) {
-    std::string src = std::string("model m {\n  input y: f32[B, 3, 5, 9]\n  input g: f32[B, 3, 5, 9]\n"
-                                  "  input s: f32[1]\n  input c: f32[3, 1, 1]\n") + body + "}\n";
-    test::Compiled c(src, Stage::Nn);
-    ASSERT_TRUE(c.module) << c.firstError();
-    auto fn = c.module->lookupSymbol<mlir::func::FuncOp>("m");
-    std::vector<Tensor> in = test::inputsFor(fn, 6, 10);
-    auto got = cpu::createExecutor()->run(fn, in, {});
-    auto want = ref::createReferenceExecutor()->run(fn, in, {});
-    ASSERT_TRUE(succeeded(got) && succeeded(want)) << c.firstError();
-    ASSERT_EQ(got->size(), want->size());
-    for (size_t i = 0; i < got->size(); ++i)
-      expectClose((*got)[i], (*want)[i], src + " result " + std::to_string(i), 1e-5, 1e-5);
+    expectAllResultsMatch(std::string("model m {\n  input y: f32[B, 3, 5, 9]\n  input g: f32[B, 3, 5, 9]\n"
+                                      "  input s: f32[1]\n  input c: f32[3, 1, 1]\n") + body + "}\n",
+                          6, 10);
   }
 }
 

@@ -570,6 +570,18 @@ bool columnSums(Operation *op) {
   return !ShapedType::isDynamic(in.back()) && in.back() > 0 && in.back() % kLanes == 0;
 }
 
+/// The reassociation of a rank-`rank` buffer that keeps axes [0, tail) and
+/// collapses the rest into one.
+SmallVector<ReassociationIndices> collapsedFrom(int64_t tail, int64_t rank) {
+  SmallVector<ReassociationIndices> groups;
+  for (int64_t d = 0; d < tail; ++d)
+    groups.push_back({d});
+  groups.emplace_back();
+  for (int64_t d = tail; d < rank; ++d)
+    groups.back().push_back(d);
+  return groups;
+}
+
 /// sum (max = false) or max over `axes`: outer loops over the output, inner
 /// loops over the reduced axes accumulating in a register (a `reassoc`
 /// reduction LLVM vectorizes when the innermost axis is reduced).
@@ -722,13 +734,7 @@ LogicalResult reduce(Emitter &e, bool max) {
         inner.push_back(e.valueDim(e.op->getOperand(0), i));
     inner.push_back(e.idx(run));
   } else if (flatten) {
-    SmallVector<ReassociationIndices> groups;
-    for (int64_t d = 0; d < tail; ++d)
-      groups.push_back({d});
-    groups.emplace_back();
-    for (int64_t d = tail; d < rank; ++d)
-      groups.back().push_back(d);
-    source = b.create<memref::CollapseShapeOp>(loc, e.in[0], groups);
+    source = b.create<memref::CollapseShapeOp>(loc, e.in[0], collapsedFrom(tail, rank));
     inner.clear();
     for (int64_t i : reduced)
       if (i < tail)
@@ -2704,12 +2710,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
           return;
       }
     }
-    SmallVector<ReassociationIndices> groups;
-    for (int64_t d = 0; d < tail; ++d)
-      groups.push_back({d});
-    groups.emplace_back();
-    for (int64_t d = tail; d < rank; ++d)
-      groups.back().push_back(d);
+    SmallVector<ReassociationIndices> groups = collapsedFrom(tail, rank);
     llvm::DenseMap<Value, Value> views;
     auto view = [&](Value m) -> Value {
       Value &v = views[m];
