@@ -326,9 +326,10 @@ const llvm::DenseMap<TypeID, Scalar> &scalars() {
       // Below |x| = 0.625 an odd polynomial, x + x^3 P(x^2) (Cephes'
       // tanhf coefficients); above, 1 - 2 / (e^(2|x|) + 1), which rounds
       // to 1 from |x| = 9 on (clamped there, so e^(2|x|) stays finite).
-      // Both within 2-3 ULPs, vectorizable, one exp and one division (the
-      // form expm1(2x) / (expm1(2x) + 2) cost an exp, a log and two
-      // divisions: 52 cycles a vector). The sign is x's, -0 included.
+      // Within 1-2 ULPs (CompiledMath), vectorizable, one exp and one
+      // division (the form expm1(2x) / (expm1(2x) + 2) cost an exp, a log
+      // and two divisions: 52 cycles a vector). The sign is x's, -0
+      // included.
       OpBuilder &b = e.b;
       Location loc = e.loc;
       Value a = b.create<arith::MinimumFOp>(loc, b.create<math::AbsFOp>(loc, x), e.f32(9.0));
@@ -869,9 +870,10 @@ LogicalResult count(Emitter &e) {
 /// The register block: kRows (4 or 6) rows of C times kVectors vectors of kLanes
 /// columns, accumulated in vector registers over a block of kDepth steps
 /// of the reduction (an outer product per k: kVectors loads of a row of B,
-/// kRows broadcasts from A), then carried to the next depth block. The cache block: a group of
-/// up to kGroupMax row blocks runs each (column block, depth block) in
-/// turn; the kDepth x kVectors*kLanes panel of B (32 KiB) is first copied
+/// kRows broadcasts from A), then carried to the next depth block. The
+/// cache block: a group of up to kGroupMax row blocks runs each (column
+/// block, depth block) in turn; the kDepth x kVectors*kLanes panel of B
+/// (32 KiB) is first copied
 /// to a contiguous buffer on the thread's stack (B's rows are a power of
 /// two apart in large products, and read in place the panel evicts itself
 /// from L1), then served from L1 to every row block of the group. Groups
