@@ -124,7 +124,7 @@ StepLayout::StepLayout(const FunctionDesc &f) {
 bool rt::isConstantOf(const ModelDesc &m, const std::string &name) {
   for (size_t i = 0; i < m.trainStep.args.size() && i < m.inits.size(); ++i)
     if (m.trainStep.args[i].name == name)
-      return m.trainStep.args[i].role == "frozen" && writtenOut(m.inits[i]);
+      return m.trainStep.args[i].role == "frozen" && writtenOut(m.inits[i].kind);
   return false;
 }
 

@@ -19,7 +19,7 @@ void Field::copyRow(int64_t r, float *out) const {
   }
   const uint8_t *p = pixels.data() + r * width;
   for (int64_t i = 0; i < width; ++i)
-    out[i] = static_cast<float>(p[i]) / 255.0f;
+    out[i] = pixelValue(p[i]);
 }
 
 void Field::prefetchRow(int64_t r) const {

@@ -26,11 +26,11 @@ struct InitSpec {
   std::vector<double> literal;       // kind == "literal"
 };
 
-/// Whether `spec` writes its values out (zeros, ones, constant, a literal)
-/// rather than drawing them: the compiler may fold a frozen tensor so
-/// initialized into the code as a constant.
-inline bool writtenOut(const InitSpec &spec) {
-  return spec.kind == "zeros" || spec.kind == "ones" || spec.kind == "constant" || spec.kind == "literal";
+/// Whether initializer `kind` writes its values out (zeros, ones, constant,
+/// a literal) rather than drawing them: the compiler may fold a frozen
+/// tensor so initialized into the code as a constant.
+inline bool writtenOut(const std::string &kind) {
+  return kind == "zeros" || kind == "ones" || kind == "constant" || kind == "literal";
 }
 
 /// Fills `out` with `count` initial values. `stream` distinguishes the

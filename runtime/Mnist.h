@@ -18,15 +18,18 @@
 
 namespace nnc::rt {
 
+/// A stored pixel as the models see it: scaled to [0, 1] (b / 255, as
+/// torchvision's ToTensor).
+inline float pixelValue(uint8_t b) { return static_cast<float>(b) / 255.0f; }
+
 struct Dataset {
   int64_t count = 0;
   int64_t features = 0;       // pixels per image (784)
   std::vector<uint8_t> pixels; // count * features, as stored (0-255)
   std::vector<int32_t> labels; // count, in [0, 9]
 
-  /// Pixel `i` as the models see it: scaled to [0, 1] (x / 255, as
-  /// torchvision's ToTensor).
-  float image(size_t i) const { return static_cast<float>(pixels[i]) / 255.0f; }
+  /// Pixel `i` as the models see it (pixelValue).
+  float image(size_t i) const { return pixelValue(pixels[i]); }
 };
 
 /// Loads one split: `split` is "train" or "t10k" inside directory `dir`.

@@ -117,6 +117,29 @@ def run(nnc, args, cwd):
     return p.stdout
 
 
+def train_from(nnc, work, values, epochs, extra=(), exact=False):
+    """Trains t.nn on d.csv for `epochs` epochs from `values` (by name; every
+    other tensor of the checkpoint, optimizer state, at zero) and returns
+    the checkpoint after. A first run at learning rate 0 writes the
+    checkpoint that lists the model's tensors; `exact`: it holds no others."""
+    ck_path = os.path.join(work, "ck.st")
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
+    ck, meta = read_checkpoint(ck_path)
+    missing = [n for n in values if n not in ck]
+    unexpected = [n for n in ck if n not in values] if exact else []
+    if missing or unexpected:
+        raise RuntimeError("checkpoint names differ: missing %s, unexpected %s" % (missing, unexpected))
+    for n in ck:
+        if n in values and list(ck[n].shape) != list(values[n].shape):
+            raise RuntimeError("%s: nnc's shape %s, PyTorch's %s" % (n, list(ck[n].shape), list(values[n].shape)))
+        ck[n] = values[n].astype(ck[n].dtype) if n in values else np.zeros_like(ck[n])
+    meta["nnc.step"], meta["nnc.epoch"] = "0", "0"
+    write_checkpoint(ck_path, ck, meta)
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs", str(epochs),
+              "--target", "cpu"] + list(extra), work)
+    return read_checkpoint(ck_path)[0]
+
+
 def check(nnc, case, work, rng):
     # PyTorch first: r's shape decides c's.
     values = {n: fill(rng, s, k) for n, (s, k) in {**case.params, **case.layers}.items()}
@@ -134,20 +157,7 @@ def check(nnc, case, work, rng):
     src = "\n".join(lines) + "\n"
     open(os.path.join(work, "t.nn"), "w").write(src)
     open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--target", "cpu"], work)
-    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
-    missing = [n for n in values if n not in ck]
-    extra = [n for n in ck if n not in values]
-    if missing or extra:
-        raise RuntimeError("checkpoint names differ: missing %s, unexpected %s" % (missing, extra))
-    for n, v in values.items():
-        if list(ck[n].shape) != list(v.shape):
-            raise RuntimeError("%s: nnc's shape %s, PyTorch's %s" % (n, list(ck[n].shape), list(v.shape)))
-        ck[n] = v.astype(ck[n].dtype)
-    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs", "2",
-              "--lr", "1", "--target", "cpu"], work)
-    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+    after = train_from(nnc, work, values, 1, ["--lr", "1"], exact=True)
 
     # PyTorch's gradients (and state updates) from the same values.
     tv = {n: torch.tensor(v.astype(np.float64) if v.dtype == np.float32 else v.astype(np.int64))
@@ -343,15 +353,7 @@ def check_optimizer(nnc, case, work, rng):
         (["  clip_norm = %g" % case.clip] if case.clip else []) + ["}"]) + "\n"
     open(os.path.join(work, "t.nn"), "w").write(src)
     open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
-    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
-    for n in ck:  # optimizer state back to its start
-        ck[n] = values[n] if n in values else np.zeros_like(ck[n])
-    meta["nnc.step"] = "0"
-    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs",
-              str(1 + case.steps), "--target", "cpu"], work)
-    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+    after = train_from(nnc, work, values, case.steps)
     w = torch.tensor(values["w"].astype(np.float64), requires_grad=True)
     t, q = torch.tensor(values["t"].astype(np.float64)), torch.tensor(values["q"].astype(np.float64))
     opt = case.make([w])
@@ -430,17 +432,7 @@ def check_training(nnc, case, work, rng):
         f.write(",".join(["x%d" % i for i in range(case.features)]) + "\n")
         for r in range(case.rows):
             f.write(",".join(["%.9g" % v for v in x[r]]) + "\n")
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
-    ck, meta = read_checkpoint(os.path.join(work, "ck.st"))
-    if sorted(n for n in ck if n in values) != sorted(values):
-        raise RuntimeError("checkpoint names %s, expected %s among them" % (sorted(ck), sorted(values)))
-    for n in ck:
-        ck[n] = values[n] if n in values else np.zeros_like(ck[n])
-    meta["nnc.step"], meta["nnc.epoch"] = "0", "0"
-    write_checkpoint(os.path.join(work, "ck.st"), ck, meta)
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs",
-              str(case.epochs), "--target", "cpu"], work)
-    after, _ = read_checkpoint(os.path.join(work, "ck.st"))
+    after = train_from(nnc, work, values, case.epochs)
     predicted = run(nnc, ["predict", "t.nn", "--checkpoint", "ck.st", "--input", "x.csv", "--target", "cpu"], work)
 
     tv = {n: torch.tensor(v.astype(np.float64)) for n, v in values.items()}

@@ -263,7 +263,7 @@ public:
     auto role = m.model.getArgAttrOfType<StringAttr>(*i, nn::attr::kRole);
     auto init = m.model.getArgAttrOfType<DictionaryAttr>(*i, "nn.init");
     auto kind = init ? init.getAs<StringAttr>("kind") : StringAttr();
-    return role && role.getValue() == "frozen" && kind && rt::writtenOut(rt::InitSpec{kind.str(), {}, 0, 0, {}});
+    return role && role.getValue() == "frozen" && kind && rt::writtenOut(kind.str());
   }
   bool isInteger(const std::string &name) const override {
     std::optional<unsigned> i = argument(name);

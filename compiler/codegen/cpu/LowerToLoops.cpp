@@ -65,8 +65,9 @@ struct Emitter {
   /// operands constant along that axis are broadcasts.
   int64_t lanes = 0;
   /// Flat mode (an elementwise kernel whose buffers all have the result's
-  /// shape, or one element): buffers of that shape are 1-D views and
-  /// element indices a single linear index.
+  /// shape, or one element; or a reduction's producers): buffers of that
+  /// shape are views with trailing axes collapsed (1-D for the elementwise
+  /// kernel) and element indices are into them.
   bool flat = false;
   /// For a reduction whose trailing axes from `flatTail` on are reduced and
   /// whose operand is computed by fused producers: those axes are one axis
@@ -873,10 +874,10 @@ LogicalResult count(Emitter &e) {
 /// kRows broadcasts from A), then carried to the next depth block. The
 /// cache block: a group of up to kGroupMax row blocks runs each (column
 /// block, depth block) in turn; the kDepth x kVectors*kLanes panel of B
-/// (32 KiB) is first copied
-/// to a contiguous buffer on the thread's stack (B's rows are a power of
-/// two apart in large products, and read in place the panel evicts itself
-/// from L1), then served from L1 to every row block of the group. Groups
+/// (32 KiB) is first copied to a contiguous buffer on the thread's stack
+/// (B's rows are a power of two apart in large products, and read in place
+/// the panel evicts itself from L1), then served from L1 to every row
+/// block of the group. Groups
 /// are as few as the thread count allows (a multiple of it, decided at run
 /// time) and run in parallel when the product is large enough. Leftover
 /// rows take one-row blocks; the last column block of a ragged width uses
@@ -2620,6 +2621,50 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
          b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
   };
+  // Collapses axes [from, rank) of every buffer of shape `full` that the
+  // elementwise `emitters` read or write into one axis (from 0: 1-D views)
+  // and puts them in flat mode, if each reads only such buffers, one-element
+  // ones, literals and values of that shape from fused producers, and
+  // writes only such buffers; returns whether it did.
+  auto collapseAll = [&](ArrayRef<Emitter *> emitters, Type full, int64_t from) {
+    auto oneElement = [](Value v) { return llvm::all_of(shapeOf(v), [](int64_t d) { return d == 1; }); };
+    auto identity = [](Value m) { return m && cast<MemRefType>(m.getType()).getLayout().isIdentity(); };
+    for (Emitter *p : emitters) {
+      if (immediate.contains(p->op))
+        continue; // math on literals: reads no buffer
+      if (!scalars().count(p->op->getName().getTypeID()) || p->op->getResult(0).getType() != full ||
+          llvm::any_of(p->out, [&](Value m) { return !identity(m); }))
+        return false;
+      for (auto [k, v] : llvm::enumerate(p->op->getOperands())) {
+        bool generated = k < p->gen.size() && p->gen[k];
+        if (generated ? v.getType() != full && !immediate.contains(v.getDefiningOp())
+                      : !oneElement(v) && (v.getType() != full || !identity(p->in[k])))
+          return false;
+      }
+    }
+    // One view per buffer: an element updated in place is then read and
+    // written through the same pointer, which LLVM vectorizes without
+    // run-time overlap checks (which two views of it fail).
+    SmallVector<ReassociationIndices> groups = collapsedFrom(from, cast<ShapedType>(full).getRank());
+    llvm::DenseMap<Value, Value> views;
+    auto view = [&](Value m) -> Value {
+      Value &v = views[m];
+      if (!v)
+        v = b.create<memref::CollapseShapeOp>(loc, m, groups);
+      return v;
+    };
+    for (Emitter *p : emitters) {
+      if (immediate.contains(p->op))
+        continue;
+      p->flat = true;
+      for (auto [k, v] : llvm::enumerate(p->op->getOperands()))
+        if (!(k < p->gen.size() && p->gen[k]) && v.getType() == full)
+          p->in[k] = view(p->in[k]);
+      for (Value &m : p->out) // a producer also stored (its own out[0])
+        m = view(m);
+    }
+    return true;
+  };
   // An elementwise kernel whose buffers (its own and its fused producers')
   // all have the result's shape or hold one element, in identity layout,
   // runs in flat mode: over 1-D views of them, one linear index.
@@ -2630,47 +2675,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     SmallVector<Emitter *> all{&e};
     for (Emitter &p : producers)
       all.push_back(&p);
-    auto oneElement = [](Value v) {
-      return llvm::all_of(shapeOf(v), [](int64_t d) { return d == 1; });
-    };
-    auto identity = [](Value m) { return m && cast<MemRefType>(m.getType()).getLayout().isIdentity(); };
-    for (Emitter *p : all) {
-      if (immediate.contains(p->op))
-        continue; // math on literals: reads no buffer
-      if (!scalars().count(p->op->getName().getTypeID()) || p->op->getResult(0).getType() != full ||
-          llvm::any_of(p->out, [&](Value m) { return !identity(m); }))
-        return;
-      for (auto [k, v] : llvm::enumerate(p->op->getOperands())) {
-        bool generated = k < p->gen.size() && p->gen[k];
-        if (generated ? v.getType() != full && !immediate.contains(v.getDefiningOp())
-                      : !oneElement(v) && (v.getType() != full || !identity(p->in[k])))
-          return;
-      }
-    }
-    // One view per buffer: an element updated in place is then read and
-    // written through the same pointer, which LLVM vectorizes without
-    // run-time overlap checks (which two views of it fail).
-    llvm::DenseMap<Value, Value> views;
-    auto view = [&](Value m) -> Value {
-      Value &v = views[m];
-      if (!v) {
-        ReassociationIndices dims;
-        for (int64_t d = 0; d < cast<MemRefType>(m.getType()).getRank(); ++d)
-          dims.push_back(d);
-        v = b.create<memref::CollapseShapeOp>(loc, m, ArrayRef<ReassociationIndices>{dims});
-      }
-      return v;
-    };
-    for (Emitter *p : all) {
-      if (immediate.contains(p->op))
-        continue;
-      p->flat = true;
-      for (auto [k, v] : llvm::enumerate(p->op->getOperands()))
-        if (!(k < p->gen.size() && p->gen[k]) && v.getType() == full)
-          p->in[k] = view(p->in[k]);
-      for (Value &m : p->out) // a producer also stored (e, its own out[0])
-        m = view(m);
-    }
+    (void)collapseAll(all, full, 0);
   };
   // A sum or maximum over trailing axes (a per-channel bias gradient: the
   // batch, rows and columns of N x C x H x W) of values its fused
@@ -2687,7 +2692,6 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       operandProducers.push_back(&producers[i]);
     if (!(e.gen.size() > 0 && e.gen[0]) || operandProducers.empty())
       return;
-    Type full = e.op->getOperand(0).getType();
     ArrayRef<int64_t> in = shapeOf(e.op->getOperand(0));
     ArrayRef<int64_t> axes = nnops::reductionAxes(e.op);
     int64_t rank = static_cast<int64_t>(in.size()), tail = rank;
@@ -2696,42 +2700,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (axes.empty() || tail < 1 || rank - tail < 2 ||
         llvm::any_of(in.drop_front(tail), [](int64_t d) { return ShapedType::isDynamic(d); }))
       return;
-    auto oneElement = [](Value v) { return llvm::all_of(shapeOf(v), [](int64_t d) { return d == 1; }); };
-    auto identity = [](Value m) { return m && cast<MemRefType>(m.getType()).getLayout().isIdentity(); };
-    for (Emitter *q : operandProducers) {
-      Emitter &p = *q;
-      if (immediate.contains(p.op))
-        continue;
-      if (!scalars().count(p.op->getName().getTypeID()) || p.op->getResult(0).getType() != full ||
-          llvm::any_of(p.out, [&](Value m) { return !identity(m); }))
-        return;
-      for (auto [k, v] : llvm::enumerate(p.op->getOperands())) {
-        bool generated = k < p.gen.size() && p.gen[k];
-        if (generated ? v.getType() != full && !immediate.contains(v.getDefiningOp())
-                      : !oneElement(v) && (v.getType() != full || !identity(p.in[k])))
-          return;
-      }
-    }
-    SmallVector<ReassociationIndices> groups = collapsedFrom(tail, rank);
-    llvm::DenseMap<Value, Value> views;
-    auto view = [&](Value m) -> Value {
-      Value &v = views[m];
-      if (!v)
-        v = b.create<memref::CollapseShapeOp>(loc, m, groups);
-      return v;
-    };
-    for (Emitter *q : operandProducers) {
-      Emitter &p = *q;
-      if (immediate.contains(p.op))
-        continue;
-      p.flat = true;
-      for (auto [k, v] : llvm::enumerate(p.op->getOperands()))
-        if (!(k < p.gen.size() && p.gen[k]) && v.getType() == full)
-          p.in[k] = view(p.in[k]);
-      for (Value &m : p.out)
-        m = view(m);
-    }
-    e.flatTail = tail;
+    if (collapseAll(operandProducers, e.op->getOperand(0).getType(), tail))
+      e.flatTail = tail;
   };
   // One op of a kernel, with its fused producers and its epilogue.
   auto lowerOne = [&](Operation *op) -> LogicalResult {
