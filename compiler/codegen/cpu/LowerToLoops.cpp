@@ -228,7 +228,8 @@ struct Emitter {
   /// The sums of `count` terms over the loop nest `bounds`, kept in
   /// registers (one pass over the data for several sums).
   SmallVector<Value> sumsOver(ArrayRef<Value> bounds, unsigned count,
-                              function_ref<SmallVector<Value>(ValueRange)> terms) {
+                              function_ref<SmallVector<Value>(ValueRange)> terms,
+                              function_ref<void(Value)> atOuter = nullptr) {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     SmallVector<Value> ivs;
     std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
@@ -243,6 +244,8 @@ struct Emitter {
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(f.getBody());
       ivs.push_back(f.getInductionVar());
+      if (d == 0 && atOuter)
+        atOuter(f.getInductionVar());
       b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()));
       ivs.pop_back();
       return SmallVector<Value>(f.getResults());
@@ -1957,7 +1960,26 @@ LogicalResult batchNormGrad(Emitter &e) {
       return i;
     };
     Value n = e.toF32(count);
-    Value mean = b.create<arith::DivFOp>(loc, e.sumOver(rest, [&](ValueRange r) { return e.load(x, at(r)); }), n);
+    // The channel's run in sample i + 1 of each buffer, asked for (a
+    // prefetch per 64-byte line) while sample i is read: runs of a channel
+    // lie a sample apart, too far for the hardware prefetcher to follow
+    // (MNIST CNN: 0.67 -> 0.64 ms in the fast phases of this machine,
+    // 0.82 -> 0.75 in the slow ones). Batch norm's forward pass gained
+    // nothing from it.
+    auto prefetchNext = [&](Value i, ArrayRef<Value> bufs, bool write) {
+      if (rest.size() != 2)
+        return;
+      Value next = b.create<arith::MinSIOp>(loc, e.add(i, e.idx(1)), e.sub(rest[0], e.idx(1)));
+      e.loops(ArrayRef<Value>{b.create<arith::CeilDivSIOp>(loc, rest[1], e.idx(kLanes))}, [&](ValueRange l) {
+        for (Value m : bufs)
+          b.create<memref::PrefetchOp>(loc, m, ValueRange{next, c, e.mul(l[0], e.idx(kLanes))}, write,
+                                       /*localityHint=*/3, /*isDataCache=*/true);
+      });
+    };
+    Value mean = b.create<arith::DivFOp>(
+        loc, e.sumsOver(rest, 1, [&](ValueRange r) { return SmallVector<Value>{e.load(x, at(r))}; },
+                        [&](Value i) { prefetchNext(i, {x, dy}, false); })[0],
+        n);
     // One pass for the variance and both sums of the gradient.
     SmallVector<Value> sums = e.sumsOver(rest, 3, [&](ValueRange r) {
       Value d = b.create<arith::SubFOp>(loc, e.load(x, at(r)), mean), g = e.load(dy, at(r));
@@ -1975,10 +1997,15 @@ LogicalResult batchNormGrad(Emitter &e) {
     e.store(sdy, e.out[2], {c});
     Value scale = b.create<arith::MulFOp>(loc, e.load(gamma, {c}), rstd);
     Value a = b.create<arith::DivFOp>(loc, sdy, n), k = b.create<arith::DivFOp>(loc, sdyx, n);
-    e.loops(rest, [&](ValueRange r) {
-      Value v = b.create<arith::SubFOp>(
-          loc, b.create<arith::SubFOp>(loc, e.load(dy, at(r)), a), b.create<arith::MulFOp>(loc, xhat(r), k));
-      e.store(b.create<arith::MulFOp>(loc, scale, v), dx, at(r));
+    e.loops(ArrayRef<Value>{rest[0]}, [&](ValueRange i) {
+      prefetchNext(i[0], {dx}, true);
+      e.loops(ArrayRef<Value>(rest).drop_front(), [&](ValueRange r) {
+        SmallVector<Value> ri = {i[0]};
+        ri.append(r.begin(), r.end());
+        Value v = b.create<arith::SubFOp>(
+            loc, b.create<arith::SubFOp>(loc, e.load(dy, at(ri)), a), b.create<arith::MulFOp>(loc, xhat(ri), k));
+        e.store(b.create<arith::MulFOp>(loc, scale, v), dx, at(ri));
+      });
     });
   }, /*parallel=*/true);
   return success();
