@@ -538,14 +538,10 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                            3, 6, 1e-4);
 }
 
-/// The weight gradient sums the batch in chunks (each chunk's output
-/// gradient sized to stay in L2) and adds each chunk's sums to the last:
-/// one, two and several chunks against the reference, tightly.
-TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
-  // 8 channels of 38 x 38 outputs: 46 KiB a sample, 11 samples a chunk.
-  std::string src = "model m {\n  input x: f32[B, 2, 40, 40]\n  input c: f32[B, 8, 38, 38]\n"
-                    "  param w: f32[8, 2, 3, 3] = normal(std=0.1)\n"
-                    "  loss = sum(conv2d(x, w) * c)\n  minimize loss\n}\n";
+/// Every result of the gradient function of `src` (a model with one
+/// parameter) at each batch size on the CPU backend against the reference,
+/// tightly.
+void expectGradientsMatch(const std::string &src, std::initializer_list<int64_t> batches) {
   test::Compiled m(src, Stage::Train);
   ASSERT_TRUE(m.module) << m.firstError();
   auto refExec = std::shared_ptr<ref::Executor>(ref::createReferenceExecutor());
@@ -554,7 +550,7 @@ TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
   mlir::func::FuncOp model = trainer->modelFunction();
   auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("m_grad");
   ASSERT_TRUE(grad);
-  for (int64_t batch : {5, 11, 12, 30}) {
+  for (int64_t batch : batches) {
     std::vector<Tensor> in = test::inputsFor(model, batch, 2), args;
     size_t k = 0;
     for (unsigned i = 0; i < grad.getNumArguments(); ++i)
@@ -565,9 +561,43 @@ TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
     auto want = ref::createReferenceExecutor()->run(grad, args, {});
     ASSERT_TRUE(succeeded(got) && succeeded(want)) << m.firstError();
     for (size_t i = 0; i < got->size(); ++i)
-      expectClose((*got)[i], (*want)[i], "batch " + std::to_string(batch) + " result " + std::to_string(i),
+      expectClose((*got)[i], (*want)[i], src + ": batch " + std::to_string(batch) + " result " + std::to_string(i),
                   1e-4, 1e-4 * largest((*want)[i]));
   }
+}
+
+/// The weight gradient sums the batch in chunks (each chunk's output
+/// gradient sized to stay in L2) and adds each chunk's sums to the last:
+/// one, two and several chunks.
+TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
+  // 8 channels of 38 x 38 outputs: 46 KiB a sample, 11 samples a chunk.
+  expectGradientsMatch("model m {\n  input x: f32[B, 2, 40, 40]\n  input c: f32[B, 8, 38, 38]\n"
+                       "  param w: f32[8, 2, 3, 3] = normal(std=0.1)\n"
+                       "  loss = sum(conv2d(x, w) * c)\n  minimize loss\n}\n",
+                       {5, 11, 12, 30});
+}
+
+/// Weight (and input) gradients on every path of the register-blocked
+/// weight gradient: small kernels with all taps at once (output rows whose
+/// taps fall past the top or bottom edge, row strides, padding wider than
+/// the kernel), larger ones a kernel row per pass, groups, ragged rows.
+TEST(CpuConvBlocking, WeightGradientsMatchReference) {
+  struct Layer {
+    const char *x, *w, *args;
+  };
+  for (Layer l : {Layer{"[B, 4, 9, 10]", "[8, 4, 3, 3]", "padding=1"},                 // 2 x 9 taps
+                  Layer{"[B, 4, 9, 10]", "[8, 4, 3, 3]", "stride=[2, 1], padding=1"},
+                  Layer{"[B, 2, 5, 16]", "[4, 2, 3, 3]", "padding=2"},
+                  Layer{"[B, 3, 7, 20]", "[6, 3, 3, 2]", "padding=[1, 0]"},            // 2 x 6 taps
+                  Layer{"[B, 4, 9, 10]", "[6, 2, 3, 3]", "padding=1, groups=2"},
+                  Layer{"[B, 4, 9, 10]", "[16, 4, 1, 1]", ""},                          // 8 x 1
+                  Layer{"[B, 3, 12, 12]", "[6, 3, 5, 5]", "padding=2"},                 // a row per pass
+                  Layer{"[B, 2, 12, 33]", "[4, 2, 5, 4]", "stride=[3, 1], padding=[2, 1]"}})
+    expectGradientsMatch(std::string("model m {\n  input x: f32") + l.x + "\n  param w: f32" + l.w +
+                             " = normal(std=0.3)\n  loss = sum(tanh(conv2d(x, w" +
+                             (*l.args ? std::string(", ") + l.args : std::string()) +
+                             ")))\n  minimize loss\n}\n",
+                         {1, 3});
 }
 
 /// Elementwise kernels over short trailing axes run as one flat loop when

@@ -1380,15 +1380,17 @@ LogicalResult conv2dGradInput(Emitter &e) {
   // With unit strides the input gradient is a forward convolution of the
   // output gradient with the weights flipped and transposed per group,
   // W'[g*cg + c, o, i, j] = W[g*og + o, c, KH-1-i, KW-1-j], padded by
-  // K-1-P: it runs on the forward pass's register-blocked rows. W' is small
-  // and lives on the stack.
-  if (st[0] == 1 && st[1] == 1 && pd[0] <= w[2] - 1 && pd[1] <= w[3] - 1 &&
-      w[0] * w[1] * w[2] * w[3] * 4 <= (256 << 10)) {
+  // K-1-P: it runs on the forward pass's register-blocked rows. W' lives
+  // on the stack up to 256 KiB, on the heap above (128 channels of 3x3
+  // taps are 576 KiB: on the scalar loop below they ran at 14 GFLOP/s).
+  if (st[0] == 1 && st[1] == 1 && pd[0] <= w[2] - 1 && pd[1] <= w[3] - 1) {
     OpBuilder &b = e.b;
     Location loc = e.loc;
     Value W = e.in[1];
-    Value flipped = b.create<memref::AllocaOp>(
-        loc, MemRefType::get({groups * cg, og, w[2], w[3]}, b.getF32Type()), b.getI64IntegerAttr(64));
+    auto flippedType = MemRefType::get({groups * cg, og, w[2], w[3]}, b.getF32Type());
+    bool onHeap = w[0] * w[1] * w[2] * w[3] * 4 > (256 << 10);
+    Value flipped = onHeap ? b.create<memref::AllocOp>(loc, flippedType, b.getI64IntegerAttr(64)).getResult()
+                           : b.create<memref::AllocaOp>(loc, flippedType, b.getI64IntegerAttr(64)).getResult();
     e.loops(ArrayRef<Value>{e.idx(w[0]), e.idx(cg), e.idx(w[2]), e.idx(w[3])}, [&](ValueRange iv) {
       Value o = iv[0], c = iv[1];
       Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
@@ -1401,6 +1403,8 @@ LogicalResult conv2dGradInput(Emitter &e) {
     int64_t unit[2] = {1, 1}, pad[2] = {w[2] - 1 - pd[0], w[3] - 1 - pd[1]};
     conv2dRows(e, unit, pad, groups);
     e.in.assign(saved.begin(), saved.end());
+    if (onHeap)
+      b.create<memref::DeallocOp>(loc, flipped);
     return success();
   }
   e.fill(e.out[0], e.f32(0));
@@ -1412,27 +1416,35 @@ LogicalResult conv2dGradInput(Emitter &e) {
 }
 
 /// The weight gradient with unit column stride: for a block of output
-/// channels, one input channel and kernel row, the products of every
-/// (channel, kernel column) pair are accumulated in a vector register each
-/// over the batch and the output rows: a row vector of the input, loaded
-/// once per column tap, serves the whole channel block, and a row of the
-/// output gradient serves every column tap. Lanes are reduced at the end.
+/// channels and one input channel, the products of every (channel, kernel
+/// tap) pair are accumulated in a vector register each over the batch and
+/// the output rows: a row vector of the input, loaded once per tap, serves
+/// the whole channel block, and a row of the output gradient serves every
+/// tap. Small kernels (3x3) take all their taps at once, larger ones one
+/// kernel row per pass. Lanes are reduced at the end.
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad,
                           int64_t groups) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
   Value X = e.in[0], DY = e.in[1], DW = e.out[0];
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(DW), y = shapeOf(DY);
-  int64_t og = w[0] / groups, cg = w[1], kw = w[3];
+  int64_t og = w[0] / groups, cg = w[1], kh = w[2], kw = w[3];
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
-  // Accumulators: block * kw, within the 32 vector registers with the
+  // Accumulators: block * taps, within the 32 vector registers with the
   // loads. Each input vector serves the block's channels and each output
-  // gradient vector the kernel's columns: the larger the block, the fewer
-  // bytes from L2 per multiply-add (64 channels of 3x3 kernels: 112 GFLOP/s
-  // with blocks of 4, which read the output gradient from L2 at its limit).
-  int64_t block = channelBlock(og, kw, 24, 8);
+  // gradient vector the taps: the more taps at once, the fewer bytes of
+  // the output gradient from L2 per multiply-add (64 channels of 3x3
+  // kernels: 112 GFLOP/s with blocks of 4 channels by one kernel row, 134
+  // with 8, both reading the output gradient from L2 at its limit; 151-158
+  // with 2 channels by all 9 taps). An output row then meets input rows
+  // past the edge for some kernel rows: their loads are masked to zero.
+  bool allRows = kh * kw <= 12;
+  int64_t taps = allRows ? kh * kw : kw;
+  int64_t block = channelBlock(og, taps, 24, 8);
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value none = b.create<arith::ConstantOp>(
+      loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
   // The batch in chunks whose output gradient for one channel block fits
   // in half of L2, each chunk's sums added to the previous ones': every
   // (input channel, kernel row) pass re-reads that block, from L2 instead
@@ -1444,12 +1456,25 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   b.setInsertionPointToStart(chunks.getBody());
   Value n0 = chunks.getInductionVar(), n1 = b.create<arith::MinSIOp>(loc, N, e.add(n0, e.idx(chunk)));
   Value firstChunk = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
-  e.loops(ArrayRef<Value>{e.idx(w[0] / block), e.idx(cg), e.idx(w[2])}, [&](ValueRange iv) {
-    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1], p = iv[2];
+  SmallVector<Value> bounds = {e.idx(w[0] / block), e.idx(cg)};
+  if (!allRows)
+    bounds.push_back(e.idx(kh));
+  e.loops(bounds, [&](ValueRange iv) {
+    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1];
     Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
     Value ic = e.add(e.mul(g, e.idx(cg)), c);
-    auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
-    SmallVector<Value> init(block * kw, zero);
+    // The kernel rows of this pass, and the output rows that meet the
+    // input for at least one of them.
+    SmallVector<Value> rows;
+    Value iLo = e.idx(0), iHi = e.idx(y[2]);
+    if (allRows) {
+      for (int64_t p = 0; p < kh; ++p)
+        rows.push_back(e.idx(p));
+    } else {
+      rows.push_back(iv[2]);
+      std::tie(iLo, iHi) = tapRange(e, iv[2], stride[0], pad[0], x[2], y[2]);
+    }
+    SmallVector<Value> init(block * taps, zero);
     auto nLoop = b.create<scf::ForOp>(loc, n0, n1, e.idx(1), init);
     {
       OpBuilder::InsertionGuard g1(b);
@@ -1460,7 +1485,6 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
         OpBuilder::InsertionGuard g2(b);
         b.setInsertionPointToStart(iLoop.getBody());
         Value i = iLoop.getInductionVar();
-        Value ih = e.tap(i, stride[0], pad[0], p);
         SmallVector<Value> acc(iLoop.getRegionIterArgs());
         for (int64_t v = 0; v < vectors; ++v) {
           // Lanes past the row's end read as zero and add nothing.
@@ -1469,12 +1493,23 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
             dy.push_back(b.create<vector::TransferReadOp>(
                 loc, vt, DY, ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)}, e.f32(0),
                 ArrayRef<bool>{(v + 1) * kLanes <= y[3]}));
-          for (int64_t q = 0; q < kw; ++q) {
-            Value col = e.idx(v * kLanes + q - pad[1]);
-            Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col},
-                                                      columnMask(e, col, x[3]), zero);
-            for (int64_t k = 0; k < block; ++k)
-              acc[k * kw + q] = b.create<vector::FMAOp>(loc, xv, dy[k], acc[k * kw + q]);
+          for (auto [r, p] : llvm::enumerate(rows)) {
+            Value ih = e.tap(i, stride[0], pad[0], p), rowOk;
+            if (allRows) { // (a row past the edge: loads clamped in and masked off)
+              auto [at, ok] = e.window(i, stride[0], pad[0], p, x[2]);
+              ih = select(e, ok, at, e.idx(0));
+              rowOk = ok;
+            }
+            for (int64_t q = 0; q < kw; ++q) {
+              Value col = e.idx(v * kLanes + q - pad[1]);
+              Value mask = columnMask(e, col, x[3]);
+              if (rowOk)
+                mask = select(e, rowOk, mask, none);
+              Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col}, mask, zero);
+              int64_t t = static_cast<int64_t>(r) * kw + q;
+              for (int64_t k = 0; k < block; ++k)
+                acc[k * taps + t] = b.create<vector::FMAOp>(loc, xv, dy[k], acc[k * taps + t]);
+            }
           }
         }
         b.create<scf::YieldOp>(loc, acc);
@@ -1482,13 +1517,15 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       b.create<scf::YieldOp>(loc, iLoop.getResults());
     }
     for (int64_t k = 0; k < block; ++k)
-      for (int64_t q = 0; q < kw; ++q) {
-        Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
-                                                  nLoop.getResult(k * kw + q), arith::FastMathFlags::reassoc);
-        SmallVector<Value> at{e.add(o0, e.idx(k)), c, p, e.idx(q)};
-        Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
-        e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
-      }
+      for (auto [r, p] : llvm::enumerate(rows))
+        for (int64_t q = 0; q < kw; ++q) {
+          int64_t t = static_cast<int64_t>(r) * kw + q;
+          Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
+                                                    nLoop.getResult(k * taps + t), arith::FastMathFlags::reassoc);
+          SmallVector<Value> at{e.add(o0, e.idx(k)), c, p, e.idx(q)};
+          Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
+          e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
+        }
   }, /*parallel=*/true);
 }
 
