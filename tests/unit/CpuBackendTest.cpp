@@ -538,9 +538,8 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                            3, 6, 1e-4);
 }
 
-/// Every result of the gradient function of `src` (a model with one
-/// parameter) at each batch size on the CPU backend against the reference,
-/// tightly.
+/// Every result of the gradient function of `src` at each batch size on
+/// the CPU backend against the reference, tightly.
 void expectGradientsMatch(const std::string &src, std::initializer_list<int64_t> batches) {
   test::Compiled m(src, Stage::Train);
   ASSERT_TRUE(m.module) << m.firstError();
@@ -598,6 +597,17 @@ TEST(CpuConvBlocking, WeightGradientsMatchReference) {
                              (*l.args ? std::string(", ") + l.args : std::string()) +
                              ")))\n  minimize loss\n}\n",
                          {1, 3});
+}
+
+/// The input gradient of a convolution with 576 KiB of weights, whose
+/// flipped copy goes to the heap (smaller ones to the stack): the first
+/// layer's weight gradient passes through it.
+TEST(CpuConvBlocking, InputGradientWithLargeWeights) {
+  expectGradientsMatch("model m {\n  input x: f32[B, 2, 6, 7]\n"
+                       "  param v: f32[128, 2, 1, 1] = normal(std=0.5)\n"
+                       "  param w: f32[128, 128, 3, 3] = normal(std=0.05)\n"
+                       "  loss = sum(tanh(conv2d(relu(conv2d(x, v)), w, padding=1)))\n  minimize loss\n}\n",
+                       {2});
 }
 
 /// Elementwise kernels over short trailing axes run as one flat loop when
