@@ -466,7 +466,9 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
                          std::tuple{7, 5, 3}, std::tuple{384, 128, 192},
                          // 6-row blocks then a 4-row block (and a single
                          // row); blocks of 4 throughout.
-                         std::tuple{64, 784, 128}, std::tuple{11, 33, 40}, std::tuple{32, 20, 17}})
+                         std::tuple{64, 784, 128}, std::tuple{11, 33, 40}, std::tuple{32, 20, 17},
+                         // One vector wide: 12-row blocks, then 4 and 1.
+                         std::tuple{29, 300, 10}, std::tuple{800, 64, 16}})
     expectMatchesReference("model m {\n  input a: f32[" + std::to_string(m) + ", " + std::to_string(k) +
                                "]\n  input b: f32[" + std::to_string(k) + ", " + std::to_string(n) +
                                "]\n  c = a @ b\n  output c\n}\n",
@@ -476,6 +478,9 @@ TEST(CpuMatmulBlocking, MatchesReferenceAtAwkwardShapes) {
   expectMatchesReference("model m {\n  input a: f32[400, 300]\n  input b: f32[300, 136]\n"
                          "  input s: f32[136]\n  c = tanh(a @ b * 0.1 + s)\n  output c\n}\n",
                          1, 4, 1e-5);
+  expectMatchesReference("model m {\n  input a: f32[B, 700]\n  input b: f32[700, 10]\n"
+                         "  input s: f32[10]\n  c = tanh(a @ b * 0.1 + s)\n  output c\n}\n",
+                         37, 4, 1e-5);
 }
 
 /// Products split their row blocks into groups by the thread count at run

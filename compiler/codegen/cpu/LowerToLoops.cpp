@@ -1081,8 +1081,14 @@ LogicalResult matmul(Emitter &e) {
   // and 6 broadcasts), the rows left over in a block of 4 (16
   // accumulators) and then one at a time; blocks of 4 throughout where
   // that leaves fewer single rows (32 rows: 8 x 4, not 5 x 6 + 2 x 1).
+  // A product one vector wide (a classifier's 10 outputs) takes blocks of
+  // 12 rows: 6 accumulators would leave the multiply-add units waiting on
+  // their latency (and only 10 of 16 lanes count).
   int64_t typicalRows = typicalDim(e.op->getOperand(0), 0);
-  const int64_t kRows = typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6 : 4;
+  std::optional<int64_t> width = getConstantIntValue(N);
+  const int64_t kRows = width && *width <= kLanes                                       ? 12
+                        : typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6
+                                                                                         : 4;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   int64_t typicalBlocks = typicalRows / kRows;
   // Threads pay off from about 16 million multiply-adds (80 us on one
@@ -1125,7 +1131,7 @@ LogicalResult matmul(Emitter &e) {
   // place, compete for a few sets of the caches with B's and A's rows (a
   // sixth of the time of a 2048^3 product went to reloading C).
   bool sumsWanted = pack && (!depth || *depth > kDepth);
-  auto sumsType = MemRefType::get({kGroupMax * 6, kVectors * kLanes}, b.getF32Type());
+  auto sumsType = MemRefType::get({kGroupMax * kRows, kVectors * kLanes}, b.getF32Type());
   auto newSums = [&]() -> Value {
     return sumsWanted ? b.create<memref::AllocaOp>(loc, sumsType, b.getI64IntegerAttr(64)) : Value();
   };
@@ -1137,7 +1143,7 @@ LogicalResult matmul(Emitter &e) {
             pack && parallel ? newSums() : sharedSums);
   }, parallel);
   Value done = e.mul(blocks, e.idx(kRows));
-  if (kRows == 6) {
+  if (kRows > 4) {
     Value quads = b.create<arith::DivUIOp>(loc, e.sub(M, done), e.idx(4));
     columns(e.idx(0), quads, 4, Value(), done);
     done = e.add(done, e.mul(quads, e.idx(4)));
