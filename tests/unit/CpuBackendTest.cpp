@@ -594,7 +594,8 @@ TEST(CpuConvBlocking, WeightGradientsMatchReference) {
                   Layer{"[B, 2, 5, 16]", "[4, 2, 3, 3]", "padding=2"},
                   Layer{"[B, 3, 7, 20]", "[6, 3, 3, 2]", "padding=[1, 0]"},            // 2 x 6 taps
                   Layer{"[B, 4, 9, 10]", "[6, 2, 3, 3]", "padding=1, groups=2"},
-                  Layer{"[B, 4, 9, 10]", "[16, 4, 1, 1]", ""},                          // 8 x 1
+                  Layer{"[B, 4, 9, 10]", "[16, 4, 1, 1]", ""},        // 4 x 1 by 4 input channels
+                  Layer{"[B, 6, 5, 9]", "[4, 6, 1, 2]", "padding=[0, 1]"},  // 2 x 2 by 6
                   Layer{"[B, 3, 12, 12]", "[6, 3, 5, 5]", "padding=2"},                 // a row per pass
                   Layer{"[B, 2, 12, 33]", "[4, 2, 5, 4]", "stride=[3, 1], padding=[2, 1]"}})
     expectGradientsMatch(std::string("model m {\n  input x: f32") + l.x + "\n  param w: f32" + l.w +

@@ -1426,7 +1426,8 @@ LogicalResult conv2dGradInput(Emitter &e) {
 /// tap) pair are accumulated in a vector register each over the batch and
 /// the output rows: a row vector of the input, loaded once per tap, serves
 /// the whole channel block, and a row of the output gradient serves every
-/// tap. Small kernels (3x3) take all their taps at once, larger ones one
+/// tap (and, for kernels of one or two taps, every input channel of a
+/// block). Small kernels (3x3) take all their taps at once, larger ones one
 /// kernel row per pass. Lanes are reduced at the end.
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad,
                           int64_t groups) {
@@ -1444,9 +1445,15 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // with 8, both reading the output gradient from L2 at its limit; 151-158
   // with 2 channels by all 9 taps). An output row then meets input rows
   // past the edge for some kernel rows: their loads are masked to zero.
+  // With one or two taps, a block of input channels as well: each
+  // output-gradient vector then serves every channel of it (1x1 kernels,
+  // 8 output channels by one: 36 GFLOP/s, loads outnumbering the
+  // multiply-adds).
   bool allRows = kh * kw <= 12;
   int64_t taps = allRows ? kh * kw : kw;
-  int64_t block = channelBlock(og, taps, 24, 8);
+  int64_t block = channelBlock(og, taps <= 2 ? 4 * taps : taps, 24, 8);
+  int64_t inBlock = taps <= 2 ? channelBlock(cg, block * taps, 24, 8) : 1;
+  int64_t perIn = block * taps; // accumulators per input channel of the block
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value none = b.create<arith::ConstantOp>(
@@ -1462,13 +1469,13 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   b.setInsertionPointToStart(chunks.getBody());
   Value n0 = chunks.getInductionVar(), n1 = b.create<arith::MinSIOp>(loc, N, e.add(n0, e.idx(chunk)));
   Value firstChunk = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
-  SmallVector<Value> bounds = {e.idx(w[0] / block), e.idx(cg)};
+  SmallVector<Value> bounds = {e.idx(w[0] / block), e.idx(cg / inBlock)};
   if (!allRows)
     bounds.push_back(e.idx(kh));
   e.loops(bounds, [&](ValueRange iv) {
-    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1];
+    Value o0 = e.mul(iv[0], e.idx(block)), c0 = inBlock > 1 ? e.mul(iv[1], e.idx(inBlock)) : iv[1];
     Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
-    Value ic = e.add(e.mul(g, e.idx(cg)), c);
+    Value ic0 = e.add(e.mul(g, e.idx(cg)), c0);
     // The kernel rows of this pass, and the output rows that meet the
     // input for at least one of them.
     SmallVector<Value> rows;
@@ -1480,7 +1487,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       rows.push_back(iv[2]);
       std::tie(iLo, iHi) = tapRange(e, iv[2], stride[0], pad[0], x[2], y[2]);
     }
-    SmallVector<Value> init(block * taps, zero);
+    SmallVector<Value> init(inBlock * perIn, zero);
     auto nLoop = b.create<scf::ForOp>(loc, n0, n1, e.idx(1), init);
     {
       OpBuilder::InsertionGuard g1(b);
@@ -1511,10 +1518,15 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
               Value mask = columnMask(e, col, x[3]);
               if (rowOk)
                 mask = select(e, rowOk, mask, none);
-              Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col}, mask, zero);
               int64_t t = static_cast<int64_t>(r) * kw + q;
-              for (int64_t k = 0; k < block; ++k)
-                acc[k * taps + t] = b.create<vector::FMAOp>(loc, xv, dy[k], acc[k * taps + t]);
+              for (int64_t ci = 0; ci < inBlock; ++ci) {
+                Value xv = b.create<vector::MaskedLoadOp>(
+                    loc, vt, X, ValueRange{n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih, col}, mask, zero);
+                for (int64_t k = 0; k < block; ++k) {
+                  Value &a = acc[ci * perIn + k * taps + t];
+                  a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
+                }
+              }
             }
           }
         }
@@ -1522,16 +1534,18 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       }
       b.create<scf::YieldOp>(loc, iLoop.getResults());
     }
-    for (int64_t k = 0; k < block; ++k)
-      for (auto [r, p] : llvm::enumerate(rows))
-        for (int64_t q = 0; q < kw; ++q) {
-          int64_t t = static_cast<int64_t>(r) * kw + q;
-          Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
-                                                    nLoop.getResult(k * taps + t), arith::FastMathFlags::reassoc);
-          SmallVector<Value> at{e.add(o0, e.idx(k)), c, p, e.idx(q)};
-          Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
-          e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
-        }
+    for (int64_t ci = 0; ci < inBlock; ++ci)
+      for (int64_t k = 0; k < block; ++k)
+        for (auto [r, p] : llvm::enumerate(rows))
+          for (int64_t q = 0; q < kw; ++q) {
+            int64_t t = static_cast<int64_t>(r) * kw + q;
+            Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
+                                                      nLoop.getResult(ci * perIn + k * taps + t),
+                                                      arith::FastMathFlags::reassoc);
+            SmallVector<Value> at{e.add(o0, e.idx(k)), ci ? e.add(c0, e.idx(ci)) : c0, p, e.idx(q)};
+            Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
+            e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
+          }
   }, /*parallel=*/true);
 }
 
