@@ -13,6 +13,7 @@
 #include "compiler/transforms/Passes.h"
 
 #include "dialects/nn/NNOps.h"
+#include "runtime/Init.h"
 
 namespace nnc {
 #define GEN_PASS_DEF_PROPAGATEFROZEN
@@ -36,9 +37,11 @@ unsigned nnc::propagateFrozen(func::FuncOp fn) {
     if (!role || role.getValue() != "frozen" || !init || arg.use_empty() || !type ||
         !type.hasStaticShape() || !type.getElementType().isF32())
       continue;
+    // (The kinds runtime/Init.h calls written out, so that the runtime
+    // refuses checkpoints for exactly the tensors folded here.)
     auto kind = init.getAs<StringAttr>("kind");
     DenseElementsAttr value;
-    if (!kind) {
+    if (!kind || !rt::writtenOut(kind.str())) {
       continue;
     } else if (kind.getValue() == "zeros" || kind.getValue() == "ones" || kind.getValue() == "constant") {
       double v = kind.getValue() == "ones" ? 1.0 : 0.0;

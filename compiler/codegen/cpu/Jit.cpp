@@ -453,7 +453,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     llvm::raw_string_ostream os(text);
     module.print(os);
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-24"), llvm::StringRef(text),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-25"), llvm::StringRef(text),
                                  machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);

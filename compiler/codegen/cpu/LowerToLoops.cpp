@@ -871,7 +871,7 @@ LogicalResult count(Emitter &e) {
 }
 
 /// A register- and cache-blocked matrix product C = A B (row-major, f32).
-/// The register block: kRows (4 or 6) rows of C times kVectors vectors of kLanes
+/// The register block: kRows (4, 6, or 12 one vector wide) rows of C times kVectors vectors of kLanes
 /// columns, accumulated in vector registers over a block of kDepth steps
 /// of the reduction (an outer product per k: kVectors loads of a row of B,
 /// kRows broadcasts from A), then carried to the next depth block. The
@@ -1507,11 +1507,13 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                 loc, vt, DY, ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)}, e.f32(0),
                 ArrayRef<bool>{(v + 1) * kLanes <= y[3]}));
           for (auto [r, p] : llvm::enumerate(rows)) {
-            Value ih = e.tap(i, stride[0], pad[0], p), rowOk;
+            Value ih, rowOk;
             if (allRows) { // (a row past the edge: loads clamped in and masked off)
               auto [at, ok] = e.window(i, stride[0], pad[0], p, x[2]);
               ih = select(e, ok, at, e.idx(0));
               rowOk = ok;
+            } else {
+              ih = e.tap(i, stride[0], pad[0], p);
             }
             for (int64_t q = 0; q < kw; ++q) {
               Value col = e.idx(v * kLanes + q - pad[1]);
@@ -1936,10 +1938,7 @@ Value flattenSpatial(Emitter &e, Value m) {
   auto t = cast<MemRefType>(m.getType());
   if (t.getRank() <= 3 || !t.getLayout().isIdentity())
     return m;
-  SmallVector<ReassociationIndices> groups = {{0}, {1}, {}};
-  for (int64_t d = 2; d < t.getRank(); ++d)
-    groups.back().push_back(d);
-  return e.b.create<memref::CollapseShapeOp>(e.loc, m, groups);
+  return e.b.create<memref::CollapseShapeOp>(e.loc, m, collapsedFrom(2, t.getRank()));
 }
 
 LogicalResult batchNorm(Emitter &e) {
@@ -2026,10 +2025,11 @@ LogicalResult batchNormGrad(Emitter &e) {
     auto prefetchNext = [&](Value i, ArrayRef<Value> bufs, bool write) {
       if (rest.size() != 2)
         return;
+      constexpr int64_t kPerLine = 64 / sizeof(float);
       Value next = b.create<arith::MinSIOp>(loc, e.add(i, e.idx(1)), e.sub(rest[0], e.idx(1)));
-      e.loops(ArrayRef<Value>{b.create<arith::CeilDivSIOp>(loc, rest[1], e.idx(kLanes))}, [&](ValueRange l) {
+      e.loops(ArrayRef<Value>{b.create<arith::CeilDivSIOp>(loc, rest[1], e.idx(kPerLine))}, [&](ValueRange l) {
         for (Value m : bufs)
-          b.create<memref::PrefetchOp>(loc, m, ValueRange{next, c, e.mul(l[0], e.idx(kLanes))}, write,
+          b.create<memref::PrefetchOp>(loc, m, ValueRange{next, c, e.mul(l[0], e.idx(kPerLine))}, write,
                                        /*localityHint=*/3, /*isDataCache=*/true);
       });
     };
