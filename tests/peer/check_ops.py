@@ -15,6 +15,7 @@ Exits 0 when every case matches, 1 when one does not, 77 when PyTorch is not
 installed (ctest reports the test as skipped).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -34,6 +35,9 @@ except ImportError as e:
     sys.exit(77)
 
 torch.set_default_dtype(torch.float64)
+
+# The backend under test (--target): the CPU JIT, or CUDA on a machine with a GPU.
+TARGET = "cpu"
 
 
 def read_checkpoint(path):
@@ -123,7 +127,7 @@ def train_from(nnc, work, values, epochs, extra=(), exact=False):
     the checkpoint after. A first run at learning rate 0 writes the
     checkpoint that lists the model's tensors; `exact`: it holds no others."""
     ck_path = os.path.join(work, "ck.st")
-    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", "cpu"], work)
+    run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--lr", "0", "--target", TARGET], work)
     ck, meta = read_checkpoint(ck_path)
     missing = [n for n in values if n not in ck]
     unexpected = [n for n in ck if n not in values] if exact else []
@@ -136,7 +140,7 @@ def train_from(nnc, work, values, epochs, extra=(), exact=False):
     meta["nnc.step"], meta["nnc.epoch"] = "0", "0"
     write_checkpoint(ck_path, ck, meta)
     run(nnc, ["train", "t.nn", "--data", "d.csv", "--checkpoint", "ck.st", "--resume", "--epochs", str(epochs),
-              "--target", "cpu"] + list(extra), work)
+              "--target", TARGET] + list(extra), work)
     return read_checkpoint(ck_path)[0]
 
 
@@ -433,7 +437,7 @@ def check_training(nnc, case, work, rng):
         for r in range(case.rows):
             f.write(",".join(["%.9g" % v for v in x[r]]) + "\n")
     after = train_from(nnc, work, values, case.epochs)
-    predicted = run(nnc, ["predict", "t.nn", "--checkpoint", "ck.st", "--input", "x.csv", "--target", "cpu"], work)
+    predicted = run(nnc, ["predict", "t.nn", "--checkpoint", "ck.st", "--input", "x.csv", "--target", TARGET], work)
 
     tv = {n: torch.tensor(v.astype(np.float64)) for n, v in values.items()}
     params = [t.requires_grad_(True) for n, t in tv.items() if "running_" not in n]
@@ -525,36 +529,49 @@ output logits"""
     ]
 
 
+def run_case(nnc, case, seed, keep):
+    """One case in a directory of its own, with random numbers of its own
+    (drawn from the seed and the case's name, so that a filtered or parallel
+    run sees the same values): its report line(s) and whether it failed."""
+    rng = np.random.default_rng([seed, zlib.crc32(case.name.encode())])
+    work = os.path.join(keep, case.name) if keep else tempfile.mkdtemp(prefix="nnc-peer-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        checker = {OptCase: check_optimizer, TrainCase: check_training}.get(type(case), check)
+        failures, src = checker(nnc, case, work, rng)
+    except Exception as e:  # a failed run is a failed case
+        failures, src = [str(e)], ""
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if not failures:
+        return "ok   %s" % case.name, False
+    text = "FAIL %s\n  %s" % (case.name, "\n  ".join(failures))
+    if src:
+        text += "\n  model:\n    " + src.replace("\n", "\n    ")
+    return text, True
+
+
 def main():
+    global TARGET
     ap = argparse.ArgumentParser()
     ap.add_argument("nnc")
     ap.add_argument("--filter", default="")
     ap.add_argument("--keep", help="keep each case's files in this directory")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--target", default="cpu", help="nnc's backend: cpu or cuda")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at once")
     a = ap.parse_args()
+    TARGET = a.target
     nnc = os.path.abspath(a.nnc)
-    rng = np.random.default_rng(a.seed)
-    failed = 0
     selected = [c for c in cases() + optimizer_cases() + training_cases() if re.search(a.filter, c.name)]
-    for case in selected:
-        work = os.path.join(a.keep, case.name) if a.keep else tempfile.mkdtemp(prefix="nnc-peer-")
-        os.makedirs(work, exist_ok=True)
-        try:
-            checker = {OptCase: check_optimizer, TrainCase: check_training}.get(type(case), check)
-            failures, src = checker(nnc, case, work, rng)
-        except Exception as e:  # a failed run is a failed case
-            failures, src = [str(e)], ""
-        finally:
-            if not a.keep:
-                shutil.rmtree(work, ignore_errors=True)
-        if failures:
-            failed += 1
-            print("FAIL %s\n  %s" % (case.name, "\n  ".join(failures)))
-            if src:
-                print("  model:\n    " + src.replace("\n", "\n    "))
-        else:
-            print("ok   %s" % case.name)
-    print("%d of %d cases match PyTorch" % (len(selected) - failed, len(selected)))
+    with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        results = pool.map(lambda c: run_case(nnc, c, a.seed, a.keep), selected)
+        failed = 0
+        for text, bad in results:  # in the cases' order, each as it is done
+            failed += bad
+            print(text, flush=True)
+    print("%d of %d cases match PyTorch (%s)" % (len(selected) - failed, len(selected), TARGET))
     return 1 if failed else 0
 
 

@@ -5,8 +5,11 @@
 //    same shape (or as a reduction's input), is computed where it is read
 //    (`fused`), and stored as it goes when another kernel reads it too;
 //  - every other member starts a launch: a grid-stride loop over its
-//    elements (elementwise), or one thread per output element looping over
-//    the reduced axes (reductions);
+//    elements (elementwise); one thread per output element looping over
+//    the reduced axes (reductions), or one block per output when outputs
+//    are few and reductions long (a bias gradient, a batch norm's channel,
+//    a convolution's weight gradient); products and convolutions as tiles
+//    through shared memory;
 //  - an elementwise member of a reduction's result shape that reads only
 //    that launch's values runs in the same thread after the reduction (its
 //    epilogue).
@@ -53,6 +56,20 @@ __device__ __forceinline__ u64 nnc_mix64(u64 z) {
 }
 // The maximum of a reduction: a NaN is the maximum (fmaxf would skip it).
 __device__ __forceinline__ float nnc_max(float a, float b) { return (a > b || a != a) ? a : b; }
+// The sum of v over a block's threads, in every thread (the same order in
+// each, so all get the same total); `part` holds a float per warp.
+__device__ __forceinline__ float nnc_block_sum(float v, float *part) {
+  for (int d = 16; d > 0; d /= 2)
+    v += __shfl_down_sync(0xffffffffu, v, d);
+  if (threadIdx.x % 32 == 0)
+    part[threadIdx.x / 32] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (unsigned w = 0; w < blockDim.x / 32; ++w)
+    s += part[w];
+  __syncthreads();
+  return s;
+}
 __device__ __forceinline__ double nnc_uniform01(u64 seed, u64 stream, u64 counter) {
   return (double)(nnc_mix64(nnc_mix64(seed ^ nnc_mix64(stream)) + counter) >> 11) * 0x1.0p-53;
 }
@@ -62,6 +79,18 @@ __device__ __forceinline__ double nnc_uniform01(u64 seed, u64 stream, u64 counte
 namespace {
 
 using nnops::isReduction;
+
+/// The most outputs a reduction (or weight gradient) takes a block each
+/// for; more get a thread each.
+constexpr int64_t kMaxBlockOutputs = 4096;
+/// Products this deep with a result at most 16 wide take a block per
+/// output.
+constexpr int64_t kLongProduct = 1024;
+/// Elements a thread of a block reduction loads before it sums them: with
+/// a block per channel, few warps share a multiprocessor, and only loads
+/// issued together hide the memory's latency (an unrolled strided loop
+/// still checks its bound between loads, so they issue one at a time).
+constexpr int kLoadsInFlight = 8;
 
 RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
@@ -370,17 +399,43 @@ private:
       return success();
     }
     if (auto gw = dyn_cast<nnops::Conv2dGradWeightOp>(op)) {
-      // idx = (o, ci, kh, kw) of the weight.
+      // idx = (o, ci, kh, kw) of the weight; a sum over (batch, oh, ow), by
+      // this thread alone or, in a block per weight (`blockPerWeight`), by
+      // each thread over every blockDim.x-th of them.
       Value x = op->getOperand(0), dy = op->getOperand(1), r = op->getResult(0);
       int64_t g = gw.getGroups(), og = typeOf(r).getDimSize(0) / g, cg = typeOf(r).getDimSize(1);
       o << "    float acc = 0.0f;\n    const i64 cin = (" << n << " / " << og << ") * " << cg << " + " << c
         << ";\n";
+      std::string ih = "oh * " + sh + " - " + ph + " + " + h, iw = "ow * " + sw + " - " + pw + " + " + w;
+      std::string term = read(dy, {"b", n, "oh", "ow"}) + " * " + read(x, {"b", "cin", "ih", "iw"});
+      if (blockPerWeight(op)) {
+        // kLoadsInFlight elements a round: their loads first, then the sums.
+        std::string m = dim(x, 0) + " * " + dim(dy, 2) + " * " + dim(dy, 3);
+        o << "    for (i64 r0 = threadIdx.x; r0 < " << m << "; r0 += " << kLoadsInFlight << " * blockDim.x) {\n";
+        for (int u = 0; u < kLoadsInFlight; ++u) {
+          std::string su = "_" + std::to_string(u), ohu = "oh" + su, owu = "ow" + su, bu = "b" + su;
+          std::string ihu = "ih" + su, iwu = "iw" + su;
+          o << "      const i64 r" << su << " = r0 + " << u << " * blockDim.x;\n"
+            << "      const i64 " << owu << " = r" << su << " % " << dim(dy, 3) << ", " << ohu << " = (r" << su << " / "
+            << dim(dy, 3) << ") % " << dim(dy, 2) << ", " << bu << " = r" << su << " / (" << dim(dy, 3) << " * "
+            << dim(dy, 2) << ");\n"
+            << "      const i64 " << ihu << " = " << ohu << " * " << sh << " - " << ph << " + " << h << ", " << iwu
+            << " = " << owu << " * " << sw << " - " << pw << " + " << w << ";\n"
+            << "      const bool ok" << su << " = r" << su << " < " << m << " && " << ihu << " >= 0 && " << ihu
+            << " < " << dim(x, 2) << " && " << iwu << " >= 0 && " << iwu << " < " << dim(x, 3) << ";\n"
+            << "      const float g" << su << " = ok" << su << " ? " << read(dy, {bu, n, ohu, owu})
+            << " : 0.0f, x" << su << " = ok" << su << " ? " << read(x, {bu, "cin", ihu, iwu}) << " : 0.0f;\n";
+        }
+        for (int u = 0; u < kLoadsInFlight; ++u)
+          o << "      acc += g_" << u << " * x_" << u << ";\n";
+        o << "    }\n";
+        return success();
+      }
       o << "    for (i64 b = 0; b < " << dim(x, 0) << "; ++b)\n      for (i64 oh = 0; oh < " << dim(dy, 2)
-        << "; ++oh) {\n        const i64 ih = oh * " << sh << " - " << ph << " + " << h << ";\n"
+        << "; ++oh) {\n        const i64 ih = " << ih << ";\n"
         << "        if (ih < 0 || ih >= " << dim(x, 2) << ") continue;\n        for (i64 ow = 0; ow < "
-        << dim(dy, 3) << "; ++ow) {\n          const i64 iw = ow * " << sw << " - " << pw << " + " << w
-        << ";\n          if (iw < 0 || iw >= " << dim(x, 3) << ") continue;\n          acc += "
-        << read(dy, {"b", n, "oh", "ow"}) << " * " << read(x, {"b", "cin", "ih", "iw"})
+        << dim(dy, 3) << "; ++ow) {\n          const i64 iw = " << iw
+        << ";\n          if (iw < 0 || iw >= " << dim(x, 3) << ") continue;\n          acc += " << term
         << ";\n        }\n      }\n";
       return success();
     }
@@ -406,10 +461,20 @@ private:
     // Pooling gradients: idx is an input element; the windows holding it.
     Value dy = op->getOperand(0), x = op->getOperand(1);
     bool max = isa<nnops::MaxPool2dGradOp>(op);
+    // Only the windows that can hold it: oh * sh - ph <= h < oh * sh - ph + kh.
+    auto range = [&](const std::string &v, const std::string &i, const std::string &s, const std::string &p,
+                     const std::string &k, const std::string &extent) {
+      o << "    const i64 " << v << "Lo = " << i << " + " << p << " - " << k << " + 1 > 0 ? (" << i << " + " << p
+        << " - " << k << " + " << s << ") / " << s << " : 0;\n    const i64 " << v << "Hi = (" << i << " + " << p
+        << ") / " << s << " + 1 < " << extent << " ? (" << i << " + " << p << ") / " << s << " + 1 : " << extent
+        << ";\n";
+    };
     o << "    float acc = 0.0f;\n";
-    o << "    for (i64 oh = 0; oh < " << dim(dy, 2) << "; ++oh) {\n      const i64 h0 = oh * " << sh << " - "
+    range("oh", h, sh, ph, kh, dim(dy, 2));
+    range("ow", w, sw, pw, kw, dim(dy, 3));
+    o << "    for (i64 oh = ohLo; oh < ohHi; ++oh) {\n      const i64 h0 = oh * " << sh << " - "
       << ph << ";\n      if (" << h << " < h0 || " << h << " >= h0 + " << kh << ") continue;\n"
-      << "      for (i64 ow = 0; ow < " << dim(dy, 3) << "; ++ow) {\n        const i64 w0 = ow * " << sw
+      << "      for (i64 ow = owLo; ow < owHi; ++ow) {\n        const i64 w0 = ow * " << sw
       << " - " << pw << ";\n        if (" << w << " < w0 || " << w << " >= w0 + " << kw << ") continue;\n";
     if (max) {
       // The window's first maximum (row-major), as the forward op picks.
@@ -517,7 +582,7 @@ private:
   /// at least a block long.
   bool blockPerOutput(Operation *root) {
     auto out = typeOf(root->getResult(0));
-    if (!out.hasStaticShape() || out.getNumElements() > 4096)
+    if (!out.hasStaticShape() || out.getNumElements() > kMaxBlockOutputs)
       return false;
     Value x = root->getOperand(0);
     auto rt = typeOf(x);
@@ -530,6 +595,13 @@ private:
         extent *= rt.getDimSize(d);
       }
     return extent >= kBlockSize;
+  }
+
+  /// Whether a weight gradient gets a block per weight element: few
+  /// weights (as for reductions), each a sum over the batch and the map.
+  bool blockPerWeight(Operation *op) {
+    auto w = typeOf(op->getResult(0));
+    return isa<nnops::Conv2dGradWeightOp>(op) && w.hasStaticShape() && w.getNumElements() <= kMaxBlockOutputs;
   }
 
   void resetLaunch() {
@@ -705,11 +777,41 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         std::string M = dim(space, 0), N = dim(space, 1), K = dim(a, 1);
         int64_t tilesN = (typeOf(space).isDynamicDim(1) ? 1 : (typeOf(space).getDimSize(1) + 15) / 16);
         std::vector<int64_t> ms = shapeOf(space);
+        auto at = typeOf(a);
+        if (!typeOf(space).isDynamicDim(1) && typeOf(space).getDimSize(1) <= 16 && !at.isDynamicDim(1) &&
+            at.getDimSize(1) >= kLongProduct) {
+          // A narrow result over a long K (a classifier layer): one block
+          // per output, its threads striding over K, as a reduction (16 x
+          // 16 tiles would leave all but a few multiprocessors idle).
+          launch.barriers = true;
+          totalExpr = M + " * " + N;
+          threadShape = {ms[0] * ms[1] * kBlockSize};
+          body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
+               << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n"
+               << "    const i64 o0 = out / " << N << ", o1 = out % " << N << ";\n    float acc = 0.0f;\n"
+               << "    for (i64 ka = threadIdx.x; ka < " << K << "; ka += blockDim.x) {\n"
+               << "    const i64 kb = ka;\n";
+          auto x = value(a, {"o0", "ka"});
+          if (failed(x))
+            return failure();
+          auto y = value(b, {"kb", "o1"});
+          if (failed(y))
+            return failure();
+          body << "    acc += " << *x << " * " << *y << ";\n    }\n"
+               << "    acc = nnc_block_sum(acc, part);\n    if (threadIdx.x == 0) {\n";
+          local.clear();
+          local[space] = "acc";
+          store(space, "acc", {"o0", "o1"});
+          if (failed(emitEpilogue({"o0", "o1"})))
+            return failure();
+          body << "    }\n  }\n";
+        } else {
         threadShape = {ms[0] < 0 ? ms[0] * tilesN * 16 : ((ms[0] + 15) / 16) * tilesN * 256};
         if (failed(tiled(
                 M, N, K, [&] { return value(a, {"o0", "ka"}); }, [&] { return value(b, {"kb", "o1"}); },
                 [] { return std::vector<std::string>{"o0", "o1"}; })))
           return failure();
+        }
       } else if ((conv && conv.getGroups() == 1) || (convGrad && convGrad.getGroups() == 1)) {
         // Convolutions as implicit products (groups of one): the forward
         // pass is W[O, C*KH*KW] x X'[C*KH*KW, N*OH*OW], the input gradient
@@ -794,23 +896,49 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
              << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
         std::vector<std::string> idx = unflatten(space, "o");
+        // kLoadsInFlight elements a round, each computed in full before
+        // any is combined (so their loads issue together); an element past
+        // the end is computed at the last one (a fused store writes the
+        // same value there) and not combined.
         body << "    float acc = " << (sum ? "0.0f" : "-NNC_INF") << ";\n"
-             << "    for (i64 r = threadIdx.x; r < " << extent << "; r += blockDim.x) {\n"
-             << "    [[maybe_unused]] i64 rrem = r;\n";
-        std::vector<std::string> xi(rt.getRank());
-        unsigned next = 0;
-        for (int64_t d = 0; d < rt.getRank(); ++d) {
-          bool reduced = axes.empty() || llvm::is_contained(axes, d);
-          xi[d] = reduced ? "r" + std::to_string(d) : idx[next];
-          next += !reduced || keep;
-        }
-        for (int64_t d = rt.getRank() - 1; d >= 0; --d)
+             << "    for (i64 rb = threadIdx.x; rb < " << extent << "; rb += " << kLoadsInFlight
+             << " * blockDim.x) {\n";
+        int64_t outermost = -1;
+        for (int64_t d = 0; d < rt.getRank() && outermost < 0; ++d)
           if (axes.empty() || llvm::is_contained(axes, d))
-            body << "    const i64 " << xi[d] << " = rrem % " << dim(x, d) << "; rrem /= " << dim(x, d) << ";\n";
-        auto v = value(x, xi);
-        if (failed(v))
-          return failure();
-        body << "    acc = " << combine("acc", *v) << ";\n    }\n"
+            outermost = d;
+        auto before = local;
+        for (int u = 0; u < kLoadsInFlight; ++u) {
+          std::string su = "_" + std::to_string(u);
+          body << "    const i64 q" << su << " = rb + " << u << " * blockDim.x;\n    const bool ok" << su << " = q" << su
+               << " < " << extent << ";\n    [[maybe_unused]] i64 rrem" << su << " = ok" << su << " ? q" << su << " : "
+               << extent << " - 1;\n";
+          std::vector<std::string> xi(rt.getRank());
+          unsigned next = 0;
+          for (int64_t d = 0; d < rt.getRank(); ++d) {
+            bool reduced = axes.empty() || llvm::is_contained(axes, d);
+            xi[d] = reduced ? "r" + std::to_string(d) + su : idx[next];
+            next += !reduced || keep;
+          }
+          for (int64_t d = rt.getRank() - 1; d >= 0; --d)
+            if (d == outermost)
+              body << "    const i64 " << xi[d] << " = rrem" << su << ";\n";
+            else if (axes.empty() || llvm::is_contained(axes, d))
+              body << "    const i64 " << xi[d] << " = rrem" << su << " % " << dim(x, d) << "; rrem" << su
+                   << " /= " << dim(x, d) << ";\n";
+          local = before;
+          auto v = value(x, xi);
+          if (failed(v))
+            return failure();
+          body << "    const float v" << su << " = " << *v << ";\n";
+        }
+        local = before;
+        for (int u = 0; u < kLoadsInFlight; ++u)
+          body << "    acc = "
+               << combine("acc", "(ok_" + std::to_string(u) + " ? v_" + std::to_string(u) + " : " +
+                                     (sum ? "0.0f" : "-NNC_INF") + ")")
+               << ";\n";
+        body << "    }\n"
              << "    for (int d = 16; d > 0; d /= 2)\n      acc = "
              << combine("acc", "__shfl_down_sync(0xffffffffu, acc, d)") << ";\n"
              << "    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;\n    __syncthreads();\n"
@@ -822,37 +950,89 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         if (failed(emitEpilogue(idx)))
           return failure();
         body << "    }\n    __syncthreads();\n  }\n";
-      } else {
-      body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
-      if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {
-        // One thread per channel: its statistics, then its elements.
+      } else if (blockPerWeight(root)) {
+        launch.barriers = true;
+        threadShape = {typeOf(space).getNumElements() * kBlockSize};
+        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
+             << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
+        std::vector<std::string> idx = unflatten(space, "o");
+        if (failed(windowed(root, idx)))
+          return failure();
+        body << "    acc = nnc_block_sum(acc, part);\n    if (threadIdx.x == 0) {\n";
+        local[space] = "acc";
+        store(space, "acc", idx);
+        if (failed(emitEpilogue(idx)))
+          return failure();
+        body << "    }\n  }\n";
+      } else if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {
+        // One block per channel: its threads stride over the channel's
+        // elements for each statistic (combined by nnc_block_sum, the same
+        // total in every thread), then over them again for the outputs.
+        launch.barriers = true;
         Value x = root->getOperand(isa<nnops::BatchNormOp>(root) ? 0 : 1);
         totalExpr = dim(x, 1);
-        threadShape = {typeOf(x).getDimSize(1)};
+        threadShape = {typeOf(x).getDimSize(1) * kBlockSize};
         int64_t rank = typeOf(x).getRank();
         std::vector<std::string> at(rank);
         at[1] = "c";
-        auto loops = [&](const std::string &indent) {
-          std::string open;
-          for (int64_t d = 0; d < rank; ++d)
-            if (d != 1) {
-              at[d] = "e" + std::to_string(d);
-              open += indent + "for (i64 " + at[d] + " = 0; " + at[d] + " < " + dim(x, d) + "; ++" + at[d] + ")\n";
-            }
-          return open;
-        };
-        std::string count = "(float)((i64)1";
+        std::string count = "(i64)1";
         for (int64_t d = 0; d < rank; ++d)
           if (d != 1)
             count += " * " + dim(x, d);
-        count += ")";
-        body << "    const i64 c = i;\n    const float cnt = " << count << ";\n";
+        // This thread's elements of the channel, kLoadsInFlight a round:
+        // every load of a round first (`loads`: a name and the tensor
+        // read), then `each` element that is in the channel, given the
+        // suffix _u of its names (r_u, ok_u, the loads) and its index.
+        using Each = std::function<LogicalResult(const std::string &, ArrayRef<std::string>)>;
+        auto channelRounds = [&](ArrayRef<std::pair<std::string, Value>> loads, const Each &each) {
+          body << "    for (i64 r0 = threadIdx.x; r0 < m; r0 += " << kLoadsInFlight << " * blockDim.x) {\n";
+          std::vector<std::vector<std::string>> aus(kLoadsInFlight, std::vector<std::string>(rank));
+          for (int u = 0; u < kLoadsInFlight; ++u) {
+            std::string su = "_" + std::to_string(u);
+            std::vector<std::string> &au = aus[u];
+            au[1] = "c";
+            body << "      const i64 r" << su << " = r0 + " << u << " * blockDim.x;\n      const bool ok" << su
+                 << " = r" << su << " < m;\n      [[maybe_unused]] i64 rrem" << su << " = r" << su << ";\n";
+            for (int64_t d = rank - 1; d >= 0; --d) {
+              if (d == 1)
+                continue;
+              au[d] = "e" + std::to_string(d) + su;
+              body << "      const i64 " << au[d] << " = " << (d == 0 ? "rrem" + su : "rrem" + su + " % " + dim(x, d))
+                   << ";" << (d == 0 ? "\n" : " rrem" + su + " /= " + dim(x, d) + ";\n");
+            }
+            for (const auto &[name, v] : loads)
+              body << "      const float " << name << su << " = ok" << su << " ? " << param(v, false) << "["
+                   << offset(v, au) << "] : 0.0f;\n";
+          }
+          for (int u = 0; u < kLoadsInFlight; ++u) {
+            std::string su = "_" + std::to_string(u);
+            body << "      if (ok" << su << ") {\n";
+            if (failed(each(su, aus[u])))
+              return failure();
+            body << "      }\n";
+          }
+          body << "    }\n";
+          return success();
+        };
+        // A sum over the channel of term(_u).
+        auto channelSum = [&](ArrayRef<std::pair<std::string, Value>> loads, const std::string &acc,
+                              const std::function<std::string(const std::string &)> &term) {
+          (void)channelRounds(loads, [&](const std::string &su, ArrayRef<std::string>) {
+            body << "      " << acc << " += " << term(su) << ";\n";
+            return success();
+          });
+        };
+        std::string xs = param(x, false);
+        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
+             << "  for (i64 c = blockIdx.x; c < total; c += gridDim.x) {\n"
+             << "    const i64 m = " << count << ";\n    const float cnt = (float)m;\n";
         auto stats = [&](bool training, double eps) {
           if (training) {
-            body << "    float s = 0.0f;\n" << loops("    ") << "      s += " << param(x, false) << "["
-                 << offset(x, at) << "];\n    const float mean = s / cnt;\n    float ss = 0.0f;\n"
-                 << loops("    ") << "      { const float d = " << param(x, false) << "[" << offset(x, at)
-                 << "] - mean; ss += d * d; }\n    const float var = ss / cnt;\n";
+            body << "    float s = 0.0f;\n";
+            channelSum({{"xv", x}}, "s", [](const std::string &u) { return "xv" + u; });
+            body << "    const float mean = nnc_block_sum(s, part) / cnt;\n    float ss = 0.0f;\n";
+            channelSum({{"xv", x}}, "ss", [](const std::string &u) { return "(xv" + u + " - mean) * (xv" + u + " - mean)"; });
+            body << "    const float var = nnc_block_sum(ss, part) / cnt;\n";
           } else {
             body << "    const float mean = " << param(root->getOperand(3), false) << "[c];\n"
                  << "    const float var = " << param(root->getOperand(4), false) << "[c];\n";
@@ -861,34 +1041,52 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         };
         if (auto bn = dyn_cast<nnops::BatchNormOp>(root)) {
           stats(bn.getTraining(), bn.getEps().convertToDouble());
+          body << "    if (threadIdx.x == 0) {\n";
           store(bn.getMean(), "mean", {"c"});
           store(bn.getVar(), "var", {"c"});
-          body << "    const float scale = rstd * " << param(bn.getGamma(), false) << "[c];\n"
-               << "    const float shift = " << param(bn.getBeta(), false) << "[c];\n" << loops("    ")
-               << "    {\n    const float y = (" << param(x, false) << "[" << offset(x, at)
-               << "] - mean) * scale + shift;\n";
-          local[space] = "y";
-          store(space, "y", at);
-          if (failed(emitEpilogue(at)))
+          body << "    }\n    const float scale = rstd * " << param(bn.getGamma(), false) << "[c];\n"
+               << "    const float shift = " << param(bn.getBeta(), false) << "[c];\n";
+          // The epilogue once per element of a round: each from the same
+          // roots and values.
+          auto before = local;
+          size_t firstEpilogueRoot = ri;
+          if (failed(channelRounds({{"xv", x}}, [&](const std::string &su, ArrayRef<std::string> au) {
+                body << "      const float y" << su << " = (xv" << su << " - mean) * scale + shift;\n";
+                local = before;
+                ri = firstEpilogueRoot;
+                local[space] = "y" + su;
+                store(space, "y" + su, au);
+                return emitEpilogue(au);
+              })))
             return failure();
-          body << "    }\n";
         } else {
           auto g = cast<nnops::BatchNormGradOp>(root);
           Value dy = root->getOperand(0);
           stats(true, g.getEps().convertToDouble());
-          std::string xs = param(x, false), dys = param(dy, false);
-          body << "    float sdy = 0.0f, sdyx = 0.0f;\n" << loops("    ") << "      { const float gy = " << dys
-               << "[" << offset(dy, at) << "]; sdy += gy; sdyx += gy * (" << xs << "[" << offset(x, at)
-               << "] - mean); }\n    const float dgamma = sdyx * rstd, dbeta = sdy;\n"
-               << "    const float k = " << param(g.getGamma(), false) << "[c] * rstd / cnt;\n";
+          std::string dys = param(dy, false);
+          body << "    float sdy = 0.0f, sdyx = 0.0f;\n";
+          (void)channelRounds({{"xv", x}, {"gv", dy}}, [&](const std::string &u, ArrayRef<std::string>) {
+            body << "      sdy += gv" << u << ";\n      sdyx += gv" << u << " * (xv" << u << " - mean);\n";
+            return success();
+          });
+          body << "    sdy = nnc_block_sum(sdy, part);\n    sdyx = nnc_block_sum(sdyx, part);\n"
+               << "    const float dgamma = sdyx * rstd, dbeta = sdy;\n"
+               << "    const float k = " << param(g.getGamma(), false) << "[c] * rstd / cnt;\n"
+               << "    if (threadIdx.x == 0) {\n";
           store(root->getResult(1), "dgamma", {"c"});
           store(root->getResult(2), "dbeta", {"c"});
-          body << loops("    ") << "    {\n    const float dx = k * (cnt * " << dys << "[" << offset(dy, at)
-               << "] - sdy - (" << xs << "[" << offset(x, at) << "] - mean) * rstd * dgamma);\n";
-          store(root->getResult(0), "dx", at);
           body << "    }\n";
+          (void)channelRounds({{"xv", x}, {"gv", dy}}, [&](const std::string &u, ArrayRef<std::string> au) {
+            body << "      const float dx" << u << " = k * (cnt * gv" << u << " - sdy - (xv" << u
+                 << " - mean) * rstd * dgamma);\n";
+            store(root->getResult(0), "dx" + u, au);
+            return success();
+          });
         }
+        body << "  }\n";
       } else {
+      body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
+      {
       std::vector<std::string> idx = unflatten(space, "o");
       bool epilogue = false;
       if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
@@ -970,8 +1168,8 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       body << "  }\n";
       }
       launch.params = params;
-      // Threads: one per element of the launch's space (per channel for
-      // batch norms).
+      // Threads: one per element of the launch's space (a block per
+      // channel for batch norms, per output for block reductions).
       std::vector<int64_t> s = threadShape;
       int64_t per = 0, fixed = 1;
       bool dynamic = false;
