@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: build, probe the device, run the CUDA test
-# suite, compile every example's kernels for the device's architecture
-# (NVRTC, then ptxas to machine code), and write a report.
-#   scripts/gpu-check.sh [REPORT]        (default: gpu-report.md)
-# Then it trains the MNIST MLP and CNN for one epoch on the GPU and on the
-# CPU (same seed) and reports both epochs' time and accuracy, and trains XOR
-# with a CUDA executable made by `nnc build --target=cuda`.
+# On a machine with an NVIDIA GPU: build (or, with --bundle, use the binaries
+# scripts/gpu-bundle.sh packed and unpacked), probe the device, train XOR,
+# the MNIST MLP and CNN on it (and on the CPU, same seed: time and
+# accuracy), train XOR with a CUDA executable made by `nnc build
+# --target=cuda`, run every lit test (the device ones included) and the
+# PyTorch comparison of every op on the device, compile every example's
+# kernels for the device's architecture (NVRTC, then ptxas), and write a
+# report.
+#   scripts/gpu-check.sh [--bundle] [REPORT]        (default: gpu-report.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bundle=0
+if [ "${1:-}" = "--bundle" ]; then bundle=1; shift; fi
 report="${1:-gpu-report.md}"
 build="${BUILD_DIR:-build}"
-scripts/setup.sh
+if [ $bundle = 1 ]; then
+  export LD_LIBRARY_PATH=/opt/nnc-bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  lit="python3 /opt/nnc-bundle/lit/lit.py"
+else
+  scripts/setup.sh
+  lit="/usr/lib/llvm-19/build/utils/lit/lit.py"
+fi
 nnc="$build/tools/nnc/nnc"
 cuda="${CUDA_HOME:-/usr/local/cuda}"
 
@@ -33,10 +43,11 @@ cuda="${CUDA_HOME:-/usr/local/cuda}"
   "$build/xor-cuda" --epochs 300 2>&1 | tail -1 || true
   echo '```'
   echo
-  echo "## CUDA tests (host emulation, NVRTC, kernel cache)"
+  echo "## Tests on the device"
   echo '```'
-  (cd "$build" && ctest -R 'Cuda|KernelCache|Nvrtc' -j "$(nproc)" 2>&1 | tail -5)
-  (cd "$build" && /usr/lib/llvm-19/build/utils/lit/lit.py -v tests/lit --filter 'cuda|build' 2>&1 | grep -E '^(PASS|FAIL|UNSUPPORTED)') || true
+  if [ $bundle = 0 ]; then (cd "$build" && ctest -R 'Cuda|KernelCache|Nvrtc' -j "$(nproc)" 2>&1 | tail -5); fi
+  (cd "$build" && $lit -j "$(nproc)" tests/lit 2>&1 | grep -E '^(FAIL|XPASS)|Passed|Failed|Unsupported') || true
+  python3 tests/peer/check_ops.py "$nnc" --target cuda --jobs "$(nproc)" 2>&1 | grep -E '^FAIL|cases match' || true
   echo '```'
   echo
   echo "## Every example's kernels for this device"
