@@ -101,7 +101,7 @@ def ours(name, epochs, seed, batch, nnc, limit, threads):
     model = os.path.join(ROOT, MODELS[name][2])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "m.csv")
-        cmd = [nnc, "train", model, "--epochs", str(epochs), "--seed", str(seed),
+        cmd = [nnc, "train", model, "--target", "cpu", "--epochs", str(epochs), "--seed", str(seed),
                "--batch", str(batch), "--metrics", metrics, "--threads", str(threads)]
         if limit:
             cmd += ["--limit", str(limit)]

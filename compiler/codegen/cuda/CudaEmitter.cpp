@@ -973,8 +973,6 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         totalExpr = dim(x, 1);
         threadShape = {typeOf(x).getDimSize(1) * kBlockSize};
         int64_t rank = typeOf(x).getRank();
-        std::vector<std::string> at(rank);
-        at[1] = "c";
         std::string count = "(i64)1";
         for (int64_t d = 0; d < rank; ++d)
           if (d != 1)
@@ -1022,7 +1020,6 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
             return success();
           });
         };
-        std::string xs = param(x, false);
         body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
              << "  for (i64 c = blockIdx.x; c < total; c += gridDim.x) {\n"
              << "    const i64 m = " << count << ";\n    const float cnt = (float)m;\n";
