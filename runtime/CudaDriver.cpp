@@ -54,6 +54,7 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d) {
   sym(d.eventDestroy, "cuEventDestroy_v2");
   sym(d.eventRecord, "cuEventRecord");
   sym(d.eventSynchronize, "cuEventSynchronize");
+  sym(d.eventElapsedTime, "cuEventElapsedTime");
   sym(d.launchKernel, "cuLaunchKernel");
   sym(d.getErrorString, "cuGetErrorString");
   if (!missing.empty())

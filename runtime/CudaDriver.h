@@ -40,6 +40,7 @@ struct CudaDriver {
   int (*eventDestroy)(void *event) = nullptr;
   int (*eventRecord)(void *event, void *stream) = nullptr;
   int (*eventSynchronize)(void *event) = nullptr;
+  int (*eventElapsedTime)(float *milliseconds, void *start, void *end) = nullptr;
   int (*launchKernel)(void *function, unsigned gridX, unsigned gridY, unsigned gridZ, unsigned blockX,
                       unsigned blockY, unsigned blockZ, unsigned sharedBytes, void *stream,
                       void **params, void **extra) = nullptr;

@@ -101,6 +101,10 @@ struct CudaModel::Impl {
   Scalars *ring = nullptr;
   std::vector<std::pair<size_t, double *>> pending; // ring entry, loss destination
   size_t next = 0;                                  // ring entry of the next step
+  /// profileStep: while `timing`, the training step's launch k is preceded
+  /// by an event record of marks[k], and the last followed by marks.back().
+  std::vector<void *> marks;
+  bool timing = false;
 
   Impl(const ModelDesc &m, uint64_t seed, const CudaDriver &d) : m(m), seed(seed), d(d), layout(m.trainStep) {
     train.f = &m.trainStep;
@@ -133,6 +137,9 @@ struct CudaModel::Impl {
       for (void *e : {s.copied, s.consumed})
         if (e)
           d.eventDestroy(e);
+    for (void *e : marks)
+      if (e)
+        d.eventDestroy(e);
     if (ring)
       d.memFreeHost(ring);
     for (void *s : {compute, copy})
@@ -306,9 +313,44 @@ struct CudaModel::Impl {
       int64_t threads = l.threadsPerBatch * n + l.threadsFixed;
       unsigned blocks = static_cast<unsigned>(
           std::clamp<int64_t>((threads + code.blockSize - 1) / code.blockSize, 1, code.maxBlocks));
+      bool timed = timing && &fn == &train;
+      if (timed)
+        if (int rc = d.eventRecord(marks[k], compute))
+          return d.fail("cuEventRecord", rc);
       if (int rc = d.launchKernel(fn.kernels[k], blocks, 1, 1, static_cast<unsigned>(code.blockSize), 1, 1,
                                   0, compute, params.data(), nullptr))
         return d.fail(std::string(fn.what) + ": launching " + l.kernel + " (" + l.what + ")", rc);
+      if (timed && k + 1 == code.launches.size())
+        if (int rc = d.eventRecord(marks.back(), compute))
+          return d.fail("cuEventRecord", rc);
+    }
+    return Status::ok();
+  }
+
+  Status profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds) {
+    size_t n = m.trainStep.cuda.launches.size();
+    if (!d.eventElapsedTime)
+      return Status::error("the CUDA driver has no cuEventElapsedTime");
+    if (marks.empty()) {
+      marks.assign(n + 1, nullptr);
+      for (void *&e : marks)
+        if (int rc = d.eventCreate(&e, 0 /*CU_EVENT_DEFAULT: timed*/))
+          return d.fail("cuEventCreate", rc);
+    }
+    double loss = 0;
+    timing = true;
+    Status s = stepAsync(batch, &loss);
+    timing = false;
+    if (!s)
+      return s;
+    if (Status s = drain(); !s)
+      return s;
+    seconds.assign(n, 0.0);
+    for (size_t k = 0; k < n; ++k) {
+      float ms = 0;
+      if (int rc = d.eventElapsedTime(&ms, marks[k], marks[k + 1]))
+        return d.fail("cuEventElapsedTime", rc);
+      seconds[k] = ms * 1e-3;
     }
     return Status::ok();
   }
@@ -530,6 +572,10 @@ Status CudaModel::step(const std::vector<HostTensor> &batch, double &loss) {
   if (Status s = impl->stepAsync(batch, &loss); !s)
     return s;
   return impl->drain();
+}
+
+Status CudaModel::profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds) {
+  return impl->profileStep(batch, seconds);
 }
 
 Status CudaModel::evaluate(const std::vector<HostTensor> &batch, std::vector<HostTensor> &outputs,

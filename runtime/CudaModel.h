@@ -48,6 +48,11 @@ public:
   uint64_t steps() const override;
   void setSteps(uint64_t n) override;
 
+  /// One training step (as `step`), each launch of it timed on the device
+  /// between events: `seconds[k]` is the time of the training step's
+  /// launch k (ModelDesc::trainStep.cuda.launches[k]).
+  Status profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds);
+
   /// Device bytes held now (state, buffers, slots), for reports and tests.
   size_t deviceBytes() const;
 

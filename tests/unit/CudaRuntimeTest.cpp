@@ -109,7 +109,15 @@ struct FakeDriver {
   }
   static int done(void *) { return 0; }
   static int wait(void *, void *, unsigned) { return 0; }
-  static int record(void *, void *) { return 0; }
+  /// An event holds the number of launches before it; a launch takes 1 ms.
+  static int record(void *e, void *) {
+    *static_cast<int *>(e) = launches;
+    return 0;
+  }
+  static int elapsed(float *ms, void *start, void *end) {
+    *ms = static_cast<float>(*static_cast<int *>(end) - *static_cast<int *>(start));
+    return 0;
+  }
   static int launch(void *f, unsigned gx, unsigned, unsigned, unsigned bx, unsigned, unsigned, unsigned,
                     void *, void **params, void **) {
     if (bx != cuda::kBlockSize || gx == 0 || gx > 65535)
@@ -143,6 +151,7 @@ struct FakeDriver {
     d.eventDestroy = destroy;
     d.eventRecord = record;
     d.eventSynchronize = done;
+    d.eventElapsedTime = elapsed;
     d.launchKernel = launch;
     d.getErrorString = errorString;
     d.device = "emulated";
@@ -351,6 +360,35 @@ TEST(CudaRuntimePlan, SlotsAreSharedOnlyBetweenDisjointLifetimes) {
         EXPECT_TRUE(last[j] < first[i] || last[i] < first[j]) << "buffers " << j << " and " << i;
   }
   EXPECT_LT(code.slots.size() / 2, inSlots) << "no slot is shared";
+}
+
+/// A profiled step times each launch of the training step between events
+/// of its own, and is a step like any other: the same state after it as
+/// after `step`.
+TEST(CudaRuntimeProfile, TimesEachLaunchOfTheStep) {
+  Compiled c("mnist_cnn");
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  rt::CudaModel a(c.desc, 3, FakeDriver::table()), b(c.desc, 3, FakeDriver::table());
+  ASSERT_TRUE(a.initialize());
+  ASSERT_TRUE(b.initialize());
+  auto fn = c.m.module->lookupSymbol<mlir::func::FuncOp>(c.name);
+  std::vector<rt::HostTensor> batch = hostBatch(test::inputsFor(fn, 4, 1));
+  std::vector<double> seconds;
+  double loss = 0;
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_TRUE(a.profileStep(batch, seconds));
+    ASSERT_TRUE(b.step(batch, loss));
+    ASSERT_EQ(seconds.size(), c.desc.trainStep.cuda.launches.size());
+    for (size_t k = 0; k < seconds.size(); ++k)
+      EXPECT_DOUBLE_EQ(seconds[k], 1e-3) << "launch " << k << " (" << c.desc.trainStep.cuda.launches[k].kernel << ")";
+  }
+  EXPECT_EQ(a.steps(), 2u);
+  for (const std::string &name : a.stateNames()) {
+    rt::HostTensor x, y;
+    ASSERT_TRUE(a.getState(name, x));
+    ASSERT_TRUE(b.getState(name, y));
+    EXPECT_EQ(x.data, y.data) << name;
+  }
 }
 
 /// Driver failures come back as statuses naming the call and the reason.

@@ -15,6 +15,8 @@
 #include "compiler/frontend/KernelSpec.h"
 
 #include "runtime/Checkpoint.h"
+#include "runtime/CudaDriver.h"
+#include "runtime/CudaModel.h"
 #include "runtime/Profile.h"
 #include "runtime/Random.h"
 
@@ -38,9 +40,128 @@ namespace {
 
 struct Row {
   std::string ops, loc;
-  double seconds = 0, flops = 0, bytes = 0; // per step
+  double seconds = 0, flops = 0, bytes = 0; // per step; flops < 0: not estimated
   int64_t calls = 0;
 };
+
+/// Times the CPU code's kernels (per-kernel timers compiled in) over
+/// `steps` steps: rows in the kernel table's order, with the FLOPs and bytes
+/// estimated from the shapes.
+int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse, bool forward,
+             std::vector<Row> &rows, double &wall, double &compileSeconds) {
+  // What one timed step runs: the training step, or the forward function.
+  CpuCode cpu;
+  std::unique_ptr<cpu::FunctionRunner> fwd;
+  std::unique_ptr<rt::CompiledModel> model;
+  std::vector<rt::HostTensor> inputs;
+  std::function<rt::Status()> once;
+  ArrayAttr table;
+  if (forward) {
+    auto runner = cpu::FunctionRunner::create(m.model, batch, /*profile=*/true, fuse);
+    if (failed(runner))
+      return kUserError;
+    fwd = std::move(*runner);
+    once = [&] {
+      fwd->run();
+      return rt::Status::ok();
+    };
+    table = fwd->kernels();
+    compileSeconds = fwd->compileSeconds();
+  } else {
+    if (int rc = compileCpu(m, /*profile=*/true, cpu, fuse))
+      return rc;
+    model = std::make_unique<rt::CompiledModel>(cpu.desc, 1, "cpu");
+    if (rt::Status s = model->initialize(); !s)
+      return userError(s.message());
+    uint64_t counter = 0;
+    for (size_t i = 0; i < cpu.desc.trainStep.args.size(); ++i)
+      if (cpu.desc.trainStep.args[i].role == "input")
+        inputs.push_back(rt::syntheticTensor(cpu.desc.trainStep.args[i], batch, counter));
+    once = [&] {
+      double loss = 0;
+      return model->step(inputs, loss);
+    };
+    table = cpu.kernels;
+    compileSeconds = cpu.seconds;
+  }
+  for (int64_t i = 0; i < warmup; ++i)
+    if (rt::Status s = once(); !s)
+      return userError(s.message());
+  rt::resetProfile();
+  auto begin = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i)
+    (void)once();
+  wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
+                static_cast<double>(steps);
+
+  if (!table) {
+    llvm::errs() << "nnc: error: the compiled step has no kernel table\n";
+    return kUserError;
+  }
+  const std::vector<rt::KernelTime> &times = rt::profile();
+  double b = static_cast<double>(batch);
+  for (auto [id, a] : llvm::enumerate(table)) {
+    auto d = cast<DictionaryAttr>(a);
+    ArrayRef<int64_t> flops = cast<DenseI64ArrayAttr>(d.get("flops")).asArrayRef();
+    ArrayRef<int64_t> bytes = cast<DenseI64ArrayAttr>(d.get("bytes")).asArrayRef();
+    Row r{cast<StringAttr>(d.get("ops")).str(), cast<StringAttr>(d.get("loc")).str()};
+    r.flops = static_cast<double>(flops[0]) * b + static_cast<double>(flops[1]);
+    r.bytes = static_cast<double>(bytes[0]) * b + static_cast<double>(bytes[1]);
+    if (id < times.size()) {
+      r.seconds = times[id].seconds / static_cast<double>(steps);
+      r.calls = times[id].calls;
+    }
+    rows.push_back(std::move(r));
+  }
+  return kOk;
+}
+
+/// Times the CUDA kernels on device 0, each launch of the training step
+/// between events (CudaModel::profileStep): rows in launch order.
+int benchCuda(const Args &args, Loaded &m, int64_t batch, int64_t steps, int64_t warmup, std::vector<Row> &rows,
+              double &wall, double &compileSeconds, std::string &device) {
+  rt::CudaDriver driver;
+  CudaCode code;
+  if (int rc = prepareCuda(args, m, driver, code))
+    return rc;
+  compileSeconds = code.seconds;
+  device = driver.device;
+  rt::CudaModel model(code.desc, 1, driver);
+  if (rt::Status s = model.initialize(); !s)
+    return userError(m.path + ": " + s.message());
+  std::vector<rt::HostTensor> inputs;
+  uint64_t counter = 0;
+  for (const rt::TensorDesc &t : code.desc.trainStep.args)
+    if (t.role == "input")
+      inputs.push_back(rt::syntheticTensor(t, batch, counter));
+  double loss = 0;
+  for (int64_t i = 0; i < warmup; ++i)
+    if (rt::Status s = model.step(inputs, loss); !s)
+      return userError(m.path + ": " + s.message());
+  const std::vector<rt::CudaLaunch> &launches = code.desc.trainStep.cuda.launches;
+  rows.assign(launches.size(), Row{});
+  std::vector<double> seconds;
+  auto begin = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) {
+    if (rt::Status s = model.profileStep(inputs, seconds); !s)
+      return userError(m.path + ": " + s.message());
+    for (size_t k = 0; k < launches.size(); ++k) {
+      rows[k].seconds += seconds[k] / static_cast<double>(steps);
+      ++rows[k].calls;
+    }
+  }
+  wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
+         static_cast<double>(steps);
+  for (size_t k = 0; k < launches.size(); ++k) {
+    // `what` is "ops at file:line:col".
+    const std::string &w = launches[k].what;
+    size_t at = w.rfind(" at ");
+    rows[k].ops = launches[k].kernel + ": " + (at == std::string::npos ? w : w.substr(0, at));
+    rows[k].loc = at == std::string::npos ? "" : w.substr(at + 4);
+    rows[k].flops = rows[k].bytes = -1; // not estimated per launch
+  }
+  return kOk;
+}
 
 } // namespace
 
@@ -98,71 +219,21 @@ int nnc::driver::runBench(const Args &args) {
   bool forward = !spec.empty() && !args.has("backward");
   if (batch == 0)
     batch = forward ? 1 : m.setting("batch", 32);
-  // What one timed step runs: the training step, or the forward function.
-  CpuCode cpu;
-  std::unique_ptr<cpu::FunctionRunner> fwd;
-  std::unique_ptr<rt::CompiledModel> model;
-  std::vector<rt::HostTensor> inputs;
-  std::function<rt::Status()> once;
-  ArrayAttr table;
-  double compileSeconds = 0;
-  if (forward) {
-    auto runner = cpu::FunctionRunner::create(m.model, batch, /*profile=*/true, fuse);
-    if (failed(runner))
-      return kUserError;
-    fwd = std::move(*runner);
-    once = [&] {
-      fwd->run();
-      return rt::Status::ok();
-    };
-    table = fwd->kernels();
-    compileSeconds = fwd->compileSeconds();
-  } else {
-    if (int rc = compileCpu(m, /*profile=*/true, cpu, fuse))
-      return rc;
-    model = std::make_unique<rt::CompiledModel>(cpu.desc, 1, "cpu");
-    if (rt::Status s = model->initialize(); !s)
-      return userError(s.message());
-    uint64_t counter = 0;
-    for (size_t i = 0; i < cpu.desc.trainStep.args.size(); ++i)
-      if (cpu.desc.trainStep.args[i].role == "input")
-        inputs.push_back(rt::syntheticTensor(cpu.desc.trainStep.args[i], batch, counter));
-    once = [&] {
-      double loss = 0;
-      return model->step(inputs, loss);
-    };
-    table = cpu.kernels;
-    compileSeconds = cpu.seconds;
-  }
-  for (int64_t i = 0; i < warmup; ++i)
-    if (rt::Status s = once(); !s)
-      return userError(s.message());
-  rt::resetProfile();
-  auto begin = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i)
-    (void)once();
-  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
-                static_cast<double>(steps);
-
-  if (!table) {
-    llvm::errs() << "nnc: error: the compiled step has no kernel table\n";
-    return kUserError;
-  }
+  std::string target = args.get("target", "cpu");
+  if (target != "cpu" && target != "cuda")
+    return usageError("--target must be cpu or cuda, got '" + target + "'", &c);
+  if (target == "cuda" && forward)
+    return usageError("--target=cuda times training steps: with --kernel, add --backward", &c);
+  if (target == "cuda" && !fuse)
+    return usageError("--no-fusion goes with --target=cpu", &c);
   std::vector<Row> rows;
-  const std::vector<rt::KernelTime> &times = rt::profile();
-  double b = static_cast<double>(batch);
-  for (auto [id, a] : llvm::enumerate(table)) {
-    auto d = cast<DictionaryAttr>(a);
-    ArrayRef<int64_t> flops = cast<DenseI64ArrayAttr>(d.get("flops")).asArrayRef();
-    ArrayRef<int64_t> bytes = cast<DenseI64ArrayAttr>(d.get("bytes")).asArrayRef();
-    Row r{cast<StringAttr>(d.get("ops")).str(), cast<StringAttr>(d.get("loc")).str()};
-    r.flops = static_cast<double>(flops[0]) * b + static_cast<double>(flops[1]);
-    r.bytes = static_cast<double>(bytes[0]) * b + static_cast<double>(bytes[1]);
-    if (id < times.size()) {
-      r.seconds = times[id].seconds / static_cast<double>(steps);
-      r.calls = times[id].calls;
-    }
-    rows.push_back(std::move(r));
+  double wall = 0, compileSeconds = 0;
+  std::string device; // where the CUDA kernels ran
+  if (target == "cuda") {
+    if (int rc = benchCuda(args, m, batch, steps, warmup, rows, wall, compileSeconds, device))
+      return rc;
+  } else if (int rc = benchCpu(m, batch, steps, warmup, fuse, forward, rows, wall, compileSeconds)) {
+    return rc;
   }
   double total = 0;
   for (const Row &r : rows)
@@ -178,6 +249,9 @@ int nnc::driver::runBench(const Args &args) {
     os << "{\"model\": " << rt::jsonString(m.model.getName().str());
     if (!spec.empty())
       os << ", \"kernel\": " << rt::jsonString(spec) << ", \"backward\": " << (forward ? "false" : "true");
+    os << ", \"target\": " << rt::jsonString(target);
+    if (!device.empty())
+      os << ", \"device\": " << rt::jsonString(device);
     os << ", \"batch\": " << batch << ", \"steps\": " << steps
        << ", \"compile_seconds\": " << llvm::format("%.4f", compileSeconds)
        << ", \"step_seconds\": " << llvm::format("%.6g", wall) << ", \"kernels\": [";
@@ -185,10 +259,12 @@ int nnc::driver::runBench(const Args &args) {
       const Row &r = rows[i];
       os << (k ? ", " : "") << "{\"id\": " << i << ", \"ops\": " << rt::jsonString(r.ops)
          << ", \"loc\": " << rt::jsonString(r.loc) << llvm::format(", \"seconds\": %.6g", r.seconds)
-         << llvm::format(", \"share\": %.4f", total > 0 ? r.seconds / total : 0.0)
-         << llvm::format(", \"flops\": %.0f, \"bytes\": %.0f", r.flops, r.bytes)
-         << llvm::format(", \"gflops_per_second\": %.3f, \"gbytes_per_second\": %.3f}",
-                         rate(r.flops, r.seconds), rate(r.bytes, r.seconds));
+         << llvm::format(", \"share\": %.4f", total > 0 ? r.seconds / total : 0.0);
+      if (r.flops >= 0)
+        os << llvm::format(", \"flops\": %.0f, \"bytes\": %.0f", r.flops, r.bytes)
+           << llvm::format(", \"gflops_per_second\": %.3f, \"gbytes_per_second\": %.3f",
+                           rate(r.flops, r.seconds), rate(r.bytes, r.seconds));
+      os << "}";
     }
     os << "]}\n";
     return kOk;
@@ -197,17 +273,21 @@ int nnc::driver::runBench(const Args &args) {
     os << "id,ops,loc,seconds,share,flops,bytes,gflops_per_second,gbytes_per_second\n";
     for (size_t i : order) {
       const Row &r = rows[i];
-      os << i << "," << r.ops << "," << r.loc << llvm::format(",%.6g,%.4f,%.0f,%.0f,%.3f,%.3f\n",
-                                                           r.seconds, total > 0 ? r.seconds / total : 0.0,
-                                                           r.flops, r.bytes, rate(r.flops, r.seconds),
-                                                           rate(r.bytes, r.seconds));
+      os << i << "," << r.ops << "," << r.loc
+         << llvm::format(",%.6g,%.4f", r.seconds, total > 0 ? r.seconds / total : 0.0);
+      if (r.flops >= 0)
+        os << llvm::format(",%.0f,%.0f,%.3f,%.3f\n", r.flops, r.bytes, rate(r.flops, r.seconds),
+                           rate(r.bytes, r.seconds));
+      else
+        os << ",,,,\n"; // not estimated
     }
     return kOk;
   }
+  std::string on = device.empty() ? "" : " on " + device;
   if (spec.empty())
-    os << llvm::format("%s: training step at batch %lld: %.3f ms (%zu kernels; compiled in %.2f s)\n",
-                       m.model.getName().str().c_str(), static_cast<long long>(batch), wall * 1e3,
-                       rows.size(), compileSeconds);
+    os << llvm::format("%s: training step at batch %lld%s: %.3f ms (%zu %s; compiled in %.2f s)\n",
+                       m.model.getName().str().c_str(), static_cast<long long>(batch), on.c_str(), wall * 1e3,
+                       rows.size(), device.empty() ? "kernels" : "launches", compileSeconds);
   else
     os << llvm::format("%s%s: %.3f ms (%zu kernels; compiled in %.2f s)\n", spec.c_str(),
                        forward ? "" : " forward and backward", wall * 1e3, rows.size(), compileSeconds);
@@ -215,9 +295,14 @@ int nnc::driver::runBench(const Args &args) {
   for (size_t i : order) {
     const Row &r = rows[i];
     std::string ops = r.ops.size() > 28 ? r.ops.substr(0, 25) + "..." : r.ops;
-    os << llvm::format("%4zu %9.4f %5.1f%% %9.2f %8.2f  %-28s %s\n", i, r.seconds * 1e3,
-                       total > 0 ? 100 * r.seconds / total : 0.0, rate(r.flops, r.seconds),
-                       rate(r.bytes, r.seconds), ops.c_str(), r.loc.c_str());
+    if (r.flops >= 0)
+      os << llvm::format("%4zu %9.4f %5.1f%% %9.2f %8.2f  %-28s %s\n", i, r.seconds * 1e3,
+                         total > 0 ? 100 * r.seconds / total : 0.0, rate(r.flops, r.seconds),
+                         rate(r.bytes, r.seconds), ops.c_str(), r.loc.c_str());
+    else
+      os << llvm::format("%4zu %9.4f %5.1f%% %9s %8s  %-28s %s\n", i, r.seconds * 1e3,
+                         total > 0 ? 100 * r.seconds / total : 0.0, static_cast<const char *>("-"),
+                         static_cast<const char *>("-"), ops.c_str(), r.loc.c_str());
   }
   return kOk;
 }

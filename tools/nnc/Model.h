@@ -17,6 +17,10 @@
 
 #include "mlir/IR/BuiltinAttributes.h"
 
+namespace nnc::rt {
+struct CudaDriver;
+} // namespace nnc::rt
+
 namespace nnc::driver {
 
 /// One model input as the data sees it.
@@ -79,6 +83,11 @@ struct CudaCode {
 
 /// Compiles `m` for CUDA devices of `arch` ("sm_90").
 int compileCuda(const Loaded &m, const std::string &arch, CudaCode &out);
+
+/// What --target=cuda needs before a model runs: the driver loaded (device
+/// 0 current), NVRTC present, and `m` compiled for the device (--cuda-arch
+/// to override); a failure is reported here, its exit code returned.
+int prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out);
 
 /// The architecture to compile CUDA for: --cuda-arch, else the device's,
 /// else sm_90.

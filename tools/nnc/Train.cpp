@@ -175,6 +175,15 @@ int nnc::driver::compileCuda(const Loaded &m, const std::string &arch, CudaCode 
   return kOk;
 }
 
+int nnc::driver::prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out) {
+  if (rt::Status s = rt::loadCudaDriver(driver); !s)
+    return userError("--target=cuda: " + s.message());
+  std::string why;
+  if (cuda::nvrtcVersion(&why).empty())
+    return userError("--target=cuda: " + why);
+  return compileCuda(m, cudaArch(args), out);
+}
+
 std::string nnc::driver::cudaArch(const Args &args) {
   if (args.has("cuda-arch"))
     return args.get("cuda-arch");
@@ -311,12 +320,7 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
   if (target == "cuda") {
     // The generated kernels on device 0, the state kept there.
     rt::CudaDriver driver;
-    if (rt::Status s = rt::loadCudaDriver(driver); !s)
-      return userError("--target=cuda: " + s.message());
-    std::string why;
-    if (cuda::nvrtcVersion(&why).empty())
-      return userError("--target=cuda: " + why);
-    if (int rc = compileCuda(m, args.has("cuda-arch") ? args.get("cuda-arch") : cudaArch(args), out.cuda))
+    if (int rc = prepareCuda(args, m, driver, out.cuda))
       return rc;
     auto model = std::make_unique<rt::CudaModel>(out.cuda.desc, seed, driver);
     if (rt::Status s = model->initialize(); !s)

@@ -125,6 +125,9 @@ const std::vector<Command> &commands() {
         {"threads", "N", "Worker threads (default: every core)"},
         {"format", "F", "table (default), json or csv"},
         {"no-fusion", nullptr, "Every op a kernel of its own (to measure what fusion gains)"},
+        {"target", "T",
+         "cpu (default), or cuda: the CUDA kernels on device 0, each launch timed between events"},
+        {"cuda-arch", "SM", "GPU architecture for --target=cuda (default: the device's)"},
         {"kernel", "SPEC",
          "One op at a shape: gemm:MxNxK | conv2d:N,C,H,W,O,K[,S[,P]] | elementwise:N:EXPR (of x, y, z) | "
          "reduction:RxC[:AXIS] | softmax_ce:NxC"},
