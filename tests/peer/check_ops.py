@@ -337,6 +337,74 @@ def cases():
     return out
 
 
+def shape_cases(count, seed):
+    """Convolutions, pooling and normalizations at `count` random shapes
+    each (from `seed`): kernels, strides, paddings, groups and channel
+    counts that reach every specialized loop of the backends (ragged
+    vectors, channel blocks, taps held at once, weights too large for the
+    stack), which the fixed cases above are too small for."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    for i in range(count):
+        g = rnd.choice([1, 1, 1, 2, 4])
+        cin, cout = g * rnd.randint(1, 40), g * rnd.randint(1, 40)
+        kh = rnd.choice([1, 1, 2, 3, 3, 3, 5, 7])
+        kw = rnd.choice([kh, kh, kh, rnd.randint(1, 5)])
+        sh = rnd.choice([1, 1, 1, 2, 3])
+        sw = rnd.choice([sh, sh, rnd.randint(1, 3)])
+        ph, pw = rnd.randint(0, kh // 2 + 1), rnd.randint(0, kw // 2 + 1)
+        h, w = rnd.randint(max(1, kh - 2 * ph), 30), rnd.randint(max(1, kw - 2 * pw), 30)
+        n = rnd.randint(1, 5)
+        out.append(Case(
+            "shape_conv_%d_n%d_c%d_o%d_%dx%d_k%dx%d_s%dx%d_p%dx%d_g%d" % (i, n, cin, cout, h, w, kh, kw, sh, sw, ph, pw, g),
+            "r = conv2d(x, %d, kernel=[%d, %d], stride=[%d, %d], padding=[%d, %d], groups=%d)" % (
+                cout, kh, kw, sh, sw, ph, pw, g),
+            {"x": ([n, cin, h, w], "normal")},
+            lambda v, s=(sh, sw), p=(ph, pw), g=g: F.conv2d(v["x"], v["r.w"], v["r.b"], stride=s, padding=p, groups=g),
+            {"r.w": ([cout, cin // g, kh, kw], "normal"), "r.b": ([cout], "normal")}, 5e-4))
+    for i in range(count):
+        n, c, h, w = rnd.randint(1, 6), rnd.randint(1, 40), rnd.randint(1, 33), rnd.randint(1, 33)
+        kind = rnd.choice(["max", "avg", "avgx", "bn", "bn1", "gn", "lrn"])
+        name = "shape_%s_%d" % (kind, i)
+        if kind in ("max", "avg", "avgx"):
+            k, st = rnd.randint(1, 4), rnd.randint(1, 3)
+            p = rnd.randint(0, k // 2)
+            h, w = max(h, k), max(w, k)
+            args = "%d, stride=%d, padding=%d" % (k, st, p)
+            if kind == "max":
+                expr, fn = "r = max_pool2d(x, %s)" % args, lambda v, k=k, st=st, p=p: F.max_pool2d(v["x"], k, st, p)
+            elif kind == "avg":
+                expr, fn = "r = avg_pool2d(x, %s)" % args, lambda v, k=k, st=st, p=p: F.avg_pool2d(v["x"], k, st, p)
+            else:
+                expr = "r = avg_pool2d(x, %s, count_include_pad=false)" % args
+                fn = lambda v, k=k, st=st, p=p: F.avg_pool2d(v["x"], k, st, p, count_include_pad=False)
+            out.append(Case("%s_n%d_c%d_%dx%d_k%d_s%d_p%d" % (name, n, c, h, w, k, st, p), expr,
+                            {"x": ([n, c, h, w], "normal")}, fn, {}, 2e-4))
+        elif kind in ("bn", "bn1"):
+            shape = [max(n, 2), c, h, w] if kind == "bn" else [rnd.randint(2, 70), c]
+            out.append(Case(
+                "%s_%s" % (name, "x".join(map(str, shape))), "r = batch_norm(x)", {"x": (shape, "normal")},
+                lambda v: F.batch_norm(v["x"], v["r.running_mean"], v["r.running_var"], v["r.gamma"], v["r.beta"],
+                                       training=True, momentum=0.1, eps=1e-5),
+                {"r.gamma": ([c], "normal"), "r.beta": ([c], "normal"), "r.running_mean": ([c], "normal"),
+                 "r.running_var": ([c], "positive")}, 5e-4))
+        elif kind == "gn":
+            groups = rnd.choice([d for d in range(1, c + 1) if c % d == 0])
+            out.append(Case("%s_n%d_c%d_%dx%d_g%d" % (name, n, c, h, w, groups), "r = group_norm(x, %d)" % groups,
+                            {"x": ([n, c, h, w], "normal")},
+                            lambda v, groups=groups: F.group_norm(v["x"], groups, v["r.gamma"], v["r.beta"], eps=1e-5),
+                            {"r.gamma": ([c], "normal"), "r.beta": ([c], "normal")}, 5e-4))
+        else:
+            size = rnd.randint(1, 7)
+            out.append(Case("%s_n%d_c%d_%dx%d_s%d" % (name, n, c, h, w, size),
+                            "r = local_response_norm(x, %d, alpha=0.5, beta=0.75, k=1.5)" % size,
+                            {"x": ([n, c, h, w], "normal")},
+                            lambda v, size=size: F.local_response_norm(v["x"], size, alpha=0.5, beta=0.75, k=1.5),
+                            {}, 5e-4))
+    return out
+
+
 class OptCase:
     """`steps` updates of w from the loss sum(q * (w - t)^2) (its gradient
     changes every step) with nnc's `optimizer` and PyTorch's `make(params)`."""
@@ -561,10 +629,13 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--target", default="cpu", help="nnc's backend: cpu or cuda")
     ap.add_argument("--jobs", type=int, default=1, help="cases run at once")
+    ap.add_argument("--shapes", type=int, default=16,
+                    help="random shapes per family (convolutions; pooling and normalizations)")
     a = ap.parse_args()
     TARGET = a.target
     nnc = os.path.abspath(a.nnc)
-    selected = [c for c in cases() + optimizer_cases() + training_cases() if re.search(a.filter, c.name)]
+    every = cases() + shape_cases(a.shapes, a.seed) + optimizer_cases() + training_cases()
+    selected = [c for c in every if re.search(a.filter, c.name)]
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         results = pool.map(lambda c: run_case(nnc, c, a.seed, a.keep), selected)
         failed = 0
