@@ -3,7 +3,8 @@
 # scripts/gpu-bundle.sh packed and unpacked), probe the device, train XOR,
 # the MNIST MLP and CNN on it (and on the CPU, same seed: time and
 # accuracy), train XOR with a CUDA executable made by `nnc build
-# --target=cuda`, run every lit test (the device ones included) and the
+# --target=cuda`, time each kernel of the CNN's step there (`nnc bench
+# --target=cuda`), run every lit test (the device ones included) and the
 # PyTorch comparison of every op on the device, compile every example's
 # kernels for the device's architecture (NVRTC, then ptxas), and write a
 # report.
@@ -41,6 +42,11 @@ cuda="${CUDA_HOME:-/usr/local/cuda}"
   done
   "$nnc" build examples/xor_mlp.nn --target=cuda -o "$build/xor-cuda" 2>&1 || true
   "$build/xor-cuda" --epochs 300 2>&1 | tail -1 || true
+  echo '```'
+  echo
+  echo "## Where the CNN's training step spends its time on the device"
+  echo '```'
+  "$nnc" bench examples/mnist_cnn.nn --target=cuda --steps 20 2>&1 | head -40 || true
   echo '```'
   echo
   echo "## Tests on the device"
