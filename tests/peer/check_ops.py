@@ -338,11 +338,13 @@ def cases():
 
 
 def shape_cases(count, seed):
-    """Convolutions, pooling and normalizations at `count` random shapes
-    each (from `seed`): kernels, strides, paddings, groups and channel
-    counts that reach every specialized loop of the backends (ragged
-    vectors, channel blocks, taps held at once, weights too large for the
-    stack), which the fixed cases above are too small for."""
+    """Convolutions, and pooling and normalizations, at `count` random
+    shapes each, products and reductions (softmax too) at count / 2 each,
+    all drawn from `seed`: kernels, strides, paddings, groups, channel
+    counts and extents that reach every specialized loop of the backends
+    (ragged vectors, channel blocks, taps held at once, weights too large
+    for the stack, register blocks of products one vector wide), which the
+    fixed cases above are too small for."""
     import random
     rnd = random.Random(seed)
     out = []
@@ -402,6 +404,33 @@ def shape_cases(count, seed):
                             {"x": ([n, c, h, w], "normal")},
                             lambda v, size=size: F.local_response_norm(v["x"], size, alpha=0.5, beta=0.75, k=1.5),
                             {}, 5e-4))
+    for i in range(count // 2):
+        n = rnd.choice([1, 3, rnd.randint(1, 70), rnd.randint(60, 300)])
+        k = rnd.choice([1, 16, 17, rnd.randint(1, 100), rnd.randint(100, 900)])
+        m = rnd.choice([1, 10, 16, 17, rnd.randint(1, 64), rnd.randint(64, 300)])
+        out.append(Case("shape_dense_%d_n%d_k%d_m%d" % (i, n, k, m), "r = dense(x, %d)" % m,
+                        {"x": ([n, k], "normal")}, lambda v: F.linear(v["x"], v["r.w"].t(), v["r.b"]),
+                        {"r.w": ([k, m], "normal"), "r.b": ([m], "normal")}, 5e-4))
+    for i in range(count // 2):
+        rank = rnd.randint(1, 4)
+        shape = [rnd.choice([1, 2, 3, 7, 16, 17, 33, rnd.randint(1, 70), rnd.randint(100, 700)]) for _ in range(rank)]
+        while int(np.prod(shape)) > 200000:
+            shape = [max(1, d // 3) for d in shape]
+        kind = rnd.choice(["sum", "mean", "max", "softmax", "log_softmax"])
+        if kind in ("softmax", "log_softmax"):
+            ax = rnd.randrange(rank)
+            expr = "r = %s(x, axis=%d)" % (kind, ax)
+            fn = (lambda v, ax=ax: torch.softmax(v["x"], ax)) if kind == "softmax" else \
+                (lambda v, ax=ax: torch.log_softmax(v["x"], ax))
+        else:
+            axes = tuple(sorted(rnd.sample(range(rank), rnd.randint(1, rank))))
+            keep = rnd.random() < 0.5
+            expr = "r = %s(x, axis=[%s]%s)" % (kind, ", ".join(map(str, axes)), ", keepdims=true" if keep else "")
+            fn = {"sum": lambda v, a=axes, kp=keep: v["x"].sum(a, keepdim=kp),
+                  "mean": lambda v, a=axes, kp=keep: v["x"].mean(a, keepdim=kp),
+                  "max": lambda v, a=axes, kp=keep: torch.amax(v["x"], a, keepdim=kp)}[kind]
+        out.append(Case("shape_%s_%d_%s" % (kind, i, "x".join(map(str, shape))), expr, {"x": (shape, "normal")}, fn,
+                        {}, 5e-4))
     return out
 
 
@@ -630,7 +659,8 @@ def main():
     ap.add_argument("--target", default="cpu", help="nnc's backend: cpu or cuda")
     ap.add_argument("--jobs", type=int, default=1, help="cases run at once")
     ap.add_argument("--shapes", type=int, default=16,
-                    help="random shapes per family (convolutions; pooling and normalizations)")
+                    help="random shapes per family (convolutions; pooling and normalizations; half as many products "
+                         "and reductions)")
     a = ap.parse_args()
     TARGET = a.target
     nnc = os.path.abspath(a.nnc)
