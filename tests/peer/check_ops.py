@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import random
 import re
 import shutil
 import struct
@@ -345,7 +346,6 @@ def shape_cases(count, seed):
     (ragged vectors, channel blocks, taps held at once, weights too large
     for the stack, register blocks of products one vector wide), which the
     fixed cases above are too small for."""
-    import random
     rnd = random.Random(seed)
     out = []
     for i in range(count):

@@ -44,6 +44,16 @@ struct Row {
   int64_t calls = 0;
 };
 
+/// One synthetic batch of `batch` samples for the inputs of a training step.
+std::vector<rt::HostTensor> syntheticInputs(const rt::FunctionDesc &step, int64_t batch) {
+  std::vector<rt::HostTensor> inputs;
+  uint64_t counter = 0;
+  for (const rt::TensorDesc &t : step.args)
+    if (t.role == "input")
+      inputs.push_back(rt::syntheticTensor(t, batch, counter));
+  return inputs;
+}
+
 /// Times the CPU code's kernels (per-kernel timers compiled in) over
 /// `steps` steps: rows in the kernel table's order, with the FLOPs and bytes
 /// estimated from the shapes.
@@ -73,10 +83,7 @@ int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse,
     model = std::make_unique<rt::CompiledModel>(cpu.desc, 1, "cpu");
     if (rt::Status s = model->initialize(); !s)
       return userError(s.message());
-    uint64_t counter = 0;
-    for (size_t i = 0; i < cpu.desc.trainStep.args.size(); ++i)
-      if (cpu.desc.trainStep.args[i].role == "input")
-        inputs.push_back(rt::syntheticTensor(cpu.desc.trainStep.args[i], batch, counter));
+    inputs = syntheticInputs(cpu.desc.trainStep, batch);
     once = [&] {
       double loss = 0;
       return model->step(inputs, loss);
@@ -92,7 +99,7 @@ int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse,
   for (int64_t i = 0; i < steps; ++i)
     (void)once();
   wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
-                static_cast<double>(steps);
+         static_cast<double>(steps);
 
   if (!table) {
     llvm::errs() << "nnc: error: the compiled step has no kernel table\n";
@@ -129,11 +136,7 @@ int benchCuda(const Args &args, Loaded &m, int64_t batch, int64_t steps, int64_t
   rt::CudaModel model(code.desc, 1, driver);
   if (rt::Status s = model.initialize(); !s)
     return userError(m.path + ": " + s.message());
-  std::vector<rt::HostTensor> inputs;
-  uint64_t counter = 0;
-  for (const rt::TensorDesc &t : code.desc.trainStep.args)
-    if (t.role == "input")
-      inputs.push_back(rt::syntheticTensor(t, batch, counter));
+  std::vector<rt::HostTensor> inputs = syntheticInputs(code.desc.trainStep, batch);
   double loss = 0;
   for (int64_t i = 0; i < warmup; ++i)
     if (rt::Status s = model.step(inputs, loss); !s)

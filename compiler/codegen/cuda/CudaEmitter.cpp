@@ -56,20 +56,25 @@ __device__ __forceinline__ u64 nnc_mix64(u64 z) {
 }
 // The maximum of a reduction: a NaN is the maximum (fmaxf would skip it).
 __device__ __forceinline__ float nnc_max(float a, float b) { return (a > b || a != a) ? a : b; }
-// The sum of v over a block's threads, in every thread (the same order in
-// each, so all get the same total); `part` holds a float per warp.
-__device__ __forceinline__ float nnc_block_sum(float v, float *part) {
-  for (int d = 16; d > 0; d /= 2)
-    v += __shfl_down_sync(0xffffffffu, v, d);
+// The sum (or, with Max, the maximum) of v over a block's threads, in
+// every thread (combined in the same order in each, so all get the same
+// total); `part` holds a float per warp.
+template <bool Max> __device__ __forceinline__ float nnc_block_combine(float v, float *part) {
+  for (int d = 16; d > 0; d /= 2) {
+    const float o = __shfl_down_sync(0xffffffffu, v, d);
+    v = Max ? nnc_max(v, o) : v + o;
+  }
   if (threadIdx.x % 32 == 0)
     part[threadIdx.x / 32] = v;
   __syncthreads();
-  float s = 0.0f;
+  float s = Max ? -NNC_INF : 0.0f;
   for (unsigned w = 0; w < blockDim.x / 32; ++w)
-    s += part[w];
+    s = Max ? nnc_max(s, part[w]) : s + part[w];
   __syncthreads();
   return s;
 }
+__device__ __forceinline__ float nnc_block_sum(float v, float *part) { return nnc_block_combine<false>(v, part); }
+__device__ __forceinline__ float nnc_block_max(float v, float *part) { return nnc_block_combine<true>(v, part); }
 __device__ __forceinline__ double nnc_uniform01(u64 seed, u64 stream, u64 counter) {
   return (double)(nnc_mix64(nnc_mix64(seed ^ nnc_mix64(stream)) + counter) >> 11) * 0x1.0p-53;
 }
@@ -723,6 +728,15 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       };
       std::string totalExpr = elements(space);
       std::vector<int64_t> threadShape = shapeOf(space);
+      // A thread's result `acc` at `idx` stored, then the epilogue on it
+      // (values computed in the loops before live in their scopes: they are
+      // forgotten).
+      auto storeAcc = [&](ArrayRef<std::string> idx) -> LogicalResult {
+        local.clear();
+        local[space] = "acc";
+        store(space, "acc", idx);
+        return emitEpilogue(idx);
+      };
       // A product tiled through shared memory: outputs (row, col) of an
       // M x N result in tiles of 16 x 16 per block of 256 threads, the
       // operands staged 16 deep at a time. `loadA(row, k)` and `loadB(k,
@@ -754,12 +768,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         body << "    Bs[ty][tx] = " << *y << ";\n    }\n    __syncthreads();\n"
              << "    for (int j = 0; j < 16; ++j)\n      acc += As[ty][j] * Bs[j][tx];\n"
              << "    __syncthreads();\n    }\n    if (o0 < " << M << " && o1 < " << N << ") {\n";
-        // Values computed in the loaders live in inner scopes: forget them.
-        local.clear();
-        std::vector<std::string> idx = at();
-        local[space] = "acc";
-        store(space, "acc", idx);
-        if (failed(emitEpilogue(idx)))
+        if (failed(storeAcc(at())))
           return failure();
         body << "    }\n  }\n";
         return success();
@@ -769,6 +778,27 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
       // tiles).
       auto tileThreads = [](int64_t rows, int64_t colsPerBatch) {
         return std::vector<int64_t>{-(((rows + 15) / 16) * ((colsPerBatch + 15) / 16) * 256)};
+      };
+      // A block per output element of `space`: `accumulate(idx)` writes
+      // the code that declares `acc` and adds this thread's share of
+      // output idx to it; the block's total (nnc_block_sum, or
+      // nnc_block_max with `max`) goes to thread 0, which stores it and
+      // runs the epilogue. Blocks stride over the outputs.
+      auto blockPerOutputLaunch = [&](bool max,
+                                      const std::function<LogicalResult(ArrayRef<std::string>)> &accumulate) {
+        launch.barriers = true;
+        threadShape = shapeOf(space);
+        threadShape.push_back(kBlockSize);
+        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
+             << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
+        std::vector<std::string> idx = unflatten(space, "o");
+        if (failed(accumulate(idx)))
+          return failure();
+        body << "    acc = nnc_block_" << (max ? "max" : "sum") << "(acc, part);\n    if (threadIdx.x == 0) {\n";
+        if (failed(storeAcc(idx)))
+          return failure();
+        body << "    }\n  }\n";
+        return success();
       };
       auto conv = dyn_cast<nnops::Conv2dOp>(root);
       auto convGrad = dyn_cast<nnops::Conv2dGradInputOp>(root);
@@ -783,28 +813,19 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
           // A narrow result over a long K (a classifier layer): one block
           // per output, its threads striding over K, as a reduction (16 x
           // 16 tiles would leave all but a few multiprocessors idle).
-          launch.barriers = true;
-          totalExpr = M + " * " + N;
-          threadShape = {ms[0] * ms[1] * kBlockSize};
-          body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
-               << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n"
-               << "    const i64 o0 = out / " << N << ", o1 = out % " << N << ";\n    float acc = 0.0f;\n"
-               << "    for (i64 ka = threadIdx.x; ka < " << K << "; ka += blockDim.x) {\n"
-               << "    const i64 kb = ka;\n";
-          auto x = value(a, {"o0", "ka"});
-          if (failed(x))
+          if (failed(blockPerOutputLaunch(false, [&](ArrayRef<std::string> o) -> LogicalResult {
+                body << "    float acc = 0.0f;\n    for (i64 ka = threadIdx.x; ka < " << K
+                     << "; ka += blockDim.x) {\n    const i64 kb = ka;\n";
+                auto x = value(a, {o[0], "ka"});
+                if (failed(x))
+                  return failure();
+                auto y = value(b, {"kb", o[1]});
+                if (failed(y))
+                  return failure();
+                body << "    acc += " << *x << " * " << *y << ";\n    }\n";
+                return success();
+              })))
             return failure();
-          auto y = value(b, {"kb", "o1"});
-          if (failed(y))
-            return failure();
-          body << "    acc += " << *x << " * " << *y << ";\n    }\n"
-               << "    acc = nnc_block_sum(acc, part);\n    if (threadIdx.x == 0) {\n";
-          local.clear();
-          local[space] = "acc";
-          store(space, "acc", {"o0", "o1"});
-          if (failed(emitEpilogue({"o0", "o1"})))
-            return failure();
-          body << "    }\n  }\n";
         } else {
         threadShape = {ms[0] < 0 ? ms[0] * tilesN * 16 : ((ms[0] + 15) / 16) * tilesN * 256};
         if (failed(tiled(
@@ -879,91 +900,67 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         // Few outputs, long reductions (a loss, a bias gradient over the
         // batch): one block per output; threads stride over the reduced
         // elements, then combine through warp shuffles and shared memory.
-        launch.barriers = true;
         Value x = root->getOperand(0);
         auto rt = typeOf(x);
         ArrayRef<int64_t> axes = nnops::reductionAxes(root);
         bool keep = nnops::keepsReducedAxes(root);
         bool sum = isa<nnops::ReduceSumOp>(root);
+        std::string identity = sum ? "0.0f" : "-NNC_INF";
         auto combine = [&](const std::string &a, const std::string &b) {
           return sum ? a + " + " + b : "nnc_max(" + a + ", " + b + ")";
         };
-        threadShape = {typeOf(space).getNumElements() * kBlockSize};
         std::string extent = "(i64)1";
         for (int64_t d = 0; d < rt.getRank(); ++d)
           if (axes.empty() || llvm::is_contained(axes, d))
             extent += " * " + dim(x, d);
-        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
-             << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
-        std::vector<std::string> idx = unflatten(space, "o");
-        // kLoadsInFlight elements a round, each computed in full before
-        // any is combined (so their loads issue together); an element past
-        // the end is computed at the last one (a fused store writes the
-        // same value there) and not combined.
-        body << "    float acc = " << (sum ? "0.0f" : "-NNC_INF") << ";\n"
-             << "    for (i64 rb = threadIdx.x; rb < " << extent << "; rb += " << kLoadsInFlight
-             << " * blockDim.x) {\n";
         int64_t outermost = -1;
         for (int64_t d = 0; d < rt.getRank() && outermost < 0; ++d)
           if (axes.empty() || llvm::is_contained(axes, d))
             outermost = d;
-        auto before = local;
-        for (int u = 0; u < kLoadsInFlight; ++u) {
-          std::string su = "_" + std::to_string(u);
-          body << "    const i64 q" << su << " = rb + " << u << " * blockDim.x;\n    const bool ok" << su << " = q" << su
-               << " < " << extent << ";\n    [[maybe_unused]] i64 rrem" << su << " = ok" << su << " ? q" << su << " : "
-               << extent << " - 1;\n";
-          std::vector<std::string> xi(rt.getRank());
-          unsigned next = 0;
-          for (int64_t d = 0; d < rt.getRank(); ++d) {
-            bool reduced = axes.empty() || llvm::is_contained(axes, d);
-            xi[d] = reduced ? "r" + std::to_string(d) + su : idx[next];
-            next += !reduced || keep;
-          }
-          for (int64_t d = rt.getRank() - 1; d >= 0; --d)
-            if (d == outermost)
-              body << "    const i64 " << xi[d] << " = rrem" << su << ";\n";
-            else if (axes.empty() || llvm::is_contained(axes, d))
-              body << "    const i64 " << xi[d] << " = rrem" << su << " % " << dim(x, d) << "; rrem" << su
-                   << " /= " << dim(x, d) << ";\n";
-          local = before;
-          auto v = value(x, xi);
-          if (failed(v))
-            return failure();
-          body << "    const float v" << su << " = " << *v << ";\n";
-        }
-        local = before;
-        for (int u = 0; u < kLoadsInFlight; ++u)
-          body << "    acc = "
-               << combine("acc", "(ok_" + std::to_string(u) + " ? v_" + std::to_string(u) + " : " +
-                                     (sum ? "0.0f" : "-NNC_INF") + ")")
-               << ";\n";
-        body << "    }\n"
-             << "    for (int d = 16; d > 0; d /= 2)\n      acc = "
-             << combine("acc", "__shfl_down_sync(0xffffffffu, acc, d)") << ";\n"
-             << "    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;\n    __syncthreads();\n"
-             << "    if (threadIdx.x == 0) {\n    for (int w = 1; w < " << kBlockSize / 32 << "; ++w)\n      acc = "
-             << combine("acc", "part[w]") << ";\n";
-        local.clear();
-        local[space] = "acc";
-        store(space, "acc", idx);
-        if (failed(emitEpilogue(idx)))
+        if (failed(blockPerOutputLaunch(!sum, [&](ArrayRef<std::string> idx) -> LogicalResult {
+              // kLoadsInFlight elements a round, each computed in full
+              // before any is combined (so their loads issue together); an
+              // element past the end is computed at the last one (a fused
+              // store writes the same value there) and not combined.
+              body << "    float acc = " << identity << ";\n"
+                   << "    for (i64 rb = threadIdx.x; rb < " << extent << "; rb += " << kLoadsInFlight
+                   << " * blockDim.x) {\n";
+              auto before = local;
+              for (int u = 0; u < kLoadsInFlight; ++u) {
+                std::string su = "_" + std::to_string(u);
+                body << "    const i64 q" << su << " = rb + " << u << " * blockDim.x;\n    const bool ok" << su
+                     << " = q" << su << " < " << extent << ";\n    [[maybe_unused]] i64 rrem" << su << " = ok" << su
+                     << " ? q" << su << " : " << extent << " - 1;\n";
+                std::vector<std::string> xi(rt.getRank());
+                unsigned next = 0;
+                for (int64_t d = 0; d < rt.getRank(); ++d) {
+                  bool reduced = axes.empty() || llvm::is_contained(axes, d);
+                  xi[d] = reduced ? "r" + std::to_string(d) + su : idx[next];
+                  next += !reduced || keep;
+                }
+                for (int64_t d = rt.getRank() - 1; d >= 0; --d)
+                  if (d == outermost)
+                    body << "    const i64 " << xi[d] << " = rrem" << su << ";\n";
+                  else if (axes.empty() || llvm::is_contained(axes, d))
+                    body << "    const i64 " << xi[d] << " = rrem" << su << " % " << dim(x, d) << "; rrem" << su
+                         << " /= " << dim(x, d) << ";\n";
+                local = before;
+                auto v = value(x, xi);
+                if (failed(v))
+                  return failure();
+                body << "    const float v" << su << " = " << *v << ";\n";
+              }
+              for (int u = 0; u < kLoadsInFlight; ++u) {
+                std::string su = "_" + std::to_string(u);
+                body << "    acc = " << combine("acc", "(ok" + su + " ? v" + su + " : " + identity + ")") << ";\n";
+              }
+              body << "    }\n";
+              return success();
+            })))
           return failure();
-        body << "    }\n    __syncthreads();\n  }\n";
       } else if (blockPerWeight(root)) {
-        launch.barriers = true;
-        threadShape = {typeOf(space).getNumElements() * kBlockSize};
-        body << "  __shared__ float part[" << kBlockSize / 32 << "];\n"
-             << "  for (i64 out = blockIdx.x; out < total; out += gridDim.x) {\n    const i64 i = out;\n";
-        std::vector<std::string> idx = unflatten(space, "o");
-        if (failed(windowed(root, idx)))
+        if (failed(blockPerOutputLaunch(false, [&](ArrayRef<std::string> idx) { return windowed(root, idx); })))
           return failure();
-        body << "    acc = nnc_block_sum(acc, part);\n    if (threadIdx.x == 0) {\n";
-        local[space] = "acc";
-        store(space, "acc", idx);
-        if (failed(emitEpilogue(idx)))
-          return failure();
-        body << "    }\n  }\n";
       } else if (isa<nnops::BatchNormOp, nnops::BatchNormGradOp>(root)) {
         // One block per channel: its threads stride over the channel's
         // elements for each statistic (combined by nnc_block_sum, the same
