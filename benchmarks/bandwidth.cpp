@@ -126,8 +126,9 @@ int main(int argc, char **argv) {
   }
 
   // Pages touched before timing, as STREAM does; on huge pages where the
-  // system grants them, as the runtime's large buffers are (runtime/Memory.h).
-  std::vector<float> a, b, c, d;
+  // system grants them and on cache lines, as the runtime's large buffers
+  // are (runtime/Memory.h).
+  nnc::rt::Floats a, b, c, d;
   for (auto [v, x] : {std::pair{&a, 0.0f}, std::pair{&b, 1.0f}, std::pair{&c, 2.0f}, std::pair{&d, 0.5f}}) {
     nnc::rt::resizeLarge(*v, n);
     std::fill(v->begin(), v->end(), x);

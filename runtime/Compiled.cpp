@@ -28,9 +28,9 @@ size_t rt::placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *ba
 /// Buffers of one function call: words for every argument and result (i32
 /// data in the same words), and the slots.
 struct CompiledModel::Frame {
-  std::vector<std::vector<float>> buffers;
+  std::vector<Floats> buffers;
   std::vector<const float *> borrowed; // per argument: f32 data passed in place
-  std::vector<float> workspace;
+  Floats workspace;
   std::vector<void *> pointers, slots;
 
   void prepare(const FunctionDesc &f, int64_t batch) {
@@ -47,12 +47,12 @@ struct CompiledModel::Frame {
   /// Argument `i`: f32 data is used where it is (kernels write only the
   /// arguments they update in place); i32 data is converted into the
   /// frame's buffer.
-  void set(size_t i, const TensorDesc &t, const std::vector<float> &values) {
+  void set(size_t i, const TensorDesc &t, const Floats &values) {
     if (!t.integer && !values.empty()) {
       borrowed[i] = values.data();
       return;
     }
-    std::vector<float> &b = buffers[i];
+    Floats &b = buffers[i];
     b.resize(std::max<size_t>(1, values.size()));
     if (t.integer) {
       auto *dst = reinterpret_cast<int32_t *>(b.data());
@@ -79,8 +79,8 @@ struct CompiledModel::Frame {
     return h;
   }
   /// An f32 result copied into `out` (its size is the state's).
-  void resultInto(const FunctionDesc &f, size_t r, std::vector<float> &out) const {
-    const std::vector<float> &b = buffers[f.args.size() + r];
+  void resultInto(const FunctionDesc &f, size_t r, Floats &out) const {
+    const Floats &b = buffers[f.args.size() + r];
     std::copy_n(b.begin(), out.size(), out.begin());
   }
   void call(const FunctionDesc &f, int64_t batch, int64_t rng[2]) {
@@ -152,7 +152,7 @@ CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string back
     : m(m), seed(seed), backend(std::move(backend)), layout(m.trainStep), trainFrame(new Frame),
       evalFrame(new Frame) {
   for (const TensorDesc &t : m.trainStep.args)
-    state.push_back({t.name, t.shapeAt(0), std::vector<float>(std::max<int64_t>(0, t.numel(0)))});
+    state.push_back({t.name, t.shapeAt(0), Floats(std::max<int64_t>(0, t.numel(0)))});
 }
 
 CompiledModel::~CompiledModel() = default;
@@ -162,7 +162,7 @@ Status CompiledModel::initialize() {
     const TensorDesc &t = m.trainStep.args[i];
     if (t.role == "input")
       continue;
-    std::vector<float> values;
+    Floats values;
     if (Status s = rt::initialize(m.inits[i], seed, i, values, state[i].data.size()); !s)
       return Status::error("initializing '" + t.name + "': " + s.message());
     if (t.integer)

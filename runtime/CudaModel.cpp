@@ -489,7 +489,7 @@ struct CudaModel::Impl {
     return Status::ok();
   }
 
-  Status upload(CuDevicePtr p, const TensorDesc &t, const std::vector<float> &values) {
+  Status upload(CuDevicePtr p, const TensorDesc &t, const Floats &values) {
     std::vector<int32_t> words(std::max<size_t>(values.size(), 1));
     toWords(t, values.data(), values.size(), words.data());
     if (int rc = d.memcpyHtoDAsync(p, words.data(), words.size() * 4, compute))
@@ -543,7 +543,7 @@ Status CudaModel::initialize() {
     if (t.role == "input")
       continue;
     size_t count = static_cast<size_t>(std::max<int64_t>(0, t.numel(0)));
-    std::vector<float> values(count, 0.0f);
+    Floats values(count, 0.0f);
     if (i < x.m.inits.size())
       if (Status s = rt::initialize(x.m.inits[i], x.seed, i, values, count); !s)
         return Status::error("initializing '" + t.name + "': " + s.message());

@@ -18,7 +18,7 @@ static double arg(const InitSpec &spec, const char *name, double dflt) {
 }
 
 Status initialize(const InitSpec &spec, uint64_t seed, uint64_t stream,
-                  std::vector<float> &out, size_t count) {
+                  Floats &out, size_t count) {
   out.assign(count, 0.0f);
   const std::string &k = spec.kind;
   auto needFans = [&]() -> Status {

@@ -10,6 +10,7 @@
 #ifndef NNC_RUNTIME_INIT_H
 #define NNC_RUNTIME_INIT_H
 
+#include "runtime/Memory.h"
 #include "runtime/Status.h"
 
 #include <cstdint>
@@ -36,7 +37,7 @@ inline bool writtenOut(const std::string &kind) {
 /// Fills `out` with `count` initial values. `stream` distinguishes the
 /// parameters of one model (their index), so each gets its own numbers.
 Status initialize(const InitSpec &spec, uint64_t seed, uint64_t stream,
-                  std::vector<float> &out, size_t count);
+                  Floats &out, size_t count);
 
 } // namespace nnc::rt
 

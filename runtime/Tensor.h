@@ -13,12 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "runtime/Memory.h"
+
 namespace nnc::rt {
 
 struct HostTensor {
   std::string name;
   std::vector<int64_t> shape;
-  std::vector<float> data;
+  Floats data; // starts on a cache line: kernels read parameters in place
   bool integer = false; // i32 values (held exactly as floats); checkpoints store them as I32
 
   int64_t numel() const {

@@ -960,7 +960,7 @@ FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64
   if (failed(found))
     return failure();
   const rt::InitSpec &spec = *found;
-  std::vector<float> values;
+  rt::Floats values;
   if (rt::Status s = rt::initialize(spec, seed, index, values, type.getNumElements()); !s)
     return fn.emitError(s.message());
   Tensor t = Tensor::filled(std::vector<int64_t>(type.getShape().begin(), type.getShape().end()));

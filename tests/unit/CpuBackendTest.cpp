@@ -212,7 +212,7 @@ TEST_P(CompiledOptimizer, StepsMatchReferenceTrainer) {
     std::vector<Tensor> in = test::inputsFor(ref->modelFunction(), 4, 11 + step);
     std::vector<rt::HostTensor> batch;
     for (const Tensor &t : in)
-      batch.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+      batch.push_back({"", t.shape, rt::Floats(t.data.begin(), t.data.end())});
     double loss = 0;
     ASSERT_TRUE(compiled.step(batch, loss));
     auto want = ref->step(in);
@@ -383,7 +383,7 @@ CacheRun compileAndStep(const std::string &example) {
   EXPECT_TRUE(model.initialize());
   std::vector<rt::HostTensor> batch;
   for (const Tensor &t : test::inputsFor(trainer->modelFunction(), 8, 5))
-    batch.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+    batch.push_back({"", t.shape, rt::Floats(t.data.begin(), t.data.end())});
   EXPECT_TRUE(model.step(batch, out.loss));
   return out;
 }

@@ -200,7 +200,7 @@ struct Compiled {
 std::vector<rt::HostTensor> hostBatch(const std::vector<Tensor> &in) {
   std::vector<rt::HostTensor> out;
   for (const Tensor &t : in)
-    out.push_back({"", t.shape, std::vector<float>(t.data.begin(), t.data.end())});
+    out.push_back({"", t.shape, rt::Floats(t.data.begin(), t.data.end())});
   return out;
 }
 

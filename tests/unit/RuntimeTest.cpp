@@ -84,7 +84,7 @@ TEST(Runtime, MnistBatchesScaleTheStoredBytes) {
       int64_t row = std::vector<int64_t>{3, 0, 4}[r];
       EXPECT_EQ(batch[0].data[r * 4 + p], static_cast<float>(uint8_t((row * 4 + p) * 50)) / 255.0f);
     }
-  EXPECT_EQ(batch[1].data, (std::vector<float>{3, 3, 3}));
+  EXPECT_EQ(batch[1].data, (Floats{3, 3, 3}));
   Table train, val;
   splitValidation(bound, 0.4, 1, train, val);
   ASSERT_EQ(val.count, 2);
@@ -199,7 +199,7 @@ TEST(Runtime, EpochOrdersAreSeededPermutations) {
 }
 
 TEST(Runtime, InitializersMatchTheirDistributions) {
-  std::vector<float> v;
+  Floats v;
   InitSpec he{"he_normal", {}, 400, 100, {}};
   ASSERT_TRUE(initialize(he, 1, 0, v, 40000).isOk());
   double mean = 0, sq = 0;
@@ -218,13 +218,27 @@ TEST(Runtime, InitializersMatchTheirDistributions) {
   EXPECT_LE(hi, 0.2f);
   EXPECT_LT(lo, -0.19f);
   EXPECT_GT(hi, 0.19f);
-  std::vector<float> again;
+  Floats again;
   ASSERT_TRUE(initialize(torch, 1, 0, again, 10000).isOk());
   EXPECT_EQ(v, again);
   ASSERT_TRUE(initialize(torch, 1, 1, again, 10000).isOk());
   EXPECT_NE(v, again); // another stream (parameter) draws other numbers
   EXPECT_FALSE(initialize({"xavier_uniform", {}, 0, 0, {}}, 1, 0, v, 4).isOk());
   EXPECT_FALSE(initialize({"literal", {}, 0, 0, {1, 2}}, 1, 0, v, 3).isOk());
+}
+
+TEST(Runtime, HostBuffersStartOnACacheLine) {
+  // Small blocks come from malloc's bins, large ones from mmap 16 bytes past
+  // a page; kernels' 512-bit loads need neither to straddle cache lines.
+  for (size_t n : {1u, 3u, 17u, 1000u, 70000u, 3000000u}) {
+    Floats v(n);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % kBufferAlignment, 0u) << n;
+    Floats grown;
+    resizeLarge(grown, n);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(grown.data()) % kBufferAlignment, 0u) << n;
+    HostTensor t{"t", {static_cast<int64_t>(n)}, Floats(n, 1.0f)};
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data.data()) % kBufferAlignment, 0u) << n;
+  }
 }
 
 } // namespace

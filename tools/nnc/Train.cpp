@@ -217,7 +217,7 @@ std::vector<Tensor> toTensors(const std::vector<rt::HostTensor> &batch) {
 }
 
 rt::HostTensor toHost(const Tensor &t, std::string name = {}) {
-  return {std::move(name), t.shape, std::vector<float>(t.data.begin(), t.data.end())};
+  return {std::move(name), t.shape, rt::Floats(t.data.begin(), t.data.end())};
 }
 
 /// A model run by the reference evaluator (through a ref::Trainer).

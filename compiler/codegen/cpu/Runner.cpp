@@ -41,7 +41,7 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
   uint64_t counter = 0;
   for (const rt::TensorDesc &t : r->f.args) {
     rt::HostTensor h = rt::syntheticTensor(t, batch, counter);
-    std::vector<int32_t> words;
+    std::vector<int32_t, rt::CacheLineAllocator<int32_t>> words;
     rt::resizeLarge(words, std::max<size_t>(h.data.size(), 1));
     if (!t.integer) // integers (labels) are 0
       std::memcpy(words.data(), h.data.data(), h.data.size() * 4);

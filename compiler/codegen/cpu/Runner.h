@@ -45,7 +45,7 @@ private:
   rt::FunctionDesc f;
   mlir::ArrayAttr table;
   int64_t batch = 1;
-  std::vector<std::vector<int32_t>> buffers; // arguments, then results (32-bit words)
+  std::vector<std::vector<int32_t, rt::CacheLineAllocator<int32_t>>> buffers; // arguments, then results (32-bit words)
   std::vector<float> workspace;
   std::vector<void *> pointers, slots;
   int64_t rng[2] = {1, 0};
