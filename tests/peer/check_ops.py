@@ -164,32 +164,37 @@ def check(nnc, case, work, rng):
     open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
     after = train_from(nnc, work, values, 1, ["--lr", "1"], exact=True)
 
-    # PyTorch's gradients (and state updates) from the same values.
-    tv = {n: torch.tensor(v.astype(np.float64) if v.dtype == np.float32 else v.astype(np.int64))
-          for n, v in values.items()}
-    state = [n for n in tv if "running_" in n]
-    for n, t in tv.items():
-        if t.dtype == torch.float64 and n not in state:
-            t.requires_grad_(True)
-    r = case.torch_fn(tv)
-    (r.reshape(-1) * tv["c"].reshape(-1)).sum().backward()
+    # PyTorch's gradients (and state updates) from the same values, in f64
+    # (the reference) and in f32 (how far rounding alone moves them).
+    def torch_grads(dtype):
+        tv = {n: torch.tensor(v.astype(dtype) if v.dtype == np.float32 else v.astype(np.int64))
+              for n, v in values.items()}
+        for n, t in tv.items():
+            if t.is_floating_point() and "running_" not in n:
+                t.requires_grad_(True)
+        r = case.torch_fn(tv)
+        (r.reshape(-1) * tv["c"].reshape(-1)).sum().backward()
+        return {n: (t.detach().numpy() if "running_" in n else
+                    t.grad.numpy() if t.grad is not None else np.zeros(t.shape)).astype(np.float64)
+                for n, t in tv.items() if t.is_floating_point()}
+    wants, rounded = torch_grads(np.float64), torch_grads(np.float32)
     failures = []
-    for n, t in tv.items():
-        if t.dtype != torch.float64:
-            continue
-        if n in state:
-            got, want, what = after[n].astype(np.float64), t.detach().numpy(), "after the step"
+    for n, want in wants.items():
+        if "running_" in n:
+            got, what = after[n].astype(np.float64), "after the step"
         else:
             got = values[n].astype(np.float64) - after[n].astype(np.float64)
-            want = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
             what = "gradient"
         scale = max(1.0, float(np.abs(want).max()) if want.size else 1.0)
         err = np.abs(got - want)
-        bad = err > case.tol * (scale + np.abs(want))
+        # An ill-conditioned result (a gradient that cancels to zero, a batch
+        # norm of values far from zero) is allowed what f32 costs PyTorch.
+        floor = 4 * float(np.abs(rounded[n] - want).max()) if want.size else 0.0
+        bad = err > case.tol * (scale + np.abs(want)) + floor
         if bad.any():
             i = np.unravel_index(np.argmax(err - case.tol * np.abs(want)), want.shape)
-            failures.append("%s %s: %d of %d differ; at %s nnc %.7g, PyTorch %.7g" %
-                            (n, what, int(bad.sum()), bad.size, list(i), got[i], want[i]))
+            failures.append("%s %s: %d of %d differ; at %s nnc %.7g, PyTorch %.7g (in f32 %.7g)" %
+                            (n, what, int(bad.sum()), bad.size, list(i), got[i], want[i], rounded[n][i]))
     return failures, src
 
 
@@ -434,6 +439,145 @@ def shape_cases(count, seed):
     return out
 
 
+def graph_cases(count, seed):
+    """Small random graphs drawn from `seed`: chains of 3 to 7 layers and ops
+    (convolutions, pooling, normalizations, dense layers, activations,
+    softmax, reductions broadcast back, elementwise joins with earlier
+    values and with parameters), so that ops meet in the combinations that
+    fusion groups (producers read where they are used, epilogues after
+    products, batch norm and reductions; stores of values read twice) and
+    one op's gradient feeds another's."""
+    rnd = random.Random(seed * 7919 + 1)
+    unary = [("relu(%s)", torch.relu), ("sigmoid(%s)", torch.sigmoid), ("tanh(%s)", torch.tanh),
+             ("leaky_relu(%s, alpha=0.1)", lambda t: F.leaky_relu(t, 0.1)), ("softplus(%s)", F.softplus),
+             ("%s * %s", lambda t: t * t), ("exp(tanh(%s))", lambda t: torch.exp(torch.tanh(t))),
+             ("sqrt(%s * %s + 1)", lambda t: torch.sqrt(t * t + 1))]
+    out = []
+    for i in range(count):
+        image = rnd.random() < 0.6
+        n = rnd.randint(2, 4)
+        shape = [n, rnd.randint(1, 6), rnd.randint(4, 11), rnd.randint(4, 11)] if image else [n, rnd.randint(1, 40)]
+        params = {"x": (shape, "normal")}
+        layers = {}
+        lines, steps = [], []  # nnc's lines; PyTorch's (name, f(v, env))
+        values = [("x", list(shape))]  # earlier values, for joins
+        cur, ties = "x", False  # ties: exact zeros or equal values (relu) ahead of a maximum
+        for k in range(rnd.randint(3, 7)):
+            name, sh, rank = "v%d" % k, values[-1][1] if values[-1][0] == cur else None, None
+            sh = dict(values)[cur]
+            rank = len(sh)
+            choices = ["unary", "unary", "join", "param", "reduce"]
+            if rank == 4:
+                choices += ["conv", "conv", "bn", "gn", "flatten"] + (["pool"] if min(sh[2:]) >= 2 else [])
+            else:
+                choices += ["dense", "dense", "bn", "softmax"]
+            op = rnd.choice(choices)
+            if op == "unary":
+                text, f = rnd.choice(unary)
+                expr = text.replace("%s", cur)
+                g = lambda v, e, c=cur, f=f: f(e[c])
+                new, ties = sh, ties or text.startswith("relu")
+            elif op == "join":
+                same = [nm for nm, s2 in values if s2 == sh and nm != cur]
+                if not same:
+                    continue
+                other = rnd.choice(same)
+                sym, f = rnd.choice([("+", torch.add), ("-", torch.sub), ("*", torch.mul)])
+                expr = "%s %s %s" % (cur, sym, other)
+                g = lambda v, e, c=cur, o=other, f=f: f(e[c], e[o])
+                new = sh
+            elif op == "param":
+                # A parameter broadcast along some axes: per channel, per row, per column.
+                pshape = [d if rnd.random() < 0.5 else 1 for d in sh]
+                pname = "p%d" % k
+                params[pname] = (pshape, "positive" if rnd.random() < 0.5 else "normal")
+                sym, f = rnd.choice([("+", torch.add), ("*", torch.mul), ("-", torch.sub)])
+                expr = "%s %s %s" % (cur, sym, pname)
+                g = lambda v, e, c=cur, p=pname, f=f: f(e[c], v[p])
+                new = sh
+            elif op == "reduce":
+                axes = sorted(rnd.sample(range(rank), rnd.randint(1, rank)))
+                kind = rnd.choice(["sum", "mean"] + ([] if ties else ["max"]))
+                if kind == "sum" and int(np.prod([sh[a] for a in axes])) > 8:
+                    kind = "mean"  # sums of many grow past what f32 resolves after a few steps
+                sym, f = rnd.choice([("-", torch.sub), ("*", torch.mul), ("+", torch.add)])
+                red = {"sum": lambda t, a: t.sum(a, keepdim=True), "mean": lambda t, a: t.mean(a, keepdim=True),
+                       "max": lambda t, a: torch.amax(t, a, keepdim=True)}[kind]
+                expr = "%s %s %s(%s, axis=[%s], keepdims=true)" % (cur, sym, kind, cur, ", ".join(map(str, axes)))
+                g = lambda v, e, c=cur, f=f, red=red, a=tuple(axes): f(e[c], red(e[c], a))
+                new = sh
+            elif op == "conv":
+                kk = rnd.choice([1, 2, 3, 3, 5])
+                st = rnd.choice([1, 1, 2])
+                pd = rnd.randint(0, kk // 2)
+                if min(sh[2:]) + 2 * pd < kk:
+                    continue
+                o = rnd.randint(1, 12)
+                expr = "conv2d(%s, %d, kernel=%d, stride=%d, padding=%d)" % (cur, o, kk, st, pd)
+                layers[name + ".w"] = ([o, sh[1], kk, kk], "normal")
+                layers[name + ".b"] = ([o], "normal")
+                g = lambda v, e, c=cur, nm=name, st=st, pd=pd: F.conv2d(e[c], v[nm + ".w"], v[nm + ".b"], stride=st,
+                                                                         padding=pd)
+                new = [sh[0], o, (sh[2] + 2 * pd - kk) // st + 1, (sh[3] + 2 * pd - kk) // st + 1]
+            elif op == "pool":
+                kind = "avg" if ties else rnd.choice(["max", "avg"])
+                expr = "%s_pool2d(%s, 2)" % (kind, cur)
+                g = lambda v, e, c=cur, kind=kind: (F.max_pool2d if kind == "max" else F.avg_pool2d)(e[c], 2)
+                new = sh[:2] + [sh[2] // 2, sh[3] // 2]
+            elif op == "bn":
+                c = sh[1]
+                expr = "batch_norm(%s)" % cur
+                # Scales away from zero: a normalization of values that a
+                # scale near zero made nearly equal is ill-conditioned in f32.
+                layers.update({name + ".gamma": ([c], "positive"), name + ".beta": ([c], "normal"),
+                               name + ".running_mean": ([c], "normal"), name + ".running_var": ([c], "positive")})
+                g = lambda v, e, c=cur, nm=name: F.batch_norm(e[c], v[nm + ".running_mean"], v[nm + ".running_var"],
+                                                              v[nm + ".gamma"], v[nm + ".beta"], training=True,
+                                                              momentum=0.1, eps=1e-5)
+                new = sh
+            elif op == "gn":
+                groups = rnd.choice([d for d in range(1, sh[1] + 1) if sh[1] % d == 0])
+                expr = "group_norm(%s, %d)" % (cur, groups)
+                layers.update({name + ".gamma": ([sh[1]], "positive"), name + ".beta": ([sh[1]], "normal")})
+                g = lambda v, e, c=cur, nm=name, gr=groups: F.group_norm(e[c], gr, v[nm + ".gamma"], v[nm + ".beta"],
+                                                                         eps=1e-5)
+                new = sh
+            elif op == "flatten":
+                expr = "flatten(%s)" % cur
+                g = lambda v, e, c=cur: torch.flatten(e[c], 1)
+                new = [sh[0], sh[1] * sh[2] * sh[3]]
+            elif op == "dense":
+                m = rnd.choice([1, 3, 10, 16, 17, rnd.randint(1, 40)])
+                expr = "dense(%s, %d)" % (cur, m)
+                layers[name + ".w"] = ([sh[1], m], "normal")
+                layers[name + ".b"] = ([m], "normal")
+                g = lambda v, e, c=cur, nm=name: F.linear(e[c], v[nm + ".w"].t(), v[nm + ".b"])
+                new = [sh[0], m]
+            else:  # softmax
+                kind = rnd.choice(["softmax", "log_softmax"])
+                expr = "%s(%s)" % (kind, cur)
+                g = lambda v, e, c=cur, kind=kind: getattr(torch, kind)(e[c], -1)
+                new = sh
+            lines.append("%s = %s" % (name, expr))
+            steps.append((name, g))
+            values.append((name, list(new)))
+            cur = name
+        if not steps:
+            continue
+        lines.append("r = %s" % cur)
+
+        def fn(v, steps=tuple(steps), last=cur):
+            env = {"x": v["x"]}
+            for nm, g in steps:
+                env[nm] = g(v, env)
+            return env[last]
+
+        out.append(Case("graph_%d_%s" % (i, "_".join(l.split(" = ")[1].split("(")[0].split(" ")[-1] if "(" in l
+                                                  else "op" for l in lines[:-1])),
+                        "\n".join(lines), params, fn, layers, 1e-3))
+    return out
+
+
 class OptCase:
     """`steps` updates of w from the loss sum(q * (w - t)^2) (its gradient
     changes every step) with nnc's `optimizer` and PyTorch's `make(params)`."""
@@ -661,10 +805,12 @@ def main():
     ap.add_argument("--shapes", type=int, default=16,
                     help="random shapes per family (convolutions; pooling and normalizations; half as many products "
                          "and reductions)")
+    ap.add_argument("--graphs", type=int, default=16, help="random small graphs of several ops")
     a = ap.parse_args()
     TARGET = a.target
     nnc = os.path.abspath(a.nnc)
-    every = cases() + shape_cases(a.shapes, a.seed) + optimizer_cases() + training_cases()
+    every = cases() + shape_cases(a.shapes, a.seed) + graph_cases(a.graphs, a.seed) + optimizer_cases() + \
+        training_cases()
     selected = [c for c in every if re.search(a.filter, c.name)]
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         results = pool.map(lambda c: run_case(nnc, c, a.seed, a.keep), selected)
