@@ -273,9 +273,9 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
 
   const int64_t count = data.train.count, batch = o.batch;
   int64_t steps = (count + batch - 1) / batch;
-  std::printf("training %s: %lld samples, %lld epochs, batch %lld, seed %llu (%s)\n",
-              m.modelName().c_str(), static_cast<long long>(count),
-              static_cast<long long>(o.epochs), static_cast<long long>(batch),
+  std::printf("training %s: %lld sample%s, %lld epoch%s, batch %lld, seed %llu (%s)\n",
+              m.modelName().c_str(), static_cast<long long>(count), count == 1 ? "" : "s",
+              static_cast<long long>(o.epochs), o.epochs == 1 ? "" : "s", static_cast<long long>(batch),
               static_cast<unsigned long long>(o.seed), m.backendName());
   std::fflush(stdout);
   Progress progress(stdout);

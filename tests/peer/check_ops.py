@@ -80,9 +80,13 @@ class Case:
     `torch_fn(v)` returns r from the dict of tensors (by nnc's names) and may
     update state tensors in place."""
 
-    def __init__(self, name, expr, params, torch_fn, layers=None, tol=2e-4):
+    def __init__(self, name, expr, params, torch_fn, layers=None, tol=2e-4, batched=False):
         self.name, self.expr, self.params, self.torch_fn = name, expr, params, torch_fn
         self.layers, self.tol = layers or {}, tol
+        # batched: x is a batch of samples read from data (`input x:
+        # f32[B, ...]`, one step over all of them) instead of a parameter,
+        # so the code runs with sizes that follow the batch.
+        self.batched = batched
 
 
 def fill(rng, shape, kind):
@@ -152,34 +156,53 @@ def check(nnc, case, work, rng):
           for n, v in values.items()}
     r = case.torch_fn(dict(tv))
     rshape = list(r.shape) if r.dim() > 0 else [1]
+    if case.batched:  # c's leading size is 1, broadcast over the batch
+        rshape = [1] + rshape[1:]
     values["c"] = rng.standard_normal(rshape).astype(np.float32)
-    lines = ["model t {", "  input d: f32[B, 1]"]
-    lines += [decl(n, s, k) for n, (s, k) in case.params.items()]
+    if case.batched:
+        xs = values["x"]
+        lines = ["model t {", "  input x: f32[B, %s]" % ", ".join(map(str, xs.shape[1:]))]
+        lines += [decl(n, s, k) for n, (s, k) in case.params.items() if n != "x"]
+        loss, batch = "sum(r * c)", xs.shape[0]
+        flat = xs.reshape(xs.shape[0], -1)
+        data = ",".join("x%d" % j for j in range(flat.shape[1])) + "\n"
+        data += "".join(",".join(repr(float(f)) for f in row) + "\n" for row in flat)
+    else:
+        lines = ["model t {", "  input d: f32[B, 1]"]
+        lines += [decl(n, s, k) for n, (s, k) in case.params.items()]
+        loss, batch, data = "sum(r * c) + 0 * sum(d)", 1, "d\n0\n"
     lines.append(decl("c", rshape, "normal"))
     lines += ["  " + l for l in case.expr.strip().split("\n")]
-    lines += ["  loss = sum(r * c) + 0 * sum(d)", "  minimize loss", "}",
-              "train {", "  optimizer = sgd(lr=0)", "  batch = 1", "  epochs = 1", "  shuffle = false", "}"]
+    lines += ["  loss = " + loss, "  minimize loss", "}",
+              "train {", "  optimizer = sgd(lr=0)", "  batch = %d" % batch, "  epochs = 1", "  shuffle = false", "}"]
     src = "\n".join(lines) + "\n"
     open(os.path.join(work, "t.nn"), "w").write(src)
-    open(os.path.join(work, "d.csv"), "w").write("d\n0\n")
-    after = train_from(nnc, work, values, 1, ["--lr", "1"], exact=True)
+    open(os.path.join(work, "d.csv"), "w").write(data)
+    held = {n: v for n, v in values.items() if not (case.batched and n == "x")}
+    after = train_from(nnc, work, held, 1, ["--lr", "1"], exact=True)
 
     # PyTorch's gradients (and state updates) from the same values, in f64
-    # (the reference) and in f32 (how far rounding alone moves them).
-    def torch_grads(dtype):
-        tv = {n: torch.tensor(v.astype(dtype) if v.dtype == np.float32 else v.astype(np.int64))
+    # (the reference); in f32, and in f32 from values moved by up to an ulp
+    # (how far rounding alone moves them: the conditioning).
+    def torch_grads(dtype, jitter=None):
+        def moved(v):
+            return v if jitter is None else v * (1 + np.float32(2 ** -23) * jitter.uniform(-1, 1, v.shape))
+        tv = {n: torch.tensor(moved(v).astype(dtype) if v.dtype == np.float32 else v.astype(np.int64))
               for n, v in values.items()}
         for n, t in tv.items():
             if t.is_floating_point() and "running_" not in n:
                 t.requires_grad_(True)
         r = case.torch_fn(tv)
-        (r.reshape(-1) * tv["c"].reshape(-1)).sum().backward()
+        (r * tv["c"] if case.batched else r.reshape(-1) * tv["c"].reshape(-1)).sum().backward()
         return {n: (t.detach().numpy() if "running_" in n else
                     t.grad.numpy() if t.grad is not None else np.zeros(t.shape)).astype(np.float64)
                 for n, t in tv.items() if t.is_floating_point()}
     wants, rounded = torch_grads(np.float64), torch_grads(np.float32)
+    jittered = torch_grads(np.float32, np.random.default_rng(zlib.crc32(case.name.encode())))
     failures = []
     for n, want in wants.items():
+        if n not in held:
+            continue  # a batched input has no gradient in nnc's checkpoint
         if "running_" in n:
             got, what = after[n].astype(np.float64), "after the step"
         else:
@@ -188,8 +211,10 @@ def check(nnc, case, work, rng):
         scale = max(1.0, float(np.abs(want).max()) if want.size else 1.0)
         err = np.abs(got - want)
         # An ill-conditioned result (a gradient that cancels to zero, a batch
-        # norm of values far from zero) is allowed what f32 costs PyTorch.
-        floor = 4 * float(np.abs(rounded[n] - want).max()) if want.size else 0.0
+        # norm of values far from zero) is allowed what f32 costs PyTorch,
+        # or a change of the inputs by an ulp, four times over.
+        floor = 4 * max(float(np.abs(rounded[n] - want).max()), float(np.abs(jittered[n] - want).max())) \
+            if want.size else 0.0
         bad = err > case.tol * (scale + np.abs(want)) + floor
         if bad.any():
             i = np.unravel_index(np.argmax(err - case.tol * np.abs(want)), want.shape)
@@ -455,6 +480,7 @@ def graph_cases(count, seed):
     out = []
     for i in range(count):
         image = rnd.random() < 0.6
+        batched = i % 2 == 1
         n = rnd.randint(2, 4)
         shape = [n, rnd.randint(1, 6), rnd.randint(4, 11), rnd.randint(4, 11)] if image else [n, rnd.randint(1, 40)]
         params = {"x": (shape, "normal")}
@@ -488,7 +514,7 @@ def graph_cases(count, seed):
                 new = sh
             elif op == "param":
                 # A parameter broadcast along some axes: per channel, per row, per column.
-                pshape = [d if rnd.random() < 0.5 else 1 for d in sh]
+                pshape = [d if rnd.random() < 0.5 and (a > 0 or not batched) else 1 for a, d in enumerate(sh)]
                 pname = "p%d" % k
                 params[pname] = (pshape, "positive" if rnd.random() < 0.5 else "normal")
                 sym, f = rnd.choice([("+", torch.add), ("*", torch.mul), ("-", torch.sub)])
@@ -572,9 +598,9 @@ def graph_cases(count, seed):
                 env[nm] = g(v, env)
             return env[last]
 
-        out.append(Case("graph_%d_%s" % (i, "_".join(l.split(" = ")[1].split("(")[0].split(" ")[-1] if "(" in l
+        out.append(Case("graph_%d%s_%s" % (i, "_batch" if batched else "", "_".join(l.split(" = ")[1].split("(")[0].split(" ")[-1] if "(" in l
                                                   else "op" for l in lines[:-1])),
-                        "\n".join(lines), params, fn, layers, 1e-3))
+                        "\n".join(lines), params, fn, layers, 1e-3, batched))
     return out
 
 
