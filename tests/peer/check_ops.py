@@ -39,6 +39,7 @@ torch.set_default_dtype(torch.float64)
 
 # The backend under test (--target): the CPU JIT, or CUDA on a machine with a GPU.
 TARGET = "cpu"
+GRADCHECK = None  # --gradcheck: the target of `nnc gradcheck` for the random graphs
 
 
 def read_checkpoint(path):
@@ -796,6 +797,36 @@ output logits"""
     ]
 
 
+def gradcheck_graph(nnc, case, work, rng):
+    """A random graph's gradients from `nnc gradcheck --target GRADCHECK`
+    (finite differences of nnc's double-precision evaluator) instead of
+    PyTorch: for backends that run without their device (cuda-host)."""
+    values = {n: fill(rng, s, k) for n, (s, k) in {**case.params, **case.layers}.items()}
+    tv = {n: torch.tensor(v.astype(np.float64)) for n, v in values.items()}
+    r = case.torch_fn(dict(tv))
+    rshape = list(r.shape) if r.dim() > 0 else [1]
+    init = {"normal": "normal(mean=0, std=1)", "positive": "uniform(low=0.5, high=2)"}
+    lines = ["model t {"]
+    for n, (shape, kind) in case.params.items():
+        dims = ", ".join(map(str, shape))
+        if case.batched and n == "x":
+            lines.append("  input x: f32[B, %s]" % ", ".join(map(str, shape[1:])))
+            rshape = [1] + rshape[1:]
+        else:
+            lines.append("  param %s: f32[%s] = %s" % (n, dims, init[kind]))
+    lines.append("  param c: f32[%s] = normal(mean=0, std=1)" % ", ".join(map(str, rshape)))
+    lines += ["  " + l for l in case.expr.strip().split("\n")]
+    lines += ["  loss = sum(r * c)", "  minimize loss", "}"]
+    src = "\n".join(lines) + "\n"
+    open(os.path.join(work, "t.nn"), "w").write(src)
+    batch = case.params["x"][0][0]
+    p = subprocess.run([nnc, "gradcheck", "t.nn", "--target", GRADCHECK, "--samples", "8", "--batch", str(batch),
+                        "--tolerance", "1e-2"], cwd=work, capture_output=True, text=True)
+    if p.returncode == 0:
+        return [], src
+    return [l.strip() for l in (p.stdout + p.stderr).splitlines() if "FAILED" in l or "error" in l], src
+
+
 def run_case(nnc, case, seed, keep):
     """One case in a directory of its own, with random numbers of its own
     (drawn from the seed and the case's name, so that a filtered or parallel
@@ -805,6 +836,8 @@ def run_case(nnc, case, seed, keep):
     os.makedirs(work, exist_ok=True)
     try:
         checker = {OptCase: check_optimizer, TrainCase: check_training}.get(type(case), check)
+        if GRADCHECK:
+            checker = gradcheck_graph
         failures, src = checker(nnc, case, work, rng)
     except Exception as e:  # a failed run is a failed case
         failures, src = [str(e)], ""
@@ -820,7 +853,7 @@ def run_case(nnc, case, seed, keep):
 
 
 def main():
-    global TARGET
+    global TARGET, GRADCHECK
     ap = argparse.ArgumentParser()
     ap.add_argument("nnc")
     ap.add_argument("--filter", default="")
@@ -832,11 +865,16 @@ def main():
                     help="random shapes per family (convolutions; pooling and normalizations; half as many products "
                          "and reductions)")
     ap.add_argument("--graphs", type=int, default=16, help="random small graphs of several ops")
+    ap.add_argument("--gradcheck", metavar="TARGET",
+                    help="only the random graphs, each checked by `nnc gradcheck --target TARGET` against finite "
+                         "differences instead of PyTorch (cuda-host: the CUDA kernels without a GPU)")
     a = ap.parse_args()
-    TARGET = a.target
+    TARGET, GRADCHECK = a.target, a.gradcheck
     nnc = os.path.abspath(a.nnc)
     every = cases() + shape_cases(a.shapes, a.seed) + graph_cases(a.graphs, a.seed) + optimizer_cases() + \
         training_cases()
+    if GRADCHECK:
+        every = graph_cases(a.graphs, a.seed)
     selected = [c for c in every if re.search(a.filter, c.name)]
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         results = pool.map(lambda c: run_case(nnc, c, a.seed, a.keep), selected)
@@ -844,7 +882,8 @@ def main():
         for text, bad in results:  # in the cases' order, each as it is done
             failed += bad
             print(text, flush=True)
-    print("%d of %d cases match PyTorch (%s)" % (len(selected) - failed, len(selected), TARGET))
+    print("%d of %d cases match %s (%s)" % (len(selected) - failed, len(selected),
+                                            "finite differences" if GRADCHECK else "PyTorch", GRADCHECK or TARGET))
     return 1 if failed else 0
 
 

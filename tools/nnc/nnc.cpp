@@ -14,6 +14,7 @@
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
+#include "compiler/codegen/cuda/HostEmulation.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "runtime/CudaDevice.h"
 #include "compiler/frontend/MLIRGen.h"
@@ -115,7 +116,8 @@ const std::vector<Command> &commands() {
         {"tolerance", "X", "Largest relative error accepted (default 1e-4)"},
         {"inputs", nullptr, "Also check gradients with respect to f32 inputs"},
         {"target", "T", "Where the gradients are computed: reference (default, double "
-                        "precision) or cpu (the compiled, fused code)"}},
+                        "precision), cpu (the compiled, fused code) or cuda-host (the CUDA kernels, "
+                        "compiled for this CPU and run block by block, thread by thread: no GPU needed)"}},
        runGradcheck},
       {"bench", "nnc bench FILE [options]  |  nnc bench --kernel SPEC [options]",
        "Time a model's training step, or one op at a named shape, kernel by kernel (synthetic data).",
@@ -508,13 +510,15 @@ int runGradcheck(const Args &args) {
       return *rc;
   opts.wrtInputs = args.has("inputs");
   std::string target = args.get("target", "reference");
-  if (target != "cpu" && target != "reference")
-    return usageError("unknown --target '" + target + "' for gradcheck (reference or cpu)", &c);
+  if (target != "cpu" && target != "reference" && target != "cuda-host")
+    return usageError("unknown --target '" + target + "' for gradcheck (reference, cpu or cuda-host)", &c);
   Session s;
   // Compiled code refers to the session's context: destroyed before it.
   std::unique_ptr<ref::Executor> executor;
   if (target == "cpu")
     executor = cpu::createExecutor();
+  else if (target == "cuda-host")
+    executor = cuda::createHostEmulationExecutor(NNC_CXX);
   opts.executor = executor.get();
   if (!s.open(args.positional[0]))
     return kUserError;
