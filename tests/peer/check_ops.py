@@ -490,8 +490,7 @@ def graph_cases(count, seed):
         values = [("x", list(shape))]  # earlier values, for joins
         cur, ties = "x", False  # ties: exact zeros or equal values (relu) ahead of a maximum
         for k in range(rnd.randint(3, 7)):
-            name, sh, rank = "v%d" % k, values[-1][1] if values[-1][0] == cur else None, None
-            sh = dict(values)[cur]
+            name, sh = "v%d" % k, dict(values)[cur]
             rank = len(sh)
             choices = ["unary", "unary", "join", "param", "reduce"]
             if rank == 4:
@@ -599,8 +598,9 @@ def graph_cases(count, seed):
                 env[nm] = g(v, env)
             return env[last]
 
-        out.append(Case("graph_%d%s_%s" % (i, "_batch" if batched else "", "_".join(l.split(" = ")[1].split("(")[0].split(" ")[-1] if "(" in l
-                                                  else "op" for l in lines[:-1])),
+        # The name lists the ops: "v2 = dense(v1, 3)" -> dense, "v3 = v2 * p3" -> op.
+        ops = [l.split(" = ")[1].split("(")[0].split(" ")[-1] if "(" in l else "op" for l in lines[:-1]]
+        out.append(Case("graph_%d%s_%s" % (i, "_batch" if batched else "", "_".join(ops)),
                         "\n".join(lines), params, fn, layers, 1e-3, batched))
     return out
 
@@ -798,7 +798,7 @@ output logits"""
 
 
 def gradcheck_graph(nnc, case, work, rng):
-    """A random graph's gradients from `nnc gradcheck --target GRADCHECK`
+    """A random shape's or graph's gradients from `nnc gradcheck --target GRADCHECK`
     (finite differences of nnc's double-precision evaluator) instead of
     PyTorch: for backends that run without their device (cuda-host)."""
     values = {n: fill(rng, s, k) for n, (s, k) in {**case.params, **case.layers}.items()}
@@ -866,15 +866,15 @@ def main():
                          "and reductions)")
     ap.add_argument("--graphs", type=int, default=16, help="random small graphs of several ops")
     ap.add_argument("--gradcheck", metavar="TARGET",
-                    help="only the random graphs, each checked by `nnc gradcheck --target TARGET` against finite "
-                         "differences instead of PyTorch (cuda-host: the CUDA kernels without a GPU)")
+                    help="only the random shapes and graphs, each checked by `nnc gradcheck --target TARGET` against "
+                         "finite differences instead of PyTorch (cuda-host: the CUDA kernels without a GPU)")
     a = ap.parse_args()
     TARGET, GRADCHECK = a.target, a.gradcheck
     nnc = os.path.abspath(a.nnc)
     every = cases() + shape_cases(a.shapes, a.seed) + graph_cases(a.graphs, a.seed) + optimizer_cases() + \
         training_cases()
     if GRADCHECK:
-        every = graph_cases(a.graphs, a.seed)
+        every = shape_cases(a.shapes, a.seed) + graph_cases(a.graphs, a.seed)
     selected = [c for c in every if re.search(a.filter, c.name)]
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         results = pool.map(lambda c: run_case(nnc, c, a.seed, a.keep), selected)
