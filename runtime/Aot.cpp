@@ -3,6 +3,7 @@
 #include "runtime/Aot.h"
 
 #include "runtime/CudaModel.h"
+#include "runtime/System.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -125,7 +126,16 @@ int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
     return bad("no training data; give --data PATH");
   // The OpenMP runtime reads its thread count when the first parallel loop runs.
   if (threads > 0)
-    setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    if (std::string note = setThreads(threads); !note.empty())
+      std::fprintf(stderr, "%s: note: %s\n", tool, note.c_str());
+  if (o.epochs > kMaxEpochs)
+    return bad("--epochs must be at most " + std::to_string(kMaxEpochs));
+  // The command that resumes this run: the same arguments and --resume.
+  o.resumeCommand = argv[0];
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) != "--resume")
+      o.resumeCommand += std::string(" ") + argv[i];
+  o.resumeCommand += " --resume";
 
   auto fail = [&](const Status &s) {
     std::fprintf(stderr, "%s: error: %s\n", tool, s.message().c_str());

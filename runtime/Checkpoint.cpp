@@ -7,7 +7,9 @@
 
 #include "runtime/Checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
+#include <new>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -50,6 +52,43 @@ std::string jsonString(const std::string &s) {
   return out + "\"";
 }
 
+namespace {
+
+/// The checksum of a checkpoint: CRC-32 of the header (with this value's
+/// digits as zeros) then CRC-32 of the data, 16 hex digits in all, so that
+/// a changed dtype, shape or offset is caught as surely as a changed weight.
+constexpr const char *kChecksumKey = "nnc.checksum";
+constexpr size_t kChecksumDigits = 16;
+
+/// Where the checksum's digits stand in `header`, or npos.
+size_t checksumAt(const std::string &header) {
+  std::string key = std::string("\"") + kChecksumKey + "\":\"";
+  size_t at = header.find(key);
+  if (at == std::string::npos || header.find(key, at + 1) != std::string::npos)
+    return std::string::npos;
+  at += key.size();
+  return at + kChecksumDigits < header.size() && header[at + kChecksumDigits] == '"'
+             ? at
+             : std::string::npos;
+}
+
+std::string checksumOf(std::string header, size_t at, const uint8_t *data, size_t size) {
+  header.replace(at, kChecksumDigits, kChecksumDigits, '0');
+  char buf[kChecksumDigits + 1];
+  std::snprintf(buf, sizeof buf, "%08x%08x",
+                crc32(reinterpret_cast<const uint8_t *>(header.data()), header.size()),
+                crc32(data, size));
+  return buf;
+}
+
+void sealChecksum(std::string &header, const std::string &data) {
+  size_t at = checksumAt(header);
+  header.replace(at, kChecksumDigits,
+                 checksumOf(header, at, reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+}
+
+} // namespace
+
 Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &tensors,
                       const Metadata &metadata) {
   std::string data;
@@ -73,7 +112,8 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
     offset += bytes;
   }
   Metadata meta = metadata;
-  meta["nnc.crc32"] = std::to_string(crc32(reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+  meta.erase("nnc.crc32");
+  meta[kChecksumKey] = std::string(kChecksumDigits, '0'); // filled in below
   header << "\"__metadata__\":{";
   bool first = true;
   for (const auto &[k, v] : meta) {
@@ -84,6 +124,7 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
   std::string h = header.str();
   while (h.size() % 8)
     h += ' '; // safetensors pads the header with spaces
+  sealChecksum(h, data);
   uint64_t n = h.size();
   unsigned char size[8];
   for (int i = 0; i < 8; ++i)
@@ -245,12 +286,10 @@ private:
 
 } // namespace
 
-Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
-                      Metadata &metadata) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return Status::error(path + ": cannot open the checkpoint");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+Status parseCheckpoint(const std::string &bytes, const std::string &path,
+                       std::vector<HostTensor> &tensors, Metadata &metadata) {
+  tensors.clear();
+  metadata.clear();
   auto bad = [&](const std::string &what) {
     return Status::error(path + ": not a valid checkpoint: " + what);
   };
@@ -268,56 +307,135 @@ Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
     return bad(error);
   if (root.kind != Json::Value::Object)
     return bad("the header is not an object");
-  size_t dataStart = 8 + n, dataSize = bytes.size() - dataStart;
-  tensors.clear();
-  metadata.clear();
+  const size_t dataStart = 8 + n, dataSize = bytes.size() - dataStart;
+  const uint8_t *data = reinterpret_cast<const uint8_t *>(bytes.data()) + dataStart;
+
+  // The metadata first: its checksum covers everything else.
+  for (size_t m = 0; m < root.keys.size(); ++m) {
+    if (root.keys[m] != "__metadata__")
+      continue;
+    const Json::Value &v = root.items[m];
+    if (v.kind != Json::Value::Object)
+      return bad("__metadata__ is not an object");
+    for (size_t k = 0; k < v.keys.size(); ++k) {
+      if (v.items[k].kind != Json::Value::String)
+        return bad("metadata '" + v.keys[k] + "' is not a string");
+      metadata[v.keys[k]] = v.items[k].str;
+    }
+  }
+  if (auto it = metadata.find(kChecksumKey); it != metadata.end()) {
+    size_t at = checksumAt(header);
+    if (at == std::string::npos || header.compare(at, kChecksumDigits, it->second) != 0)
+      return bad("the checksum is not where nnc writes it (the header was edited)");
+    std::string want = checksumOf(header, at, data, dataSize);
+    if (want.compare(0, 8, it->second, 0, 8) != 0)
+      return bad("the header checksum does not match (the file is corrupt)");
+    if (want.compare(8, 8, it->second, 8, 8) != 0)
+      return bad("the data checksum does not match (the file is corrupt)");
+  } else if (auto old = metadata.find("nnc.crc32"); old != metadata.end()) {
+    // Checkpoints of earlier versions: a CRC-32 of the data alone.
+    uint32_t want = static_cast<uint32_t>(std::strtoull(old->second.c_str(), nullptr, 10));
+    if (want != crc32(data, dataSize))
+      return bad("the data checksum does not match (the file is corrupt)");
+  }
+
+  // Every tensor's entry, then their byte ranges together: safetensors
+  // requires them to tile the data region exactly, which rules out overlaps
+  // (two tensors reading the same bytes) and unowned bytes.
+  struct Range {
+    uint64_t begin, end;
+    size_t tensor;
+  };
+  std::vector<Range> ranges;
   for (size_t m = 0; m < root.keys.size(); ++m) {
     const std::string &name = root.keys[m];
     const Json::Value &v = root.items[m];
-    if (name == "__metadata__") {
-      for (size_t k = 0; k < v.keys.size(); ++k)
-        metadata[v.keys[k]] = v.items[k].str;
+    if (name == "__metadata__")
       continue;
-    }
+    if (v.kind != Json::Value::Object)
+      return bad("tensor '" + name + "' is not an object");
     const Json::Value *dtype = v.get("dtype"), *shape = v.get("shape"),
                       *offsets = v.get("data_offsets");
-    if (!dtype || !shape || !offsets || shape->kind != Json::Value::Array ||
-        offsets->kind != Json::Value::Array || offsets->items.size() != 2)
+    if (!dtype || !shape || !offsets || dtype->kind != Json::Value::String ||
+        shape->kind != Json::Value::Array || offsets->kind != Json::Value::Array ||
+        offsets->items.size() != 2 || offsets->items[0].kind != Json::Value::Number ||
+        offsets->items[1].kind != Json::Value::Number)
       return bad("tensor '" + name + "' lacks dtype, shape or data_offsets");
     if (dtype->str != "F32" && dtype->str != "I32")
       return bad("tensor '" + name + "' has dtype " + dtype->str + "; nnc reads F32 and I32");
+    for (const HostTensor &t : tensors)
+      if (t.name == name)
+        return bad("tensor '" + name + "' appears twice");
     HostTensor t;
     t.name = name;
     t.integer = dtype->str == "I32";
+    uint64_t count = 1;
     for (const Json::Value &d : shape->items) {
       if (d.kind != Json::Value::Number || d.num < 0)
         return bad("tensor '" + name + "' has a bad shape");
       t.shape.push_back(d.num);
+      // The byte count must fit the data region, which bounds the product.
+      if (d.num != 0 && count > dataSize / static_cast<uint64_t>(d.num))
+        count = UINT64_MAX;
+      else
+        count *= static_cast<uint64_t>(d.num);
     }
     int64_t begin = offsets->items[0].num, end = offsets->items[1].num;
-    if (begin < 0 || end < begin || static_cast<uint64_t>(end) > dataSize ||
-        end - begin != t.numel() * static_cast<int64_t>(sizeof(float)))
+    if (begin < 0 || end < begin || static_cast<uint64_t>(end) > dataSize)
       return bad("tensor '" + name + "' has byte range [" + std::to_string(begin) + ", " +
-                 std::to_string(end) + ") that does not fit its shape or the file");
+                 std::to_string(end) + ") outside the " + std::to_string(dataSize) +
+                 "-byte data region");
+    if (count == UINT64_MAX || static_cast<uint64_t>(end - begin) != count * sizeof(float))
+      return bad("tensor '" + name + "' has byte range [" + std::to_string(begin) + ", " +
+                 std::to_string(end) + ") that does not fit its shape");
+    ranges.push_back({static_cast<uint64_t>(begin), static_cast<uint64_t>(end), tensors.size()});
+    tensors.push_back(std::move(t));
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range &a, const Range &b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  uint64_t covered = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const Range &r = ranges[i];
+    if (r.begin < covered)
+      return bad("tensors '" + tensors[ranges[i - 1].tensor].name + "' and '" + tensors[r.tensor].name +
+                 "' overlap (bytes [" + std::to_string(r.begin) + ", " + std::to_string(covered) + "))");
+    if (r.begin > covered)
+      return bad("bytes [" + std::to_string(covered) + ", " + std::to_string(r.begin) +
+                 ") of the data belong to no tensor");
+    covered = r.end;
+  }
+  if (covered != dataSize)
+    return bad("bytes [" + std::to_string(covered) + ", " + std::to_string(dataSize) +
+               ") of the data belong to no tensor");
+
+  for (const Range &r : ranges) {
+    HostTensor &t = tensors[r.tensor];
     t.data.resize(t.numel());
-    std::memcpy(t.data.data(), bytes.data() + dataStart + begin, end - begin);
+    std::memcpy(t.data.data(), data + r.begin, r.end - r.begin);
     if (t.integer)
       for (float &x : t.data) {
         int32_t i;
         std::memcpy(&i, &x, sizeof i);
         x = static_cast<float>(i);
       }
-    tensors.push_back(std::move(t));
-  }
-  auto it = metadata.find("nnc.crc32");
-  if (it != metadata.end()) {
-    char *end = nullptr;
-    uint32_t want = static_cast<uint32_t>(std::strtoull(it->second.c_str(), &end, 10));
-    uint32_t got = crc32(reinterpret_cast<const uint8_t *>(bytes.data()) + dataStart, dataSize);
-    if (want != got)
-      return bad("the data checksum does not match (the file is corrupt)");
   }
   return Status::ok();
+}
+
+Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
+                      Metadata &metadata) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return Status::error(path + ": cannot open the checkpoint");
+  std::string bytes;
+  try {
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::bad_alloc &) {
+    return Status::error(path + ": the checkpoint does not fit in memory");
+  }
+  if (in.bad())
+    return Status::error(path + ": read error");
+  return parseCheckpoint(bytes, path, tensors, metadata);
 }
 
 } // namespace nnc::rt

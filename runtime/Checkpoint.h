@@ -3,7 +3,7 @@
 // Checkpoints are safetensors files: an 8-byte little-endian header size, a
 // JSON header naming each tensor's dtype (F32), shape and byte range, and
 // the raw data. nnc adds string metadata (model, step, epoch, seed) and a
-// CRC-32 of the data section, checked on load. Writes are atomic: the file
+// checksum of the header and the data, checked on load. Writes are atomic: the file
 // is written beside the target, flushed, and renamed over it, so an
 // interrupted save leaves the previous checkpoint intact.
 //
@@ -34,6 +34,13 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
 /// ranges and checksum, naming the file and what is wrong.
 Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
                       Metadata &metadata);
+
+/// loadCheckpoint on the file's bytes (`path` names it in errors): the
+/// whole header is validated before any tensor is read. Byte ranges must
+/// tile the data region exactly, as the safetensors format requires, and
+/// the checksum (nnc.checksum: header and data) must match when present.
+Status parseCheckpoint(const std::string &bytes, const std::string &path,
+                       std::vector<HostTensor> &tensors, Metadata &metadata);
 
 uint32_t crc32(const uint8_t *data, size_t size);
 

@@ -97,7 +97,7 @@ StepLayout::StepLayout(const FunctionDesc &f) {
   for (size_t i = 0; i < f.args.size(); ++i) {
     const TensorDesc &t = f.args[i];
     if (t.role == "input") {
-      ModelInput in{t.name, {}, 1, t.integer};
+      ModelInput in{t.name, {}, 1, t.integer, t.classes};
       for (size_t d = 1; d < t.shape.size(); ++d) {
         in.dims.push_back(t.shape[d]);
         in.width *= t.shape[d];

@@ -35,6 +35,7 @@ struct TensorDesc {
   std::string name, role; // role: input, param, frozen, state, opt_state, step, output, loss, ...
   bool integer = false;   // i32, else f32
   std::vector<int64_t> shape; // a negative size -k means k per batch element
+  int64_t classes = 0;        // an i32 input's class count (ModelInput::classes)
 
   /// The sizes and element count for a batch of `batch`.
   std::vector<int64_t> shapeAt(int64_t batch) const {

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cerrno>
 #include <cstdlib>
+#include <limits>
 #include <fstream>
 #include <numeric>
 #include <sstream>
@@ -30,13 +32,21 @@ void Field::prefetchRow(int64_t r) const {
     __builtin_prefetch(p + at);
 }
 
+std::string Table::where(const Field &f, int64_t r) const {
+  if (static_cast<size_t>(r) < lines.size())
+    return f.source + ":" + std::to_string(lines[r]);
+  return f.source + ": sample " + std::to_string(r + 1);
+}
+
 Table fromMnist(Dataset &&mnist) {
   Table t;
   t.count = mnist.count;
   Field images{"images", mnist.features, false, {}};
   images.pixels = std::move(mnist.pixels);
+  images.source = mnist.imagesPath;
   t.fields.push_back(std::move(images));
   Field labels{"labels", 1, true, {}};
+  labels.source = mnist.labelsPath;
   labels.values.assign(mnist.labels.begin(), mnist.labels.end());
   t.fields.push_back(std::move(labels));
   return t;
@@ -53,15 +63,33 @@ static std::vector<std::string> splitLine(const std::string &line) {
   return cells;
 }
 
-static bool parseNumber(std::string cell, float &out) {
+/// Parses one cell; on failure `why` says what is wrong with it.
+static bool parseNumber(std::string cell, float &out, std::string *why = nullptr) {
   size_t b = cell.find_first_not_of(" \t\r"), e = cell.find_last_not_of(" \t\r");
-  if (b == std::string::npos)
+  if (b == std::string::npos) {
+    if (why)
+      *why = "an empty cell is not a number";
     return false;
+  }
   cell = cell.substr(b, e - b + 1);
   char *end = nullptr;
+  errno = 0;
   double v = std::strtod(cell.c_str(), &end);
-  if (*end != '\0' || !std::isfinite(v))
+  if (*end != '\0') {
+    if (why)
+      *why = "'" + cell + "' is not a number";
     return false;
+  }
+  if (!std::isfinite(v)) {
+    if (why)
+      *why = "'" + cell + "' is not finite";
+    return false;
+  }
+  if (std::fabs(v) > std::numeric_limits<float>::max()) {
+    if (why)
+      *why = "'" + cell + "' is beyond f32's range (about 3.4e38)";
+    return false;
+  }
   out = static_cast<float>(v);
   return true;
 }
@@ -73,6 +101,7 @@ Status loadCsv(const std::string &path, Table &out) {
   std::string line;
   std::vector<std::vector<float>> rows;
   std::vector<std::string> header;
+  std::vector<int64_t> lines;
   size_t columns = 0;
   int64_t lineNo = 0;
   while (std::getline(in, line)) {
@@ -95,18 +124,22 @@ Status loadCsv(const std::string &path, Table &out) {
       return Status::error(path + ":" + std::to_string(lineNo) + ": " +
                            std::to_string(cells.size()) + " columns, expected " +
                            std::to_string(columns));
+    std::string why;
     for (size_t i = 0; i < cells.size(); ++i)
-      if (!parseNumber(cells[i], row[i]))
+      if (!parseNumber(cells[i], row[i], &why))
         return Status::error(path + ":" + std::to_string(lineNo) + ":" + std::to_string(i + 1) +
-                             ": '" + cells[i] + "' is not a number");
+                             ": " + why);
     rows.push_back(std::move(row));
+    lines.push_back(lineNo);
   }
   if (rows.empty())
     return Status::error(path + ": no data rows");
   out = Table();
   out.count = static_cast<int64_t>(rows.size());
+  out.lines = std::move(lines);
   for (size_t c = 0; c < columns; ++c) {
     Field f{c < header.size() ? header[c] : "column " + std::to_string(c + 1), 1, false, {}};
+    f.source = path;
     for (const auto &r : rows)
       f.values.push_back(r[c]);
     out.fields.push_back(std::move(f));
@@ -130,8 +163,12 @@ std::vector<int64_t> epochOrder(int64_t count, uint64_t seed, int64_t epoch, boo
 Table gather(const Table &t, const std::vector<int64_t> &indices) {
   Table out;
   out.count = static_cast<int64_t>(indices.size());
+  if (!t.lines.empty())
+    for (int64_t i : indices)
+      out.lines.push_back(t.lines[i]);
   for (const Field &f : t.fields) {
     Field g{f.name, f.width, f.integer, {}};
+    g.source = f.source;
     auto pick = [&](const auto &from, auto &to) {
       to.reserve(indices.size() * f.width);
       for (int64_t i : indices)

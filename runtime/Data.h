@@ -28,6 +28,8 @@ struct Field {
   /// (MNIST's pixels, kept as stored: a quarter of the memory for every
   /// batch to gather from).
   std::vector<uint8_t> pixels;
+  /// The file the values were read from, for errors.
+  std::string source;
 
   /// Row `r`'s `width` values into `out`.
   void copyRow(int64_t r, float *out) const;
@@ -38,6 +40,12 @@ struct Field {
 struct Table {
   int64_t count = 0;
   std::vector<Field> fields;
+  /// Per row, the line of the file it was read from (CSV); empty when rows
+  /// are samples of a binary file, which errors name by index.
+  std::vector<int64_t> lines;
+
+  /// Where row `r` came from, for errors: "FILE:LINE" or "FILE: sample N".
+  std::string where(const Field &f, int64_t r) const;
 };
 
 /// MNIST as two fields: "images" (784 values in [0, 1], held as the bytes
@@ -45,8 +53,9 @@ struct Table {
 Table fromMnist(Dataset &&mnist);
 
 /// Reads a CSV file: an optional header line, then rows of numbers with the
-/// same number of columns. Each column becomes a one-wide field. Errors name
-/// the file, line and column.
+/// same number of columns. Each column becomes a one-wide field. Every value
+/// must be finite and within f32's range. Errors name the file, line and
+/// column.
 Status loadCsv(const std::string &path, Table &out);
 
 /// The sample order of epoch `epoch`: a permutation seeded by (seed, epoch)

@@ -67,6 +67,8 @@ Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
                          std::to_string(count) + " labels need " + std::to_string(8 + count) +
                          (lab.size() < 8 + count ? " (truncated)" : " (trailing data)"));
   out.count = static_cast<int64_t>(count);
+  out.imagesPath = imagesPath;
+  out.labelsPath = labelsPath;
   out.features = static_cast<int64_t>(rows * cols);
   out.labels.resize(count);
   for (size_t i = 0; i < count; ++i) {

@@ -27,6 +27,7 @@ struct Dataset {
   int64_t features = 0;       // pixels per image (784)
   std::vector<uint8_t> pixels; // count * features, as stored (0-255)
   std::vector<int32_t> labels; // count, in [0, 9]
+  std::string imagesPath, labelsPath; // where they were read from
 
   /// Pixel `i` as the models see it (pixelValue).
   float image(size_t i) const { return pixelValue(pixels[i]); }

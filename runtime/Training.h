@@ -30,6 +30,9 @@ struct ModelInput {
   std::vector<int64_t> dims;
   int64_t width = 1; // product of dims
   bool integer = false;
+  /// For i32 inputs used as class labels: the class count, so that data is
+  /// checked to lie in [0, classes) when it is loaded (0: not a label).
+  int64_t classes = 0;
 };
 
 /// A model with its state (parameters, statistics, optimizer state, step)
@@ -89,6 +92,8 @@ Status loadData(const DataSource &source, const std::vector<ModelInput> &inputs,
 
 /// Regroups a data set's fields into one field per model input (MNIST:
 /// images and labels by type, moved out of `data`; CSV: consecutive columns).
+/// Checks what the compiled code cannot: i32 inputs hold whole numbers, and
+/// labels lie in [0, classes); errors name the file and row.
 Status bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool mnist,
                   Table &out);
 
@@ -111,10 +116,20 @@ struct Score {
 /// the first output thresholded at 0.5.
 Status score(Trainable &m, const Table &data, Score &out);
 
-/// Checkpoints of a model's whole state, with its name, epoch, step, seed.
-Status saveState(Trainable &m, const std::string &path, int64_t epoch, uint64_t seed);
+/// Checkpoints of a model's whole state, with its name, epoch, step, seed
+/// and `extra` metadata.
+Status saveState(Trainable &m, const std::string &path, int64_t epoch, uint64_t seed,
+                 const Metadata &extra = {});
 /// Restores every state tensor and the step; `meta` gets the metadata.
 Status restoreState(Trainable &m, const std::string &path, Metadata &meta);
+/// restoreState from a checkpoint already read (`path` names it in errors):
+/// every tensor's presence, shape and dtype and the metadata are checked
+/// before any state changes.
+Status restoreFrom(Trainable &m, const std::vector<HostTensor> &tensors, Metadata &meta,
+                   const std::string &path);
+
+/// The most epochs a run or a checkpoint may name.
+constexpr int64_t kMaxEpochs = 1000000;
 
 struct TrainOptions {
   int64_t epochs = 1, batch = 32;
@@ -124,11 +139,15 @@ struct TrainOptions {
   std::string checkpoint, metrics;
   bool resume = false;
   std::string tool = "nnc"; // error messages start with "TOOL: error: "
+  /// The command that resumes this run, printed when a signal stops it.
+  std::string resumeCommand;
 };
 
 /// Trains `m` on `data` for the options' epochs, printing a line per epoch
 /// (and live progress on a terminal); evaluates after each epoch, appends
-/// metrics, saves checkpoints. Returns a process exit code (0 or 1).
+/// metrics, saves checkpoints. SIGINT or SIGTERM stops it after the current
+/// step, saving a checkpoint that resumes at that step. Returns a process
+/// exit code: 0, 1, or 128 + the signal.
 int train(Trainable &m, BoundData &data, const TrainOptions &options);
 
 } // namespace nnc::rt

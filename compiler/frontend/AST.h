@@ -44,6 +44,9 @@ struct Expr {
   std::string text;       // Name, String, Call callee, Binary operator
   std::vector<ExprPtr> args; // Call positionals, List elements, operands
   std::vector<KwArg> kwargs; // Call keyword arguments
+  /// Operator nodes from here to the deepest leaf; the parser bounds it, so
+  /// every later walk (and the destructor) recurses at most that deep.
+  unsigned height = 1;
 
   Expr(Kind kind, Loc loc) : kind(kind), loc(loc) {}
 };

@@ -152,3 +152,13 @@ Token Lexer::lexString(Loc start) {
   advance();
   return make(Tok::String, start, text);
 }
+
+std::string nnc::normalizeSource(llvm::StringRef text) {
+  if (text.starts_with("\xEF\xBB\xBF"))
+    text = text.drop_front(3);
+  std::string out(text);
+  for (size_t i = 0; i < out.size(); ++i)
+    if (out[i] == '\r' && (i + 1 == out.size() || out[i + 1] != '\n'))
+      out[i] = '\n';
+  return out;
+}

@@ -47,6 +47,12 @@ enum class Tok {
 /// Spelling of a token kind for messages ("')'", "a name", ...).
 llvm::StringRef spell(Tok kind);
 
+/// Source text as the lexer and diagnostics expect it: a leading UTF-8
+/// byte-order mark dropped, and old Mac line ends (a CR alone) turned into
+/// LF, so that lines are numbered as an editor shows them. CRLF stays: the
+/// lexer treats CR as blank.
+std::string normalizeSource(llvm::StringRef text);
+
 struct Token {
   Tok kind = Tok::Eof;
   Loc loc;

@@ -27,6 +27,7 @@
 #include "llvm/Support/SourceMgr.h"
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 
 using namespace mlir;
@@ -341,6 +342,21 @@ std::vector<std::string> nnc::builtinNames() {
   return names;
 }
 
+/// A tensor type as the language writes it: "i32 [?, 4]".
+static std::string typeStr(Type t) {
+  auto r = dyn_cast<RankedTensorType>(t);
+  if (!r)
+    return "a non-tensor";
+  return std::string(r.getElementType().isInteger(32) ? "i32 " : "f32 ") + shape::str(r.getShape());
+}
+
+/// A number in a message as a user would write it: 0.1, 1e-05, 3.
+static std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 //===----------------------------------------------------------------------===//
 // Op creation and argument access
 //===----------------------------------------------------------------------===//
@@ -361,7 +377,32 @@ Value MLIRGen::make(Loc l, ValueRange operands, ArrayRef<NamedAttribute> attrs) 
     return nullptr;
   }
   state.addTypes(types);
-  return b.create(state)->getResult(0);
+  Operation *op = b.create(state);
+  // The ODS constraints (f32 operands, mostly) checked now, so that the
+  // message names the builtin and the types as the language writes them.
+  std::string why;
+  {
+    ScopedDiagnosticHandler capture(&ctx, [&](Diagnostic &d) {
+      if (why.empty())
+        why = d.str();
+      return success();
+    });
+    if (succeeded(verify(op, /*verifyRecursively=*/false)))
+      return op->getResult(0);
+  }
+  StringRef name = op->getName().stripDialect();
+  size_t at = why.find("operand #");
+  if (at != std::string::npos && why.find("32-bit float") != std::string::npos) {
+    unsigned k = static_cast<unsigned>(why[at + 9] - '0');
+    auto t = k < operands.size() ? dyn_cast<RankedTensorType>(operands[k].getType()) : nullptr;
+    InFlightDiagnostic d = error(l) << "'" << name << "' takes f32 tensors, but operand " << k + 1 << " is ";
+    if (t)
+      d << (t.getElementType().isInteger(32) ? "i32 " : "") << shape::str(t.getShape());
+  } else {
+    error(l) << "'" << name << "': " << why;
+  }
+  op->erase();
+  return nullptr;
 }
 
 Value MLIRGen::scalar(Loc l, double v, Type element) {
@@ -525,7 +566,7 @@ Value MLIRGen::unary(Call &c) {
     if (!rate)
       return nullptr;
     if (*rate < 0 || *rate >= 1) {
-      error(c.get("rate")->loc) << "dropout rate must be in [0, 1), got " << *rate;
+      error(c.get("rate")->loc) << "dropout rate must be in [0, 1), got " << num(*rate);
       return nullptr;
     }
     attrs.push_back(b.getNamedAttr("rate", b.getF32FloatAttr(*rate)));
@@ -547,7 +588,7 @@ Value MLIRGen::unary(Call &c) {
   if (element.isInteger(32) != wantsInt) {
     error(c.get(c.params[0])->loc)
         << "'" << c.expr.text << "' expects " << (wantsInt ? "an i32" : "an f32")
-        << " tensor, got " << x.getType();
+        << " tensor, got " << typeStr(x.getType());
     return nullptr;
   }
   return make<OpTy>(l, {x}, attrs);
@@ -581,7 +622,7 @@ Value MLIRGen::reduce(Call &c) {
     return nullptr;
   if (!cast<RankedTensorType>(x.getType()).getElementType().isF32()) {
     error(c.get("x")->loc) << "'" << c.expr.text << "' expects an f32 tensor, got "
-                           << x.getType();
+                           << typeStr(x.getType());
     return nullptr;
   }
   return make<OpTy>(c.expr.loc, {x},
@@ -599,12 +640,12 @@ Value MLIRGen::loss(Call &c) {
       !cast<RankedTensorType>(t.getType()).getElementType().isInteger(32)) {
     error(c.get("labels")->loc)
         << "softmax_cross_entropy labels must be i32 class indices, got "
-        << t.getType();
+        << typeStr(t.getType());
     return nullptr;
   }
   if (!cast<RankedTensorType>(x.getType()).getElementType().isF32()) {
     error(c.get(c.params[0])->loc) << "'" << c.expr.text << "' expects an f32 input, got "
-                                   << x.getType();
+                                   << typeStr(x.getType());
     return nullptr;
   }
   return make<OpTy>(c.expr.loc, {x, t},
@@ -635,6 +676,10 @@ Value MLIRGen::l2(Call &c) {
   Value x = tensorArg(c, "x");
   if (!x)
     return nullptr;
+  if (!cast<RankedTensorType>(x.getType()).getElementType().isF32()) {
+    error(c.get("x")->loc) << "'l2' expects an f32 tensor, got " << typeStr(x.getType());
+    return nullptr;
+  }
   Loc l = c.expr.loc;
   Value sq = make<nnops::MulOp>(l, {x, x});
   if (!sq)
@@ -895,6 +940,11 @@ Value MLIRGen::conv2d(Call &c) {
     error(c.expr.loc) << "the layer form of conv2d needs 'kernel' (e.g. kernel=5)";
     return nullptr;
   }
+  if (llvm::any_of(*kernel, [](int64_t k) { return k < 1; })) {
+    error(c.get("kernel")->loc) << "conv2d kernel sizes must be at least 1, got "
+                                << shape::str(*kernel);
+    return nullptr;
+  }
   ArrayRef<int64_t> in = shapeOf(x);
   if (in.size() != 4 || in[1] == ShapedType::kDynamic) {
     error(c.get("x")->loc) << "conv2d expects an [N, C, H, W] input with static "
@@ -939,6 +989,14 @@ Value MLIRGen::batchNorm(Call &c) {
   auto momentum = floatArg(c, "momentum", 0.1);
   if (!x || !eps || !momentum)
     return nullptr;
+  if (*eps < 0) {
+    error(c.get("eps")->loc) << "batch_norm eps must be >= 0, got " << num(*eps);
+    return nullptr;
+  }
+  if (*momentum < 0 || *momentum > 1) {
+    error(c.get("momentum")->loc) << "batch_norm momentum must be in [0, 1], got " << num(*momentum);
+    return nullptr;
+  }
   ArrayRef<int64_t> in = shapeOf(x);
   if (in.size() < 2 || in[1] == ShapedType::kDynamic) {
     error(c.get("x")->loc) << "batch_norm expects an [N, C, ...] input with static "
@@ -966,6 +1024,10 @@ Value MLIRGen::groupNorm(Call &c) {
   auto eps = floatArg(c, "eps", 1e-5);
   if (!x || !groups || !eps)
     return nullptr;
+  if (*eps < 0) {
+    error(c.get("eps")->loc) << "group_norm eps must be >= 0, got " << num(*eps);
+    return nullptr;
+  }
   ArrayRef<int64_t> in = shapeOf(x);
   if (in.size() < 2 || in[1] == ShapedType::kDynamic) {
     error(c.get("x")->loc) << "group_norm expects an [N, C, ...] input with static "
@@ -1316,11 +1378,11 @@ DictionaryAttr MLIRGen::genInit(const Expr &e, RankedTensorType type,
       return nullptr;
     }
   if (kind == "uniform" && values[0] >= values[1]) {
-    error(e.loc) << "uniform needs low < high, got " << values[0] << " and " << values[1];
+    error(e.loc) << "uniform needs low < high, got " << num(values[0]) << " and " << num(values[1]);
     return nullptr;
   }
   if (kind == "normal" && values[1] < 0) {
-    error(e.loc) << "normal needs std >= 0, got " << values[1];
+    error(e.loc) << "normal needs std >= 0, got " << num(values[1]);
     return nullptr;
   }
   SmallVector<NamedAttribute> attrs = {b.getNamedAttr("kind", b.getStringAttr(kind))};
@@ -1547,7 +1609,16 @@ DictionaryAttr MLIRGen::genTrain(const TrainSection &t) {
         }
         if (values[i] < 0) {
           error(v.loc) << "optimizer argument '" << spec->params[i].first
-                       << "' must be non-negative, got " << values[i];
+                       << "' must be non-negative, got " << num(values[i]);
+          ok = false;
+          break;
+        }
+        // Decay rates of running averages, as torch.optim checks them.
+        StringRef name = spec->params[i].first;
+        bool rate = name == "beta1" || name == "beta2" || name == "rho";
+        if (rate && values[i] >= (name == "rho" ? 1.0 + 1e-12 : 1.0)) {
+          error(v.loc) << "optimizer argument '" << name << "' must be in [0, "
+                       << (name == "rho" ? "1]" : "1)") << ", got " << num(values[i]);
           ok = false;
           break;
         }
@@ -1636,7 +1707,7 @@ void MLIRGen::genModel(const Model &m) {
       auto type = cast<RankedTensorType>(v.getType());
       if (type.getRank() != 0 || !type.getElementType().isF32())
         error(minimize->nameLoc) << "the minimized loss must be an f32 scalar, but '"
-                                 << minimize->name << "' is " << type;
+                                 << minimize->name << "' is " << typeStr(type);
     }
   }
   if (results.empty() && errors == 0)

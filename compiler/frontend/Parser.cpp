@@ -2,7 +2,9 @@
 
 #include "compiler/frontend/Parser.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 
 using namespace nnc;
@@ -311,9 +313,18 @@ ExprPtr Parser::parseExpr() {
 static ExprPtr binary(const char *op, Loc loc, ExprPtr lhs, ExprPtr rhs) {
   auto e = std::make_unique<Expr>(Expr::Binary, loc);
   e->text = op;
+  e->height = std::max(lhs->height, rhs->height) + 1;
   e->args.push_back(std::move(lhs));
   e->args.push_back(std::move(rhs));
   return e;
+}
+
+bool Parser::checkHeight(const Expr &e) {
+  if (e.height <= kMaxHeight)
+    return true;
+  error(e.loc, "expression too long: more than " + std::to_string(kMaxHeight) +
+                   " operators in a chain; split it into several statements");
+  return false;
 }
 
 ExprPtr Parser::parseSum() {
@@ -326,6 +337,8 @@ ExprPtr Parser::parseSum() {
     if (!rhs)
       return nullptr;
     lhs = binary(op, loc, std::move(lhs), std::move(rhs));
+    if (!checkHeight(*lhs))
+      return nullptr;
   }
   return lhs;
 }
@@ -340,6 +353,8 @@ ExprPtr Parser::parseProduct() {
     if (!rhs)
       return nullptr;
     lhs = binary(op, loc, std::move(lhs), std::move(rhs));
+    if (!checkHeight(*lhs))
+      return nullptr;
   }
   return lhs;
 }
@@ -356,7 +371,10 @@ ExprPtr Parser::parseUnary() {
     ExprPtr operand = parseUnary();
     if (!operand)
       return nullptr;
+    e->height = operand->height + 1;
     e->args.push_back(std::move(operand));
+    if (!checkHeight(*e))
+      return nullptr;
     return e;
   }
   return parsePower();
@@ -370,7 +388,8 @@ ExprPtr Parser::parsePower() {
     ExprPtr exponent = parseUnary(); // right-associative
     if (!exponent)
       return nullptr;
-    return binary("**", loc, std::move(base), std::move(exponent));
+    ExprPtr e = binary("**", loc, std::move(base), std::move(exponent));
+    return checkHeight(*e) ? std::move(e) : nullptr;
   }
   return base;
 }
@@ -383,6 +402,13 @@ ExprPtr Parser::parseAtom() {
     char *end = nullptr;
     e->number = std::strtod(tok.text.c_str(), &end);
     e->isInteger = tok.text.find_first_of(".eE") == std::string::npos;
+    // Every number ends up as f32 (tensors) or feeds f32 math (settings,
+    // initializers): one beyond f32's range would surface as inf much later.
+    if (!(std::fabs(e->number) <= 3.4028234663852886e38)) {
+      error(loc, "number '" + tok.text + "' is beyond f32's range (about 3.4e38)");
+      consume();
+      return nullptr;
+    }
     consume();
     return e;
   }
@@ -406,6 +432,12 @@ ExprPtr Parser::parseAtom() {
       e->kind = Expr::Call;
       if (!parseArgs(*e))
         return nullptr;
+      for (const ExprPtr &a : e->args)
+        e->height = std::max(e->height, a->height + 1);
+      for (const KwArg &k : e->kwargs)
+        e->height = std::max(e->height, k.value->height + 1);
+      if (!checkHeight(*e))
+        return nullptr;
     }
     return e;
   }
@@ -422,6 +454,9 @@ ExprPtr Parser::parseAtom() {
     while (!at(Tok::RBracket)) {
       ExprPtr elt = parseExpr();
       if (!elt)
+        return nullptr;
+      e->height = std::max(e->height, elt->height + 1);
+      if (!checkHeight(*e))
         return nullptr;
       e->args.push_back(std::move(elt));
       if (at(Tok::Comma))

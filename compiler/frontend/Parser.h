@@ -36,6 +36,9 @@ class Parser {
 public:
   static constexpr unsigned kMaxErrors = 20;
   static constexpr unsigned kMaxDepth = 200;
+  /// The most operators on one path of an expression tree (`a + b + ...`
+  /// builds a left-deep chain without nesting).
+  static constexpr unsigned kMaxHeight = 1000;
 
   Parser(llvm::StringRef buffer, DiagFn diag) : lexer(buffer), diag(std::move(diag)) {
     tok = lexer.next();
@@ -77,6 +80,8 @@ private:
 
   ExprPtr parseExpr();
   ExprPtr parseSum();
+  /// Reports an expression taller than kMaxHeight; false then.
+  bool checkHeight(const Expr &e);
   ExprPtr parseProduct();
   ExprPtr parseUnary();
   ExprPtr parsePower();

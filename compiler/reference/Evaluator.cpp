@@ -422,7 +422,33 @@ LogicalResult conv2d(Ctx &c) {
                       t)))
     return failure();
   ConvGeom g = geom(x.shape, w.shape, t->shape, op.getStride(), op.getPadding(), op.getGroups());
-  g.forEachTap([&](int64_t xi, int64_t wi, int64_t yi) { t->data[yi] += x.data[xi] * w.data[wi]; });
+  // forEachTap's sums in the same order (input channel, kernel row, kernel
+  // column) for every output, with the output row innermost: finite
+  // differences (gradcheck) evaluate this over and over.
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t oc = 0; oc < g.o; ++oc) {
+      int64_t grp = oc / g.og();
+      for (int64_t ci = 0; ci < g.cg(); ++ci)
+        for (int64_t p = 0; p < g.kh; ++p)
+          for (int64_t q = 0; q < g.kw; ++q) {
+            double wv = w.data[g.wt(oc, ci, p, q)];
+            // Output columns whose tap lands inside the input row.
+            int64_t jLo = 0, jHi = g.ow;
+            while (jLo < jHi && jLo * g.sw - g.pw + q < 0)
+              ++jLo;
+            while (jHi > jLo && (jHi - 1) * g.sw - g.pw + q >= g.w)
+              --jHi;
+            for (int64_t i = 0; i < g.oh; ++i) {
+              int64_t ih = i * g.sh - g.ph + p;
+              if (ih < 0 || ih >= g.h)
+                continue;
+              const double *xr = x.data.data() + g.x(b, grp * g.cg() + ci, ih, 0);
+              double *yr = t->data.data() + g.y(b, oc, i, 0);
+              for (int64_t j = jLo; j < jHi; ++j)
+                yr[j] += xr[j * g.sw - g.pw + q] * wv;
+            }
+          }
+    }
   return success();
 }
 

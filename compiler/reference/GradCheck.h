@@ -23,10 +23,18 @@ namespace nnc::ref {
 
 class Executor;
 
+/// The fewest elements per tensor a time budget may leave.
+constexpr int64_t kMinSamples = 4;
+
 struct GradCheckOptions {
   uint64_t seed = 1;
   int64_t batch = 3;       // the size given to symbolic dimensions
   int64_t samples = 32;    // elements checked per tensor; 0 checks all
+  /// With `samples` left at its default: the seconds the finite differences
+  /// may take. Large models then check fewer elements per tensor (at least
+  /// kMinSamples), sized from the time one evaluation of the loss takes.
+  double budgetSeconds = 6;
+  bool samplesGiven = false;
   double tolerance = 1e-4; // largest relative error accepted
   double eps = 1e-6;       // finite-difference step
   bool wrtInputs = false;
@@ -41,7 +49,11 @@ struct GradCheckOptions {
 struct GradCheckRow {
   std::string name;
   int64_t elements = 0, checked = 0;
-  double maxAbs = 0, maxRel = 0;
+  /// Elements whose finite difference straddles a point where the loss is
+  /// not differentiable (a ReLU's zero, a max-pool tie): the one-sided
+  /// slopes differ there, and the symbolic gradient is one of them.
+  int64_t kinks = 0;
+  double maxAbs = 0, maxRel = 0; // over the elements not at kinks
   bool ok = true;
 };
 

@@ -73,6 +73,27 @@ public:
 
   Value gradientOf(Value v) const { return adjoint.lookup(v); }
 
+  /// An op that the loss depends on through a result that carries no
+  /// gradient although an operand does (argmax, a comparison): where the
+  /// path from the parameters to the loss stops being differentiable.
+  Operation *gradientStop(Value loss) {
+    llvm::SmallPtrSet<Value, 32> needed{loss};
+    SmallVector<Operation *> ops;
+    for (Operation &op : fn.front().without_terminator())
+      ops.push_back(&op);
+    for (Operation *op : llvm::reverse(ops)) {
+      if (llvm::none_of(op->getResults(), [&](Value r) { return needed.contains(r); }))
+        continue;
+      bool inActive = llvm::any_of(op->getOperands(), [&](Value v) { return active.contains(v); });
+      bool outActive = llvm::any_of(op->getResults(), [&](Value r) { return active.contains(r); });
+      if (inActive && !outActive)
+        return op;
+      for (Value v : op->getOperands())
+        needed.insert(v);
+    }
+    return nullptr;
+  }
+
 private:
   /// Forward propagation of "depends on a differentiated value".
   void markActive() {
@@ -165,6 +186,17 @@ struct AutodiffPass : public nnc::impl::AutodiffBase<AutodiffPass> {
     Differentiator diff(grad, wrt);
     if (failed(diff.run(ret.getOperand(li), ret)))
       return failure();
+    // Training a loss that no gradient reaches would only report a constant.
+    if (!wrtArgs.empty() && llvm::none_of(wrtArgs, [&](unsigned i) { return diff.gradientOf(grad.getArgument(i)); })) {
+      Value loss = ret.getOperand(li);
+      Location at = loss.getDefiningOp() ? loss.getDefiningOp()->getLoc() : model.getLoc();
+      InFlightDiagnostic d = emitError(at) << "the loss does not depend on any trained parameter through "
+                                              "a differentiable path, so training cannot change it";
+      if (Operation *stop = diff.gradientStop(loss))
+        d.attachNote(stop->getLoc()) << "the gradient stops at '" << stop->getName()
+                                     << "': its result is not differentiable";
+      return failure();
+    }
 
     // New results: the loss, the outputs, then one gradient per argument.
     OpBuilder rb(ret);

@@ -171,12 +171,19 @@ void nnc::fuseKernels(func::FuncOp fn) {
     return it == g.of.end() ? std::nullopt : std::optional<unsigned>(it->second);
   };
 
-  // 1. Producers into their consumers.
+  // 1. Producers into their consumers. Backends compute a fused producer
+  // where its consumer reads it, recursively: the chains are kept at most
+  // kMaxFusedChain long, so no model makes that recursion deep.
+  llvm::DenseMap<Operation *, unsigned> chain; // fused producers below an op, the longest path
   for (Operation &op : body.without_terminator()) {
     if (!groupOf(&op) || op.getNumResults() != 1)
       continue;
     Value r = op.getResult(0);
     auto into = [&](Operation *consumer) {
+      unsigned below = chain.lookup(&op) + 1;
+      if (below > kMaxFusedChain)
+        return;
+      chain[consumer] = std::max(chain.lookup(consumer), below);
       g.merge(*groupOf(&op), *groupOf(consumer), g.anchor[*groupOf(consumer)]);
     };
     if (isa<nnops::TransposeOp>(op)) {

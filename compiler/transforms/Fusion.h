@@ -23,6 +23,12 @@ namespace nnc {
 /// runs it first. Returns how many copies were made.
 unsigned rematerialize(mlir::func::FuncOp fn);
 
+/// The longest chain of elementwise producers fused into one consumer.
+/// Backends compute fused producers by recursion where they are read; a
+/// model of thousands of chained statements is cut into kernels of this
+/// depth instead of recursing that deep.
+constexpr unsigned kMaxFusedChain = 200;
+
 /// Groups the ops of `fn` (a single block of core nn ops) into `nn.kernel`
 /// ops. Every op that computes something lands in exactly one kernel;
 /// reshapes (views), splat constants and element counts (literals) stay

@@ -16,6 +16,8 @@
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/IR/TypeUtilities.h"
 
+#include "llvm/ADT/SmallPtrSet.h"
+
 using namespace mlir;
 using namespace nnc;
 using namespace nnc::nn;
@@ -109,6 +111,32 @@ LogicalResult DropoutOp::verify() {
   if (!(rate >= 0.0f && rate < 1.0f))
     return emitOpError("rate must be in [0, 1), got ") << rate;
   return success();
+}
+
+int64_t nnc::nn::classCount(Value v) {
+  int64_t classes = 0;
+  auto bound = [&](int64_t n) { classes = classes == 0 ? n : std::min(classes, n); };
+  // Breadth-first over the values that carry v's elements; the IR is a DAG,
+  // so the visited set bounds the walk.
+  SmallVector<Value> work{v};
+  llvm::SmallPtrSet<Operation *, 8> seen;
+  while (!work.empty()) {
+    Value x = work.pop_back_val();
+    for (Operation *user : x.getUsers()) {
+      if (!seen.insert(user).second)
+        continue;
+      if (auto o = dyn_cast<OneHotOp>(user))
+        bound(o.getNumClasses());
+      else if (isa<CrossEntropyOp, SoftmaxCrossEntropyOp>(user) && user->getOperand(1) == x) {
+        auto logits = cast<RankedTensorType>(user->getOperand(0).getType());
+        if (logits.getRank() == 2 && !logits.isDynamicDim(1))
+          bound(logits.getDimSize(1));
+      } else if (isa<ReshapeOp, TransposeOp, SliceOp, ConcatOp, IdentityOp>(user)) {
+        work.push_back(user->getResult(0));
+      }
+    }
+  }
+  return classes;
 }
 
 bool nnc::nn::isElementwise(Operation *op) {

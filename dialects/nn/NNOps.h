@@ -51,6 +51,13 @@ bool hostsEpilogue(mlir::Operation *op);
 llvm::ArrayRef<int64_t> reductionAxes(mlir::Operation *op);
 bool keepsReducedAxes(mlir::Operation *op);
 
+/// How many classes the i32 value `v` indexes where it is used as class
+/// labels (one_hot, cross_entropy, softmax_cross_entropy; followed through
+/// ops that only move values): the smallest such count, or 0 when no use
+/// indexes with it. Data for a model input is checked against it, since
+/// compiled code reads `logits[n, label]` unchecked.
+int64_t classCount(mlir::Value v);
+
 } // namespace nnc::nn
 
 #endif // NNC_DIALECTS_NN_NNOPS_H

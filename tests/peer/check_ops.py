@@ -65,7 +65,10 @@ def write_checkpoint(path, tensors, meta):
         blobs.append(data)
         offset += len(data)
     data = b"".join(blobs)
-    meta = dict(meta, **{"nnc.crc32": str(zlib.crc32(data))})
+    # The data's CRC-32 alone (nnc also reads that form); the header checksum
+    # of the checkpoint this was read from no longer holds.
+    meta = {k: v for k, v in meta.items() if k != "nnc.checksum"}
+    meta["nnc.crc32"] = str(zlib.crc32(data))
     header["__metadata__"] = meta
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)

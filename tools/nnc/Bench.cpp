@@ -19,6 +19,7 @@
 #include "runtime/CudaModel.h"
 #include "runtime/Profile.h"
 #include "runtime/Random.h"
+#include "runtime/System.h"
 
 #include "mlir/IR/Diagnostics.h"
 
@@ -188,7 +189,8 @@ int nnc::driver::runBench(const Args &args) {
   if (steps < 1 || warmup < 0 || batch < 0 || threads < 0)
     return usageError("--steps must be at least 1, and --batch, --warmup, --threads not negative", &c);
   if (threads > 0)
-    setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    if (std::string note = rt::setThreads(threads); !note.empty())
+      llvm::errs() << "nnc: note: " << note << "\n";
 
   // A kernel spec becomes a one-op model in a scratch file.
   std::string path = spec.empty() ? args.positional[0] : "";

@@ -13,6 +13,8 @@
 
 #include "tools/nnc/Model.h"
 
+#include "runtime/System.h"
+
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/Model.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
@@ -67,7 +69,7 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
          << (t.integer ? "true" : "false") << ", {";
       for (size_t i = 0; i < t.shape.size(); ++i)
         os << (i ? ", " : "") << t.shape[i];
-      os << "}},\n";
+      os << "}, " << t.classes << "},\n";
     }
     os << "};\n";
   };
@@ -157,6 +159,9 @@ int nnc::driver::runBuild(const Args &args) {
   std::string output = args.get("o");
   if (output.empty())
     output = llvm::sys::path::stem(input).str();
+  // Before any work: the build replaces OUT, which must be a regular file.
+  if (rt::Status s = rt::checkOutputPath(output, "the executable"); !s)
+    return userError(s.message());
 
   Loaded m;
   if (int rc = load(input, lr, m))

@@ -63,6 +63,11 @@ const Command &command(llvm::StringRef name);
 int usageError(const std::string &msg, const Command *c = nullptr);
 /// Prints "nnc: error: MSG" and returns kUserError (an error in the input).
 int userError(const llvm::Twine &msg);
+/// Writes `text` to `path` ("-": standard output) or reports why it could
+/// not: a file is written aside and renamed into place, only over a regular
+/// file, and every write is checked (a full disk is an error, not an empty
+/// file). Returns an exit code.
+int writeOutput(const std::string &path, llvm::StringRef text);
 /// Checks that exactly one FILE was given.
 std::optional<int> needFile(const Command &c, const Args &args);
 

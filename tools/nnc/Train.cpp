@@ -18,6 +18,7 @@
 #include "dialects/nn/NNOps.h"
 #include "runtime/CudaDevice.h"
 #include "runtime/CudaModel.h"
+#include "runtime/System.h"
 #include "runtime/Training.h"
 
 #include "mlir/IR/Diagnostics.h"
@@ -30,6 +31,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 
@@ -94,6 +96,8 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
     in.name = out.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName).str();
     in.arg = i;
     in.integer = type.getElementType().isInteger(32);
+    if (in.integer)
+      in.classes = nn::classCount(out.model.getArgument(i));
     for (int64_t d : type.getShape().drop_front()) {
       if (ShapedType::isDynamic(d)) {
         llvm::errs() << "nnc: error: " << path << ": input '" << in.name
@@ -119,9 +123,12 @@ int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &o
   if (m.train)
     if (auto d = dyn_cast_or_null<DictionaryAttr>(m.train.get("data"))) {
       out.kind = cast<StringAttr>(d.get("kind")).str();
-      // Paths in a model file are relative to the file.
-      llvm::SmallString<256> p(llvm::sys::path::parent_path(m.path));
-      llvm::sys::path::append(p, cast<StringAttr>(d.get("path")).getValue());
+      // Relative paths in a model file are relative to the file.
+      StringRef given = cast<StringAttr>(d.get("path")).getValue();
+      llvm::SmallString<256> p;
+      if (!llvm::sys::path::is_absolute(given))
+        p = llvm::sys::path::parent_path(m.path);
+      llvm::sys::path::append(p, given);
       out.path = std::string(p);
     }
   if (args.has("data")) {
@@ -342,6 +349,32 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
   return kOk;
 }
 
+/// `s` quoted for a POSIX shell where it needs to be.
+std::string shellWord(const std::string &s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                        "@%+=:,./_-") == std::string::npos)
+    return s;
+  std::string q = "'";
+  for (char ch : s)
+    q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return q + "'";
+}
+
+/// The command line that resumes this training run from its checkpoint.
+std::string resumeCommand(const Command &c, const Args &args) {
+  std::string cmd = std::string("nnc ") + c.name;
+  for (const std::string &p : args.positional)
+    cmd += " " + shellWord(p);
+  for (const OptionSpec &o : c.options) {
+    if (!args.has(o.name) || std::string(o.name) == "resume")
+      continue;
+    cmd += std::string(std::strlen(o.name) == 1 ? " -" : " --") + o.name;
+    if (o.value)
+      cmd += " " + shellWord(args.get(o.name));
+  }
+  return cmd + " --resume";
+}
+
 /// A backend holding the checkpoint given by --checkpoint.
 int restored(const Args &args, const Command &c, const Loaded &m, Backend &out) {
   if (int rc = makeBackend(args, c, m, 0, out))
@@ -376,8 +409,11 @@ int nnc::driver::runTrain(const Args &args) {
   if (args.has("threads")) {
     if (threads < 1)
       return usageError("--threads must be at least 1", &c);
-    setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    if (std::string note = rt::setThreads(threads); !note.empty())
+      llvm::errs() << "nnc: note: " << note << "\n";
   }
+  if (epochs > rt::kMaxEpochs)
+    return usageError("--epochs must be at most " + std::to_string(rt::kMaxEpochs), &c);
   if (args.has("resume") && !args.has("checkpoint"))
     return usageError("--resume needs --checkpoint PATH", &c);
 
@@ -398,6 +434,7 @@ int nnc::driver::runTrain(const Args &args) {
   o.checkpoint = args.get("checkpoint");
   o.resume = args.has("resume");
   o.metrics = args.get("metrics");
+  o.resumeCommand = resumeCommand(c, args);
   rt::DataSource source;
   if (int rc = dataSource(m, args, source))
     return rc;
@@ -545,13 +582,5 @@ int nnc::driver::runPredict(const Args &args) {
     }
     os << "\n";
   }
-  std::error_code ec;
-  llvm::ToolOutputFile file(args.get("o", "-"), ec, llvm::sys::fs::OF_Text);
-  if (ec) {
-    llvm::errs() << "nnc: error: cannot write '" << args.get("o") << "': " << ec.message() << "\n";
-    return kUserError;
-  }
-  file.os() << text;
-  file.keep();
-  return kOk;
+  return writeOutput(args.get("o", "-"), text);
 }

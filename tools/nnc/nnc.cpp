@@ -11,12 +11,14 @@
 #include "tools/nnc/Driver.h"
 
 #include "compiler/frontend/AST.h"
+#include "compiler/frontend/Lexer.h"
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/HostEmulation.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "runtime/CudaDevice.h"
+#include "runtime/System.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/transforms/Pipeline.h"
@@ -39,6 +41,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <malloc.h>
+#include <sys/stat.h>
 #include <map>
 #include <optional>
 #include <string>
@@ -112,7 +115,7 @@ const std::vector<Command> &commands() {
        "Compare symbolic gradients with finite differences.",
        {{"seed", "N", "Seed for the parameters and random inputs (default 1)"},
         {"batch", "N", "Size of symbolic dimensions such as B (default 3)"},
-        {"samples", "N", "Elements checked per parameter (default 32; 0 = all)"},
+        {"samples", "N", "Elements checked per parameter (default 32, fewer where the loss is slow to evaluate; 0 = all)"},
         {"tolerance", "X", "Largest relative error accepted (default 1e-4)"},
         {"inputs", nullptr, "Also check gradients with respect to f32 inputs"},
         {"target", "T", "Where the gradients are computed: reference (default, double "
@@ -485,16 +488,7 @@ int runCompile(const Args &args) {
   }
   if (args.has("stats") && module && !host)
     summarize(*module, llvm::errs());
-  std::string out = args.get("o", "-");
-  std::error_code ec;
-  llvm::ToolOutputFile file_(out, ec, llvm::sys::fs::OF_Text);
-  if (ec) {
-    llvm::errs() << "nnc: error: cannot write '" << out << "': " << ec.message() << "\n";
-    return kUserError;
-  }
-  file_.os() << text;
-  file_.keep();
-  return kOk;
+  return writeOutput(args.get("o", "-"), text);
 }
 
 int runGradcheck(const Args &args) {
@@ -509,6 +503,7 @@ int runGradcheck(const Args &args) {
     if (rc)
       return *rc;
   opts.wrtInputs = args.has("inputs");
+  opts.samplesGiven = args.has("samples");
   std::string target = args.get("target", "reference");
   if (target != "cpu" && target != "reference" && target != "cuda-host")
     return usageError("unknown --target '" + target + "' for gradcheck (reference, cpu or cuda-host)", &c);
@@ -548,6 +543,54 @@ int usageError(const std::string &msg, const Command *c) {
   return kUsageError;
 }
 
+int writeOutput(const std::string &path, llvm::StringRef text) {
+  if (path == "-") {
+    llvm::outs() << text;
+    llvm::outs().flush();
+    if (llvm::outs().has_error()) {
+      std::error_code ec = llvm::outs().error();
+      llvm::outs().clear_error();
+      return userError("cannot write to standard output: " + ec.message());
+    }
+    return kOk;
+  }
+  // A device or a pipe (/dev/null, /dev/stdout) is written into, never
+  // replaced; anything else that is not a regular file is refused.
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))) {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(path, ec, llvm::sys::fs::OF_None);
+    if (!ec) {
+      os << text;
+      os.close();
+      ec = os.error();
+      os.clear_error();
+    }
+    return ec ? userError(path + ": writing the output failed: " + ec.message()) : kOk;
+  }
+  if (nnc::rt::Status s = nnc::rt::checkOutputPath(path, "the output"); !s)
+    return userError(s.message());
+  llvm::SmallString<128> tmp;
+  int fd = -1;
+  if (std::error_code ec = llvm::sys::fs::createUniqueFile(path + ".%%%%%%.tmp", fd, tmp))
+    return userError(path + ": cannot write the output: " + ec.message());
+  std::error_code ec;
+  {
+    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
+    os << text;
+    os.close();
+    ec = os.error();
+    os.clear_error();
+  }
+  if (!ec)
+    ec = llvm::sys::fs::rename(tmp, path);
+  if (ec) {
+    llvm::sys::fs::remove(tmp);
+    return userError(path + ": writing the output failed: " + ec.message());
+  }
+  return kOk;
+}
+
 int userError(const llvm::Twine &msg) {
   llvm::errs() << "nnc: error: " << msg << "\n";
   return kUserError;
@@ -580,7 +623,9 @@ bool Session::open(const std::string &path) {
     llvm::errs() << "nnc: error: cannot read '" << path << "': " << ec.message() << "\n";
     return false;
   }
-  sourceMgr.AddNewSourceBuffer(std::move(*buf), llvm::SMLoc());
+  std::string text = normalizeSource((*buf)->getBuffer());
+  sourceMgr.AddNewSourceBuffer(
+      llvm::MemoryBuffer::getMemBufferCopy(text, (*buf)->getBufferIdentifier()), llvm::SMLoc());
   return true;
 }
 

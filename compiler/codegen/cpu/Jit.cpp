@@ -1,6 +1,7 @@
 //===- Jit.cpp - compiling and running CPU code in process ----------------===//
 
 #include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/common/CacheEntry.h"
 #include "runtime/Cache.h"
 #include "runtime/Profile.h"
 
@@ -453,7 +454,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     llvm::raw_string_ostream os(text);
     module.print(os);
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-25"), llvm::StringRef(text),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-26"), llvm::StringRef(text),
                                  machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);
@@ -464,8 +465,8 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
       paths.push_back(stem + "." + std::to_string(i) + ".o");
     std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects;
     for (const std::string &path : paths)
-      if (auto object = llvm::MemoryBuffer::getFile(path))
-        objects.push_back(std::move(*object));
+      if (auto object = codegen::readCacheEntry(path)) // sealed: never runs changed bytes
+        objects.push_back(llvm::MemoryBuffer::getMemBufferCopy(*object, path));
     if (objects.size() == kParts)
       if (auto cached = load(std::move(objects), *machine, names)) {
         cached->fromCache = true;
@@ -501,21 +502,10 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     if (!error.empty())
       return module.emitError("JIT compilation failed: ") << error;
 
-  // Kept for the next run: each file written aside, then renamed into
-  // place, so a reader never sees half of one. A cache that cannot be
-  // written only costs the next run its compile.
-  if (!paths.empty() && objects.size() == kParts && !llvm::sys::fs::create_directories(dir))
-    for (unsigned i = 0; i < kParts; ++i) {
-      std::string tmp = paths[i] + ".tmp" + std::to_string(::getpid());
-      std::error_code ec;
-      llvm::raw_fd_ostream out(tmp, ec, llvm::sys::fs::OF_None);
-      if (!ec) {
-        out << objects[i]->getBuffer();
-        out.close();
-      }
-      if (ec || out.has_error() || llvm::sys::fs::rename(tmp, paths[i]))
-        llvm::sys::fs::remove(tmp);
-    }
+  // Kept for the next run (sealed, written aside and renamed into place).
+  if (!paths.empty() && objects.size() == kParts)
+    for (unsigned i = 0; i < kParts; ++i)
+      codegen::writeCacheEntry(paths[i], objects[i]->getBuffer());
   auto jit = load(std::move(objects), *machine, names);
   if (!jit)
     return module.emitError("the JIT could not link the compiled code");

@@ -25,6 +25,7 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/Support/Path.h"
+#include "llvm/TargetParser/Host.h"
 
 #include <deque>
 #include <functional>
@@ -554,7 +555,15 @@ LogicalResult concat(Emitter &e) {
   return success();
 }
 
-constexpr int64_t kLanes = 16; // lanes of a 512-bit vector of f32
+/// Lanes of f32 in the host's widest vector register: 16 with AVX-512, else
+/// 8 (AVX2). Kernels are written in vectors of this many lanes; wider ones
+/// would be split by LLVM, and on AVX2 its split of 16-lane masked loads
+/// read the masked-off half (tests/unit CpuConvBlocking caught NaNs from
+/// past a buffer's end).
+static const int64_t kLanes = [] {
+  llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
+  return features.lookup("avx512f") ? int64_t(16) : int64_t(8);
+}();
 
 /// Whether reduction `op` sums (or maximizes) down leading axes, keeping
 /// trailing ones whose innermost is a whole number of vectors: column sums,

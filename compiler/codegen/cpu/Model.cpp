@@ -24,10 +24,13 @@ FailureOr<rt::FunctionDesc> cpu::describeSignature(func::FuncOp fn) {
     return t;
   };
   rt::FunctionDesc f;
-  for (unsigned i = 0; i < fn.getNumArguments(); ++i)
+  for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
     f.args.push_back(tensor(fn.getArgumentTypes()[i], unit->getArgumentTypes()[i],
                             fn.getArgAttrOfType<StringAttr>(i, nnops::attr::kName),
                             fn.getArgAttrOfType<StringAttr>(i, nnops::attr::kRole)));
+    if (f.args.back().integer)
+      f.args.back().classes = nnops::classCount(fn.getArgument(i));
+  }
   for (unsigned i = 0; i < fn.getNumResults(); ++i)
     f.results.push_back(tensor(fn.getResultTypes()[i], unit->getResultTypes()[i],
                                fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName),

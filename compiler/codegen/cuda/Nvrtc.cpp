@@ -2,6 +2,7 @@
 
 #include "compiler/codegen/cuda/Nvrtc.h"
 
+#include "compiler/codegen/common/CacheEntry.h"
 #include "runtime/Cache.h"
 
 #include "llvm/ADT/StringExtras.h"
@@ -175,26 +176,16 @@ NvrtcResult nnc::cuda::compileCached(const std::string &source, const std::strin
   std::vector<std::string> all = baseOptions();
   all.insert(all.end(), options.begin(), options.end());
   std::string path = dir + "/" + cacheKey(source, arch, all, version) + ".ptx";
-  if (auto cached = llvm::MemoryBuffer::getFile(path)) {
+  if (auto cached = codegen::readCacheEntry(path)) {
     NvrtcResult r;
     r.ok = true;
-    r.ptx = (*cached)->getBuffer().str();
+    r.ptx = std::move(*cached);
     if (hit)
       *hit = true;
     return r;
   }
   NvrtcResult r = compileToPtx(source, name, arch, options);
-  if (!r.ok || llvm::sys::fs::create_directories(dir))
-    return r; // (an unwritable cache only costs the next compile)
-  llvm::SmallString<128> tmp;
-  int fd = -1;
-  if (llvm::sys::fs::createUniqueFile(path + ".%%%%%%.tmp", fd, tmp))
-    return r;
-  {
-    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
-    os << r.ptx;
-  }
-  if (llvm::sys::fs::rename(tmp, path))
-    llvm::sys::fs::remove(tmp);
+  if (r.ok)
+    codegen::writeCacheEntry(path, r.ptx); // (an unwritable cache only costs the next compile)
   return r;
 }
