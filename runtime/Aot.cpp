@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <new>
+#include <stdexcept>
 #include <malloc.h>
 #include <tuple>
 
@@ -39,7 +41,22 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
 
 } // namespace
 
+static int run(const ModelDesc &m, int argc, char **argv);
+
 int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
+  // An allocation failure ends the program with a message, never an abort.
+  try {
+    return run(m, argc, argv);
+  } catch (const std::bad_alloc &) {
+    std::fprintf(stderr, "%s: error: out of memory (%s available)\n", argc > 0 ? argv[0] : "train",
+                 formatBytes(availableMemory()).c_str());
+  } catch (const std::length_error &e) {
+    std::fprintf(stderr, "%s: error: a size too large to allocate (%s)\n", argc > 0 ? argv[0] : "train", e.what());
+  }
+  return 1;
+}
+
+static int run(const ModelDesc &m, int argc, char **argv) {
   // Training allocates and frees the same large tensors every step; keep
   // freed memory in the process instead of returning it to the kernel and
   // faulting it back in.
@@ -143,7 +160,15 @@ int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
   };
   // Code for the CPU, or CUDA modules for a device.
   std::unique_ptr<Trainable> model;
+  BoundData data;
   if (m.trainStep.call) {
+    // The data first: what must fit is known before the model allocates.
+    if (Status s = loadData(source, StepLayout(m.trainStep).inputs, validation, o.seed, data); !s)
+      return fail(s);
+    int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
+    int64_t evalBatch = std::min<int64_t>(kEvalChunk, std::max<int64_t>(1, scored));
+    if (Status s = checkFits(m, o.batch, evalBatch, data.train.bytes() + data.test.bytes()); !s)
+      return fail(s);
     auto cpu = std::make_unique<CompiledModel>(m, o.seed, "cpu, ahead of time");
     if (Status s = cpu->initialize(); !s)
       return fail(s);
@@ -158,8 +183,8 @@ int rt::aot::main(const ModelDesc &m, int argc, char **argv) {
     std::printf("device: %s\n", driver.device.c_str());
     model = std::move(gpu);
   }
-  BoundData data;
-  if (Status s = loadData(source, model->inputs(), validation, o.seed, data); !s)
-    return fail(s);
+  if (!m.trainStep.call)
+    if (Status s = loadData(source, model->inputs(), validation, o.seed, data); !s)
+      return fail(s);
   return train(*model, data, o);
 }

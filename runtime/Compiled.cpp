@@ -1,6 +1,7 @@
 //===- Compiled.cpp - a model compiled to kernels, run on the host --------===//
 
 #include "runtime/Compiled.h"
+#include "runtime/System.h"
 
 #include "runtime/Memory.h"
 #include "runtime/Random.h"
@@ -119,6 +120,55 @@ StepLayout::StepLayout(const FunctionDesc &f) {
       if (f.args[a].name == t.name)
         updates.push_back({r, a});
   }
+}
+
+/// Bytes of a function's buffers at `batch`: inputs, results and the slots
+/// of its memory plan (state arguments are counted apart).
+static uint64_t frameBytes(const FunctionDesc &f, int64_t batch) {
+  uint64_t bytes = placeSlots(f.slots, batch, nullptr, nullptr);
+  for (const TensorDesc &t : f.args)
+    if (t.role == "input")
+      bytes += static_cast<uint64_t>(t.numel(batch)) * 4;
+  for (size_t r = 0; r < f.results.size(); ++r)
+    if (f.overwrites(r) < 0)
+      bytes += static_cast<uint64_t>(f.results[r].numel(batch)) * 4;
+  return bytes;
+}
+
+StepMemory rt::stepMemory(const ModelDesc &m, int64_t batch, int64_t evalBatch) {
+  StepMemory s;
+  for (const TensorDesc &t : m.trainStep.args) {
+    uint64_t bytes = static_cast<uint64_t>(t.numel(0)) * 4;
+    if (t.role == "param")
+      s.parameters += bytes;
+    else if (t.role == "opt_state")
+      s.optimizer += bytes;
+    else if (t.role != "input")
+      s.state += bytes;
+  }
+  s.step = frameBytes(m.trainStep, batch);
+  s.evaluation = frameBytes(m.model, evalBatch);
+  return s;
+}
+
+std::string StepMemory::describe(int64_t batch, int64_t evalBatch) const {
+  return formatBytes(parameters) + " parameters, " + formatBytes(optimizer) + " optimizer state, " +
+         formatBytes(state) + " other state, " + formatBytes(step) + " for a step at batch " +
+         std::to_string(batch) + ", " + formatBytes(evaluation) + " for evaluation at batch " +
+         std::to_string(evalBatch) + "; " + formatBytes(total()) + " in all";
+}
+
+Status rt::checkFits(const ModelDesc &m, int64_t batch, int64_t evalBatch, uint64_t dataBytes) {
+  StepMemory s = stepMemory(m, batch, evalBatch);
+  uint64_t need = s.total() + dataBytes, have = availableMemory();
+  if (have == 0 || need <= have)
+    return Status::ok();
+  return Status::error("training '" + m.name + "' needs " + formatBytes(need) + " (" + s.describe(batch, evalBatch) +
+                       (dataBytes ? "; " + formatBytes(dataBytes) + " of data" : std::string()) + "), but " +
+                       formatBytes(have) + " of memory is available" +
+                       (s.parameters + s.optimizer + s.state > have
+                            ? " (its parameters and state alone do not fit)"
+                            : "; try a smaller --batch"));
 }
 
 bool rt::isConstantOf(const ModelDesc &m, const std::string &name) {

@@ -146,6 +146,26 @@ HostTensor syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter
 size_t placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
                   std::vector<void *> *out);
 
+/// The host memory a model takes while it trains, by what it holds.
+struct StepMemory {
+  uint64_t parameters = 0; // trained tensors
+  uint64_t optimizer = 0;  // optimizer state (moments, momentum buffers)
+  uint64_t state = 0;      // layer state, frozen tensors, the step counter
+  uint64_t step = 0;       // a training step's inputs, results and intermediates at its batch
+  uint64_t evaluation = 0; // the same for evaluation at its batch
+  uint64_t total() const { return parameters + optimizer + state + step + evaluation; }
+  /// "1.2 MB parameters, 2.4 MB optimizer state, ..., 9.1 MB in all".
+  std::string describe(int64_t batch, int64_t evalBatch) const;
+};
+
+/// What training `m` at `batch` holds (evaluating at `evalBatch`): exact
+/// for the CPU backend, whose frames are sized from the same plan.
+StepMemory stepMemory(const ModelDesc &m, int64_t batch, int64_t evalBatch);
+
+/// Fails, with the figures, when training `m` at `batch` (plus `dataBytes`
+/// of data) cannot fit the memory available (availableMemory()).
+Status checkFits(const ModelDesc &m, int64_t batch, int64_t evalBatch, uint64_t dataBytes);
+
 /// The model's state in f32, stepped by the kernels of a ModelDesc.
 class CompiledModel : public Trainable {
 public:

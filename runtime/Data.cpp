@@ -38,6 +38,13 @@ std::string Table::where(const Field &f, int64_t r) const {
   return f.source + ": sample " + std::to_string(r + 1);
 }
 
+uint64_t Table::bytes() const {
+  uint64_t b = 0;
+  for (const Field &f : fields)
+    b += f.values.size() * sizeof(float) + f.pixels.size();
+  return b;
+}
+
 Table fromMnist(Dataset &&mnist) {
   Table t;
   t.count = mnist.count;

@@ -46,6 +46,8 @@ struct Table {
 
   /// Where row `r` came from, for errors: "FILE:LINE" or "FILE: sample N".
   std::string where(const Field &f, int64_t r) const;
+  /// The memory the table's values take.
+  uint64_t bytes() const;
 };
 
 /// MNIST as two fields: "images" (784 values in [0, 1], held as the bytes

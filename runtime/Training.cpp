@@ -188,7 +188,7 @@ Status rt::score(Trainable &m, const Table &data, Score &out) {
   out = Score();
   int64_t correct = 0;
   bool counted = false;
-  const int64_t chunk = 1000;
+  const int64_t chunk = kEvalChunk;
   std::vector<HostTensor> in;
   for (int64_t start = 0; start < data.count; start += chunk) {
     std::vector<int64_t> idx(std::min(data.count, start + chunk) - start);

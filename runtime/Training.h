@@ -111,6 +111,9 @@ struct Score {
   double accuracy = 0;
 };
 
+/// Samples score() evaluates at once.
+constexpr int64_t kEvalChunk = 1000;
+
 /// Loss and accuracy of the model in evaluation mode over a whole table:
 /// class labels against the first output's argmax, or a 0/1 target against
 /// the first output thresholded at 0.5.

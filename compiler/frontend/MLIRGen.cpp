@@ -376,6 +376,12 @@ Value MLIRGen::make(Loc l, ValueRange operands, ArrayRef<NamedAttribute> attrs) 
     ++errors;
     return nullptr;
   }
+  for (Type t : types)
+    if (auto r = dyn_cast<RankedTensorType>(t); r && shape::elements(r.getShape()) < 0) {
+      error(l) << "the result of '" << OpTy::getOperationName().drop_front(3) << "' would be "
+               << shape::str(r.getShape()) << ", more than 2^40 elements";
+      return nullptr;
+    }
   state.addTypes(types);
   Operation *op = b.create(state);
   // The ODS constraints (f32 operands, mostly) checked now, so that the
@@ -1233,6 +1239,11 @@ std::optional<Type> MLIRGen::genType(const TypeSpec &t, bool allowSymbols,
       shape.push_back(d.size);
       dimAttrs.push_back(b.getI64IntegerAttr(d.size));
     }
+  }
+  if (shape::elements(shape) < 0) {
+    error(t.loc) << "a tensor of shape " << shape::str(shape) << " has more than 2^40 elements, "
+                 << "more than nnc can hold";
+    return std::nullopt;
   }
   if (dims)
     *dims = b.getArrayAttr(dimAttrs);

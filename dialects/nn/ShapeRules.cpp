@@ -14,6 +14,17 @@
 
 namespace nnc::shape {
 
+int64_t elements(llvm::ArrayRef<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    int64_t size = d < 0 ? 1 : d; // (dynamic)
+    if (size != 0 && n > kMaxElements / size)
+      return -1;
+    n *= size;
+  }
+  return n;
+}
+
 std::string str(llvm::ArrayRef<int64_t> shape) {
   std::string out = "[";
   for (auto [i, d] : llvm::enumerate(shape)) {

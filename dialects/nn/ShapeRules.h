@@ -41,6 +41,15 @@ struct Inferred {
 /// Renders a shape as `[?, 784]`.
 std::string str(llvm::ArrayRef<int64_t> shape);
 
+/// The most elements one tensor may hold (2^40: 4 TiB of f32), counting a
+/// symbolic (batch) axis as 1. Every element count below this, and every
+/// byte count at any batch that fits memory, is exact in int64_t.
+constexpr int64_t kMaxElements = int64_t(1) << 40;
+
+/// The number of elements of `shape` (dynamic sizes counted as 1), or -1
+/// when it exceeds kMaxElements; never overflows.
+int64_t elements(llvm::ArrayRef<int64_t> shape);
+
 /// True when two sizes can be equal (equal, or either is dynamic).
 bool compatible(int64_t a, int64_t b);
 

@@ -312,7 +312,15 @@ struct Backend {
   std::unique_ptr<rt::Trainable> model;
 };
 
-int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out) {
+/// What a backend must fit in host memory: a step at `batch` (0: no
+/// training) and evaluation at `evalBatch`, beside `dataBytes` of data.
+struct Footprint {
+  int64_t batch = 0, evalBatch = rt::kEvalChunk;
+  uint64_t dataBytes = 0;
+};
+
+int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t seed, Backend &out,
+                const Footprint &fits = {}) {
   std::string target = args.get("target", "auto");
   if (target == "auto")
     target = autoTarget();
@@ -340,6 +348,13 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
     return usageError("--target must be cpu, cuda, auto or reference, got '" + target + "'", &c);
   if (int rc = compileCpu(m, false, out.cpu))
     return rc;
+  // Refused before anything is allocated: a model that cannot fit says so.
+  if (rt::Status s = rt::checkFits(out.cpu.desc, fits.batch, fits.evalBatch, fits.dataBytes); !s)
+    return userError(m.path + ": " + s.message());
+  if (fits.batch > 0)
+    llvm::outs() << "memory: "
+                 << rt::stepMemory(out.cpu.desc, fits.batch, fits.evalBatch).describe(fits.batch, fits.evalBatch)
+                 << "\n";
   auto model = std::make_unique<rt::CompiledModel>(out.cpu.desc, seed, "cpu");
   if (rt::Status s = model->initialize(); !s) {
     llvm::errs() << "nnc: error: " << m.path << ": " << s.message() << "\n";
@@ -442,7 +457,10 @@ int nnc::driver::runTrain(const Args &args) {
   if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), validation, o.seed, data); !s)
     return userError(s.message());
   Backend backend;
-  if (int rc = makeBackend(args, c, m, o.seed, backend))
+  int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
+  Footprint fits{o.batch, std::min<int64_t>(rt::kEvalChunk, std::max<int64_t>(1, scored)),
+                 data.train.bytes() + data.test.bytes()};
+  if (int rc = makeBackend(args, c, m, o.seed, backend, fits))
     return rc;
   if (backend.cpu.jit)
     llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s%s\n", m.model.getName().str().c_str(),

@@ -14,6 +14,9 @@
 #include "compiler/frontend/Lexer.h"
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
+#include "runtime/Training.h"
+#include "runtime/Compiled.h"
+#include "compiler/codegen/cpu/Model.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/HostEmulation.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
@@ -61,9 +64,10 @@ const char *kEmitKinds = "ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx";
 
 const std::vector<Command> &commands() {
   static const std::vector<Command> table = {
-      {"check", "nnc check FILE", "Parse and verify a model; print a summary.",
+      {"check", "nnc check FILE", "Parse and verify a model; print a summary and the memory training takes.",
        {{"verify-diagnostics", nullptr,
-         "Check diagnostics against expected-error annotations in FILE"}},
+         "Check diagnostics against expected-error annotations in FILE"},
+        {"batch", "N", "Batch size for the memory figures (default: the train section's, or 32)"}},
        runCheck},
       {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
        "Compile a model and print one stage of its IR.",
@@ -237,6 +241,37 @@ void summarize(mlir::ModuleOp module, llvm::raw_ostream &os) {
      << (hasLoss ? ", minimizes a loss" : "") << "\n";
 }
 
+/// check's memory line: what training takes at the batch size (--batch,
+/// else the train section's), from the CPU backend's memory plan. Models
+/// without a loss have no training step; nothing is printed for them.
+int printMemory(const Args &args, Session &s, mlir::ModuleOp module) {
+  auto fn = *module.getOps<mlir::func::FuncOp>().begin();
+  bool hasLoss = false;
+  for (unsigned i = 0; i < fn.getNumResults(); ++i)
+    if (auto role = fn.getResultAttrOfType<mlir::StringAttr>(i, nnc::nn::attr::kRole))
+      hasLoss |= role.getValue() == "loss";
+  if (!hasLoss)
+    return kOk;
+  int64_t batch = 32;
+  if (auto train = module->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
+    if (auto b = llvm::dyn_cast_or_null<mlir::IntegerAttr>(train.get("batch")))
+      batch = b.getInt();
+  if (auto rc = numberOption(args, command("check"), "batch", batch))
+    return *rc;
+  mlir::PassManager pm(&s.ctx);
+  buildPipeline(pm, Stage::Train);
+  if (mlir::failed(pm.run(module)))
+    return kUserError;
+  auto code = mlir::ModuleOp::create(fn.getLoc());
+  auto desc = cpu::compileModel(module, fn.getName(), code, /*profile=*/false, /*fuse=*/true);
+  code->erase();
+  if (mlir::failed(desc))
+    return kUserError;
+  rt::StepMemory m = rt::stepMemory(*desc, batch, rt::kEvalChunk);
+  llvm::outs() << "memory: " << m.describe(batch, rt::kEvalChunk) << "\n";
+  return kOk;
+}
+
 int runCheck(const Args &args) {
   const Command &c = command("check");
   if (auto rc = needFile(c, args))
@@ -259,7 +294,7 @@ int runCheck(const Args &args) {
     return kUserError;
   llvm::outs() << args.positional[0] << ": ok: ";
   summarize(*module, llvm::outs());
-  return kOk;
+  return printMemory(args, s, *module);
 }
 
 /// Totals of a kernel table (lowerToLoops' `nnc.kernels`) at a batch size.
@@ -668,7 +703,16 @@ int main(int argc, char **argv) {
                    << "' is not available yet in this version of nnc\n";
       return kUserError;
     }
-    return c.run(args);
+    // Allocation failures in nnc's own code end the command with a message
+    // (a model too large for the memory check to foresee), never an abort.
+    try {
+      return c.run(args);
+    } catch (const std::bad_alloc &) {
+      return userError("out of memory running '" + std::string(c.name) + "' (" +
+                       nnc::rt::formatBytes(nnc::rt::availableMemory()) + " available)");
+    } catch (const std::length_error &e) {
+      return userError(std::string("a size too large to allocate (") + e.what() + ")");
+    }
   }
   std::string hint;
   for (const Command &c : commands())
