@@ -337,6 +337,9 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
     uint32_t want = static_cast<uint32_t>(std::strtoull(old->second.c_str(), nullptr, 10));
     if (want != crc32(data, dataSize))
       return bad("the data checksum does not match (the file is corrupt)");
+  } else if (metadata.count("nnc.model")) {
+    // nnc writes a checksum into every checkpoint: its key was changed.
+    return bad("the checksum is missing (the header was edited)");
   }
 
   // Every tensor's entry, then their byte ranges together: safetensors

@@ -118,7 +118,7 @@ FailureOr<GradCheckReport> nnc::ref::gradcheck(ModuleOp original, const GradChec
   b.create<func::ReturnOp>(ret.getLoc(), ret.getOperand(0));
   ret.erase();
   lossFn.setType(b.getFunctionType(lossFn.getArgumentTypes(), lossFn.getResultTypes().take_front()));
-  lossFn.setAllResultAttrs(ArrayRef<DictionaryAttr>{});
+  lossFn.setResultAttrs(0, DictionaryAttr::get(lossFn.getContext()));
   PassManager cleanup(module->getContext());
   cleanup.addPass(createCanonicalizerPass());
   if (failed(cleanup.run(*module)))

@@ -1,6 +1,7 @@
 //===- RuntimeTest.cpp - the MLIR-free runtime ----------------------------===//
 
 #include "runtime/Checkpoint.h"
+#include "runtime/System.h"
 #include "runtime/Data.h"
 #include "runtime/Init.h"
 #include "runtime/Mnist.h"
@@ -162,6 +163,82 @@ TEST(Runtime, CheckpointRoundTripAndValidation) {
   writeBytes(path + ".flip", bytes);
   EXPECT_NE(loadCheckpoint(path + ".flip", out, meta).message().find("checksum"),
             std::string::npos);
+}
+
+/// Every single-bit change anywhere in a checkpoint is refused: the size
+/// field, the header (dtypes, shapes, offsets, metadata) and the data.
+TEST(Runtime, CheckpointRefusesEveryFlippedBit) {
+  std::vector<HostTensor> in = {{"w", {2, 3}, {1, 2, 3, 4, 5, 6}}, {"n", {2}, {1, 7}, /*integer=*/true}};
+  std::string path = tempPath("flip.safetensors");
+  ASSERT_TRUE(saveCheckpoint(path, in, {{"nnc.model", "m"}, {"nnc.epoch", "1"}}).isOk());
+  std::ifstream whole(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(whole)), {});
+  std::vector<HostTensor> out;
+  Metadata meta;
+  ASSERT_TRUE(parseCheckpoint(bytes, path, out, meta).isOk());
+  for (size_t i = 0; i < bytes.size(); ++i)
+    for (int bit : {0, 3, 6}) {
+      std::string changed = bytes;
+      changed[i] = static_cast<char>(changed[i] ^ (1 << bit));
+      // (Padding spaces may turn into other blanks JSON skips; nothing else may pass.)
+      bool blank = bytes[i] == ' ' && (changed[i] == '\t' || changed[i] == '\n' || changed[i] == '\r');
+      if (!blank)
+        EXPECT_FALSE(parseCheckpoint(changed, path, out, meta).isOk()) << "byte " << i << " bit " << bit;
+    }
+}
+
+/// Byte ranges must tile the data region: overlaps and gaps are named.
+TEST(Runtime, CheckpointRangesTileTheData) {
+  auto file = [](const std::string &header, size_t dataBytes) {
+    std::string h = header;
+    while (h.size() % 8)
+      h += ' ';
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i)
+      bytes[i] = static_cast<char>((h.size() >> (8 * i)) & 0xff);
+    return bytes + h + std::string(dataBytes, '\0');
+  };
+  std::vector<HostTensor> out;
+  Metadata meta;
+  std::string a = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  EXPECT_TRUE(parseCheckpoint(file("{" + a + "}", 8), "f", out, meta).isOk());
+  EXPECT_EQ(parseCheckpoint(file("{" + a + R"(,"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8), "f",
+                            out, meta)
+                .message(),
+            "f: not a valid checkpoint: tensors 'a' and 'b' overlap (bytes [4, 8))");
+  EXPECT_EQ(parseCheckpoint(file("{" + a + "}", 12), "f", out, meta).message(),
+            "f: not a valid checkpoint: bytes [8, 12) of the data belong to no tensor");
+  EXPECT_EQ(parseCheckpoint(file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+                            "f", out, meta)
+                .message(),
+            "f: not a valid checkpoint: tensor 'a' has byte range [0, 8) that does not fit its shape");
+}
+
+/// Labels are checked against the model's classes when data is bound, and
+/// errors name the CSV line.
+TEST(Runtime, BindingChecksLabels) {
+  std::string path = tempPath("labels.csv");
+  std::ofstream(path) << "x,y\n0.5,1\n\n0.25,2\n";
+  Table raw, bound;
+  ASSERT_TRUE(loadCsv(path, raw).isOk());
+  std::vector<ModelInput> inputs{{"x", {}, 1, false}, {"y", {}, 1, true, 2}};
+  EXPECT_EQ(bindInputs(std::move(raw), inputs, false, bound).message(),
+            path + ":4: label 2 of input 'y' is outside the model's 2 classes [0, 2)");
+  ASSERT_TRUE(loadCsv(path, raw).isOk());
+  inputs[1].classes = 3;
+  EXPECT_TRUE(bindInputs(std::move(raw), inputs, false, bound).isOk());
+}
+
+TEST(Runtime, MachineLimits) {
+  EXPECT_GE(availableCpus(), 1);
+  EXPECT_GT(availableMemory(), uint64_t(1) << 20);
+  EXPECT_EQ(setThreads(1), "");
+  EXPECT_NE(setThreads(availableCpus() + 1).find("using " + std::to_string(availableCpus())), std::string::npos);
+  EXPECT_EQ(formatBytes(512), "512 bytes");
+  EXPECT_EQ(formatBytes(1500000), "1.5 MB");
+  EXPECT_EQ(formatBytes(32000000000ull), "32 GB");
+  EXPECT_FALSE(checkOutputPath("/dev/null", "it").isOk());
+  EXPECT_TRUE(checkOutputPath(tempPath("new-file"), "it").isOk());
 }
 
 TEST(Runtime, CsvLoader) {

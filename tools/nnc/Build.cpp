@@ -22,6 +22,7 @@
 #include "mlir/IR/Diagnostics.h"
 
 #include "llvm/ADT/ScopeExit.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
@@ -265,6 +266,9 @@ int nnc::driver::runBuild(const Args &args) {
     argv.insert(argv.end(), {NNC_RUNTIME_LIB, "-ldl"});
   else
     argv.insert(argv.end(), {object, NNC_RUNTIME_LIB, "-L" + ompDir, "-lomp", "-Wl,-rpath," + ompDir});
+  for (llvm::StringRef flag : llvm::split(llvm::StringRef(NNC_LINK_FLAGS), ' '))
+    if (!flag.empty())
+      argv.push_back(flag.str());
   argv.insert(argv.end(), {"-lm", "-o", std::string(partial)});
   std::vector<llvm::StringRef> argRefs(argv.begin(), argv.end());
   std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log),
