@@ -152,7 +152,7 @@ LogicalResult dropout(Ctx &c) {
   double rate = op.getRate().convertToDouble();
   Tensor y = x, mask = Tensor::filled(x.shape, 1.0);
   if (op.getTraining()) {
-    uint64_t stream = rt::mix64(c.options.step * 1000003ULL + locationId(c.op->getLoc()));
+    uint64_t stream = rt::mix64(c.options.step * 1000003ULL + nnops::locationId(c.op->getLoc()));
     for (size_t i = 0; i < mask.data.size(); ++i)
       mask.data[i] = rt::uniform01(c.options.seed, stream, i) < rate ? 0.0 : 1.0 / (1.0 - rate);
   }
@@ -945,44 +945,9 @@ FailureOr<std::vector<Tensor>> Evaluator::run(func::FuncOp fn, ArrayRef<Tensor> 
   return fn.emitError("function has no return");
 }
 
-uint64_t nnc::ref::locationId(Location loc) {
-  if (auto f = dyn_cast<FileLineColLoc>(loc))
-    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
-  if (auto n = dyn_cast<NameLoc>(loc))
-    return rt::mix64(locationId(n.getChildLoc()));
-  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
-    return locationId(f.getLocations().front());
-  return 0;
-}
-
-FailureOr<rt::InitSpec> nnc::ref::initSpec(func::FuncOp fn, unsigned index) {
-  auto type = cast<RankedTensorType>(fn.getArgument(index).getType());
-  auto init = fn.getArgAttrOfType<DictionaryAttr>(index, nnops::attr::kInit);
-  if (!init || !type.hasStaticShape())
-    return fn.emitError("argument ") << index << " has no initializer";
-  rt::InitSpec spec;
-  for (NamedAttribute a : init) {
-    if (auto s = dyn_cast<StringAttr>(a.getValue()))
-      spec.kind = s.str();
-    else if (auto f = dyn_cast<FloatAttr>(a.getValue()))
-      spec.args[a.getName().str()] = f.getValueAsDouble();
-    else if (auto i = dyn_cast<IntegerAttr>(a.getValue()))
-      (a.getName() == "fan_in" ? spec.fanIn : spec.fanOut) = i.getInt();
-    else if (auto d = dyn_cast<DenseElementsAttr>(a.getValue())) {
-      if (isa<FloatType>(d.getElementType()))
-        for (const APFloat &v : d.getValues<APFloat>())
-          spec.literal.push_back(v.convertToDouble());
-      else
-        for (const APInt &v : d.getValues<APInt>())
-          spec.literal.push_back(static_cast<double>(v.getSExtValue()));
-    }
-  }
-  return spec;
-}
-
 FailureOr<Tensor> nnc::ref::initialValue(func::FuncOp fn, unsigned index, uint64_t seed) {
   auto type = cast<RankedTensorType>(fn.getArgument(index).getType());
-  auto found = initSpec(fn, index);
+  auto found = nnops::initSpec(fn, index);
   if (failed(found))
     return failure();
   const rt::InitSpec &spec = *found;

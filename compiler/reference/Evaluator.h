@@ -64,14 +64,6 @@ public:
   EvalOptions options;
 };
 
-/// A number for a DSL location that is the same in every process. Dropout
-/// masks are keyed by it (with the seed and step), so every copy of a
-/// function, on every backend, draws the same masks.
-uint64_t locationId(mlir::Location loc);
-
-/// The initializer of argument `index` of `fn`, from its `nn.init` attribute.
-mlir::FailureOr<rt::InitSpec> initSpec(mlir::func::FuncOp fn, unsigned index);
-
 /// The initial value of argument `index` of `fn` from its `nn.init`
 /// attribute; argument `index` seeds its own random stream.
 mlir::FailureOr<Tensor> initialValue(mlir::func::FuncOp fn, unsigned index,

@@ -7,6 +7,7 @@
 
 #include "dialects/nn/NNOps.h"
 #include "dialects/nn/ShapeRules.h"
+#include "runtime/Random.h"
 
 #include "mlir/Dialect/CommonFolders.h"
 #include "mlir/IR/Builders.h"
@@ -137,6 +138,41 @@ int64_t nnc::nn::classCount(Value v) {
     }
   }
   return classes;
+}
+
+uint64_t nnc::nn::locationId(Location loc) {
+  if (auto f = dyn_cast<FileLineColLoc>(loc))
+    return (static_cast<uint64_t>(f.getLine()) << 20) ^ f.getColumn();
+  if (auto n = dyn_cast<NameLoc>(loc))
+    return rt::mix64(locationId(n.getChildLoc()));
+  if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
+    return locationId(f.getLocations().front());
+  return 0;
+}
+
+FailureOr<rt::InitSpec> nnc::nn::initSpec(func::FuncOp fn, unsigned index) {
+  auto type = cast<RankedTensorType>(fn.getArgument(index).getType());
+  auto init = fn.getArgAttrOfType<DictionaryAttr>(index, attr::kInit);
+  if (!init || !type.hasStaticShape())
+    return fn.emitError("argument ") << index << " has no initializer";
+  rt::InitSpec spec;
+  for (NamedAttribute a : init) {
+    if (auto s = dyn_cast<StringAttr>(a.getValue()))
+      spec.kind = s.str();
+    else if (auto f = dyn_cast<FloatAttr>(a.getValue()))
+      spec.args[a.getName().str()] = f.getValueAsDouble();
+    else if (auto i = dyn_cast<IntegerAttr>(a.getValue()))
+      (a.getName() == "fan_in" ? spec.fanIn : spec.fanOut) = i.getInt();
+    else if (auto d = dyn_cast<DenseElementsAttr>(a.getValue())) {
+      if (isa<FloatType>(d.getElementType()))
+        for (const APFloat &v : d.getValues<APFloat>())
+          spec.literal.push_back(v.convertToDouble());
+      else
+        for (const APInt &v : d.getValues<APInt>())
+          spec.literal.push_back(static_cast<double>(v.getSExtValue()));
+    }
+  }
+  return spec;
 }
 
 bool nnc::nn::isElementwise(Operation *op) {

@@ -9,6 +9,9 @@
 
 #include "dialects/nn/NNDialect.h"
 
+#include "runtime/Init.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Bytecode/BytecodeOpInterface.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/OpDefinition.h"
@@ -57,6 +60,15 @@ bool keepsReducedAxes(mlir::Operation *op);
 /// indexes with it. Data for a model input is checked against it, since
 /// compiled code reads `logits[n, label]` unchecked.
 int64_t classCount(mlir::Value v);
+
+/// A number for a DSL location that is the same in every process. Dropout
+/// masks are keyed by it (with the seed and step), so every copy of a
+/// function, on every backend and in the evaluator, draws the same masks.
+uint64_t locationId(mlir::Location loc);
+
+/// The initializer of argument `index` of `fn`, from its `nn.init`
+/// attribute (a located error when there is none).
+mlir::FailureOr<rt::InitSpec> initSpec(mlir::func::FuncOp fn, unsigned index);
 
 } // namespace nnc::nn
 

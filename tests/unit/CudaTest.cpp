@@ -27,8 +27,8 @@ namespace {
 
 /// Whether the CUDA backend generates every kernel of `fn`.
 bool generated(mlir::func::FuncOp fn) {
-  cpu::BatchScaling scaling;
-  auto prepared = cpu::prepare(fn, std::nullopt, true, &scaling);
+  codegen::BatchScaling scaling;
+  auto prepared = codegen::prepare(fn, std::nullopt, true, &scaling);
   if (failed(prepared))
     return false;
   auto code = cuda::emitCuda(*(*prepared)->getOps<mlir::func::FuncOp>().begin(), scaling, true);

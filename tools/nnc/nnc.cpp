@@ -450,8 +450,8 @@ int runCompile(const Args &args) {
             at = b.getInt();
       at = at ? at : 64;
       if (device) {
-        cpu::BatchScaling scaling;
-        auto prepared = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+        codegen::BatchScaling scaling;
+        auto prepared = codegen::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
                                      /*fuse=*/true, &scaling);
         if (mlir::failed(prepared))
           return kUserError;
@@ -485,7 +485,7 @@ int runCompile(const Args &args) {
       } else if (emit == "fused") {
         printKernels(**loops, fn, at, os);
         // The fused graph both backends lower: nn.kernel ops in order.
-        auto fusedGraph = cpu::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+        auto fusedGraph = codegen::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
                                        /*fuse=*/true);
         if (mlir::failed(fusedGraph))
           return kUserError;

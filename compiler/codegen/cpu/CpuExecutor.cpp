@@ -2,7 +2,7 @@
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/Specialize.h"
+#include "compiler/codegen/common/Prepare.h"
 #include "compiler/transforms/Fusion.h"
 #include "runtime/Compiled.h"
 
@@ -93,7 +93,7 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
   auto known = c.resultTypes.find(batch);
   if (known == c.resultTypes.end()) {
     OwningOpRef<func::FuncOp> sized(cast<func::FuncOp>(fn->clone()));
-    if (failed(cpu::specializeBatch(*sized, batch)))
+    if (failed(codegen::specializeBatch(*sized, batch)))
       return failure();
     known = c.resultTypes.emplace(batch, SmallVector<Type>(sized->getResultTypes())).first;
   }
@@ -161,39 +161,10 @@ std::unique_ptr<ref::Executor> cpu::createExecutor(bool fuse) {
   return std::make_unique<CpuExecutor>(fuse);
 }
 
-FailureOr<OwningOpRef<ModuleOp>> cpu::prepare(func::FuncOp fn, std::optional<int64_t> batch,
-                                              bool fuse, BatchScaling *scaling) {
-  OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
-  auto clone = cast<func::FuncOp>(fn->clone());
-  scratch->push_back(clone);
-  if ((batch && failed(specializeBatch(clone, *batch))) || failed(decompose(clone)))
-    return failure();
-  propagateFrozen(clone);
-  foldBatchNorm(clone);
-  PassManager pm(fn.getContext());
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createCSEPass());
-  if (failed(pm.run(*scratch)))
-    return failure();
-  // Batch scaling relates the values of the flat function: the copies
-  // rematerialization makes come first; the rest of the fusion pass moves
-  // ops into kernels without changing them.
-  if (fuse)
-    rematerialize(clone);
-  auto s = batchScaling(clone);
-  if (failed(s))
-    return failure();
-  if (scaling)
-    *scaling = std::move(*s);
-  if (fuse)
-    fuseKernels(clone);
-  return scratch;
-}
-
 LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
                             StringRef name, bool profile, bool fuse) {
-  BatchScaling scaling;
-  auto scratch = prepare(fn, batch, fuse, &scaling);
+  codegen::BatchScaling scaling;
+  auto scratch = codegen::prepare(fn, batch, fuse, &scaling);
   if (failed(scratch))
     return failure();
   auto clone = *(*scratch)->getOps<func::FuncOp>().begin();

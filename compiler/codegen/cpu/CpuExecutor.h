@@ -31,14 +31,6 @@ std::unique_ptr<ref::Executor> createExecutor(bool fuse = true);
 mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
 buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt, bool fuse = true);
 
-/// The function the CPU backend lowers (what --emit=fused shows): `fn`
-/// cloned into a module of its own, specialized to `batch` when given,
-/// composite ops decomposed, cleaned up, and with `fuse` grouped into
-/// nn.kernel ops. `scaling` receives the batch scaling of its values.
-mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>> prepare(mlir::func::FuncOp fn,
-                                                         std::optional<int64_t> batch, bool fuse,
-                                                         BatchScaling *scaling = nullptr);
-
 /// Adds the loops-level function of `fn` to `target` under `name`.
 mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
                              mlir::ModuleOp target, llvm::StringRef name, bool profile = false,

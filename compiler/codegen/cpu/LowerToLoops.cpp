@@ -474,7 +474,7 @@ LogicalResult dropout(Emitter &e) {
   // As the evaluator: stream = mix64(step * 1000003 + locationId),
   // key = mix64(seed ^ mix64(stream)), element i keeps if uniform >= rate.
   Value stream = mix64(e, b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, step, i64(1000003)),
-                                                  i64(ref::locationId(op->getLoc()))));
+                                                  i64(nnops::locationId(op->getLoc()))));
   Value key = mix64(e, b.create<arith::XOrIOp>(loc, seed, mix64(e, stream)));
   float keep = static_cast<float>(1.0 / (1.0 - rate));
   e.loops(shape, [&](ValueRange ivs) {

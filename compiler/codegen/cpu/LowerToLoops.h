@@ -12,16 +12,14 @@
 #ifndef NNC_COMPILER_CODEGEN_CPU_LOWERTOLOOPS_H
 #define NNC_COMPILER_CODEGEN_CPU_LOWERTOLOOPS_H
 
+#include "compiler/codegen/common/Prepare.h"
+
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 
-#include "llvm/ADT/DenseMap.h"
-
 namespace nnc::cpu {
 
-/// For every value of a function with a symbolic batch size: its shape with
-/// each batch-dependent size replaced by its size per batch element.
-using BatchScaling = llvm::DenseMap<mlir::Value, llvm::SmallVector<int64_t>>;
+using codegen::BatchScaling;
 
 /// Adds to `target` a function `name` computing `fn` over memrefs:
 ///   (args..., results..., rng: memref<2xi64>, batch: index, slots...) -> ()

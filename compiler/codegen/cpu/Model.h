@@ -31,15 +31,6 @@ mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringR
                                             mlir::ModuleOp code, bool profile = false,
                                             bool fuse = true);
 
-/// The arguments and results of `fn` (a function of the training
-/// pipeline's output): names, roles, element types and sizes, a size that
-/// grows with the batch written as -(size per batch element).
-mlir::FailureOr<rt::FunctionDesc> describeSignature(mlir::func::FuncOp fn);
-
-/// Fills `m`'s name, loss result and initializers from `model`, once
-/// `m.model` is described.
-mlir::LogicalResult describeModel(mlir::func::FuncOp model, rt::ModelDesc &m);
-
 } // namespace nnc::cpu
 
 #endif // NNC_COMPILER_CODEGEN_CPU_MODEL_H

@@ -4,6 +4,7 @@
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/common/ModelDescription.h"
 #include "compiler/codegen/cpu/Model.h"
 
 #include "runtime/Memory.h"
@@ -25,7 +26,7 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
   r->code = ModuleOp::create(fn.getLoc());
   if (failed(addLoops(fn, std::nullopt, *r->code, kModelKernel, profile, fuse)))
     return failure();
-  auto d = describeSignature(fn);
+  auto d = codegen::describeSignature(fn);
   if (failed(d))
     return failure();
   r->f = std::move(*d);

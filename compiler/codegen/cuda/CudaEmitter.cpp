@@ -174,13 +174,13 @@ std::string floatLiteral(double v) {
 
 class Emitter {
 public:
-  Emitter(func::FuncOp fn, const cpu::BatchScaling &scaling) : fn(fn), scaling(scaling) {}
+  Emitter(func::FuncOp fn, const codegen::BatchScaling &scaling) : fn(fn), scaling(scaling) {}
 
   LogicalResult run(bool skip, CudaModule &out);
 
 private:
   func::FuncOp fn;
-  const cpu::BatchScaling &scaling;
+  const codegen::BatchScaling &scaling;
   llvm::DenseMap<Value, std::string> bufferNames;
   unsigned nextBuffer = 0;
 
@@ -1093,7 +1093,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
         if (drop.getTraining()) {
           launch.rng = true;
           body << "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + "
-               << ref::locationId(root->getLoc()) << "ULL);\n"
+               << nnops::locationId(root->getLoc()) << "ULL);\n"
                << "    const float mask = nnc_uniform01((u64)rng[0], stream, (u64)i) < " << llvm::formatv("{0:e17}", rate).str()
                << " ? 0.0f : (float)(1.0 / (1.0 - " << llvm::formatv("{0:e17}", rate).str() << "));\n";
         } else {
@@ -1197,7 +1197,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
 
 } // namespace
 
-FailureOr<CudaModule> cuda::emitCuda(func::FuncOp fn, const cpu::BatchScaling &scaling,
+FailureOr<CudaModule> cuda::emitCuda(func::FuncOp fn, const codegen::BatchScaling &scaling,
                                      bool skipUnsupported) {
   CudaModule out;
   Emitter e(fn, scaling);

@@ -13,7 +13,7 @@
 #ifndef NNC_COMPILER_CODEGEN_CUDA_CUDAEMITTER_H
 #define NNC_COMPILER_CODEGEN_CUDA_CUDAEMITTER_H
 
-#include "compiler/codegen/cpu/LowerToLoops.h"
+#include "compiler/codegen/common/Prepare.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 
@@ -64,11 +64,11 @@ inline constexpr int kBlockSize = 256;
 /// scheduling; 4096 blocks of 256 threads fill the largest GPUs.
 inline constexpr int kMaxBlocks = 4096;
 
-/// Emits the kernels of `fn`, a function after cpu::prepare (decomposed,
+/// Emits the kernels of `fn`, a function after codegen::prepare (decomposed,
 /// fused; `scaling` from the same call). Fails with a located error on an
 /// op the CUDA backend cannot generate yet, or, with `skipUnsupported`,
 /// lists that kernel in `skipped` and goes on.
-mlir::FailureOr<CudaModule> emitCuda(mlir::func::FuncOp fn, const cpu::BatchScaling &scaling,
+mlir::FailureOr<CudaModule> emitCuda(mlir::func::FuncOp fn, const codegen::BatchScaling &scaling,
                                      bool skipUnsupported = false);
 
 /// The prelude every generated source starts with: types, launch bounds,

@@ -2,7 +2,7 @@
 
 #include "compiler/codegen/cuda/Model.h"
 
-#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/common/ModelDescription.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/codegen/cuda/Prepared.h"
 
@@ -102,7 +102,7 @@ FailureOr<rt::ModelDesc> cuda::compileModel(ModuleOp module, StringRef name, con
     return module.emitError("no model '") << name << "' with a training step";
   rt::ModelDesc m;
   for (auto [fn, desc] : {std::pair{step, &m.trainStep}, std::pair{model, &m.model}}) {
-    auto signature = cpu::describeSignature(fn);
+    auto signature = codegen::describeSignature(fn);
     if (failed(signature))
       return failure();
     *desc = std::move(*signature);
@@ -121,7 +121,7 @@ FailureOr<rt::ModelDesc> cuda::compileModel(ModuleOp module, StringRef name, con
     if (modules)
       modules->push_back(code);
   }
-  if (failed(cpu::describeModel(model, m)))
+  if (failed(codegen::describeModel(model, m)))
     return failure();
   return m;
 }

@@ -2,7 +2,7 @@
 
 #include "compiler/codegen/cuda/Prepared.h"
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/common/Prepare.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -10,7 +10,7 @@ using namespace nnc::cuda;
 
 FailureOr<std::unique_ptr<Prepared>> Prepared::emit(func::FuncOp fn) {
   auto p = std::make_unique<Prepared>();
-  auto module = cpu::prepare(fn, std::nullopt, /*fuse=*/true, &p->scaling);
+  auto module = codegen::prepare(fn, std::nullopt, /*fuse=*/true, &p->scaling);
   if (failed(module))
     return failure();
   p->module = std::move(*module);

@@ -22,7 +22,7 @@ namespace nnc::cuda {
 struct Prepared {
   mlir::OwningOpRef<mlir::ModuleOp> module; // holds `fn`
   mlir::func::FuncOp fn;                     // decomposed, fused
-  cpu::BatchScaling scaling;
+  codegen::BatchScaling scaling;
   CudaModule code;
 
   /// Prepares and emits `fn` (fails with a located error).

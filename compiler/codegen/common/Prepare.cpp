@@ -1,11 +1,14 @@
-//===- Specialize.cpp - fixed batch sizes and core ops --------------------===//
+//===- Prepare.cpp - the fused function both backends lower ---------------===//
 
-#include "compiler/codegen/cpu/Specialize.h"
+#include "compiler/codegen/common/Prepare.h"
+#include "compiler/transforms/Fusion.h"
 #include "compiler/transforms/GradBuilder.h"
 
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/Interfaces/InferTypeOpInterface.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Transforms/Passes.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -13,7 +16,7 @@ namespace nnops = nnc::nn;
 
 static RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
-LogicalResult cpu::specializeBatch(func::FuncOp fn, int64_t batch) {
+LogicalResult codegen::specializeBatch(func::FuncOp fn, int64_t batch) {
   Block &body = fn.front();
   for (BlockArgument arg : body.getArguments()) {
     RankedTensorType t = typeOf(arg);
@@ -39,7 +42,7 @@ LogicalResult cpu::specializeBatch(func::FuncOp fn, int64_t batch) {
   return success();
 }
 
-FailureOr<cpu::BatchScaling> cpu::batchScaling(func::FuncOp fn) {
+FailureOr<codegen::BatchScaling> codegen::batchScaling(func::FuncOp fn) {
   auto valuesOf = [](func::FuncOp f) {
     SmallVector<Value> vs(f.getArguments().begin(), f.getArguments().end());
     for (Operation &op : f.front().without_terminator())
@@ -170,7 +173,7 @@ SmallVector<Value> expand(Operation *op, GradBuilder &g) {
 
 } // namespace
 
-LogicalResult cpu::decompose(func::FuncOp fn) {
+LogicalResult codegen::decompose(func::FuncOp fn) {
   // Expansions may create composite ops themselves (a batch norm's means):
   // repeat until nothing changes.
   for (bool changed = true; changed;) {
@@ -190,4 +193,33 @@ LogicalResult cpu::decompose(func::FuncOp fn) {
     }
   }
   return success();
+}
+
+FailureOr<OwningOpRef<ModuleOp>> codegen::prepare(func::FuncOp fn, std::optional<int64_t> batch,
+                                                  bool fuse, BatchScaling *scaling) {
+  OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
+  auto clone = cast<func::FuncOp>(fn->clone());
+  scratch->push_back(clone);
+  if ((batch && failed(specializeBatch(clone, *batch))) || failed(decompose(clone)))
+    return failure();
+  propagateFrozen(clone);
+  foldBatchNorm(clone);
+  PassManager pm(fn.getContext());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  if (failed(pm.run(*scratch)))
+    return failure();
+  // Batch scaling relates the values of the flat function: the copies
+  // rematerialization makes come first; the rest of the fusion pass moves
+  // ops into kernels without changing them.
+  if (fuse)
+    rematerialize(clone);
+  auto s = batchScaling(clone);
+  if (failed(s))
+    return failure();
+  if (scaling)
+    *scaling = std::move(*s);
+  if (fuse)
+    fuseKernels(clone);
+  return scratch;
 }
