@@ -6,6 +6,7 @@
 #include "runtime/System.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -108,14 +109,15 @@ static int run(const ModelDesc &m, int argc, char **argv) {
     if (it == given.end())
       return true;
     char *end = nullptr;
+    errno = 0;
     long long v = std::strtoll(it->second.c_str(), &end, 10);
-    if (it->second.empty() || *end || v < min)
+    if (it->second.empty() || *end || errno == ERANGE || v < min)
       return false;
     out = v;
     return true;
   };
   int64_t seed = static_cast<int64_t>(o.seed);
-  for (auto [key, out, min] : {std::tuple<const char *, int64_t *, int64_t>{"--epochs", &o.epochs, 0},
+  for (auto [key, out, min] : {std::tuple<const char *, int64_t *, int64_t>{"--epochs", &o.epochs, 1},
                                {"--batch", &o.batch, 1},
                                {"--seed", &seed, 0},
                                {"--threads", &threads, 1},
@@ -167,7 +169,10 @@ static int run(const ModelDesc &m, int argc, char **argv) {
       return fail(s);
     int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
     int64_t evalBatch = std::min<int64_t>(kEvalChunk, std::max<int64_t>(1, scored));
-    if (Status s = checkFits(m, o.batch, evalBatch, data.train.bytes() + data.test.bytes()); !s)
+    int64_t trained = o.limit > 0 ? std::min(o.limit, data.train.count) : data.train.count;
+    if (Status s = checkFits(m, std::min(o.batch, std::max<int64_t>(1, trained)), evalBatch,
+                             data.train.bytes() + data.test.bytes());
+        !s)
       return fail(s);
     auto cpu = std::make_unique<CompiledModel>(m, o.seed, "cpu, ahead of time");
     if (Status s = cpu->initialize(); !s)

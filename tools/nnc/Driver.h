@@ -22,6 +22,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <cstdlib>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <string>
@@ -74,17 +75,24 @@ std::optional<int> needFile(const Command &c, const Args &args);
 /// Parses a non-negative numeric option into `out` when present; returns an
 /// exit code for a bad value.
 template <typename T>
-std::optional<int> numberOption(const Args &args, const Command &c, const char *name, T &out) {
+std::optional<int> numberOption(const Args &args, const Command &c, const char *name, T &out,
+                                double min = 0) {
   if (!args.has(name))
     return std::nullopt;
   std::string v = args.get(name);
   char *end = nullptr;
   double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || !(x >= 0) ||
-      (std::is_integral_v<T> && x != static_cast<double>(static_cast<int64_t>(x))))
-    return usageError("option '--" + std::string(name) + "' needs a non-negative " +
-                          (std::is_integral_v<T> ? "integer" : "number") + ", got '" + v + "'",
+  // Finite, at least `min`, and for integers whole and exact in a double.
+  bool ok = !v.empty() && *end == '\0' && std::isfinite(x) && x >= min &&
+            (!std::is_integral_v<T> || (x <= 9007199254740992.0 && x == std::floor(x)));
+  if (!ok) {
+    std::string what = std::is_integral_v<T> ? "integer" : "number";
+    return usageError("option '--" + std::string(name) + "' needs " +
+                          (min == 0 ? "a non-negative " + what
+                                    : "an " + what + " of at least " + std::to_string(static_cast<int64_t>(min))) +
+                          ", got '" + v + "'",
                       &c);
+  }
   out = static_cast<T>(x);
   return std::nullopt;
 }

@@ -411,9 +411,9 @@ int nnc::driver::runTrain(const Args &args) {
   rt::TrainOptions o;
   int64_t epochs = -1, batch = -1, threads = 1;
   double validation = -1;
-  for (auto rc : {numberOption(args, c, "lr", lrValue), numberOption(args, c, "epochs", epochs),
-                  numberOption(args, c, "batch", batch), numberOption(args, c, "seed", o.seed),
-                  numberOption(args, c, "limit", o.limit), numberOption(args, c, "threads", threads),
+  for (auto rc : {numberOption(args, c, "lr", lrValue), numberOption(args, c, "epochs", epochs, 1),
+                  numberOption(args, c, "batch", batch, 1), numberOption(args, c, "seed", o.seed),
+                  numberOption(args, c, "limit", o.limit, 1), numberOption(args, c, "threads", threads, 1),
                   numberOption(args, c, "validation", validation)})
     if (rc)
       return *rc;
@@ -458,7 +458,8 @@ int nnc::driver::runTrain(const Args &args) {
     return userError(s.message());
   Backend backend;
   int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
-  Footprint fits{o.batch, std::min<int64_t>(rt::kEvalChunk, std::max<int64_t>(1, scored)),
+  int64_t trained = o.limit > 0 ? std::min(o.limit, data.train.count) : data.train.count;
+  Footprint fits{std::min(o.batch, std::max<int64_t>(1, trained)), std::min<int64_t>(rt::kEvalChunk, std::max<int64_t>(1, scored)),
                  data.train.bytes() + data.test.bytes()};
   if (int rc = makeBackend(args, c, m, o.seed, backend, fits))
     return rc;
