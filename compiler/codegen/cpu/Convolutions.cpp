@@ -101,9 +101,9 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
 
 /// The output channels a convolution kernel keeps in registers at once:
 /// the largest divisor of `channels` up to `most` that keeps `perChannel`
-/// accumulators each within `accumulators`. (Powers of two only left 6
-/// channels, LeNet's C3 input gradient, with blocks of 2: two FMA chains,
-/// 36 GFLOP/s.)
+/// accumulators each within `accumulators`. (Powers of two alone would
+/// leave 6 channels, LeNet's C3 input gradient, with blocks of 2: two FMA
+/// chains, too few to hide the FMA latency.)
 int64_t channelBlock(int64_t channels, int64_t perChannel, int64_t accumulators, int64_t most) {
   for (int64_t c = most; c > 1; --c)
     if (channels % c == 0 && c * perChannel <= accumulators)
@@ -205,7 +205,7 @@ LogicalResult conv2dGradInput(Emitter &e) {
   // W'[g*cg + c, o, i, j] = W[g*og + o, c, KH-1-i, KW-1-j], padded by
   // K-1-P: it runs on the forward pass's register-blocked rows. W' lives
   // on the stack up to 256 KiB, on the heap above (128 channels of 3x3
-  // taps are 576 KiB: on the scalar loop below they ran at 14 GFLOP/s).
+  // taps are 576 KiB, and the scalar loop below is far slower).
   if (st[0] == 1 && st[1] == 1 && pd[0] <= w[2] - 1 && pd[1] <= w[3] - 1) {
     OpBuilder &b = e.b;
     Location loc = e.loc;
@@ -257,15 +257,14 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // Accumulators: block * taps, within the 32 vector registers with the
   // loads. Each input vector serves the block's channels and each output
   // gradient vector the taps: the more taps at once, the fewer bytes of
-  // the output gradient from L2 per multiply-add (64 channels of 3x3
-  // kernels: 112 GFLOP/s with blocks of 4 channels by one kernel row, 134
-  // with 8, both reading the output gradient from L2 at its limit; 151-158
-  // with 2 channels by all 9 taps). An output row then meets input rows
-  // past the edge for some kernel rows: their loads are masked to zero.
-  // With one or two taps, a block of input channels as well: each
-  // output-gradient vector then serves every channel of it (1x1 kernels,
-  // 8 output channels by one: 36 GFLOP/s, loads outnumbering the
-  // multiply-adds).
+  // the output gradient from L2 per multiply-add (with one kernel row at a
+  // time, reading the output gradient from L2 is the limit; all 9 taps of
+  // a 3x3 kernel with 2 channels beat 4 or 8 channels by one row:
+  // benchmarks/README.md). An output row then meets input rows past the
+  // edge for some kernel rows: their loads are masked to zero. With one or
+  // two taps, a block of input channels as well: each output-gradient
+  // vector then serves every channel of it (otherwise, for 1x1 kernels,
+  // loads outnumber the multiply-adds).
   bool allRows = kh * kw <= 12;
   int64_t taps = allRows ? kh * kw : kw;
   int64_t block = channelBlock(og, taps <= 2 ? 4 * taps : taps, 24, 8);

@@ -719,8 +719,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   // producers compute: when every buffer they read or write has the summed
   // operand's shape (or one element), those axes are collapsed into one in
   // all of them, so the innermost loop runs over H * W elements (28-wide
-  // rows are too short for LLVM to vectorize; LeNet-5's C1 bias gradient
-  // took 0.18 ms).
+  // rows, LeNet-5's, are too short for LLVM to vectorize well).
   auto flattenReduction = [&](Emitter &e, size_t own) {
     // The first `own` emitters in `producers` compute the operand (the
     // epilogue's come after).

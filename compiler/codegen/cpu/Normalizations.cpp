@@ -104,9 +104,8 @@ LogicalResult batchNormGrad(Emitter &e) {
     // The channel's run in sample i + 1 of each buffer, asked for (a
     // prefetch per 64-byte line) while sample i is read: runs of a channel
     // lie a sample apart, too far for the hardware prefetcher to follow
-    // (MNIST CNN: 0.67 -> 0.64 ms in the fast phases of this machine,
-    // 0.82 -> 0.75 in the slow ones). Batch norm's forward pass gained
-    // nothing from it.
+    // (the MNIST CNN's step gained from it; batch norm's forward pass did
+    // not, so it has none).
     auto prefetchNext = [&](Value i, ArrayRef<Value> bufs, bool write) {
       if (rest.size() != 2)
         return;

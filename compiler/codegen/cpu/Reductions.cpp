@@ -159,9 +159,9 @@ LogicalResult reduce(Emitter &e, bool max) {
     // An input beyond the caches with one kept axis: each row's run of
     // `panel` columns (up to 16 KiB) is read in turn, contiguously, into
     // accumulators in an L1 buffer (walking down a column of vectors
-    // instead touches a new page every load: 4096x4096 column sums 6.3 ->
-    // 2.9-3.2 ms). Every output still sums its rows in order, as in
-    // registers.
+    // instead touches a new page every load, about twice as slow on
+    // 4096x4096 column sums). Every output still sums its rows in order,
+    // as in registers.
     int64_t n = in[lastKept], rows = 1;
     for (int64_t d : reduced)
       rows *= typicalDim(e.op->getOperand(0), d);
@@ -415,9 +415,8 @@ LogicalResult count(Emitter &e) {
 /// in k order (between depth blocks through a contiguous buffer of the
 /// group's partial sums, exact in f32), so the result does not depend on
 /// the blocking or the thread count.
-/// Measured on 1024^3 and 2048^3 (AVX-512, 1 thread): 64-deep blocks of 4
-/// row blocks of 4 rows unpacked gave 103 and 71 GFLOP/s; packed, 128-deep
-/// blocks of up to 64 row blocks 187 and 175 (4 rows), 178 and 187 (6).
+/// Packing and 128-deep blocks of up to 64 row blocks beat 64-deep,
+/// unpacked blocks by far on large products (benchmarks/README.md, gemm).
 constexpr int64_t kVectors = 4, kDepth = 128, kGroupMax = 64;
 
 LogicalResult matmul(Emitter &e) {
@@ -632,8 +631,8 @@ LogicalResult matmul(Emitter &e) {
   // Groups of equal size, as large as kGroupMax allows (every row block of
   // a group reuses the packed panels of B), and a multiple of the thread
   // count in number, so that threads get equal shares: decided at run time
-  // (one thread runs the MNIST MLP's first product, 10 blocks, as one group
-  // at 178 GFLOP/s; as the four groups two threads want, at 147).
+  // (one thread runs the MNIST MLP's first product, 10 blocks, faster as
+  // one group than as the four groups two threads want).
   Value threads = parallel ? e.threads() : e.idx(1);
   if (dynamic) {
     Value big = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::uge, e.mul(e.mul(M, K), N),
