@@ -20,7 +20,7 @@ using namespace nnc::rt;
 
 Trainable::~Trainable() = default;
 
-/// A data value as a user wrote it: whole numbers without a fraction.
+/// A data value as short as it reads back: 7, 0.5, 1e+12.
 static std::string formatValue(float v) {
   char buf[32];
   for (int digits : {6, 9}) { // the shortest form that reads back as v
@@ -39,7 +39,7 @@ static Status checkLabels(const Table &t, const Field &f, const ModelInput &in) 
     return t.where(f, r);
   };
   if (f.values.empty())
-    return Status::ok(); // MNIST pixels: bytes, whole by construction
+    return Status::ok(); // a field held as bytes is whole by construction
   for (size_t i = 0; i < f.values.size(); ++i) {
     float v = f.values[i];
     if (v != std::floor(v) || std::fabs(v) > 2147483647.0f)
@@ -168,7 +168,7 @@ Status rt::loadData(const DataSource &source, const std::vector<ModelInput> &inp
     splitValidation(all, validation, seed, out.train, out.test);
     out.hasTest = true;
     if (out.train.count == 0 || out.test.count == 0)
-      return Status::error(source.path + ": a validation fraction of " + std::to_string(validation) +
+      return Status::error(source.path + ": a validation fraction of " + formatValue(static_cast<float>(validation)) +
                            " leaves " + std::to_string(out.train.count) + " of " +
                            std::to_string(all.count) + " samples for training and " +
                            std::to_string(out.test.count) + " for validation; both need at least one");
