@@ -32,9 +32,16 @@ for L in "${layers[@]}"; do
     echo "}"
   } > "$work/mlp$L.nn"
   ops=$("$nnc" compile "$work/mlp$L.nn" --emit=train | grep -c ' = nn\.')
-  /usr/bin/time -f '%e %M' -o "$work/time" env NNC_CACHE_DIR=off \
-    "$nnc" compile "$work/mlp$L.nn" --emit=asm -o "$work/mlp$L.s"
-  read -r seconds kb < "$work/time"
+  if [ -x /usr/bin/time ]; then # (Debian's `time` package: the peak memory too)
+    /usr/bin/time -f '%e %M' -o "$work/time" env NNC_CACHE_DIR=off \
+      "$nnc" compile "$work/mlp$L.nn" --emit=asm -o "$work/mlp$L.s"
+    read -r seconds kb < "$work/time"
+  else
+    begin=$(date +%s.%N)
+    NNC_CACHE_DIR=off "$nnc" compile "$work/mlp$L.nn" --emit=asm -o "$work/mlp$L.s"
+    seconds=$(awk -v b="$begin" -v e="$(date +%s.%N)" 'BEGIN { print e - b }')
+    kb=0
+  fi
   awk -v L="$L" -v s="$seconds" -v ops="$ops" -v kb="$kb" \
     'BEGIN { printf "%6d %10.2f %8d %10.0f %8.2f GB\n", L, s, ops, ops / s, kb / 1048576 }'
 done
