@@ -178,6 +178,75 @@ void pool(GradContext &c) {
   }});
 }
 
+#define RULE(OP) add(TypeID::get<nnops::OP>(), [](GradContext &c)
+/// The rules of layers (convolution, pooling, normalization) and losses.
+void addLayerRules(llvm::DenseMap<TypeID, GradRule> &t) {
+  auto add = [&](TypeID id, GradRule r) { t[id] = std::move(r); };
+  // Convolution, pooling, normalization.
+  add(TypeID::get<nnops::Conv2dOp>(), conv2d);
+  add(TypeID::get<nnops::MaxPool2dOp>(), pool<nnops::MaxPool2dOp, nnops::MaxPool2dGradOp>);
+  add(TypeID::get<nnops::AvgPool2dOp>(), pool<nnops::AvgPool2dOp, nnops::AvgPool2dGradOp>);
+  add(TypeID::get<nnops::BatchNormOp>(), batchNorm);
+  add(TypeID::get<nnops::GroupNormOp>(), groupNorm);
+  add(TypeID::get<nnops::LocalResponseNormOp>(), localResponseNorm);
+  // Losses.
+  RULE(MseLossOp) {
+    GradBuilder &g = c.g;
+    Value d = g.mul(g.mul(g.sub(c.x(0), c.x(1)), 2.0), lossScale(c, false));
+    set(c, {[&] { return d; }, [&] { return g.neg(d); }});
+  });
+  RULE(L1LossOp) {
+    GradBuilder &g = c.g;
+    Value d = g.mul(sign(g, g.sub(c.x(0), c.x(1))), lossScale(c, false));
+    set(c, {[&] { return d; }, [&] { return g.neg(d); }});
+  });
+  RULE(BceLossOp) {
+    // PyTorch: (p - t) / max(p (1 - p), 1e-12); logs clamped at -100.
+    GradBuilder &g = c.g;
+    Value p = c.x(0), t = c.x(1), scale = lossScale(c, false);
+    auto clampedLog = [&](Value v) {
+      Value l = g.make<nnops::LogOp>({v});
+      return g.sub(g.make<nnops::ReluOp>({g.add(l, 100.0)}), g.scalar(100.0));
+    };
+    set(c, {[&] {
+              Value var = g.mul(p, g.rsub(1.0, p));
+              Value denom = g.add(g.make<nnops::ReluOp>({g.add(var, -1e-12)}), 1e-12);
+              return g.mul(g.div(g.sub(p, t), denom), scale);
+            },
+            [&] { return g.mul(g.sub(clampedLog(g.rsub(1.0, p)), clampedLog(p)), scale); }});
+  });
+  RULE(CrossEntropyOp) {
+    GradBuilder &g = c.g;
+    Value p = c.x(0), t = c.x(1), scale = lossScale(c, true);
+    bool labels = typeOf(t).getElementType().isInteger(32);
+    Value target = labels ? g.make<nnops::OneHotOp>(
+                                {t}, {g.builder().getNamedAttr(
+                                         "num_classes",
+                                         g.builder().getI64IntegerAttr(typeOf(p).getDimSize(1)))})
+                          : t;
+    set(c, {[&] { return g.mul(g.neg(g.div(target, p)), scale); },
+            [&] {
+              return labels ? Value()
+                            : g.mul(g.neg(g.make<nnops::LogOp>({p})), scale);
+            }});
+  });
+  RULE(SoftmaxCrossEntropyOp) {
+    // The stable form: softmax(x) - onehot(y).
+    GradBuilder &g = c.g;
+    OpBuilder &b = g.builder();
+    Value x = c.x(0);
+    set(c, {[&] {
+              Value p = g.make<nnops::SoftmaxOp>({x}, {b.getNamedAttr("axis", b.getI64IntegerAttr(1))});
+              Value onehot = g.make<nnops::OneHotOp>(
+                  {c.x(1)},
+                  {b.getNamedAttr("num_classes", b.getI64IntegerAttr(typeOf(x).getDimSize(1)))});
+              return g.mul(g.sub(p, onehot), lossScale(c, true));
+            },
+            [] { return Value(); }});
+  });
+}
+#undef RULE
+
 /// The table. Rules are listed in the order of NNOps.td.
 const llvm::DenseMap<TypeID, GradRule> &rules() {
   static const llvm::DenseMap<TypeID, GradRule> table = [] {
@@ -313,68 +382,7 @@ const llvm::DenseMap<TypeID, GradRule> &rules() {
         return g.sub(c.dy(), g.mul(g.make<nnops::ExpOp>({c.y()}), s));
       }});
     });
-    // Convolution, pooling, normalization.
-    add(TypeID::get<nnops::Conv2dOp>(), conv2d);
-    add(TypeID::get<nnops::MaxPool2dOp>(), pool<nnops::MaxPool2dOp, nnops::MaxPool2dGradOp>);
-    add(TypeID::get<nnops::AvgPool2dOp>(), pool<nnops::AvgPool2dOp, nnops::AvgPool2dGradOp>);
-    add(TypeID::get<nnops::BatchNormOp>(), batchNorm);
-    add(TypeID::get<nnops::GroupNormOp>(), groupNorm);
-    add(TypeID::get<nnops::LocalResponseNormOp>(), localResponseNorm);
-    // Losses.
-    RULE(MseLossOp) {
-      GradBuilder &g = c.g;
-      Value d = g.mul(g.mul(g.sub(c.x(0), c.x(1)), 2.0), lossScale(c, false));
-      set(c, {[&] { return d; }, [&] { return g.neg(d); }});
-    });
-    RULE(L1LossOp) {
-      GradBuilder &g = c.g;
-      Value d = g.mul(sign(g, g.sub(c.x(0), c.x(1))), lossScale(c, false));
-      set(c, {[&] { return d; }, [&] { return g.neg(d); }});
-    });
-    RULE(BceLossOp) {
-      // PyTorch: (p - t) / max(p (1 - p), 1e-12); logs clamped at -100.
-      GradBuilder &g = c.g;
-      Value p = c.x(0), t = c.x(1), scale = lossScale(c, false);
-      auto clampedLog = [&](Value v) {
-        Value l = g.make<nnops::LogOp>({v});
-        return g.sub(g.make<nnops::ReluOp>({g.add(l, 100.0)}), g.scalar(100.0));
-      };
-      set(c, {[&] {
-                Value var = g.mul(p, g.rsub(1.0, p));
-                Value denom = g.add(g.make<nnops::ReluOp>({g.add(var, -1e-12)}), 1e-12);
-                return g.mul(g.div(g.sub(p, t), denom), scale);
-              },
-              [&] { return g.mul(g.sub(clampedLog(g.rsub(1.0, p)), clampedLog(p)), scale); }});
-    });
-    RULE(CrossEntropyOp) {
-      GradBuilder &g = c.g;
-      Value p = c.x(0), t = c.x(1), scale = lossScale(c, true);
-      bool labels = typeOf(t).getElementType().isInteger(32);
-      Value target = labels ? g.make<nnops::OneHotOp>(
-                                  {t}, {g.builder().getNamedAttr(
-                                           "num_classes",
-                                           g.builder().getI64IntegerAttr(typeOf(p).getDimSize(1)))})
-                            : t;
-      set(c, {[&] { return g.mul(g.neg(g.div(target, p)), scale); },
-              [&] {
-                return labels ? Value()
-                              : g.mul(g.neg(g.make<nnops::LogOp>({p})), scale);
-              }});
-    });
-    RULE(SoftmaxCrossEntropyOp) {
-      // The stable form: softmax(x) - onehot(y).
-      GradBuilder &g = c.g;
-      OpBuilder &b = g.builder();
-      Value x = c.x(0);
-      set(c, {[&] {
-                Value p = g.make<nnops::SoftmaxOp>({x}, {b.getNamedAttr("axis", b.getI64IntegerAttr(1))});
-                Value onehot = g.make<nnops::OneHotOp>(
-                    {c.x(1)},
-                    {b.getNamedAttr("num_classes", b.getI64IntegerAttr(typeOf(x).getDimSize(1)))});
-                return g.mul(g.sub(p, onehot), lossScale(c, true));
-              },
-              [] { return Value(); }});
-    });
+    addLayerRules(t);
 #undef RULE
     return t;
   }();

@@ -124,6 +124,17 @@ INSTANTIATE_TEST_SUITE_P(Examples, CpuExample,
                                            "mnist_cnn", "lenet5", "mnist_autoencoder",
                                            "weight_norm", "vgg_small"));
 
+/// Repeated layers compile to one shared function per distinct kernel
+/// (OutlineKernels); every layer still computes its own values.
+TEST(CpuBackend, RepeatedLayersMatchReference) {
+  std::string src = "model deep {\n  input x: f32[B, 24]\n  input y: i32[B]\n  h0 = x\n";
+  for (int i = 1; i <= 6; ++i)
+    src += "  h" + std::to_string(i) + " = tanh(dense(h" + std::to_string(i - 1) + ", 24))\n";
+  src += "  logits = dense(h6, 5)\n  loss = softmax_cross_entropy(logits, y)\n  output logits\n"
+         "  minimize loss\n}\ntrain {\n  optimizer = adam(lr=0.01)\n}\n";
+  compareBackends(src, 7);
+}
+
 /// The same without fusion: every op a kernel of its own.
 TEST_P(CpuExample, UnfusedTrainingStepMatchesReference) {
   std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/common/ScalarMath.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -19,10 +20,6 @@ namespace nnc::cpu::loops {
 //===----------------------------------------------------------------------===//
 
 
-Scalar unary(std::function<Value(Emitter &, Value)> f) {
-  return [f](Emitter &e, function_ref<Value(unsigned)> operand) { return f(e, operand(0)); };
-}
-
 Value select(Emitter &e, Value cond, Value a, Value b) {
   return e.b.create<arith::SelectOp>(e.loc, cond, a, b);
 }
@@ -30,93 +27,67 @@ Value positive(Emitter &e, Value x) {
   return e.b.create<arith::CmpFOp>(e.loc, arith::CmpFPredicate::OGT, x, e.f32(0));
 }
 
-Scalar binary(std::function<Value(Emitter &, Value, Value)> ff,
-              std::function<Value(Emitter &, Value, Value)> fi) {
-  return [ff, fi](Emitter &e, function_ref<Value(unsigned)> operand) {
-    Value a = operand(0), c = operand(1);
-    return isa<FloatType>(getElementTypeOrSelf(a.getType())) ? ff(e, a, c) : fi(e, a, c);
-  };
-}
+namespace {
 
-template <typename F, typename I>
-Scalar arithmetic() {
-  return binary([](Emitter &e, Value a, Value c) -> Value { return e.b.create<F>(e.loc, a, c); },
-                [](Emitter &e, Value a, Value c) -> Value { return e.b.create<I>(e.loc, a, c); });
-}
+/// codegen::scalarMath's primitives as arith and math ops, on scalars or
+/// (in vector mode) vectors; f32 or i32 as the operands are.
+struct LoopMath {
+  using V = Value;
+  Emitter &e;
 
-template <typename OpTy>
-std::pair<TypeID, Scalar> scalar(Scalar f) {
-  return {TypeID::get<OpTy>(), std::move(f)};
-}
+  bool isFloat(Value v) { return isa<FloatType>(getElementTypeOrSelf(v.getType())); }
+  template <typename F, typename I>
+  Value arith2(Value a, Value b) {
+    if (isFloat(a))
+      return e.b.create<F>(e.loc, a, b);
+    return e.b.create<I>(e.loc, a, b);
+  }
+  template <typename Op, typename... Args>
+  Value make(Args... args) {
+    return e.b.create<Op>(e.loc, args...);
+  }
+
+  Value c(double v) { return e.f32(v); }
+  Value add(Value a, Value b) { return arith2<arith::AddFOp, arith::AddIOp>(a, b); }
+  Value sub(Value a, Value b) { return arith2<arith::SubFOp, arith::SubIOp>(a, b); }
+  Value mul(Value a, Value b) { return arith2<arith::MulFOp, arith::MulIOp>(a, b); }
+  Value div(Value a, Value b) { return arith2<arith::DivFOp, arith::DivSIOp>(a, b); }
+  Value neg(Value x) { return make<arith::NegFOp>(x); }
+  Value exp(Value x) { return make<math::ExpOp>(x); }
+  Value log(Value x) { return make<math::LogOp>(x); }
+  Value log1p(Value x) { return make<math::Log1pOp>(x); }
+  Value sqrt(Value x) { return make<math::SqrtOp>(x); }
+  Value abs(Value x) { return make<math::AbsFOp>(x); }
+  Value pow(Value a, Value b) {
+    if (isFloat(a))
+      return make<math::PowFOp>(a, b);
+    // Integer powers go through f32 (exact for the small values labels take).
+    Type f = e.b.getF32Type(), i = a.getType();
+    Value p = make<math::PowFOp>(make<arith::SIToFPOp>(f, a), make<arith::SIToFPOp>(f, b));
+    return make<arith::FPToSIOp>(i, p);
+  }
+  Value fma(Value a, Value b, Value c) { return make<math::FmaOp>(a, b, c); }
+  Value min(Value a, Value b) { return make<arith::MinimumFOp>(a, b); }
+  Value copysign(Value m, Value s) { return make<math::CopySignOp>(m, s); }
+  Value greater(Value a, Value b) { return make<arith::CmpFOp>(arith::CmpFPredicate::OGT, a, b); }
+  Value less(Value a, Value b) { return make<arith::CmpFOp>(arith::CmpFPredicate::OLT, a, b); }
+  Value select(Value cond, Value a, Value b) { return make<arith::SelectOp>(cond, a, b); }
+};
+
+} // namespace
 
 /// The elementwise ops: one value per output element from the operands'
-/// elements at the same (broadcast) index. They lower to one loop nest, or
-/// fuse into the loops of their consumer.
+/// elements at the same (broadcast) index, as codegen::scalarMath defines
+/// it. They lower to one loop nest, or fuse into the loops of their
+/// consumer.
 const llvm::DenseMap<TypeID, Scalar> &scalars() {
   static const llvm::DenseMap<TypeID, Scalar> table = [] {
     llvm::DenseMap<TypeID, Scalar> t;
-    auto add = [&](std::pair<TypeID, Scalar> e) { t.insert(std::move(e)); };
-    using E = Emitter;
-    add(scalar<nnops::NegOp>(unary([](E &e, Value x) -> Value { return e.b.create<arith::NegFOp>(e.loc, x); })));
-    add(scalar<nnops::ExpOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::ExpOp>(e.loc, x); })));
-    add(scalar<nnops::LogOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::LogOp>(e.loc, x); })));
-    add(scalar<nnops::SqrtOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::SqrtOp>(e.loc, x); })));
-    add(scalar<nnops::AbsOp>(unary([](E &e, Value x) -> Value { return e.b.create<math::AbsFOp>(e.loc, x); })));
-    add(scalar<nnops::TanhOp>(unary([](E &e, Value x) -> Value {
-      // Below |x| = 0.625 an odd polynomial, x + x^3 P(x^2) (Cephes'
-      // tanhf coefficients); above, 1 - 2 / (e^(2|x|) + 1), which rounds
-      // to 1 from |x| = 9 on (clamped there, so e^(2|x|) stays finite).
-      // Within 1-2 ULPs (CompiledMath), vectorizable, one exp and one
-      // division (the form expm1(2x) / (expm1(2x) + 2) cost an exp, a log
-      // and two divisions: 52 cycles a vector). The sign is x's, -0
-      // included.
-      OpBuilder &b = e.b;
-      Location loc = e.loc;
-      Value a = b.create<arith::MinimumFOp>(loc, b.create<math::AbsFOp>(loc, x), e.f32(9.0));
-      Value z = b.create<arith::MulFOp>(loc, x, x);
-      Value p = e.f32(-5.70498872745e-3);
-      for (double c : {2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1})
-        p = b.create<math::FmaOp>(loc, p, z, e.f32(c));
-      Value small = b.create<math::FmaOp>(loc, b.create<arith::MulFOp>(loc, x, z), p, x);
-      Value ex = b.create<math::ExpOp>(loc, b.create<arith::AddFOp>(loc, a, a));
-      Value large = b.create<arith::SubFOp>(
-          loc, e.f32(1.0), b.create<arith::DivFOp>(loc, e.f32(2.0), b.create<arith::AddFOp>(loc, ex, e.f32(1.0))));
-      Value near = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLT, a, e.f32(0.625));
-      return b.create<math::CopySignOp>(loc, select(e, near, small, large), x);
-    })));
-    add(scalar<nnops::SigmoidOp>(unary([](E &e, Value x) -> Value {
-      Value ex = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, x));
-      return e.b.create<arith::DivFOp>(e.loc, e.f32(1.0), e.b.create<arith::AddFOp>(e.loc, e.f32(1.0), ex));
-    })));
-    add(scalar<nnops::ReluOp>(unary([](E &e, Value x) { return select(e, positive(e, x), x, e.f32(0)); })));
-    add(scalar<nnops::StepOp>(unary([](E &e, Value x) { return select(e, positive(e, x), e.f32(1), e.f32(0)); })));
-    add(scalar<nnops::IdentityOp>(unary([](E &, Value x) { return x; })));
-    add(scalar<nnops::SoftplusOp>(unary([](E &e, Value x) -> Value {
-      // max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|.
-      Value m = select(e, positive(e, x), x, e.f32(0));
-      Value t = e.b.create<math::ExpOp>(e.loc, e.b.create<arith::NegFOp>(e.loc, e.b.create<math::AbsFOp>(e.loc, x)));
-      return e.b.create<arith::AddFOp>(e.loc, m, e.b.create<math::Log1pOp>(e.loc, t));
-    })));
-    add(scalar<nnops::LeakyReluOp>([](E &e, function_ref<Value(unsigned)> operand) {
-      double a = self<nnops::LeakyReluOp>(e).getAlpha().convertToDouble();
-      Value x = operand(0);
-      return select(e, positive(e, x), x, e.b.create<arith::MulFOp>(e.loc, x, e.f32(a)));
-    }));
-    add(scalar<nnops::AddOp>(arithmetic<arith::AddFOp, arith::AddIOp>()));
-    add(scalar<nnops::SubOp>(arithmetic<arith::SubFOp, arith::SubIOp>()));
-    add(scalar<nnops::MulOp>(arithmetic<arith::MulFOp, arith::MulIOp>()));
-    add(scalar<nnops::DivOp>(arithmetic<arith::DivFOp, arith::DivSIOp>()));
-    add(scalar<nnops::PowOp>(binary(
-        [](E &e, Value a, Value c) -> Value { return e.b.create<math::PowFOp>(e.loc, a, c); },
-        [](E &e, Value a, Value c) -> Value {
-          // Integer powers go through f32 (exact for the small values labels take).
-          Type f = e.b.getF32Type(), i = a.getType();
-          Value p = e.b.create<math::PowFOp>(e.loc, e.b.create<arith::SIToFPOp>(e.loc, f, a),
-                                             e.b.create<arith::SIToFPOp>(e.loc, f, c));
-          return e.b.create<arith::FPToSIOp>(e.loc, i, p);
-        })));
-    // The second operand gives only the shape.
-    add(scalar<nnops::BroadcastLikeOp>([](E &, function_ref<Value(unsigned)> operand) { return operand(0); }));
+    for (TypeID id : codegen::scalarOps())
+      t[id] = [](Emitter &e, function_ref<Value(unsigned)> operand) {
+        LoopMath m{e};
+        return *codegen::scalarMath<LoopMath>(e.op, m, operand);
+      };
     return t;
   }();
   return table;

@@ -1,6 +1,7 @@
 //===- Jit.cpp - compiling and running CPU code in process ----------------===//
 
 #include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cpu/LowerToLoops.h"
 #include "compiler/codegen/common/CacheEntry.h"
 #include "runtime/Cache.h"
 #include "runtime/Profile.h"
@@ -164,6 +165,8 @@ std::unique_ptr<Pass> createMathApproximationPass() { return std::make_unique<Ma
 } // namespace
 
 LogicalResult cpu::lowerToLLVM(ModuleOp module) {
+  if (failed(outlineKernels(module)))
+    return failure();
   PassManager pm(module.getContext());
   pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
@@ -454,7 +457,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     llvm::raw_string_ostream os(text);
     module.print(os);
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-26"), llvm::StringRef(text),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-27"), llvm::StringRef(text),
                                  machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);

@@ -287,10 +287,8 @@ extern const int64_t kLanes;
 const llvm::DenseMap<TypeID, Scalar> &scalars();
 
 // The lowerings and helpers of each op family, defined in its file.
-Scalar unary(std::function<Value(Emitter &, Value)> f);
 Value select(Emitter &e, Value cond, Value a, Value b);
 Value positive(Emitter &e, Value x);
-Scalar binary(std::function<Value(Emitter &, Value, Value)> ff, std::function<Value(Emitter &, Value, Value)> fi);
 int64_t typicalDim(Value v, int64_t i);
 bool worthThreads(Value v);
 LogicalResult elementwise(Emitter &e);

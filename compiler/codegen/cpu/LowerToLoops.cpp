@@ -100,39 +100,101 @@ static std::string where(Location loc) {
   return "?";
 }
 
-LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
-                                ModuleOp target, StringRef name, bool profile) {
-  MLIRContext *ctx = fn.getContext();
-  // Kernels formed by the fusion pass, flattened (see below).
-  std::vector<SmallVector<Operation *>> groups = inlineKernels(fn);
-  ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
-                   vector::VectorDialect>();
-  OpBuilder b(ctx);
-  Location loc = fn.getLoc();
-  Type i8 = b.getI8Type();
-  auto rawType = MemRefType::get({ShapedType::kDynamic}, i8);
-  auto argType = [&](Type t) -> Type {
-    auto m = memrefOf(t);
-    return m.hasStaticShape() ? Type(m) : Type(MemRefType::get({1}, i8));
-  };
-  SmallVector<Type> argTypes;
-  for (Type t : fn.getArgumentTypes())
-    argTypes.push_back(argType(t));
-  for (Type t : fn.getResultTypes())
-    argTypes.push_back(argType(t));
-  argTypes.push_back(MemRefType::get({2}, b.getI64Type()));
-  argTypes.push_back(b.getIndexType());
-  b.setInsertionPointToEnd(target.getBody());
-  auto lowered = b.create<func::FuncOp>(loc, name, b.getFunctionType(argTypes, {}));
-  Block *body = lowered.addEntryBlock();
-  b.setInsertionPointToStart(body);
-  unsigned numBuffers = fn.getNumArguments() + fn.getNumResults();
-  Value rng = body->getArgument(numBuffers);
-  Value batch = body->getArgument(numBuffers + 1);
+namespace {
+
+using nnops::isReduction;
+using codegen::BatchScaling;
+using cpu::kKernelAttr;
+
+/// A memory slot: a buffer argument of `perBatch * batch + fixed` bytes.
+struct Slot {
+  int64_t perBatch, fixed;
+  bool free;
+  Value arg;
+};
+
+/// The lowering of one fused function: plans first (fusion roles, kernel
+/// order, lifetimes, in-place updates), then each kernel's ops bound to
+/// their lowerings, with memory slots assigned as values are stored. The
+/// state lives here so that each step is a method of its own.
+class StepLowering {
+public:
+  StepLowering(func::FuncOp fn, const BatchScaling &scaling, ModuleOp target, StringRef name,
+               bool profile)
+      : fn(fn), scaling(scaling), target(target), name(name), profile(profile), b(fn.getContext()),
+        loc(fn.getLoc()) {}
+
+  LogicalResult run() {
+    if (failed(begin()))
+      return failure();
+    planFusion();
+    listKernels();
+    planLifetimes();
+    planInPlace();
+    for (Operation &op : fn.front().without_terminator())
+      if (failed(lowerAt(op)))
+        return failure();
+    finish();
+    return success();
+  }
+
+private:
+  /// Creates the lowered function: its signature and the views of its
+  /// batch-dependent buffer arguments.
+  LogicalResult begin() {
+    MLIRContext *ctx = fn.getContext();
+    // Kernels formed by the fusion pass, flattened (see planFusion).
+    groups = inlineKernels(fn);
+    ctx->loadDialect<arith::ArithDialect, math::MathDialect, memref::MemRefDialect, scf::SCFDialect,
+                     vector::VectorDialect>();
+    i8 = b.getI8Type();
+    rawType = MemRefType::get({ShapedType::kDynamic}, i8);
+    auto argType = [&](Type t) -> Type {
+      auto m = memrefOf(t);
+      return m.hasStaticShape() ? Type(m) : Type(MemRefType::get({1}, i8));
+    };
+    SmallVector<Type> argTypes;
+    for (Type t : fn.getArgumentTypes())
+      argTypes.push_back(argType(t));
+    for (Type t : fn.getResultTypes())
+      argTypes.push_back(argType(t));
+    argTypes.push_back(MemRefType::get({2}, b.getI64Type()));
+    argTypes.push_back(b.getIndexType());
+    b.setInsertionPointToEnd(target.getBody());
+    lowered = b.create<func::FuncOp>(loc, name, b.getFunctionType(argTypes, {}));
+    body = lowered.addEntryBlock();
+    b.setInsertionPointToStart(body);
+    numBuffers = fn.getNumArguments() + fn.getNumResults();
+    rng = body->getArgument(numBuffers);
+    batch = body->getArgument(numBuffers + 1);
+
+    for (unsigned i = 0; i < numBuffers; ++i) {
+      Value arg = body->getArgument(i);
+      Value v = i < fn.getNumArguments() ? Value(fn.getArgument(i))
+                                         : fn.front().getTerminator()->getOperand(i - fn.getNumArguments());
+      Type t = i < fn.getNumArguments() ? fn.getArgumentTypes()[i]
+                                        : fn.getResultTypes()[i - fn.getNumArguments()];
+      Value buf = arg;
+      if (!memrefOf(t).hasStaticShape()) {
+        // Results are identified by their type only: view them through the
+        // returned value's scaling.
+        auto [perBatch, fixed] = bytesOf(v);
+        auto view = viewOf(v, arg, perBatch, fixed);
+        if (failed(view))
+          return failure();
+        buf = *view;
+      }
+      if (i < fn.getNumArguments())
+        buffers[fn.getArgument(i)] = buf;
+      else
+        resultBuffers.push_back(buf);
+    }
+    return success();
+  }
 
   // Sizes at run time: a batch-dependent size is its multiplier times the
   // batch size.
-  auto scaled = [&](Value v, SmallVector<Value> &dyn) -> LogicalResult {
+  LogicalResult scaled(Value v, SmallVector<Value> &dyn) {
     auto type = cast<RankedTensorType>(v.getType());
     auto it = scaling.find(v);
     for (int64_t i = 0; i < type.getRank(); ++i) {
@@ -144,9 +206,9 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
                                             b.create<arith::ConstantIndexOp>(loc, it->second[i])));
     }
     return success();
-  };
+  }
   // Bytes of a value as `perBatch * batch + fixed`, rounded to 64.
-  auto bytesOf = [&](Value v) -> std::pair<int64_t, int64_t> {
+  std::pair<int64_t, int64_t> bytesOf(Value v) {
     auto type = cast<RankedTensorType>(v.getType());
     int64_t n = 4;
     bool dynamic = false;
@@ -162,16 +224,24 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     n = std::max<int64_t>(n, 1);
     n = (n + 63) / 64 * 64;
     return dynamic ? std::make_pair(n, int64_t(0)) : std::make_pair(int64_t(0), n);
-  };
-  auto affine = [&](int64_t perBatch, int64_t fixed) -> Value {
+  }
+  Value affine(int64_t perBatch, int64_t fixed) {
     Value f = b.create<arith::ConstantIndexOp>(loc, fixed);
     if (!perBatch)
       return f;
     return b.create<arith::AddIOp>(
         loc, b.create<arith::MulIOp>(loc, batch, b.create<arith::ConstantIndexOp>(loc, perBatch)), f);
-  };
-  // A typed view of `raw` (memref<1xi8>) or a byte offset in it.
-  auto viewOf = [&](Value v, Value raw, Value offset, Value extent) -> FailureOr<Value> {
+  }
+  // The kernel being emitted (an scf.execute_region that OutlineKernels
+  // makes a function of), if any. Buffer views are built before it, in the
+  // function's body, as later kernels read them too.
+  // A typed view of `raw` (memref<1xi8>) of `perBatch * batch + fixed`
+  // bytes.
+  FailureOr<Value> viewOf(Value v, Value raw, int64_t perBatch, int64_t fixed) {
+    OpBuilder::InsertionGuard guard(b);
+    if (kernelRegion)
+      b.setInsertionPoint(kernelRegion);
+    Value offset = b.create<arith::ConstantIndexOp>(loc, 0), extent = affine(perBatch, fixed);
     SmallVector<Value> dyn;
     if (failed(scaled(v, dyn)))
       return failure();
@@ -179,30 +249,6 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         loc, rawType, raw, OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{extent},
         ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
     return b.create<memref::ViewOp>(loc, memrefOf(v.getType()), flat, offset, dyn).getResult();
-  };
-
-  llvm::DenseMap<Value, Value> buffers;
-  SmallVector<Value> resultBuffers;
-  for (unsigned i = 0; i < numBuffers; ++i) {
-    Value arg = body->getArgument(i);
-    Value v = i < fn.getNumArguments() ? Value(fn.getArgument(i))
-                                       : fn.front().getTerminator()->getOperand(i - fn.getNumArguments());
-    Type t = i < fn.getNumArguments() ? fn.getArgumentTypes()[i]
-                                      : fn.getResultTypes()[i - fn.getNumArguments()];
-    Value buf = arg;
-    if (!memrefOf(t).hasStaticShape()) {
-      // Results are identified by their type only: view them through the
-      // returned value's scaling.
-      auto [perBatch, fixed] = bytesOf(v);
-      auto view = viewOf(v, arg, b.create<arith::ConstantIndexOp>(loc, 0), affine(perBatch, fixed));
-      if (failed(view))
-        return failure();
-      buf = *view;
-    }
-    if (i < fn.getNumArguments())
-      buffers[fn.getArgument(i)] = buf;
-    else
-      resultBuffers.push_back(buf);
   }
 
   // The kernels: the nn.kernel groups of the fusion pass (compiler/
@@ -220,98 +266,98 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   //    its store loop (after a convolution with a column stride, whose taps
   //    accumulate in memory, as a loop of their own);
   //  - from memory otherwise (members run one after another).
-  Operation *ret = fn.front().getTerminator();
-  llvm::DenseMap<Operation *, unsigned> groupOf;
-  for (auto [i, g] : llvm::enumerate(groups))
-    for (Operation *m : g)
-      groupOf[m] = i;
-  auto sameGroup = [&](Operation *a, Operation *b) {
-    auto ia = groupOf.find(a), ib = groupOf.find(b);
-    return ia != groupOf.end() && ib != groupOf.end() && ia->second == ib->second;
-  };
-  using nnops::isReduction;
-  llvm::DenseSet<Operation *> fused, stored, absorbed;
-  llvm::DenseMap<Operation *, Operation *> consumerOf, epilogueOf;
-  for (SmallVector<Operation *> &g : groups) {
-    for (Operation *m : g) {
-      if (m->getNumResults() != 1)
-        continue;
-      Value r = m->getResult(0);
-      llvm::SmallPtrSet<Operation *, 2> inside;
-      bool outside = false;
-      for (Operation *u : r.getUsers())
-        sameGroup(m, u) ? (void)inside.insert(u) : (void)(outside = true);
-      if (inside.size() != 1)
-        continue;
-      Operation *u = *inside.begin();
-      bool producer = false;
-      if (isa<nnops::TransposeOp>(m))
-        producer = isa<nnops::MatmulOp>(u) && u->getOperand(0) == r && u->getOperand(1) != r;
-      else if (scalars().count(m->getName().getTypeID()) || (isa<nnops::OneHotOp>(m) && !outside))
-        producer = isReduction(u) ? u->getOperand(0) == r
-                                  : scalars().count(u->getName().getTypeID()) &&
-                                        u->getResult(0).getType() == r.getType();
-      if (!producer)
-        continue;
-      fused.insert(m);
-      consumerOf[m] = u;
-      if (outside)
-        stored.insert(m);
+  void planFusion() {
+    ret = fn.front().getTerminator();
+    for (auto [i, g] : llvm::enumerate(groups))
+      for (Operation *m : g)
+        groupOf[m] = i;
+    for (SmallVector<Operation *> &g : groups) {
+      for (Operation *m : g) {
+        if (m->getNumResults() != 1)
+          continue;
+        Value r = m->getResult(0);
+        llvm::SmallPtrSet<Operation *, 2> inside;
+        bool outside = false;
+        for (Operation *u : r.getUsers())
+          sameGroup(m, u) ? (void)inside.insert(u) : (void)(outside = true);
+        if (inside.size() != 1)
+          continue;
+        Operation *u = *inside.begin();
+        bool producer = false;
+        if (isa<nnops::TransposeOp>(m))
+          producer = isa<nnops::MatmulOp>(u) && u->getOperand(0) == r && u->getOperand(1) != r;
+        else if (scalars().count(m->getName().getTypeID()) || (isa<nnops::OneHotOp>(m) && !outside))
+          producer = isReduction(u) ? u->getOperand(0) == r
+                                    : scalars().count(u->getName().getTypeID()) &&
+                                          u->getResult(0).getType() == r.getType();
+        if (!producer)
+          continue;
+        fused.insert(m);
+        consumerOf[m] = u;
+        if (outside)
+          stored.insert(m);
+      }
+      for (Operation *m : g) {
+        if (fused.contains(m) || !nnops::hostsEpilogue(m))
+          continue;
+        Value r = m->getResult(0);
+        if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
+          continue;
+        // These lowerings store each element once through Emitter::emit and
+        // take the epilogue there; a convolution with a column stride
+        // accumulates its taps in memory, so its epilogue is a loop of its
+        // own in the kernel.
+        if (auto conv = dyn_cast<nnops::Conv2dOp>(m); conv && conv.getStride()[1] != 1)
+          continue;
+        Operation *c = *r.getUsers().begin();
+        while (fused.contains(c))
+          c = consumerOf[c];
+        epilogueOf[m] = c;
+        absorbed.insert(c);
+      }
     }
-    for (Operation *m : g) {
-      if (fused.contains(m) || !nnops::hostsEpilogue(m))
-        continue;
-      Value r = m->getResult(0);
-      if (r.use_empty() || llvm::any_of(r.getUsers(), [&](Operation *u) { return !sameGroup(m, u); }))
-        continue;
-      // These lowerings store each element once through Emitter::emit and
-      // take the epilogue there; a convolution with a column stride
-      // accumulates its taps in memory, so its epilogue is a loop of its
-      // own in the kernel.
-      if (auto conv = dyn_cast<nnops::Conv2dOp>(m); conv && conv.getStride()[1] != 1)
-        continue;
-      Operation *c = *r.getUsers().begin();
-      while (fused.contains(c))
-        c = consumerOf[c];
-      epilogueOf[m] = c;
-      absorbed.insert(c);
-    }
-  }
-  // Literals: what the fusion pass left outside every kernel, besides
-  // views (splat constants, element counts, math on them), is produced in
-  // place at each read.
-  llvm::DenseSet<Operation *> immediate;
-  for (Operation &op : fn.front().without_terminator())
-    if (!groups.empty() && !groupOf.count(&op) && !isa<nnops::ReshapeOp>(op))
-      immediate.insert(&op);
-  // The kernels in order (members of a group are contiguous after
-  // flattening); `kernelOf` gives each op's kernel.
-  std::vector<SmallVector<Operation *>> kernelList;
-  llvm::DenseMap<Operation *, unsigned> kernelOf;
-  for (Operation &op : fn.front().without_terminator()) {
-    if (isa<nnops::ReshapeOp>(op) || immediate.contains(&op))
-      continue;
-    auto it = groupOf.find(&op);
-    if (it == groupOf.end())
-      kernelList.push_back({&op});
-    else if (groups[it->second].front() == &op)
-      kernelList.push_back(groups[it->second]);
-    else
-      continue;
-    for (Operation *m : kernelList.back())
-      kernelOf[m] = kernelList.size() - 1;
   }
 
-  // A reshape is a view of its input's buffer: values share the buffer of
-  // their root.
-  llvm::DenseMap<Value, Value> rootOf;
-  auto root = [&](Value v) {
+  bool sameGroup(Operation *a, Operation *b) {
+    auto ia = groupOf.find(a), ib = groupOf.find(b);
+    return ia != groupOf.end() && ib != groupOf.end() && ia->second == ib->second;
+  }
+
+  /// Literals, the kernels in order, and the views reshapes make.
+  void listKernels() {
+    // Literals: what the fusion pass left outside every kernel, besides
+    // views (splat constants, element counts, math on them), is produced in
+    // place at each read.
+    for (Operation &op : fn.front().without_terminator())
+      if (!groups.empty() && !groupOf.count(&op) && !isa<nnops::ReshapeOp>(op))
+        immediate.insert(&op);
+    // The kernels in order (members of a group are contiguous after
+    // flattening); `kernelOf` gives each op's kernel.
+    for (Operation &op : fn.front().without_terminator()) {
+      if (isa<nnops::ReshapeOp>(op) || immediate.contains(&op))
+        continue;
+      auto it = groupOf.find(&op);
+      if (it == groupOf.end())
+        kernelList.push_back({&op});
+      else if (groups[it->second].front() == &op)
+        kernelList.push_back(groups[it->second]);
+      else
+        continue;
+      for (Operation *m : kernelList.back())
+        kernelOf[m] = kernelList.size() - 1;
+    }
+
+    // A reshape is a view of its input's buffer: values share the buffer of
+    // their root.
+    for (Operation &op : fn.front())
+      if (isa<nnops::ReshapeOp>(op))
+        rootOf[op.getResult(0)] = root(op.getOperand(0));
+  }
+
+  Value root(Value v) {
     auto it = rootOf.find(v);
     return it == rootOf.end() ? v : it->second;
-  };
-  for (Operation &op : fn.front())
-    if (isa<nnops::ReshapeOp>(op))
-      rootOf[op.getResult(0)] = root(op.getOperand(0));
+  }
 
   // The static memory plan: every intermediate lives in a slot, a buffer
   // the caller provides (an argument after the batch size) of
@@ -321,26 +367,29 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
   // Slots are separate arguments, not offsets in one block, so that LLVM
   // knows they do not alias. A value the function returns is computed into
   // its result buffer directly.
-  llvm::DenseMap<Value, unsigned> lastUse;
-  for (Operation &op : fn.front()) {
-    auto k = kernelOf.find(&op);
-    if (&op != ret && k == kernelOf.end())
-      continue; // views and literals hold nothing
-    unsigned at = &op == ret ? kernelList.size() : k->second;
-    for (Value v : op.getOperands())
-      lastUse[root(v)] = std::max(lastUse.lookup(root(v)), at);
+  void planLifetimes() {
+    for (Operation &op : fn.front()) {
+      auto k = kernelOf.find(&op);
+      if (&op != ret && k == kernelOf.end())
+        continue; // views and literals hold nothing
+      unsigned at = &op == ret ? kernelList.size() : k->second;
+      for (Value v : op.getOperands())
+        lastUse[root(v)] = std::max(lastUse.lookup(root(v)), at);
+    }
+    for (auto [i, v] : llvm::enumerate(ret->getOperands()))
+      if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
+        returnedAt[v] = i;
+    for (auto [src, c] : epilogueOf)
+      epilogueSrc[c] = src;
+    for (auto &[v, at] : lastUse)
+      releaseAt[at].push_back(v);
+
   }
-  llvm::DenseMap<Value, unsigned> returnedAt; // values returned once
-  for (auto [i, v] : llvm::enumerate(ret->getOperands()))
-    if (llvm::count(ret->getOperands(), v) == 1 && v.getDefiningOp() && !rootOf.count(v))
-      returnedAt[v] = i;
-  llvm::DenseMap<Operation *, Operation *> epilogueSrc;
-  for (auto [src, c] : epilogueOf)
-    epilogueSrc[c] = src;
+
   // The op whose loop nest computes `op` (itself, its fused consumer, or
   // the product or reduction whose epilogue it is), and whether the way
   // there keeps one element per element (no reduction in between).
-  auto nestOf = [&](Operation *op) -> std::pair<Operation *, bool> {
+  std::pair<Operation *, bool> nestOf(Operation *op) {
     bool pointwise = true;
     while (fused.contains(op)) {
       op = consumerOf.lookup(op);
@@ -349,13 +398,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     if (Operation *src = epilogueSrc.lookup(op))
       return {src, pointwise};
     return {op, pointwise && scalars().count(op->getName().getTypeID())};
-  };
+  }
   // Whether `d`'s result may be stored over `a` (same type): every read
   // of `a` (or a view of it) comes from an earlier kernel, an earlier loop
   // nest of `d`'s kernel, or `d`'s own nest as an elementwise op of `a`'s
   // shape computing `d` (the element is overwritten as soon as `d` is
   // computed, so nothing else in the nest may read the old one).
-  auto overwritable = [&](Value a, Operation *d) {
+  bool overwritable(Value a, Operation *d) {
     auto kd = kernelOf.find(d);
     if (kd == kernelOf.end() || a.getType() != d->getResult(0).getType())
       return false;
@@ -386,36 +435,31 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
           return false;
       }
     return true;
-  };
+  }
+
   // Updates in place: a returned value that replaces an argument (same
   // name, as an optimizer's new weights and moments or a layer's running
   // statistics) is stored into that argument's buffer when legal. The
   // runtime then neither allocates the result nor copies it back
   // (`nnc.inplace`).
-  llvm::DenseMap<Value, Value> inPlaceOf; // returned value -> argument
-  SmallVector<int64_t> inPlace(fn.getNumResults(), -1);
-  for (auto [v, i] : returnedAt) {
-    auto name = fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName);
-    if (!name || !cast<RankedTensorType>(v.getType()).getElementType().isF32())
-      continue;
-    for (BlockArgument a : fn.getArguments())
-      if (fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), nnops::attr::kName) == name &&
-          cast<RankedTensorType>(a.getType()).hasStaticShape() &&
-          !llvm::is_contained(inPlace, int64_t(a.getArgNumber())) && overwritable(a, v.getDefiningOp())) {
-        inPlaceOf[v] = a;
-        inPlace[i] = a.getArgNumber();
-        break;
-      }
+  void planInPlace() {
+    inPlace.assign(fn.getNumResults(), -1);
+    for (auto [v, i] : returnedAt) {
+      auto resultName = fn.getResultAttrOfType<StringAttr>(i, nnops::attr::kName);
+      if (!resultName || !cast<RankedTensorType>(v.getType()).getElementType().isF32())
+        continue;
+      for (BlockArgument a : fn.getArguments())
+        if (fn.getArgAttrOfType<StringAttr>(a.getArgNumber(), nnops::attr::kName) == resultName &&
+            cast<RankedTensorType>(a.getType()).hasStaticShape() &&
+            !llvm::is_contained(inPlace, int64_t(a.getArgNumber())) && overwritable(a, v.getDefiningOp())) {
+          inPlaceOf[v] = a;
+          inPlace[i] = a.getArgNumber();
+          break;
+        }
+    }
   }
 
-  struct Slot {
-    int64_t perBatch, fixed;
-    bool free;
-    Value arg;
-  };
-  std::vector<Slot> slots;
-  llvm::DenseMap<Value, unsigned> slotOf;
-  auto bufferFor = [&](Value r) -> FailureOr<Value> {
+  FailureOr<Value> bufferFor(Value r) {
     auto [perBatch, fixed] = bytesOf(r);
     int best = -1;
     auto cost = [&](const Slot &s) { return std::make_pair(s.perBatch, s.fixed); };
@@ -429,13 +473,12 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     }
     slots[best].free = false;
     slotOf[r] = best;
-    return viewOf(r, slots[best].arg, b.create<arith::ConstantIndexOp>(loc, 0),
-                  affine(slots[best].perBatch, slots[best].fixed));
-  };
+    return viewOf(r, slots[best].arg, slots[best].perBatch, slots[best].fixed);
+  }
   // The buffer a computed value is stored into. An elementwise result
   // (an activation's gradient, most often) takes over the slot of a value
   // of its type that its kernel reads for the last time, where legal.
-  auto outputFor = [&](Value r) -> FailureOr<Value> {
+  FailureOr<Value> outputFor(Value r) {
     if (Value a = inPlaceOf.lookup(r))
       return buffers.lookup(a);
     auto direct = returnedAt.find(r);
@@ -451,13 +494,12 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
           unsigned slot = held->second;
           slotOf.erase(held);
           slotOf[r] = slot;
-          return viewOf(r, slots[slot].arg, b.create<arith::ConstantIndexOp>(loc, 0),
-                        affine(slots[slot].perBatch, slots[slot].fixed));
+          return viewOf(r, slots[slot].arg, slots[slot].perBatch, slots[slot].fixed);
         }
     return bufferFor(r);
-  };
+  }
   // `src` seen with the shape of `v` (same elements, row-major).
-  auto reshaped = [&](Value src, Value v) -> FailureOr<Value> {
+  FailureOr<Value> reshaped(Value src, Value v) {
     auto type = cast<RankedTensorType>(v.getType());
     SmallVector<Value> dyn;
     if (failed(scaled(v, dyn)))
@@ -480,12 +522,12 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     return b.create<memref::ReinterpretCastOp>(loc, memrefOf(type), src, OpFoldResult(b.getIndexAttr(0)),
                                                sizes, strides)
         .getResult();
-  };
+  }
 
   // Whether the fused producers of `op` can be emitted as vectors along
   // the last axis: elementwise ops only (a one-hot or a transpose indexes
   // across that axis).
-  std::function<bool(Operation *)> vectorizable = [&](Operation *op) {
+  bool vectorizable(Operation *op) {
     for (Value v : op->getOperands()) {
       Operation *def = v.getDefiningOp();
       if (!def || !fused.contains(def) || consumerOf.lookup(def) != op)
@@ -494,20 +536,14 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         return false;
     }
     return true;
-  };
-  // Emitters of fused ops, kept alive while their consumers are emitted.
-  std::deque<Emitter> producers;
-  unsigned globals = 0;
-  // While an epilogue is emitted: the op whose value it receives, and that
-  // value at the current element.
-  Operation *epilogueSource = nullptr;
-  Value epilogueValue;
-  std::function<LogicalResult(Emitter &, Operation *)> bind = [&](Emitter &e, Operation *op) -> LogicalResult {
+  }
+
+  LogicalResult bind(Emitter &e, Operation *op) {
     for (Value v : op->getOperands()) {
       e.in.push_back(buffers.lookup(v));
       Operation *def = v.getDefiningOp();
       if (def && def == epilogueSource) {
-        e.gen.emplace_back([&epilogueValue](ValueRange) { return epilogueValue; });
+        e.gen.emplace_back([this](ValueRange) { return epilogueValue; });
         continue;
       }
       if (def && immediate.contains(def)) {
@@ -579,14 +615,9 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       }
     }
     return success();
-  };
-  llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
-  for (auto &[v, at] : lastUse)
-    releaseAt[at].push_back(v);
+  }
 
-  // Profiling: calls around each kernel, and what each kernel is.
-  SmallVector<Attribute> kernels;
-  auto elements = [&](Value v) -> std::pair<int64_t, int64_t> {
+  std::pair<int64_t, int64_t> elements(Value v) {
     auto t = cast<RankedTensorType>(v.getType());
     int64_t n = 1;
     bool dynamic = false;
@@ -595,8 +626,8 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       n *= t.isDynamicDim(i) ? scaling.lookup(v)[i] : t.getDimSize(i);
     }
     return dynamic ? std::make_pair(n, int64_t(0)) : std::make_pair(int64_t(0), n);
-  };
-  auto hook = [&](StringRef fnName, int64_t id) {
+  }
+  void hook(StringRef fnName, int64_t id) {
     if (!target.lookupSymbol(fnName)) {
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(target.getBody());
@@ -604,10 +635,10 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     }
     Value idv = b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(id));
     b.create<func::CallOp>(loc, fnName, TypeRange{}, ValueRange{idv});
-  };
+  }
   // A kernel's members, where it comes from, its floating-point operations
   // and the bytes it reads and writes (values from and to other kernels).
-  auto describe = [&](ArrayRef<Operation *> members, Operation *main) {
+  void describe(ArrayRef<Operation *> members, Operation *main) {
     llvm::DenseSet<Operation *> in(members.begin(), members.end());
     std::string names;
     SmallVector<Attribute> locs;
@@ -657,13 +688,13 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
          b.getNamedAttr("members", b.getArrayAttr(locs)),
          b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
          b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
-  };
+  }
   // Collapses axes [from, rank) of every buffer of shape `full` that the
   // elementwise `emitters` read or write into one axis (from 0: 1-D views)
   // and puts them in flat mode, if each reads only such buffers, one-element
   // ones, literals and values of that shape from fused producers, and
   // writes only such buffers; returns whether it did.
-  auto collapseAll = [&](ArrayRef<Emitter *> emitters, Type full, int64_t from) {
+  bool collapseAll(ArrayRef<Emitter *> emitters, Type full, int64_t from) {
     auto oneElement = [](Value v) { return llvm::all_of(shapeOf(v), [](int64_t d) { return d == 1; }); };
     auto identity = [](Value m) { return m && cast<MemRefType>(m.getType()).getLayout().isIdentity(); };
     for (Emitter *p : emitters) {
@@ -701,11 +732,11 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         m = view(m);
     }
     return true;
-  };
+  }
   // An elementwise kernel whose buffers (its own and its fused producers')
   // all have the result's shape or hold one element, in identity layout,
   // runs in flat mode: over 1-D views of them, one linear index.
-  auto flatten = [&](Emitter &e) {
+  void flatten(Emitter &e) {
     Type full = e.op->getResult(0).getType();
     if (cast<ShapedType>(full).getRank() < 2)
       return;
@@ -713,14 +744,14 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     for (Emitter &p : producers)
       all.push_back(&p);
     (void)collapseAll(all, full, 0);
-  };
+  }
   // A sum or maximum over trailing axes (a per-channel bias gradient: the
   // batch, rows and columns of N x C x H x W) of values its fused
   // producers compute: when every buffer they read or write has the summed
   // operand's shape (or one element), those axes are collapsed into one in
   // all of them, so the innermost loop runs over H * W elements (28-wide
   // rows, LeNet-5's, are too short for LLVM to vectorize well).
-  auto flattenReduction = [&](Emitter &e, size_t own) {
+  void flattenReduction(Emitter &e, size_t own) {
     // The first `own` emitters in `producers` compute the operand (the
     // epilogue's come after).
     SmallVector<Emitter *> operandProducers;
@@ -738,9 +769,10 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       return;
     if (collapseAll(operandProducers, e.op->getOperand(0).getType(), tail))
       e.flatTail = tail;
-  };
+  }
+
   // One op of a kernel, with its fused producers and its epilogue.
-  auto lowerOne = [&](Operation *op) -> LogicalResult {
+  LogicalResult lowerOne(Operation *op) {
     auto it = lowerings().find(op->getName().getTypeID());
     if (it == lowerings().end())
       return op->emitError("the CPU backend cannot lower '") << op->getName() << "'";
@@ -790,7 +822,7 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
         e.out.push_back(*other);
         buffers[r] = *other;
       }
-      e.epilogue = [&ce, &epilogueValue, out](Value v, ValueRange ivs) {
+      e.epilogue = [this, &ce, out](Value v, ValueRange ivs) {
         epilogueValue = v;
         ce.store(ce.at(ivs), out, ivs);
       };
@@ -810,27 +842,37 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
     LogicalResult done = it->second(e);
     producers.clear();
     return done;
-  };
-  for (Operation &op : fn.front().without_terminator()) {
+  }
+
+  /// Lowers `op`: a reshape as a view, the first member of a kernel as
+  /// the whole kernel (in an execute_region, OutlineKernels' unit).
+  LogicalResult lowerAt(Operation &op) {
     if (isa<nnops::ReshapeOp>(op)) {
       auto view = reshaped(buffers.lookup(op.getOperand(0)), op.getResult(0));
       if (failed(view))
         return failure();
       buffers[op.getResult(0)] = *view;
-      continue;
+      return success();
     }
     auto k = kernelOf.find(&op);
     if (k == kernelOf.end() || kernelList[k->second].front() != &op)
-      continue; // a literal, or a member of a kernel already emitted
+      return success(); // a literal, or a member of a kernel already emitted
     ArrayRef<Operation *> members = kernelList[k->second];
     auto isRoot = [&](Operation *m) { return !fused.contains(m) && !absorbed.contains(m); };
     int64_t id = static_cast<int64_t>(kernels.size());
     describe(members, *llvm::find_if(members, isRoot));
     if (profile)
       hook("nnc_profile_begin", id);
+    auto region = b.create<scf::ExecuteRegionOp>(loc, TypeRange{});
+    region->setAttr(kKernelAttr, b.getI64IntegerAttr(id));
+    kernelRegion = region;
+    b.setInsertionPointToStart(b.createBlock(&region.getRegion()));
     for (Operation *m : members)
       if (isRoot(m) && failed(lowerOne(m)))
         return failure();
+    b.create<scf::YieldOp>(loc);
+    b.setInsertionPointAfter(region);
+    kernelRegion = nullptr;
     if (profile)
       hook("nnc_profile_end", id);
     // Values read for the last time free their slots; so do results that
@@ -842,22 +884,83 @@ LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling,
       for (Value r : m->getResults())
         if (r.use_empty() && slotOf.count(r))
           slots[slotOf[r]].free = true;
+    return success();
   }
-  for (auto [i, v] : llvm::enumerate(ret->getOperands()))
-    if (!returnedAt.count(v))
-      b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
-  b.create<func::ReturnOp>(loc);
 
-  lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
-  SmallVector<int64_t> plan;
-  for (Slot &s : slots)
-    plan.append({s.perBatch, s.fixed});
-  lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
-  lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
-  lowered->setAttr("nnc.inplace", b.getDenseI64ArrayAttr(inPlace));
-  // No two buffers overlap.
-  for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
-    if (isa<MemRefType>(lowered.getArgument(i).getType()))
-      lowered.setArgAttr(i, "llvm.noalias", b.getUnitAttr());
-  return success();
+  /// Copies of results computed elsewhere; the plan and kernel table as
+  /// attributes.
+  void finish() {
+    for (auto [i, v] : llvm::enumerate(ret->getOperands()))
+      if (!returnedAt.count(v))
+        b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
+    b.create<func::ReturnOp>(loc);
+
+    lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
+    SmallVector<int64_t> plan;
+    for (Slot &s : slots)
+      plan.append({s.perBatch, s.fixed});
+    lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
+    lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
+    lowered->setAttr("nnc.inplace", b.getDenseI64ArrayAttr(inPlace));
+    // No two buffers overlap.
+    for (unsigned i = 0; i < lowered.getNumArguments(); ++i)
+      if (isa<MemRefType>(lowered.getArgument(i).getType()))
+        lowered.setArgAttr(i, "llvm.noalias", b.getUnitAttr());
+  }
+
+  func::FuncOp fn;
+  const BatchScaling &scaling;
+  ModuleOp target;
+  StringRef name;
+  bool profile;
+  OpBuilder b;
+  Location loc;
+  Type i8;
+  MemRefType rawType;
+  func::FuncOp lowered;
+  Block *body = nullptr;
+  unsigned numBuffers = 0;
+  Value rng, batch;
+  /// The kernel being emitted (an scf.execute_region that OutlineKernels
+  /// makes a function of), if any. Buffer views are built before it, in
+  /// the function's body, as later kernels read them too.
+  Operation *kernelRegion = nullptr;
+  Operation *ret = nullptr; // the nn function's return
+  llvm::DenseMap<Value, Value> buffers;
+  SmallVector<Value> resultBuffers;
+  // Fusion roles (planFusion).
+  std::vector<SmallVector<Operation *>> groups;
+  llvm::DenseMap<Operation *, unsigned> groupOf;
+  llvm::DenseSet<Operation *> fused, stored, absorbed;
+  llvm::DenseMap<Operation *, Operation *> consumerOf, epilogueOf, epilogueSrc;
+  // Kernels (listKernels).
+  llvm::DenseSet<Operation *> immediate;
+  std::vector<SmallVector<Operation *>> kernelList;
+  llvm::DenseMap<Operation *, unsigned> kernelOf;
+  llvm::DenseMap<Value, Value> rootOf;
+  // Lifetimes and memory (planLifetimes, planInPlace, bufferFor).
+  llvm::DenseMap<Value, unsigned> lastUse;
+  llvm::DenseMap<Value, unsigned> returnedAt; // values returned once
+  llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
+  llvm::DenseMap<Value, Value> inPlaceOf;     // returned value -> argument
+  SmallVector<int64_t> inPlace;
+  std::vector<Slot> slots;
+  llvm::DenseMap<Value, unsigned> slotOf;
+  // Emission (bind, lowerOne).
+  /// Emitters of fused ops, kept alive while their consumers are emitted.
+  std::deque<Emitter> producers;
+  unsigned globals = 0;
+  /// While an epilogue is emitted: the op whose value it receives, and that
+  /// value at the current element.
+  Operation *epilogueSource = nullptr;
+  Value epilogueValue;
+  /// Per kernel: its ops, where it comes from, its FLOPs and bytes.
+  SmallVector<Attribute> kernels;
+};
+
+} // namespace
+
+LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling, ModuleOp target,
+                                StringRef name, bool profile) {
+  return StepLowering(fn, scaling, target, name, profile).run();
 }

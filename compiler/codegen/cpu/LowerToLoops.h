@@ -34,9 +34,23 @@ using codegen::BatchScaling;
 /// their DSL locations, and the floating-point operations and bytes moved
 /// as [per batch element, fixed]. With `profile`, every kernel is
 /// bracketed by calls to nnc_profile_begin/end(id) (runtime/Profile.h).
+/// Each kernel is emitted as an `scf.execute_region` carrying its index in
+/// this attribute, for outlineKernels.
+inline constexpr llvm::StringLiteral kKernelAttr = "nnc.kernel";
+
 mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
                                  mlir::ModuleOp target, llvm::StringRef name,
                                  bool profile = false);
+
+/// Moves each kernel of the functions of `module` (the execute_regions
+/// lowerToLoops marks) into a private function of its own, `NAME_kI`, which
+/// the function calls. Its arguments are the buffers, rng and batch
+/// arguments it uses; the views it reads are rebuilt inside. Kernels stay
+/// out of line (never inlined back): LLVM's cost per function (OpenMP
+/// region outlining, scalar evolution) then grows with a kernel, not with
+/// the whole step, so compile time grows linearly with the model, and
+/// kernels are the units compiled in parallel.
+mlir::LogicalResult outlineKernels(mlir::ModuleOp module);
 
 } // namespace nnc::cpu
 

@@ -114,6 +114,120 @@ SmallVector<ReassociationIndices> collapsedFrom(int64_t tail, int64_t rank) {
   return groups;
 }
 
+/// Reduced leading axes, kept trailing axes (column sums, bias gradients
+/// over the batch): up to 4 vectors of 16 outputs accumulate down the
+/// reduced axes, each step contiguous loads (or vectors of the fused
+/// producers), instead of one output at a time walking the input a row
+/// apart per element. The outputs go out as vectors.
+static LogicalResult reduceColumns(Emitter &e, bool max, ArrayRef<int64_t> in, bool keepdims,
+                                   ArrayRef<int64_t> kept, ArrayRef<int64_t> reduced,
+                                   ArrayRef<Value> outer, ArrayRef<Value> inner) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  int64_t lastKept = kept.back();
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value init = b.create<arith::ConstantOp>(
+      loc, DenseElementsAttr::get(vt, max ? -std::numeric_limits<float>::infinity() : 0.0f));
+  auto combine = [&](Value acc, Value x) -> Value {
+    return max ? b.create<arith::MaximumFOp>(loc, acc, x).getResult()
+               : b.create<arith::AddFOp>(loc, acc, x).getResult();
+  };
+  // An input beyond the caches with one kept axis: each row's run of
+  // `panel` columns (up to 16 KiB) is read in turn, contiguously, into
+  // accumulators in an L1 buffer (walking down a column of vectors
+  // instead touches a new page every load, about twice as slow on
+  // 4096x4096 column sums). Every output still sums its rows in order,
+  // as in registers.
+  int64_t n = in[lastKept], rows = 1;
+  for (int64_t d : reduced)
+    rows *= typicalDim(e.op->getOperand(0), d);
+  int64_t panel = 0;
+  if (kept.size() == 1 && rows >= 16 && rows * n >= (1 << 18))
+    for (int64_t p = std::min<int64_t>(n, 4096) / kLanes * kLanes; p >= 256 && !panel; p -= kLanes)
+      if (n % p == 0)
+        panel = p;
+  if (panel) {
+    bool parallel = worthThreads(e.op->getOperand(0));
+    auto bufType = MemRefType::get({panel}, b.getF32Type());
+    auto newBuf = [&]() -> Value { return b.create<memref::AllocaOp>(loc, bufType, b.getI64IntegerAttr(64)); };
+    Value shared = parallel ? Value() : newBuf();
+    Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0));
+    auto overPanel = [&](function_ref<void(Value)> body) {
+      b.create<scf::ForOp>(loc, e.idx(0), e.idx(panel), e.idx(kLanes), std::nullopt,
+                           [&](OpBuilder &, Location, Value j, ValueRange) {
+                             body(j);
+                             b.create<scf::YieldOp>(loc);
+                           });
+    };
+    e.loops(ArrayRef<Value>{e.idx(n / panel)}, [&](ValueRange ov) {
+      Value buf = shared ? shared : newBuf();
+      Value p0 = e.mul(ov[0], e.idx(panel));
+      overPanel([&](Value j) { b.create<vector::TransferWriteOp>(loc, init, buf, j, ArrayRef<bool>{true}); });
+      SmallVector<Value> idx(in.size());
+      std::function<void(size_t)> rec = [&](size_t d) {
+        if (d == reduced.size()) {
+          overPanel([&](Value j) {
+            idx[lastKept] = e.add(p0, j);
+            Value acc = b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true});
+            b.create<vector::TransferWriteOp>(loc, combine(acc, e.read(0, idx)), buf, j, ArrayRef<bool>{true});
+          });
+          return;
+        }
+        b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), std::nullopt,
+                             [&](OpBuilder &, Location, Value r, ValueRange) {
+                               idx[reduced[d]] = r;
+                               rec(d + 1);
+                               b.create<scf::YieldOp>(loc);
+                             });
+      };
+      rec(0);
+      overPanel([&](Value j) {
+        SmallVector<Value> o(keepdims ? in.size() - 1 : 0, e.idx(0));
+        o.push_back(e.add(p0, j));
+        e.emit(b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true}), o);
+      });
+    }, parallel);
+    return success();
+  }
+  const int64_t vecs = in[lastKept] % (4 * kLanes) == 0 ? 4 : 1, width = vecs * kLanes;
+  SmallVector<Value> chunks(outer.begin(), outer.end());
+  chunks.back() = e.idx(in[lastKept] / width);
+  e.loops(chunks, [&](ValueRange ov) {
+    SmallVector<Value> idx(in.size());
+    for (auto [k, d] : llvm::enumerate(kept))
+      idx[d] = ov[k];
+    Value j0 = e.mul(ov.back(), e.idx(width));
+    std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
+      SmallVector<Value> next;
+      if (d == reduced.size()) {
+        for (int64_t v = 0; v < vecs; ++v) {
+          idx[lastKept] = e.add(j0, e.idx(v * kLanes));
+          next.push_back(combine(acc[v], e.read(0, idx)));
+        }
+        return next;
+      }
+      auto f = b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), acc);
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(f.getBody());
+      idx[reduced[d]] = f.getInductionVar();
+      b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()));
+      return SmallVector<Value>(f.getResults());
+    };
+    SmallVector<Value> acc = rec(0, SmallVector<Value>(vecs, init));
+    for (int64_t v = 0; v < vecs; ++v) {
+      SmallVector<Value> o;
+      for (size_t i = 0; i < in.size(); ++i) {
+        if (llvm::is_contained(kept, static_cast<int64_t>(i)))
+          o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(v * kLanes)) : idx[i]);
+        else if (keepdims)
+          o.push_back(e.idx(0));
+      }
+      e.emit(acc[v], o);
+    }
+  }, worthThreads(e.op->getOperand(0)));
+  return success();
+}
+
 /// sum (max = false) or max over `axes`: outer loops over the output, inner
 /// loops over the reduced axes accumulating in a register (a `reassoc`
 /// reduction LLVM vectorizes when the innermost axis is reduced).
@@ -140,117 +254,10 @@ LogicalResult reduce(Emitter &e, bool max) {
   Value source = e.in.empty() ? Value() : e.in[0];
   bool fromMemory = source && !(e.gen.size() > 0 && e.gen[0]) && !e.lanes;
   auto sourceType = fromMemory ? dyn_cast<MemRefType>(source.getType()) : MemRefType();
-  // Reduced leading axes, kept trailing axes (column sums, bias gradients
-  // over the batch): up to 4 vectors of 16 outputs accumulate down the
-  // reduced axes, each step contiguous loads (or vectors of the fused
-  // producers), instead of one output at a time walking the input a row
-  // apart per element. The outputs go out as vectors.
-  int64_t lastKept = kept.empty() ? -1 : kept.back();
   bool leading = e.lanes == kLanes;
   assert((!e.lanes || (leading && columnSums(e.op))) && "a reduction in vector mode sums columns");
-  if (leading) {
-    auto vt = VectorType::get({kLanes}, b.getF32Type());
-    Value init = b.create<arith::ConstantOp>(
-        loc, DenseElementsAttr::get(vt, max ? -std::numeric_limits<float>::infinity() : 0.0f));
-    auto combine = [&](Value acc, Value x) -> Value {
-      return max ? b.create<arith::MaximumFOp>(loc, acc, x).getResult()
-                 : b.create<arith::AddFOp>(loc, acc, x).getResult();
-    };
-    // An input beyond the caches with one kept axis: each row's run of
-    // `panel` columns (up to 16 KiB) is read in turn, contiguously, into
-    // accumulators in an L1 buffer (walking down a column of vectors
-    // instead touches a new page every load, about twice as slow on
-    // 4096x4096 column sums). Every output still sums its rows in order,
-    // as in registers.
-    int64_t n = in[lastKept], rows = 1;
-    for (int64_t d : reduced)
-      rows *= typicalDim(e.op->getOperand(0), d);
-    int64_t panel = 0;
-    if (kept.size() == 1 && rows >= 16 && rows * n >= (1 << 18))
-      for (int64_t p = std::min<int64_t>(n, 4096) / kLanes * kLanes; p >= 256 && !panel; p -= kLanes)
-        if (n % p == 0)
-          panel = p;
-    if (panel) {
-      bool parallel = worthThreads(e.op->getOperand(0));
-      auto bufType = MemRefType::get({panel}, b.getF32Type());
-      auto newBuf = [&]() -> Value { return b.create<memref::AllocaOp>(loc, bufType, b.getI64IntegerAttr(64)); };
-      Value shared = parallel ? Value() : newBuf();
-      Value pad = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0));
-      auto overPanel = [&](function_ref<void(Value)> body) {
-        b.create<scf::ForOp>(loc, e.idx(0), e.idx(panel), e.idx(kLanes), std::nullopt,
-                             [&](OpBuilder &, Location, Value j, ValueRange) {
-                               body(j);
-                               b.create<scf::YieldOp>(loc);
-                             });
-      };
-      e.loops(ArrayRef<Value>{e.idx(n / panel)}, [&](ValueRange ov) {
-        Value buf = shared ? shared : newBuf();
-        Value p0 = e.mul(ov[0], e.idx(panel));
-        overPanel([&](Value j) { b.create<vector::TransferWriteOp>(loc, init, buf, j, ArrayRef<bool>{true}); });
-        SmallVector<Value> idx(in.size());
-        std::function<void(size_t)> rec = [&](size_t d) {
-          if (d == reduced.size()) {
-            overPanel([&](Value j) {
-              idx[lastKept] = e.add(p0, j);
-              Value acc = b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true});
-              b.create<vector::TransferWriteOp>(loc, combine(acc, e.read(0, idx)), buf, j, ArrayRef<bool>{true});
-            });
-            return;
-          }
-          b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), std::nullopt,
-                               [&](OpBuilder &, Location, Value r, ValueRange) {
-                                 idx[reduced[d]] = r;
-                                 rec(d + 1);
-                                 b.create<scf::YieldOp>(loc);
-                               });
-        };
-        rec(0);
-        overPanel([&](Value j) {
-          SmallVector<Value> o(keepdims ? in.size() - 1 : 0, e.idx(0));
-          o.push_back(e.add(p0, j));
-          e.emit(b.create<vector::TransferReadOp>(loc, vt, buf, j, pad, ArrayRef<bool>{true}), o);
-        });
-      }, parallel);
-      return success();
-    }
-    const int64_t vecs = in[lastKept] % (4 * kLanes) == 0 ? 4 : 1, width = vecs * kLanes;
-    SmallVector<Value> chunks(outer);
-    chunks.back() = e.idx(in[lastKept] / width);
-    e.loops(chunks, [&](ValueRange ov) {
-      SmallVector<Value> idx(in.size());
-      for (auto [k, d] : llvm::enumerate(kept))
-        idx[d] = ov[k];
-      Value j0 = e.mul(ov.back(), e.idx(width));
-      std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
-        SmallVector<Value> next;
-        if (d == reduced.size()) {
-          for (int64_t v = 0; v < vecs; ++v) {
-            idx[lastKept] = e.add(j0, e.idx(v * kLanes));
-            next.push_back(combine(acc[v], e.read(0, idx)));
-          }
-          return next;
-        }
-        auto f = b.create<scf::ForOp>(loc, e.idx(0), inner[d], e.idx(1), acc);
-        OpBuilder::InsertionGuard guard(b);
-        b.setInsertionPointToStart(f.getBody());
-        idx[reduced[d]] = f.getInductionVar();
-        b.create<scf::YieldOp>(loc, rec(d + 1, f.getRegionIterArgs()));
-        return SmallVector<Value>(f.getResults());
-      };
-      SmallVector<Value> acc = rec(0, SmallVector<Value>(vecs, init));
-      for (int64_t v = 0; v < vecs; ++v) {
-        SmallVector<Value> o;
-        for (size_t i = 0; i < in.size(); ++i) {
-          if (llvm::is_contained(kept, static_cast<int64_t>(i)))
-            o.push_back(static_cast<int64_t>(i) == lastKept ? e.add(j0, e.idx(v * kLanes)) : idx[i]);
-          else if (keepdims)
-            o.push_back(e.idx(0));
-        }
-        e.emit(acc[v], o);
-      }
-    }, worthThreads(e.op->getOperand(0)));
-    return success();
-  }
+  if (leading)
+    return reduceColumns(e, max, in, keepdims, kept, reduced, outer, inner);
   bool flatten = (fromMemory && !axes.empty() && rank - tail >= 2 && tail >= 1 && sourceType &&
                   sourceType.getLayout().isIdentity()) ||
                  (e.flatTail > 0 && e.flatTail == tail);
@@ -419,6 +426,192 @@ LogicalResult count(Emitter &e) {
 /// unpacked blocks by far on large products (benchmarks/README.md, gemm).
 constexpr int64_t kVectors = 4, kDepth = 128, kGroupMax = 64;
 
+namespace {
+
+/// The register-blocked product of one matmul (see kVectors above): its
+/// operands, and the loops over blocks that matmul sizes.
+struct Product {
+  Emitter &e;
+  OpBuilder &b;
+  Location loc;
+  Value B, C, M, K, N;
+  VectorType vt;
+  Value pad, zero;
+
+  void block(Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0, Value k1,
+             Value packed, Value local, Value localBase);
+  void columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base, Value local = Value());
+};
+
+} // namespace
+
+
+// One register block: `rows` rows from i0, `vectors` vectors from column
+// j0, reduction steps [k0, k1).
+// `local`, when given, holds the partial sums between depth blocks
+// (row i0 at its row i0 - localBase): only the last depth block stores
+// to C.
+void Product::block(Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0, Value k1,
+                    Value packed, Value local, Value localBase) {
+  SmallVector<Value> cols, rowIdx, init;
+  for (int64_t v = 0; v < vectors; ++v)
+    cols.push_back(e.add(j0, e.idx(v * kLanes)));
+  for (int64_t r = 0; r < rows; ++r)
+    rowIdx.push_back(e.add(i0, e.idx(r)));
+  auto first = b.create<scf::IfOp>(loc, SmallVector<Type>(rows * vectors, vt),
+                                   b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k0, e.idx(0)),
+                                   /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&first.getThenRegion().front());
+    b.create<scf::YieldOp>(loc, SmallVector<Value>(rows * vectors, zero));
+    b.setInsertionPointToStart(&first.getElseRegion().front());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v)
+        init.push_back(local ? b.create<vector::TransferReadOp>(
+                                   loc, vt, local, ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
+                                   pad, ArrayRef<bool>{true})
+                             : b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
+                                                                ArrayRef<bool>{inBounds}));
+    b.create<scf::YieldOp>(loc, init);
+    init.assign(first.getResults().begin(), first.getResults().end());
+  }
+  auto k = b.create<scf::ForOp>(loc, k0, k1, e.idx(1), init);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(k.getBody());
+    Value kv = k.getInductionVar();
+    SmallVector<Value> row;
+    for (int64_t v = 0; v < vectors; ++v)
+      row.push_back(packed ? b.create<vector::TransferReadOp>(loc, vt, packed,
+                                                              ValueRange{e.sub(kv, k0), e.idx(v * kLanes)},
+                                                              pad, ArrayRef<bool>{true})
+                           : b.create<vector::TransferReadOp>(loc, vt, B, ValueRange{kv, cols[v]}, pad,
+                                                              ArrayRef<bool>{inBounds}));
+    SmallVector<Value> next;
+    for (int64_t r = 0; r < rows; ++r) {
+      Value a = b.create<vector::BroadcastOp>(loc, vt, e.read(0, {rowIdx[r], kv}));
+      for (int64_t v = 0; v < vectors; ++v)
+        next.push_back(b.create<vector::FMAOp>(loc, a, row[v], k.getRegionIterArgs()[r * vectors + v]));
+    }
+    b.create<scf::YieldOp>(loc, next);
+  }
+  auto write = [&] {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v)
+        b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
+                                          ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
+  };
+  if (!e.epilogue && !local) {
+    write();
+    return;
+  }
+  // The last depth block stores to C (through the epilogue, if any).
+  auto last = b.create<scf::IfOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k1, K),
+                                  /*withElseRegion=*/true);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&last.getThenRegion().front());
+  if (e.epilogue) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v)
+        e.emit(k.getResult(r * vectors + v), {rowIdx[r], cols[v]});
+  } else {
+    write();
+  }
+  b.setInsertionPointToStart(&last.getElseRegion().front());
+  if (!local) {
+    write();
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < vectors; ++v)
+      b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), local,
+                                        ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
+                                        ArrayRef<bool>{true});
+}
+
+// Every column block, in depth blocks, for row blocks [rb0, rb1) of
+// `rows` rows each, from row `base`.
+void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base, Value local) {
+  auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
+    // A full-width panel of B is first copied to `pack` (contiguous rows
+    // of 64 floats): B's rows are a large power of two apart in the big
+    // products, and a panel read in place evicts itself from L1.
+    Value packed = inBounds ? pack : Value();
+    Value sums = packed ? local : Value(), sumsBase = e.add(base, e.mul(rb0, e.idx(rows)));
+    b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
+                         [&](OpBuilder &, Location, Value k0, ValueRange) {
+                           Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
+                           if (packed)
+                             b.create<scf::ForOp>(
+                                 loc, k0, k1, e.idx(1), std::nullopt,
+                                 [&](OpBuilder &, Location, Value kk, ValueRange) {
+                                   for (int64_t v = 0; v < vectors; ++v) {
+                                     Value x = b.create<vector::TransferReadOp>(
+                                         loc, vt, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))}, pad,
+                                         ArrayRef<bool>{true});
+                                     b.create<vector::TransferWriteOp>(
+                                         loc, x, packed, ValueRange{e.sub(kk, k0), e.idx(v * kLanes)},
+                                         ArrayRef<bool>{true});
+                                   }
+                                   b.create<scf::YieldOp>(loc);
+                                 });
+                           // While the group's row blocks run, each fetches its
+                           // share of the next depth block's rows of the panel:
+                           // they lie far apart in B, too few lines each for the
+                           // hardware to prefetch, and packing them at the miss
+                           // latency took 8% of a 2048^3 product.
+                           Value per = packed ? b.create<arith::CeilDivUIOp>(
+                                                    loc, e.idx(kDepth),
+                                                    b.create<arith::MaxUIOp>(loc, e.idx(1), e.sub(rb1, rb0)))
+                                              : Value();
+                           b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
+                                                [&](OpBuilder &, Location, Value rb, ValueRange) {
+                                                  if (packed) {
+                                                    Value r0 = e.add(k1, e.mul(e.sub(rb, rb0), per));
+                                                    Value r1 = b.create<arith::MinSIOp>(
+                                                        loc, K, b.create<arith::MinSIOp>(
+                                                                    loc, e.add(k1, e.idx(kDepth)), e.add(r0, per)));
+                                                    b.create<scf::ForOp>(
+                                                        loc, r0, b.create<arith::MaxSIOp>(loc, r0, r1), e.idx(1),
+                                                        std::nullopt,
+                                                        [&](OpBuilder &, Location, Value kk, ValueRange) {
+                                                          for (int64_t v = 0; v < vectors; ++v)
+                                                            b.create<memref::PrefetchOp>(
+                                                                loc, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))},
+                                                                /*isWrite=*/false, /*localityHint=*/2,
+                                                                /*isDataCache=*/true);
+                                                          b.create<scf::YieldOp>(loc);
+                                                        });
+                                                  }
+                                                  block(e.add(base, e.mul(rb, e.idx(rows))), rows, j0,
+                                                        vectors, inBounds, k0, k1, packed, sums, sumsBase);
+                                                  b.create<scf::YieldOp>(loc);
+                                                });
+                           b.create<scf::YieldOp>(loc);
+                         });
+  };
+  const int64_t width = kLanes * kVectors;
+  std::optional<int64_t> n = getConstantIntValue(N);
+  if (!n) {
+    b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(width), std::nullopt,
+                         [&](OpBuilder &, Location, Value j0, ValueRange) {
+                           depthBlocks(j0, kVectors, false);
+                           b.create<scf::YieldOp>(loc);
+                         });
+    return;
+  }
+  int64_t full = *n / width, rest = *n % width;
+  if (full > 0)
+    b.create<scf::ForOp>(loc, e.idx(0), e.idx(full * width), e.idx(width), std::nullopt,
+                         [&](OpBuilder &, Location, Value j0, ValueRange) {
+                           depthBlocks(j0, kVectors, true);
+                           b.create<scf::YieldOp>(loc);
+                         });
+  if (rest > 0)
+    depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
+}
+
 LogicalResult matmul(Emitter &e) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
@@ -438,171 +631,7 @@ LogicalResult matmul(Emitter &e) {
   else if (*depth == 0)
     e.fill(C, e.f32(0));
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getF32Type()), 0.0f));
-
-  // One register block: `rows` rows from i0, `vectors` vectors from column
-  // j0, reduction steps [k0, k1).
-  // `local`, when given, holds the partial sums between depth blocks
-  // (row i0 at its row i0 - localBase): only the last depth block stores
-  // to C.
-  auto block = [&](Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0,
-                   Value k1, Value packed, Value local, Value localBase) {
-    SmallVector<Value> cols, rowIdx, init;
-    for (int64_t v = 0; v < vectors; ++v)
-      cols.push_back(e.add(j0, e.idx(v * kLanes)));
-    for (int64_t r = 0; r < rows; ++r)
-      rowIdx.push_back(e.add(i0, e.idx(r)));
-    auto first = b.create<scf::IfOp>(loc, SmallVector<Type>(rows * vectors, vt),
-                                     b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k0, e.idx(0)),
-                                     /*withElseRegion=*/true);
-    {
-      OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(&first.getThenRegion().front());
-      b.create<scf::YieldOp>(loc, SmallVector<Value>(rows * vectors, zero));
-      b.setInsertionPointToStart(&first.getElseRegion().front());
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t v = 0; v < vectors; ++v)
-          init.push_back(local ? b.create<vector::TransferReadOp>(
-                                     loc, vt, local, ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
-                                     pad, ArrayRef<bool>{true})
-                               : b.create<vector::TransferReadOp>(loc, vt, C, ValueRange{rowIdx[r], cols[v]}, pad,
-                                                                  ArrayRef<bool>{inBounds}));
-      b.create<scf::YieldOp>(loc, init);
-      init.assign(first.getResults().begin(), first.getResults().end());
-    }
-    auto k = b.create<scf::ForOp>(loc, k0, k1, e.idx(1), init);
-    {
-      OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(k.getBody());
-      Value kv = k.getInductionVar();
-      SmallVector<Value> row;
-      for (int64_t v = 0; v < vectors; ++v)
-        row.push_back(packed ? b.create<vector::TransferReadOp>(loc, vt, packed,
-                                                                ValueRange{e.sub(kv, k0), e.idx(v * kLanes)},
-                                                                pad, ArrayRef<bool>{true})
-                             : b.create<vector::TransferReadOp>(loc, vt, B, ValueRange{kv, cols[v]}, pad,
-                                                                ArrayRef<bool>{inBounds}));
-      SmallVector<Value> next;
-      for (int64_t r = 0; r < rows; ++r) {
-        Value a = b.create<vector::BroadcastOp>(loc, vt, e.read(0, {rowIdx[r], kv}));
-        for (int64_t v = 0; v < vectors; ++v)
-          next.push_back(b.create<vector::FMAOp>(loc, a, row[v], k.getRegionIterArgs()[r * vectors + v]));
-      }
-      b.create<scf::YieldOp>(loc, next);
-    }
-    auto write = [&] {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t v = 0; v < vectors; ++v)
-          b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), C,
-                                            ValueRange{rowIdx[r], cols[v]}, ArrayRef<bool>{inBounds});
-    };
-    if (!e.epilogue && !local) {
-      write();
-      return;
-    }
-    // The last depth block stores to C (through the epilogue, if any).
-    auto last = b.create<scf::IfOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, k1, K),
-                                    /*withElseRegion=*/true);
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(&last.getThenRegion().front());
-    if (e.epilogue) {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t v = 0; v < vectors; ++v)
-          e.emit(k.getResult(r * vectors + v), {rowIdx[r], cols[v]});
-    } else {
-      write();
-    }
-    b.setInsertionPointToStart(&last.getElseRegion().front());
-    if (!local) {
-      write();
-      return;
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t v = 0; v < vectors; ++v)
-        b.create<vector::TransferWriteOp>(loc, k.getResult(r * vectors + v), local,
-                                          ValueRange{e.sub(rowIdx[r], localBase), e.idx(v * kLanes)},
-                                          ArrayRef<bool>{true});
-  };
-  // Every column block, in depth blocks, for row blocks [rb0, rb1) of
-  // `rows` rows each, from row `base`.
-  auto columns = [&](Value rb0, Value rb1, int64_t rows, Value pack, Value base, Value local = Value()) {
-    auto depthBlocks = [&](Value j0, int64_t vectors, bool inBounds) {
-      // A full-width panel of B is first copied to `pack` (contiguous rows
-      // of 64 floats): B's rows are a large power of two apart in the big
-      // products, and a panel read in place evicts itself from L1.
-      Value packed = inBounds ? pack : Value();
-      Value sums = packed ? local : Value(), sumsBase = e.add(base, e.mul(rb0, e.idx(rows)));
-      b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
-                           [&](OpBuilder &, Location, Value k0, ValueRange) {
-                             Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
-                             if (packed)
-                               b.create<scf::ForOp>(
-                                   loc, k0, k1, e.idx(1), std::nullopt,
-                                   [&](OpBuilder &, Location, Value kk, ValueRange) {
-                                     for (int64_t v = 0; v < vectors; ++v) {
-                                       Value x = b.create<vector::TransferReadOp>(
-                                           loc, vt, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))}, pad,
-                                           ArrayRef<bool>{true});
-                                       b.create<vector::TransferWriteOp>(
-                                           loc, x, packed, ValueRange{e.sub(kk, k0), e.idx(v * kLanes)},
-                                           ArrayRef<bool>{true});
-                                     }
-                                     b.create<scf::YieldOp>(loc);
-                                   });
-                             // While the group's row blocks run, each fetches its
-                             // share of the next depth block's rows of the panel:
-                             // they lie far apart in B, too few lines each for the
-                             // hardware to prefetch, and packing them at the miss
-                             // latency took 8% of a 2048^3 product.
-                             Value per = packed ? b.create<arith::CeilDivUIOp>(
-                                                      loc, e.idx(kDepth),
-                                                      b.create<arith::MaxUIOp>(loc, e.idx(1), e.sub(rb1, rb0)))
-                                                : Value();
-                             b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
-                                                  [&](OpBuilder &, Location, Value rb, ValueRange) {
-                                                    if (packed) {
-                                                      Value r0 = e.add(k1, e.mul(e.sub(rb, rb0), per));
-                                                      Value r1 = b.create<arith::MinSIOp>(
-                                                          loc, K, b.create<arith::MinSIOp>(
-                                                                      loc, e.add(k1, e.idx(kDepth)), e.add(r0, per)));
-                                                      b.create<scf::ForOp>(
-                                                          loc, r0, b.create<arith::MaxSIOp>(loc, r0, r1), e.idx(1),
-                                                          std::nullopt,
-                                                          [&](OpBuilder &, Location, Value kk, ValueRange) {
-                                                            for (int64_t v = 0; v < vectors; ++v)
-                                                              b.create<memref::PrefetchOp>(
-                                                                  loc, B, ValueRange{kk, e.add(j0, e.idx(v * kLanes))},
-                                                                  /*isWrite=*/false, /*localityHint=*/2,
-                                                                  /*isDataCache=*/true);
-                                                            b.create<scf::YieldOp>(loc);
-                                                          });
-                                                    }
-                                                    block(e.add(base, e.mul(rb, e.idx(rows))), rows, j0,
-                                                          vectors, inBounds, k0, k1, packed, sums, sumsBase);
-                                                    b.create<scf::YieldOp>(loc);
-                                                  });
-                             b.create<scf::YieldOp>(loc);
-                           });
-    };
-    const int64_t width = kLanes * kVectors;
-    std::optional<int64_t> n = getConstantIntValue(N);
-    if (!n) {
-      b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(width), std::nullopt,
-                           [&](OpBuilder &, Location, Value j0, ValueRange) {
-                             depthBlocks(j0, kVectors, false);
-                             b.create<scf::YieldOp>(loc);
-                           });
-      return;
-    }
-    int64_t full = *n / width, rest = *n % width;
-    if (full > 0)
-      b.create<scf::ForOp>(loc, e.idx(0), e.idx(full * width), e.idx(width), std::nullopt,
-                           [&](OpBuilder &, Location, Value j0, ValueRange) {
-                             depthBlocks(j0, kVectors, true);
-                             b.create<scf::YieldOp>(loc);
-                           });
-    if (rest > 0)
-      depthBlocks(e.idx(full * width), (rest + kLanes - 1) / kLanes, false);
-  };
+  Product product{e, b, loc, B, C, M, K, N, vt, pad, zero};
   // Register blocks of 6 rows (24 accumulators: 24 FMAs per 4 loads of B
   // and 6 broadcasts), the rows left over in a block of 4 (16
   // accumulators) and then one at a time; blocks of 4 throughout where
@@ -665,16 +694,16 @@ LogicalResult matmul(Emitter &e) {
   e.loops(ArrayRef<Value>{groups}, [&](ValueRange iv) {
     Value rb0 = e.mul(iv[0], size);
     Value rb1 = b.create<arith::MinUIOp>(loc, blocks, e.add(rb0, size));
-    columns(rb0, rb1, kRows, pack && parallel ? newPack() : shared, e.idx(0),
+    product.columns(rb0, rb1, kRows, pack && parallel ? newPack() : shared, e.idx(0),
             pack && parallel ? newSums() : sharedSums);
   }, parallel);
   Value done = e.mul(blocks, e.idx(kRows));
   if (kRows > 4) {
     Value quads = b.create<arith::DivUIOp>(loc, e.sub(M, done), e.idx(4));
-    columns(e.idx(0), quads, 4, Value(), done);
+    product.columns(e.idx(0), quads, 4, Value(), done);
     done = e.add(done, e.mul(quads, e.idx(4)));
   }
-  columns(done, M, 1, Value(), e.idx(0));
+  product.columns(done, M, 1, Value(), e.idx(0));
   return success();
 }
 
