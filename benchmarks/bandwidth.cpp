@@ -14,10 +14,10 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "dialects/nn/NNDialect.h"
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 #include "runtime/Memory.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"

@@ -17,14 +17,14 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cpu/Runner.h"
 #include "compiler/frontend/KernelSpec.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/frontend/Parser.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNDialect.h"
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 #include "runtime/Random.h"
 
 #include "mlir/IR/MLIRContext.h"

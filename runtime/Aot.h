@@ -2,7 +2,7 @@
 //
 // A binary made by `nnc build` is the model's compiled training step and
 // evaluation function (object code, for the build machine's CPU), their
-// description (runtime/Compiled.h) written out as C++, and this runtime.
+// description (runtime/CompiledModel.h) written out as C++, and this runtime.
 // `aot::main` parses the binary's flags and runs the same training loop as
 // `nnc train` (runtime/Training.h), so the same seed gives the same numbers.
 //
@@ -11,7 +11,7 @@
 #ifndef NNC_RUNTIME_AOT_H
 #define NNC_RUNTIME_AOT_H
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 namespace nnc::rt::aot {
 

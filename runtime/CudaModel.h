@@ -15,7 +15,7 @@
 #ifndef NNC_RUNTIME_CUDAMODEL_H
 #define NNC_RUNTIME_CUDAMODEL_H
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 #include "runtime/CudaDriver.h"
 
 #include <memory>

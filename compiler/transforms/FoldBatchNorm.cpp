@@ -99,13 +99,9 @@ bool fold(nnops::BatchNormOp bn) {
   return true;
 }
 
-struct FoldBatchNormPass : nnc::impl::FoldBatchNormBase<FoldBatchNormPass> {
-  void runOnOperation() override { (void)foldBatchNorm(getOperation()); }
-};
-
-} // namespace
-
-unsigned nnc::foldBatchNorm(func::FuncOp fn) {
+/// Folds every evaluation-mode batch norm of `fn` that follows a
+/// convolution or a matrix product; returns how many.
+unsigned foldBatchNorm(func::FuncOp fn) {
   SmallVector<nnops::BatchNormOp> norms;
   fn.walk([&](nnops::BatchNormOp bn) {
     if (!bn.getTraining())
@@ -116,3 +112,9 @@ unsigned nnc::foldBatchNorm(func::FuncOp fn) {
     n += fold(bn);
   return n;
 }
+
+struct FoldBatchNormPass : nnc::impl::FoldBatchNormBase<FoldBatchNormPass> {
+  void runOnOperation() override { (void)foldBatchNorm(getOperation()); }
+};
+
+} // namespace

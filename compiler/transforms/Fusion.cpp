@@ -29,6 +29,7 @@
 
 namespace nnc {
 #define GEN_PASS_DEF_FUSE
+#define GEN_PASS_DEF_REMATERIALIZE
 #include "compiler/transforms/Passes.h.inc"
 } // namespace nnc
 
@@ -350,5 +351,8 @@ std::vector<SmallVector<Operation *>> nnc::inlineKernels(func::FuncOp fn) {
 namespace {
 struct FusePass : nnc::impl::FuseBase<FusePass> {
   void runOnOperation() override { fuseKernels(getOperation()); }
+};
+struct RematerializePass : nnc::impl::RematerializeBase<RematerializePass> {
+  void runOnOperation() override { rematerialize(getOperation()); }
 };
 } // namespace

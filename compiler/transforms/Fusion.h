@@ -35,16 +35,6 @@ constexpr unsigned kMaxFusedChain = 200;
 /// outside. Kernels appear in the order they run.
 void fuseKernels(mlir::func::FuncOp fn);
 
-/// Replaces the reads of every frozen argument of `fn` whose initializer
-/// is a literal by an `nn.constant` (compiler/transforms/
-/// FrozenConstants.cpp); returns how many.
-unsigned propagateFrozen(mlir::func::FuncOp fn);
-
-/// Folds every evaluation-mode batch norm of `fn` that follows a
-/// convolution or a matrix product into that layer's weights and bias
-/// (compiler/transforms/FoldBatchNorm.cpp); returns how many.
-unsigned foldBatchNorm(mlir::func::FuncOp fn);
-
 /// Replaces every `nn.kernel` of `fn` by its ops, in place, and returns the
 /// groups (each kernel's ops in order, kernels in order). Values keep their
 /// identity: a kernel's results are replaced by the values it yielded.

@@ -71,4 +71,109 @@ def Fuse : Pass<"nnc-fuse", "mlir::func::FuncOp"> {
   let dependentDialects = ["::nnc::nn::NNDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// Preparation for a backend (compiler/codegen/common/Prepare.cpp)
+//===----------------------------------------------------------------------===//
+
+def SelectFunctions : Pass<"nnc-select-functions", "mlir::ModuleOp"> {
+  let summary = "Keep only the functions a backend compiles";
+  let description = [{
+    Erases every function of the module but those named in `functions`
+    (all of them when empty): the training step and the model, say, which
+    the backend passes that follow lower.
+  }];
+  let options = [
+    ListOption<"functions", "functions", "std::string", "The functions to keep">
+  ];
+}
+
+def SpecializeBatch : Pass<"nnc-specialize-batch", "mlir::func::FuncOp"> {
+  let summary = "Give the batch size a value";
+  let description = [{
+    Replaces every dynamic size of the function's arguments by `batch` and
+    re-infers the types of all ops and results (through the shape rules).
+    A batch of 0 leaves the function symbolic.
+  }];
+  let options = [
+    Option<"batch", "batch", "int64_t", /*default=*/"0", "The batch size (0: symbolic)">
+  ];
+}
+
+def Decompose : Pass<"nnc-decompose", "mlir::func::FuncOp"> {
+  let summary = "Rewrite composite ops into the core ops backends implement";
+  let description = [{
+    Softmax, log-softmax, group norm, local response norm, means and the
+    losses become core ops (exp, sums, maxima, one-hot, ...). Batch norm
+    keeps kernels of its own.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
+def Rematerialize : Pass<"nnc-rematerialize", "mlir::func::FuncOp"> {
+  let summary = "Copy cheap elementwise ops into each of their readers";
+  let description = [{
+    The first step of the fusion policy (compiler/transforms/Fusion.cpp):
+    a cheap elementwise op whose readers could all compute it in place is
+    copied into each of them, where no buffer then lives longer.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
+def BatchScaling : Pass<"nnc-batch-scaling", "mlir::func::FuncOp"> {
+  let summary = "Record how every batch-dependent size grows with the batch";
+  let description = [{
+    For a function with a symbolic batch size: every op result and argument
+    with a dynamic size gets `nn.per_batch`, its shape with each dynamic
+    size replaced by that size per batch element (found by specializing
+    copies to batch 1 and 2). A size that does not grow in proportion to
+    the batch, or a value with two batch axes, is an error at its location.
+    Backends read the sizes at run time as `per_batch * batch`.
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// The CPU backend (compiler/codegen/cpu/)
+//===----------------------------------------------------------------------===//
+
+def LowerToLoops : Pass<"nnc-lower-to-loops", "mlir::ModuleOp"> {
+  let summary = "Lower fused nn functions to loops over buffers";
+  let description = [{
+    Each function of nn ops (fused into nn.kernel ops, batch scaling
+    recorded) becomes a function of the same name over memrefs, built from
+    scf loops, arith, math and vector ops, in destination-passing style:
+    `(args..., results..., rng, batch, slots...)`. Each kernel is an
+    `scf.execute_region {nnc.kernel = i}`. The function carries its memory
+    plan (`nnc.slots`), its kernels (`nnc.kernels`) and its in-place updates
+    (`nnc.inplace`).
+  }];
+  let options = [
+    Option<"profile", "profile", "bool", /*default=*/"false",
+           "Bracket every kernel with calls to nnc_profile_begin/end">
+  ];
+  let dependentDialects = ["::mlir::arith::ArithDialect", "::mlir::math::MathDialect",
+                           "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect",
+                           "::mlir::vector::VectorDialect", "::mlir::func::FuncDialect"];
+}
+
+def OutlineKernels : Pass<"nnc-outline-kernels", "mlir::ModuleOp"> {
+  let summary = "Move each kernel into a function of its own";
+  let description = [{
+    Each `scf.execute_region {nnc.kernel = i}` of a function `NAME` becomes
+    a private, never inlined function `NAME_ki` taking the arguments it
+    uses, which `NAME` calls; kernels that are the same code but for their
+    names become one function. LLVM's cost per function then grows with a
+    kernel, not with the whole step.
+  }];
+}
+
+def AliasScopes : Pass<"nnc-alias-scopes", "mlir::ModuleOp"> {
+  let summary = "State the noalias facts of buffer arguments on every access";
+  let description = [{
+    In the LLVM dialect: every load, store and copy whose address derives
+    from a `noalias` pointer argument gets that argument's alias scope and
+    is declared apart from every other argument's, so the facts survive in
+    the loop bodies OpenMP outlines.
+  }];
+}
+
 #endif // NNC_TRANSFORMS_PASSES_TD

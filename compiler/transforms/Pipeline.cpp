@@ -1,7 +1,14 @@
 //===- Pipeline.cpp - the nnc compilation pipeline ------------------------===//
 //
-// The whole pipeline, in order, in one function. Later stages (fusion,
-// lowering to loops, LLVM, CUDA) are appended here.
+// The target-independent stages, in order, in one function: the model to
+// its gradient and training step. A backend continues with passes of its
+// own over the function it compiles, each declared in Passes.td like these:
+// codegen::buildPreparePipeline (compiler/codegen/common/Prepare.cpp:
+// specialize, decompose, fold, rematerialize, batch scaling, fuse), then
+// for the CPU cpu::buildLoopsPipeline's nnc-lower-to-loops and
+// cpu::buildLLVMPipeline (outline kernels, the conversions to the LLVM
+// dialect, alias scopes); the CUDA emitter reads the prepared function.
+// `nnc compile --mlir-print-ir-after-all` shows the IR after each of them.
 //
 //===----------------------------------------------------------------------===//
 

@@ -11,8 +11,8 @@
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/Model.h"
-#include "runtime/Compiled.h"
+#include "compiler/codegen/cpu/CompileModel.h"
+#include "runtime/CompiledModel.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/reference/Trainer.h"
 #include "dialects/nn/NNOps.h"

@@ -15,7 +15,8 @@
 #include "TestUtil.h"
 
 #include "compiler/codegen/cuda/HostEmulation.h"
-#include "compiler/codegen/cuda/Model.h"
+#include "compiler/codegen/cuda/HostEmulationExecutor.h"
+#include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/reference/Trainer.h"
 #include "runtime/CudaModel.h"
 

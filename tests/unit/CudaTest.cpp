@@ -14,6 +14,7 @@
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/HostEmulation.h"
+#include "compiler/codegen/cuda/HostEmulationExecutor.h"
 #include "compiler/reference/Trainer.h"
 
 #include <gtest/gtest.h>

@@ -9,7 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "tools/nnc/Model.h"
+#include "tools/nnc/ModelFile.h"
 
 #include "compiler/codegen/cpu/Runner.h"
 #include "compiler/frontend/KernelSpec.h"

@@ -11,12 +11,12 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "tools/nnc/Model.h"
+#include "tools/nnc/ModelFile.h"
 
 #include "runtime/System.h"
 
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 
 #include "mlir/IR/Diagnostics.h"

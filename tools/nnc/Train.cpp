@@ -7,11 +7,11 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "tools/nnc/Model.h"
+#include "tools/nnc/ModelFile.h"
 
 #include "compiler/codegen/cpu/Jit.h"
-#include "compiler/codegen/cpu/Model.h"
-#include "compiler/codegen/cuda/Model.h"
+#include "compiler/codegen/cpu/CompileModel.h"
+#include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/reference/Trainer.h"
 #include "compiler/transforms/Pipeline.h"

@@ -15,10 +15,11 @@
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "runtime/Training.h"
-#include "runtime/Compiled.h"
-#include "compiler/codegen/cpu/Model.h"
+#include "runtime/CompiledModel.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/HostEmulation.h"
+#include "compiler/codegen/cuda/HostEmulationExecutor.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "runtime/CudaDevice.h"
 #include "runtime/System.h"
@@ -77,6 +78,8 @@ const std::vector<Command> &commands() {
                            "also kernels, bytes moved and peak memory per step, fused and not"},
         {"locs", nullptr, "Print the source location of every op"},
         {"batch", "N", "Fix the batch size for --emit=loops|llvm|asm (default: any, given at run time)"},
+        {"mlir-print-ir-after-all", nullptr, "Print the IR after every pass of every stage to stderr"},
+        {"mlir-timing", nullptr, "Print the time each pass takes to stderr"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
        runCompile},
       {"train", "nnc train FILE [options]",
@@ -428,7 +431,9 @@ int runCompile(const Args &args) {
                    << args.positional[0] << "' has no 'minimize'\n";
       return kUserError;
     }
+    codegen::setInstrumentation({args.has("mlir-print-ir-after-all"), args.has("mlir-timing")});
     mlir::PassManager pm(&s.ctx);
+    codegen::instrument(pm);
     Stage stage = emit == "nn" ? Stage::Nn : emit == "grad" ? Stage::Grad : Stage::Train;
     buildPipeline(pm, hasLoss ? stage : Stage::Nn);
     if (mlir::failed(pm.run(*module)))

@@ -10,7 +10,7 @@
 #ifndef NNC_COMPILER_CODEGEN_COMMON_MODELDESCRIPTION_H
 #define NNC_COMPILER_CODEGEN_COMMON_MODELDESCRIPTION_H
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 

@@ -2,12 +2,14 @@
 
 #include "compiler/codegen/common/Prepare.h"
 #include "compiler/transforms/Fusion.h"
+#include "compiler/transforms/Passes.h"
 #include "compiler/transforms/GradBuilder.h"
 
 #include "dialects/nn/NNOps.h"
 
 #include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
 #include "mlir/Transforms/Passes.h"
 
 using namespace mlir;
@@ -195,31 +197,173 @@ LogicalResult codegen::decompose(func::FuncOp fn) {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// Batch scaling in the IR
+//===----------------------------------------------------------------------===//
+
+/// `per` as the attribute batch scaling records (an empty array for a
+/// value of static shape).
+static DenseI64ArrayAttr perBatchAttr(MLIRContext *ctx, Value v, const codegen::BatchScaling &s) {
+  auto it = s.find(v);
+  if (it == s.end() || typeOf(v).hasStaticShape())
+    return DenseI64ArrayAttr::get(ctx, {});
+  return DenseI64ArrayAttr::get(ctx, it->second);
+}
+
+LogicalResult codegen::recordBatchScaling(func::FuncOp fn) {
+  auto s = batchScaling(fn);
+  if (failed(s))
+    return failure();
+  MLIRContext *ctx = fn.getContext();
+  for (BlockArgument a : fn.getArguments())
+    if (!typeOf(a).hasStaticShape())
+      fn.setArgAttr(a.getArgNumber(), kPerBatchAttr, perBatchAttr(ctx, a, *s));
+  for (Operation &op : fn.front().without_terminator()) {
+    if (llvm::all_of(op.getResultTypes(), [](Type t) { return cast<RankedTensorType>(t).hasStaticShape(); }))
+      continue;
+    SmallVector<Attribute> per;
+    for (Value r : op.getResults())
+      per.push_back(perBatchAttr(ctx, r, *s));
+    op.setAttr(kPerBatchAttr, ArrayAttr::get(ctx, per));
+  }
+  return success();
+}
+
+codegen::BatchScaling codegen::readBatchScaling(func::FuncOp fn) {
+  // Every value has an entry, as batchScaling gives: a static value its
+  // shape.
+  BatchScaling out;
+  auto note = [&](Value v, Attribute a) {
+    auto type = dyn_cast<RankedTensorType>(v.getType());
+    if (!type)
+      return;
+    auto per = dyn_cast_or_null<DenseI64ArrayAttr>(a);
+    if (per && !per.empty())
+      out[v] = SmallVector<int64_t>(per.asArrayRef());
+    else if (type.hasStaticShape())
+      out[v] = SmallVector<int64_t>(type.getShape());
+  };
+  for (BlockArgument a : fn.getArguments())
+    note(a, fn.getArgAttr(a.getArgNumber(), kPerBatchAttr));
+  fn.walk([&](Operation *op) {
+    auto per = op->getAttrOfType<ArrayAttr>(kPerBatchAttr);
+    for (auto [i, r] : llvm::enumerate(op->getResults()))
+      note(r, per && i < per.size() ? per[i] : Attribute());
+  });
+  // A kernel's results scale as the values its body yields.
+  fn.walk([&](nnops::KernelOp k) {
+    for (auto [r, y] : llvm::zip(k.getResults(), k.getBody().front().getTerminator()->getOperands()))
+      if (auto it = out.find(y); it != out.end()) {
+        SmallVector<int64_t> per = it->second; // (inserting may move the map's entries)
+        out[r] = std::move(per);
+      }
+  });
+  return out;
+}
+
+//===----------------------------------------------------------------------===//
+// The passes and the pipeline
+//===----------------------------------------------------------------------===//
+
+namespace nnc {
+#define GEN_PASS_DEF_SELECTFUNCTIONS
+#define GEN_PASS_DEF_SPECIALIZEBATCH
+#define GEN_PASS_DEF_DECOMPOSE
+#define GEN_PASS_DEF_BATCHSCALING
+#include "compiler/transforms/Passes.h.inc"
+} // namespace nnc
+
+namespace {
+
+struct SelectFunctionsPass : nnc::impl::SelectFunctionsBase<SelectFunctionsPass> {
+  using SelectFunctionsBase::SelectFunctionsBase;
+  void runOnOperation() override {
+    if (functions.empty())
+      return;
+    for (func::FuncOp fn : llvm::make_early_inc_range(getOperation().getOps<func::FuncOp>()))
+      if (!llvm::is_contained(functions, fn.getName().str()))
+        fn.erase();
+  }
+};
+
+struct SpecializeBatchPass : nnc::impl::SpecializeBatchBase<SpecializeBatchPass> {
+  using SpecializeBatchBase::SpecializeBatchBase;
+  void runOnOperation() override {
+    if (batch > 0 && failed(codegen::specializeBatch(getOperation(), batch)))
+      signalPassFailure();
+  }
+};
+
+struct DecomposePass : nnc::impl::DecomposeBase<DecomposePass> {
+  void runOnOperation() override {
+    if (failed(codegen::decompose(getOperation())))
+      signalPassFailure();
+  }
+};
+
+struct BatchScalingPass : nnc::impl::BatchScalingBase<BatchScalingPass> {
+  void runOnOperation() override {
+    if (failed(codegen::recordBatchScaling(getOperation())))
+      signalPassFailure();
+  }
+};
+
+} // namespace
+
+void codegen::buildPreparePipeline(OpPassManager &pm, std::optional<int64_t> batch, bool fuse) {
+  OpPassManager &fn = pm.nest<func::FuncOp>();
+  if (batch)
+    fn.addPass(createSpecializeBatch(SpecializeBatchOptions{*batch}));
+  fn.addPass(createDecompose());
+  fn.addPass(createPropagateFrozen());
+  fn.addPass(createFoldBatchNorm());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  // Batch scaling relates the values of the flat function: the copies
+  // rematerialization makes come first; fusion then moves ops into
+  // kernels without changing them.
+  OpPassManager &late = pm.nest<func::FuncOp>();
+  if (fuse)
+    late.addPass(createRematerialize());
+  late.addPass(createBatchScaling());
+  if (fuse)
+    late.addPass(createFuse());
+}
+
+void codegen::registerPasses() {
+  registerSelectFunctions();
+  registerSpecializeBatch();
+  registerDecompose();
+  registerRematerialize();
+  registerBatchScaling();
+  PassPipelineRegistration<>("nnc-prepare", "What both backends lower: decomposed, batch scaling recorded, fused",
+                             [](OpPassManager &pm) { buildPreparePipeline(pm, std::nullopt, /*fuse=*/true); });
+}
+
+static codegen::Instrumentation instrumentation;
+
+void codegen::setInstrumentation(Instrumentation i) { instrumentation = i; }
+
+void codegen::instrument(PassManager &pm) {
+  if (instrumentation.printAfterAll)
+    pm.enableIRPrinting([](Pass *, Operation *) { return false; }, [](Pass *, Operation *) { return true; },
+                        /*printModuleScope=*/false, /*printAfterOnlyOnChange=*/false,
+                        /*printAfterOnlyOnFailure=*/false, llvm::errs());
+  if (instrumentation.timing)
+    pm.enableTiming();
+}
+
 FailureOr<OwningOpRef<ModuleOp>> codegen::prepare(func::FuncOp fn, std::optional<int64_t> batch,
                                                   bool fuse, BatchScaling *scaling) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   scratch->push_back(clone);
-  if ((batch && failed(specializeBatch(clone, *batch))) || failed(decompose(clone)))
-    return failure();
-  propagateFrozen(clone);
-  foldBatchNorm(clone);
   PassManager pm(fn.getContext());
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createCSEPass());
+  instrument(pm);
+  buildPreparePipeline(pm, batch, fuse);
   if (failed(pm.run(*scratch)))
     return failure();
-  // Batch scaling relates the values of the flat function: the copies
-  // rematerialization makes come first; the rest of the fusion pass moves
-  // ops into kernels without changing them.
-  if (fuse)
-    rematerialize(clone);
-  auto s = batchScaling(clone);
-  if (failed(s))
-    return failure();
   if (scaling)
-    *scaling = std::move(*s);
-  if (fuse)
-    fuseKernels(clone);
+    *scaling = readBatchScaling(clone);
   return scratch;
 }

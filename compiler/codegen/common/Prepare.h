@@ -17,6 +17,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OwningOpRef.h"
+#include "mlir/Pass/PassManager.h"
 
 #include "llvm/ADT/DenseMap.h"
 
@@ -37,8 +38,40 @@ mlir::LogicalResult specializeBatch(mlir::func::FuncOp fn, int64_t batch);
 /// proportional to the batch).
 mlir::FailureOr<BatchScaling> batchScaling(mlir::func::FuncOp fn);
 
+/// The attribute batch scaling is recorded in: on each op with a dynamic
+/// result, one array per result (empty for a static one); on each dynamic
+/// argument, its array.
+inline constexpr llvm::StringLiteral kPerBatchAttr = "nn.per_batch";
+
+/// Computes `fn`'s batch scaling and records it (kPerBatchAttr).
+mlir::LogicalResult recordBatchScaling(mlir::func::FuncOp fn);
+
+/// The batch scaling recorded in `fn` (kernel results included).
+BatchScaling readBatchScaling(mlir::func::FuncOp fn);
+
 /// Rewrites composite nn ops of `fn` into core ops.
 mlir::LogicalResult decompose(mlir::func::FuncOp fn);
+
+/// The passes that prepare every function of a module for a backend:
+/// specialization to `batch` when given, decomposition, frozen literals and
+/// batch-norm folds, cleanup, (with `fuse`) rematerialization, batch
+/// scaling recorded, (with `fuse`) fusion into nn.kernel ops.
+void buildPreparePipeline(mlir::OpPassManager &pm, std::optional<int64_t> batch, bool fuse);
+
+/// Registers the passes above (for nnc-opt) and the `nnc-prepare` pipeline.
+void registerPasses();
+
+/// What the driver asks of every pass manager the compiler runs:
+/// `--mlir-print-ir-after-all` (each function or module after each pass,
+/// to standard error) and `--mlir-timing` (a report per pass manager).
+struct Instrumentation {
+  bool printAfterAll = false;
+  bool timing = false;
+};
+void setInstrumentation(Instrumentation i);
+/// Applies the instrumentation set to `pm` (every pass manager of the
+/// pipeline calls this).
+void instrument(mlir::PassManager &pm);
 
 /// The function a backend lowers (what --emit=fused shows): `fn` cloned
 /// into a module of its own, specialized to `batch` when given, composite

@@ -1,10 +1,12 @@
 //===- CompileModel.cpp - a whole model compiled for the CPU --------------===//
 
-#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 
 #include "compiler/codegen/common/ModelDescription.h"
-#include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/LowerToLoops.h"
 #include "dialects/nn/NNOps.h"
+
+#include "mlir/Pass/PassManager.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -39,4 +41,33 @@ FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, Modu
   if (failed(codegen::describeModel(model, m)))
     return failure();
   return m;
+}
+
+LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
+                            StringRef name, bool profile, bool fuse) {
+  OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
+  auto clone = cast<func::FuncOp>(fn->clone());
+  clone.setName(name);
+  scratch->push_back(clone);
+  PassManager pm(fn.getContext());
+  codegen::instrument(pm);
+  buildLoopsPipeline(pm, batch, fuse, profile);
+  if (failed(pm.run(*scratch)))
+    return failure();
+  // Into `target`, declarations it has already kept once.
+  for (Operation &op : llvm::make_early_inc_range(scratch->getBody()->getOperations())) {
+    auto sym = dyn_cast<SymbolOpInterface>(op);
+    if (sym && target.lookupSymbol(sym.getNameAttr()))
+      continue;
+    op.moveBefore(target.getBody(), target.getBody()->end());
+  }
+  return success();
+}
+
+FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch,
+                                                 bool fuse) {
+  OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
+  if (failed(addLoops(fn, batch, *loops, "kernel", false, fuse)))
+    return failure();
+  return loops;
 }

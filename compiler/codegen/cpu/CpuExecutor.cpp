@@ -1,10 +1,11 @@
 //===- CpuExecutor.cpp - running nn functions as compiled CPU code --------===//
 
 #include "compiler/codegen/cpu/CpuExecutor.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/common/Prepare.h"
 #include "compiler/transforms/Fusion.h"
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Transforms/Passes.h"
@@ -159,22 +160,4 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
 
 std::unique_ptr<ref::Executor> cpu::createExecutor(bool fuse) {
   return std::make_unique<CpuExecutor>(fuse);
-}
-
-LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
-                            StringRef name, bool profile, bool fuse) {
-  codegen::BatchScaling scaling;
-  auto scratch = codegen::prepare(fn, batch, fuse, &scaling);
-  if (failed(scratch))
-    return failure();
-  auto clone = *(*scratch)->getOps<func::FuncOp>().begin();
-  return lowerToLoops(clone, scaling, target, name, profile);
-}
-
-FailureOr<OwningOpRef<ModuleOp>> cpu::buildLoops(func::FuncOp fn, std::optional<int64_t> batch,
-                                                 bool fuse) {
-  OwningOpRef<ModuleOp> loops = ModuleOp::create(fn.getLoc());
-  if (failed(addLoops(fn, batch, *loops, "kernel", false, fuse)))
-    return failure();
-  return loops;
 }

@@ -2,7 +2,9 @@
 
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/LowerToLoops.h"
+#include "compiler/transforms/Passes.h"
 #include "compiler/codegen/common/CacheEntry.h"
+#include "compiler/codegen/common/Prepare.h"
 #include "runtime/Cache.h"
 #include "runtime/Profile.h"
 
@@ -152,6 +154,8 @@ namespace {
 struct MathApproximation : PassWrapper<MathApproximation, OperationPass<ModuleOp>> {
   MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(MathApproximation)
   StringRef getArgument() const override { return "nnc-math-approximation"; }
+  StringRef getName() const override { return "MathApproximation"; }
+  StringRef getDescription() const override { return "exp, log, tanh, ... as polynomials in arith ops"; }
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     populateMathPolynomialApproximationPatterns(patterns);
@@ -164,10 +168,19 @@ std::unique_ptr<Pass> createMathApproximationPass() { return std::make_unique<Ma
 
 } // namespace
 
-LogicalResult cpu::lowerToLLVM(ModuleOp module) {
-  if (failed(outlineKernels(module)))
-    return failure();
-  PassManager pm(module.getContext());
+namespace nnc {
+#define GEN_PASS_DEF_ALIASSCOPES
+#include "compiler/transforms/Passes.h.inc"
+} // namespace nnc
+
+namespace {
+struct AliasScopesPass : nnc::impl::AliasScopesBase<AliasScopesPass> {
+  void runOnOperation() override { addAliasScopes(getOperation()); }
+};
+} // namespace
+
+void cpu::buildLLVMPipeline(OpPassManager &pm) {
+  pm.addPass(createOutlineKernels());
   pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
   pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
   pm.addPass(createLowerAffinePass());
@@ -188,10 +201,14 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
   pm.addPass(createConvertControlFlowToLLVMPass());
   pm.addPass(createConvertOpenMPToLLVMPass());
   pm.addPass(createReconcileUnrealizedCastsPass());
-  if (failed(pm.run(module)))
-    return failure();
-  addAliasScopes(module);
-  return success();
+  pm.addPass(createAliasScopes());
+}
+
+LogicalResult cpu::lowerToLLVM(ModuleOp module) {
+  PassManager pm(module.getContext());
+  codegen::instrument(pm);
+  buildLLVMPipeline(pm);
+  return pm.run(module);
 }
 
 /// The host's target machine, at the highest optimization level; `pic` for

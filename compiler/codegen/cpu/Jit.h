@@ -11,6 +11,7 @@
 #define NNC_COMPILER_CODEGEN_CPU_JIT_H
 
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/Pass/PassManager.h"
 
 #include "llvm/ADT/StringMap.h"
 
@@ -27,6 +28,10 @@ class LLJIT;
 } // namespace llvm
 
 namespace nnc::cpu {
+
+/// The passes from loops-level IR to the LLVM dialect: kernels outlined,
+/// then the conversions, then alias scopes.
+void buildLLVMPipeline(mlir::OpPassManager &pm);
 
 /// Lowers loops-level IR in `module` to the LLVM dialect (in place).
 mlir::LogicalResult lowerToLLVM(mlir::ModuleOp module);

@@ -12,6 +12,11 @@
 
 #include "compiler/codegen/cpu/LowerToLoops.h"
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/common/MemoryPlan.h"
+#include "compiler/codegen/cpu/Jit.h"
+#include "compiler/transforms/Passes.h"
+
+#include "mlir/Pass/PassRegistry.h"
 
 #include "compiler/transforms/Fusion.h"
 #include "dialects/nn/NNOps.h"
@@ -105,13 +110,6 @@ namespace {
 using nnops::isReduction;
 using codegen::BatchScaling;
 using cpu::kKernelAttr;
-
-/// A memory slot: a buffer argument of `perBatch * batch + fixed` bytes.
-struct Slot {
-  int64_t perBatch, fixed;
-  bool free;
-  Value arg;
-};
 
 /// The lowering of one fused function: plans first (fusion roles, kernel
 /// order, lifetimes, in-place updates), then each kernel's ops bound to
@@ -459,21 +457,20 @@ private:
     }
   }
 
+  /// A slot of the memory plan (codegen::SlotPlanner) for `r`: a buffer
+  /// argument of the lowered function.
   FailureOr<Value> bufferFor(Value r) {
     auto [perBatch, fixed] = bytesOf(r);
-    int best = -1;
-    auto cost = [&](const Slot &s) { return std::make_pair(s.perBatch, s.fixed); };
-    for (auto [i, slot] : llvm::enumerate(slots))
-      if (slot.free && slot.perBatch >= perBatch && slot.fixed >= fixed &&
-          (best < 0 || cost(slot) < cost(slots[best])))
-        best = static_cast<int>(i);
-    if (best < 0) {
-      slots.push_back({perBatch, fixed, true, body->addArgument(MemRefType::get({1}, i8), loc)});
-      best = static_cast<int>(slots.size() - 1);
-    }
-    slots[best].free = false;
-    slotOf[r] = best;
-    return viewOf(r, slots[best].arg, slots[best].perBatch, slots[best].fixed);
+    unsigned slot = planner.acquire({perBatch, fixed});
+    while (slotArgs.size() < planner.sizes().size())
+      slotArgs.push_back(body->addArgument(MemRefType::get({1}, i8), loc));
+    slotOf[r] = slot;
+    return slotView(r, slot);
+  }
+  /// `r` viewed in `slot`.
+  FailureOr<Value> slotView(Value r, unsigned slot) {
+    codegen::SlotSize size = planner.sizes()[slot];
+    return viewOf(r, slotArgs[slot], size.perBatch, size.fixed);
   }
   // The buffer a computed value is stored into. An elementwise result
   // (an activation's gradient, most often) takes over the slot of a value
@@ -494,7 +491,7 @@ private:
           unsigned slot = held->second;
           slotOf.erase(held);
           slotOf[r] = slot;
-          return viewOf(r, slots[slot].arg, slots[slot].perBatch, slots[slot].fixed);
+          return slotView(r, slot);
         }
     return bufferFor(r);
   }
@@ -879,11 +876,11 @@ private:
     // are never read (a dropout mask in evaluation).
     for (Value v : releaseAt.lookup(k->second))
       if (slotOf.count(v))
-        slots[slotOf[v]].free = true;
+        planner.release(slotOf[v]);
     for (Operation *m : members)
       for (Value r : m->getResults())
         if (r.use_empty() && slotOf.count(r))
-          slots[slotOf[r]].free = true;
+          planner.release(slotOf[r]);
     return success();
   }
 
@@ -896,10 +893,7 @@ private:
     b.create<func::ReturnOp>(loc);
 
     lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
-    SmallVector<int64_t> plan;
-    for (Slot &s : slots)
-      plan.append({s.perBatch, s.fixed});
-    lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(plan));
+    lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(planner.flattened()));
     lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
     lowered->setAttr("nnc.inplace", b.getDenseI64ArrayAttr(inPlace));
     // No two buffers overlap.
@@ -944,7 +938,8 @@ private:
   llvm::DenseMap<unsigned, SmallVector<Value>> releaseAt;
   llvm::DenseMap<Value, Value> inPlaceOf;     // returned value -> argument
   SmallVector<int64_t> inPlace;
-  std::vector<Slot> slots;
+  codegen::SlotPlanner planner;
+  SmallVector<Value> slotArgs; // per slot, its argument
   llvm::DenseMap<Value, unsigned> slotOf;
   // Emission (bind, lowerOne).
   /// Emitters of fused ops, kept alive while their consumers are emitted.
@@ -963,4 +958,45 @@ private:
 LogicalResult cpu::lowerToLoops(func::FuncOp fn, const BatchScaling &scaling, ModuleOp target,
                                 StringRef name, bool profile) {
   return StepLowering(fn, scaling, target, name, profile).run();
+}
+
+namespace nnc {
+#define GEN_PASS_DEF_LOWERTOLOOPS
+#include "compiler/transforms/Passes.h.inc"
+} // namespace nnc
+
+namespace {
+struct LowerToLoopsPass : nnc::impl::LowerToLoopsBase<LowerToLoopsPass> {
+  using LowerToLoopsBase::LowerToLoopsBase;
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    SmallVector<func::FuncOp> nnFunctions;
+    for (func::FuncOp fn : module.getOps<func::FuncOp>())
+      if (!fn.isExternal() && llvm::any_of(fn.getFunctionType().getInputs(),
+                                           [](Type t) { return isa<RankedTensorType>(t); }))
+        nnFunctions.push_back(fn);
+    for (func::FuncOp fn : nnFunctions) {
+      std::string name = fn.getName().str();
+      fn.setName(name + ".nn"); // the lowered function takes the name
+      if (failed(cpu::lowerToLoops(fn, codegen::readBatchScaling(fn), module, name, profile)))
+        return signalPassFailure();
+      fn.erase();
+    }
+  }
+};
+} // namespace
+
+void cpu::buildLoopsPipeline(OpPassManager &pm, std::optional<int64_t> batch, bool fuse, bool profile) {
+  codegen::buildPreparePipeline(pm, batch, fuse);
+  pm.addPass(createLowerToLoops(LowerToLoopsOptions{profile}));
+}
+
+void cpu::registerPasses() {
+  registerLowerToLoops();
+  registerOutlineKernels();
+  registerAliasScopes();
+  PassPipelineRegistration<>("nnc-cpu-loops", "Prepare and lower to loops for the CPU",
+                             [](OpPassManager &pm) { buildLoopsPipeline(pm, std::nullopt, true, false); });
+  PassPipelineRegistration<>("nnc-cpu-llvm", "Loops to the LLVM dialect",
+                             [](OpPassManager &pm) { buildLLVMPipeline(pm); });
 }

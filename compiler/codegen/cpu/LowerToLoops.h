@@ -16,6 +16,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/Pass/PassManager.h"
 
 namespace nnc::cpu {
 
@@ -41,6 +42,15 @@ inline constexpr llvm::StringLiteral kKernelAttr = "nnc.kernel";
 mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
                                  mlir::ModuleOp target, llvm::StringRef name,
                                  bool profile = false);
+
+/// The passes from an nn function to loops: codegen::buildPreparePipeline,
+/// then nnc-lower-to-loops (every nn function of the module becomes a
+/// loop function of the same name).
+void buildLoopsPipeline(mlir::OpPassManager &pm, std::optional<int64_t> batch, bool fuse,
+                        bool profile);
+
+/// Registers the CPU backend's passes and pipelines (for nnc-opt).
+void registerPasses();
 
 /// Moves each kernel of the functions of `module` (the execute_regions
 /// lowerToLoops marks) into a private function of its own, `NAME_kI`, which

@@ -11,6 +11,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/LowerToLoops.h"
+#include "compiler/transforms/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
@@ -141,3 +142,17 @@ LogicalResult cpu::outlineKernels(ModuleOp module) {
   shareKernels(module, outlined);
   return success();
 }
+
+namespace nnc {
+#define GEN_PASS_DEF_OUTLINEKERNELS
+#include "compiler/transforms/Passes.h.inc"
+} // namespace nnc
+
+namespace {
+struct OutlineKernelsPass : nnc::impl::OutlineKernelsBase<OutlineKernelsPass> {
+  void runOnOperation() override {
+    if (failed(cpu::outlineKernels(getOperation())))
+      signalPassFailure();
+  }
+};
+} // namespace

@@ -2,10 +2,9 @@
 
 #include "compiler/codegen/cpu/Runner.h"
 
-#include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/common/ModelDescription.h"
-#include "compiler/codegen/cpu/Model.h"
+#include "compiler/codegen/cpu/CompileModel.h"
 
 #include "runtime/Memory.h"
 

@@ -11,7 +11,7 @@
 #ifndef NNC_COMPILER_CODEGEN_CPU_RUNNER_H
 #define NNC_COMPILER_CODEGEN_CPU_RUNNER_H
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"

@@ -77,9 +77,9 @@ bool readsElementsOf(Operation *user, Value v) {
 }
 
 
-class Emitter {
+class KernelWriter {
 public:
-  Emitter(func::FuncOp fn, const codegen::BatchScaling &scaling) : fn(fn), scaling(scaling) {}
+  KernelWriter(func::FuncOp fn, const codegen::BatchScaling &scaling) : fn(fn), scaling(scaling) {}
 
   LogicalResult run(bool skip, CudaModule &out);
 
@@ -553,7 +553,7 @@ private:
 };
 
 
-LogicalResult Emitter::run(bool skip, CudaModule &out) {
+LogicalResult KernelWriter::run(bool skip, CudaModule &out) {
   std::ostringstream src;
   src << prelude();
   // Buffer names: arguments first, so a dump reads in order.
@@ -575,7 +575,7 @@ LogicalResult Emitter::run(bool skip, CudaModule &out) {
 
 /// One nn.kernel: which members are computed where they are read, then
 /// its launches.
-LogicalResult Emitter::emitKernel(nnops::KernelOp kernel, unsigned k, bool skip, CudaModule &out,
+LogicalResult KernelWriter::emitKernel(nnops::KernelOp kernel, unsigned k, bool skip, CudaModule &out,
                                   std::ostringstream &src) {
   members.clear();
   fusedOps.clear();
@@ -623,7 +623,7 @@ LogicalResult Emitter::emitKernel(nnops::KernelOp kernel, unsigned k, bool skip,
 
 /// Which members are computed where they are read (`fusedOps`), and which
 /// values other launches read from memory (`inMemory`).
-void Emitter::planKernel(Block &block, Operation *&unsupported) {
+void KernelWriter::planKernel(Block &block, Operation *&unsupported) {
   for (Operation &m : block.without_terminator()) {
     if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
         !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp, nnops::DropoutOp>(m)) {
@@ -657,7 +657,7 @@ void Emitter::planKernel(Block &block, Operation *&unsupported) {
 
 /// One launch from `root`: its family's code, then its signature and
 /// thread count.
-LogicalResult Emitter::emitLaunch(Operation *root, unsigned k, unsigned index, CudaModule &out,
+LogicalResult KernelWriter::emitLaunch(Operation *root, unsigned k, unsigned index, CudaModule &out,
                                   std::ostringstream &src) {
   resetLaunch();
   launch = Launch();
@@ -714,7 +714,7 @@ LogicalResult Emitter::emitLaunch(Operation *root, unsigned k, unsigned index, C
 
 // The epilogue: elementwise roots of the result's shape reading only
 // this launch's values (or memory other kernels wrote), at `at`.
-LogicalResult Emitter::emitEpilogue(ArrayRef<std::string> at) {
+LogicalResult KernelWriter::emitEpilogue(ArrayRef<std::string> at) {
   while (ri < roots.size() && isScalar(roots[ri]) && typeOf(roots[ri]->getResult(0)) == typeOf(space)) {
     Operation *next = roots[ri];
     std::function<bool(Operation *)> ready = [&](Operation *op) {
@@ -739,7 +739,7 @@ LogicalResult Emitter::emitEpilogue(ArrayRef<std::string> at) {
   // A thread's result `acc` at `idx` stored, then the epilogue on it
   // (values computed in the loops before live in their scopes: they are
   // forgotten).
-LogicalResult Emitter::storeAcc(ArrayRef<std::string> idx) {
+LogicalResult KernelWriter::storeAcc(ArrayRef<std::string> idx) {
   local.clear();
   local[space] = "acc";
   store(space, "acc", idx);
@@ -752,7 +752,7 @@ LogicalResult Emitter::storeAcc(ArrayRef<std::string> idx) {
   // col)` write code that defines their values (bounds are checked
   // here); `at(row, col)` writes the output's index. Blocks stride over
   // the tiles; the epilogue applies to each thread's output.
-LogicalResult Emitter::tiled(const std::string &M, const std::string &N, const std::string &K,
+LogicalResult KernelWriter::tiled(const std::string &M, const std::string &N, const std::string &K,
                              const std::function<FailureOr<std::string>()> &loadA,
                              const std::function<FailureOr<std::string>()> &loadB,
                              const std::function<std::vector<std::string>()> &at) {
@@ -786,7 +786,7 @@ LogicalResult Emitter::tiled(const std::string &M, const std::string &N, const s
   // Threads for a tiled product: 256 per tile, a multiple of the batch
   // when a side grows with it (an upper bound: blocks stride over the
   // tiles).
-std::vector<int64_t> Emitter::tileThreads(int64_t rows, int64_t colsPerBatch) {
+std::vector<int64_t> KernelWriter::tileThreads(int64_t rows, int64_t colsPerBatch) {
   return std::vector<int64_t>{-(((rows + 15) / 16) * ((colsPerBatch + 15) / 16) * 256)};
 }
 
@@ -795,7 +795,7 @@ std::vector<int64_t> Emitter::tileThreads(int64_t rows, int64_t colsPerBatch) {
   // output idx to it; the block's total (nnc_block_sum, or
   // nnc_block_max with `max`) goes to thread 0, which stores it and
   // runs the epilogue. Blocks stride over the outputs.
-LogicalResult Emitter::blockPerOutputLaunch(
+LogicalResult KernelWriter::blockPerOutputLaunch(
     bool max, const std::function<LogicalResult(ArrayRef<std::string>)> &accumulate) {
   launch.barriers = true;
   threadShape = shapeOf(space);
@@ -812,7 +812,7 @@ LogicalResult Emitter::blockPerOutputLaunch(
   return success();
 }
 
-LogicalResult Emitter::matmulLaunch(nnops::MatmulOp mm) {
+LogicalResult KernelWriter::matmulLaunch(nnops::MatmulOp mm) {
   Value a = mm->getOperand(0), b = mm->getOperand(1);
   std::string M = dim(space, 0), N = dim(space, 1), K = dim(a, 1);
   int64_t tilesN = (typeOf(space).isDynamicDim(1) ? 1 : (typeOf(space).getDimSize(1) + 15) / 16);
@@ -846,7 +846,7 @@ LogicalResult Emitter::matmulLaunch(nnops::MatmulOp mm) {
   return success();
 }
 
-LogicalResult Emitter::convLaunch(Operation *root, nnops::Conv2dOp conv) {
+LogicalResult KernelWriter::convLaunch(Operation *root, nnops::Conv2dOp conv) {
   // Convolutions as implicit products (groups of one): the forward
   // pass is W[O, C*KH*KW] x X'[C*KH*KW, N*OH*OW], the input gradient
   // W^T[C, O*KH*KW] x dY'[O*KH*KW, N*H*W], where X' and dY' gather
@@ -912,7 +912,7 @@ LogicalResult Emitter::convLaunch(Operation *root, nnops::Conv2dOp conv) {
   return success();
 }
 
-LogicalResult Emitter::blockReductionLaunch(Operation *root) {
+LogicalResult KernelWriter::blockReductionLaunch(Operation *root) {
   // Few outputs, long reductions (a loss, a bias gradient over the
   // batch): one block per output; threads stride over the reduced
   // elements, then combine through warp shuffles and shared memory.
@@ -977,7 +977,7 @@ LogicalResult Emitter::blockReductionLaunch(Operation *root) {
   return success();
 }
 
-LogicalResult Emitter::batchNormLaunch(Operation *root) {
+LogicalResult KernelWriter::batchNormLaunch(Operation *root) {
   // One block per channel: its threads stride over the channel's
   // elements for each statistic (combined by nnc_block_sum, the same
   // total in every thread), then over them again for the outputs.
@@ -1098,7 +1098,7 @@ LogicalResult Emitter::batchNormLaunch(Operation *root) {
 }
 
 /// One thread per element of the root's result (grid-stride).
-LogicalResult Emitter::elementLaunch(Operation *root) {
+LogicalResult KernelWriter::elementLaunch(Operation *root) {
 body << "  for (i64 i = nnc_first(); i < total; i += nnc_stride()) {\n";
 {
 std::vector<std::string> idx = unflatten(space, "o");
@@ -1189,7 +1189,7 @@ body << "  }\n";
 FailureOr<CudaModule> cuda::emitCuda(func::FuncOp fn, const codegen::BatchScaling &scaling,
                                      bool skipUnsupported) {
   CudaModule out;
-  Emitter e(fn, scaling);
+  KernelWriter e(fn, scaling);
   if (failed(e.run(skipUnsupported, out)))
     return failure();
   return out;

@@ -2,7 +2,7 @@
 
 #include "compiler/codegen/cuda/HostEmulation.h"
 
-#include "compiler/codegen/cuda/Prepared.h"
+#include "compiler/codegen/cuda/EmittedFunction.h"
 
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -129,85 +129,6 @@ inline float __shfl_down_sync(unsigned, float v, int delta) {
 )";
 }
 
-namespace {
-
-struct Compiled {
-  std::unique_ptr<Prepared> prepared;
-  std::unique_ptr<HostKernels> kernels;
-};
-
-class HostEmulationExecutor : public ref::Executor {
-public:
-  explicit HostEmulationExecutor(std::string compiler) : compiler(std::move(compiler)) {}
-  const char *name() const override { return "cuda-host"; }
-
-  FailureOr<std::vector<ref::Tensor>> run(func::FuncOp fn, ArrayRef<ref::Tensor> args,
-                                          const ref::EvalOptions &options) override {
-    long long rng[2] = {static_cast<long long>(options.seed), static_cast<long long>(options.step)};
-    int64_t batch = batchOf(fn, args);
-    auto c = get(fn);
-    if (failed(c))
-      return failure();
-    const CudaModule &code = (*c)->prepared->code;
-
-    // Buffers by name: arguments, then what launches write; views share
-    // their root's.
-    std::map<std::string, std::vector<float>> buffers;
-    for (auto [i, t] : llvm::enumerate(args))
-      buffers[code.args[i]] = toWords(t, getElementTypeOrSelf(fn.getArgumentTypes()[i]).isInteger(32));
-    for (auto [launch, call] : llvm::zip(code.launches, (*c)->kernels->entries)) {
-      std::vector<void *> ptrs;
-      for (const Param &p : launch.params) {
-        std::vector<float> &b = buffers[p.viewOf.empty() ? p.name : p.viewOf];
-        if (b.size() < wordsOf(p.shape, batch))
-          b.resize(wordsOf(p.shape, batch));
-        ptrs.push_back(b.data());
-      }
-      std::vector<void *> params;
-      for (void *&p : ptrs)
-        params.push_back(&p);
-      const long long *rngPtr = rng;
-      if (launch.rng)
-        params.push_back(&rngPtr);
-      long long n = batch;
-      params.push_back(&n);
-      long long threads = launch.threadsPerBatch * batch + launch.threadsFixed;
-      call(params.data(), std::clamp<long long>((threads + kBlockSize - 1) / kBlockSize, 1, kMaxBlocks));
-    }
-    std::vector<ref::Tensor> out;
-    for (auto [i, r] : llvm::enumerate(code.results)) {
-      auto found = buffers.find(r);
-      if (found == buffers.end())
-        return fn.emitError("the emulated CUDA code wrote no result '") << r << "'";
-      out.push_back((*c)->prepared->result(i, batch, found->second.data(), found->second.size()));
-    }
-    return out;
-  }
-
-private:
-  std::string compiler;
-  std::map<std::string, std::unique_ptr<Compiled>> cache; // by function name
-
-  /// The function emitted and compiled for the host, once.
-  FailureOr<Compiled *> get(func::FuncOp fn) {
-    auto it = cache.find(fn.getName().str());
-    if (it != cache.end())
-      return it->second.get();
-    auto prepared = Prepared::emit(fn);
-    if (failed(prepared))
-      return failure();
-    auto kernels = HostKernels::compile((*prepared)->code, compiler, fn);
-    if (failed(kernels))
-      return failure();
-    auto c = std::make_unique<Compiled>();
-    c->prepared = std::move(*prepared);
-    c->kernels = std::move(*kernels);
-    return (cache[fn.getName().str()] = std::move(c)).get();
-  }
-
-};
-
-} // namespace
 
 HostKernels::~HostKernels() {
   if (handle)
@@ -277,6 +198,3 @@ FailureOr<std::unique_ptr<HostKernels>> HostKernels::compile(const CudaModule &c
   return c;
 }
 
-std::unique_ptr<ref::Executor> cuda::createHostEmulationExecutor(std::string compiler) {
-  return std::make_unique<HostEmulationExecutor>(std::move(compiler));
-}

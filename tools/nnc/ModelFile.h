@@ -1,18 +1,18 @@
-//===- Model.h - a model file compiled for training ------------*- C++ -*-===//
+//===- ModelFile.h - a model file compiled for training --------*- C++ -*-===//
 //
 // What train, eval, predict and build start from: the model file parsed and
 // compiled to its training step, with its inputs as the data sees them.
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef NNC_TOOLS_NNC_MODEL_H
-#define NNC_TOOLS_NNC_MODEL_H
+#ifndef NNC_TOOLS_NNC_MODELFILE_H
+#define NNC_TOOLS_NNC_MODELFILE_H
 
 #include "tools/nnc/Driver.h"
 
 #include "dialects/nn/NNOps.h"
 #include "compiler/codegen/cpu/Jit.h"
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 #include "runtime/Training.h"
 
 #include "mlir/IR/BuiltinAttributes.h"
@@ -60,7 +60,7 @@ struct Loaded {
 int load(const std::string &path, std::optional<double> lr, Loaded &out, bool train = true);
 
 /// A model's training step and evaluation function compiled for this CPU
-/// and JIT-compiled, with the table that runs them (runtime/Compiled.h).
+/// and JIT-compiled, with the table that runs them (runtime/CompiledModel.h).
 struct CpuCode {
   mlir::OwningOpRef<mlir::ModuleOp> code;
   std::unique_ptr<cpu::JitModule> jit;
@@ -103,4 +103,4 @@ int dataSource(const Loaded &m, const Args &args, rt::DataSource &out);
 
 } // namespace nnc::driver
 
-#endif // NNC_TOOLS_NNC_MODEL_H
+#endif // NNC_TOOLS_NNC_MODELFILE_H

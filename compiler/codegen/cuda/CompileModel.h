@@ -1,4 +1,4 @@
-//===- Model.h - a whole model compiled for a CUDA device -------*- C++ -*-===//
+//===- CompileModel.h - a whole model compiled for a CUDA device -*- C++ -*-===//
 //
 // The training step and evaluation function of a model as CUDA modules,
 // with what the runtime needs to run them on a device (rt::CudaCode per
@@ -8,11 +8,11 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef NNC_COMPILER_CODEGEN_CUDA_MODEL_H
-#define NNC_COMPILER_CODEGEN_CUDA_MODEL_H
+#ifndef NNC_COMPILER_CODEGEN_CUDA_COMPILEMODEL_H
+#define NNC_COMPILER_CODEGEN_CUDA_COMPILEMODEL_H
 
 #include "compiler/codegen/cuda/CudaEmitter.h"
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 #include "mlir/IR/BuiltinOps.h"
 
@@ -44,4 +44,4 @@ mlir::FailureOr<rt::CudaCode> planBuffers(const CudaModule &code, size_t numArgs
 
 } // namespace nnc::cuda
 
-#endif // NNC_COMPILER_CODEGEN_CUDA_MODEL_H
+#endif // NNC_COMPILER_CODEGEN_CUDA_COMPILEMODEL_H

@@ -1,4 +1,4 @@
-//===- Model.h - a whole model compiled for the CPU --------------*- C++ -*-===//
+//===- CompileModel.h - a whole model compiled for the CPU -------*- C++ -*-===//
 //
 // The training step and evaluation function of a model, lowered to loops
 // side by side in one module, with the table the runtime needs to run them
@@ -8,13 +8,16 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef NNC_COMPILER_CODEGEN_CPU_MODEL_H
-#define NNC_COMPILER_CODEGEN_CPU_MODEL_H
+#ifndef NNC_COMPILER_CODEGEN_CPU_COMPILEMODEL_H
+#define NNC_COMPILER_CODEGEN_CPU_COMPILEMODEL_H
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
+
+#include <optional>
 
 namespace nnc::cpu {
 
@@ -31,6 +34,19 @@ mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringR
                                             mlir::ModuleOp code, bool profile = false,
                                             bool fuse = true);
 
+/// Lowers `fn` (an nn function) to loops as `name` in `target`: the
+/// preparation and lowering passes (buildLoopsPipeline) on a copy, the
+/// result and its declarations moved into `target`.
+mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
+                             mlir::ModuleOp target, llvm::StringRef name, bool profile = false,
+                             bool fuse = true);
+
+/// The loops-level module of `fn`: a function `kernel(args..., results...,
+/// rng, batch, slots...)` over memrefs (what --emit=loops shows), for any
+/// batch size, or for `batch` alone when given.
+mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
+buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt, bool fuse = true);
+
 } // namespace nnc::cpu
 
-#endif // NNC_COMPILER_CODEGEN_CPU_MODEL_H
+#endif // NNC_COMPILER_CODEGEN_CPU_COMPILEMODEL_H

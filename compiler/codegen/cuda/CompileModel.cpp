@@ -1,10 +1,11 @@
-//===- Model.cpp - a whole model compiled for a CUDA device --------------===//
+//===- CompileModel.cpp - a whole model compiled for a CUDA device -------===//
 
-#include "compiler/codegen/cuda/Model.h"
+#include "compiler/codegen/cuda/CompileModel.h"
+#include "compiler/codegen/common/MemoryPlan.h"
 
 #include "compiler/codegen/common/ModelDescription.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
-#include "compiler/codegen/cuda/Prepared.h"
+#include "compiler/codegen/cuda/EmittedFunction.h"
 
 #include <map>
 
@@ -66,29 +67,31 @@ FailureOr<rt::CudaCode> cuda::planBuffers(const CudaModule &code, size_t numArgs
     if (static_cast<size_t>(it->second) >= numArgs)
       isResult[static_cast<size_t>(it->second) - numArgs] = true;
   }
-  // Greedy interval allocation in order of first use: a slot is reused once
-  // the launch that last touched its previous buffer is over.
+  // Slots from the planner both backends share (codegen::SlotPlanner):
+  // buffers in order of first use, each slot given back once the last
+  // launch touching its buffer is over.
   std::vector<size_t> order(uses.size());
   for (size_t b = 0; b < uses.size(); ++b)
     order[b] = b;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return uses[a].first < uses[b].first; });
   std::vector<int64_t> slotOf(uses.size(), -1);
-  std::vector<size_t> busyUntil; // per slot
+  codegen::SlotPlanner planner;
+  std::vector<size_t> live; // buffers holding a slot
   for (size_t b : order) {
     if (isResult[b])
       continue;
-    size_t s = 0;
-    while (s < busyUntil.size() && busyUntil[s] >= uses[b].first)
-      ++s;
-    if (s == busyUntil.size()) {
-      busyUntil.push_back(0);
-      out.slots.insert(out.slots.end(), {0, 0});
+    for (auto it = live.begin(); it != live.end();) {
+      if (uses[*it].last < uses[b].first) {
+        planner.release(static_cast<unsigned>(slotOf[*it]));
+        it = live.erase(it);
+      } else {
+        ++it;
+      }
     }
-    busyUntil[s] = uses[b].last;
-    slotOf[b] = static_cast<int64_t>(s);
-    out.slots[2 * s] = std::max(out.slots[2 * s], uses[b].perBatch);
-    out.slots[2 * s + 1] = std::max(out.slots[2 * s + 1], uses[b].fixed);
+    slotOf[b] = planner.acquire({uses[b].perBatch, uses[b].fixed});
+    live.push_back(b);
   }
+  out.slots = planner.flattened();
   for (size_t b = 0; b < uses.size(); ++b)
     out.buffers.insert(out.buffers.end(), {uses[b].perBatch, uses[b].fixed, slotOf[b]});
   return out;
@@ -106,7 +109,7 @@ FailureOr<rt::ModelDesc> cuda::compileModel(ModuleOp module, StringRef name, con
     if (failed(signature))
       return failure();
     *desc = std::move(*signature);
-    auto prepared = Prepared::emit(fn);
+    auto prepared = EmittedFunction::emit(fn);
     if (failed(prepared))
       return failure();
     const CudaModule &code = (*prepared)->code;

@@ -1,6 +1,6 @@
-//===- Compiled.cpp - a model compiled to kernels, run on the host --------===//
+//===- CompiledModel.cpp - a model compiled to kernels, run on the host ---===//
 
-#include "runtime/Compiled.h"
+#include "runtime/CompiledModel.h"
 #include "runtime/System.h"
 
 #include "runtime/Memory.h"

@@ -1,4 +1,4 @@
-//===- Compiled.h - a model compiled to kernels, run on the host -*- C++ -*-===//
+//===- CompiledModel.h - a model compiled to kernels, run on the host -*- C++ -*-===//
 //
 // A model's training step and evaluation function as compiled kernels,
 // with a table describing their buffers (ModelDesc), and the model state
@@ -14,8 +14,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef NNC_RUNTIME_COMPILED_H
-#define NNC_RUNTIME_COMPILED_H
+#ifndef NNC_RUNTIME_COMPILEDMODEL_H
+#define NNC_RUNTIME_COMPILEDMODEL_H
 
 #include "runtime/Init.h"
 #include "runtime/Training.h"
@@ -204,4 +204,4 @@ private:
 
 } // namespace nnc::rt
 
-#endif // NNC_RUNTIME_COMPILED_H
+#endif // NNC_RUNTIME_COMPILEDMODEL_H
