@@ -155,6 +155,17 @@ def LowerToLoops : Pass<"nnc-lower-to-loops", "mlir::ModuleOp"> {
                            "::mlir::vector::VectorDialect", "::mlir::func::FuncDialect"];
 }
 
+def ChooseTiling : Pass<"nnc-choose-tiling", "mlir::func::FuncOp"> {
+  let summary = "Record how each product and convolution is blocked on this CPU";
+  let description = [{
+    Sets `nnc.tiling` on every matmul (rows, vectors, depth, group),
+    convolution (channel_block) and convolution weight gradient
+    (channel_block, input_block, batch_chunk): the choices the CPU
+    lowerings read (compiler/codegen/cpu/Tiling.cpp). Choices already
+    recorded are kept, after a check against the op's shapes.
+  }];
+}
+
 def OutlineKernels : Pass<"nnc-outline-kernels", "mlir::ModuleOp"> {
   let summary = "Move each kernel into a function of its own";
   let description = [{

@@ -135,6 +135,69 @@ TEST(CpuBackend, RepeatedLayersMatchReference) {
   compareBackends(src, 7);
 }
 
+/// Blocking choices recorded by hand in nnc.tiling (Tiling.h) are the ones
+/// the lowerings use, and any valid choice computes the same values.
+TEST(CpuBackend, RecordedTilingIsUsedAndExact) {
+  test::Compiled m("model t {\n  input x: f32[B, 2, 9, 11]\n  input y: i32[B]\n"
+                   "  c = relu(conv2d(x, 6, kernel=3, padding=1))\n  h = relu(dense(flatten(c), 20))\n"
+                   "  logits = dense(h, 3)\n  loss = softmax_cross_entropy(logits, y)\n  output logits\n"
+                   "  minimize loss\n}\n",
+                   Stage::Grad);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("t_grad");
+  ASSERT_TRUE(grad);
+  mlir::Builder b(&m.ctx);
+  auto dict = [&](std::initializer_list<std::pair<const char *, int64_t>> kv) {
+    llvm::SmallVector<mlir::NamedAttribute> attrs;
+    for (auto [k, v] : kv)
+      attrs.push_back(b.getNamedAttr(k, b.getI64IntegerAttr(v)));
+    return b.getDictionaryAttr(attrs);
+  };
+  unsigned set = 0;
+  grad.walk([&](mlir::Operation *op) {
+    mlir::DictionaryAttr t;
+    if (mlir::isa<nn::MatmulOp>(op))
+      t = dict({{"rows", 3}, {"vectors", 1}, {"depth", 5}, {"group", 2}});
+    else if (mlir::isa<nn::Conv2dOp>(op))
+      t = dict({{"channel_block", 3}});
+    else if (mlir::isa<nn::Conv2dGradWeightOp>(op))
+      t = dict({{"channel_block", 2}, {"input_block", 1}, {"batch_chunk", 1}});
+    else if (mlir::isa<nn::Conv2dGradInputOp>(op))
+      t = dict({{"channel_block", 1}});
+    if (t) {
+      op->setAttr("nnc.tiling", t);
+      ++set;
+    }
+  });
+  EXPECT_GE(set, 5u);
+  auto cpuExec = cpu::createExecutor();
+  auto refExec = ref::createReferenceExecutor();
+  std::vector<Tensor> args;
+  std::vector<Tensor> in = test::inputsFor(grad, 7, 3);
+  size_t k = 0;
+  for (unsigned i = 0; i < grad.getNumArguments(); ++i) {
+    auto role = grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kRole);
+    if (role.getValue() == "input") {
+      args.push_back(in[k++]);
+      continue;
+    }
+    auto t = mlir::cast<mlir::RankedTensorType>(grad.getArgumentTypes()[i]);
+    Tensor p{std::vector<int64_t>(t.getShape()), {}};
+    p.data.resize(p.numel());
+    for (size_t j = 0; j < p.data.size(); ++j)
+      p.data[j] = std::sin(0.37 * static_cast<double>(j + 11 * i)) * 0.4;
+    args.push_back(std::move(p));
+  }
+  ref::EvalOptions opts{3, 1};
+  auto a = cpuExec->run(grad, args, opts), r = refExec->run(grad, args, opts);
+  ASSERT_TRUE(succeeded(a) && succeeded(r)) << m.firstError();
+  double scale = 0;
+  for (const Tensor &t : *r)
+    scale = std::max(scale, largest(t));
+  for (size_t i = 0; i < a->size(); ++i)
+    expectClose((*a)[i], (*r)[i], "result " + std::to_string(i), 2e-3, 1e-3 * scale);
+}
+
 /// The same without fusion: every op a kernel of its own.
 TEST_P(CpuExample, UnfusedTrainingStepMatchesReference) {
   std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");

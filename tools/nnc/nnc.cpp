@@ -25,6 +25,7 @@
 #include "runtime/System.h"
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/reference/GradCheck.h"
+#include "compiler/transforms/Passes.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNDialect.h"
 #include "dialects/nn/NNOps.h"
@@ -493,6 +494,13 @@ int runCompile(const Args &args) {
         auto fusedGraph = codegen::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
                                        /*fuse=*/true);
         if (mlir::failed(fusedGraph))
+          return kUserError;
+        // With the CPU's blocking choices (nnc.tiling) on its products and
+        // convolutions.
+        mlir::PassManager tiling(&s.ctx);
+        codegen::instrument(tiling);
+        tiling.nest<mlir::func::FuncOp>().addPass(createChooseTiling());
+        if (mlir::failed(tiling.run(**fusedGraph)))
           return kUserError;
         mlir::OpPrintingFlags flags;
         if (args.has("locs"))

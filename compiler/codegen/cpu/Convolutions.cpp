@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/cpu/Tiling.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -99,18 +100,6 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
   return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
 }
 
-/// The output channels a convolution kernel keeps in registers at once:
-/// the largest divisor of `channels` up to `most` that keeps `perChannel`
-/// accumulators each within `accumulators`. (Powers of two alone would
-/// leave 6 channels, LeNet's C3 input gradient, with blocks of 2: two FMA
-/// chains, too few to hide the FMA latency.)
-int64_t channelBlock(int64_t channels, int64_t perChannel, int64_t accumulators, int64_t most) {
-  for (int64_t c = most; c > 1; --c)
-    if (channels % c == 0 && c * perChannel <= accumulators)
-      return c;
-  return 1;
-}
-
 /// Convolution with unit column stride, register-blocked: for one sample
 /// and output row, a block of output channels times the row's vectors is
 /// accumulated in registers over input channels and kernel taps (each
@@ -127,7 +116,7 @@ void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int
   // few to hide the FMA latency; the weights are broadcast from memory
   // into the FMAs and take no registers).
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
-  int64_t block = channelBlock(og, vectors, 16, 16);
+  int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
@@ -267,8 +256,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // loads outnumber the multiply-adds).
   bool allRows = kh * kw <= 12;
   int64_t taps = allRows ? kh * kw : kw;
-  int64_t block = channelBlock(og, taps <= 2 ? 4 * taps : taps, 24, 8);
-  int64_t inBlock = taps <= 2 ? channelBlock(cg, block * taps, 24, 8) : 1;
+  int64_t block = tilingOf(e.op, "channel_block"), inBlock = tilingOf(e.op, "input_block"); // (Tiling.cpp)
   int64_t perIn = block * taps; // accumulators per input channel of the block
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
@@ -278,7 +266,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // in half of L2, each chunk's sums added to the previous ones': every
   // (input channel, kernel row) pass re-reads that block, from L2 instead
   // of L3 (VGG-small's 32 x 32 x 32 x 32 gradient: a 1 MiB block).
-  int64_t chunk = std::max<int64_t>(1, (512 << 10) / (block * y[2] * y[3] * 4));
+  int64_t chunk = tilingOf(e.op, "batch_chunk");
   Value N = e.dim(DY, 0);
   auto chunks = b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(chunk));
   OpBuilder::InsertionGuard outer(b);

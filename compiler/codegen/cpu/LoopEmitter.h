@@ -309,7 +309,6 @@ std::pair<Value, Value> tapRange(Emitter &e, Value k, int64_t stride, int64_t pa
 void convTaps(Emitter &e, Value xm, ArrayRef<int64_t> w, Value ym, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups, function_ref<void(ValueRange, ValueRange, ValueRange)> tap);
 Value columnMask(Emitter &e, Value start, int64_t width);
 std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t pad, int64_t size, int64_t k);
-int64_t channelBlock(int64_t channels, int64_t perChannel, int64_t accumulators, int64_t most);
 void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups);
 LogicalResult conv2d(Emitter &e);
 LogicalResult conv2dGradInput(Emitter &e);

@@ -988,10 +988,12 @@ struct LowerToLoopsPass : nnc::impl::LowerToLoopsBase<LowerToLoopsPass> {
 
 void cpu::buildLoopsPipeline(OpPassManager &pm, std::optional<int64_t> batch, bool fuse, bool profile) {
   codegen::buildPreparePipeline(pm, batch, fuse);
+  pm.nest<func::FuncOp>().addPass(createChooseTiling());
   pm.addPass(createLowerToLoops(LowerToLoopsOptions{profile}));
 }
 
 void cpu::registerPasses() {
+  registerChooseTiling();
   registerLowerToLoops();
   registerOutlineKernels();
   registerAliasScopes();

@@ -44,7 +44,7 @@ mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scal
                                  bool profile = false);
 
 /// The passes from an nn function to loops: codegen::buildPreparePipeline,
-/// then nnc-lower-to-loops (every nn function of the module becomes a
+/// nnc-choose-tiling (Tiling.h), then nnc-lower-to-loops (every nn function of the module becomes a
 /// loop function of the same name).
 void buildLoopsPipeline(mlir::OpPassManager &pm, std::optional<int64_t> batch, bool fuse,
                         bool profile);

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/cpu/Tiling.h"
 
 using namespace mlir;
 using namespace nnc;
@@ -404,31 +405,28 @@ LogicalResult count(Emitter &e) {
   return success();
 }
 
-/// A register- and cache-blocked matrix product C = A B (row-major, f32).
-/// The register block: kRows (4, 6, or 12 one vector wide) rows of C times kVectors vectors of kLanes
-/// columns, accumulated in vector registers over a block of kDepth steps
-/// of the reduction (an outer product per k: kVectors loads of a row of B,
-/// kRows broadcasts from A), then carried to the next depth block. The
-/// cache block: a group of up to kGroupMax row blocks runs each (column
-/// block, depth block) in turn; the kDepth x kVectors*kLanes panel of B
-/// (32 KiB) is first copied to a contiguous buffer on the thread's stack
-/// (B's rows are a power of two apart in large products, and read in place
-/// the panel evicts itself from L1), then served from L1 to every row
-/// block of the group. Groups
-/// are as few as the thread count allows (a multiple of it, decided at run
-/// time) and run in parallel when the product is large enough. Leftover
-/// rows take one-row blocks; the last column block of a ragged width uses
-/// masked loads and stores, unpacked. Every element of C sums its products
-/// in k order (between depth blocks through a contiguous buffer of the
-/// group's partial sums, exact in f32), so the result does not depend on
-/// the blocking or the thread count.
-/// Packing and 128-deep blocks of up to 64 row blocks beat 64-deep,
-/// unpacked blocks by far on large products (benchmarks/README.md, gemm).
-constexpr int64_t kVectors = 4, kDepth = 128, kGroupMax = 64;
+/// A register- and cache-blocked matrix product C = A B (row-major, f32),
+/// blocked as the op's nnc.tiling says (Tiling.cpp chooses). The register
+/// block: `rows` rows of C times `vectors` vectors of kLanes columns,
+/// accumulated in vector registers over a block of `depth` steps of the
+/// reduction (an outer product per k: `vectors` loads of a row of B, `rows`
+/// broadcasts from A), then carried to the next depth block. The cache
+/// block: a group of up to `group` row blocks runs each (column block,
+/// depth block) in turn; the depth x vectors*kLanes panel of B is first
+/// copied to a contiguous buffer on the thread's stack (B's rows are a
+/// power of two apart in large products, and read in place the panel
+/// evicts itself from L1), then served from L1 to every row block of the
+/// group. Groups are as few as the thread count allows (a multiple of it,
+/// decided at run time) and run in parallel when the product is large
+/// enough. Leftover rows take blocks of 4, then one-row blocks; the last
+/// column block of a ragged width uses masked loads and stores, unpacked.
+/// Every element of C sums its products in k order (between depth blocks
+/// through a contiguous buffer of the group's partial sums, exact in f32),
+/// so the result does not depend on the blocking or the thread count.
 
 namespace {
 
-/// The register-blocked product of one matmul (see kVectors above): its
+/// The register-blocked product of one matmul (see above): its
 /// operands, and the loops over blocks that matmul sizes.
 struct Product {
   Emitter &e;
@@ -437,6 +435,7 @@ struct Product {
   Value B, C, M, K, N;
   VectorType vt;
   Value pad, zero;
+  int64_t rows, vectors, depth, group; // the op's nnc.tiling (Tiling.cpp)
 
   void block(Value i0, int64_t rows, Value j0, int64_t vectors, bool inBounds, Value k0, Value k1,
              Value packed, Value local, Value localBase);
@@ -539,9 +538,9 @@ void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base
     // products, and a panel read in place evicts itself from L1.
     Value packed = inBounds ? pack : Value();
     Value sums = packed ? local : Value(), sumsBase = e.add(base, e.mul(rb0, e.idx(rows)));
-    b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(kDepth), std::nullopt,
+    b.create<scf::ForOp>(loc, e.idx(0), K, e.idx(depth), std::nullopt,
                          [&](OpBuilder &, Location, Value k0, ValueRange) {
-                           Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(kDepth)));
+                           Value k1 = b.create<arith::MinSIOp>(loc, K, e.add(k0, e.idx(depth)));
                            if (packed)
                              b.create<scf::ForOp>(
                                  loc, k0, k1, e.idx(1), std::nullopt,
@@ -562,7 +561,7 @@ void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base
                            // hardware to prefetch, and packing them at the miss
                            // latency took 8% of a 2048^3 product.
                            Value per = packed ? b.create<arith::CeilDivUIOp>(
-                                                    loc, e.idx(kDepth),
+                                                    loc, e.idx(depth),
                                                     b.create<arith::MaxUIOp>(loc, e.idx(1), e.sub(rb1, rb0)))
                                               : Value();
                            b.create<scf::ForOp>(loc, rb0, rb1, e.idx(1), std::nullopt,
@@ -571,7 +570,7 @@ void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base
                                                     Value r0 = e.add(k1, e.mul(e.sub(rb, rb0), per));
                                                     Value r1 = b.create<arith::MinSIOp>(
                                                         loc, K, b.create<arith::MinSIOp>(
-                                                                    loc, e.add(k1, e.idx(kDepth)), e.add(r0, per)));
+                                                                    loc, e.add(k1, e.idx(depth)), e.add(r0, per)));
                                                     b.create<scf::ForOp>(
                                                         loc, r0, b.create<arith::MaxSIOp>(loc, r0, r1), e.idx(1),
                                                         std::nullopt,
@@ -591,12 +590,12 @@ void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base
                            b.create<scf::YieldOp>(loc);
                          });
   };
-  const int64_t width = kLanes * kVectors;
+  const int64_t width = kLanes * vectors;
   std::optional<int64_t> n = getConstantIntValue(N);
   if (!n) {
     b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(width), std::nullopt,
                          [&](OpBuilder &, Location, Value j0, ValueRange) {
-                           depthBlocks(j0, kVectors, false);
+                           depthBlocks(j0, vectors, false);
                            b.create<scf::YieldOp>(loc);
                          });
     return;
@@ -605,7 +604,7 @@ void Product::columns(Value rb0, Value rb1, int64_t rows, Value pack, Value base
   if (full > 0)
     b.create<scf::ForOp>(loc, e.idx(0), e.idx(full * width), e.idx(width), std::nullopt,
                          [&](OpBuilder &, Location, Value j0, ValueRange) {
-                           depthBlocks(j0, kVectors, true);
+                           depthBlocks(j0, vectors, true);
                            b.create<scf::YieldOp>(loc);
                          });
   if (rest > 0)
@@ -631,19 +630,13 @@ LogicalResult matmul(Emitter &e) {
   else if (*depth == 0)
     e.fill(C, e.f32(0));
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getF32Type()), 0.0f));
-  Product product{e, b, loc, B, C, M, K, N, vt, pad, zero};
-  // Register blocks of 6 rows (24 accumulators: 24 FMAs per 4 loads of B
-  // and 6 broadcasts), the rows left over in a block of 4 (16
-  // accumulators) and then one at a time; blocks of 4 throughout where
-  // that leaves fewer single rows (32 rows: 8 x 4, not 5 x 6 + 2 x 1).
-  // A product one vector wide (a classifier's 10 outputs) takes blocks of
-  // 12 rows: 6 accumulators would leave the multiply-add units waiting on
-  // their latency (and only 10 of 16 lanes count).
+  Product product{e, b, loc, B, C, M, K, N, vt, pad, zero, tilingOf(e.op, "rows"), tilingOf(e.op, "vectors"),
+                  tilingOf(e.op, "depth"), tilingOf(e.op, "group")};
+  const int64_t kVectors = product.vectors, kDepth = product.depth, kGroupMax = product.group;
+  // The blocking (rows, vectors, depth, group) is the op's nnc.tiling
+  // (Tiling.cpp).
   int64_t typicalRows = typicalDim(e.op->getOperand(0), 0);
-  std::optional<int64_t> width = getConstantIntValue(N);
-  const int64_t kRows = width && *width <= kLanes                                       ? 12
-                        : typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6
-                                                                                         : 4;
+  const int64_t kRows = product.rows;
   Value blocks = b.create<arith::DivUIOp>(loc, M, e.idx(kRows));
   int64_t typicalBlocks = typicalRows / kRows;
   // Threads pay off from about 16 million multiply-adds (80 us on one

@@ -1,0 +1,29 @@
+// nnc-choose-tiling records each product's and convolution's blocking as
+// data (nnc.tiling); the lowerings read it back.
+// RUN: nnc-opt --pass-pipeline='builtin.module(func.func(nnc-choose-tiling))' %s | FileCheck %s
+// A product at most one vector wide takes blocks of 12 rows.
+// CHECK-LABEL: func.func @product
+// CHECK: nn.matmul {{.*}} {nnc.tiling = {depth = 128 : i64, group = 64 : i64, rows = 12 : i64, vectors = 4 : i64}}
+func.func @product(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
+  %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x4xf32>
+  return %0 : tensor<?x4xf32>
+}
+
+// A recorded choice is kept.
+// CHECK-LABEL: func.func @recorded
+// CHECK: nnc.tiling = {depth = 8 : i64, group = 2 : i64, rows = 3 : i64, vectors = 1 : i64}
+func.func @recorded(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
+  %0 = nn.matmul %a, %b {nnc.tiling = {depth = 8 : i64, group = 2 : i64, rows = 3 : i64, vectors = 1 : i64}} : tensor<?x32xf32>, tensor<32x4xf32>
+  return %0 : tensor<?x4xf32>
+}
+
+// Convolutions and their gradients get channel blocks that divide their
+// channels, and a weight gradient its batch chunk.
+// CHECK-LABEL: func.func @conv
+// CHECK: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
+// CHECK: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = {{[0-9]+}} : i64, channel_block = {{[0-9]+}} : i64, input_block = {{[0-9]+}} : i64}
+func.func @conv(%x: tensor<?x3x8x8xf32>, %w: tensor<6x3x3x3xf32>, %dy: tensor<?x6x8x8xf32>) -> (tensor<?x6x8x8xf32>, tensor<6x3x3x3xf32>) {
+  %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x3x8x8xf32>, tensor<6x3x3x3xf32>
+  %1 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x3x8x8xf32>, tensor<?x6x8x8xf32>
+  return %0, %1 : tensor<?x6x8x8xf32>, tensor<6x3x3x3xf32>
+}
