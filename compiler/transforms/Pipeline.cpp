@@ -5,7 +5,8 @@
 // own over the function it compiles, each declared in Passes.td like these:
 // codegen::buildPreparePipeline (compiler/codegen/common/Prepare.cpp:
 // specialize, decompose, fold, rematerialize, batch scaling, fuse), then
-// for the CPU cpu::buildLoopsPipeline's nnc-lower-to-loops and
+// for the CPU cpu::buildLoopsPipeline's nnc-choose-tiling and
+// nnc-lower-to-loops, and
 // cpu::buildLLVMPipeline (outline kernels, the conversions to the LLVM
 // dialect, alias scopes); the CUDA emitter reads the prepared function.
 // `nnc compile --mlir-print-ir-after-all` shows the IR after each of them.

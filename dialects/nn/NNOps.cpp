@@ -79,10 +79,25 @@ LogicalResult inferPool(std::optional<Location> loc, StringRef opName,
 // Per-op inference rules
 //===----------------------------------------------------------------------===//
 
+/// Ops parsed from text reach type inference before the verifier: their
+/// operands must be ranked tensors and their attributes those the op
+/// requires (the adaptor's verify), or inference would read nothing.
+template <typename AdaptorT>
+static LogicalResult checkedForInference(std::optional<Location> loc, AdaptorT &adaptor) {
+  for (Value v : adaptor.getOperands())
+    if (!isa<RankedTensorType>(v.getType()))
+      return emitOptionalError(loc, "expects ranked tensor operands");
+  if (loc && failed(adaptor.verify(*loc)))
+    return failure();
+  return success();
+}
+
 LogicalResult ConstantOp::inferReturnTypes(MLIRContext *,
                                            std::optional<Location> loc,
                                            Adaptor adaptor,
                                            SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   auto type = dyn_cast<RankedTensorType>(adaptor.getValue().getType());
   if (!type)
     return emitOptionalError(loc, "constant value must be a ranked tensor");
@@ -91,17 +106,21 @@ LogicalResult ConstantOp::inferReturnTypes(MLIRContext *,
 }
 
 LogicalResult LeakyReluOp::inferReturnTypes(MLIRContext *,
-                                            std::optional<Location>,
+                                            std::optional<Location> loc,
                                             Adaptor adaptor,
                                             SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   types.push_back(adaptor.getInput().getType());
   return success();
 }
 
 LogicalResult DropoutOp::inferReturnTypes(MLIRContext *,
-                                          std::optional<Location>,
+                                          std::optional<Location> loc,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   types.push_back(adaptor.getInput().getType()); // result
   types.push_back(adaptor.getInput().getType()); // mask
   return success();
@@ -209,6 +228,8 @@ LogicalResult MatmulOp::inferReturnTypes(MLIRContext *,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::matmul(shapeOf(adaptor.getLhs()), shapeOf(adaptor.getRhs())),
                 elementOf(adaptor.getLhs()), types);
@@ -218,6 +239,8 @@ LogicalResult ReshapeOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location> loc,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc, shape::reshape(shapeOf(adaptor.getInput()), adaptor.getShape()),
                 elementOf(adaptor.getInput()), types);
 }
@@ -226,6 +249,8 @@ LogicalResult TransposeOp::inferReturnTypes(MLIRContext *,
                                             std::optional<Location> loc,
                                             Adaptor adaptor,
                                             SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc, shape::transpose(shapeOf(adaptor.getInput()), adaptor.getPerm()),
                 elementOf(adaptor.getInput()), types);
 }
@@ -234,6 +259,8 @@ LogicalResult ConcatOp::inferReturnTypes(MLIRContext *,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   SmallVector<shape::Shape> shapes;
   for (Value v : adaptor.getInputs()) {
     if (elementOf(v) != elementOf(adaptor.getInputs().front()))
@@ -250,6 +277,8 @@ LogicalResult ArgmaxOp::inferReturnTypes(MLIRContext *ctx,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::removeAxis("argmax", shapeOf(adaptor.getInput()),
                                   adaptor.getAxis()),
@@ -260,6 +289,8 @@ LogicalResult OneHotOp::inferReturnTypes(MLIRContext *ctx,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   if (adaptor.getNumClasses() < 1)
     return emitOptionalError(loc, "one_hot needs at least one class, got ",
                              adaptor.getNumClasses());
@@ -272,6 +303,8 @@ LogicalResult SoftmaxOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location> loc,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::checkAxis("softmax", shapeOf(adaptor.getInput()),
                                  adaptor.getAxis()),
@@ -282,6 +315,8 @@ LogicalResult LogSoftmaxOp::inferReturnTypes(MLIRContext *,
                                              std::optional<Location> loc,
                                              Adaptor adaptor,
                                              SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::checkAxis("log_softmax", shapeOf(adaptor.getInput()),
                                  adaptor.getAxis()),
@@ -292,6 +327,8 @@ LogicalResult Conv2dOp::inferReturnTypes(MLIRContext *,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::conv2d(shapeOf(adaptor.getInput()),
                               shapeOf(adaptor.getWeight()), adaptor.getStride(),
@@ -304,6 +341,8 @@ LogicalResult BatchNormGradOp::inferReturnTypes(MLIRContext *,
                                                 std::optional<Location> loc,
                                                 Adaptor adaptor,
                                                 SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   ArrayRef<int64_t> in = shapeOf(adaptor.getInput());
   shape::Inferred r = shape::Inferred::of(in);
   if (shapeOf(adaptor.getGrad()) != in)
@@ -321,6 +360,8 @@ LogicalResult BatchNormOp::inferReturnTypes(MLIRContext *,
                                             std::optional<Location> loc,
                                             Adaptor adaptor,
                                             SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   ArrayRef<int64_t> in = shapeOf(adaptor.getInput());
   std::pair<StringRef, Value> params[] = {
       {"gamma", adaptor.getGamma()},
@@ -342,6 +383,8 @@ LogicalResult GroupNormOp::inferReturnTypes(MLIRContext *,
                                             std::optional<Location> loc,
                                             Adaptor adaptor,
                                             SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   ArrayRef<int64_t> in = shapeOf(adaptor.getInput());
   shape::Inferred r = shape::channelParam("group_norm", "gamma", in,
                                           shapeOf(adaptor.getGamma()), 2);
@@ -358,6 +401,8 @@ LogicalResult GroupNormOp::inferReturnTypes(MLIRContext *,
 LogicalResult LocalResponseNormOp::inferReturnTypes(
     MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
     SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   ArrayRef<int64_t> in = shapeOf(adaptor.getInput());
   if (in.size() < 3)
     return emitOptionalError(
@@ -385,6 +430,8 @@ LogicalResult MseLossOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location> loc,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::pointwiseLoss("mse_loss", shapeOf(adaptor.getInput()),
                                      shapeOf(adaptor.getTarget()), reduces(adaptor)),
@@ -395,6 +442,8 @@ LogicalResult L1LossOp::inferReturnTypes(MLIRContext *,
                                          std::optional<Location> loc,
                                          Adaptor adaptor,
                                          SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::pointwiseLoss("l1_loss", shapeOf(adaptor.getInput()),
                                      shapeOf(adaptor.getTarget()), reduces(adaptor)),
@@ -405,6 +454,8 @@ LogicalResult BceLossOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location> loc,
                                           Adaptor adaptor,
                                           SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::pointwiseLoss("bce_loss", shapeOf(adaptor.getInput()),
                                      shapeOf(adaptor.getTarget()), reduces(adaptor)),
@@ -415,6 +466,8 @@ LogicalResult CrossEntropyOp::inferReturnTypes(MLIRContext *,
                                                std::optional<Location> loc,
                                                Adaptor adaptor,
                                                SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   bool labels = elementOf(adaptor.getTarget()).isInteger(32);
   return finish(loc,
                 shape::classLoss("cross_entropy", shapeOf(adaptor.getInput()),
@@ -426,6 +479,8 @@ LogicalResult CrossEntropyOp::inferReturnTypes(MLIRContext *,
 LogicalResult SoftmaxCrossEntropyOp::inferReturnTypes(
     MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
     SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::classLoss("softmax_cross_entropy",
                                  shapeOf(adaptor.getInput()),
@@ -442,6 +497,8 @@ LogicalResult BroadcastLikeOp::inferReturnTypes(MLIRContext *ctx,
                                                 std::optional<Location> loc,
                                                 Adaptor adaptor,
                                                 SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   ArrayRef<int64_t> like = shapeOf(adaptor.getLike());
   shape::Inferred r = shape::broadcast(shapeOf(adaptor.getInput()), like);
   if (r.ok() && r.shape.size() != like.size())
@@ -457,6 +514,8 @@ LogicalResult CountOp::inferReturnTypes(MLIRContext *ctx,
                                         std::optional<Location> loc,
                                         Adaptor adaptor,
                                         SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   shape::Inferred r = shape::reduce(shapeOf(adaptor.getInput()), adaptor.getAxes(), false);
   return finish(loc, r.ok() ? shape::Inferred::of({}) : r, Float32Type::get(ctx), types);
 }
@@ -465,6 +524,8 @@ LogicalResult SliceOp::inferReturnTypes(MLIRContext *,
                                         std::optional<Location> loc,
                                         Adaptor adaptor,
                                         SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::slice(shapeOf(adaptor.getInput()), adaptor.getAxis(),
                              adaptor.getStart(), adaptor.getSize()),
@@ -474,6 +535,8 @@ LogicalResult SliceOp::inferReturnTypes(MLIRContext *,
 LogicalResult ChannelWindowSumOp::inferReturnTypes(
     MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
     SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   if (shapeOf(adaptor.getInput()).size() < 2 || adaptor.getBefore() < 0 ||
       adaptor.getAfter() < 0)
     return emitOptionalError(loc, "channel_window_sum needs rank >= 2 and a "
@@ -485,6 +548,8 @@ LogicalResult ChannelWindowSumOp::inferReturnTypes(
 LogicalResult Conv2dGradInputOp::inferReturnTypes(
     MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
     SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::conv2dGradInput(shapeOf(adaptor.getGrad()),
                                        shapeOf(adaptor.getWeight()),
@@ -496,6 +561,8 @@ LogicalResult Conv2dGradInputOp::inferReturnTypes(
 LogicalResult Conv2dGradWeightOp::inferReturnTypes(
     MLIRContext *, std::optional<Location> loc, Adaptor adaptor,
     SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
   return finish(loc,
                 shape::conv2dGradWeight(shapeOf(adaptor.getInput()),
                                         shapeOf(adaptor.getGrad()),

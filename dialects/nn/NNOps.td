@@ -118,6 +118,8 @@ class NN_BinaryOp<string mnemonic, string formula, list<Trait> traits = []>
     ::llvm::LogicalResult $cppClass::inferReturnTypes(
         ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      if (::mlir::failed(checkedForInference(loc, adaptor)))
+        return ::mlir::failure();
       return ::nnc::nn::inferBroadcast(loc,
           adaptor.getLhs(), adaptor.getRhs(), types);
     }
@@ -211,6 +213,8 @@ class NN_ReduceOp<string mnemonic, string what>
     ::llvm::LogicalResult $cppClass::inferReturnTypes(
         ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      if (::mlir::failed(checkedForInference(loc, adaptor)))
+        return ::mlir::failure();
       return ::nnc::nn::inferReduce(loc, adaptor.getInput(),
           adaptor.getAxes(),
           adaptor.getKeepdimsAttr() && adaptor.getKeepdimsAttr().getValue(), types);
@@ -317,6 +321,8 @@ class NN_PoolOp<string mnemonic, string what, dag extra = (ins)>
     ::llvm::LogicalResult $cppClass::inferReturnTypes(
         ::mlir::MLIRContext *, std::optional<::mlir::Location> loc,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &types) {
+      if (::mlir::failed(checkedForInference(loc, adaptor)))
+        return ::mlir::failure();
       return ::nnc::nn::inferPool(loc, getOperationName(), adaptor.getInput(),
           adaptor.getKernel(), adaptor.getStride(), adaptor.getPadding(), types);
     }
