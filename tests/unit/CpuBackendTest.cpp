@@ -52,6 +52,21 @@ void expectClose(const Tensor &a, const Tensor &b, const std::string &what, doub
     }
 }
 
+/// Runs `fn` on both executors and compares every result: f32 against
+/// double, `rtol` relative plus `share` of the largest reference element.
+void expectSameResults(ref::Executor &cpu, ref::Executor &reference, mlir::func::FuncOp fn,
+                       const std::vector<Tensor> &args, const std::string &what, double rtol,
+                       double share, const test::Compiled &m) {
+  ref::EvalOptions opts{3, 1};
+  auto a = cpu.run(fn, args, opts), b = reference.run(fn, args, opts);
+  ASSERT_TRUE(succeeded(a) && succeeded(b)) << m.firstError();
+  double scale = 0;
+  for (const Tensor &t : *b)
+    scale = std::max(scale, largest(t));
+  for (size_t i = 0; i < a->size(); ++i)
+    expectClose((*a)[i], (*b)[i], what + " " + std::to_string(i), rtol, share * scale);
+}
+
 /// Compares the backends on the gradient function, then on one training step
 /// and an evaluation after it.
 void compareBackends(const std::string &source, int64_t batch, bool fuse = true) {
@@ -77,15 +92,7 @@ void compareBackends(const std::string &source, int64_t batch, bool fuse = true)
     args.push_back(role.getValue() == "input" ? in[k++] : *ref->tensor(
         grad.getArgAttrOfType<mlir::StringAttr>(i, nn::attr::kName).getValue()));
   }
-  ref::EvalOptions opts{3, 1};
-  auto ga = cpuExec->run(grad, args, opts), gb = refExec->run(grad, args, opts);
-  ASSERT_TRUE(succeeded(ga) && succeeded(gb)) << m.firstError();
-  double scale = 0;
-  for (const Tensor &t : *gb)
-    scale = std::max(scale, largest(t));
-  for (size_t i = 0; i < ga->size(); ++i)
-    expectClose((*ga)[i], (*gb)[i], "gradient result " + std::to_string(i), 2e-3,
-                1e-2 * scale);
+  expectSameResults(*cpuExec, *refExec, grad, args, "gradient result", 2e-3, 1e-2, m);
 
   // One step: optimizers that normalize by the gradient's size (Adam,
   // RMSprop) turn rounding noise on a near-zero gradient into a step of up to
@@ -188,14 +195,7 @@ TEST(CpuBackend, RecordedTilingIsUsedAndExact) {
       p.data[j] = std::sin(0.37 * static_cast<double>(j + 11 * i)) * 0.4;
     args.push_back(std::move(p));
   }
-  ref::EvalOptions opts{3, 1};
-  auto a = cpuExec->run(grad, args, opts), r = refExec->run(grad, args, opts);
-  ASSERT_TRUE(succeeded(a) && succeeded(r)) << m.firstError();
-  double scale = 0;
-  for (const Tensor &t : *r)
-    scale = std::max(scale, largest(t));
-  for (size_t i = 0; i < a->size(); ++i)
-    expectClose((*a)[i], (*r)[i], "result " + std::to_string(i), 2e-3, 1e-3 * scale);
+  expectSameResults(*cpuExec, *refExec, grad, args, "result", 2e-3, 1e-3, m);
 }
 
 /// The same without fusion: every op a kernel of its own.
