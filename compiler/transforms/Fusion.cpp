@@ -156,6 +156,8 @@ unsigned nnc::rematerialize(func::FuncOp fn) {
   return copies;
 }
 
+static void markFusedProducers(nnops::KernelOp kernel);
+
 void nnc::fuseKernels(func::FuncOp fn) {
   Block &body = fn.front();
   rematerialize(fn); // (nothing new when the caller ran it)
@@ -328,6 +330,44 @@ void nnc::fuseKernels(func::FuncOp fn) {
     }
     if (first && first->isBeforeInBlock(&op))
       op.moveBefore(first);
+  }
+  for (auto kernel : body.getOps<nnops::KernelOp>())
+    markFusedProducers(kernel);
+}
+
+/// The roles of a kernel's members, written once for both backends: a
+/// member whose value one other member alone reads, element by element, is
+/// computed where it is read (kFusedAttr): an elementwise op read by an
+/// elementwise op of its result's type or as a reduction's operand, a
+/// one-hot read nowhere else, a transpose read as a product's left operand.
+/// Read outside the kernel too, it is stored as it is computed
+/// (kStoredAttr: an optimizer's new moments).
+static void markFusedProducers(nnops::KernelOp kernel) {
+  Block &block = kernel.getBody().front();
+  Operation *yield = block.getTerminator();
+  for (Operation &m : block.without_terminator()) {
+    if (m.getNumResults() != 1)
+      continue;
+    Value r = m.getResult(0);
+    llvm::SmallPtrSet<Operation *, 2> inside;
+    bool outside = false;
+    for (Operation *u : r.getUsers())
+      u == yield ? (void)(outside = true) : (void)inside.insert(u);
+    if (inside.size() != 1)
+      continue;
+    Operation *u = *inside.begin();
+    bool producer = false;
+    if (isa<nnops::TransposeOp>(m))
+      producer = isa<nnops::MatmulOp>(u) && u->getOperand(0) == r && u->getOperand(1) != r;
+    else if (nnops::isElementwise(&m) || (isa<nnops::OneHotOp>(m) && !outside))
+      producer = isReduction(u) ? u->getOperand(0) == r
+                                : nnops::isElementwise(u) && readsElementsOf(u, r) &&
+                                      u->getResult(0).getType() == r.getType();
+    if (!producer)
+      continue;
+    m.setAttr(kFusedAttr, UnitAttr::get(m.getContext()));
+    if (outside)
+      m.setAttr(kStoredAttr, UnitAttr::get(m.getContext()));
   }
 }
 

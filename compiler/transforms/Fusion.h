@@ -29,10 +29,18 @@ unsigned rematerialize(mlir::func::FuncOp fn);
 /// depth instead of recursing that deep.
 constexpr unsigned kMaxFusedChain = 200;
 
+/// The roles fusion writes on kernel members, which both backends read:
+/// computed where its one reader in the kernel reads it (unit attribute),
+/// and, for such a member also read outside the kernel, stored as it is
+/// computed.
+inline constexpr llvm::StringLiteral kFusedAttr = "nn.fused";
+inline constexpr llvm::StringLiteral kStoredAttr = "nn.stored";
+
 /// Groups the ops of `fn` (a single block of core nn ops) into `nn.kernel`
 /// ops. Every op that computes something lands in exactly one kernel;
 /// reshapes (views), splat constants and element counts (literals) stay
-/// outside. Kernels appear in the order they run.
+/// outside. Kernels appear in the order they run. Members computed where
+/// they are read are marked (kFusedAttr, kStoredAttr).
 void fuseKernels(mlir::func::FuncOp fn);
 
 /// Replaces every `nn.kernel` of `fn` by its ops, in place, and returns the

@@ -110,6 +110,8 @@ namespace {
 using nnops::isReduction;
 using codegen::BatchScaling;
 using cpu::kKernelAttr;
+using nnc::kFusedAttr;
+using nnc::kStoredAttr;
 
 /// The lowering of one fused function: plans first (fusion roles, kernel
 /// order, lifetimes, in-place updates), then each kernel's ops bound to
@@ -270,29 +272,16 @@ private:
       for (Operation *m : g)
         groupOf[m] = i;
     for (SmallVector<Operation *> &g : groups) {
+      // Members computed where they are read, as the fusion pass marked
+      // them (compiler/transforms/Fusion.cpp, markFusedProducers).
       for (Operation *m : g) {
-        if (m->getNumResults() != 1)
-          continue;
-        Value r = m->getResult(0);
-        llvm::SmallPtrSet<Operation *, 2> inside;
-        bool outside = false;
-        for (Operation *u : r.getUsers())
-          sameGroup(m, u) ? (void)inside.insert(u) : (void)(outside = true);
-        if (inside.size() != 1)
-          continue;
-        Operation *u = *inside.begin();
-        bool producer = false;
-        if (isa<nnops::TransposeOp>(m))
-          producer = isa<nnops::MatmulOp>(u) && u->getOperand(0) == r && u->getOperand(1) != r;
-        else if (scalars().count(m->getName().getTypeID()) || (isa<nnops::OneHotOp>(m) && !outside))
-          producer = isReduction(u) ? u->getOperand(0) == r
-                                    : scalars().count(u->getName().getTypeID()) &&
-                                          u->getResult(0).getType() == r.getType();
-        if (!producer)
+        if (!m->hasAttr(kFusedAttr))
           continue;
         fused.insert(m);
-        consumerOf[m] = u;
-        if (outside)
+        for (Operation *u : m->getResult(0).getUsers())
+          if (sameGroup(m, u))
+            consumerOf[m] = u;
+        if (m->hasAttr(kStoredAttr))
           stored.insert(m);
       }
       for (Operation *m : g) {

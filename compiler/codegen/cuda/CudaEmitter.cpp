@@ -19,6 +19,7 @@
 
 #include "compiler/codegen/cuda/CudaEmitter.h"
 #include "compiler/codegen/cuda/CudaSource.h"
+#include "compiler/transforms/Fusion.h"
 #include "compiler/codegen/common/ScalarMath.h"
 
 #include "dialects/nn/NNOps.h"
@@ -624,25 +625,15 @@ LogicalResult KernelWriter::emitKernel(nnops::KernelOp kernel, unsigned k, bool 
 /// Which members are computed where they are read (`fusedOps`), and which
 /// values other launches read from memory (`inMemory`).
 void KernelWriter::planKernel(Block &block, Operation *&unsupported) {
+  using nnc::kFusedAttr;
   for (Operation &m : block.without_terminator()) {
     if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
         !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp, nnops::DropoutOp>(m)) {
       unsupported = unsupported ? unsupported : &m;
       continue;
     }
-    if (!isScalar(&m) && !isPointwise(&m))
-      continue;
-    Value r = m.getResult(0);
-    SmallVector<Operation *> inside;
-    for (Operation *u : r.getUsers())
-      if (members.contains(u) && !llvm::is_contained(inside, u))
-        inside.push_back(u);
-    if (inside.size() != 1)
-      continue;
-    Operation *u = inside.front();
-    if ((isReduction(u) && u->getOperand(0) == r) ||
-        (isScalar(u) && readsElementsOf(u, r) && typeOf(u->getResult(0)) == typeOf(r)) ||
-        (isa<nnops::TransposeOp>(m) && isa<nnops::MatmulOp>(u)))
+    // As the fusion pass marked it (Fusion.cpp, markFusedProducers).
+    if (m.hasAttr(kFusedAttr))
       fusedOps.insert(&m);
   }
   // Values of this kernel read by another launch go through memory.
