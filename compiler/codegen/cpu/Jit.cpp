@@ -45,7 +45,6 @@
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/Linker/Linker.h"
-#include "llvm/Passes/PassBuilder.h"
 #include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/CodeExtractor.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
@@ -403,27 +402,6 @@ FailureOr<std::vector<llvm::SmallVector<char, 0>>> hostPartitions(ModuleOp modul
   return partition(*ir, kParts);
 }
 
-llvm::Error optimizeModule(llvm::Module &m, llvm::TargetMachine &tm) {
-  llvm::LoopAnalysisManager lam;
-  llvm::FunctionAnalysisManager fam;
-  llvm::CGSCCAnalysisManager cgam;
-  llvm::ModuleAnalysisManager mam;
-  llvm::PipelineTuningOptions tuning;
-  tuning.LoopUnrolling = getenv("NNC_X_NOUNROLL") == nullptr;
-  tuning.LoopInterleaving = true;
-  tuning.LoopVectorization = true;
-  tuning.SLPVectorization = true;
-  llvm::PassBuilder pb(&tm, tuning);
-  pb.registerModuleAnalyses(mam);
-  pb.registerCGSCCAnalyses(cgam);
-  pb.registerFunctionAnalyses(fam);
-  pb.registerLoopAnalyses(lam);
-  pb.crossRegisterProxies(lam, fam, cgam, mam);
-  llvm::ModulePassManager mpm = pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3);
-  mpm.run(m, mam);
-  return llvm::Error::success();
-}
-
 /// A partition read into `context` and optimized (-O3) for `tm`.
 llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(llvm::StringRef bitcode, llvm::LLVMContext &context,
                                                            llvm::TargetMachine &tm, bool pic) {
@@ -432,7 +410,7 @@ llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(llvm::StringRef bitco
     return m.takeError();
   if (pic)
     (*m)->setPICLevel(llvm::PICLevel::BigPIC);
-  if (llvm::Error err = optimizeModule(**m, tm))
+  if (llvm::Error err = makeOptimizingTransformer(3, 0, &tm)(m->get()))
     return err;
   return m;
 }
