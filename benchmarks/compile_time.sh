@@ -3,7 +3,8 @@
 # 128 (L = 10, 50, 200 by default), compiled cold (no object cache) from
 # source to host assembly (`nnc compile --emit=asm`). Prints the CPU model,
 # then per L the seconds, the ops of the training step, ops per second and
-# the peak memory (max RSS).
+# the peak memory (max RSS); then the same for the CIFAR ResNet-18
+# (benchmarks/resnet18_cifar.nn).
 #
 #   benchmarks/compile_time.sh [L ...]
 set -euo pipefail
@@ -45,3 +46,10 @@ for L in "${layers[@]}"; do
   awk -v L="$L" -v s="$seconds" -v ops="$ops" -v kb="$kb" \
     'BEGIN { printf "%6d %10.2f %8d %10.0f %8.2f GB\n", L, s, ops, ops / s, kb / 1048576 }'
 done
+# A real network: the CIFAR ResNet-18 written out (benchmarks/resnet18_cifar.nn),
+# its training step compiled the same way.
+ops=$("$nnc" compile benchmarks/resnet18_cifar.nn --emit=train | grep -c ' = nn\.')
+begin=$(date +%s.%N)
+NNC_CACHE_DIR=off "$nnc" compile benchmarks/resnet18_cifar.nn --emit=asm -o "$work/resnet18.s"
+seconds=$(awk -v b="$begin" -v e="$(date +%s.%N)" 'BEGIN { print e - b }')
+awk -v s="$seconds" -v ops="$ops" 'BEGIN { printf "%6s %10.2f %8d %10.0f\n", "rn18", s, ops, ops / s }'
