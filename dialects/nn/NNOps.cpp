@@ -194,9 +194,19 @@ FailureOr<rt::InitSpec> nnc::nn::initSpec(func::FuncOp fn, unsigned index) {
   return spec;
 }
 
+ArrayRef<TypeID> nnc::nn::elementwiseOps() {
+  static const TypeID ids[] = {
+      TypeID::get<NegOp>(),   TypeID::get<ExpOp>(),       TypeID::get<LogOp>(),
+      TypeID::get<SqrtOp>(),  TypeID::get<AbsOp>(),       TypeID::get<SigmoidOp>(),
+      TypeID::get<TanhOp>(),  TypeID::get<ReluOp>(),      TypeID::get<SoftplusOp>(),
+      TypeID::get<StepOp>(),  TypeID::get<IdentityOp>(),  TypeID::get<LeakyReluOp>(),
+      TypeID::get<AddOp>(),   TypeID::get<SubOp>(),       TypeID::get<MulOp>(),
+      TypeID::get<DivOp>(),   TypeID::get<PowOp>(),       TypeID::get<BroadcastLikeOp>()};
+  return ids;
+}
+
 bool nnc::nn::isElementwise(Operation *op) {
-  return isa<NegOp, ExpOp, LogOp, SqrtOp, AbsOp, SigmoidOp, TanhOp, ReluOp, SoftplusOp, StepOp,
-             IdentityOp, LeakyReluOp, AddOp, SubOp, MulOp, DivOp, PowOp, BroadcastLikeOp>(op);
+  return llvm::is_contained(elementwiseOps(), op->getName().getTypeID());
 }
 
 bool nnc::nn::isReduction(Operation *op) { return isa<ReduceSumOp, ReduceMaxOp>(op); }

@@ -38,6 +38,9 @@ inline constexpr llvm::StringLiteral kTrain = "nn.train";
 /// math ops, the activations and `broadcast_like`. Backends compute such
 /// ops inside the loops of their consumers (see compiler/transforms/Fusion.h).
 bool isElementwise(mlir::Operation *op);
+/// Those ops, by TypeID (each backend's table of elementwise math is keyed
+/// by them; compiler/codegen/common/ScalarMath.h defines their formulas).
+llvm::ArrayRef<mlir::TypeID> elementwiseOps();
 
 /// Whether `op` sums or maximizes its one operand over axes (reading each
 /// element once).

@@ -31,27 +31,6 @@
 
 namespace nnc::codegen {
 
-/// The elementwise ops scalarMath defines, by TypeID.
-inline llvm::ArrayRef<mlir::TypeID> scalarOps() {
-  namespace n = nnc::nn;
-  static const mlir::TypeID ids[] = {
-      mlir::TypeID::get<n::NegOp>(),     mlir::TypeID::get<n::ExpOp>(),
-      mlir::TypeID::get<n::LogOp>(),     mlir::TypeID::get<n::SqrtOp>(),
-      mlir::TypeID::get<n::AbsOp>(),     mlir::TypeID::get<n::TanhOp>(),
-      mlir::TypeID::get<n::SigmoidOp>(), mlir::TypeID::get<n::ReluOp>(),
-      mlir::TypeID::get<n::StepOp>(),    mlir::TypeID::get<n::IdentityOp>(),
-      mlir::TypeID::get<n::SoftplusOp>(), mlir::TypeID::get<n::LeakyReluOp>(),
-      mlir::TypeID::get<n::AddOp>(),     mlir::TypeID::get<n::SubOp>(),
-      mlir::TypeID::get<n::MulOp>(),     mlir::TypeID::get<n::DivOp>(),
-      mlir::TypeID::get<n::PowOp>(),     mlir::TypeID::get<n::BroadcastLikeOp>(),
-  };
-  return ids;
-}
-
-inline bool isScalarOp(mlir::Operation *op) {
-  return llvm::is_contained(scalarOps(), op->getName().getTypeID());
-}
-
 /// tanh: below |x| = 0.625 an odd polynomial, x + x^3 P(x^2) (Cephes'
 /// tanhf coefficients); above, 1 - 2 / (e^(2|x|) + 1), which rounds to 1
 /// from |x| = 9 on (clamped there, so e^(2|x|) stays finite). Within 1-2
@@ -70,8 +49,9 @@ typename B::V tanhOf(B &b, typename B::V x) {
   return b.copysign(b.select(b.less(a, b.c(0.625)), small, large), x);
 }
 
-/// The value of elementwise `op` with operands read through `operand(k)`
-/// (read only when the formula needs them); nothing for other ops.
+/// The value of elementwise `op` (nn::isElementwise: every op of
+/// nn::elementwiseOps) with operands read through `operand(k)` (read only
+/// when the formula needs them); nothing for other ops.
 template <class B>
 std::optional<typename B::V> scalarMath(mlir::Operation *op, B &b,
                                         llvm::function_ref<typename B::V(unsigned)> operand) {

@@ -83,7 +83,7 @@ struct LoopMath {
 const llvm::DenseMap<TypeID, Scalar> &scalars() {
   static const llvm::DenseMap<TypeID, Scalar> table = [] {
     llvm::DenseMap<TypeID, Scalar> t;
-    for (TypeID id : codegen::scalarOps())
+    for (TypeID id : nnops::elementwiseOps())
       t[id] = [](Emitter &e, function_ref<Value(unsigned)> operand) {
         LoopMath m{e};
         return *codegen::scalarMath<LoopMath>(e.op, m, operand);

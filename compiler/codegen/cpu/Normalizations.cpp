@@ -26,23 +26,33 @@ Value flattenSpatial(Emitter &e, Value m) {
   return e.b.create<memref::CollapseShapeOp>(e.loc, m, collapsedFrom(2, t.getRank()));
 }
 
-LogicalResult batchNorm(Emitter &e) {
-  auto op = self<nnops::BatchNormOp>(e);
-  SmallVector<Value> x = e.sizes(e.in[0]);
-  SmallVector<Value> rest = {x[0]}; // the axes reduced for one channel
-  rest.append(x.begin() + 2, x.end());
+/// The axes a channel's statistics reduce (all but axis 1, of a buffer of
+/// `sizes`), and how many elements they hold.
+static std::pair<SmallVector<Value>, Value> channelAxes(Emitter &e, ArrayRef<Value> sizes) {
+  SmallVector<Value> rest = {sizes[0]};
+  rest.append(sizes.begin() + 2, sizes.end());
   Value count = e.idx(1);
   for (Value d : rest)
     count = e.mul(count, d);
+  return {rest, count};
+}
+
+/// The index of element `r` (over channelAxes) of channel `c`.
+static SmallVector<Value> inChannel(ValueRange r, Value c) {
+  SmallVector<Value> i = {r[0], c};
+  i.append(r.begin() + 1, r.end());
+  return i;
+}
+
+LogicalResult batchNorm(Emitter &e) {
+  auto op = self<nnops::BatchNormOp>(e);
+  SmallVector<Value> x = e.sizes(e.in[0]);
+  auto [rest, count] = channelAxes(e, x);
   OpBuilder &b = e.b;
   Location loc = e.loc;
   e.loops(ArrayRef<Value>{x[1]}, [&](ValueRange cv) {
     Value c = cv[0];
-    auto at = [&](ValueRange r) {
-      SmallVector<Value> i = {r[0], c};
-      i.append(r.begin() + 1, r.end());
-      return i;
-    };
+    auto at = [&](ValueRange r) { return inChannel(r, c); };
     Value mean, var;
     if (op.getTraining()) {
       Value n = e.toF32(count);
@@ -86,20 +96,12 @@ LogicalResult batchNormGrad(Emitter &e) {
   Value dy = flattenSpatial(e, e.in[0]), x = flattenSpatial(e, e.in[1]), gamma = e.in[2];
   Value dx = flattenSpatial(e, e.out[0]);
   SmallVector<Value> sizes = e.sizes(x);
-  SmallVector<Value> rest = {sizes[0]};
-  rest.append(sizes.begin() + 2, sizes.end());
-  Value count = e.idx(1);
-  for (Value d : rest)
-    count = e.mul(count, d);
+  auto [rest, count] = channelAxes(e, sizes);
   OpBuilder &b = e.b;
   Location loc = e.loc;
   e.loops(ArrayRef<Value>{sizes[1]}, [&](ValueRange cv) {
     Value c = cv[0];
-    auto at = [&](ValueRange r) {
-      SmallVector<Value> i = {r[0], c};
-      i.append(r.begin() + 1, r.end());
-      return i;
-    };
+    auto at = [&](ValueRange r) { return inChannel(r, c); };
     Value n = e.toF32(count);
     // The channel's run in sample i + 1 of each buffer, asked for (a
     // prefetch per 64-byte line) while sample i is read: runs of a channel

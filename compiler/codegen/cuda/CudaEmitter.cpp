@@ -57,7 +57,7 @@ constexpr int kLoadsInFlight = 8;
 
 RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
-bool isScalar(Operation *op) { return codegen::isScalarOp(op); }
+bool isScalar(Operation *op) { return nnops::isElementwise(op); }
 
 /// Ops computed one element at a time from elements of their operands at
 /// other positions: a transpose, a one-hot encoding.

@@ -71,10 +71,10 @@ struct CMath {
   static V call(const char *f, const V &a) { return std::string(f) + "(" + a + ")"; }
   static V infix(const V &a, const char *op, const V &b) { return "(" + a + " " + op + " " + b + ")"; }
   V c(double v) const {
-    // Whole numbers as written ("0.0f"), others to the float's precision.
+    // Whole numbers as written ("0.0f"), others as every literal is.
     if (v == std::trunc(v) && std::abs(v) < 1e6)
       return llvm::formatv("{0:f1}f", v).str();
-    return llvm::formatv("{0:e9}f", v).str();
+    return cuda::floatLiteral(v);
   }
   V add(const V &a, const V &b) const { return infix(a, "+", b); }
   V sub(const V &a, const V &b) const { return infix(a, "-", b); }

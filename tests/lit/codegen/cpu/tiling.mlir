@@ -27,3 +27,22 @@ func.func @conv(%x: tensor<?x3x8x8xf32>, %w: tensor<6x3x3x3xf32>, %dy: tensor<?x
   %1 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x3x8x8xf32>, tensor<?x6x8x8xf32>
   return %0, %1 : tensor<?x6x8x8xf32>, tensor<6x3x3x3xf32>
 }
+
+// The lowering follows the recorded choice: depth blocks of 37 steps for
+// @recorded, the chosen 128 for @chosen.
+// RUN: nnc-opt --nnc-prepare --nnc-choose-tiling --nnc-lower-to-loops %s | FileCheck %s --check-prefix=LOOPS
+// LOOPS-LABEL: func.func @recorded_depth
+// LOOPS: arith.constant 37 : index
+// LOOPS-LABEL: func.func @chosen_depth
+// LOOPS-NOT: arith.constant 37 : index
+// LOOPS: arith.constant 128 : index
+// LOOPS-NOT: arith.constant 37 : index
+func.func @recorded_depth(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
+  %0 = nn.matmul %a, %b {nnc.tiling = {depth = 37 : i64, group = 2 : i64, rows = 3 : i64, vectors = 1 : i64}} : tensor<?x32xf32>, tensor<32x4xf32>
+  return %0 : tensor<?x4xf32>
+}
+
+func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
+  %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x4xf32>
+  return %0 : tensor<?x4xf32>
+}
