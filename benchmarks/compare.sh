@@ -24,6 +24,7 @@ if [ ! -x "$build/benchmarks/nnc-kernels" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; L1d/L2/L3 per sysfs: $(cat /sys/devices/system/cpu/cpu0/cache/index{0,2,3}/size 2>/dev/null | tr '\n' ' ')"
 echo "== machine limits ($threads thread(s))"
 "$build/benchmarks/nnc-bandwidth" --threads "$threads" --reps 5 | tee "$tmp/limits.txt"
 echo "== nnc"

@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <array>
 #include <fstream>
 #include <sstream>
 
@@ -68,7 +69,9 @@ struct Source {
 };
 
 std::string example(const std::string &name) {
-  std::ifstream f(std::string(NNC_SOURCE_DIR) + "/examples/" + name + ".nn");
+  // The examples, and the real-size models kept with the benchmarks.
+  std::string dir = name.rfind("resnet", 0) == 0 ? "/benchmarks/" : "/examples/";
+  std::ifstream f(std::string(NNC_SOURCE_DIR) + dir + name + ".nn");
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
@@ -233,7 +236,26 @@ void registerAll() {
                             {"lenet5_c3", "conv2d:64,6,14,14,16,5"},
                             {"vgg_small_a2", "conv2d:32,32,32,32,32,3,1,1"},
                             {"vgg_small_b2", "conv2d:32,64,16,16,64,3,1,1"}};
-  for (auto &c : convs) {
+  // The convolution layers of the CIFAR ResNet-18 at batch 64
+  // (benchmarks/resnet18_cifar.nn): per stage the 3x3 layer, and where the
+  // stage starts the stride-2 3x3 layer and the 1x1 stride-2 shortcut.
+  const char *resnet[][2] = {{"rn18_stem", "conv2d:64,3,32,32,64,3,1,1"},
+                             {"rn18_s1", "conv2d:64,64,32,32,64,3,1,1"},
+                             {"rn18_s2_down", "conv2d:64,64,32,32,128,3,2,1"},
+                             {"rn18_s2_short", "conv2d:64,64,32,32,128,1,2,0"},
+                             {"rn18_s2", "conv2d:64,128,16,16,128,3,1,1"},
+                             {"rn18_s3_down", "conv2d:64,128,16,16,256,3,2,1"},
+                             {"rn18_s3_short", "conv2d:64,128,16,16,256,1,2,0"},
+                             {"rn18_s3", "conv2d:64,256,8,8,256,3,1,1"},
+                             {"rn18_s4_down", "conv2d:64,256,8,8,512,3,2,1"},
+                             {"rn18_s4_short", "conv2d:64,256,8,8,512,1,2,0"},
+                             {"rn18_s4", "conv2d:64,512,4,4,512,3,1,1"}};
+  std::vector<std::array<const char *, 2>> layers;
+  for (auto &c : convs)
+    layers.push_back({c[0], c[1]});
+  for (auto &c : resnet)
+    layers.push_back({c[0], c[1]});
+  for (auto &c : layers) {
     add(std::string("conv/") + c[0], kernel, c[1]);
     benchmark::RegisterBenchmark((std::string("conv_fwd_bwd/") + c[0]).c_str(),
                                  [spec = std::string(c[1])](benchmark::State &state) {
@@ -258,6 +280,7 @@ void registerAll() {
   add("reduction/cols_4096x4096", kernel, "reduction:4096x4096:0");
   add("softmax_ce/64x10", kernel, "softmax_ce:64x10");
   add("softmax_ce/1024x1000", kernel, "softmax_ce:1024x1000");
+  add("step/resnet18_cifar", step, "resnet18_cifar");
   for (const char *m : {"mnist_mlp", "mnist_cnn"}) {
     add(std::string("step/") + m, step, m);
     add(std::string("epoch/") + m, epoch, m)->Iterations(1);

@@ -83,8 +83,56 @@ def softmax_ce(n, c):
     return lambda: F.cross_entropy(x, y)
 
 
+class BasicBlock(torch.nn.Module):
+    """torchvision's ResNet basic block (two 3x3 convolutions, batch norm,
+    a 1x1 stride-2 shortcut where the stage downsamples)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        h = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(h)) + self.short(x))
+
+
+class ResNet18Cifar(torch.nn.Module):
+    """benchmarks/resnet18_cifar.nn: a 3x3 stem, four stages of two basic
+    blocks, global average pooling, a linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 def train_step(name):
     torch.manual_seed(0)
+    if name == "resnet18_cifar":
+        model = ResNet18Cifar()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return step
     model = MLP() if name == "mnist_mlp" else CNN()
     opt = (torch.optim.SGD(model.parameters(), lr=0.1) if name == "mnist_mlp"
            else torch.optim.Adam(model.parameters(), lr=1e-3))
@@ -112,6 +160,12 @@ def workloads():
     convs = {"mnist_cnn": (64, 1, 28, 28, 32, 5, 1, 2), "lenet5_c1": (64, 1, 28, 28, 6, 5, 1, 2),
              "lenet5_c3": (64, 6, 14, 14, 16, 5), "vgg_small_a2": (32, 32, 32, 32, 32, 3, 1, 1),
              "vgg_small_b2": (32, 64, 16, 16, 64, 3, 1, 1)}
+    convs.update({"rn18_stem": (64, 3, 32, 32, 64, 3, 1, 1), "rn18_s1": (64, 64, 32, 32, 64, 3, 1, 1),
+                  "rn18_s2_down": (64, 64, 32, 32, 128, 3, 2, 1), "rn18_s2_short": (64, 64, 32, 32, 128, 1, 2, 0),
+                  "rn18_s2": (64, 128, 16, 16, 128, 3, 1, 1), "rn18_s3_down": (64, 128, 16, 16, 256, 3, 2, 1),
+                  "rn18_s3_short": (64, 128, 16, 16, 256, 1, 2, 0), "rn18_s3": (64, 256, 8, 8, 256, 3, 1, 1),
+                  "rn18_s4_down": (64, 256, 8, 8, 512, 3, 2, 1), "rn18_s4_short": (64, 256, 8, 8, 512, 1, 2, 0),
+                  "rn18_s4": (64, 512, 4, 4, 512, 3, 1, 1)})
     for name, args in convs.items():
         w["conv/" + name] = conv(*args)
         w["conv_fwd_bwd/" + name] = conv_fwd_bwd(*args)
@@ -122,6 +176,7 @@ def workloads():
     w["reduction/cols_4096x4096"] = reduction(0)
     w["softmax_ce/64x10"] = softmax_ce(64, 10)
     w["softmax_ce/1024x1000"] = softmax_ce(1024, 1000)
+    w["step/resnet18_cifar"] = train_step("resnet18_cifar")
     for m in ("mnist_mlp", "mnist_cnn"):
         w["step/" + m] = train_step(m)
         w["epoch/" + m] = epoch(m)

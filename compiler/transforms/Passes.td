@@ -161,9 +161,17 @@ def ChooseTiling : Pass<"nnc-choose-tiling", "mlir::func::FuncOp"> {
     Sets `nnc.tiling` on every matmul (rows, vectors, depth, group),
     convolution (channel_block) and convolution weight gradient
     (channel_block, input_block, batch_chunk): the choices the CPU
-    lowerings read (compiler/codegen/cpu/Tiling.cpp). Choices already
-    recorded are kept, after a check against the op's shapes.
+    lowerings read (compiler/codegen/cpu/Tiling.cpp), derived from the
+    host's vector registers and cache sizes (compiler/codegen/cpu/Machine.h)
+    unless the options name another machine's. Choices already recorded are
+    kept, after a check against the op's shapes.
   }];
+  let options = [
+    Option<"lanes", "lanes", "int64_t", /*default=*/"0", "f32 lanes per vector (0: the host's)">,
+    Option<"registers", "registers", "int64_t", /*default=*/"0", "vector registers (0: the host's)">,
+    Option<"l1", "l1", "int64_t", /*default=*/"0", "L1 data cache bytes (0: the host's)">,
+    Option<"l2", "l2", "int64_t", /*default=*/"0", "L2 cache bytes per core (0: the host's)">,
+  ];
 }
 
 def OutlineKernels : Pass<"nnc-outline-kernels", "mlir::ModuleOp"> {

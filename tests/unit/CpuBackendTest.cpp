@@ -12,6 +12,7 @@
 #include "compiler/codegen/cpu/CpuExecutor.h"
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/CompileModel.h"
+#include "compiler/codegen/cpu/Tiling.h"
 #include "runtime/CompiledModel.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/reference/Trainer.h"
@@ -168,7 +169,7 @@ TEST(CpuBackend, RecordedTilingIsExact) {
     else if (mlir::isa<nn::Conv2dOp>(op))
       t = dict({{"channel_block", 3}});
     else if (mlir::isa<nn::Conv2dGradWeightOp>(op))
-      t = dict({{"channel_block", 2}, {"input_block", 1}, {"batch_chunk", 1}});
+      t = dict({{"channel_block", 2}, {"input_block", 1}, {"kernel_rows", 1}, {"batch_chunk", 1}});
     else if (mlir::isa<nn::Conv2dGradInputOp>(op))
       t = dict({{"channel_block", 1}});
     if (t) {
@@ -199,6 +200,52 @@ TEST(CpuBackend, RecordedTilingIsExact) {
 }
 
 /// The same without fusion: every op a kernel of its own.
+// The blocking derives from the machine: on an AVX-512 and an AVX2
+// description, every product's register block (accumulators, a register
+// per vector of B's row, one broadcast of A) fits the vector registers and
+// its packed panel of B fits L1, and convolution blocks divide their
+// channels.
+TEST(CpuTiling, BlocksFitTheMachine) {
+  test::Compiled m("model t {\n  input x: f32[B, 16, 12, 12]\n  input y: i32[B]\n"
+                   "  c = relu(conv2d(x, 24, kernel=3, padding=1))\n  d = relu(conv2d(c, 12, kernel=1))\n"
+                   "  h = relu(dense(flatten(d), 200))\n  logits = dense(h, 10)\n"
+                   "  loss = softmax_cross_entropy(logits, y)\n  output logits\n  minimize loss\n}\n",
+                   Stage::Grad);
+  ASSERT_TRUE(m.module) << m.firstError();
+  cpu::Machine avx512{"avx512", 16, 32, 48 << 10, 2 << 20, 32 << 20};
+  cpu::Machine avx2{"avx2", 8, 16, 32 << 10, 512 << 10, 32 << 20};
+  for (const cpu::Machine &machine : {avx512, avx2}) {
+    unsigned products = 0, convs = 0;
+    m.module->walk([&](mlir::Operation *op) {
+      mlir::DictionaryAttr t = cpu::chooseTiling(op, machine);
+      if (!t)
+        return;
+      auto get = [&](llvm::StringRef name) { return mlir::cast<mlir::IntegerAttr>(t.get(name)).getInt(); };
+      if (mlir::isa<nn::MatmulOp>(op)) {
+        ++products;
+        int64_t rows = get("rows"), vectors = get("vectors"), depth = get("depth");
+        EXPECT_LE(rows * vectors + vectors + 1, machine.registers) << machine.cpu;
+        EXPECT_LE(depth * vectors * machine.lanes * 4, machine.l1) << machine.cpu;
+        EXPECT_GE(rows * vectors, 8) << machine.cpu << ": too few FMA chains to hide the latency";
+      } else {
+        ++convs;
+        op->setAttr("nnc.tiling", t);
+        EXPECT_TRUE(mlir::succeeded(cpu::verifyTiling(op))) << machine.cpu;
+        op->removeAttr("nnc.tiling");
+      }
+    });
+    EXPECT_GE(products, 3u);
+    EXPECT_GE(convs, 4u);
+  }
+  EXPECT_EQ(cpu::parseCacheSize("32K"), 32 << 10);
+  EXPECT_EQ(cpu::parseCacheSize("32768K"), 32 << 20);
+  EXPECT_EQ(cpu::parseCacheSize("1M"), 1 << 20);
+  EXPECT_EQ(cpu::parseCacheSize("512"), 512);
+  EXPECT_EQ(cpu::parseCacheSize("K"), 0);
+  EXPECT_EQ(cpu::parseCacheSize("-4K"), 0);
+  EXPECT_EQ(cpu::parseCacheSize("99999999999999M"), 0);
+}
+
 TEST_P(CpuExample, UnfusedTrainingStepMatchesReference) {
   std::string src = test::readSource(std::string("examples/") + GetParam() + ".nn");
   ASSERT_FALSE(src.empty());

@@ -82,6 +82,18 @@ inline std::vector<Case> cases() {
   v.push_back({"conv_basic", "  out = conv2d(x, 3, kernel=3)\n", img});
   v.push_back({"conv_stride_pad", "  out = conv2d(x, 2, kernel=3, stride=2, padding=1)\n", img});
   v.push_back({"conv_groups", "  out = conv2d(x, 6, kernel=[3, 2], stride=[2, 1], groups=2)\n", img});
+  // Strided rows gathered across several vectors (rows of 37 and 20
+  // columns), 1x1 downsampling, column strides alone, padding wider than
+  // the kernel, strides of 3 with groups: the one row kernel and its
+  // transposed form (each strided layer reads a computed input, so its
+  // input gradient runs too) for every case.
+  v.push_back({"conv_stride2_wide", "  h = tanh(conv2d(x, 3, kernel=1))\n  out = conv2d(h, 3, kernel=3, stride=2, padding=1, bias=false)\n",
+               "  input x: f32[B, 3, 9, 37]\n"});
+  v.push_back({"conv_1x1_stride2", "  h = tanh(conv2d(x, 3, kernel=1))\n  out = relu(conv2d(h, 5, kernel=1, stride=2, bias=false))\n",
+               "  input x: f32[B, 3, 8, 20]\n"});
+  v.push_back({"conv_column_stride", "  h = tanh(conv2d(x, 4, kernel=1))\n  out = conv2d(h, 4, kernel=[2, 3], stride=[1, 2], padding=[0, 2], groups=2)\n",
+               img});
+  v.push_back({"conv_pad_past_kernel", "  h = tanh(conv2d(x, 4, kernel=1))\n  out = conv2d(h, 2, kernel=2, stride=[3, 3], padding=[2, 3])\n", img});
   v.push_back({"conv_op_form", "  param w: f32[2, 4, 2, 2] = normal(std=0.5)\n"
                                "  out = conv2d(x, w, padding=[1, 0])\n", img});
   v.push_back({"max_pool", "  out = max_pool2d(conv2d(x, 2, kernel=2), 2)\n", img});

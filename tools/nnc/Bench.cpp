@@ -11,6 +11,7 @@
 
 #include "tools/nnc/ModelFile.h"
 
+#include "compiler/codegen/cpu/Machine.h"
 #include "compiler/codegen/cpu/Runner.h"
 #include "compiler/frontend/KernelSpec.h"
 
@@ -254,7 +255,7 @@ int nnc::driver::runBench(const Args &args) {
     os << "{\"model\": " << rt::jsonString(m.model.getName().str());
     if (!spec.empty())
       os << ", \"kernel\": " << rt::jsonString(spec) << ", \"backward\": " << (forward ? "false" : "true");
-    os << ", \"target\": " << rt::jsonString(target);
+    os << ", \"target\": " << rt::jsonString(target) << ", \"cpu\": " << rt::jsonString(cpu::host().describe());
     if (!device.empty())
       os << ", \"device\": " << rt::jsonString(device);
     os << ", \"batch\": " << batch << ", \"steps\": " << steps
@@ -296,6 +297,8 @@ int nnc::driver::runBench(const Args &args) {
   else
     os << llvm::format("%s%s: %.3f ms (%zu kernels; compiled in %.2f s)\n", spec.c_str(),
                        forward ? "" : " forward and backward", wall * 1e3, rows.size(), compileSeconds);
+  // The machine beside the figures (blocking derives from it).
+  os << "  cpu: " << cpu::host().describe() << "\n";
   os << "  id   ms/step  share   GFLOP/s     GB/s  kernel (fused ops)           location\n";
   for (size_t i : order) {
     const Row &r = rows[i];

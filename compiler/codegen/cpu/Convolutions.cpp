@@ -36,39 +36,6 @@ std::pair<Value, Value> tapRange(Emitter &e, Value k, int64_t stride, int64_t pa
   return {lo, b.create<arith::MaxSIOp>(loc, lo, hi)};
 }
 
-/// Emits the taps of a convolution with input shape `x`, weight `w`, output
-/// `y`; `tap(xIdx, wIdx, yIdx)` runs for every in-bounds multiply. Loops run
-/// batch, output channel, input channel, kernel row and column, then the
-/// in-bounds output rows and columns (innermost, contiguous for stride 1).
-void convTaps(Emitter &e, Value xm, ArrayRef<int64_t> w, Value ym,
-              ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups,
-              function_ref<void(ValueRange, ValueRange, ValueRange)> tap) {
-  ArrayRef<int64_t> x = shapeOf(xm), y = shapeOf(ym);
-  int64_t og = w[0] / groups, cg = x[1] / groups;
-  OpBuilder &b = e.b;
-  Location loc = e.loc;
-  e.loops(ArrayRef<Value>{e.dim(ym, 0), e.idx(y[1]), e.idx(cg), e.idx(w[2]), e.idx(w[3])},
-          [&](ValueRange iv) {
-    Value n = iv[0], o = iv[1], c = iv[2], p = iv[3], q = iv[4];
-    // (Parallel over the batch: each sample's taps write only its own slice.)
-    Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
-    Value ic = b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, g, e.idx(cg)), c);
-    auto [iLo, iHi] = tapRange(e, p, stride[0], pad[0], x[2], y[2]);
-    auto [jLo, jHi] = tapRange(e, q, stride[1], pad[1], x[3], y[3]);
-    auto rows = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(1));
-    OpBuilder::InsertionGuard g1(b);
-    b.setInsertionPointToStart(rows.getBody());
-    Value i = rows.getInductionVar();
-    Value ih = e.tap(i, stride[0], pad[0], p);
-    auto cols = b.create<scf::ForOp>(loc, jLo, jHi, e.idx(1));
-    OpBuilder::InsertionGuard g2(b);
-    b.setInsertionPointToStart(cols.getBody());
-    Value j = cols.getInductionVar();
-    Value iw = e.tap(j, stride[1], pad[1], q);
-    tap(ValueRange{n, ic, ih, iw}, ValueRange{o, c, p, q}, ValueRange{n, o, i, j});
-  }, /*parallel=*/true);
-}
-
 /// Lanes of a vector of kLanes columns from column `start` (possibly
 /// negative) that lie inside a row of `width`: the mask of a padded load.
 Value columnMask(Emitter &e, Value start, int64_t width) {
@@ -100,130 +67,246 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
   return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
 }
 
-/// Convolution with unit column stride, register-blocked: for one sample
-/// and output row, a block of output channels times the row's vectors is
-/// accumulated in registers over input channels and kernel taps (each
-/// input row vector, loaded once with its padding masked to zero, serves
-/// every channel of the block), then stored once. Samples run in parallel.
-void conv2dRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups) {
+/// Lanes l of a row at columns (start + l * stride) / div, none where that
+/// is no column: outside [0, width), or (div > 1) not a whole number, or
+/// (`valid` false) in a row outside the input. Unit stride and divisor
+/// load contiguously (masked); stride 2 loads two vectors and keeps their
+/// even lanes (a shuffle costs less than a gather); others gather.
+struct RowLanes {
+  Value start;   // the first lane's column (contiguous lanes)
+  Value columns; // the lanes' columns (gathered lanes), i32
+  Value mask, next; // next: the second vector's mask, for stride 2
+  int64_t stride = 1;
+
+  RowLanes(Emitter &e, Value start, int64_t stride, int64_t div, int64_t width, Value valid = Value())
+      : stride(stride) {
+    OpBuilder &b = e.b;
+    Location loc = e.loc;
+    if ((stride == 1 || stride == 2) && div == 1) {
+      this->start = start;
+      mask = columnMask(e, start, width);
+      if (stride == 2)
+        next = columnMask(e, e.add(start, e.idx(kLanes)), width);
+    } else {
+      auto i32v = VectorType::get({kLanes}, b.getI32Type());
+      SmallVector<int32_t> lanes;
+      for (int32_t l = 0; l < kLanes; ++l)
+        lanes.push_back(l * static_cast<int32_t>(stride));
+      auto splat = [&](int64_t v) -> Value {
+        return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, static_cast<int32_t>(v)));
+      };
+      Value t = b.create<arith::AddIOp>(
+          loc, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lanes))),
+          b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), start)));
+      columns = t;
+      mask = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, t, splat(0));
+      if (div > 1) {
+        columns = b.create<arith::DivSIOp>(loc, t, splat(div));
+        Value whole = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq,
+                                              b.create<arith::RemSIOp>(loc, t, splat(div)), splat(0));
+        mask = b.create<arith::AndIOp>(loc, mask, whole);
+      }
+      mask = b.create<arith::AndIOp>(loc, mask,
+                                     b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, columns, splat(width)));
+    }
+    if (valid) {
+      Value none = b.create<arith::ConstantOp>(
+          loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
+      mask = select(e, valid, mask, none);
+      if (next)
+        next = select(e, valid, next, none);
+    }
+  }
+
+  /// The lanes of `mem`'s row at `row` (every index but the last), zero
+  /// where masked off.
+  Value load(Emitter &e, Value mem, ValueRange row) const {
+    auto vt = VectorType::get({kLanes}, e.b.getF32Type());
+    Value zero = e.b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
+    SmallVector<Value> at(row);
+    at.push_back(columns ? e.idx(0) : start);
+    if (!columns && !next)
+      return e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, mask, zero);
+    if (!columns) {
+      Value lo = e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, mask, zero);
+      at.back() = e.add(start, e.idx(kLanes));
+      Value hi = e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, next, zero);
+      SmallVector<int64_t> even;
+      for (int64_t l = 0; l < kLanes; ++l)
+        even.push_back(2 * l);
+      return e.b.create<vector::ShuffleOp>(e.loc, lo, hi, even);
+    }
+    return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
+  }
+};
+
+namespace {
+
+/// A convolution computed a block of output channels by an output row's
+/// vectors at a time (conv2dRows): the forward convolution, or (transposed)
+/// the input gradient, which reads the output gradient through the same
+/// weights: dX[c, h, w] = sum over o, p, q of W[o, c, p, q] dY[o, (h + pad
+/// - p) / stride, (w + pad - q) / stride] where those divide exactly.
+struct RowConvolution {
+  Value X, Y;                  // read, written (NCHW; Y null with an epilogue)
+  Value W;                     // OIHW: the forward convolution's weights
+  ArrayRef<int64_t> stride, pad;
+  int64_t groups;
+  bool transposed;
+};
+
+} // namespace
+
+/// Register-blocked: for one sample and output row, a block of output
+/// channels times the row's vectors is accumulated in registers over input
+/// channels and kernel taps (each input row vector, loaded once with its
+/// padding masked to zero, serves every channel of the block; strided rows
+/// are gathered), then stored once (through the epilogue, if any). Samples
+/// run in parallel.
+static void conv2dRows(Emitter &e, const RowConvolution &c) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
-  Value X = e.in[0], W = e.in[1], Y = e.out[0];
+  Value X = c.X, W = c.W, Y = c.Y;
+  // (Y is null when the result goes through the epilogue.)
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
-  int64_t og = w[0] / groups, cg = w[1];
-  // Up to 16 accumulators: output channels of the block times the row's
-  // vectors (a 16-wide row with 4 channels kept 4 FMA chains in flight, too
-  // few to hide the FMA latency; the weights are broadcast from memory
-  // into the FMAs and take no registers).
+  // Channels per group of the output and of the input read.
+  int64_t oy = y[1] / c.groups, cx = x[1] / c.groups;
   int64_t vectors = (y[3] + kLanes - 1) / kLanes;
   int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  int64_t s0 = c.stride[0], s1 = c.stride[1], p0 = c.pad[0], p1 = c.pad[1];
+  // A transposed convolution with column stride s1 runs per phase: the
+  // output columns phi, phi + s1, ... meet only the taps q = phi + p1 (mod
+  // s1), and read the output gradient contiguously there (lanes of
+  // consecutive output columns would each divide by s1 and gather, half of
+  // them for nothing).
+  bool phased = c.transposed && s1 > 1;
   e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
     Value n = iv[0], i = iv[1], o0 = e.mul(iv[2], e.idx(block));
-    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
-    auto [pLo, pHi] = kernelRows(e, i, stride[0], pad[0], x[2], w[2]);
-    SmallVector<Value> init(block * vectors, zero);
-    auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(cg), e.idx(1), init);
-    {
+    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(oy));
+    // The kernel rows that meet the input for output row i, in steps.
+    Value pLo, pHi;
+    int64_t pStep = 1;
+    if (!c.transposed) {
+      std::tie(pLo, pHi) = kernelRows(e, i, s0, p0, x[2], w[2]);
+    } else { // p = i + pad - s0 * r for the rows r of the output gradient
+      Value top = e.add(i, e.idx(p0));
+      Value least = b.create<arith::MaxSIOp>(loc, e.idx(0), e.sub(top, e.idx(s0 * (x[2] - 1))));
+      Value phase = b.create<arith::RemUIOp>(loc, e.sub(e.add(top, e.idx(s0 * w[2])), least), e.idx(s0));
+      pLo = e.add(least, phase);
+      pHi = b.create<arith::MaxSIOp>(loc, pLo, b.create<arith::MinSIOp>(loc, e.idx(w[2]), e.add(top, e.idx(1))));
+      pStep = s0;
+    }
+    // The accumulators of `count` vectors per channel of the block, over
+    // the input channels, the kernel rows and the taps `qs` (every column
+    // when empty, as a loop), the input read through `lanesAt(v, q)`.
+    auto accumulate = [&](int64_t count, ArrayRef<int64_t> qs,
+                          function_ref<RowLanes(int64_t v, Value q)> lanesAt) -> SmallVector<Value> {
+      SmallVector<Value> init(block * count, zero);
+      auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(cx), e.idx(1), init);
       OpBuilder::InsertionGuard g1(b);
       b.setInsertionPointToStart(cLoop.getBody());
-      Value c = cLoop.getInductionVar();
-      Value ic = e.add(e.mul(g, e.idx(cg)), c);
-      auto pLoop = b.create<scf::ForOp>(loc, pLo, pHi, e.idx(1), cLoop.getRegionIterArgs());
-      {
-        OpBuilder::InsertionGuard g2(b);
-        b.setInsertionPointToStart(pLoop.getBody());
-        Value p = pLoop.getInductionVar();
-        Value ih = e.tap(i, stride[0], pad[0], p);
+      Value ci = cLoop.getInductionVar();
+      Value ic = e.add(e.mul(g, e.idx(cx)), ci);
+      auto pLoop = b.create<scf::ForOp>(loc, pLo, pHi, e.idx(pStep), cLoop.getRegionIterArgs());
+      b.setInsertionPointToStart(pLoop.getBody());
+      Value p = pLoop.getInductionVar();
+      Value ih = c.transposed ? b.create<arith::DivUIOp>(loc, e.sub(e.add(i, e.idx(p0)), p), e.idx(s0)).getResult()
+                              : e.tap(i, s0, p0, p);
+      auto tap = [&](Value q, SmallVector<Value> &acc) {
+        SmallVector<Value> weights;
+        for (int64_t k = 0; k < block; ++k) {
+          Value o = e.add(o0, e.idx(k));
+          SmallVector<Value> at = c.transposed ? SmallVector<Value>{ic, e.sub(o, e.mul(g, e.idx(oy))), p, q}
+                                               : SmallVector<Value>{o, ci, p, q};
+          weights.push_back(b.create<vector::BroadcastOp>(loc, vt, e.load(W, at)));
+        }
+        for (int64_t v = 0; v < count; ++v) {
+          Value xv = lanesAt(v, q).load(e, X, {n, ic, ih});
+          for (int64_t k = 0; k < block; ++k)
+            acc[k * count + v] = b.create<vector::FMAOp>(loc, weights[k], xv, acc[k * count + v]);
+        }
+      };
+      if (qs.empty()) {
         auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
         {
           OpBuilder::InsertionGuard g3(b);
           b.setInsertionPointToStart(qLoop.getBody());
-          Value q = qLoop.getInductionVar();
-          SmallVector<Value> weights;
-          for (int64_t k = 0; k < block; ++k)
-            weights.push_back(b.create<vector::BroadcastOp>(
-                loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, p, q})));
           SmallVector<Value> acc(qLoop.getRegionIterArgs());
-          for (int64_t v = 0; v < vectors; ++v) {
-            Value col = b.create<arith::SubIOp>(loc, e.add(q, e.idx(v * kLanes)), e.idx(pad[1]));
-            Value xv = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, ic, ih, col},
-                                                      columnMask(e, col, x[3]), zero);
-            for (int64_t k = 0; k < block; ++k)
-              acc[k * vectors + v] = b.create<vector::FMAOp>(loc, weights[k], xv, acc[k * vectors + v]);
-          }
+          tap(qLoop.getInductionVar(), acc);
           b.create<scf::YieldOp>(loc, acc);
         }
         b.create<scf::YieldOp>(loc, qLoop.getResults());
+      } else {
+        SmallVector<Value> acc(pLoop.getRegionIterArgs());
+        for (int64_t q : qs)
+          tap(e.idx(q), acc);
+        b.create<scf::YieldOp>(loc, acc);
       }
+      b.setInsertionPointAfter(pLoop);
       b.create<scf::YieldOp>(loc, pLoop.getResults());
+      return SmallVector<Value>(cLoop.getResults());
+    };
+    auto store = [&](ArrayRef<Value> sums) {
+      for (int64_t k = 0; k < block; ++k)
+        for (int64_t v = 0; v < vectors; ++v) {
+          SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)};
+          if (e.epilogue) // through the epilogue, on whole vectors
+            e.emit(sums[k * vectors + v], at);
+          else
+            b.create<vector::TransferWriteOp>(loc, sums[k * vectors + v], Y, at,
+                                              ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+        }
+    };
+    if (!phased) {
+      store(accumulate(vectors, {}, [&](int64_t v, Value q) {
+        return c.transposed ? RowLanes(e, e.sub(e.idx(v * kLanes + p1), q), 1, 1, x[3])
+                            : RowLanes(e, e.sub(e.add(q, e.idx(v * kLanes * s1)), e.idx(p1)), s1, 1, x[3]);
+      }));
+      return;
     }
+    // Each phase's sums in registers, then interleaved lane by lane into
+    // whole vectors of the row (LLVM makes the moves shuffles).
+    SmallVector<SmallVector<Value>> phases;
+    SmallVector<int64_t> counts;
+    for (int64_t phi = 0; phi < s1; ++phi) {
+      int64_t columns = std::max<int64_t>(0, (y[3] - phi + s1 - 1) / s1), count = (columns + kLanes - 1) / kLanes;
+      SmallVector<int64_t> qs;
+      for (int64_t q = 0; q < w[3]; ++q)
+        if (((q - phi - p1) % s1 + s1) % s1 == 0)
+          qs.push_back(q);
+      counts.push_back(count);
+      phases.push_back(qs.empty() || count == 0 ? SmallVector<Value>(block * count, zero)
+                                                : accumulate(count, qs, [&](int64_t v, Value q) {
+                                                    int64_t shift = (phi + p1 - *getConstantIntValue(q)) / s1;
+                                                    return RowLanes(e, e.idx(v * kLanes + shift), 1, 1, x[3]);
+                                                  }));
+    }
+    SmallVector<Value> whole;
     for (int64_t k = 0; k < block; ++k)
       for (int64_t v = 0; v < vectors; ++v) {
-        SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)};
-        if (e.epilogue) // through the epilogue, on whole vectors
-          e.emit(cLoop.getResult(k * vectors + v), at);
-        else
-          b.create<vector::TransferWriteOp>(loc, cLoop.getResult(k * vectors + v), Y, at,
-                                            ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+        Value row = zero;
+        for (int64_t l = 0; l < kLanes && v * kLanes + l < y[3]; ++l) {
+          int64_t col = v * kLanes + l, phi = col % s1, j = col / s1;
+          Value from = phases[phi][k * counts[phi] + j / kLanes];
+          row = b.create<vector::InsertOp>(loc, b.create<vector::ExtractOp>(loc, from, j % kLanes), row, l);
+        }
+        whole.push_back(row);
       }
+    store(whole);
   }, /*parallel=*/true);
 }
 
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
-  if (op.getStride()[1] == 1) {
-    conv2dRows(e, op.getStride(), op.getPadding(), op.getGroups());
-    return success();
-  }
-  e.fill(e.out[0], e.f32(0));
-  convTaps(e, e.in[0], shapeOf(e.in[1]), e.out[0], op.getStride(),
-           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.multiplyAdd(e.load(e.in[0], xi), e.load(e.in[1], wi), e.out[0], yi);
-           });
+  conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/false});
   return success();
 }
 
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
-  ArrayRef<int64_t> st = op.getStride(), pd = op.getPadding(), w = shapeOf(e.in[1]);
-  int64_t groups = op.getGroups(), og = w[0] / groups, cg = w[1];
-  // With unit strides the input gradient is a forward convolution of the
-  // output gradient with the weights flipped and transposed per group,
-  // W'[g*cg + c, o, i, j] = W[g*og + o, c, KH-1-i, KW-1-j], padded by
-  // K-1-P: it runs on the forward pass's register-blocked rows. W' lives
-  // on the stack up to 256 KiB, on the heap above (128 channels of 3x3
-  // taps are 576 KiB, and the scalar loop below is far slower).
-  if (st[0] == 1 && st[1] == 1 && pd[0] <= w[2] - 1 && pd[1] <= w[3] - 1) {
-    OpBuilder &b = e.b;
-    Location loc = e.loc;
-    Value W = e.in[1];
-    auto flippedType = MemRefType::get({groups * cg, og, w[2], w[3]}, b.getF32Type());
-    bool onHeap = w[0] * w[1] * w[2] * w[3] * 4 > (256 << 10);
-    Value flipped = onHeap ? b.create<memref::AllocOp>(loc, flippedType, b.getI64IntegerAttr(64)).getResult()
-                           : b.create<memref::AllocaOp>(loc, flippedType, b.getI64IntegerAttr(64)).getResult();
-    e.loops(ArrayRef<Value>{e.idx(w[0]), e.idx(cg), e.idx(w[2]), e.idx(w[3])}, [&](ValueRange iv) {
-      Value o = iv[0], c = iv[1];
-      Value g = b.create<arith::DivUIOp>(loc, o, e.idx(og));
-      Value oi = b.create<arith::RemUIOp>(loc, o, e.idx(og));
-      Value fi = e.sub(e.idx(w[2] - 1), iv[2]), fj = e.sub(e.idx(w[3] - 1), iv[3]);
-      e.store(e.load(W, {o, c, fi, fj}), flipped, {e.add(e.mul(g, e.idx(cg)), c), oi, iv[2], iv[3]});
-    });
-    SmallVector<Value> saved(e.in.begin(), e.in.end());
-    e.in[1] = flipped;
-    int64_t unit[2] = {1, 1}, pad[2] = {w[2] - 1 - pd[0], w[3] - 1 - pd[1]};
-    conv2dRows(e, unit, pad, groups);
-    e.in.assign(saved.begin(), saved.end());
-    if (onHeap)
-      b.create<memref::DeallocOp>(loc, flipped);
-    return success();
-  }
-  e.fill(e.out[0], e.f32(0));
-  convTaps(e, e.out[0], shapeOf(e.in[1]), e.in[0], op.getStride(),
-           op.getPadding(), op.getGroups(), [&](ValueRange xi, ValueRange wi, ValueRange yi) {
-             e.multiplyAdd(e.load(e.in[1], wi), e.load(e.in[0], yi), e.out[0], xi);
-           });
+  conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/true});
   return success();
 }
 
@@ -233,8 +316,8 @@ LogicalResult conv2dGradInput(Emitter &e) {
 /// the output rows: a row vector of the input, loaded once per tap, serves
 /// the whole channel block, and a row of the output gradient serves every
 /// tap (and, for kernels of one or two taps, every input channel of a
-/// block). Small kernels (3x3) take all their taps at once, larger ones one
-/// kernel row per pass. Lanes are reduced at the end.
+/// block). Small kernels (3x3) take all their taps at once, larger ones (and
+/// strided rows) one kernel row per pass. Lanes are reduced at the end.
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad,
                           int64_t groups) {
   OpBuilder &b = e.b;
@@ -254,14 +337,12 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // two taps, a block of input channels as well: each output-gradient
   // vector then serves every channel of it (otherwise, for 1x1 kernels,
   // loads outnumber the multiply-adds).
-  bool allRows = kh * kw <= 12;
+  bool allRows = tilingOf(e.op, "kernel_rows") == kh; // (Tiling.cpp)
   int64_t taps = allRows ? kh * kw : kw;
   int64_t block = tilingOf(e.op, "channel_block"), inBlock = tilingOf(e.op, "input_block"); // (Tiling.cpp)
   int64_t perIn = block * taps; // accumulators per input channel of the block
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  Value none = b.create<arith::ConstantOp>(
-      loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
   // The batch in chunks whose output gradient for one channel block fits
   // in half of L2, each chunk's sums added to the previous ones': every
   // (input channel, kernel row) pass re-reads that block, from L2 instead
@@ -320,14 +401,10 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
               ih = e.tap(i, stride[0], pad[0], p);
             }
             for (int64_t q = 0; q < kw; ++q) {
-              Value col = e.idx(v * kLanes + q - pad[1]);
-              Value mask = columnMask(e, col, x[3]);
-              if (rowOk)
-                mask = select(e, rowOk, mask, none);
+              RowLanes lanes(e, e.idx(v * kLanes * stride[1] + q - pad[1]), stride[1], 1, x[3], rowOk);
               int64_t t = static_cast<int64_t>(r) * kw + q;
               for (int64_t ci = 0; ci < inBlock; ++ci) {
-                Value xv = b.create<vector::MaskedLoadOp>(
-                    loc, vt, X, ValueRange{n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih, col}, mask, zero);
+                Value xv = lanes.load(e, X, {n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih});
                 for (int64_t k = 0; k < block; ++k) {
                   Value &a = acc[ci * perIn + k * taps + t];
                   a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
@@ -358,7 +435,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
 LogicalResult conv2dGradWeight(Emitter &e) {
   auto op = self<nnops::Conv2dGradWeightOp>(e);
   // Register accumulators for one kernel row's columns.
-  if (op.getStride()[1] == 1 && shapeOf(e.out[0])[3] <= 16) {
+  if (shapeOf(e.out[0])[3] <= 16) {
     conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups());
     return success();
   }

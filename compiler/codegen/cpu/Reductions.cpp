@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/cpu/Machine.h"
 #include "compiler/codegen/cpu/Tiling.h"
 
 using namespace mlir;
@@ -74,15 +75,8 @@ LogicalResult concat(Emitter &e) {
   return success();
 }
 
-/// Lanes of f32 in the host's widest vector register: 16 with AVX-512, else
-/// 8 (AVX2). Kernels are written in vectors of this many lanes; wider ones
-/// would be split by LLVM, and on AVX2 its split of 16-lane masked loads
-/// read the masked-off half (tests/unit CpuConvBlocking caught NaNs from
-/// past a buffer's end).
-const int64_t kLanes = [] {
-  llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
-  return features.lookup("avx512f") ? int64_t(16) : int64_t(8);
-}();
+/// Lanes of f32 in the host's widest vector register (Machine.cpp).
+const int64_t kLanes = host().lanes;
 
 /// Whether reduction `op` sums (or maximizes) down leading axes, keeping
 /// trailing ones whose innermost is a whole number of vectors: column sums,

@@ -2,6 +2,7 @@
 
 #include "compiler/codegen/cpu/Tiling.h"
 #include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/cpu/Machine.h"
 #include "compiler/transforms/Passes.h"
 
 #include "dialects/nn/NNOps.h"
@@ -11,7 +12,6 @@
 using namespace mlir;
 using namespace nnc;
 namespace nnops = nnc::nn;
-using cpu::loops::kLanes;
 using cpu::loops::typicalDim;
 
 namespace {
@@ -33,74 +33,100 @@ int64_t channelBlock(int64_t channels, int64_t perChannel, int64_t accumulators,
 /// A matmul: register blocks of `rows` rows times `vectors` vectors of
 /// kLanes columns, over depth blocks of `depth`, in groups of up to `group`
 /// row blocks that share each packed panel of B (Reductions.cpp, matmul).
-DictionaryAttr productTiling(Builder &b, nnops::MatmulOp mm) {
-  // Blocks of 6 rows (24 accumulators: 24 FMAs per 4 loads of B and 6
-  // broadcasts), the rows left over in a block of 4 and then one at a
-  // time; blocks of 4 throughout where that leaves fewer single rows (32
-  // rows: 8 x 4, not 5 x 6 + 2 x 1). A product one vector wide (a
-  // classifier's 10 outputs) takes blocks of 12 rows: 6 accumulators would
+/// Sized from the machine: the block's accumulators, one register per
+/// vector of B's row and one broadcast of A fit the vector registers; the
+/// packed depth x width panel of B takes two thirds of L1; a group's rows
+/// of A (group x rows x depth) half of L2.
+DictionaryAttr productTiling(Builder &b, nnops::MatmulOp mm, const cpu::Machine &m) {
+  // 4 vectors wide with 32 registers (24 accumulators), 2 with 16 (12).
+  int64_t vectors = std::max<int64_t>(1, m.registers / 8);
+  int64_t most = (m.registers - vectors - 1) / vectors;
+  // Blocks of up to 6 rows, the rows left over in a block of 4 and then
+  // one at a time; blocks of 4 throughout where that leaves fewer single
+  // rows (32 rows: 8 x 4, not 5 x 6 + 2 x 1). A product one vector wide (a
+  // classifier's 10 outputs) takes taller blocks: a few accumulators would
   // leave the multiply-add units waiting on their latency.
   int64_t typicalRows = typicalDim(mm->getOperand(0), 0);
   int64_t n = shapeOf(mm->getOperand(1))[1];
-  int64_t rows = !ShapedType::isDynamic(n) && n <= kLanes                          ? 12
-                 : typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4 ? 6
-                                                                                  : 4;
-  // 128-deep blocks of up to 64 row blocks sharing a packed 128 x 64 panel
-  // of B (32 KiB with 16 lanes) beat 64-deep unpacked ones by far on large
-  // products (benchmarks/README.md).
+  int64_t tall = std::min<int64_t>(12, m.registers - 2);
+  int64_t rows = !ShapedType::isDynamic(n) && n <= m.lanes ? tall
+                 : typicalRows >= 192 || (typicalRows % 6) % 4 <= typicalRows % 4
+                     ? std::min<int64_t>(6, most)
+                     : std::min<int64_t>(4, most);
+  if (!ShapedType::isDynamic(n)) // no wider than the product
+    vectors = std::clamp<int64_t>((n + m.lanes - 1) / m.lanes, 1, vectors);
+  int64_t rowBytes = vectors * m.lanes * 4;
+  int64_t depth = std::clamp<int64_t>(m.l1 * 2 / 3 / rowBytes / 16 * 16, 32, 512);
+  int64_t group = std::clamp<int64_t>(m.l2 / 2 / (rows * depth * 4), 1, 64);
   return b.getDictionaryAttr({b.getNamedAttr("rows", b.getI64IntegerAttr(rows)),
-                              b.getNamedAttr("vectors", b.getI64IntegerAttr(4)),
-                              b.getNamedAttr("depth", b.getI64IntegerAttr(128)),
-                              b.getNamedAttr("group", b.getI64IntegerAttr(64))});
+                              b.getNamedAttr("vectors", b.getI64IntegerAttr(vectors)),
+                              b.getNamedAttr("depth", b.getI64IntegerAttr(depth)),
+                              b.getNamedAttr("group", b.getI64IntegerAttr(group))});
 }
 
-/// A convolution with unit column stride: a block of output channels times
-/// an output row's vectors, up to 16 accumulators (Convolutions.cpp,
-/// conv2dRows).
-DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv) {
+/// Accumulators a convolution keeps in vector registers, leaving room for
+/// its loads and broadcasts: 16 of AVX-512's 32 registers (more did not
+/// pay), 12 of AVX2's 16 (without AVX-512's embedded broadcasts each
+/// weight takes a register too).
+int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m.registers - 4); }
+
+/// A convolution: a block of output channels times an output row's vectors
+/// (Convolutions.cpp, conv2dRows).
+DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(conv.getWeight()), y = shapeOf(conv.getResult());
-  int64_t og = w[0] / conv.getGroups(), vectors = (y[3] + kLanes - 1) / kLanes;
+  int64_t og = w[0] / conv.getGroups(), vectors = (y[3] + m.lanes - 1) / m.lanes;
+  int64_t acc = convAccumulators(m);
   return b.getDictionaryAttr(
-      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(og, vectors, 16, 16)))});
+      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(og, vectors, acc, 16)))});
 }
 
-/// An input gradient with unit strides, a convolution of the output
-/// gradient with flipped weights: a block of the input channels.
-DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op) {
+/// An input gradient, the transposed convolution of the output gradient
+/// (conv2dRows again): a block of the input channels.
+DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op.getResult());
-  int64_t cg = w[1], vectors = (y[3] + kLanes - 1) / kLanes;
+  int64_t cg = w[1], vectors = (y[3] + m.lanes - 1) / m.lanes;
+  int64_t acc = convAccumulators(m);
   return b.getDictionaryAttr(
-      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(cg, vectors, 16, 16)))});
+      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(cg, vectors, acc, 16)))});
 }
 
 /// A weight gradient: output channels by kernel taps in registers (and,
-/// for one or two taps, a block of input channels), over the batch in
-/// chunks whose output gradient for one channel block fits in half of a
-/// 1 MiB L2 (Convolutions.cpp, conv2dGradWeightRows).
-DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op) {
+/// for one or two taps, a block of input channels; three quarters of the
+/// registers, the rest for the loads), over the batch in chunks whose
+/// output gradient for one channel block fits in half of L2
+/// (Convolutions.cpp, conv2dGradWeightRows).
+DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op.getResult()), y = shapeOf(op->getOperand(1));
   int64_t groups = op.getGroups(), og = w[0] / groups, cg = w[1], kh = w[2], kw = w[3];
-  int64_t taps = kh * kw <= 12 ? kh * kw : kw;
-  int64_t block = channelBlock(og, taps <= 2 ? 4 * taps : taps, 24, 8);
-  int64_t inBlock = taps <= 2 ? channelBlock(cg, block * taps, 24, 8) : 1;
-  int64_t chunk = std::max<int64_t>(1, (512 << 10) / (block * y[2] * y[3] * 4));
+  int64_t acc = m.registers * 3 / 4;
+  // All kernel rows in one pass for small kernels (each output-gradient
+  // vector serves every tap); one row per pass for large ones, and for
+  // strided rows, whose input vectors cost more than one load: each then
+  // serves a block of output channels (and no block of input channels).
+  bool strided = op.getStride()[1] != 1;
+  int64_t kernelRows = kh * kw <= 12 && !strided ? kh : 1;
+  int64_t taps = kernelRows * kw;
+  int64_t block = channelBlock(og, taps <= 2 && !strided ? 4 * taps : taps, acc, 8);
+  int64_t inBlock = taps <= 2 && !strided ? channelBlock(cg, block * taps, acc, 8) : 1;
+  int64_t chunk = std::max<int64_t>(1, m.l2 / 2 / (block * y[2] * y[3] * 4));
   return b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
                               b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
+                              b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
                               b.getNamedAttr("batch_chunk", b.getI64IntegerAttr(chunk))});
 }
 
 } // namespace
 
-DictionaryAttr cpu::chooseTiling(Operation *op) {
+DictionaryAttr cpu::chooseTiling(Operation *op, const Machine &machine) {
   Builder b(op->getContext());
   if (auto mm = dyn_cast<nnops::MatmulOp>(op))
-    return productTiling(b, mm);
+    return productTiling(b, mm, machine);
   if (auto conv = dyn_cast<nnops::Conv2dOp>(op))
-    return convTiling(b, conv);
+    return convTiling(b, conv, machine);
   if (auto gw = dyn_cast<nnops::Conv2dGradWeightOp>(op))
-    return weightGradTiling(b, gw);
+    return weightGradTiling(b, gw, machine);
   if (auto gi = dyn_cast<nnops::Conv2dGradInputOp>(op))
-    return inputGradTiling(b, gi);
+    return inputGradTiling(b, gi, machine);
   return nullptr;
 }
 
@@ -140,8 +166,12 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   if (isa<nnops::Conv2dGradInputOp>(op)) // blocks of the input channels
     return divides("channel_block", shapeOf(op->getOperand(1))[1]);
   ArrayRef<int64_t> w = shapeOf(isa<nnops::Conv2dOp>(op) ? op->getOperand(1) : op->getResult(0));
-  if (isa<nnops::Conv2dGradWeightOp>(op) && failed(divides("input_block", w[1])))
-    return failure();
+  if (isa<nnops::Conv2dGradWeightOp>(op)) {
+    if (failed(divides("input_block", w[1])))
+      return failure();
+    if (int64_t rows = tilingOf(op, "kernel_rows"); rows != 1 && rows != w[2])
+      return op->emitError("tiling choice 'kernel_rows' = ") << rows << " is neither 1 nor the kernel's " << w[2];
+  }
   return divides("channel_block", w[0] / groups);
 }
 
@@ -152,11 +182,17 @@ namespace nnc {
 
 namespace {
 struct ChooseTilingPass : nnc::impl::ChooseTilingBase<ChooseTilingPass> {
+  using ChooseTilingBase::ChooseTilingBase;
   void runOnOperation() override {
-    WalkResult r = getOperation().walk([](Operation *op) {
+    cpu::Machine m = cpu::host();
+    for (auto [option, fact] : {std::pair{int64_t(lanes), &m.lanes}, std::pair{int64_t(registers), &m.registers},
+                                std::pair{int64_t(l1), &m.l1}, std::pair{int64_t(l2), &m.l2}})
+      if (option > 0)
+        *fact = option;
+    WalkResult r = getOperation().walk([&](Operation *op) {
       if (op->hasAttr(cpu::kTilingAttr))
         return failed(cpu::verifyTiling(op)) ? WalkResult::interrupt() : WalkResult::advance();
-      if (DictionaryAttr t = cpu::chooseTiling(op))
+      if (DictionaryAttr t = cpu::chooseTiling(op, m))
         op->setAttr(cpu::kTilingAttr, t);
       return WalkResult::advance();
     });

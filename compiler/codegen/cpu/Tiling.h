@@ -14,6 +14,8 @@
 #ifndef NNC_COMPILER_CODEGEN_CPU_TILING_H
 #define NNC_COMPILER_CODEGEN_CPU_TILING_H
 
+#include "compiler/codegen/cpu/Machine.h"
+
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Operation.h"
 
@@ -23,9 +25,10 @@ inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
 
 /// The choices for `op` on this host: for a matmul `rows`, `vectors`,
 /// `depth` and `group`; for a convolution `channel_block`; for a
-/// convolution's weight gradient `channel_block`, `input_block` and
-/// `batch_chunk`. Null for other ops.
-mlir::DictionaryAttr chooseTiling(mlir::Operation *op);
+/// convolution's weight gradient `channel_block`, `input_block`,
+/// `kernel_rows` (per pass: 1 or all) and `batch_chunk`. Null for other ops. Sized for `machine`: its vector
+/// registers and caches.
+mlir::DictionaryAttr chooseTiling(mlir::Operation *op, const Machine &machine = host());
 
 /// Checks recorded choices against the op's shapes (blocks that divide the
 /// channels, sizes in range); errors are located at the op.

@@ -22,3 +22,11 @@ func.func @unknown(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32
   %0 = nn.matmul %a, %b {nnc.tiling = {tile = 8 : i64}} : tensor<?x32xf32>, tensor<32x4xf32>
   return %0 : tensor<?x4xf32>
 }
+
+// -----
+
+func.func @kernel_rows(%x: tensor<?x3x8x8xf32>, %dy: tensor<?x6x8x8xf32>) -> tensor<6x3x3x3xf32> {
+  // expected-error @+1 {{tiling choice 'kernel_rows' = 2 is neither 1 nor the kernel's 3}}
+  %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>, nnc.tiling = {kernel_rows = 2 : i64}} : tensor<?x3x8x8xf32>, tensor<?x6x8x8xf32>
+  return %0 : tensor<6x3x3x3xf32>
+}

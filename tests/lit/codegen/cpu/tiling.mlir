@@ -1,9 +1,18 @@
 // nnc-choose-tiling records each product's and convolution's blocking as
 // data (nnc.tiling); the lowerings read it back.
 // RUN: nnc-opt --pass-pipeline='builtin.module(func.func(nnc-choose-tiling))' %s | FileCheck %s
+// The choices follow the machine the options describe: AVX-512's 32
+// registers of 16 lanes with a 48 KiB L1, AVX2's 16 registers of 8 lanes
+// with a 32 KiB L1.
+// RUN: nnc-opt --pass-pipeline='builtin.module(func.func(nnc-choose-tiling{lanes=16 registers=32 l1=49152 l2=1048576}))' %s | FileCheck %s --check-prefix=AVX512
+// RUN: nnc-opt --pass-pipeline='builtin.module(func.func(nnc-choose-tiling{lanes=8 registers=16 l1=32768 l2=524288}))' %s | FileCheck %s --check-prefix=AVX2
 // A product at most one vector wide takes blocks of 12 rows.
 // CHECK-LABEL: func.func @product
-// CHECK: nn.matmul {{.*}} {nnc.tiling = {depth = 128 : i64, group = 64 : i64, rows = 12 : i64, vectors = 4 : i64}}
+// CHECK: nn.matmul {{.*}} {nnc.tiling = {depth = {{[0-9]+}} : i64, group = {{[0-9]+}} : i64, rows = 12 : i64, vectors = 1 : i64}}
+// AVX512-LABEL: func.func @product
+// AVX512: nnc.tiling = {depth = 512 : i64, group = 21 : i64, rows = 12 : i64, vectors = 1 : i64}
+// AVX2-LABEL: func.func @product
+// AVX2: nnc.tiling = {depth = 512 : i64, group = 10 : i64, rows = 12 : i64, vectors = 1 : i64}
 func.func @product(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
   %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x4xf32>
   return %0 : tensor<?x4xf32>
@@ -21,7 +30,7 @@ func.func @recorded(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf3
 // channels, and a weight gradient its batch chunk.
 // CHECK-LABEL: func.func @conv
 // CHECK: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
-// CHECK: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = {{[0-9]+}} : i64, channel_block = {{[0-9]+}} : i64, input_block = {{[0-9]+}} : i64}
+// CHECK: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = {{[0-9]+}} : i64, channel_block = {{[0-9]+}} : i64, input_block = {{[0-9]+}} : i64, kernel_rows = {{[0-9]+}} : i64}
 func.func @conv(%x: tensor<?x3x8x8xf32>, %w: tensor<6x3x3x3xf32>, %dy: tensor<?x6x8x8xf32>) -> (tensor<?x6x8x8xf32>, tensor<6x3x3x3xf32>) {
   %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x3x8x8xf32>, tensor<6x3x3x3xf32>
   %1 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x3x8x8xf32>, tensor<?x6x8x8xf32>
@@ -29,8 +38,8 @@ func.func @conv(%x: tensor<?x3x8x8xf32>, %w: tensor<6x3x3x3xf32>, %dy: tensor<?x
 }
 
 // The lowering follows the recorded choice: depth blocks of 37 steps for
-// @recorded, the chosen 128 for @chosen.
-// RUN: nnc-opt --nnc-prepare --nnc-choose-tiling --nnc-lower-to-loops %s | FileCheck %s --check-prefix=LOOPS
+// @recorded, the chosen 128 for @chosen (on the AVX-512 machine above).
+// RUN: nnc-opt --nnc-prepare --nnc-choose-tiling='lanes=16 registers=32 l1=49152 l2=1048576' --nnc-lower-to-loops %s | FileCheck %s --check-prefix=LOOPS
 // LOOPS-LABEL: func.func @recorded_depth
 // LOOPS: arith.constant 37 : index
 // LOOPS-LABEL: func.func @chosen_depth
@@ -42,7 +51,7 @@ func.func @recorded_depth(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<
   return %0 : tensor<?x4xf32>
 }
 
-func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x4xf32>) -> tensor<?x4xf32> {
-  %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x4xf32>
-  return %0 : tensor<?x4xf32>
+func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x64xf32>) -> tensor<?x64xf32> {
+  %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x64xf32>
+  return %0 : tensor<?x64xf32>
 }
