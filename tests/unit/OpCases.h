@@ -94,6 +94,16 @@ inline std::vector<Case> cases() {
   v.push_back({"conv_column_stride", "  h = tanh(conv2d(x, 4, kernel=1))\n  out = conv2d(h, 4, kernel=[2, 3], stride=[1, 2], padding=[0, 2], groups=2)\n",
                img});
   v.push_back({"conv_pad_past_kernel", "  h = tanh(conv2d(x, 4, kernel=1))\n  out = conv2d(h, 2, kernel=2, stride=[3, 3], padding=[2, 3])\n", img});
+  // Output rows narrower than half a vector, several to a vector: padded
+  // (a ragged last group of rows), strided (gathered), and an input wider
+  // than the output (gathered).
+  v.push_back({"conv_narrow_rows", "  h = tanh(conv2d(x, 4, kernel=1))\n  out = conv2d(h, 5, kernel=3, padding=1)\n",
+               "  input x: f32[B, 3, 5, 3]\n"});
+  v.push_back({"conv_narrow_strided", "  out = relu(conv2d(x, 3, kernel=3, stride=2, padding=1))\n",
+               "  input x: f32[B, 2, 9, 7]\n"});
+  v.push_back({"conv_narrow_valid", "  out = conv2d(x, 3, kernel=2)\n", "  input x: f32[B, 2, 6, 5]\n"});
+  v.push_back({"conv_narrow_tall_kernel", "  out = conv2d(x, 2, kernel=[5, 3], padding=[2, 1])\n",
+               "  input x: f32[B, 2, 7, 4]\n"});
   v.push_back({"conv_op_form", "  param w: f32[2, 4, 2, 2] = normal(std=0.5)\n"
                                "  out = conv2d(x, w, padding=[1, 0])\n", img});
   v.push_back({"max_pool", "  out = max_pool2d(conv2d(x, 2, kernel=2), 2)\n", img});

@@ -13,6 +13,7 @@
 
 #include "compiler/codegen/cpu/Machine.h"
 #include "compiler/codegen/cpu/Runner.h"
+#include "compiler/codegen/cpu/Tiling.h"
 #include "compiler/frontend/KernelSpec.h"
 
 #include "runtime/Checkpoint.h"
@@ -32,6 +33,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <numeric>
 
 using namespace mlir;
@@ -44,7 +46,17 @@ struct Row {
   std::string ops, loc;
   double seconds = 0, flops = 0, bytes = 0; // per step; flops < 0: not estimated
   int64_t calls = 0;
+  // A tiled kernel (Tiling.h): its choices' key and the alternatives.
+  std::string key;
+  std::vector<std::string> candidates;
 };
+
+std::string attrText(Attribute a) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  a.print(os);
+  return text;
+}
 
 /// One synthetic batch of `batch` samples for the inputs of a training step.
 std::vector<rt::HostTensor> syntheticInputs(const rt::FunctionDesc &step, int64_t batch) {
@@ -119,6 +131,12 @@ int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse,
     if (id < times.size()) {
       r.seconds = times[id].seconds / static_cast<double>(steps);
       r.calls = times[id].calls;
+    }
+    if (auto key = d.getAs<StringAttr>("tiling_key")) {
+      r.key = key.str();
+      if (auto candidates = d.getAs<ArrayAttr>("tiling_candidates"))
+        for (Attribute c : candidates)
+          r.candidates.push_back(attrText(c));
     }
     rows.push_back(std::move(r));
   }
@@ -312,5 +330,97 @@ int nnc::driver::runBench(const Args &args) {
                          total > 0 ? 100 * r.seconds / total : 0.0, static_cast<const char *>("-"),
                          static_cast<const char *>("-"), ops.c_str(), r.loc.c_str());
   }
+  return kOk;
+}
+
+int nnc::driver::runTune(const Args &args) {
+  const Command &c = command("tune");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  int64_t batch = 0, steps = 3, warmup = 1, threads = 0;
+  for (auto rc : {numberOption(args, c, "batch", batch), numberOption(args, c, "steps", steps),
+                  numberOption(args, c, "warmup", warmup), numberOption(args, c, "threads", threads)})
+    if (rc)
+      return *rc;
+  if (steps < 1)
+    return usageError("--steps must be at least 1", &c);
+  if (threads > 0)
+    if (std::string note = rt::setThreads(threads); !note.empty())
+      llvm::errs() << "nnc: note: " << note << "\n";
+  if (cpu::tuningPath().empty())
+    return userError("the nnc cache is off (NNC_CACHE_DIR=off): tuned choices would have nowhere to go");
+  const std::string path = args.positional[0];
+  // Round r times every tiled kernel with its r-th candidate (round 0: the
+  // defaults, whatever an earlier tuning chose), all in one compiled step,
+  // each kernel timed on its own (nnc bench's per-kernel timers).
+  std::map<std::string, std::vector<std::string>> candidates;
+  std::map<std::string, std::vector<double>> seconds;
+  std::map<std::string, int64_t> kernels;
+  llvm::errs() << "nnc: tuning " << path << " on " << cpu::host().describe() << "\n";
+  for (size_t round = 0;; ++round) {
+    cpu::clearTunedTilings();
+    bool any = round == 0;
+    for (auto &[key, list] : candidates)
+      if (round < list.size()) {
+        cpu::setTunedTiling(key, list[round]);
+        any = true;
+      }
+    if (!any)
+      break;
+    Loaded m;
+    if (int rc = load(path, std::nullopt, m, /*train=*/true))
+      return rc;
+    SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
+    if (batch == 0)
+      batch = m.setting("batch", 32);
+    std::vector<Row> rows;
+    double wall = 0, compileSeconds = 0;
+    if (int rc = benchCpu(m, batch, steps, warmup, /*fuse=*/true, /*forward=*/false, rows, wall, compileSeconds))
+      return rc;
+    std::map<std::string, double> sum;
+    for (const Row &r : rows)
+      if (!r.key.empty()) {
+        sum[r.key] += r.seconds;
+        if (round == 0) {
+          candidates.emplace(r.key, r.candidates);
+          ++kernels[r.key];
+        }
+      }
+    for (auto &[key, t] : sum) {
+      if (round > 0 && round >= candidates[key].size())
+        continue; // the default again: timed in round 0
+      std::vector<double> &list = seconds[key];
+      list.resize(round + 1, -1);
+      list[round] = t;
+    }
+    llvm::errs() << "nnc: round " << round + 1 << ": step " << llvm::format("%.1f", wall * 1e3) << " ms (compiled in "
+                 << llvm::format("%.1f", compileSeconds) << " s)\n";
+  }
+  // The fastest candidate per key, kept over the file's other entries.
+  cpu::clearTunedTilings();
+  cpu::reloadTunedTilings();
+  llvm::raw_ostream &os = llvm::outs();
+  os << "cpu: " << cpu::host().describe() << "\n";
+  os << "  kernels  default ms  tuned ms  speed-up  choice  (op and shapes)\n";
+  double before = 0, after = 0;
+  for (auto &[key, list] : seconds) {
+    size_t best = 0;
+    for (size_t r = 1; r < list.size(); ++r)
+      if (list[r] >= 0 && list[r] < list[best])
+        best = r;
+    before += list[0];
+    after += list[best];
+    const std::vector<std::string> &choices = candidates[key];
+    if (best < choices.size())
+      cpu::setTunedTiling(key, choices[best]);
+    os << llvm::format("  %7lld  %10.3f  %8.3f  %7.2fx  ", static_cast<long long>(kernels[key]), list[0] * 1e3,
+                       list[best] * 1e3, list[best] > 0 ? list[0] / list[best] : 1.0)
+       << (best < choices.size() ? choices[best] : "") << "  " << key << "\n";
+  }
+  os << llvm::format("tiled kernels: %.3f -> %.3f ms a step\n", before * 1e3, after * 1e3);
+  std::string error;
+  if (!cpu::saveTunedTilings(error))
+    return userError(error);
+  os << "tuned choices kept in " << cpu::tuningPath() << "\n";
   return kOk;
 }

@@ -114,6 +114,7 @@ int runEval(const Args &args);
 int runPredict(const Args &args);
 int runBuild(const Args &args);
 int runBench(const Args &args);
+int runTune(const Args &args);
 
 } // namespace nnc::driver
 

@@ -146,6 +146,13 @@ const std::vector<Command> &commands() {
          "reduction:RxC[:AXIS] | softmax_ce:NxC"},
         {"backward", nullptr, "With --kernel: the op's forward and backward pass (a training step)"}},
        runBench},
+      {"tune", "nnc tune FILE [options]",
+       "Time the blocking choices of each product and convolution of a model's training step; keep the fastest for this CPU.",
+       {{"batch", "N", "Batch size (default: the train section's)"},
+        {"steps", "N", "Steps timed per round (default 3)"},
+        {"warmup", "N", "Steps run first in each round, untimed (default 1)"},
+        {"threads", "N", "Worker threads (default: every core)"}},
+       runTune},
   };
   return table;
 }

@@ -298,14 +298,165 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
   }, /*parallel=*/true);
 }
 
+/// The lanes of a vector over R whole rows of OW columns (R * OW <= kLanes;
+/// images narrower than a vector) of an input plane as wide as the output
+/// (unit strides), viewed as one axis: lane l reads row row0 + l / OW and
+/// column col0 + l % OW, consecutive in the plane, so one masked load takes
+/// them all. Lanes past the group's rows, or outside the input, are masked
+/// off.
+struct GroupLanes {
+  Value offset, mask;
+
+  GroupLanes(Emitter &e, Value row0, Value col0, int64_t ow, int64_t rows, int64_t h, int64_t w) {
+    OpBuilder &b = e.b;
+    Location loc = e.loc;
+    auto i32v = VectorType::get({kLanes}, b.getI32Type());
+    SmallVector<int32_t> r, j;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      r.push_back(static_cast<int32_t>(l < rows * ow ? l / ow : -(1 << 20))); // unused lanes: never in range
+      j.push_back(static_cast<int32_t>(l % ow));
+    }
+    auto constant = [&](ArrayRef<int32_t> v) -> Value {
+      return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, v));
+    };
+    auto splat = [&](Value index) -> Value {
+      return b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), index));
+    };
+    auto within = [&](Value v, int64_t n) {
+      return b.create<arith::AndIOp>(
+          loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, v, constant(SmallVector<int32_t>(kLanes, 0))),
+          b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, v,
+                                  constant(SmallVector<int32_t>(kLanes, static_cast<int32_t>(n)))));
+    };
+    mask = b.create<arith::AndIOp>(loc, within(b.create<arith::AddIOp>(loc, constant(r), splat(row0)), h),
+                                   within(b.create<arith::AddIOp>(loc, constant(j), splat(col0)), w));
+    offset = e.add(e.mul(row0, e.idx(w)), col0);
+  }
+
+  /// The lanes from the plane `plane[n, c, :]`.
+  Value load(Emitter &e, Value plane, Value n, Value c) const {
+    auto vt = VectorType::get({kLanes}, e.b.getF32Type());
+    Value zero = e.b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
+    return e.b.create<vector::MaskedLoadOp>(e.loc, vt, plane, ValueRange{n, c, offset}, mask, zero);
+  }
+};
+
+/// Rows of the output narrower than a vector, as many per vector as fit
+/// (a 4 x 4 image fills 8 lanes with two rows, not half of them with one).
+/// The input plane is one axis, the accumulators hold `rows` output rows
+/// each, and each row is shifted down to lane 0 when stored.
+/// How many output rows a vector takes (1: rows are not grouped). Rows are
+/// grouped where one vector then loads several rows at once: unit strides,
+/// the input as wide as the output, a contiguous buffer (strided rows keep
+/// their own vectors: two loads and a shuffle each beat a gather).
+int64_t groupedRows(Value x, ArrayRef<int64_t> stride, int64_t ow) {
+  auto type = dyn_cast<MemRefType>(x.getType());
+  if (ow <= 0 || ow * 2 > kLanes || !type || !type.getLayout().isIdentity() || stride[0] != 1 ||
+      stride[1] != 1 || shapeOf(x)[3] != ow)
+    return 1;
+  return kLanes / ow;
+}
+
+static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> stride,
+                            ArrayRef<int64_t> pad, int64_t groups, int64_t rows, bool transposed) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
+  int64_t oy = y[1] / groups, cx = x[1] / groups, ow = y[3];
+  int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value plane = b.create<memref::CollapseShapeOp>(loc, X, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
+  int64_t rowGroups = (y[2] + rows - 1) / rows;
+  e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(rowGroups), e.idx(y[1] / block)}, [&](ValueRange iv) {
+    Value n = iv[0], i0 = e.mul(iv[1], e.idx(rows)), o0 = e.mul(iv[2], e.idx(block));
+    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(oy));
+    // The kernel rows any row of the group meets the input with (the
+    // transposed form has unit strides: p = i + pad - r for the rows r of
+    // the output gradient).
+    Value last = b.create<arith::MinSIOp>(loc, e.add(i0, e.idx(rows - 1)), e.idx(y[2] - 1));
+    Value pLo, pHi;
+    if (transposed) {
+      pLo = b.create<arith::MaxSIOp>(loc, e.idx(0), e.sub(e.add(i0, e.idx(pad[0])), e.idx(x[2] - 1)));
+      pHi = b.create<arith::MinSIOp>(loc, e.idx(w[2]), e.add(last, e.idx(pad[0] + 1)));
+    } else {
+      pLo = kernelRows(e, last, stride[0], pad[0], x[2], w[2]).first;
+      pHi = kernelRows(e, i0, stride[0], pad[0], x[2], w[2]).second;
+    }
+    SmallVector<Value> init(block, zero);
+    auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(cx), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g1(b);
+      b.setInsertionPointToStart(cLoop.getBody());
+      Value ci = cLoop.getInductionVar();
+      Value ic = e.add(e.mul(g, e.idx(cx)), ci);
+      auto pLoop = b.create<scf::ForOp>(loc, pLo, b.create<arith::MaxSIOp>(loc, pLo, pHi), e.idx(1),
+                                        cLoop.getRegionIterArgs());
+      b.setInsertionPointToStart(pLoop.getBody());
+      Value p = pLoop.getInductionVar();
+      auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
+      b.setInsertionPointToStart(qLoop.getBody());
+      Value q = qLoop.getInductionVar();
+      Value row0 = transposed ? e.sub(e.add(i0, e.idx(pad[0])), p) : e.add(e.sub(e.mul(i0, e.idx(stride[0])), e.idx(pad[0])), p);
+      Value col0 = transposed ? e.sub(e.idx(pad[1]), q) : e.sub(q, e.idx(pad[1]));
+      Value xv = GroupLanes(e, row0, col0, ow, rows, x[2], x[3]).load(e, plane, n, ic);
+      SmallVector<Value> acc(qLoop.getRegionIterArgs());
+      for (int64_t k = 0; k < block; ++k) {
+        Value o = e.add(o0, e.idx(k));
+        SmallVector<Value> at = transposed ? SmallVector<Value>{ic, e.sub(o, e.mul(g, e.idx(oy))), p, q}
+                                           : SmallVector<Value>{o, ci, p, q};
+        Value wk = b.create<vector::BroadcastOp>(loc, vt, e.load(W, at));
+        acc[k] = b.create<vector::FMAOp>(loc, wk, xv, acc[k]);
+      }
+      b.create<scf::YieldOp>(loc, acc);
+      b.setInsertionPointAfter(qLoop);
+      b.create<scf::YieldOp>(loc, qLoop.getResults());
+      b.setInsertionPointAfter(pLoop);
+      b.create<scf::YieldOp>(loc, pLoop.getResults());
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      SmallVector<int64_t> lanes;
+      for (int64_t l = 0; l < kLanes; ++l)
+        lanes.push_back(l < ow ? r * ow + l : 0);
+      Value i = e.add(i0, e.idx(r));
+      auto row = [&] {
+        for (int64_t k = 0; k < block; ++k) {
+          Value v = cLoop.getResult(k);
+          if (r > 0)
+            v = b.create<vector::ShuffleOp>(loc, v, v, lanes);
+          SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(0)};
+          if (e.epilogue) // through the epilogue: lanes past the row's end are not stored
+            e.emit(v, at);
+          else
+            b.create<vector::TransferWriteOp>(loc, v, Y, at, ArrayRef<bool>{false});
+        }
+      };
+      if (y[2] % rows == 0)
+        row();
+      else
+        e.when(b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, i, e.idx(y[2])), row);
+    }
+  }, /*parallel=*/true);
+}
+
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
+  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
+    conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
+                    /*transposed=*/false);
+    return success();
+  }
   conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/false});
   return success();
 }
 
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
+  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
+    conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
+                    /*transposed=*/true);
+    return success();
+  }
   conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/true});
   return success();
 }
@@ -325,7 +476,14 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   Value X = e.in[0], DY = e.in[1], DW = e.out[0];
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(DW), y = shapeOf(DY);
   int64_t og = w[0] / groups, cg = w[1], kh = w[2], kw = w[3];
-  int64_t vectors = (y[3] + kLanes - 1) / kLanes;
+  // Output rows narrower than half a vector: several to a vector, the
+  // planes of the input and output gradient viewed as one axis each.
+  auto dyType = dyn_cast<MemRefType>(DY.getType());
+  int64_t grouped = dyType && dyType.getLayout().isIdentity() ? groupedRows(X, stride, y[3]) : 1;
+  SmallVector<ReassociationIndices> planeAxes{{0}, {1}, {2, 3}};
+  Value xPlane = grouped > 1 ? b.create<memref::CollapseShapeOp>(loc, X, planeAxes).getResult() : Value();
+  Value dyPlane = grouped > 1 ? b.create<memref::CollapseShapeOp>(loc, DY, planeAxes).getResult() : Value();
+  int64_t vectors = grouped > 1 ? 1 : (y[3] + kLanes - 1) / kLanes;
   // Accumulators: block * taps, within the 32 vector registers with the
   // loads. Each input vector serves the block's channels and each output
   // gradient vector the taps: the more taps at once, the fewer bytes of
@@ -378,13 +536,42 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       OpBuilder::InsertionGuard g1(b);
       b.setInsertionPointToStart(nLoop.getBody());
       Value n = nLoop.getInductionVar();
-      auto iLoop = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(1), nLoop.getRegionIterArgs());
+      auto iLoop = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(grouped), nLoop.getRegionIterArgs());
       {
         OpBuilder::InsertionGuard g2(b);
         b.setInsertionPointToStart(iLoop.getBody());
         Value i = iLoop.getInductionVar();
         SmallVector<Value> acc(iLoop.getRegionIterArgs());
-        for (int64_t v = 0; v < vectors; ++v) {
+        if (grouped > 1) {
+          // Lanes past the group's rows or the plane's end read as zero.
+          auto i32v = VectorType::get({kLanes}, b.getI32Type());
+          SmallVector<int32_t> lane;
+          for (int64_t l = 0; l < kLanes; ++l)
+            lane.push_back(static_cast<int32_t>(l < grouped * y[3] ? l : 1 << 20));
+          Value start = e.mul(i, e.idx(y[3]));
+          Value left = b.create<vector::BroadcastOp>(
+              loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), e.sub(e.idx(y[2] * y[3]), start)));
+          Value inPlane = b.create<arith::CmpIOp>(
+              loc, arith::CmpIPredicate::slt,
+              b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lane))), left);
+          SmallVector<Value> dy;
+          for (int64_t k = 0; k < block; ++k)
+            dy.push_back(b.create<vector::MaskedLoadOp>(loc, vt, dyPlane, ValueRange{n, e.add(o0, e.idx(k)), start},
+                                                        inPlane, zero));
+          for (auto [r, p] : llvm::enumerate(rows))
+            for (int64_t q = 0; q < kw; ++q) {
+              GroupLanes lanes(e, e.add(e.sub(i, e.idx(pad[0])), p), e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
+              int64_t t = static_cast<int64_t>(r) * kw + q;
+              for (int64_t ci = 0; ci < inBlock; ++ci) {
+                Value xv = lanes.load(e, xPlane, n, ci ? e.add(ic0, e.idx(ci)) : ic0);
+                for (int64_t k = 0; k < block; ++k) {
+                  Value &a = acc[ci * perIn + k * taps + t];
+                  a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
+                }
+              }
+            }
+        }
+        for (int64_t v = 0; grouped == 1 && v < vectors; ++v) {
           // Lanes past the row's end read as zero and add nothing.
           SmallVector<Value> dy;
           for (int64_t k = 0; k < block; ++k)

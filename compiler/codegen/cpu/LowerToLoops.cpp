@@ -14,6 +14,7 @@
 #include "compiler/codegen/cpu/LoopEmitter.h"
 #include "compiler/codegen/common/MemoryPlan.h"
 #include "compiler/codegen/cpu/Jit.h"
+#include "compiler/codegen/cpu/Tiling.h"
 #include "compiler/transforms/Passes.h"
 
 #include "mlir/Pass/PassRegistry.h"
@@ -668,12 +669,21 @@ private:
         add(flops, elements(m->getResult(0)), 1); // one per element; data movement none
       }
     }
-    kernels.push_back(b.getDictionaryAttr(
-        {b.getNamedAttr("ops", b.getStringAttr(names)),
-         b.getNamedAttr("loc", b.getStringAttr(where(main->getLoc()))),
-         b.getNamedAttr("members", b.getArrayAttr(locs)),
-         b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
-         b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))}));
+    SmallVector<NamedAttribute> entry{b.getNamedAttr("ops", b.getStringAttr(names)),
+                                      b.getNamedAttr("loc", b.getStringAttr(where(main->getLoc()))),
+                                      b.getNamedAttr("members", b.getArrayAttr(locs)),
+                                      b.getNamedAttr("flops", b.getDenseI64ArrayAttr({flops.first, flops.second})),
+                                      b.getNamedAttr("bytes", b.getDenseI64ArrayAttr({bytes.first, bytes.second}))};
+    // A tiled kernel: its choices, their key and the alternatives `nnc tune`
+    // times.
+    if (auto tiling = main->getAttrOfType<DictionaryAttr>(cpu::kTilingAttr)) {
+      SmallVector<DictionaryAttr> candidates = cpu::tilingCandidates(main);
+      entry.push_back(b.getNamedAttr("tiling", tiling));
+      entry.push_back(b.getNamedAttr("tiling_key", b.getStringAttr(cpu::tilingSignature(main))));
+      entry.push_back(b.getNamedAttr("tiling_candidates",
+                                     b.getArrayAttr(SmallVector<Attribute>(candidates.begin(), candidates.end()))));
+    }
+    kernels.push_back(b.getDictionaryAttr(entry));
   }
   // Collapses axes [from, rank) of every buffer of shape `full` that the
   // elementwise `emitters` read or write into one axis (from 0: 1-D views)

@@ -7,7 +7,16 @@
 
 #include "dialects/nn/NNOps.h"
 
+#include "compiler/codegen/common/CacheEntry.h"
+#include "runtime/Cache.h"
+
+#include "mlir/AsmParser/AsmParser.h"
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/Diagnostics.h"
+
+#include "llvm/ADT/StringMap.h"
+
+#include <mutex>
 
 using namespace mlir;
 using namespace nnc;
@@ -175,6 +184,197 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   return divides("channel_block", w[0] / groups);
 }
 
+std::string cpu::tilingSignature(Operation *op) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  os << op->getName() << "(";
+  llvm::interleaveComma(op->getOperandTypes(), os);
+  os << ")->";
+  llvm::interleaveComma(op->getResultTypes(), os);
+  for (StringRef name : {"stride", "padding", "groups", "kernel"})
+    if (Attribute a = op->getAttr(name))
+      os << " " << name << "=" << a;
+  return text;
+}
+
+SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &machine) {
+  DictionaryAttr chosen = chooseTiling(op, machine);
+  if (!chosen)
+    return {};
+  SmallVector<DictionaryAttr> out{chosen};
+  Builder b(op->getContext());
+  // The chosen choices with `changes` made, if that verifies (checked on
+  // the op with diagnostics off, its attribute restored).
+  auto with = [&](std::initializer_list<std::pair<StringRef, int64_t>> changes) {
+    SmallVector<NamedAttribute> attrs(chosen.getValue());
+    for (auto [name, value] : changes) {
+      if (value < 1)
+        return;
+      for (NamedAttribute &a : attrs)
+        if (a.getName() == name)
+          a.setValue(b.getI64IntegerAttr(value));
+    }
+    DictionaryAttr d = b.getDictionaryAttr(attrs);
+    if (llvm::is_contained(out, d))
+      return;
+    ScopedDiagnosticHandler quiet(op->getContext(), [](Diagnostic &) { return success(); });
+    Attribute before = op->getAttr(kTilingAttr);
+    op->setAttr(kTilingAttr, d);
+    bool ok = succeeded(verifyTiling(op));
+    if (before)
+      op->setAttr(kTilingAttr, before);
+    else
+      op->removeAttr(kTilingAttr);
+    if (ok)
+      out.push_back(d);
+  };
+  auto get = [&](StringRef name) { return cast<IntegerAttr>(chosen.get(name)).getInt(); };
+  if (isa<nnops::MatmulOp>(op)) {
+    with({{"depth", get("depth") * 2}});
+    with({{"depth", get("depth") / 2}});
+    with({{"rows", get("rows") == 6 ? 4 : 6}});
+    return out;
+  }
+  // A convolution's channel block: the next smaller block that divides the
+  // channels; for the weight gradient also the other kernel-rows choice and
+  // a larger batch chunk.
+  int64_t block = get("channel_block");
+  ArrayRef<int64_t> w = cast<ShapedType>(isa<nnops::Conv2dGradWeightOp>(op) ? op->getResult(0).getType()
+                                                                           : op->getOperand(1).getType())
+                            .getShape();
+  int64_t channels = isa<nnops::Conv2dGradInputOp>(op)
+                         ? w[1]
+                         : w[0] / cast<IntegerAttr>(op->getAttr("groups")).getInt();
+  for (int64_t c = block - 1; c >= 1; --c)
+    if (channels % c == 0) {
+      with({{"channel_block", c}});
+      break;
+    }
+  for (int64_t c = block + 1; c <= 16 && c <= channels; ++c) // (more accumulators than registers may still pay)
+    if (channels % c == 0) {
+      with({{"channel_block", c}});
+      break;
+    }
+  if (isa<nnops::Conv2dGradWeightOp>(op)) {
+    int64_t rows = get("kernel_rows"), kh = w[2], kw = w[3];
+    if (kh > 1 && (rows == kh || kh * kw <= 12)) {
+      // The other pass shape, with the channel block its accumulators allow.
+      int64_t taps = (rows == 1 ? kh : 1) * kw, acc = machine.registers * 3 / 4;
+      int64_t other = 1;
+      for (int64_t c = std::min<int64_t>(8, std::max<int64_t>(1, acc / taps)); c >= 1; --c)
+        if (channels % c == 0) {
+          other = c;
+          break;
+        }
+      with({{"kernel_rows", rows == 1 ? kh : 1}, {"channel_block", other}});
+    }
+    with({{"batch_chunk", get("batch_chunk") * 2}});
+  }
+  return out;
+}
+
+namespace {
+
+/// The tuned choices by signature, as dictionary text: read from the file
+/// once, then set by `nnc tune`.
+struct TunedTable {
+  std::mutex lock;
+  bool loaded = false;
+  llvm::StringMap<std::string> entries;
+
+  void load() {
+    if (loaded)
+      return;
+    loaded = true;
+    std::string path = cpu::tuningPath();
+    if (path.empty())
+      return;
+    std::optional<std::string> text = codegen::readCacheEntry(path);
+    if (!text)
+      return;
+    SmallVector<StringRef> lines;
+    StringRef(*text).split(lines, '\n', -1, false);
+    for (StringRef line : lines) {
+      auto [key, value] = line.split('\t');
+      if (!key.empty() && value.starts_with("{") && value.ends_with("}"))
+        entries[key] = value.str();
+    }
+  }
+};
+
+TunedTable &table() {
+  static TunedTable t;
+  return t;
+}
+
+} // namespace
+
+std::string cpu::tuningPath() {
+  std::string dir = rt::cacheDirectory();
+  return dir.empty() ? std::string() : dir + "/tuning-" + host().cpu + ".txt";
+}
+
+void cpu::setTunedTiling(StringRef signature, StringRef choices) {
+  TunedTable &t = table();
+  std::lock_guard<std::mutex> guard(t.lock);
+  t.load();
+  t.entries[signature] = choices.str();
+}
+
+void cpu::clearTunedTilings() {
+  TunedTable &t = table();
+  std::lock_guard<std::mutex> guard(t.lock);
+  t.entries.clear();
+  t.loaded = true; // nor read the file again
+}
+
+void cpu::reloadTunedTilings() {
+  TunedTable &t = table();
+  std::lock_guard<std::mutex> guard(t.lock);
+  t.entries.clear();
+  t.loaded = false;
+}
+
+DictionaryAttr cpu::tunedTiling(Operation *op) {
+  TunedTable &t = table();
+  std::string text;
+  {
+    std::lock_guard<std::mutex> guard(t.lock);
+    t.load();
+    auto it = t.entries.find(tilingSignature(op));
+    if (it == t.entries.end())
+      return nullptr;
+    text = it->second;
+  }
+  ScopedDiagnosticHandler quiet(op->getContext(), [](Diagnostic &) { return success(); });
+  return dyn_cast_or_null<DictionaryAttr>(parseAttribute(text, op->getContext()));
+}
+
+bool cpu::saveTunedTilings(std::string &error) {
+  std::string path = tuningPath();
+  if (path.empty()) {
+    error = "the nnc cache is off (NNC_CACHE_DIR=off): nowhere to keep tuned choices";
+    return false;
+  }
+  TunedTable &t = table();
+  std::string text;
+  {
+    std::lock_guard<std::mutex> guard(t.lock);
+    t.load();
+    std::vector<std::string> keys;
+    for (auto &e : t.entries)
+      keys.push_back(e.getKey().str());
+    llvm::sort(keys); // the same table, the same file
+    for (const std::string &k : keys)
+      text += k + "\t" + t.entries[k] + "\n";
+  }
+  if (!codegen::writeCacheEntry(path, text)) {
+    error = "cannot write '" + path + "'";
+    return false;
+  }
+  return true;
+}
+
 namespace nnc {
 #define GEN_PASS_DEF_CHOOSETILING
 #include "compiler/transforms/Passes.h.inc"
@@ -189,9 +389,19 @@ struct ChooseTilingPass : nnc::impl::ChooseTilingBase<ChooseTilingPass> {
                                 std::pair{int64_t(l1), &m.l1}, std::pair{int64_t(l2), &m.l2}})
       if (option > 0)
         *fact = option;
+    // Tuned choices (`nnc tune`) apply to the host only, and only where
+    // they still verify.
+    bool onHost = lanes <= 0 && registers <= 0 && l1 <= 0 && l2 <= 0;
     WalkResult r = getOperation().walk([&](Operation *op) {
       if (op->hasAttr(cpu::kTilingAttr))
         return failed(cpu::verifyTiling(op)) ? WalkResult::interrupt() : WalkResult::advance();
+      if (DictionaryAttr tuned = onHost && cpu::chooseTiling(op, m) ? cpu::tunedTiling(op) : nullptr) {
+        op->setAttr(cpu::kTilingAttr, tuned);
+        ScopedDiagnosticHandler quiet(op->getContext(), [](Diagnostic &) { return success(); });
+        if (succeeded(cpu::verifyTiling(op)))
+          return WalkResult::advance();
+        op->removeAttr(cpu::kTilingAttr);
+      }
       if (DictionaryAttr t = cpu::chooseTiling(op, m))
         op->setAttr(cpu::kTilingAttr, t);
       return WalkResult::advance();

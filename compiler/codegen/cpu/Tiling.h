@@ -19,6 +19,10 @@
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Operation.h"
 
+#include "llvm/ADT/SmallVector.h"
+
+#include <string>
+
 namespace nnc::cpu {
 
 inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
@@ -36,6 +40,35 @@ mlir::LogicalResult verifyTiling(mlir::Operation *op);
 
 /// `op`'s choice `name`: recorded, or chosen now.
 int64_t tilingOf(mlir::Operation *op, llvm::StringRef name);
+
+/// What a tuned choice is keyed by: the op's name, operand and result
+/// types and attributes (strides, padding, groups), as text.
+std::string tilingSignature(mlir::Operation *op);
+
+/// The choices worth timing for `op` on `machine` (`nnc tune`): the chosen
+/// one first, then a few alternatives that each change one choice; all
+/// pass verifyTiling. Empty for ops the backend does not tile.
+llvm::SmallVector<mlir::DictionaryAttr> tilingCandidates(mlir::Operation *op,
+                                                         const Machine &machine = host());
+
+/// Tuned choices by signature (`nnc tune` measures them): nnc-choose-tiling
+/// takes the table's choice for an op on the host where it has one that
+/// verifies. The table is read once from `tuningPath()` (lines of
+/// signature, a tab, the choices as an MLIR dictionary; lines that do not
+/// parse are skipped: the file is a cache).
+void setTunedTiling(llvm::StringRef signature, llvm::StringRef choices);
+void clearTunedTilings();
+/// Forgets the table's entries and reads the file again at the next use.
+void reloadTunedTilings();
+/// The tuned choices for `op`'s signature, parsed in its context; null if
+/// none.
+mlir::DictionaryAttr tunedTiling(mlir::Operation *op);
+/// The table's file for this CPU in the cache directory (empty when the
+/// cache is off).
+std::string tuningPath();
+/// Writes the table (tuned entries merged over the file's), sealed and
+/// renamed into place; false with `error` set when it cannot.
+bool saveTunedTilings(std::string &error);
 
 } // namespace nnc::cpu
 
