@@ -347,14 +347,59 @@ struct GroupLanes {
 /// each, and each row is shifted down to lane 0 when stored.
 /// How many output rows a vector takes (1: rows are not grouped). Rows are
 /// grouped where one vector then loads several rows at once: unit strides,
-/// the input as wide as the output, a contiguous buffer (strided rows keep
-/// their own vectors: two loads and a shuffle each beat a gather).
-int64_t groupedRows(Value x, ArrayRef<int64_t> stride, int64_t ow) {
+/// the input as wide as the output, a contiguous buffer. With `rowByRow`
+/// (the forward convolution) also where each row is loaded on its own and
+/// the rows shuffled together: any row stride, column strides of 1 or 2.
+int64_t groupedRows(Value x, ArrayRef<int64_t> stride, int64_t ow, bool rowByRow = false) {
   auto type = dyn_cast<MemRefType>(x.getType());
-  if (ow <= 0 || ow * 2 > kLanes || !type || !type.getLayout().isIdentity() || stride[0] != 1 ||
-      stride[1] != 1 || shapeOf(x)[3] != ow)
+  if (ow <= 0 || ow * 2 > kLanes || !type)
     return 1;
-  return kLanes / ow;
+  bool flat = type.getLayout().isIdentity() && stride[0] == 1 && stride[1] == 1 && shapeOf(x)[3] == ow;
+  bool rows = rowByRow && stride[1] <= 2 && stride[1] * (ow - 1) < kLanes;
+  return flat || rows ? kLanes / ow : 1;
+}
+
+/// A vector over `rows` output rows of `ow` columns (lane r * ow + j) read
+/// row by row: row r's lanes from input row `rowOf(r)` at columns col0 + j *
+/// stride (one masked load per row, the rows then shuffled together; rows
+/// outside the input read as zero).
+Value rowsVector(Emitter &e, Value X, Value n, Value c, function_ref<Value(int64_t)> rowOf, Value col0, int64_t ow,
+                 int64_t rows, int64_t stride) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> x = shapeOf(X);
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value none = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
+  Value columns = columnMask(e, col0, x[3]);
+  Value acc;
+  for (int64_t r = 0; r < rows; ++r) {
+    auto [ih, ok] = std::pair{rowOf(r), Value()};
+    ok = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, ih, e.idx(0)),
+                                 b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, ih, e.idx(x[2])));
+    Value v = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, c, select(e, ok, ih, e.idx(0)), col0},
+                                             select(e, ok, columns, none), zero);
+    if (r == 0 && rows > 1) {
+      acc = v;
+      continue;
+    }
+    // Lanes [0, r * ow) as they are (the first row: its columns), then row
+    // r's columns.
+    SmallVector<int64_t> lanes;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      int64_t row = l / ow, j = l % ow;
+      if (l >= rows * ow)
+        lanes.push_back(0);
+      else if (row < r)
+        lanes.push_back(r == 1 ? j * stride : l);
+      else if (row == r)
+        lanes.push_back(kLanes + j * stride);
+      else
+        lanes.push_back(0);
+    }
+    acc = b.create<vector::ShuffleOp>(loc, acc, v, lanes);
+  }
+  return acc;
 }
 
 static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> stride,
@@ -366,7 +411,11 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
   int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  Value plane = b.create<memref::CollapseShapeOp>(loc, X, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
+  // One load per vector where the rows lie back to back in the plane.
+  bool flat = stride[0] == 1 && stride[1] == 1 && x[3] == ow && cast<MemRefType>(X.getType()).getLayout().isIdentity();
+  Value plane = flat ? b.create<memref::CollapseShapeOp>(loc, X, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}})
+                           .getResult()
+                     : Value();
   int64_t rowGroups = (y[2] + rows - 1) / rows;
   e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(rowGroups), e.idx(y[1] / block)}, [&](ValueRange iv) {
     Value n = iv[0], i0 = e.mul(iv[1], e.idx(rows)), o0 = e.mul(iv[2], e.idx(block));
@@ -399,7 +448,9 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
       Value q = qLoop.getInductionVar();
       Value row0 = transposed ? e.sub(e.add(i0, e.idx(pad[0])), p) : e.add(e.sub(e.mul(i0, e.idx(stride[0])), e.idx(pad[0])), p);
       Value col0 = transposed ? e.sub(e.idx(pad[1]), q) : e.sub(q, e.idx(pad[1]));
-      Value xv = GroupLanes(e, row0, col0, ow, rows, x[2], x[3]).load(e, plane, n, ic);
+      Value xv = flat ? GroupLanes(e, row0, col0, ow, rows, x[2], x[3]).load(e, plane, n, ic)
+                      : rowsVector(e, X, n, ic, [&](int64_t r) { return e.add(row0, e.idx(r * stride[0])); }, col0, ow,
+                                   rows, stride[1]);
       SmallVector<Value> acc(qLoop.getRegionIterArgs());
       for (int64_t k = 0; k < block; ++k) {
         Value o = e.add(o0, e.idx(k));
@@ -441,7 +492,8 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
 
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
-  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
+  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3], /*rowByRow=*/true);
+      rows > 1) {
     conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
                     /*transposed=*/false);
     return success();
@@ -479,9 +531,10 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   // Output rows narrower than half a vector: several to a vector, the
   // planes of the input and output gradient viewed as one axis each.
   auto dyType = dyn_cast<MemRefType>(DY.getType());
-  int64_t grouped = dyType && dyType.getLayout().isIdentity() ? groupedRows(X, stride, y[3]) : 1;
+  int64_t grouped = dyType && dyType.getLayout().isIdentity() ? groupedRows(X, stride, y[3], /*rowByRow=*/true) : 1;
   SmallVector<ReassociationIndices> planeAxes{{0}, {1}, {2, 3}};
-  Value xPlane = grouped > 1 ? b.create<memref::CollapseShapeOp>(loc, X, planeAxes).getResult() : Value();
+  bool flat = stride[0] == 1 && stride[1] == 1 && x[3] == y[3] && cast<MemRefType>(X.getType()).getLayout().isIdentity();
+  Value xPlane = grouped > 1 && flat ? b.create<memref::CollapseShapeOp>(loc, X, planeAxes).getResult() : Value();
   Value dyPlane = grouped > 1 ? b.create<memref::CollapseShapeOp>(loc, DY, planeAxes).getResult() : Value();
   int64_t vectors = grouped > 1 ? 1 : (y[3] + kLanes - 1) / kLanes;
   // Accumulators: block * taps, within the 32 vector registers with the
@@ -560,10 +613,16 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                                                         inPlane, zero));
           for (auto [r, p] : llvm::enumerate(rows))
             for (int64_t q = 0; q < kw; ++q) {
-              GroupLanes lanes(e, e.add(e.sub(i, e.idx(pad[0])), p), e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
+              Value row0 = e.add(e.sub(e.mul(i, e.idx(stride[0])), e.idx(pad[0])), p);
+              std::optional<GroupLanes> lanes;
+              if (flat)
+                lanes.emplace(e, row0, e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
               int64_t t = static_cast<int64_t>(r) * kw + q;
               for (int64_t ci = 0; ci < inBlock; ++ci) {
-                Value xv = lanes.load(e, xPlane, n, ci ? e.add(ic0, e.idx(ci)) : ic0);
+                Value c = ci ? e.add(ic0, e.idx(ci)) : ic0;
+                Value xv = flat ? lanes->load(e, xPlane, n, c)
+                                : rowsVector(e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
+                                             e.idx(q - pad[1]), y[3], grouped, stride[1]);
                 for (int64_t k = 0; k < block; ++k) {
                   Value &a = acc[ci * perIn + k * taps + t];
                   a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
