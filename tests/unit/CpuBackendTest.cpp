@@ -13,11 +13,15 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cpu/Tiling.h"
+#include "compiler/transforms/Passes.h"
 #include "runtime/CompiledModel.h"
 #include "compiler/reference/GradCheck.h"
 #include "compiler/reference/Trainer.h"
 #include "dialects/nn/NNOps.h"
 #include "runtime/Random.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Pass/PassManager.h"
 
 #include "llvm/Support/DynamicLibrary.h"
 #include "llvm/Support/FileSystem.h"
@@ -244,6 +248,46 @@ TEST(CpuTiling, BlocksFitTheMachine) {
   EXPECT_EQ(cpu::parseCacheSize("K"), 0);
   EXPECT_EQ(cpu::parseCacheSize("-4K"), 0);
   EXPECT_EQ(cpu::parseCacheSize("99999999999999M"), 0);
+}
+
+// nnc-choose-tiling takes a tuned choice (`nnc tune`) for the op it was
+// tuned for, and only where the choice still verifies; other ops keep the
+// defaults.
+TEST(CpuTiling, TunedChoicesApplyWhereTheyVerify) {
+  test::Compiled m("model t {\n  input x: f32[B, 4, 8, 8]\n  input y: i32[B]\n"
+                   "  c = relu(conv2d(x, 12, kernel=3, padding=1))\n  d = relu(conv2d(c, 12, kernel=3, padding=1))\n"
+                   "  logits = dense(flatten(d), 10)\n  loss = softmax_cross_entropy(logits, y)\n"
+                   "  output logits\n  minimize loss\n}\n",
+                   Stage::Grad);
+  ASSERT_TRUE(m.module) << m.firstError();
+  auto grad = m.module->lookupSymbol<mlir::func::FuncOp>("t_grad");
+  ASSERT_TRUE(grad);
+  std::vector<mlir::Operation *> convs;
+  grad.walk([&](nn::Conv2dOp op) { convs.push_back(op); });
+  ASSERT_EQ(convs.size(), 2u);
+  auto chosen = [&](mlir::Operation *op) {
+    op->removeAttr("nnc.tiling");
+    mlir::PassManager pm(&m.ctx);
+    pm.nest<mlir::func::FuncOp>().addPass(createChooseTiling());
+    EXPECT_TRUE(mlir::succeeded(pm.run(*m.module)));
+    return op->getAttrOfType<mlir::DictionaryAttr>("nnc.tiling");
+  };
+  cpu::clearTunedTilings();
+  mlir::DictionaryAttr first = chosen(convs[0]), second = chosen(convs[1]);
+  ASSERT_TRUE(first && second);
+  // A valid tuned block for the first layer's signature (4 input channels):
+  // taken there, not by the second layer (12 input channels).
+  int64_t block = mlir::cast<mlir::IntegerAttr>(first.get("channel_block")).getInt() == 3 ? 4 : 3;
+  cpu::setTunedTiling(cpu::tilingSignature(convs[0]), "{channel_block = " + std::to_string(block) + " : i64}");
+  EXPECT_EQ(mlir::cast<mlir::IntegerAttr>(chosen(convs[0]).get("channel_block")).getInt(), block);
+  EXPECT_EQ(chosen(convs[1]), second);
+  // A block that does not divide the 12 channels: the default again.
+  cpu::setTunedTiling(cpu::tilingSignature(convs[0]), "{channel_block = 5 : i64}");
+  EXPECT_EQ(chosen(convs[0]), first);
+  // Text that is no dictionary: the default.
+  cpu::setTunedTiling(cpu::tilingSignature(convs[0]), "{channel_block = ");
+  EXPECT_EQ(chosen(convs[0]), first);
+  cpu::clearTunedTilings();
 }
 
 TEST_P(CpuExample, UnfusedTrainingStepMatchesReference) {
