@@ -67,22 +67,19 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
   return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
 }
 
-/// Lanes l of a row at columns (start + l * stride) / div, none where that
-/// is no column: outside [0, width), or (div > 1) not a whole number, or
-/// (`valid` false) in a row outside the input. Unit stride and divisor
-/// load contiguously (masked); stride 2 loads two vectors and keeps their
-/// even lanes (a shuffle costs less than a gather); others gather.
+/// Lanes l of a row at columns start + l * stride, none outside [0, width)
+/// or (`valid` false) in a row outside the input. Unit stride loads
+/// contiguously (masked); stride 2 loads two vectors and keeps their even
+/// lanes (a shuffle costs less than a gather); larger strides gather.
 struct RowLanes {
   Value start;   // the first lane's column (contiguous lanes)
   Value columns; // the lanes' columns (gathered lanes), i32
   Value mask, next; // next: the second vector's mask, for stride 2
-  int64_t stride = 1;
 
-  RowLanes(Emitter &e, Value start, int64_t stride, int64_t div, int64_t width, Value valid = Value())
-      : stride(stride) {
+  RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid = Value()) {
     OpBuilder &b = e.b;
     Location loc = e.loc;
-    if ((stride == 1 || stride == 2) && div == 1) {
+    if (stride <= 2) {
       this->start = start;
       mask = columnMask(e, start, width);
       if (stride == 2)
@@ -95,18 +92,10 @@ struct RowLanes {
       auto splat = [&](int64_t v) -> Value {
         return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, static_cast<int32_t>(v)));
       };
-      Value t = b.create<arith::AddIOp>(
+      columns = b.create<arith::AddIOp>(
           loc, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lanes))),
           b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), start)));
-      columns = t;
-      mask = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, t, splat(0));
-      if (div > 1) {
-        columns = b.create<arith::DivSIOp>(loc, t, splat(div));
-        Value whole = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq,
-                                              b.create<arith::RemSIOp>(loc, t, splat(div)), splat(0));
-        mask = b.create<arith::AndIOp>(loc, mask, whole);
-      }
-      mask = b.create<arith::AndIOp>(loc, mask,
+      mask = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, columns, splat(0)),
                                      b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, columns, splat(width)));
     }
     if (valid) {
@@ -157,12 +146,23 @@ struct RowConvolution {
 
 } // namespace
 
+/// The weight read for output channel `o` (of group `g`, `oy` channels a
+/// group) from input channel `ci` (`ic` counted over all groups) at tap (p,
+/// q): W[o, ci, p, q] forward; W[ic, o - g * oy, p, q] transposed, where the
+/// roles of the channels swap.
+static SmallVector<Value> weightIndex(Emitter &e, bool transposed, Value o, Value g, int64_t oy, Value ic, Value ci,
+                                      Value p, Value q) {
+  if (transposed)
+    return {ic, e.sub(o, e.mul(g, e.idx(oy))), p, q};
+  return {o, ci, p, q};
+}
+
 /// Register-blocked: for one sample and output row, a block of output
 /// channels times the row's vectors is accumulated in registers over input
 /// channels and kernel taps (each input row vector, loaded once with its
-/// padding masked to zero, serves every channel of the block; strided rows
-/// are gathered), then stored once (through the epilogue, if any). Samples
-/// run in parallel.
+/// padding masked to zero, serves every channel of the block; RowLanes
+/// reads strided rows), then stored once (through the epilogue, if any).
+/// Samples run in parallel.
 static void conv2dRows(Emitter &e, const RowConvolution &c) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
@@ -218,9 +218,8 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
         SmallVector<Value> weights;
         for (int64_t k = 0; k < block; ++k) {
           Value o = e.add(o0, e.idx(k));
-          SmallVector<Value> at = c.transposed ? SmallVector<Value>{ic, e.sub(o, e.mul(g, e.idx(oy))), p, q}
-                                               : SmallVector<Value>{o, ci, p, q};
-          weights.push_back(b.create<vector::BroadcastOp>(loc, vt, e.load(W, at)));
+          weights.push_back(
+              b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, c.transposed, o, g, oy, ic, ci, p, q))));
         }
         for (int64_t v = 0; v < count; ++v) {
           Value xv = lanesAt(v, q).load(e, X, {n, ic, ih});
@@ -261,8 +260,8 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
     };
     if (!phased) {
       store(accumulate(vectors, {}, [&](int64_t v, Value q) {
-        return c.transposed ? RowLanes(e, e.sub(e.idx(v * kLanes + p1), q), 1, 1, x[3])
-                            : RowLanes(e, e.sub(e.add(q, e.idx(v * kLanes * s1)), e.idx(p1)), s1, 1, x[3]);
+        return c.transposed ? RowLanes(e, e.sub(e.idx(v * kLanes + p1), q), 1, x[3])
+                            : RowLanes(e, e.sub(e.add(q, e.idx(v * kLanes * s1)), e.idx(p1)), s1, x[3]);
       }));
       return;
     }
@@ -280,7 +279,7 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
       phases.push_back(qs.empty() || count == 0 ? SmallVector<Value>(block * count, zero)
                                                 : accumulate(count, qs, [&](int64_t v, Value q) {
                                                     int64_t shift = (phi + p1 - *getConstantIntValue(q)) / s1;
-                                                    return RowLanes(e, e.idx(v * kLanes + shift), 1, 1, x[3]);
+                                                    return RowLanes(e, e.idx(v * kLanes + shift), 1, x[3]);
                                                   }));
     }
     SmallVector<Value> whole;
@@ -341,10 +340,6 @@ struct GroupLanes {
   }
 };
 
-/// Rows of the output narrower than a vector, as many per vector as fit
-/// (a 4 x 4 image fills 8 lanes with two rows, not half of them with one).
-/// The input plane is one axis, the accumulators hold `rows` output rows
-/// each, and each row is shifted down to lane 0 when stored.
 /// How many output rows a vector takes (1: rows are not grouped). Rows are
 /// grouped where one vector then loads several rows at once: unit strides,
 /// the input as wide as the output, a contiguous buffer. With `rowByRow`
@@ -374,9 +369,9 @@ Value rowsVector(Emitter &e, Value X, Value n, Value c, function_ref<Value(int64
   Value columns = columnMask(e, col0, x[3]);
   Value acc;
   for (int64_t r = 0; r < rows; ++r) {
-    auto [ih, ok] = std::pair{rowOf(r), Value()};
-    ok = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, ih, e.idx(0)),
-                                 b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, ih, e.idx(x[2])));
+    Value ih = rowOf(r);
+    Value ok = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, ih, e.idx(0)),
+                                       b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, ih, e.idx(x[2])));
     Value v = b.create<vector::MaskedLoadOp>(loc, vt, X, ValueRange{n, c, select(e, ok, ih, e.idx(0)), col0},
                                              select(e, ok, columns, none), zero);
     if (r == 0 && rows > 1) {
@@ -402,6 +397,11 @@ Value rowsVector(Emitter &e, Value X, Value n, Value c, function_ref<Value(int64
   return acc;
 }
 
+/// Rows of the output narrower than a vector, as many per vector as fit
+/// (a 4 x 4 image fills 8 lanes with two rows, not half of them with one).
+/// The input is read a vector of rows at a time (GroupLanes, rowsVector),
+/// the accumulators hold `rows` output rows each, and each row is shifted
+/// down to lane 0 when stored.
 static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> stride,
                             ArrayRef<int64_t> pad, int64_t groups, int64_t rows, bool transposed) {
   OpBuilder &b = e.b;
@@ -454,9 +454,7 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
       SmallVector<Value> acc(qLoop.getRegionIterArgs());
       for (int64_t k = 0; k < block; ++k) {
         Value o = e.add(o0, e.idx(k));
-        SmallVector<Value> at = transposed ? SmallVector<Value>{ic, e.sub(o, e.mul(g, e.idx(oy))), p, q}
-                                           : SmallVector<Value>{o, ci, p, q};
-        Value wk = b.create<vector::BroadcastOp>(loc, vt, e.load(W, at));
+        Value wk = b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, transposed, o, g, oy, ic, ci, p, q)));
         acc[k] = b.create<vector::FMAOp>(loc, wk, xv, acc[k]);
       }
       b.create<scf::YieldOp>(loc, acc);
@@ -647,7 +645,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
               ih = e.tap(i, stride[0], pad[0], p);
             }
             for (int64_t q = 0; q < kw; ++q) {
-              RowLanes lanes(e, e.idx(v * kLanes * stride[1] + q - pad[1]), stride[1], 1, x[3], rowOk);
+              RowLanes lanes(e, e.idx(v * kLanes * stride[1] + q - pad[1]), stride[1], x[3], rowOk);
               int64_t t = static_cast<int64_t>(r) * kw + q;
               for (int64_t ci = 0; ci < inBlock; ++ci) {
                 Value xv = lanes.load(e, X, {n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih});
