@@ -135,6 +135,21 @@ inline std::vector<Case> cases() {
   v.push_back({"batch_norm_dense", "  out = batch_norm(dense(x, 3))\n"});
   v.push_back({"batch_norm_conv_nobias",
                "  out = batch_norm(conv2d(x, 3, kernel=2, stride=2, bias=false), eps=0.1)\n", img});
+  // Rows of 19 (whole vectors and a masked tail) into a residual add and a
+  // ReLU; 4x4 maps (every row a partial vector, a sample's map whole ones).
+  v.push_back({"batch_norm_residual",
+               "  h = conv2d(x, 3, kernel=1, bias=false)\n"
+               "  out = relu(batch_norm(conv2d(h, 3, kernel=3, padding=1, bias=false)) + h)\n",
+               "  input x: f32[B, 2, 5, 19]\n"});
+  v.push_back({"batch_norm_4x4", "  out = relu(batch_norm(conv2d(x, 3, kernel=1)))\n", "  input x: f32[B, 2, 4, 4]\n"});
+  // A per-channel term broadcast over rows of 4 and of 11 (vectors along
+  // the last axis, each row partial or with a partial tail).
+  v.push_back({"broadcast_rows_4",
+               "  param s: f32[3, 1, 1] = normal()\n  out = relu(x * s + x * x)\n",
+               "  input x: f32[B, 3, 4, 4]\n"});
+  v.push_back({"broadcast_rows_11",
+               "  param s: f32[3, 1, 11] = normal()\n  out = tanh(x * s - x)\n",
+               "  input x: f32[B, 3, 5, 11]\n"});
   v.push_back({"group_norm", "  out = group_norm(conv2d(x, 6, kernel=2), groups=3)\n", img});
   v.push_back({"lrn_odd", "  out = local_response_norm(conv2d(x, 5, kernel=2), size=3, alpha=0.5, "
                           "beta=0.75, k=1.0)\n", img});

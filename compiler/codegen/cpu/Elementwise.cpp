@@ -141,8 +141,20 @@ LogicalResult elementwise(Emitter &e) {
     }, worthThreads(e.op->getResult(0)));
     return success();
   }
-  e.loops(e.sizes(e.out[0]), [&](ValueRange ivs) { e.store(e.at(ivs), e.out[0], ivs); },
-          worthThreads(e.op->getResult(0)));
+  SmallVector<Value> sizes = e.sizes(e.out[0]);
+  if (e.lanes) {
+    // Vectors along the last axis (lanes past its end neither read nor
+    // stored).
+    Value last = sizes.back();
+    sizes.back() = e.b.create<arith::CeilDivUIOp>(e.loc, last, e.idx(e.lanes));
+    e.loops(sizes, [&](ValueRange ivs) {
+      SmallVector<Value> at(ivs);
+      at.back() = e.mul(at.back(), e.idx(e.lanes));
+      e.store(e.at(at), e.out[0], at);
+    }, worthThreads(e.op->getResult(0)));
+    return success();
+  }
+  e.loops(sizes, [&](ValueRange ivs) { e.store(e.at(ivs), e.out[0], ivs); }, worthThreads(e.op->getResult(0)));
   return success();
 }
 

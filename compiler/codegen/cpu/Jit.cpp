@@ -8,6 +8,7 @@
 #include "runtime/Cache.h"
 #include "runtime/Profile.h"
 
+#include <atomic>
 #include <thread>
 #include <unistd.h>
 
@@ -253,10 +254,7 @@ llvm::orc::JITTargetMachineBuilder builderLike(llvm::TargetMachine &tm) {
   return jtmb;
 }
 
-/// The partitions a module's code is generated in, each on a thread of its
-/// own (a fixed count, so that the cached objects do not depend on the
-/// machine's cores).
-constexpr unsigned kParts = 2;
+constexpr unsigned kParts = cpu::kCodePartitions;
 
 /// `_mlir_NAME(void **args)` beside each function NAME defined with external
 /// linkage: calls NAME with argument i loaded from where args[i] points (and
@@ -279,6 +277,9 @@ void addPackedWrappers(llvm::Module &m) {
     llvm::SmallVector<llvm::Value *> args;
     for (llvm::Argument &a : f->args())
       args.push_back(b.CreateLoad(a.getType(), slot(a.getArgNo())));
+    // The function stays out of line: inlined, its code would be
+    // generated twice.
+    f->addFnAttr(llvm::Attribute::NoInline);
     llvm::Value *r = b.CreateCall(f, args);
     if (!f->getReturnType()->isVoidTy())
       b.CreateStore(r, slot(f->arg_size()));
@@ -474,7 +475,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     llvm::raw_string_ostream os(text);
     module.print(os);
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-27"), llvm::StringRef(text),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-28"), llvm::StringRef(text),
                                  machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);
@@ -512,10 +513,16 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
     else
       errors[i] = llvm::toString(object.takeError());
   };
+  std::atomic<unsigned> next{0};
+  auto worker = [&] {
+    for (unsigned i = next++; i < bitcode->size(); i = next++)
+      run(i);
+  };
   std::vector<std::thread> threads;
-  for (unsigned i = 1; i < bitcode->size(); ++i)
-    threads.emplace_back(run, i);
-  run(0);
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned t = 1; t < std::min<unsigned>(cores, bitcode->size()); ++t)
+    threads.emplace_back(worker);
+  worker();
   for (std::thread &t : threads)
     t.join();
   for (const std::string &error : errors)

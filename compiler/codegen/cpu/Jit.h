@@ -29,6 +29,13 @@ class LLJIT;
 
 namespace nnc::cpu {
 
+/// The partitions a module's code is generated in, taken in turn by as
+/// many threads as there are cores: a fixed count, so that the cached
+/// objects do not depend on the machine's cores; more partitions than
+/// cores, so that the threads finish together although a kernel's cost
+/// after optimization is hard to foresee. One object file each.
+constexpr unsigned kCodePartitions = 8;
+
 /// The passes from loops-level IR to the LLVM dialect: kernels outlined,
 /// then the conversions, then alias scopes.
 void buildLLVMPipeline(mlir::OpPassManager &pm);

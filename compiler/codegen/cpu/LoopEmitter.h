@@ -102,6 +102,8 @@ struct Emitter {
   /// With an epilogue (the op's elementwise consumer, fused into it),
   /// stores the consumer's value for the op's value `v` at `ivs` instead.
   std::function<void(Value v, ValueRange ivs)> epilogue;
+  /// The lanes the epilogue takes its values in (0: scalars).
+  int64_t epilogueLanes = 0;
   /// Stores the op's (first) result `v` at `ivs`, through the epilogue.
   void emit(Value v, ValueRange ivs) {
     if (epilogue)
@@ -230,7 +232,7 @@ struct Emitter {
   /// registers (one pass over the data for several sums).
   SmallVector<Value> sumsOver(ArrayRef<Value> bounds, unsigned count,
                               function_ref<SmallVector<Value>(ValueRange)> terms,
-                              function_ref<void(Value)> atOuter = nullptr) {
+                              function_ref<void(Value)> atOuter = nullptr, Value zero = nullptr) {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     SmallVector<Value> ivs;
     std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
@@ -251,7 +253,7 @@ struct Emitter {
       ivs.pop_back();
       return SmallVector<Value>(f.getResults());
     };
-    SmallVector<Value> init(count, f32(0.0));
+    SmallVector<Value> init(count, zero ? zero : f32(0.0));
     return rec(0, init);
   }
   /// The sum of `term` over the loop nest `bounds`, kept in a register.

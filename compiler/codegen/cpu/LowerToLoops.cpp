@@ -796,6 +796,11 @@ private:
         ce.lanes = 2 * kLanes; // to each pair of interleaved gradient rows
       if (e.lanes)
         ce.lanes = e.lanes;
+      // Batch norm normalizes whole rows as vectors where its consumer's
+      // math is elementwise.
+      if (isa<nnops::BatchNormOp>(op) && cast<ShapedType>(op->getResult(0).getType()).getRank() >= 3 &&
+          scalars().count(c->getName().getTypeID()) && vectorizable(c))
+        ce.lanes = e.epilogueLanes = kLanes;
       if (isa<nnops::MatmulOp>(op)) {
         // The product accumulates in its own buffer; the epilogue, applied
         // to whole vectors of a row, stores the last depth block.
@@ -831,8 +836,20 @@ private:
         buffers[r] = e.out.back();
       }
     }
-    if (!epilogueOf.lookup(op) && !e.lanes && scalars().count(op->getName().getTypeID()))
+    if (!epilogueOf.lookup(op) && !e.lanes && scalars().count(op->getName().getTypeID())) {
       flatten(e);
+      // With broadcast operands (a per-channel bias) the kernel cannot run
+      // flat; it runs on vectors along the last axis instead. As scalar
+      // loops, a short last axis (a 4x4 map) is unrolled by LLVM and the
+      // loop around it vectorized with a gather per element.
+      ArrayRef<int64_t> shape = shapeOf(op->getResult(0));
+      if (!e.flat && shape.size() >= 2 && !ShapedType::isDynamic(shape.back()) && shape.back() > 1 &&
+          vectorizable(op)) {
+        e.lanes = kLanes;
+        for (size_t i = 0; i < own; ++i)
+          producers[i].lanes = kLanes;
+      }
+    }
     else if (!e.lanes && nnops::isReduction(op))
       flattenReduction(e, own);
     LogicalResult done = it->second(e);
