@@ -17,6 +17,20 @@ public:
   explicit ASTPrinter(llvm::raw_ostream &os) : os(os) {}
 
   void print(const File &file) {
+    for (const BlockDef &blk : file.blocks) {
+      os << "block " << blk.name;
+      at(blk.loc);
+      os << "\n";
+      for (const BlockParam &p : blk.params) {
+        line(1, p.loc) << "arg " << p.name;
+        at(p.loc);
+        os << "\n";
+        if (p.dflt)
+          print(*p.dflt, 2);
+      }
+      for (const Stmt &s : blk.stmts)
+        print(s);
+    }
     for (const Model &m : file.models)
       print(m);
     if (file.train) {
@@ -62,7 +76,7 @@ private:
 
   void print(const Stmt &s) {
     static const char *kinds[] = {"input", "param", "frozen",
-                                  "let",   "output", "minimize"};
+                                  "let",   "output", "minimize", "return"};
     line(1, s.loc) << kinds[s.kind];
     switch (s.kind) {
     case Stmt::Input:
@@ -78,6 +92,8 @@ private:
     case Stmt::Output:
       for (auto &[name, loc] : s.names)
         os << " " << name;
+      break;
+    case Stmt::Return:
       break;
     }
     at(s.loc);

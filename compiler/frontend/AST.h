@@ -65,13 +65,13 @@ struct TypeSpec {
 };
 
 struct Stmt {
-  enum Kind { Input, Param, Frozen, Assign, Output, Minimize };
+  enum Kind { Input, Param, Frozen, Assign, Output, Minimize, Return };
   Kind kind;
   Loc loc;
   std::string name;       // declared, assigned or minimized name
   Loc nameLoc;
   TypeSpec type;          // Input, Param, Frozen
-  ExprPtr value;          // Param/Frozen initializer, Assign value
+  ExprPtr value;          // Param/Frozen initializer, Assign or Return value
   std::vector<std::pair<std::string, Loc>> names; // Output
 };
 
@@ -81,12 +81,30 @@ struct Model {
   std::vector<Stmt> stmts;
 };
 
+/// One parameter of a block: a tensor or a constant (a number, string,
+/// boolean or list), with an optional default.
+struct BlockParam {
+  std::string name;
+  Loc loc;
+  ExprPtr dflt;
+};
+
+/// `block NAME(params) { stmts; return EXPR }`: statements declared once and
+/// expanded at each call, with parameters named after the call site.
+struct BlockDef {
+  std::string name;
+  Loc loc;
+  std::vector<BlockParam> params;
+  std::vector<Stmt> stmts;
+};
+
 struct TrainSection {
   Loc loc;
   std::vector<KwArg> entries;
 };
 
 struct File {
+  std::vector<BlockDef> blocks;
   std::vector<Model> models;
   std::optional<TrainSection> train;
 };

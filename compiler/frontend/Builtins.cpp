@@ -100,6 +100,7 @@ const std::vector<Builtin> &frontend::builtins() {
        [](G &g, Call &c) { return g.reduce<nnops::ReduceMeanOp>(c); }},
       {"max", {"x", "axis?", "keepdims?"},
        [](G &g, Call &c) { return g.reduce<nnops::ReduceMaxOp>(c); }},
+      {"adaptive_avg_pool2d", {"x", "output_size"}, m(&G::adaptiveAvgPool)},
       {"norm", {"x", "axis?", "keepdims?"}, m(&G::norm)},
       {"l2", {"x"}, m(&G::l2)},
       {"reshape", {"x", "shape"}, m(&G::reshape)},
@@ -820,3 +821,23 @@ Value MLIRGen::lrn(Call &c) {
        b.getNamedAttr("k", b.getF32FloatAttr(*k))});
 }
 
+
+/// Global average pooling, as torchvision's ResNets end: the mean over the
+/// spatial axes, kept as 1x1. (Other output sizes are not supported.)
+Value MLIRGen::adaptiveAvgPool(Call &c) {
+  Value x = tensorArg(c, "x");
+  auto size = intsArg(c, "output_size", {}, 2);
+  if (!x || !size)
+    return nullptr;
+  if (llvm::any_of(*size, [](int64_t s) { return s != 1; })) {
+    error(c.get("output_size")->loc) << "adaptive_avg_pool2d supports output size 1 (global average pooling)";
+    return nullptr;
+  }
+  if (rankOf(x) != 4 || !cast<RankedTensorType>(x.getType()).getElementType().isF32()) {
+    error(c.get("x")->loc) << "adaptive_avg_pool2d expects an f32 [N, C, H, W] tensor, got " << typeStr(x.getType());
+    return nullptr;
+  }
+  return make<nnops::ReduceMeanOp>(c.expr.loc, {x},
+                                   {b.getNamedAttr("axes", b.getDenseI64ArrayAttr({2, 3})),
+                                    b.getNamedAttr("keepdims", b.getBoolAttr(true))});
+}

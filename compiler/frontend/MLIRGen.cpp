@@ -61,6 +61,8 @@ Value MLIRGen::genExpr(const Expr &e) {
   case Expr::Number:
     return scalar(e.loc, e.number, b.getF32Type());
   case Expr::Name: {
+    if (const Expr *c = constants.lookup(e.text))
+      return genExpr(*c);
     auto it = scope.find(e.text);
     if (it != scope.end())
       return it->second.value; // null (quiet) after an earlier error
@@ -134,6 +136,8 @@ Value MLIRGen::genBinary(const Expr &e) {
 }
 
 Value MLIRGen::genCall(const Expr &e) {
+  if (const BlockDef *blk = blockTable.lookup(e.text))
+    return genBlockCall(*blk, e);
   const Builtin *fn = nullptr;
   for (const Builtin &bi : builtins())
     if (bi.name == e.text)
@@ -184,6 +188,8 @@ Value MLIRGen::genCall(const Expr &e) {
                    << call.params[i] << "'";
       return nullptr;
     }
+  for (const Expr *&arg : call.bound)
+    arg = resolved(arg);
   return fn->gen(*this, call);
 }
 
@@ -394,8 +400,17 @@ DictionaryAttr MLIRGen::genInit(const Expr &e, RankedTensorType type,
 
 Value MLIRGen::addArg(const std::string &name, Loc l, Type type, Role role,
                       DictionaryAttr init, ArrayAttr dims) {
+  // Inside a block the name is local; the model's tensor is named after
+  // the calls around it.
+  std::string full = namePrefix + name;
+  auto [it, fresh] = argNames.try_emplace(full, l);
+  if (!fresh) {
+    error(l) << "the tensor name '" << full << "' is already used (line " << it->second.line << ", column "
+             << it->second.col << ")";
+    return nullptr;
+  }
   Value v = func.front().addArgument(type, loc(l));
-  args.push_back({name, role, init, dims});
+  args.push_back({full, role, init, dims});
   define(name, l, v, role);
   return v;
 }
@@ -650,7 +665,247 @@ void MLIRGen::genStmt(const Stmt &s) {
   case Stmt::Output:
   case Stmt::Minimize:
     return; // resolved once the whole body is known
+  case Stmt::Return:
+    error(s.loc) << "'return' ends a block; a model names its results with 'output'";
+    return;
   }
+}
+
+//===----------------------------------------------------------------------===//
+// Blocks
+//===----------------------------------------------------------------------===//
+
+/// Checks the blocks of a file and makes them callable by name.
+bool MLIRGen::declareBlocks(const std::vector<BlockDef> &blocks) {
+  unsigned before = errors;
+  const llvm::StringMap<const Expr *> none;
+  for (const BlockDef &blk : blocks) {
+    if (llvm::any_of(builtins(), [&](const Builtin &bi) { return bi.name == blk.name; })) {
+      error(blk.loc) << "block '" << blk.name << "' has the name of a builtin function";
+      continue;
+    }
+    if (const BlockDef *other = blockTable.lookup(blk.name)) {
+      error(blk.loc) << "block '" << blk.name << "' is already defined at line " << other->loc.line;
+      continue;
+    }
+    llvm::StringSet<> seen;
+    for (const BlockParam &p : blk.params) {
+      if (p.name == "name")
+        error(p.loc) << "'name' names a call's tensors (name=\"layer1.0\"); choose another argument name";
+      else if (!seen.insert(p.name).second)
+        error(p.loc) << "block '" << blk.name << "' has two arguments named '" << p.name << "'";
+      else if (p.dflt && !fold(*p.dflt, none))
+        error(p.dflt->loc) << "the default of '" << p.name << "' must be a number, string, boolean or list";
+    }
+    for (const Stmt &st : blk.stmts) {
+      if (st.kind == Stmt::Input)
+        error(st.loc) << "a block takes its tensors as arguments; 'input' belongs to the model";
+      else if (st.kind == Stmt::Output || st.kind == Stmt::Minimize)
+        error(st.loc) << "'" << (st.kind == Stmt::Output ? "output" : "minimize")
+                      << "' belongs to the model; a block gives its result with 'return'";
+      else if (st.kind == Stmt::Return && &st != &blk.stmts.back())
+        error(st.loc) << "'return' must be the last statement of block '" << blk.name << "'";
+    }
+    if (blk.stmts.empty() || blk.stmts.back().kind != Stmt::Return)
+      error(blk.loc) << "block '" << blk.name << "' must end with 'return EXPRESSION'";
+    blockTable[blk.name] = &blk;
+  }
+  return errors == before;
+}
+
+ExprPtr MLIRGen::fold(const Expr &e, const llvm::StringMap<const Expr *> &consts) {
+  switch (e.kind) {
+  case Expr::Number:
+  case Expr::Bool:
+  case Expr::String: {
+    auto c = std::make_unique<Expr>(e.kind, e.loc);
+    c->number = e.number;
+    c->isInteger = e.isInteger;
+    c->text = e.text;
+    return c;
+  }
+  case Expr::Name:
+    if (const Expr *c = consts.lookup(e.text)) {
+      ExprPtr r = fold(*c, {});
+      if (r)
+        r->loc = e.loc;
+      return r;
+    }
+    return nullptr;
+  case Expr::List: {
+    auto list = std::make_unique<Expr>(Expr::List, e.loc);
+    for (const ExprPtr &a : e.args) {
+      ExprPtr x = fold(*a, consts);
+      if (!x)
+        return nullptr;
+      list->height = std::max(list->height, x->height + 1);
+      list->args.push_back(std::move(x));
+    }
+    return list;
+  }
+  case Expr::Neg: {
+    ExprPtr x = fold(*e.args[0], consts);
+    if (!x || x->kind != Expr::Number)
+      return nullptr;
+    x->number = -x->number;
+    x->loc = e.loc;
+    return x;
+  }
+  case Expr::Binary: {
+    ExprPtr l = fold(*e.args[0], consts), r = l ? fold(*e.args[1], consts) : nullptr;
+    if (!l || !r || l->kind != Expr::Number || r->kind != Expr::Number)
+      return nullptr;
+    double v;
+    if (e.text == "+")
+      v = l->number + r->number;
+    else if (e.text == "-")
+      v = l->number - r->number;
+    else if (e.text == "*")
+      v = l->number * r->number;
+    else if (e.text == "/" && r->number != 0)
+      v = l->number / r->number;
+    else
+      return nullptr;
+    auto n = std::make_unique<Expr>(Expr::Number, e.loc);
+    n->number = v;
+    n->isInteger = l->isInteger && r->isInteger && e.text != "/";
+    return n;
+  }
+  case Expr::Call:
+    return nullptr;
+  }
+  return nullptr;
+}
+
+const Expr *MLIRGen::resolved(const Expr *e) {
+  if (!e || constants.empty())
+    return e;
+  std::function<bool(const Expr &)> mentions = [&](const Expr &x) {
+    if (x.kind == Expr::Name && constants.count(x.text))
+      return true;
+    return llvm::any_of(x.args, [&](const ExprPtr &a) { return mentions(*a); });
+  };
+  if (!mentions(*e))
+    return e;
+  ExprPtr f = fold(*e, constants);
+  if (!f)
+    return e; // mixed with tensors: genExpr resolves the names
+  folded.push_back(std::move(f));
+  return folded.back().get();
+}
+
+/// Expands a call of `blk`: arguments bound in the caller's scope (tensors
+/// evaluated, constants folded), then the block's statements in a scope of
+/// their own, declaring tensors under the call's prefix.
+Value MLIRGen::genBlockCall(const BlockDef &blk, const Expr &e) {
+  if (blockDepth >= kMaxBlockDepth) {
+    error(e.loc) << "block calls nest more than " << kMaxBlockDepth << " deep (does '" << blk.name
+                 << "' call itself?)";
+    return nullptr;
+  }
+  std::vector<const Expr *> bound(blk.params.size(), nullptr);
+  const Expr *name = nullptr;
+  if (e.args.size() > blk.params.size()) {
+    error(e.args[blk.params.size()]->loc) << "block '" << blk.name << "' takes at most " << blk.params.size()
+                                          << " argument" << (blk.params.size() == 1 ? "" : "s") << ", got "
+                                          << e.args.size();
+    return nullptr;
+  }
+  for (size_t i = 0; i < e.args.size(); ++i)
+    bound[i] = e.args[i].get();
+  for (const KwArg &kw : e.kwargs) {
+    if (kw.name == "name") {
+      name = kw.value.get();
+      continue;
+    }
+    auto it = llvm::find_if(blk.params, [&](const BlockParam &p) { return p.name == kw.name; });
+    if (it == blk.params.end()) {
+      std::vector<std::string> names;
+      for (const BlockParam &p : blk.params)
+        names.push_back(p.name);
+      error(kw.loc) << "block '" << blk.name << "' has no argument '" << kw.name << "'" << didYouMean(kw.name, names);
+      return nullptr;
+    }
+    const Expr *&slot = bound[it - blk.params.begin()];
+    if (slot) {
+      error(kw.loc) << "argument '" << kw.name << "' of '" << blk.name << "' is given twice";
+      return nullptr;
+    }
+    slot = kw.value.get();
+  }
+  // The call's prefix: name="...", else the assigned name (then _1, _2, ...
+  // when another call took it).
+  std::string local = target;
+  if (name) {
+    name = resolved(name);
+    if (name->kind != Expr::String || name->text.empty()) {
+      error(name->loc) << "the name of a call of '" << blk.name << "' must be a non-empty string";
+      return nullptr;
+    }
+    local = name->text;
+    if (blockPrefixes.count(namePrefix + local)) {
+      error(name->loc) << "the name '" << namePrefix + local << "' is already used by another call";
+      return nullptr;
+    }
+  } else {
+    for (int i = 1; blockPrefixes.count(namePrefix + local); ++i)
+      local = target + "_" + std::to_string(i);
+  }
+  blockPrefixes.insert(namePrefix + local);
+
+  // Arguments, in the caller's scope.
+  llvm::StringMap<const Expr *> consts;
+  std::vector<std::pair<const BlockParam *, Value>> tensors;
+  bool ok = true;
+  for (auto [i, p] : llvm::enumerate(blk.params)) {
+    const Expr *a = bound[i];
+    ExprPtr c = a ? fold(*a, constants) : p.dflt ? fold(*p.dflt, {}) : nullptr;
+    if (!a && !c) {
+      error(e.loc) << "call to block '" << blk.name << "' is missing argument '" << p.name << "'";
+      ok = false;
+      continue;
+    }
+    if (c) {
+      folded.push_back(std::move(c));
+      consts[p.name] = folded.back().get();
+      continue;
+    }
+    Value v = genExpr(*a);
+    ok &= v != nullptr;
+    tensors.emplace_back(&p, v);
+  }
+  if (!ok)
+    return nullptr;
+
+  // The body, in a scope of its own.
+  Location site = loc(e.loc);
+  llvm::StringMap<Binding> outerScope = std::move(scope);
+  llvm::StringMap<const Expr *> outerConstants = std::move(constants);
+  std::string outerPrefix = namePrefix, outerTarget = target;
+  LocationAttr outerCaller = caller;
+  scope.clear();
+  constants = std::move(consts);
+  namePrefix = outerPrefix + local + ".";
+  caller = site;
+  ++blockDepth;
+  for (auto &[p, v] : tensors)
+    scope.try_emplace(p->name, Binding{v, p->loc, Role::Value});
+  Value result;
+  for (const Stmt &st : blk.stmts) {
+    if (st.kind == Stmt::Return) {
+      target = "out";
+      result = genExpr(*st.value);
+    } else if (st.kind != Stmt::Input && st.kind != Stmt::Output && st.kind != Stmt::Minimize) {
+      genStmt(st);
+    }
+  }
+  --blockDepth;
+  scope = std::move(outerScope);
+  constants = std::move(outerConstants);
+  namePrefix = outerPrefix;
+  target = outerTarget;
+  caller = outerCaller;
+  return result;
 }
 
 void MLIRGen::genModel(const Model &m) {
@@ -738,6 +993,7 @@ OwningOpRef<ModuleOp> MLIRGen::gen(const File &ast) {
   for (const Model &extra : llvm::ArrayRef(ast.models).drop_front())
     error(extra.loc) << "a file holds one model; '" << extra.name
                      << "' follows '" << ast.models[0].name << "'";
+  declareBlocks(ast.blocks);
   genModel(ast.models[0]);
   module->push_back(func);
   (*module)->setAttr(nnops::attr::kModel, b.getStringAttr(ast.models[0].name));

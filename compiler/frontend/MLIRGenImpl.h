@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <set>
 
 namespace nnc::frontend {
 
@@ -99,7 +100,12 @@ public:
     ArrayAttr dims;
   };
 
-  Location loc(Loc l) { return FileLineColLoc::get(file, l.line, l.col); }
+  /// A source position; inside a block, with the call sites that expanded
+  /// it (so a diagnostic names the line in the block and the call).
+  Location loc(Loc l) {
+    Location at = FileLineColLoc::get(file, l.line, l.col);
+    return caller ? CallSiteLoc::get(at, caller) : at;
+  }
   InFlightDiagnostic error(Loc l) {
     ++errors;
     return emitError(loc(l));
@@ -124,6 +130,17 @@ public:
   Value genExpr(const Expr &e);
   Value genBinary(const Expr &e);
   Value genCall(const Expr &e);
+
+  // Blocks (MLIRGen.cpp).
+  bool declareBlocks(const std::vector<BlockDef> &blocks);
+  Value genBlockCall(const BlockDef &blk, const Expr &e);
+  /// `e` as a literal (number, bool, string or list of them) when it is
+  /// one, or arithmetic on them and on the constant arguments in
+  /// `consts`; null otherwise.
+  ExprPtr fold(const Expr &e, const llvm::StringMap<const Expr *> &consts);
+  /// `e`, or its folded literal when it mentions a constant argument of the
+  /// block being expanded (`stride=stride`, `planes * 4`).
+  const Expr *resolved(const Expr *e);
   Value scalar(Loc l, double v, Type element);
 
   template <typename OpTy>
@@ -158,6 +175,7 @@ public:
   Value lrn(Call &c);
   Value l2(Call &c);
   Value norm(Call &c);
+  Value adaptiveAvgPool(Call &c);
 
   /// Declares a parameter of a layer as `<prefix>.<leaf>`.
   Value layerParam(Call &c, StringRef leaf, ArrayRef<int64_t> shape, Role role,
@@ -179,6 +197,18 @@ public:
   llvm::StringSet<> dimSymbols;
   std::string target; // the name being assigned, prefix of layer parameters
   std::map<std::string, std::string> layerPrefixes; // call site -> prefix
+
+  // The block expansion in progress: the prefix of the names it declares
+  // (`layer1.0.`), its constant arguments, the call sites around it.
+  llvm::StringMap<const BlockDef *> blockTable;
+  std::string namePrefix;
+  llvm::StringMap<const Expr *> constants;
+  LocationAttr caller;
+  unsigned blockDepth = 0;
+  static constexpr unsigned kMaxBlockDepth = 64;
+  std::vector<ExprPtr> folded;          // literals made by `resolved`, kept alive
+  llvm::StringMap<Loc> argNames;        // every declared tensor's full name
+  std::set<std::string> blockPrefixes;  // full prefixes of the calls made
 };
 
 

@@ -78,14 +78,16 @@ File Parser::parseFile() {
       break;
     if (atKeyword("model")) {
       parseModel(file);
+    } else if (atKeyword("block")) {
+      parseBlock(file);
     } else if (atKeyword("train")) {
       parseTrain(file);
     } else {
-      errorHere("'model' or 'train'");
+      errorHere("'model', 'block' or 'train'");
       // Resynchronize at the next top-level keyword.
       do
         consume();
-      while (!at(Tok::Eof) && !atKeyword("model") && !atKeyword("train"));
+      while (!at(Tok::Eof) && !atKeyword("model") && !atKeyword("block") && !atKeyword("train"));
       nesting = 0;
     }
   }
@@ -107,6 +109,11 @@ void Parser::parseModel(File &file) {
     file.models.push_back(std::move(model));
     return;
   }
+  parseBody(model.stmts, "model '" + model.name + "'", model.loc);
+  file.models.push_back(std::move(model));
+}
+
+void Parser::parseBody(std::vector<Stmt> &stmts, const std::string &what, Loc opened) {
   for (;;) {
     skipNewlines();
     if (at(Tok::RBrace)) {
@@ -114,16 +121,55 @@ void Parser::parseModel(File &file) {
       break;
     }
     if (at(Tok::Eof)) {
-      error(tok.loc, "expected '}' to close model '" + model.name + "' opened at line " +
-                         std::to_string(model.loc.line));
+      error(tok.loc, "expected '}' to close " + what + " opened at line " + std::to_string(opened.line));
       break;
     }
     if (stopped)
       break;
-    if (!parseStmt(model))
+    if (!parseStmt(stmts))
       recover();
   }
-  file.models.push_back(std::move(model));
+}
+
+void Parser::parseBlock(File &file) {
+  BlockDef blk;
+  blk.loc = tok.loc;
+  consume(); // 'block'
+  if (at(Tok::Ident)) {
+    blk.name = tok.text;
+    consume();
+  } else {
+    errorHere("a block name");
+  }
+  auto give_up = [&] {
+    recover();
+    file.blocks.push_back(std::move(blk));
+  };
+  if (!expect(Tok::LParen, "'(' to open the arguments of block '" + blk.name + "'"))
+    return give_up();
+  while (!at(Tok::RParen)) {
+    if (!blk.params.empty() && !expect(Tok::Comma, "',' or ')' in the arguments of block '" + blk.name + "'"))
+      return give_up();
+    if (!at(Tok::Ident)) {
+      errorHere("an argument name");
+      return give_up();
+    }
+    BlockParam p;
+    p.name = tok.text;
+    p.loc = tok.loc;
+    consume();
+    if (at(Tok::Equal)) {
+      consume();
+      if (!(p.dflt = parseExpr()))
+        return give_up();
+    }
+    blk.params.push_back(std::move(p));
+  }
+  consume(); // ')'
+  if (!expect(Tok::LBrace, "'{' to open the body of block '" + blk.name + "'"))
+    return give_up();
+  parseBody(blk.stmts, "block '" + blk.name + "'", blk.loc);
+  file.blocks.push_back(std::move(blk));
 }
 
 void Parser::parseTrain(File &file) {
@@ -174,7 +220,7 @@ void Parser::parseTrain(File &file) {
     file.train = std::move(train);
 }
 
-bool Parser::parseStmt(Model &model) {
+bool Parser::parseStmt(std::vector<Stmt> &stmts) {
   Stmt stmt;
   stmt.loc = tok.loc;
   if (!at(Tok::Ident)) {
@@ -201,6 +247,11 @@ bool Parser::parseStmt(Model &model) {
       stmt.names.emplace_back(tok.text, tok.loc);
       consume();
     } while (at(Tok::Comma));
+  } else if (atKeyword("return")) {
+    stmt.kind = Stmt::Return;
+    consume();
+    if (!(stmt.value = parseExpr()))
+      return false;
   } else if (atKeyword("minimize")) {
     stmt.kind = Stmt::Minimize;
     consume();
@@ -224,7 +275,7 @@ bool Parser::parseStmt(Model &model) {
   }
   if (!endOfStatement())
     return false;
-  model.stmts.push_back(std::move(stmt));
+  stmts.push_back(std::move(stmt));
   return true;
 }
 

@@ -2,10 +2,13 @@
 //
 // Grammar (newlines or ';' end statements; see docs/language.md):
 //
-//   file    := (model | train)*
+//   file    := (block | model | train)*
+//   block   := 'block' NAME '(' (arg (',' arg)*)? ')' '{' stmt* '}'
+//   arg     := NAME ('=' expr)?
 //   model   := 'model' NAME '{' stmt* '}'
 //   stmt    := ('input' | 'param' | 'frozen') NAME ':' type ('=' expr)?
 //            | NAME '=' expr | 'output' NAME (',' NAME)* | 'minimize' NAME
+//            | 'return' expr
 //   type    := ('f32' | 'i32') ('[' dim (',' dim)* ']')?
 //   train   := 'train' '{' (NAME '=' expr)* '}'
 //   expr    := sum;  sum := prod (('+'|'-') prod)*
@@ -73,8 +76,11 @@ private:
   bool endOfStatement();
 
   void parseModel(File &file);
+  void parseBlock(File &file);
+  /// The statements of a model's or block's body, up to its '}'.
+  void parseBody(std::vector<Stmt> &stmts, const std::string &what, Loc opened);
   void parseTrain(File &file);
-  bool parseStmt(Model &model);
+  bool parseStmt(std::vector<Stmt> &stmts);
   bool parseDecl(Stmt &stmt);
   bool parseType(TypeSpec &type);
 

@@ -166,6 +166,9 @@ uint64_t nnc::nn::locationId(Location loc) {
     return rt::mix64(locationId(n.getChildLoc()));
   if (auto f = dyn_cast<FusedLoc>(loc); f && !f.getLocations().empty())
     return locationId(f.getLocations().front());
+  // A line of a block, expanded at a call: each call draws its own stream.
+  if (auto c = dyn_cast<CallSiteLoc>(loc))
+    return rt::mix64(locationId(c.getCallee()) ^ rt::mix64(locationId(c.getCaller())));
   return 0;
 }
 

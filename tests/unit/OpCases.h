@@ -19,13 +19,14 @@ struct Case {
   std::string body;      // statements between the inputs and the loss
   std::string inputs = "  input x: f32[B, 4]\n";
   bool wrtInputs = true;
+  std::string blocks = ""; // block declarations the body calls
 };
 
 /// A cubic loss sends a different adjoint to every output element, so no
 /// element's gradient goes unchecked, and it does not degenerate after a
 /// normalization (whose outputs have a fixed sum and sum of squares).
 inline std::string model(const Case &c) {
-  return "model m {\n" + c.inputs + c.body +
+  return c.blocks + "model m {\n" + c.inputs + c.body +
          "  loss = sum(0.2 * out * out * out + out * out + 0.3 * out)\n  minimize loss\n}\n";
 }
 
@@ -150,6 +151,30 @@ inline std::vector<Case> cases() {
   v.push_back({"broadcast_rows_11",
                "  param s: f32[3, 1, 11] = normal()\n  out = tanh(x * s - x)\n",
                "  input x: f32[B, 3, 5, 11]\n"});
+  // torchvision's ResNet pieces: the 7x7 stride-2 stem, 3x3 stride-2 max
+  // pooling with padding, global average pooling; a basic block with its
+  // 1x1 stride-2 projection; a bottleneck (ResNet-50) block.
+  v.push_back({"resnet_stem",
+               "  c = relu(batch_norm(conv2d(x, 3, kernel=7, stride=2, padding=3, bias=false)))\n"
+               "  out = flatten(adaptive_avg_pool2d(max_pool2d(c, 3, stride=2, padding=1), 1))\n",
+               "  input x: f32[B, 2, 13, 14]\n"});
+  const std::string down =
+      "block down(x, planes, stride=2) {\n"
+      "  conv1 = conv2d(x, planes, kernel=3, stride=stride, padding=1, bias=false)\n"
+      "  bn1 = relu(batch_norm(conv1))\n"
+      "  bn2 = batch_norm(conv2d(bn1, planes, kernel=3, padding=1, bias=false))\n"
+      "  sc = batch_norm(conv2d(x, planes, kernel=1, stride=stride, bias=false, name=\"downsample.0\"))\n"
+      "  return relu(bn2 + sc)\n}\n";
+  v.push_back({"block_downsample", "  out = down(x, 3, name=\"layer2.0\")\n", "  input x: f32[B, 2, 6, 7]\n", true, down});
+  const std::string bottleneck =
+      "block bottleneck(x, planes, stride=1) {\n"
+      "  bn1 = relu(batch_norm(conv2d(x, planes, kernel=1, bias=false, name=\"conv1\")))\n"
+      "  bn2 = relu(batch_norm(conv2d(bn1, planes, kernel=3, stride=stride, padding=1, bias=false, name=\"conv2\")))\n"
+      "  bn3 = batch_norm(conv2d(bn2, planes * 4, kernel=1, bias=false, name=\"conv3\"))\n"
+      "  sc = batch_norm(conv2d(x, planes * 4, kernel=1, stride=stride, bias=false, name=\"downsample.0\"))\n"
+      "  return relu(bn3 + sc)\n}\n";
+  v.push_back({"block_bottleneck", "  out = bottleneck(x, 2, stride=2)\n", "  input x: f32[B, 3, 5, 6]\n", true,
+               bottleneck});
   v.push_back({"group_norm", "  out = group_norm(conv2d(x, 6, kernel=2), groups=3)\n", img});
   v.push_back({"lrn_odd", "  out = local_response_norm(conv2d(x, 5, kernel=2), size=3, alpha=0.5, "
                           "beta=0.75, k=1.0)\n", img});

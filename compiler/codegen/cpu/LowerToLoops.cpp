@@ -103,6 +103,8 @@ static std::string where(Location loc) {
         .str();
   if (auto f = dyn_cast<FusedLoc>(loc))
     return f.getLocations().empty() ? "?" : where(f.getLocations().front());
+  if (auto c = dyn_cast<CallSiteLoc>(loc)) // a block's line, at its call
+    return where(c.getCallee()) + " in " + where(c.getCaller());
   return "?";
 }
 

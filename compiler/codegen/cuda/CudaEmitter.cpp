@@ -596,6 +596,8 @@ LogicalResult KernelWriter::emitKernel(nnops::KernelOp kernel, unsigned k, bool 
   Location first = kernel.getBody().front().front().getLoc();
   if (auto named = dyn_cast<NameLoc>(first))
     first = named.getChildLoc();
+  if (auto call = dyn_cast<CallSiteLoc>(first)) // a block's line
+    first = call.getCallee();
   if (auto l = dyn_cast<FileLineColLoc>(first))
     where = llvm::formatv("{0}:{1}:{2}", llvm::sys::path::filename(l.getFilename().getValue()),
                           l.getLine(), l.getColumn());
