@@ -286,9 +286,25 @@ private:
 
 } // namespace
 
+/// Bytes per element of the safetensors dtypes; 0 for an unknown one.
+static uint64_t dtypeBytes(const std::string &dtype) {
+  if (dtype == "F64" || dtype == "I64" || dtype == "U64")
+    return 8;
+  if (dtype == "F32" || dtype == "I32" || dtype == "U32")
+    return 4;
+  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16")
+    return 2;
+  if (dtype == "I8" || dtype == "U8" || dtype == "BOOL" || dtype == "F8_E4M3" || dtype == "F8_E5M2")
+    return 1;
+  return 0;
+}
+
 Status parseCheckpoint(const std::string &bytes, const std::string &path,
-                       std::vector<HostTensor> &tensors, Metadata &metadata) {
+                       std::vector<HostTensor> &tensors, Metadata &metadata,
+                       std::vector<std::string> *others) {
   tensors.clear();
+  if (others)
+    others->clear();
   metadata.clear();
   auto bad = [&](const std::string &what) {
     return Status::error(path + ": not a valid checkpoint: " + what);
@@ -347,8 +363,10 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
   // (two tensors reading the same bytes) and unowned bytes.
   struct Range {
     uint64_t begin, end;
-    size_t tensor;
+    size_t tensor; // kNotRead: a tensor of a dtype nnc does not read
+    std::string name;
   };
+  constexpr size_t kNotRead = SIZE_MAX;
   std::vector<Range> ranges;
   for (size_t m = 0; m < root.keys.size(); ++m) {
     const std::string &name = root.keys[m];
@@ -364,10 +382,12 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
         offsets->items.size() != 2 || offsets->items[0].kind != Json::Value::Number ||
         offsets->items[1].kind != Json::Value::Number)
       return bad("tensor '" + name + "' lacks dtype, shape or data_offsets");
-    if (dtype->str != "F32" && dtype->str != "I32")
+    bool read = dtype->str == "F32" || dtype->str == "I32";
+    uint64_t elementBytes = dtypeBytes(dtype->str);
+    if (!read && (!others || elementBytes == 0))
       return bad("tensor '" + name + "' has dtype " + dtype->str + "; nnc reads F32 and I32");
-    for (const HostTensor &t : tensors)
-      if (t.name == name)
+    for (const Range &r : ranges)
+      if (r.name == name)
         return bad("tensor '" + name + "' appears twice");
     HostTensor t;
     t.name = name;
@@ -388,10 +408,16 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
       return bad("tensor '" + name + "' has byte range [" + std::to_string(begin) + ", " +
                  std::to_string(end) + ") outside the " + std::to_string(dataSize) +
                  "-byte data region");
-    if (count == UINT64_MAX || static_cast<uint64_t>(end - begin) != count * sizeof(float))
+    if (count == UINT64_MAX || count > UINT64_MAX / elementBytes ||
+        static_cast<uint64_t>(end - begin) != count * elementBytes)
       return bad("tensor '" + name + "' has byte range [" + std::to_string(begin) + ", " +
                  std::to_string(end) + ") that does not fit its shape");
-    ranges.push_back({static_cast<uint64_t>(begin), static_cast<uint64_t>(end), tensors.size()});
+    ranges.push_back({static_cast<uint64_t>(begin), static_cast<uint64_t>(end), read ? tensors.size() : kNotRead,
+                      name});
+    if (!read) {
+      others->push_back(name + " (" + dtype->str + ")");
+      continue;
+    }
     tensors.push_back(std::move(t));
   }
   std::sort(ranges.begin(), ranges.end(),
@@ -400,7 +426,7 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
   for (size_t i = 0; i < ranges.size(); ++i) {
     const Range &r = ranges[i];
     if (r.begin < covered)
-      return bad("tensors '" + tensors[ranges[i - 1].tensor].name + "' and '" + tensors[r.tensor].name +
+      return bad("tensors '" + ranges[i - 1].name + "' and '" + r.name +
                  "' overlap (bytes [" + std::to_string(r.begin) + ", " + std::to_string(covered) + "))");
     if (r.begin > covered)
       return bad("bytes [" + std::to_string(covered) + ", " + std::to_string(r.begin) +
@@ -412,6 +438,8 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
                ") of the data belong to no tensor");
 
   for (const Range &r : ranges) {
+    if (r.tensor == kNotRead)
+      continue;
     HostTensor &t = tensors[r.tensor];
     t.data.resize(t.numel());
     std::memcpy(t.data.data(), data + r.begin, r.end - r.begin);
@@ -426,7 +454,7 @@ Status parseCheckpoint(const std::string &bytes, const std::string &path,
 }
 
 Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
-                      Metadata &metadata) {
+                      Metadata &metadata, std::vector<std::string> *others) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
     return Status::error(path + ": cannot open the checkpoint");
@@ -438,7 +466,7 @@ Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
   }
   if (in.bad())
     return Status::error(path + ": read error");
-  return parseCheckpoint(bytes, path, tensors, metadata);
+  return parseCheckpoint(bytes, path, tensors, metadata, others);
 }
 
 } // namespace nnc::rt

@@ -31,16 +31,20 @@ Status saveCheckpoint(const std::string &path, const std::vector<HostTensor> &te
                       const Metadata &metadata);
 
 /// Reads every tensor and the metadata; validates the header, sizes, byte
-/// ranges and checksum, naming the file and what is wrong.
+/// ranges and checksum, naming the file and what is wrong. With `others`,
+/// tensors of dtypes nnc does not read (a PyTorch state_dict's I64
+/// `num_batches_tracked`, F16 weights) are listed there as "NAME (DTYPE)"
+/// instead of refusing the file.
 Status loadCheckpoint(const std::string &path, std::vector<HostTensor> &tensors,
-                      Metadata &metadata);
+                      Metadata &metadata, std::vector<std::string> *others = nullptr);
 
 /// loadCheckpoint on the file's bytes (`path` names it in errors): the
 /// whole header is validated before any tensor is read. Byte ranges must
 /// tile the data region exactly, as the safetensors format requires, and
 /// the checksum (nnc.checksum: header and data) must match when present.
 Status parseCheckpoint(const std::string &bytes, const std::string &path,
-                       std::vector<HostTensor> &tensors, Metadata &metadata);
+                       std::vector<HostTensor> &tensors, Metadata &metadata,
+                       std::vector<std::string> *others = nullptr);
 
 uint32_t crc32(const uint8_t *data, size_t size);
 

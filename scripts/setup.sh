@@ -36,7 +36,7 @@ install_missing "${PACKAGES[@]}"
 # PyTorch (with OpenBLAS, the peer as benchmarks/README.md sets it up) is optional:
 # without it the comparison test is skipped, so a failed install only warns.
 if [ $peer = 1 ]; then
-  install_missing python3-torch python3-numpy libopenblas0-pthread ||
+  install_missing python3-torch python3-torchvision python3-numpy libopenblas0-pthread ||
     echo "==> warning: PyTorch could not be installed; the comparison with it will be skipped" >&2
 fi
 

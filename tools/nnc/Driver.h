@@ -112,6 +112,7 @@ struct Session {
 int runTrain(const Args &args);
 int runEval(const Args &args);
 int runPredict(const Args &args);
+int runExport(const Args &args);
 int runBuild(const Args &args);
 int runBench(const Args &args);
 int runTune(const Args &args);

@@ -18,6 +18,7 @@
 #include "dialects/nn/NNOps.h"
 #include "runtime/CudaDevice.h"
 #include "runtime/CudaModel.h"
+#include "runtime/StateDict.h"
 #include "runtime/System.h"
 #include "runtime/Training.h"
 
@@ -391,9 +392,40 @@ std::string resumeCommand(const Command &c, const Args &args) {
 }
 
 /// A backend holding the checkpoint given by --checkpoint.
+/// The model's tensors a weights file can hold: parameters, frozen tensors
+/// and batch-norm statistics, in declaration order.
+std::vector<std::string> weightNames(const Loaded &m) {
+  std::vector<std::string> names;
+  for (unsigned i = 0; i < m.model.getNumArguments(); ++i) {
+    auto role = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kRole);
+    auto name = m.model.getArgAttrOfType<StringAttr>(i, nn::attr::kName);
+    if (role && name && (role.getValue() == "param" || role.getValue() == "frozen" || role.getValue() == "state"))
+      names.push_back(name.getValue().str());
+  }
+  return names;
+}
+
+/// `--init-from FILE`: the model's tensors from a PyTorch state_dict saved
+/// as safetensors, with the report load_state_dict(strict=False) gives.
+int initFrom(const Args &args, const Loaded &m, rt::Trainable &model) {
+  if (!args.has("init-from"))
+    return kOk;
+  rt::LoadReport report;
+  std::string path = args.get("init-from");
+  if (rt::Status s = rt::initFrom(model, weightNames(m), path, args.has("strict"), report); !s)
+    return userError(s.message());
+  llvm::outs() << "init-from " << report.describe(path);
+  llvm::outs().flush();
+  return kOk;
+}
+
 int restored(const Args &args, const Command &c, const Loaded &m, Backend &out) {
   if (int rc = makeBackend(args, c, m, 0, out))
     return rc;
+  if (int rc = initFrom(args, m, *out.model))
+    return rc;
+  if (!args.has("checkpoint"))
+    return kOk;
   rt::Metadata meta;
   if (rt::Status s = rt::restoreState(*out.model, args.get("checkpoint"), meta); !s)
     return userError(s.message());
@@ -463,6 +495,8 @@ int nnc::driver::runTrain(const Args &args) {
                  data.train.bytes() + data.test.bytes()};
   if (int rc = makeBackend(args, c, m, o.seed, backend, fits))
     return rc;
+  if (int rc = initFrom(args, m, *backend.model))
+    return rc;
   if (backend.cpu.jit)
     llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s%s\n", m.model.getName().str().c_str(),
                                  backend.cpu.seconds,
@@ -479,8 +513,8 @@ int nnc::driver::runEval(const Args &args) {
   const Command &c = command("eval");
   if (auto rc = needFile(c, args))
     return *rc;
-  if (!args.has("checkpoint"))
-    return usageError("eval needs --checkpoint PATH", &c);
+  if (!args.has("checkpoint") && !args.has("init-from"))
+    return usageError("eval needs --checkpoint PATH or --init-from FILE", &c);
   Loaded m;
   if (int rc = load(args.positional[0], std::nullopt, m))
     return rc;
@@ -509,8 +543,8 @@ int nnc::driver::runPredict(const Args &args) {
   const Command &c = command("predict");
   if (auto rc = needFile(c, args))
     return *rc;
-  if (!args.has("checkpoint") || !args.has("input"))
-    return usageError("predict needs --checkpoint PATH and --input FILE.csv", &c);
+  if ((!args.has("checkpoint") && !args.has("init-from")) || !args.has("input"))
+    return usageError("predict needs --checkpoint PATH (or --init-from FILE) and --input FILE.csv", &c);
   Loaded m;
   if (int rc = load(args.positional[0], std::nullopt, m))
     return rc;
@@ -602,4 +636,37 @@ int nnc::driver::runPredict(const Args &args) {
     os << "\n";
   }
   return writeOutput(args.get("o", "-"), text);
+}
+
+int nnc::driver::runExport(const Args &args) {
+  const Command &c = command("export");
+  if (auto rc = needFile(c, args))
+    return *rc;
+  if (!args.has("checkpoint") || !args.has("o"))
+    return usageError("export needs --checkpoint PATH and -o FILE.safetensors", &c);
+  Loaded m;
+  if (int rc = load(args.positional[0], std::nullopt, m))
+    return rc;
+  // The checkpoint's tensors, checked as a resume checks them, then
+  // written under PyTorch's keys and layouts.
+  std::vector<rt::HostTensor> tensors;
+  rt::Metadata meta;
+  std::string from = args.get("checkpoint");
+  if (rt::Status s = rt::loadCheckpoint(from, tensors, meta); !s)
+    return userError(s.message());
+  std::string model = m.model.getName().str();
+  if (meta.count("nnc.model") && meta["nnc.model"] != model)
+    return userError(from + ": the checkpoint is of model '" + meta["nnc.model"] + "', not '" + model + "'");
+  std::vector<rt::HostTensor> out;
+  for (const std::string &name : weightNames(m)) {
+    auto it = std::find_if(tensors.begin(), tensors.end(), [&](const rt::HostTensor &t) { return t.name == name; });
+    if (it == tensors.end())
+      return userError(from + ": no tensor '" + name + "' (the checkpoint does not fit this model)");
+    out.push_back(rt::toTorch(*it));
+  }
+  std::string to = args.get("o");
+  if (rt::Status s = rt::saveCheckpoint(to, out, {{"format", "pt"}}); !s)
+    return userError(s.message());
+  llvm::outs() << "wrote " << out.size() << " tensors of " << model << " under PyTorch's names to " << to << "\n";
+  return kOk;
 }
