@@ -9,7 +9,7 @@
 # everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=1 filter='^(gemm|mlp_|conv|chain|reduction|softmax|step|compile)' build="${BUILD_DIR:-build}"
+threads=1 filter='^(gemm|mlp_|conv|chain|reduction|softmax|step|infer|compile)' build="${BUILD_DIR:-build}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;

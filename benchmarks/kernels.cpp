@@ -69,9 +69,10 @@ struct Source {
 };
 
 std::string example(const std::string &name) {
-  // The examples, and the real-size models kept with the benchmarks.
-  std::string dir = name.rfind("resnet", 0) == 0 ? "/benchmarks/" : "/examples/";
-  std::ifstream f(std::string(NNC_SOURCE_DIR) + dir + name + ".nn");
+  // The real-size models kept with the benchmarks, else the examples.
+  std::ifstream f(std::string(NNC_SOURCE_DIR) + "/benchmarks/" + name + ".nn");
+  if (!f)
+    f = std::ifstream(std::string(NNC_SOURCE_DIR) + "/examples/" + name + ".nn");
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
@@ -175,6 +176,19 @@ void step(benchmark::State &state, const std::string &name) {
   for (auto _ : state)
     benchmark::DoNotOptimize(t.model->step(b, loss));
   state.counters["samples/s"] = benchmark::Counter(64, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// Inference: the model in evaluation mode on one sample.
+void infer(benchmark::State &state, const std::string &name) {
+  Trainable t;
+  if (!t.build(example(name))) {
+    state.SkipWithError("cannot compile the model");
+    return;
+  }
+  std::vector<rt::HostTensor> b = t.batch(1, 5), outputs;
+  double loss = 0;
+  for (auto _ : state)
+    benchmark::DoNotOptimize(t.model->evaluate(b, outputs, loss));
 }
 
 /// One epoch: 60,000 samples in batches of 64 (the last one ragged), the
@@ -281,6 +295,7 @@ void registerAll() {
   add("softmax_ce/64x10", kernel, "softmax_ce:64x10");
   add("softmax_ce/1024x1000", kernel, "softmax_ce:1024x1000");
   add("step/resnet18_cifar", step, "resnet18_cifar");
+  add("infer/resnet18_224", infer, "resnet18"); // torchvision's, examples/resnet18.nn
   for (const char *m : {"mnist_mlp", "mnist_cnn"}) {
     add(std::string("step/") + m, step, m);
     add(std::string("epoch/") + m, epoch, m)->Iterations(1);

@@ -146,6 +146,29 @@ def train_step(name):
     return step
 
 
+def infer_resnet18():
+    """torchvision's ResNet-18 (examples/resnet18.nn) in evaluation mode on
+    one 224x224 image, without autograd, as PEERS.md runs the peer at its
+    best (torch.jit.optimize_for_inference where it works)."""
+    torch.manual_seed(0)
+    try:
+        import torchvision
+        model = torchvision.models.resnet18().eval()
+    except ImportError:  # the same network, defined here
+        return None
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        try:
+            model = torch.jit.optimize_for_inference(torch.jit.script(model))
+        except Exception:
+            pass
+
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
 def epoch(name):
     step = train_step(name)
     return lambda: [step() for _ in range(60000 // 64 + 1)]
@@ -177,6 +200,9 @@ def workloads():
     w["softmax_ce/64x10"] = softmax_ce(64, 10)
     w["softmax_ce/1024x1000"] = softmax_ce(1024, 1000)
     w["step/resnet18_cifar"] = train_step("resnet18_cifar")
+    infer = infer_resnet18()
+    if infer:
+        w["infer/resnet18_224"] = infer
     for m in ("mnist_mlp", "mnist_cnn"):
         w["step/" + m] = train_step(m)
         w["epoch/" + m] = epoch(m)

@@ -174,7 +174,7 @@ Status rt::checkFits(const ModelDesc &m, int64_t batch, int64_t evalBatch, uint6
 bool rt::isConstantOf(const ModelDesc &m, const std::string &name) {
   for (size_t i = 0; i < m.trainStep.args.size() && i < m.inits.size(); ++i)
     if (m.trainStep.args[i].name == name)
-      return m.trainStep.args[i].role == "frozen" && writtenOut(m.inits[i].kind);
+      return m.trainStep.args[i].role == "frozen" && writtenOut(m.inits[i].kind) && !m.inits[i].loaded;
   return false;
 }
 

@@ -25,6 +25,7 @@ struct InitSpec {
   std::map<std::string, double> args; // mean, std, low, high, gain, a, value
   int64_t fanIn = 0, fanOut = 0;
   std::vector<double> literal;       // kind == "literal"
+  bool loaded = false;               // a held parameter: its values come from a file, never constants
 };
 
 /// Whether initializer `kind` writes its values out (zeros, ones, constant,

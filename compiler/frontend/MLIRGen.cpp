@@ -493,7 +493,7 @@ const std::vector<OptimizerSpec> &optimizers() {
 
 DictionaryAttr MLIRGen::genTrain(const TrainSection &t) {
   static const std::vector<std::string> keys = {
-      "optimizer", "batch", "epochs", "seed", "data", "shuffle", "clip_norm", "validation"};
+      "optimizer", "batch", "epochs", "seed", "data", "shuffle", "clip_norm", "validation", "freeze"};
   SmallVector<NamedAttribute> out;
   llvm::StringMap<Loc> seen;
   unsigned before = errors;
@@ -532,6 +532,20 @@ DictionaryAttr MLIRGen::genTrain(const TrainSection &t) {
         continue;
       }
       out.push_back(b.getNamedAttr(key, b.getF64FloatAttr(*x)));
+    } else if (key == "freeze") {
+      // Names or prefixes of tensors held fixed (Freeze.cpp).
+      SmallVector<Attribute> patterns;
+      bool ok = v.kind == Expr::List;
+      for (const ExprPtr &e : v.args) {
+        ok &= e->kind == Expr::String && !e->text.empty();
+        if (ok)
+          patterns.push_back(b.getStringAttr(e->text));
+      }
+      if (!ok) {
+        error(v.loc) << "train setting 'freeze' must list names or prefixes, e.g. [\"conv1\", \"layer1\"]";
+        continue;
+      }
+      out.push_back(b.getNamedAttr(key, b.getArrayAttr(patterns)));
     } else if (key == "data") {
       if (v.kind == Expr::String) {
         out.push_back(b.getNamedAttr(

@@ -165,8 +165,17 @@ struct AutodiffPass : public nnc::impl::AutodiffBase<AutodiffPass> {
     b.setInsertionPointAfter(model);
     func::FuncOp grad = cast<func::FuncOp>(b.clone(*model));
     grad.setName((model.getName() + kGradSuffix).str());
-    // Training mode: batch statistics and fresh dropout masks.
+    // Training mode: batch statistics and fresh dropout masks; a batch norm
+    // whose scale and shift are held fixed (`freeze`) keeps its running
+    // statistics, as a PyTorch module in eval() mode.
+    auto held = [&](Value v) {
+      auto arg = dyn_cast<BlockArgument>(v);
+      auto init = arg ? grad.getArgAttrOfType<DictionaryAttr>(arg.getArgNumber(), nnops::attr::kInit) : nullptr;
+      return init && init.get("loaded") && roleOf(grad, arg.getArgNumber()) == "frozen";
+    };
     grad.walk([&](Operation *op) {
+      if (auto bn = dyn_cast<nnops::BatchNormOp>(op); bn && held(bn.getGamma()) && held(bn.getBeta()))
+        return;
       if (isa<nnops::BatchNormOp, nnops::DropoutOp>(op))
         op->setAttr("training", b.getUnitAttr());
     });

@@ -35,7 +35,7 @@ static unsigned propagateFrozen(func::FuncOp fn) {
     auto role = fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(), nnops::attr::kRole);
     auto init = fn.getArgAttrOfType<DictionaryAttr>(arg.getArgNumber(), "nn.init");
     auto type = dyn_cast<RankedTensorType>(arg.getType());
-    if (!role || role.getValue() != "frozen" || !init || arg.use_empty() || !type ||
+    if (!role || role.getValue() != "frozen" || !init || init.get("loaded") || arg.use_empty() || !type ||
         !type.hasStaticShape() || !type.getElementType().isF32())
       continue;
     // The kinds runtime/Init.h's writtenOut lists, so that the runtime

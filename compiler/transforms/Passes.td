@@ -23,6 +23,22 @@ def Autodiff : Pass<"nnc-autodiff", "mlir::ModuleOp"> {
   let dependentDialects = ["::nnc::nn::NNDialect"];
 }
 
+def Freeze : Pass<"nnc-freeze", "mlir::ModuleOp"> {
+  let summary = "Hold the parameters the train section's `freeze` names fixed";
+  let description = [{
+    Each pattern of the module's `nn.train` `freeze` list names tensors of
+    the model: a name, or a prefix of names (`layer1` holds `layer1.0.conv1.w`
+    fixed). Matching parameters become frozen tensors whose values are
+    loaded (`nn.init` gains `loaded`: a checkpoint or `--init-from` sets
+    them; they never become constants), so autodiff computes no gradient
+    for them and the optimizer keeps no state. A batch norm whose scale and
+    shift are both held normalizes with its running statistics and leaves
+    them unchanged, as a PyTorch module in `eval()` mode does. A pattern that
+    names no tensor is an error.
+  }];
+  let dependentDialects = ["::nnc::nn::NNDialect"];
+}
+
 def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
   let summary = "Build the training step: forward, backward and optimizer update";
   let description = [{
@@ -39,7 +55,7 @@ def BuildTrainStep : Pass<"nnc-build-train-step", "mlir::ModuleOp"> {
 def PropagateFrozen : Pass<"nnc-propagate-frozen", "mlir::func::FuncOp"> {
   let summary = "Replace frozen tensors with literal initializers by constants";
   let description = [{
-    A frozen argument (`nn.role = "frozen"`) initialized with zeros, ones,
+    A frozen argument (`nn.role = "frozen"`, not `loaded`) initialized with zeros, ones,
     constant(v) or written-out values, all equal, and read only by
     elementwise ops is never trained: its reads become a splat
     `nn.constant`, which folding and the fusion pass's literals use.

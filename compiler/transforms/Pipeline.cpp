@@ -24,6 +24,8 @@ using namespace mlir;
 void nnc::buildPipeline(OpPassManager &pm, Stage stage) {
   if (stage == Stage::Nn)
     return;
+  if (stage == Stage::Train)
+    pm.addPass(createFreeze());          // `freeze`: parameters held fixed
   pm.addPass(createCanonicalizerPass()); // stable forms (softmax + CE) first
   pm.addPass(createAutodiff());          // @m -> @m_grad (forward + backward)
   if (stage == Stage::Train)
@@ -35,6 +37,7 @@ void nnc::buildPipeline(OpPassManager &pm, Stage stage) {
 void nnc::registerPasses() {
   registerAutodiff();
   registerBuildTrainStep();
+  registerFreeze();
   registerFuse();
   registerFoldBatchNorm();
   registerPropagateFrozen();

@@ -179,7 +179,9 @@ FailureOr<rt::InitSpec> nnc::nn::initSpec(func::FuncOp fn, unsigned index) {
     return fn.emitError("argument ") << index << " has no initializer";
   rt::InitSpec spec;
   for (NamedAttribute a : init) {
-    if (auto s = dyn_cast<StringAttr>(a.getValue()))
+    if (a.getName() == "loaded")
+      spec.loaded = true;
+    else if (auto s = dyn_cast<StringAttr>(a.getValue()))
       spec.kind = s.str();
     else if (auto f = dyn_cast<FloatAttr>(a.getValue()))
       spec.args[a.getName().str()] = f.getValueAsDouble();

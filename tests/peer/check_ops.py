@@ -340,6 +340,18 @@ def cases():
     layer("conv2d_op", "r = conv2d(x, w, stride=2, padding=1)",
           lambda v: F.conv2d(v["x"], v["w"], stride=2, padding=1),
           {"x": (image(2, 3, 8, 8), "normal"), "w": ([4, 3, 3, 3], "normal")}, {})
+    # torchvision's ResNet layers: the 7x7 stride-2 stem and the 1x1 stride-2
+    # projection (no bias), a residual add into a ReLU, global average pooling.
+    layer("conv2d_resnet_stem", "r = conv2d(x, 4, kernel=7, stride=2, padding=3, bias=false)",
+          lambda v: F.conv2d(v["x"], v["r.w"], stride=2, padding=3),
+          {"x": (image(2, 3, 13, 12), "normal")}, {"r.w": ([4, 3, 7, 7], "normal")})
+    layer("conv2d_downsample", "r = conv2d(x, 6, kernel=1, stride=2, bias=false)",
+          lambda v: F.conv2d(v["x"], v["r.w"], stride=2),
+          {"x": (image(2, 3, 7, 8), "normal")}, {"r.w": ([6, 3, 1, 1], "normal")})
+    layer("residual_relu", "r = relu(conv2d(x, 3, kernel=3, padding=1, bias=false) + x)",
+          lambda v: F.relu(F.conv2d(v["x"], v["r.w"], padding=1) + v["x"]),
+          {"x": (image(2, 3, 5, 6), "normal")}, {"r.w": ([3, 3, 3, 3], "normal")})
+    ew("adaptive_avg_pool2d", "adaptive_avg_pool2d(x, 1)", lambda x: F.adaptive_avg_pool2d(x, 1), shape=image(2, 3, 5, 7))
     for (k, s, p) in [(2, 2, 0), (3, 2, 1), (3, 1, 0), (3, 3, 1)]:
         layer("max_pool2d_k%d_s%d_p%d" % (k, s, p), "r = max_pool2d(x, %d, stride=%d, padding=%d)" % (k, s, p),
               lambda v, k=k, s=s, p=p: F.max_pool2d(v["x"], k, s, p), {"x": (image(2, 3, 9, 8), "normal")}, {})

@@ -13,6 +13,10 @@ step, weights out (`nnc export`).
 - `nnc export` of that checkpoint loads into torchvision's model with
   load_state_dict (only `num_batches_tracked` missing) and computes what
   `nnc predict` computes.
+- Training the classifier alone (`--freeze` of everything else) leaves the
+  held tensors bit-identical and updates the classifier as PyTorch does with
+  the backbone's parameters not requiring gradients and its batch norms in
+  eval() mode.
 
     /usr/bin/python3 tests/peer/check_resnet.py NNC
 
@@ -85,7 +89,7 @@ def randomize(model, gen):
 
 
 def run(nnc, args, cwd):
-    p = subprocess.run([nnc] + args, cwd=cwd, capture_output=True, text=True)
+    p = subprocess.run([nnc] + args, cwd=cwd, capture_output=True, text=True, errors="replace")
     if p.returncode != 0:
         raise RuntimeError("nnc %s failed (%d):\n%s%s" % (" ".join(args), p.returncode, p.stdout, p.stderr))
     return p.stdout
@@ -194,6 +198,45 @@ def main():
         out = run(nnc, ["predict", os.path.join(ROOT, "examples/resnet18_cifar.nn"), "--checkpoint", "ck.st",
                         "--input", "xt.csv", "--target", "cpu"], work)
         close("exported weights in torchvision", predictions(out, 10), want, 1e-4, failures)
+
+        # 4. Fine-tuning the classifier alone: everything else held (`--freeze`,
+        # batch norms on their running statistics, as in eval()), bit-identical
+        # after training; the classifier's step matches PyTorch's.
+        tune = torchvision.models.resnet18(num_classes=10)
+        tune.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        tune.maxpool = torch.nn.Identity()
+        tune.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
+        tune.train()
+        for name, module in tune.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        for name, p in tune.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+        opt = torch.optim.SGD([p for p in tune.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                              weight_decay=5e-4)
+        for _ in range(2):
+            loss = torch.nn.functional.cross_entropy(tune(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        tuned = state_dict(tune)
+        run(nnc, ["train", os.path.join(ROOT, "examples/resnet18_cifar.nn"), "--init-from", "c.st",
+                  "--freeze", "conv1,bn1,layer1,layer2,layer3,layer4", "--data", "d.csv", "--batch", "4",
+                  "--epochs", "2", "--checkpoint", "frozen.st", "--target", "cpu"], work)
+        run(nnc, ["export", os.path.join(ROOT, "examples/resnet18_cifar.nn"), "--checkpoint", "frozen.st",
+                  "-o", "frozen-exported.st"], work)
+        got = load_safetensors(os.path.join(work, "frozen-exported.st"))
+        changed = [k for k, v in got.items() if not k.startswith("fc.") and not np.array_equal(v, start[k])]
+        print("%s frozen backbone: %d of %d tensors changed" % ("ok  " if not changed else "FAIL", len(changed),
+                                                                 len(got) - 2))
+        if changed:
+            failures.append("frozen tensors changed: " + ", ".join(changed[:5]))
+        for k in ("fc.weight", "fc.bias"):
+            step = np.abs(tuned[k] - start[k]).max()
+            err = np.abs(got[k] - tuned[k]).max() / step
+            print("%s classifier only, %s: error %.2e of the update" % ("ok  " if err < 1e-3 else "FAIL", k, err))
+            if err >= 1e-3:
+                failures.append("classifier-only " + k)
     if failures:
         print("%d check(s) failed: %s" % (len(failures), ", ".join(failures)))
         return 1

@@ -215,6 +215,8 @@ int nnc::driver::runBuild(const Args &args) {
       glue << "m.inits[" << i << "].args[" << quoted(k) << "] = " << number(v) << ";\n";
     glue << "m.inits[" << i << "].fanIn = " << spec.fanIn << ";\nm.inits[" << i
          << "].fanOut = " << spec.fanOut << ";\n";
+    if (spec.loaded)
+      glue << "m.inits[" << i << "].loaded = true;\n";
     if (!spec.literal.empty()) {
       glue << "m.inits[" << i << "].literal = {";
       for (size_t k = 0; k < spec.literal.size(); ++k)

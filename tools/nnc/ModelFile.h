@@ -55,9 +55,11 @@ struct Loaded {
 };
 
 /// Parses and compiles FILE to its training step; `lr` overrides the
-/// optimizer's learning rate before the step is built. Without `train`,
+/// optimizer's learning rate and `freeze` (when given) the train section's
+/// list of tensors held fixed, before the step is built. Without `train`,
 /// only the model function (no loss needed, inputs of any shape).
-int load(const std::string &path, std::optional<double> lr, Loaded &out, bool train = true);
+int load(const std::string &path, std::optional<double> lr, Loaded &out, bool train = true,
+         const std::optional<std::vector<std::string>> &freeze = std::nullopt);
 
 /// A model's training step and evaluation function compiled for this CPU
 /// and JIT-compiled, with the table that runs them (runtime/CompiledModel.h).

@@ -43,7 +43,8 @@ using ref::Tensor;
 
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate before the step is built.
-int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out, bool train) {
+int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out, bool train,
+                      const std::optional<std::vector<std::string>> &freeze) {
   out.path = path;
   if (!out.session.open(path))
     return kUserError;
@@ -66,6 +67,17 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
     if (out.train)
       t.append(out.train.getValue());
     t.set("optimizer", opt.getDictionary(ctx));
+    out.train = t.getDictionary(ctx);
+    (*out.module)->setAttr(nn::attr::kTrain, out.train);
+  }
+  if (freeze) {
+    SmallVector<Attribute> patterns;
+    for (const std::string &p : *freeze)
+      patterns.push_back(b.getStringAttr(p));
+    NamedAttrList t;
+    if (out.train)
+      t.append(out.train.getValue());
+    t.set("freeze", b.getArrayAttr(patterns));
     out.train = t.getDictionary(ctx);
     (*out.module)->setAttr(nn::attr::kTrain, out.train);
   }
@@ -280,7 +292,7 @@ public:
     auto role = m.model.getArgAttrOfType<StringAttr>(*i, nn::attr::kRole);
     auto init = m.model.getArgAttrOfType<DictionaryAttr>(*i, "nn.init");
     auto kind = init ? init.getAs<StringAttr>("kind") : StringAttr();
-    return role && role.getValue() == "frozen" && kind && rt::writtenOut(kind.str());
+    return role && role.getValue() == "frozen" && kind && rt::writtenOut(kind.str()) && !init.get("loaded");
   }
   bool isInteger(const std::string &name) const override {
     std::optional<unsigned> i = argument(name);
@@ -464,8 +476,20 @@ int nnc::driver::runTrain(const Args &args) {
   if (args.has("resume") && !args.has("checkpoint"))
     return usageError("--resume needs --checkpoint PATH", &c);
 
+  std::optional<std::vector<std::string>> freeze;
+  if (args.has("freeze")) {
+    freeze.emplace();
+    std::string list = args.get("freeze");
+    for (llvm::StringRef rest = list; !rest.empty();) {
+      auto [p, tail] = rest.split(',');
+      if (p.trim().empty())
+        return usageError("--freeze takes names or prefixes separated by commas, e.g. conv1,layer1", &c);
+      freeze->push_back(p.trim().str());
+      rest = tail;
+    }
+  }
   Loaded m;
-  if (int rc = load(args.positional[0], lr, m))
+  if (int rc = load(args.positional[0], lr, m, true, freeze))
     return rc;
   o.epochs = epochs >= 0 ? epochs : m.setting("epochs", 1);
   o.batch = batch > 0 ? batch : m.setting("batch", 32);
