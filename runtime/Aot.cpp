@@ -3,6 +3,7 @@
 #include "runtime/Aot.h"
 
 #include "runtime/CudaModel.h"
+#include "runtime/StateDict.h"
 #include "runtime/System.h"
 
 #include <algorithm>
@@ -31,6 +32,8 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
                "  --threads N         worker threads (default: every core)\n"
                "  --checkpoint PATH   save a safetensors checkpoint after every epoch\n"
                "  --resume            continue from --checkpoint\n"
+               "  --init-from FILE    start from a PyTorch state_dict saved as safetensors\n"
+               "  --strict            with --init-from: every tensor must fit exactly\n"
                "  --metrics PATH      append per-epoch metrics to a CSV file\n"
                "  --limit N           train on the first N samples only\n"
                "  --validation F      hold out a fraction F of the training set\n"
@@ -77,6 +80,7 @@ static int run(const ModelDesc &m, int argc, char **argv) {
   double validation = m.validation;
   DataSource source{m.dataKind, m.dataPath};
   int64_t threads = 0;
+  bool strict = false;
   std::map<std::string, std::string> given;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -88,8 +92,12 @@ static int run(const ModelDesc &m, int argc, char **argv) {
       o.resume = true;
       continue;
     }
-    static const char *valued[] = {"--data",  "--epochs", "--batch", "--seed",      "--threads",
-                                   "--checkpoint", "--metrics", "--limit", "--validation"};
+    if (a == "--strict") {
+      strict = true;
+      continue;
+    }
+    static const char *valued[] = {"--data",    "--epochs",  "--batch", "--seed",       "--threads",
+                                   "--checkpoint", "--metrics", "--limit", "--validation", "--init-from"};
     std::string value;
     size_t eq = a.find('=');
     std::string key = eq == std::string::npos ? a : a.substr(0, eq);
@@ -191,5 +199,15 @@ static int run(const ModelDesc &m, int argc, char **argv) {
   if (!m.trainStep.call)
     if (Status s = loadData(source, model->inputs(), validation, o.seed, data); !s)
       return fail(s);
+  if (std::string from = given["--init-from"]; !from.empty()) {
+    std::vector<std::string> names;
+    for (const TensorDesc &t : m.trainStep.args)
+      if (t.role == "param" || t.role == "frozen" || t.role == "state")
+        names.push_back(t.name);
+    LoadReport report;
+    if (Status s = initFrom(*model, names, from, strict, report); !s)
+      return fail(s);
+    std::printf("init-from %s", report.describe(from).c_str());
+  }
   return train(*model, data, o);
 }
