@@ -13,6 +13,8 @@ step, weights out (`nnc export`).
 - `nnc export` of that checkpoint loads into torchvision's model with
   load_state_dict (only `num_batches_tracked` missing) and computes what
   `nnc predict` computes.
+- torchvision's Bottleneck block (ResNet-50's) written as a block gives
+  PyTorch's evaluation-mode outputs.
 - Training the classifier alone (`--freeze` of everything else) leaves the
   held tensors bit-identical and updates the classifier as PyTorch does with
   the backbone's parameters not requiring gradients and its batch norms in
@@ -40,6 +42,31 @@ except ImportError as e:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+
+
+BOTTLENECK = """
+block bottleneck(x, planes, stride=1) {
+  conv1 = conv2d(x, planes, kernel=1, bias=false)
+  bn1 = relu(batch_norm(conv1))
+  conv2 = conv2d(bn1, planes, kernel=3, stride=stride, padding=1, bias=false)
+  bn2 = relu(batch_norm(conv2))
+  conv3 = conv2d(bn2, planes * 4, kernel=1, bias=false)
+  bn3 = batch_norm(conv3)
+  shortcut = batch_norm(conv2d(x, planes * 4, kernel=1, stride=stride, bias=false, name="downsample.0"),
+                        name="downsample.1")
+  return relu(bn3 + shortcut)
+}
+model bneck {
+  input x: f32[B, 8, 9, 9]
+  out = flatten(bottleneck(x, 4, stride=2, name="block"))
+  loss = mean(out * out)
+  output out
+  minimize loss
+}
+train {
+  optimizer = sgd(lr=0.1)
+}
+"""
 
 
 def save_safetensors(path, tensors):
@@ -237,6 +264,23 @@ def main():
             print("%s classifier only, %s: error %.2e of the update" % ("ok  " if err < 1e-3 else "FAIL", k, err))
             if err >= 1e-3:
                 failures.append("classifier-only " + k)
+
+        # 5. ResNet-50's bottleneck block (torchvision's, with its strided
+        # projection) as a block of the language, in evaluation mode.
+        from torchvision.models.resnet import Bottleneck
+        down = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1, stride=2, bias=False), torch.nn.BatchNorm2d(16))
+        bottleneck = Bottleneck(8, 4, stride=2, downsample=down)
+        randomize(bottleneck, gen)
+        bottleneck.eval()
+        save_safetensors(os.path.join(work, "b.st"), {"block." + k: v for k, v in state_dict(bottleneck).items()})
+        open(os.path.join(work, "b.nn"), "w").write(BOTTLENECK)
+        xs = torch.randn(2, 8, 9, 9, generator=gen)
+        with torch.no_grad():
+            want = bottleneck(xs).flatten(1).numpy()
+        write_csv(os.path.join(work, "xb.csv"), xs.numpy())
+        out = run(nnc, ["predict", "b.nn", "--init-from", "b.st", "--strict", "--input", "xb.csv", "--target", "cpu"],
+                  work)
+        close("bottleneck block", predictions(out[out.index("out[0]"):], want.shape[1]), want, 1e-5, failures)
     if failures:
         print("%d check(s) failed: %s" % (len(failures), ", ".join(failures)))
         return 1
