@@ -55,6 +55,15 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
   MLIRContext *ctx = &out.session.ctx;
   Builder b(ctx);
   out.train = (*out.module)->getAttrOfType<DictionaryAttr>(nn::attr::kTrain);
+  // A command-line override of one train-section setting.
+  auto setting = [&](StringRef key, Attribute value) {
+    NamedAttrList t;
+    if (out.train)
+      t.append(out.train.getValue());
+    t.set(key, value);
+    out.train = t.getDictionary(ctx);
+    (*out.module)->setAttr(nn::attr::kTrain, out.train);
+  };
   if (lr) {
     NamedAttrList opt;
     if (out.train)
@@ -63,23 +72,13 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
     if (!opt.get("kind"))
       opt.set("kind", b.getStringAttr("sgd"));
     opt.set("lr", b.getF64FloatAttr(*lr));
-    NamedAttrList t;
-    if (out.train)
-      t.append(out.train.getValue());
-    t.set("optimizer", opt.getDictionary(ctx));
-    out.train = t.getDictionary(ctx);
-    (*out.module)->setAttr(nn::attr::kTrain, out.train);
+    setting("optimizer", opt.getDictionary(ctx));
   }
   if (freeze) {
     SmallVector<Attribute> patterns;
     for (const std::string &p : *freeze)
       patterns.push_back(b.getStringAttr(p));
-    NamedAttrList t;
-    if (out.train)
-      t.append(out.train.getValue());
-    t.set("freeze", b.getArrayAttr(patterns));
-    out.train = t.getDictionary(ctx);
-    (*out.module)->setAttr(nn::attr::kTrain, out.train);
+    setting("freeze", b.getArrayAttr(patterns));
   }
   out.model = *out.module->getOps<func::FuncOp>().begin();
   if (!train) {

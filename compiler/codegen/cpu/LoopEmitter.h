@@ -232,7 +232,7 @@ struct Emitter {
   /// registers (one pass over the data for several sums).
   SmallVector<Value> sumsOver(ArrayRef<Value> bounds, unsigned count,
                               function_ref<SmallVector<Value>(ValueRange)> terms,
-                              function_ref<void(Value)> atOuter = nullptr, Value zero = nullptr) {
+                              function_ref<void(Value)> atOuter = nullptr) {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     SmallVector<Value> ivs;
     std::function<SmallVector<Value>(size_t, ValueRange)> rec = [&](size_t d, ValueRange acc) {
@@ -253,7 +253,7 @@ struct Emitter {
       ivs.pop_back();
       return SmallVector<Value>(f.getResults());
     };
-    SmallVector<Value> init(count, zero ? zero : f32(0.0));
+    SmallVector<Value> init(count, f32(0.0));
     return rec(0, init);
   }
   /// The sum of `term` over the loop nest `bounds`, kept in a register.

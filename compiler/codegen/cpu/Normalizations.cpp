@@ -101,8 +101,8 @@ struct Runs {
     auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
     auto vt = VectorType::get({kLanes}, b.getF32Type());
     Value zero = b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
-    // The outer loops' accumulators are vectors too: sumsOver's innermost
-    // "term" is the run's sums, added lane by lane.
+    // Vector accumulators through the outer loops too; reduced to scalars
+    // once, at the end.
     SmallVector<Value> lanes;
     {
       SmallVector<Value> ivsOuter;
