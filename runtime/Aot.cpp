@@ -3,6 +3,7 @@
 #include "runtime/Aot.h"
 
 #include "runtime/CudaModel.h"
+#include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
 
@@ -25,7 +26,8 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
   std::fprintf(out,
                "usage: %s [options]\n"
                "Trains model '%s' (compiled ahead of time by nnc build).\n\n"
-               "  --data PATH         MNIST directory or CSV file (default: %s)\n"
+               "  --data PATH         training data: a path or KIND(\"path\") (default: %s)\n"
+               "  --test PATH         a separate test set, given as --data is\n"
                "  --epochs N          epochs (default %lld)\n"
                "  --batch N           mini-batch size (default %lld)\n"
                "  --seed N            initialization and shuffling seed (default %llu)\n"
@@ -34,7 +36,14 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
                "  --resume            continue from --checkpoint\n"
                "  --init-from FILE    start from a PyTorch state_dict saved as safetensors\n"
                "  --strict            with --init-from: every tensor must fit exactly\n"
-               "  --metrics PATH      append per-epoch metrics to a CSV file\n"
+               "  --metrics PATH      per-epoch metrics: CSV, or JSON lines (.json, .jsonl)\n"
+               "  --append            append to the --metrics file\n"
+               "  --schedule CALL     learning-rate schedule, e.g. cosine(t_max=10) (none: off)\n"
+               "  --patience N        stop after N epochs without improvement of --monitor\n"
+               "  --monitor M         loss or accuracy (of the validation or test set)\n"
+               "  --save-best PATH    keep the checkpoint of the best epoch\n"
+               "  --quiet             errors and the last epoch's line only\n"
+               "  --verbose           every epoch, and the time spent loading data\n"
                "  --limit N           train on the first N samples only\n"
                "  --validation F      hold out a fraction F of the training set\n"
                "  --help              this text\n",
@@ -96,8 +105,13 @@ static int run(const ModelDesc &m, int argc, char **argv) {
       strict = true;
       continue;
     }
-    static const char *valued[] = {"--data",    "--epochs",  "--batch", "--seed",       "--threads",
-                                   "--checkpoint", "--metrics", "--limit", "--validation", "--init-from"};
+    if (a == "--quiet" || a == "--verbose" || a == "--append") {
+      given[a] = "1";
+      continue;
+    }
+    static const char *valued[] = {"--data",       "--epochs",  "--batch",      "--seed",     "--threads",
+                                   "--checkpoint", "--metrics", "--limit",      "--validation", "--init-from",
+                                   "--test",       "--schedule", "--patience",  "--monitor",  "--save-best"};
     std::string value;
     size_t eq = a.find('=');
     std::string key = eq == std::string::npos ? a : a.substr(0, eq);
@@ -125,11 +139,34 @@ static int run(const ModelDesc &m, int argc, char **argv) {
     return true;
   };
   int64_t seed = static_cast<int64_t>(o.seed);
+  o.patience = m.patience;
+  o.topK = m.topK;
+  o.minDelta = m.minDelta;
+  o.monitor = given.count("--monitor") ? given["--monitor"] : m.monitor;
+  if (o.monitor != "loss" && o.monitor != "accuracy")
+    return bad("--monitor must be loss or accuracy");
+  o.saveBest = given["--save-best"];
+  o.append = given.count("--append") != 0;
+  if (given.count("--quiet") && given.count("--verbose"))
+    return bad("--quiet and --verbose exclude each other");
+  o.verbosity = given.count("--quiet") ? 0 : given.count("--verbose") ? 2 : 1;
+  std::string schedule = given.count("--schedule") ? given["--schedule"] : m.schedule;
+  if (!schedule.empty() && schedule != "none") {
+    Status s = parseCall(schedule, o.schedule);
+    if (s)
+      s = checkSchedule(o.schedule);
+    if (!s)
+      return bad("--schedule: " + s.message());
+  }
+  std::vector<Call> transforms;
+  if (Status s = parseCallList(m.transforms, transforms); !s)
+    return bad(s.message());
   for (auto [key, out, min] : {std::tuple<const char *, int64_t *, int64_t>{"--epochs", &o.epochs, 1},
                                {"--batch", &o.batch, 1},
                                {"--seed", &seed, 0},
                                {"--threads", &threads, 1},
-                               {"--limit", &o.limit, 1}})
+                               {"--limit", &o.limit, 1},
+                               {"--patience", &o.patience, 1}})
     if (!integer(key, *out, min))
       return bad(std::string(key) + " needs an integer of at least " + std::to_string(min) +
                  ", got '" + given[key] + "'");
@@ -140,10 +177,23 @@ static int run(const ModelDesc &m, int argc, char **argv) {
     if (*end || !(validation >= 0 && validation < 1))
       return bad("--validation needs a fraction in [0, 1), got '" + given["--validation"] + "'");
   }
-  if (given.count("--data")) {
-    source.path = given["--data"];
-    size_t n = source.path.size();
-    source.kind = n >= 4 && source.path.compare(n - 4, 4, ".csv") == 0 ? "csv" : "mnist";
+  source.testKind = m.testKind;
+  source.testPath = m.testPath;
+  for (auto [flag, kind, path] : {std::tuple{"--data", &source.kind, &source.path},
+                                  std::tuple{"--test", &source.testKind, &source.testPath}}) {
+    if (!given.count(flag))
+      continue;
+    const std::string &v = given[flag];
+    if (v.find('(') == std::string::npos) {
+      *path = v;
+      *kind = guessKind(v);
+      continue;
+    }
+    Call call;
+    if (Status s = parseCall(v, call); !s || call.args.size() != 1 || !call.args[0].isString)
+      return bad(std::string(flag) + " takes a path or KIND(\"path\")");
+    *kind = call.name;
+    *path = call.args[0].text;
   }
   o.checkpoint = given["--checkpoint"];
   o.metrics = given["--metrics"];
@@ -199,6 +249,17 @@ static int run(const ModelDesc &m, int argc, char **argv) {
   if (!m.trainStep.call)
     if (Status s = loadData(source, model->inputs(), validation, o.seed, data); !s)
       return fail(s);
+  if (Status s = setTransforms(data, model->inputs(), transforms, o.seed); !s)
+    return fail(s);
+  o.settings = {{"program", tool},
+                {"data", source.kind + "(" + source.path + ")"},
+                {"epochs", std::to_string(o.epochs)},
+                {"batch", std::to_string(o.batch)},
+                {"seed", std::to_string(o.seed)},
+                {"lr", std::to_string(model->learningRate())},
+                {"schedule", o.schedule.name.empty() ? "none" : o.schedule.text()},
+                {"transform", callListText(transforms)},
+                {"validation", std::to_string(validation)}};
   if (std::string from = given["--init-from"]; !from.empty()) {
     std::vector<std::string> names;
     for (const TensorDesc &t : m.trainStep.args)

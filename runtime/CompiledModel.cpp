@@ -109,7 +109,10 @@ StepLayout::StepLayout(const FunctionDesc &f) {
     }
     if (t.role == "step")
       stepArg = i;
-    else
+    else if (t.role == "lr") {
+      lrArg = i;
+      learningRate = t.value;
+    } else
       stateNames.push_back(t.name);
   }
   for (size_t r = 1; r < f.results.size(); ++r) {
@@ -201,6 +204,7 @@ int64_t StepLayout::inputOf(size_t a) const {
 CompiledModel::CompiledModel(const ModelDesc &m, uint64_t seed, std::string backend)
     : m(m), seed(seed), backend(std::move(backend)), layout(m.trainStep), trainFrame(new Frame),
       evalFrame(new Frame) {
+  lr = layout.learningRate;
   for (const TensorDesc &t : m.trainStep.args)
     state.push_back({t.name, t.shapeAt(0), Floats(std::max<int64_t>(0, t.numel(0)))});
 }
@@ -241,6 +245,8 @@ Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
   ++stepCount;
   if (layout.stepArg != SIZE_MAX)
     state[layout.stepArg].data.assign(1, static_cast<float>(stepCount));
+  if (layout.lrArg != SIZE_MAX)
+    state[layout.lrArg].data.assign(1, static_cast<float>(lr));
   run(f, frame, batch, n);
   loss = frame.result(f, 0, n).data[0];
   for (auto [r, a] : layout.updates) {

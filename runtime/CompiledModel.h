@@ -36,6 +36,7 @@ struct TensorDesc {
   bool integer = false;   // i32, else f32
   std::vector<int64_t> shape; // a negative size -k means k per batch element
   int64_t classes = 0;        // an i32 input's class count (ModelInput::classes)
+  double value = 0;           // a scalar the runtime sets (role "lr"): its default
 
   /// The sizes and element count for a batch of `batch`.
   std::vector<int64_t> shapeAt(int64_t batch) const {
@@ -108,6 +109,11 @@ struct ModelDesc {
   bool shuffle = true;
   double validation = 0;
   std::string dataKind, dataPath;
+  std::string testKind, testPath;
+  std::string transforms, schedule; // canonical call text (runtime/Call.h)
+  int64_t patience = 0, topK = 5;
+  std::string monitor = "loss";
+  double minDelta = 0;
 };
 
 /// How a training step's arguments and results meet the model: the inputs
@@ -120,6 +126,9 @@ struct StepLayout {
   std::vector<ModelInput> inputs;
   std::vector<size_t> inputArgs;
   size_t stepArg = SIZE_MAX;
+  /// The learning-rate argument (SIZE_MAX: none) and its default.
+  size_t lrArg = SIZE_MAX;
+  double learningRate = 0;
   std::vector<std::string> stateNames;
   std::vector<std::pair<size_t, size_t>> updates;
   /// The index of `batch` feeding argument `a`, or -1 when it is state.
@@ -185,6 +194,8 @@ public:
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
   bool isConstant(const std::string &name) const override { return isConstantOf(m, name); }
+  double learningRate() const override { return lr; }
+  void setLearningRate(double v) override { lr = v; }
   bool isInteger(const std::string &name) const override { return isIntegerOf(m, name); }
   uint64_t steps() const override { return stepCount; }
   void setSteps(uint64_t n) override { stepCount = n; }
@@ -199,6 +210,7 @@ private:
   StepLayout layout;
   std::vector<HostTensor> state; // per training-step argument
   uint64_t stepCount = 0;
+  double lr = 0;
   std::unique_ptr<Frame> trainFrame, evalFrame;
 };
 

@@ -59,6 +59,7 @@ struct Scalars {
     float f;
     int32_t i;
   } stepWord;
+  float lr;
   float loss;
 };
 
@@ -92,6 +93,7 @@ struct CudaModel::Impl {
   const std::vector<size_t> &inputArgs = layout.inputArgs;
   const size_t &stepArg = layout.stepArg;
   uint64_t stepCount = 0;
+  double lr = layout.learningRate;
   void *compute = nullptr, *copy = nullptr;
   std::vector<CuDevicePtr> state; // per training-step argument (inputs: 0)
   CuDevicePtr rng = 0;
@@ -398,6 +400,11 @@ struct CudaModel::Impl {
       if (int rc = d.memcpyHtoDAsync(state[stepArg], &s.stepWord, 4, compute))
         return d.fail("sending the step count", rc);
     }
+    if (layout.lrArg != SIZE_MAX) {
+      s.lr = static_cast<float>(lr);
+      if (int rc = d.memcpyHtoDAsync(state[layout.lrArg], &s.lr, 4, compute))
+        return d.fail("sending the learning rate", rc);
+    }
     return Status::ok();
   }
 
@@ -521,7 +528,8 @@ struct CudaModel::Impl {
 
   size_t indexOf(const std::string &name) const {
     for (size_t i = 0; i < m.trainStep.args.size(); ++i)
-      if (m.trainStep.args[i].name == name && m.trainStep.args[i].role != "input" && i != stepArg)
+      if (m.trainStep.args[i].name == name && m.trainStep.args[i].role != "input" && i != stepArg &&
+          i != layout.lrArg)
         return i;
     return SIZE_MAX;
   }
@@ -560,6 +568,8 @@ std::string CudaModel::modelName() const { return impl->m.name; }
 const std::vector<ModelInput> &CudaModel::inputs() const { return impl->layout.inputs; }
 uint64_t CudaModel::steps() const { return impl->stepCount; }
 void CudaModel::setSteps(uint64_t n) { impl->stepCount = n; }
+double CudaModel::learningRate() const { return impl->lr; }
+void CudaModel::setLearningRate(double lr) { impl->lr = lr; }
 int64_t CudaModel::stepsInFlight() const { return kInFlight; }
 
 Status CudaModel::stepAsync(const std::vector<HostTensor> &batch, double *loss) {

@@ -47,6 +47,8 @@ public:
   bool isInteger(const std::string &name) const override;
   uint64_t steps() const override;
   void setSteps(uint64_t n) override;
+  double learningRate() const override;
+  void setLearningRate(double lr) override;
 
   /// One training step (as `step`), each launch of it timed on the device
   /// between events: `seconds[k]` is the time of the training step's

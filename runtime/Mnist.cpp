@@ -2,6 +2,7 @@
 
 #include "runtime/Mnist.h"
 #include "runtime/Memory.h"
+#include "runtime/Sources.h"
 
 #include <fstream>
 #include <iterator>
@@ -9,6 +10,8 @@
 namespace nnc::rt {
 
 static Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
+  if (path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0)
+    return readWholeFile(path, bytes);
   std::ifstream in(path, std::ios::binary);
   if (!in)
     return Status::error(path + ": cannot open the file");
@@ -83,8 +86,12 @@ Status loadIdx(const std::string &imagesPath, const std::string &labelsPath,
 }
 
 Status loadMnist(const std::string &dir, const std::string &split, Dataset &out) {
-  return loadIdx(dir + "/" + split + "-images-idx3-ubyte",
-                 dir + "/" + split + "-labels-idx1-ubyte", out);
+  // The files as distributed (gzipped) or unpacked, whichever is there.
+  auto pick = [&](const std::string &name) {
+    std::string path = dir + "/" + name;
+    return !std::ifstream(path).good() && std::ifstream(path + ".gz").good() ? path + ".gz" : path;
+  };
+  return loadIdx(pick(split + "-images-idx3-ubyte"), pick(split + "-labels-idx1-ubyte"), out);
 }
 
 } // namespace nnc::rt

@@ -6,12 +6,14 @@
 
 namespace nnc::rt {
 
-Progress::Progress(FILE *out) : out(out), tty(isatty(fileno(out)) != 0) {
+Progress::Progress(FILE *out) : out(out), tty(out && isatty(fileno(out)) != 0) {
   start = lastPrint = std::chrono::steady_clock::now();
 }
 
 void Progress::update(int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss,
                       int64_t samples) {
+  if (!out) // quiet
+    return;
   auto now = std::chrono::steady_clock::now();
   if (samplesAtStart < 0) {
     samplesAtStart = samples;

@@ -13,6 +13,7 @@
 #ifndef NNC_RUNTIME_TRAINING_H
 #define NNC_RUNTIME_TRAINING_H
 
+#include "runtime/Call.h"
 #include "runtime/Checkpoint.h"
 #include "runtime/Data.h"
 #include "runtime/Status.h"
@@ -68,56 +69,113 @@ public:
   /// checkpoint may not change: a frozen tensor with written-out values,
   /// which compiled code may have folded in.
   virtual bool isConstant(const std::string &name) const { return false; }
+  /// The learning rate the next steps use: the optimizer's `lr` until
+  /// setLearningRate changes it (a schedule, between steps).
+  virtual double learningRate() const = 0;
+  virtual void setLearningRate(double lr) = 0;
   /// Whether state tensor `name` is i32 (labels, indices): a checkpoint
   /// stores it as I32.
   virtual bool isInteger(const std::string &name) const { return false; }
 };
 
+/// Where data comes from: `kind` is mnist (a directory of IDX files,
+/// gzipped or not), csv, cifar10, npz, npy (a directory of .npy files) or
+/// images (a folder of class folders); the test set comes with the data
+/// (MNIST's t10k, CIFAR-10's test_batch, `NAME_test` arrays, a test/
+/// folder) or from `testKind` and `testPath`.
 struct DataSource {
-  std::string kind; // "mnist" (a directory of IDX files) or "csv"
+  std::string kind;
   std::string path;
+  std::string testKind, testPath;
 };
 
-/// The training set (and test set, for MNIST or a validation split) bound
-/// to the model's inputs.
+/// The kind of the data at `path` when none is named: csv and npz by
+/// extension; a directory by what it holds.
+std::string guessKind(const std::string &path);
+
+/// What turns rows into batches: transforms of input `input` (the model's
+/// first f32 input, of sizes `dims`), seeded by `seed`.
+struct Pipeline {
+  std::vector<Call> transforms;
+  int input = -1;
+  std::vector<int64_t> dims;
+  uint64_t seed = 0;
+  bool empty() const { return transforms.empty(); }
+};
+
+/// The training set and the set each epoch is scored on, bound to the
+/// model's inputs.
 struct BoundData {
   Table train, test;
   bool hasTest = false;
+  /// What the scored set is called: "test" (a set of its own) or
+  /// "validation" (held out of the training set).
+  std::string testName = "test";
+  /// Class names, when the data names them (an image folder).
+  std::vector<std::string> classNames;
+  Pipeline pipeline;
 };
 
 /// Loads `source` and binds it to `inputs`; `validation` > 0 splits that
-/// fraction of the training set off as the test set.
+/// fraction of the training set off as the scored set (instead of a test
+/// set that comes with the data).
 Status loadData(const DataSource &source, const std::vector<ModelInput> &inputs,
                 double validation, uint64_t seed, BoundData &out);
 
-/// Regroups a data set's fields into one field per model input (MNIST:
-/// images and labels by type, moved out of `data`; CSV: consecutive columns).
-/// Checks what the compiled code cannot: i32 inputs hold whole numbers, and
-/// labels lie in [0, classes); errors name the file and row.
-Status bindInputs(Table &&data, const std::vector<ModelInput> &inputs, bool mnist,
-                  Table &out);
+/// Sets the transforms of `data` (checked against the model's first f32
+/// input).
+Status setTransforms(BoundData &data, const std::vector<ModelInput> &inputs, const std::vector<Call> &transforms,
+                     uint64_t seed);
+
+/// How a table's fields meet the model's inputs: consecutive columns in
+/// input order, by type (an image field and a label field), or by name.
+enum class Binding { ByPosition, ByType, ByName };
+
+/// ByName when every input names a field of `t` (a CSV header, arrays),
+/// else ByPosition.
+Binding bindingOf(const Table &t, const std::vector<ModelInput> &inputs);
+
+/// Regroups a data set's fields into one field per model input (ByType:
+/// images and labels, moved out of `data`). Checks what the compiled code
+/// cannot: i32 inputs hold whole numbers, and labels lie in [0, classes);
+/// errors name the file and row.
+Status bindInputs(Table &&data, const std::vector<ModelInput> &inputs, Binding binding, Table &out);
 
 /// The tensors of the rows `indices` of a bound table.
 std::vector<HostTensor> batchOf(const Table &t, const std::vector<ModelInput> &inputs,
                                 const std::vector<int64_t> &indices);
 /// The same into `out`, reusing its storage (a training loop gathers every
-/// batch into the same memory instead of fresh pages each step).
+/// batch into the same memory instead of fresh pages each step). With a
+/// pipeline, its transforms apply: all of them to training batches
+/// (`epoch` > 0), the deterministic ones otherwise.
 void batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
-               std::vector<HostTensor> &out);
+               std::vector<HostTensor> &out, const Pipeline *pipeline = nullptr, int64_t epoch = 0);
 
 struct Score {
   double loss = 0;
+  /// A classifier (i32 labels against the first output's argmax, or a 0/1
+  /// target against the first output thresholded at 0.5): top-1 and top-k
+  /// accuracy, and the confusion matrix (row: label, column: prediction).
   bool hasAccuracy = false;
   double accuracy = 0;
+  int64_t k = 0;
+  double topK = 0;
+  int64_t classes = 0;
+  std::vector<int64_t> confusion;
+  /// A regression (an f32 target the first output estimates, element by
+  /// element): mean squared and absolute error, and R^2.
+  bool hasRegression = false;
+  double mse = 0, mae = 0, r2 = 0;
 };
 
-/// Samples score() evaluates at once.
+/// Samples score() evaluates at once when no batch is given.
 constexpr int64_t kEvalChunk = 1000;
 
-/// Loss and accuracy of the model in evaluation mode over a whole table:
-/// class labels against the first output's argmax, or a 0/1 target against
-/// the first output thresholded at 0.5.
-Status score(Trainable &m, const Table &data, Score &out);
+/// Loss and metrics of the model in evaluation mode over a whole table, in
+/// batches of `batch` (training's, so that a summed loss means the same as
+/// in training's lines); top-`k` accuracy too when `k` > 1.
+Status score(Trainable &m, const Table &data, Score &out, int64_t batch = kEvalChunk,
+             const Pipeline *pipeline = nullptr, int64_t k = 5);
 
 /// Checkpoints of a model's whole state, with its name, epoch, step, seed
 /// and `extra` metadata.
@@ -131,6 +189,10 @@ Status restoreState(Trainable &m, const std::string &path, Metadata &meta);
 Status restoreFrom(Trainable &m, const std::vector<HostTensor> &tensors, Metadata &meta,
                    const std::string &path);
 
+/// Metadata `key` of checkpoint `path` as a whole number in [0, max];
+/// absent reads as 0.
+Status metaInteger(const std::string &path, Metadata &meta, const char *key, int64_t max, int64_t &out);
+
 /// The most epochs a run or a checkpoint may name.
 constexpr int64_t kMaxEpochs = 1000000;
 
@@ -141,9 +203,28 @@ struct TrainOptions {
   int64_t limit = -1; // train on the first `limit` samples only
   std::string checkpoint, metrics;
   bool resume = false;
+  /// Appends to an existing metrics file instead of starting a new one
+  /// (a resumed run always appends).
+  bool append = false;
   std::string tool = "nnc"; // error messages start with "TOOL: error: "
   /// The command that resumes this run, printed when a signal stops it.
   std::string resumeCommand;
+  /// A learning-rate schedule (name empty: the optimizer's rate throughout).
+  Call schedule;
+  /// Early stopping: after `patience` epochs (0: never) in which `monitor`
+  /// ("loss" or "accuracy" of the scored set) did not improve by more
+  /// than `minDelta`. `saveBest` keeps the best epoch's state there.
+  int64_t patience = 0;
+  std::string monitor = "loss";
+  double minDelta = 0;
+  std::string saveBest;
+  /// Top-k accuracy reported beside top-1 (classifiers with more classes).
+  int64_t topK = 5;
+  /// 0: errors and the final line only; 1: a line per epoch; 2: also where
+  /// the time goes (data loading against the steps).
+  int verbosity = 1;
+  /// Every setting of the run, recorded in the metrics file.
+  std::vector<std::pair<std::string, std::string>> settings;
 };
 
 /// Trains `m` on `data` for the options' epochs, printing a line per epoch

@@ -11,6 +11,7 @@
 
 #include "compiler/frontend/MLIRGen.h"
 #include "compiler/frontend/Parser.h"
+#include "runtime/Call.h"
 
 #include "dialects/nn/NNOps.h"
 #include "dialects/nn/ShapeRules.h"
@@ -125,6 +126,9 @@ public:
   DictionaryAttr genLiteralInit(const Expr &e, RankedTensorType type,
                                 const std::string &name);
   DictionaryAttr genTrain(const TrainSection &t);
+  DictionaryAttr genDataSource(const Expr &v);
+  bool callOf(const Expr &e, rt::Call &out);
+  std::vector<int64_t> imageDims();
 
   // Expressions.
   Value genExpr(const Expr &e);

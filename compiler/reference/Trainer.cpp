@@ -38,6 +38,11 @@ FailureOr<Trainer> Trainer::create(ModuleOp module, uint64_t seed,
     if (role == "input") {
       t.inputArgs.push_back(i);
       t.args.emplace_back();
+    } else if (role == "lr") {
+      t.lrArg = i;
+      auto v = fn.getArgAttrOfType<FloatAttr>(i, nnops::attr::kValue);
+      t.lr = v ? v.getValueAsDouble() : 0.0;
+      t.args.push_back(Tensor::scalar(t.lr));
     } else if (role == "opt_state" || role == "step") {
       t.args.push_back(Tensor::filled(std::vector<int64_t>(type.getShape().begin(),
                                                            type.getShape().end())));
@@ -71,6 +76,8 @@ FailureOr<double> Trainer::step(ArrayRef<Tensor> inputs) {
     args[i] = t;
   ++stepCount;
   args[stepArg] = Tensor::scalar(static_cast<double>(stepCount));
+  if (lrArg) // as f32, the type the compiled code holds it in
+    args[*lrArg] = Tensor::scalar(static_cast<double>(static_cast<float>(lr)));
   auto results = executor->run(trainStep, args, EvalOptions{seed, stepCount});
   if (failed(results))
     return failure();
@@ -94,7 +101,7 @@ Tensor *Trainer::tensor(StringRef name) {
 std::vector<std::string> Trainer::stateNames() const {
   std::vector<std::string> out;
   for (unsigned i = 0; i < names.size(); ++i)
-    if (!llvm::is_contained(inputArgs, i) && i != stepArg)
+    if (!llvm::is_contained(inputArgs, i) && i != stepArg && i != lrArg)
       out.push_back(names[i]);
   return out;
 }

@@ -15,6 +15,7 @@
 
 #include "mlir/IR/BuiltinOps.h"
 
+#include <optional>
 #include <string>
 
 namespace nnc::ref {
@@ -42,6 +43,9 @@ public:
   std::vector<std::string> stateNames() const;
   uint64_t steps() const { return stepCount; }
   void setSteps(uint64_t n) { stepCount = n; }
+  /// The learning rate of the next steps (the optimizer's `lr` at first).
+  double learningRate() const { return lr; }
+  void setLearningRate(double v) { lr = v; }
   mlir::func::FuncOp modelFunction() const { return model; }
   const char *backendName() const { return executor->name(); }
 
@@ -55,6 +59,8 @@ private:
   std::vector<std::pair<unsigned, unsigned>> updates; // result -> argument
   std::vector<std::string> names;    // per argument
   unsigned stepArg = 0;
+  std::optional<unsigned> lrArg;
+  double lr = 0;
   uint64_t seed = 0, stepCount = 0;
 };
 

@@ -32,6 +32,7 @@ struct Update {
   GradBuilder &g;
   DictionaryAttr hp; // hyper-parameters
   Value p, grad, t;  // t: the step number, from 1
+  Value lr;          // the learning rate, an argument (schedules change it)
   SmallVector<Value> slots, newSlots;
   Value newP;
 
@@ -69,14 +70,14 @@ const std::vector<Optimizer> &optimizers() {
            u.newSlots.push_back(buf);
            d = u.get("nesterov") != 0 ? u.g.add(d, u.g.mul(buf, mu)) : buf;
          }
-         u.newP = u.g.sub(u.p, u.g.mul(d, u.get("lr")));
+         u.newP = u.g.sub(u.p, u.g.mul(d, u.lr));
        }},
       {"adagrad", {"sum"}, [](const Update &) -> unsigned { return 1; },
        [](Update &u) {
          Value sum = u.g.add(u.slots[0], u.sq(u.grad));
          u.newSlots.push_back(sum);
          Value step = u.g.div(u.grad, u.g.add(u.sqrt(sum), u.get("eps")));
-         u.newP = u.g.sub(u.p, u.g.mul(step, u.get("lr")));
+         u.newP = u.g.sub(u.p, u.g.mul(step, u.lr));
        }},
       {"rmsprop", {"square_avg", "momentum_buffer"},
        [](const Update &u) -> unsigned { return u.get("momentum") != 0 ? 2 : 1; },
@@ -88,7 +89,7 @@ const std::vector<Optimizer> &optimizers() {
            step = u.g.add(u.g.mul(u.slots[1], mu), step);
            u.newSlots.push_back(step);
          }
-         u.newP = u.g.sub(u.p, u.g.mul(step, u.get("lr")));
+         u.newP = u.g.sub(u.p, u.g.mul(step, u.lr));
        }},
       {"adadelta", {"square_avg", "acc_delta"}, all,
        [](Update &u) {
@@ -98,7 +99,7 @@ const std::vector<Optimizer> &optimizers() {
                                u.grad);
          Value acc = u.ema(u.slots[1], u.sq(delta), rho);
          u.newSlots = {v, acc};
-         u.newP = u.g.sub(u.p, u.g.mul(delta, u.get("lr")));
+         u.newP = u.g.sub(u.p, u.g.mul(delta, u.lr));
        }},
       {"adam", {"exp_avg", "exp_avg_sq"}, all,
        [](Update &u) {
@@ -112,7 +113,7 @@ const std::vector<Optimizer> &optimizers() {
          };
          Value denom = u.g.add(u.g.div(u.sqrt(v), u.sqrt(correction(b2))), u.get("eps"));
          Value step = u.g.div(u.g.div(m, correction(b1)), denom);
-         u.newP = u.g.sub(u.p, u.g.mul(step, u.get("lr")));
+         u.newP = u.g.sub(u.p, u.g.mul(step, u.lr));
        }},
   };
   return table;
@@ -198,7 +199,7 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
   // Optimizer state arguments, then the step number.
   SmallVector<SmallVector<Value>> slots(params.size());
   SmallVector<std::pair<std::string, Value>> slotArgs;
-  Update probe{g, hp, {}, {}, {}, {}, {}, {}};
+  Update probe{g, hp, {}, {}, {}, {}, {}, {}, {}};
   unsigned numSlots = opt->slotCount(probe);
   for (auto [k, i] : llvm::enumerate(params)) {
     std::string name = stringAttr(step, i, nnops::attr::kName).str();
@@ -212,6 +213,14 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
   }
   Value t = body.addArgument(RankedTensorType::get({}, b.getF32Type()), step.getLoc());
   argAttrs.push_back(named("step", "step"));
+  // The learning rate is an argument, not a constant of the code, so that
+  // a schedule changes it between steps without compiling again; the
+  // optimizer's `lr` is its value unless a schedule says otherwise.
+  double lr = cast<FloatAttr>(hp.get("lr")).getValueAsDouble();
+  Value lrArg = body.addArgument(RankedTensorType::get({}, b.getF32Type()), step.getLoc());
+  argAttrs.push_back(b.getDictionaryAttr({b.getNamedAttr(nnops::attr::kName, b.getStringAttr("lr")),
+                                          b.getNamedAttr(nnops::attr::kRole, b.getStringAttr("lr")),
+                                          b.getNamedAttr(nnops::attr::kValue, b.getF64FloatAttr(lr))}));
 
   // Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_).
   SmallVector<Value> grads(gradsIn);
@@ -230,7 +239,6 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
   }
 
   // Parameter updates.
-  double lr = cast<FloatAttr>(hp.get("lr")).getValueAsDouble();
   auto wdAttr = dyn_cast_or_null<FloatAttr>(hp.get("weight_decay"));
   double wd = wdAttr ? wdAttr.getValueAsDouble() : 0.0;
   SmallVector<Value> newParams;
@@ -240,8 +248,8 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
     if (wd != 0 && !decoupled)
       d = g.add(d, g.mul(p, wd)); // L2: weight decay enters the gradient
     if (wd != 0 && decoupled)
-      p = g.mul(p, 1.0 - lr * wd); // AdamW decays the weight itself
-    Update u{g, hp, p, d, t, slots[k], {}, {}};
+      p = g.mul(p, g.rsub(1.0, g.mul(lrArg, wd))); // AdamW decays the weight itself
+    Update u{g, hp, p, d, t, lrArg, slots[k], {}, {}};
     opt->update(u);
     newParams.push_back(u.newP);
     llvm::append_range(newSlots, u.newSlots);

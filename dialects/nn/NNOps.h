@@ -31,6 +31,9 @@ inline constexpr llvm::StringLiteral kInit = "nn.init";
 inline constexpr llvm::StringLiteral kDims = "nn.dims";
 inline constexpr llvm::StringLiteral kModel = "nn.model";
 inline constexpr llvm::StringLiteral kTrain = "nn.train";
+/// On a scalar argument the runtime sets (the learning rate): its value
+/// when nothing sets it.
+inline constexpr llvm::StringLiteral kValue = "nn.value";
 } // namespace attr
 
 /// Whether every element of `op`'s result is a function of its operands'

@@ -42,6 +42,8 @@ public:
   }
   uint64_t steps() const override { return count; }
   void setSteps(uint64_t s) override { count = s; }
+  double learningRate() const override { return 0; }
+  void setLearningRate(double) override {}
   bool isInteger(const std::string &name) const override { return name == "n"; }
 
 private:

@@ -73,7 +73,7 @@ TEST(Runtime, MnistBatchesScaleTheStoredBytes) {
   ASSERT_TRUE(loadIdx(img, lab, d).isOk());
   std::vector<ModelInput> inputs{{"x", {4}, 4, false}, {"y", {}, 1, true}};
   Table bound;
-  Status s = bindInputs(fromMnist(std::move(d)), inputs, /*mnist=*/true, bound);
+  Status s = bindInputs(fromMnist(std::move(d)), inputs, Binding::ByType, bound);
   ASSERT_TRUE(s.isOk()) << s.message();
   ASSERT_EQ(bound.fields.size(), 2u);
   EXPECT_EQ(bound.fields[0].pixels.size(), 20u); // still bytes
@@ -222,11 +222,11 @@ TEST(Runtime, BindingChecksLabels) {
   Table raw, bound;
   ASSERT_TRUE(loadCsv(path, raw).isOk());
   std::vector<ModelInput> inputs{{"x", {}, 1, false}, {"y", {}, 1, true, 2}};
-  EXPECT_EQ(bindInputs(std::move(raw), inputs, false, bound).message(),
+  EXPECT_EQ(bindInputs(std::move(raw), inputs, Binding::ByPosition, bound).message(),
             path + ":4: label 2 of input 'y' is outside the model's 2 classes [0, 2)");
   ASSERT_TRUE(loadCsv(path, raw).isOk());
   inputs[1].classes = 3;
-  EXPECT_TRUE(bindInputs(std::move(raw), inputs, false, bound).isOk());
+  EXPECT_TRUE(bindInputs(std::move(raw), inputs, Binding::ByPosition, bound).isOk());
 }
 
 TEST(Runtime, MachineLimits) {

@@ -70,7 +70,7 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
          << (t.integer ? "true" : "false") << ", {";
       for (size_t i = 0; i < t.shape.size(); ++i)
         os << (i ? ", " : "") << t.shape[i];
-      os << "}, " << t.classes << "},\n";
+      os << "}, " << t.classes << ", " << number(t.value) << "},\n";
     }
     os << "};\n";
   };
@@ -235,11 +235,22 @@ int nnc::driver::runBuild(const Args &args) {
     Args none;
     if (int rc = dataSource(m, none, source))
       return rc;
-    llvm::SmallString<256> absolute(source.path);
-    llvm::sys::fs::make_absolute(absolute);
-    glue << "m.dataKind = " << quoted(source.kind) << ";\nm.dataPath = " << quoted(absolute)
-         << ";\n";
+    for (auto [kind, path, field] : {std::tuple{&source.kind, &source.path, "data"},
+                                     std::tuple{&source.testKind, &source.testPath, "test"}}) {
+      if (path->empty())
+        continue;
+      llvm::SmallString<256> absolute(*path);
+      llvm::sys::fs::make_absolute(absolute);
+      glue << "m." << field << "Kind = " << quoted(*kind) << ";\nm." << field << "Path = " << quoted(absolute)
+           << ";\n";
+    }
   }
+  // Schedules, transforms and early stopping as the train section says.
+  glue << "m.transforms = " << quoted(m.text("transform")) << ";\nm.schedule = " << quoted(m.text("schedule"))
+       << ";\nm.patience = " << m.setting("patience", 0) << ";\nm.topK = " << m.setting("top_k", 5)
+       << ";\nm.minDelta = " << number(m.real("min_delta", 0)) << ";\n";
+  if (!m.text("monitor").empty())
+    glue << "m.monitor = " << quoted(m.text("monitor")) << ";\n";
   glue << "return nnc::rt::aot::main(m, argc, argv);\n}\n";
 
   // Object code, the description, and the link, in a scratch directory; the
@@ -271,7 +282,8 @@ int nnc::driver::runBuild(const Args &args) {
   for (llvm::StringRef flag : llvm::split(llvm::StringRef(NNC_LINK_FLAGS), ' '))
     if (!flag.empty())
       argv.push_back(flag.str());
-  argv.insert(argv.end(), {"-lm", "-o", std::string(partial)});
+  // The data formats' libraries (runtime/CMakeLists.txt).
+  argv.insert(argv.end(), {"-lzip", "-lpng", "-ljpeg", "-lz", "-lm", "-o", std::string(partial)});
   std::vector<llvm::StringRef> argRefs(argv.begin(), argv.end());
   std::optional<llvm::StringRef> redirects[] = {std::nullopt, llvm::StringRef(log),
                                                 llvm::StringRef(log)};

@@ -116,6 +116,10 @@ int runExport(const Args &args);
 int runBuild(const Args &args);
 int runBench(const Args &args);
 int runTune(const Args &args);
+int runData(const Args &args);
+int runSummary(const Args &args);
+int runInspect(const Args &args);
+int runPlot(const Args &args);
 
 } // namespace nnc::driver
 

@@ -45,6 +45,10 @@ struct Loaded {
     auto a = train ? llvm::dyn_cast_or_null<mlir::FloatAttr>(train.get(key)) : mlir::FloatAttr();
     return a ? a.getValueAsDouble() : dflt;
   }
+  std::string text(llvm::StringRef key) const {
+    auto a = train ? llvm::dyn_cast_or_null<mlir::StringAttr>(train.get(key)) : mlir::StringAttr();
+    return a ? a.str() : "";
+  }
   std::optional<unsigned> lossResult() const {
     for (unsigned i = 0; i < model.getNumResults(); ++i)
       if (auto r = model.getResultAttrOfType<mlir::StringAttr>(i, nn::attr::kRole))
@@ -53,6 +57,9 @@ struct Loaded {
     return std::nullopt;
   }
 };
+
+/// The inputs as the runtime binds data to them.
+std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs);
 
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate and `freeze` (when given) the train section's

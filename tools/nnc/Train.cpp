@@ -18,6 +18,7 @@
 #include "dialects/nn/NNOps.h"
 #include "runtime/CudaDevice.h"
 #include "runtime/CudaModel.h"
+#include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
 #include "runtime/Training.h"
@@ -27,6 +28,7 @@
 
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/ToolOutputFile.h"
 
@@ -130,23 +132,51 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
 }
 
 
-/// The data named by --data or the train section.
-int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
-  if (m.train)
-    if (auto d = dyn_cast_or_null<DictionaryAttr>(m.train.get("data"))) {
-      out.kind = cast<StringAttr>(d.get("kind")).str();
-      // Relative paths in a model file are relative to the file.
-      StringRef given = cast<StringAttr>(d.get("path")).getValue();
-      llvm::SmallString<256> p;
-      if (!llvm::sys::path::is_absolute(given))
-        p = llvm::sys::path::parent_path(m.path);
-      llvm::sys::path::append(p, given);
-      out.path = std::string(p);
-    }
-  if (args.has("data")) {
-    out.path = args.get("data");
-    out.kind = llvm::StringRef(out.path).ends_with(".csv") ? "csv" : "mnist";
+/// A data path of the train section, relative to the model file.
+static std::string besideModel(const Loaded &m, StringRef given) {
+  llvm::SmallString<256> p;
+  if (!llvm::sys::path::is_absolute(given))
+    p = llvm::sys::path::parent_path(m.path);
+  llvm::sys::path::append(p, given);
+  return std::string(p);
+}
+
+/// `--data`/`--test` as given: a path (its kind guessed from what it is)
+/// or a call such as cifar10("dir").
+static int sourceFlag(const std::string &value, const char *flag, std::string &kind, std::string &path) {
+  if (value.find('(') == std::string::npos) {
+    path = value;
+    kind = rt::guessKind(path);
+    return kOk;
   }
+  rt::Call call;
+  rt::Status s = rt::parseCall(value, call);
+  if (!s || call.args.size() != 1 || !call.args[0].isString)
+    return usageError(std::string("--") + flag + " takes a path or KIND(\"path\") (mnist, csv, cifar10, npz, npy, images)" +
+                      (s ? "" : ": " + s.message()));
+  kind = call.name;
+  path = call.args[0].text;
+  static const char *kinds[] = {"mnist", "csv", "cifar10", "npz", "npy", "images"};
+  if (std::find(std::begin(kinds), std::end(kinds), kind) == std::end(kinds))
+    return usageError(std::string("--") + flag + ": unknown data kind '" + kind +
+                      "' (mnist, csv, cifar10, npz, npy, images)");
+  return kOk;
+}
+
+/// The data named by --data/--test or the train section.
+int nnc::driver::dataSource(const Loaded &m, const Args &args, rt::DataSource &out) {
+  for (auto [key, kind, path] : {std::tuple{"data", &out.kind, &out.path}, std::tuple{"test", &out.testKind, &out.testPath}})
+    if (m.train)
+      if (auto d = dyn_cast_or_null<DictionaryAttr>(m.train.get(key))) {
+        *kind = cast<StringAttr>(d.get("kind")).str();
+        *path = besideModel(m, cast<StringAttr>(d.get("path")).getValue());
+      }
+  if (args.has("data"))
+    if (int rc = sourceFlag(args.get("data"), "data", out.kind, out.path))
+      return rc;
+  if (args.has("test"))
+    if (int rc = sourceFlag(args.get("test"), "test", out.testKind, out.testPath))
+      return rc;
   if (out.path.empty()) {
     llvm::errs() << "nnc: error: " << m.path << ": no training data; give --data PATH or "
                  << "'data = mnist(\"DIR\")' in the train section\n";
@@ -214,11 +244,12 @@ std::string nnc::driver::autoTarget() {
   return rt::probeCudaDevice().present && !cuda::nvrtcVersion().empty() ? "cuda" : "cpu";
 }
 
-namespace {
-
-std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs) {
+std::vector<rt::ModelInput> nnc::driver::modelInputs(const std::vector<Input> &inputs) {
   return std::vector<rt::ModelInput>(inputs.begin(), inputs.end());
 }
+
+namespace {
+
 
 rt::Status failedIn(const char *what) {
   return rt::Status::error(std::string("the ") + what + " failed (see the diagnostics above)");
@@ -283,6 +314,8 @@ public:
   }
   uint64_t steps() const override { return t.steps(); }
   void setSteps(uint64_t n) override { t.setSteps(n); }
+  double learningRate() const override { return t.learningRate(); }
+  void setLearningRate(double lr) override { t.setLearningRate(lr); }
   // The compiled backends' rule, so that a checkpoint means the same to all.
   bool isConstant(const std::string &name) const override {
     std::optional<unsigned> i = argument(name);
@@ -445,6 +478,58 @@ int restored(const Args &args, const Command &c, const Loaded &m, Backend &out) 
 
 } // namespace
 
+/// The optimizer as the train section (or --lr) sets it: adam(lr=0.001, ...).
+static std::string optimizerText(const Loaded &m) {
+  auto opt = m.train ? dyn_cast_or_null<DictionaryAttr>(m.train.get("optimizer")) : DictionaryAttr();
+  if (!opt)
+    return "sgd(lr=0.01)";
+  std::string text = opt.getAs<StringAttr>("kind").str() + "(";
+  bool first = true;
+  for (NamedAttribute a : opt) {
+    auto f = dyn_cast<FloatAttr>(a.getValue());
+    if (!f)
+      continue;
+    text += (first ? "" : ", ") + a.getName().str() + "=" + llvm::formatv("{0}", llvm::format("%g", f.getValueAsDouble())).str();
+    first = false;
+  }
+  return text + ")";
+}
+
+/// Schedule, early stopping, metrics and output settings: the train
+/// section's, then the command line's.
+static int trainSettings(const Loaded &m, const Args &args, const Command &c, rt::TrainOptions &o) {
+  std::string schedule = args.has("schedule") ? args.get("schedule") : m.text("schedule");
+  if (!schedule.empty() && schedule != "none") {
+    rt::Status s = rt::parseCall(schedule, o.schedule);
+    if (s)
+      s = rt::checkSchedule(o.schedule);
+    if (!s)
+      return args.has("schedule") ? usageError("--schedule: " + s.message(), &c) : userError(m.path + ": " + s.message());
+  }
+  o.patience = m.setting("patience", 0);
+  o.topK = m.setting("top_k", 5);
+  o.minDelta = m.real("min_delta", 0);
+  if (!m.text("monitor").empty())
+    o.monitor = m.text("monitor");
+  for (auto rc : {numberOption(args, c, "patience", o.patience, 1), numberOption(args, c, "top-k", o.topK, 1),
+                  numberOption(args, c, "min-delta", o.minDelta)})
+    if (rc)
+      return *rc;
+  if (args.has("monitor")) {
+    o.monitor = args.get("monitor");
+    if (o.monitor != "loss" && o.monitor != "accuracy")
+      return usageError("--monitor must be loss or accuracy", &c);
+  }
+  if (o.minDelta < 0)
+    return usageError("--min-delta must be non-negative", &c);
+  o.saveBest = args.get("save-best");
+  o.append = args.has("append");
+  if (args.has("quiet") && args.has("verbose"))
+    return usageError("--quiet and --verbose exclude each other", &c);
+  o.verbosity = args.has("quiet") ? 0 : args.has("verbose") ? 2 : 1;
+  return kOk;
+}
+
 int nnc::driver::runTrain(const Args &args) {
   const Command &c = command("train");
   if (auto rc = needFile(c, args))
@@ -508,9 +593,28 @@ int nnc::driver::runTrain(const Args &args) {
   rt::DataSource source;
   if (int rc = dataSource(m, args, source))
     return rc;
+  if (int rc = trainSettings(m, args, c, o))
+    return rc;
   rt::BoundData data;
   if (rt::Status s = rt::loadData(source, modelInputs(m.inputs), validation, o.seed, data); !s)
     return userError(s.message());
+  std::vector<rt::Call> transforms;
+  if (rt::Status s = rt::parseCallList(m.text("transform"), transforms); !s)
+    return userError(s.message());
+  if (rt::Status s = rt::setTransforms(data, modelInputs(m.inputs), transforms, o.seed); !s)
+    return userError(m.path + ": " + s.message());
+  o.settings = {{"model", m.path},
+                {"data", source.kind + "(" + source.path + ")"},
+                {"epochs", std::to_string(o.epochs)},
+                {"batch", std::to_string(o.batch)},
+                {"seed", std::to_string(o.seed)},
+                {"optimizer", optimizerText(m)},
+                {"schedule", o.schedule.name.empty() ? "none" : o.schedule.text()},
+                {"transform", rt::callListText(transforms)},
+                {"validation", std::to_string(validation)},
+                {"shuffle", o.shuffle ? "true" : "false"}};
+  if (!source.testPath.empty())
+    o.settings.push_back({"test", source.testKind + "(" + source.testPath + ")"});
   Backend backend;
   int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
   int64_t trained = o.limit > 0 ? std::min(o.limit, data.train.count) : data.train.count;
@@ -532,6 +636,39 @@ int nnc::driver::runTrain(const Args &args) {
   return rt::train(*backend.model, data, o);
 }
 
+/// Per-class accuracy and the confusion matrix (rows: labels, columns:
+/// predictions), as `nnc eval` prints them.
+static void printConfusion(const rt::Score &s, const std::vector<std::string> &names) {
+  int64_t n = s.classes;
+  auto name = [&](int64_t c) { return c < static_cast<int64_t>(names.size()) ? names[c] : std::to_string(c); };
+  size_t width = 5;
+  for (int64_t c = 0; c < n; ++c)
+    width = std::max(width, name(c).size());
+  llvm::outs() << "per class:\n";
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t total = 0;
+    for (int64_t p = 0; p < n; ++p)
+      total += s.confusion[c * n + p];
+    llvm::outs() << "  " << llvm::left_justify(name(c), width) << "  ";
+    if (total)
+      llvm::outs() << llvm::format("%6.2f%% of %lld\n", 100.0 * s.confusion[c * n + c] / total,
+                                   static_cast<long long>(total));
+    else
+      llvm::outs() << "no samples\n";
+  }
+  llvm::outs() << "confusion matrix (rows: label, columns: prediction):\n  " << std::string(width, ' ');
+  for (int64_t p = 0; p < n; ++p)
+    llvm::outs() << " " << llvm::right_justify(name(p), std::max<size_t>(6, name(p).size()));
+  llvm::outs() << "\n";
+  for (int64_t c = 0; c < n; ++c) {
+    llvm::outs() << "  " << llvm::left_justify(name(c), width);
+    for (int64_t p = 0; p < n; ++p)
+      llvm::outs() << " "
+                   << llvm::right_justify(std::to_string(s.confusion[c * n + p]), std::max<size_t>(6, name(p).size()));
+    llvm::outs() << "\n";
+  }
+}
+
 int nnc::driver::runEval(const Args &args) {
   const Command &c = command("eval");
   if (auto rc = needFile(c, args))
@@ -550,15 +687,31 @@ int nnc::driver::runEval(const Args &args) {
   Backend backend;
   if (int rc = restored(args, c, m, backend))
     return rc;
+  std::vector<rt::Call> transforms;
+  if (rt::Status s = rt::parseCallList(m.text("transform"), transforms); !s)
+    return userError(s.message());
+  if (rt::Status s = rt::setTransforms(data, modelInputs(m.inputs), transforms, 0); !s)
+    return userError(m.path + ": " + s.message());
+  int64_t topK = m.setting("top_k", 5);
+  if (auto rc = numberOption(args, c, "top-k", topK, 1))
+    return *rc;
   const rt::Table &set = data.hasTest ? data.test : data.train;
   rt::Score score;
-  if (rt::Status s = rt::score(*backend.model, set, score); !s)
+  // In the training batch, so that a summed loss reads as in training.
+  if (rt::Status s = rt::score(*backend.model, set, score, m.setting("batch", 32), &data.pipeline, topK); !s)
     return userError(s.message());
   llvm::outs() << llvm::format("%s: %lld samples, loss %.4f", data.hasTest ? "test" : "train",
                                static_cast<long long>(set.count), score.loss);
-  if (score.hasAccuracy)
+  if (score.hasAccuracy) {
     llvm::outs() << llvm::format(", accuracy %.2f%%", 100 * score.accuracy);
+    if (score.k)
+      llvm::outs() << llvm::format(", top-%lld %.2f%%", static_cast<long long>(score.k), 100 * score.topK);
+  }
+  if (score.hasRegression)
+    llvm::outs() << llvm::format(", mse %.4g, mae %.4g, r2 %.4f", score.mse, score.mae, score.r2);
   llvm::outs() << "\n";
+  if (score.classes > 1 && !args.has("quiet"))
+    printConfusion(score, data.classNames);
   return kOk;
 }
 
@@ -594,7 +747,7 @@ int nnc::driver::runPredict(const Args &args) {
   rt::Table raw, table;
   rt::Status s = rt::loadCsv(args.get("input"), raw);
   if (s)
-    s = rt::bindInputs(std::move(raw), modelInputs(used), false, table);
+    s = rt::bindInputs(std::move(raw), modelInputs(used), rt::bindingOf(raw, modelInputs(used)), table);
   if (!s)
     return userError(s.message());
   Backend backend;

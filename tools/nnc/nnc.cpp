@@ -36,6 +36,7 @@
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
+#include "mlir/Transforms/ViewOpGraph.h"
 
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/FileSystem.h"
@@ -62,7 +63,7 @@ int runCompile(const Args &args);
 int notYet(const Args &args);
 int runGradcheck(const Args &args);
 
-const char *kEmitKinds = "ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx";
+const char *kEmitKinds = "ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx|dot|fused-dot";
 
 const std::vector<Command> &commands() {
   static const std::vector<Command> table = {
@@ -73,7 +74,8 @@ const std::vector<Command> &commands() {
        runCheck},
       {"compile", "nnc compile FILE --emit=KIND [-o OUT]",
        "Compile a model and print one stage of its IR.",
-       {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx"},
+       {{"emit", "KIND", "Stage to print: ast|nn|grad|train|fused|loops|llvm|asm|cuda|ptx, or a Graphviz graph: "
+                         "dot (the model) or fused-dot (the training step's kernels)"},
         {"cuda-arch", "SM", "GPU architecture for --emit=ptx (default: the device's, or sm_90)"},
         {"stats", nullptr, "Print op and parameter counts to stderr; with fused|loops|llvm|asm "
                            "also kernels, bytes moved and peak memory per step, fused and not"},
@@ -85,7 +87,9 @@ const std::vector<Command> &commands() {
        runCompile},
       {"train", "nnc train FILE [options]",
        "Train a model on its data (the model's train section, overridable).",
-       {{"data", "PATH", "MNIST directory or CSV file (default: the train section's)"},
+       {{"data", "PATH", "Training data: a path (MNIST or CIFAR-10 directory, CSV, .npz, .npy directory, image "
+                          "folder) or KIND(\"path\") (default: the train section's)"},
+        {"test", "PATH", "A separate test set, given as --data is"},
         {"epochs", "N", "Number of epochs"},
         {"batch", "N", "Mini-batch size"},
         {"lr", "X", "Learning rate"},
@@ -95,7 +99,17 @@ const std::vector<Command> &commands() {
         {"cuda-arch", "SM", "GPU architecture for --target=cuda (default: the device's)"},
         {"checkpoint", "PATH", "Save a safetensors checkpoint after every epoch"},
         {"resume", nullptr, "Continue from --checkpoint"},
-        {"metrics", "PATH", "Append per-epoch metrics to a CSV file"},
+        {"metrics", "PATH", "Write per-epoch metrics, with a run id and the settings, to a CSV file (or JSON lines: "
+                            ".json, .jsonl)"},
+        {"append", nullptr, "Append to the --metrics file instead of starting it again"},
+        {"schedule", "CALL", "Learning-rate schedule, e.g. cosine(t_max=10) (instead of the train section's; none: off)"},
+        {"patience", "N", "Stop early after N epochs without improvement of --monitor"},
+        {"monitor", "M", "loss (default) or accuracy of the validation or test set"},
+        {"min-delta", "X", "Smallest change that counts as an improvement (default 0)"},
+        {"save-best", "PATH", "Keep the checkpoint of the best epoch (by --monitor) at PATH"},
+        {"top-k", "K", "Report top-K accuracy beside top-1 (default 5)"},
+        {"quiet", nullptr, "Print errors and the last epoch's line only"},
+        {"verbose", nullptr, "Print every epoch, and the share of time spent loading data"},
         {"limit", "N", "Use only the first N training samples"},
         {"validation", "X", "Hold out this fraction of the training data for evaluation"},
         {"init-from", "FILE", "Start from a PyTorch state_dict saved as safetensors (PyTorch names, see docs/language.md)"},
@@ -107,7 +121,10 @@ const std::vector<Command> &commands() {
        {{"checkpoint", "PATH", "Checkpoint file"},
         {"init-from", "FILE", "Weights from a PyTorch state_dict saved as safetensors"},
         {"strict", nullptr, "With --init-from: a missing, unexpected or reshaped tensor is an error"},
-        {"data", "PATH", "Data (default: the train section's)"},
+        {"data", "PATH", "Data, given as for train (default: the train section's)"},
+        {"test", "PATH", "A separate test set, given as --data is"},
+        {"top-k", "K", "Report top-K accuracy beside top-1 (default 5)"},
+        {"quiet", nullptr, "Only the summary line: no per-class accuracy or confusion matrix"},
         {"target", "T", "cpu|cuda|auto|reference"}},
        runEval},
       {"predict", "nnc predict FILE (--checkpoint PATH | --init-from FILE) --input FILE.csv [-o OUT]",
@@ -119,6 +136,28 @@ const std::vector<Command> &commands() {
         {"o", "OUT", "Write the predictions to OUT (default: standard output)"},
         {"target", "T", "cpu|cuda|auto|reference"}},
        runPredict},
+      {"summary", "nnc summary FILE",
+       "Print the model layer by layer: op, output shape, parameters and FLOPs per sample, with totals.",
+       {},
+       runSummary},
+      {"inspect", "nnc inspect FILE.safetensors",
+       "List the tensors of a safetensors file (a checkpoint or PyTorch weights) with shapes and statistics.",
+       {},
+       runInspect},
+      {"plot", "nnc plot METRICS -o CURVES.png|svg",
+       "Draw the train and validation or test loss (and accuracy) of a --metrics file against epochs, with gnuplot.",
+       {{"o", "FILE", "The picture to write: .png or .svg"}},
+       runPlot},
+      {"data", "nnc data FILE -o SAMPLES.npz [options]",
+       "Write the first samples of the data, after the train section's transforms, to an .npz file.",
+       {{"data", "PATH", "Data, given as for train (default: the train section's)"},
+        {"test", "PATH", "A separate test set, given as --data is"},
+        {"split", "S", "train (default: all transforms, as epoch --epoch draws them) or test (the deterministic ones)"},
+        {"epoch", "N", "The epoch whose random transforms to draw (default 1)"},
+        {"count", "N", "Samples to write (default 16)"},
+        {"seed", "N", "Seed (default: the train section's)"},
+        {"o", "FILE", "The .npz file to write (one array per model input)"}},
+       runData},
       {"export", "nnc export FILE --checkpoint PATH -o FILE.safetensors",
        "Write a checkpoint's weights under PyTorch's state_dict names and layouts.",
        {{"checkpoint", "PATH", "Checkpoint file"},
@@ -418,7 +457,7 @@ int runCompile(const Args &args) {
   if (!llvm::is_contained(kinds, emit))
     return usageError("unknown --emit kind '" + emit + "'; expected one of " + kEmitKinds, &c);
   bool device = emit == "cuda" || emit == "ptx";
-  bool host = device || emit == "fused" || emit == "loops" || emit == "llvm" || emit == "asm";
+  bool host = device || emit == "fused" || emit == "fused-dot" || emit == "loops" || emit == "llvm" || emit == "asm";
   int64_t batch = 0;
   if (auto rc = numberOption(args, c, "batch", batch))
     return *rc;
@@ -454,7 +493,7 @@ int runCompile(const Args &args) {
     codegen::setInstrumentation({args.has("mlir-print-ir-after-all"), args.has("mlir-timing")});
     mlir::PassManager pm(&s.ctx);
     codegen::instrument(pm);
-    Stage stage = emit == "nn" ? Stage::Nn : emit == "grad" ? Stage::Grad : Stage::Train;
+    Stage stage = emit == "nn" || emit == "dot" ? Stage::Nn : emit == "grad" ? Stage::Grad : Stage::Train;
     buildPipeline(pm, hasLoss ? stage : Stage::Nn);
     if (mlir::failed(pm.run(*module)))
       return kUserError;
@@ -507,6 +546,16 @@ int runCompile(const Args &args) {
           }
           os << r.ptx;
         }
+      } else if (emit == "fused-dot") {
+        // The fused graph as Graphviz: each kernel a cluster of its ops.
+        auto fusedGraph = codegen::prepare(fn, batch ? std::optional<int64_t>(batch) : std::nullopt,
+                                           /*fuse=*/true);
+        if (mlir::failed(fusedGraph))
+          return kUserError;
+        mlir::PassManager graph(&s.ctx);
+        graph.addPass(mlir::createPrintOpGraphPass(os));
+        if (mlir::failed(graph.run(**fusedGraph)))
+          return kUserError;
       } else if (emit == "fused") {
         printKernels(**loops, fn, at, os);
         // The fused graph both backends lower: nn.kernel ops in order.
@@ -535,8 +584,8 @@ int runCompile(const Args &args) {
         printFusionStats(**loops, **unfused, at, llvm::errs());
       }
       module = std::move(*loops);
-      if (emit == "fused" || device) {
-        // The report or source above is the output.
+      if (emit == "fused" || emit == "fused-dot" || device) {
+        // The report, graph or source above is the output.
       } else if (emit != "loops") {
         if (mlir::failed(cpu::lowerToLLVM(*module)))
           return kUserError;
@@ -546,7 +595,13 @@ int runCompile(const Args &args) {
         os << *code;
       }
     }
-    if (!host || emit == "loops") { // (--emit=fused printed its report above)
+    if (emit == "dot") {
+      // The model as Graphviz (MLIR's op-graph printer): values as edges.
+      mlir::PassManager graph(&s.ctx);
+      graph.addPass(mlir::createPrintOpGraphPass(os));
+      if (mlir::failed(graph.run(*module)))
+        return kUserError;
+    } else if (!host || emit == "loops") { // (--emit=fused printed its report above)
       mlir::OpPrintingFlags flags;
       if (args.has("locs"))
         flags.enableDebugInfo(true, /*prettyForm=*/false).useLocalScope();

@@ -28,6 +28,8 @@ FailureOr<rt::FunctionDesc> codegen::describeSignature(func::FuncOp fn) {
                             fn.getArgAttrOfType<StringAttr>(i, nnops::attr::kRole)));
     if (f.args.back().integer)
       f.args.back().classes = nnops::classCount(fn.getArgument(i));
+    if (auto v = fn.getArgAttrOfType<FloatAttr>(i, nnops::attr::kValue))
+      f.args.back().value = v.getValueAsDouble();
   }
   for (unsigned i = 0; i < fn.getNumResults(); ++i)
     f.results.push_back(tensor(fn.getResultTypes()[i], unit->getResultTypes()[i],

@@ -1,0 +1,518 @@
+//===- TrainLoop.cpp - the epoch loop --------------------------------------===//
+//
+// Batches come from a BatchLoader (on a thread of its own when transforms
+// make them costly, so that they are made while the previous step runs);
+// the learning rate follows the schedule; each epoch is scored, logged,
+// checkpointed, and checked for early stopping.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/Training.h"
+
+#include "runtime/Progress.h"
+#include "runtime/Schedule.h"
+#include "runtime/System.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <numeric>
+#include <thread>
+#include <unistd.h>
+
+using namespace nnc;
+using namespace nnc::rt;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string percent(double a) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", 100 * a);
+  return buf;
+}
+
+/// A double as text that reads back to the same value.
+std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string shortNumber(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+/// Makes batches: on the calling thread, or (with `background`) on a
+/// thread of its own, one batch ahead. Two buffers alternate, so the batch
+/// a step reads is never the one being made.
+class BatchLoader {
+public:
+  BatchLoader(const Table &t, const std::vector<ModelInput> &inputs, const Pipeline *pipeline, bool background)
+      : t(t), inputs(inputs), pipeline(pipeline) {
+    if (background)
+      worker = std::thread([this] { run(); });
+  }
+  ~BatchLoader() {
+    if (worker.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        quit = true;
+      }
+      cv.notify_all();
+      worker.join();
+    }
+  }
+  /// Starts making the batch of rows `idx` of epoch `epoch`.
+  void request(std::vector<int64_t> idx, int64_t epoch) {
+    std::unique_lock<std::mutex> lock(mu);
+    next = std::move(idx);
+    nextEpoch = epoch;
+    pending = true;
+    ready = false;
+    lock.unlock();
+    cv.notify_all();
+  }
+  /// The batch requested last, once it is made.
+  std::vector<HostTensor> &take() {
+    auto begin = Clock::now();
+    if (!worker.joinable()) {
+      make();
+    } else {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return ready; });
+    }
+    waited += since(begin);
+    std::vector<HostTensor> &b = buffers[filled];
+    filled ^= 1; // the next batch goes to the other buffer
+    return b;
+  }
+  double waited = 0; // seconds the training loop waited for batches
+  double busy = 0;   // seconds spent making them
+
+private:
+  void make() {
+    auto begin = Clock::now();
+    batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
+    busy += since(begin);
+    pending = false;
+    ready = true;
+  }
+  void run() {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return quit || pending; });
+      if (quit)
+        return;
+      lock.unlock();
+      auto begin = Clock::now();
+      batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
+      lock.lock();
+      busy += since(begin);
+      pending = false;
+      ready = true;
+      cv.notify_all();
+    }
+  }
+  const Table &t;
+  const std::vector<ModelInput> &inputs;
+  const Pipeline *pipeline;
+  std::vector<HostTensor> buffers[2];
+  int filled = 0;
+  std::vector<int64_t> next;
+  int64_t nextEpoch = 0;
+  bool pending = false, ready = false, quit = false;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread worker;
+};
+
+/// One epoch's figures, for the line printed and the metrics file.
+struct EpochRecord {
+  int64_t epoch = 0;
+  uint64_t step = 0;
+  double lr = 0, trainLoss = 0, seconds = 0, dataShare = 0;
+  Score score;
+};
+
+/// The metrics file: CSV, or JSON lines when its name ends in .json or
+/// .jsonl. A run id and the run's settings come first.
+class MetricsLog {
+public:
+  Status open(const TrainOptions &o, const std::string &run, const std::string &split) {
+    path = o.metrics;
+    this->run = run;
+    this->split = split;
+    json = path.size() >= 5 && (path.compare(path.size() - 5, 5, ".json") == 0 ||
+                                (path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0));
+    bool append = o.append || o.resume;
+    bool fresh = !append || !std::ifstream(path).good();
+    out.open(path, append ? std::ios::app : std::ios::trunc);
+    if (!out)
+      return Status::error(path + ": cannot write the metrics (" + std::strerror(errno) + ")");
+    std::string settings = "{\"run\": \"" + run + "\", \"settings\": {";
+    for (size_t i = 0; i < o.settings.size(); ++i)
+      settings += (i ? ", " : "") + quote(o.settings[i].first) + ": " + quote(o.settings[i].second);
+    settings += "}}\n";
+    if (json) {
+      out << settings;
+    } else {
+      // A CSV file stays one table (header first); each run's settings go
+      // beside it, one JSON line per run.
+      std::string side = path + ".runs.jsonl";
+      std::ofstream runs(side, append ? std::ios::app : std::ios::trunc);
+      errno = 0;
+      if (!(runs << settings) || !runs.flush())
+        return Status::error(side + ": cannot write the run's settings (" +
+                             std::string(errno ? std::strerror(errno) : "write error") + ")");
+      if (fresh)
+        out << "run,epoch,step,lr,train_loss,eval_set,eval_loss,eval_accuracy,eval_top_k,eval_mse,eval_mae,eval_r2,"
+               "seconds,samples_per_second\n";
+    }
+    return flush();
+  }
+  Status write(const EpochRecord &r, int64_t samples) {
+    const Score &s = r.score;
+    double rate = static_cast<double>(samples) / std::max(r.seconds, 1e-9);
+    auto opt = [](bool has, double v) { return has ? shortNumber(v) : std::string(); };
+    if (json) {
+      out << "{\"run\": \"" << run << "\", \"epoch\": " << r.epoch << ", \"step\": " << r.step
+          << ", \"lr\": " << shortNumber(r.lr) << ", \"train_loss\": " << exact(r.trainLoss) << ", \"" << split
+          << "_loss\": " << exact(s.loss);
+      if (s.hasAccuracy)
+        out << ", \"" << split << "_accuracy\": " << shortNumber(s.accuracy);
+      if (s.k)
+        out << ", \"" << split << "_top" << s.k << "\": " << shortNumber(s.topK);
+      if (s.hasRegression)
+        out << ", \"" << split << "_mse\": " << shortNumber(s.mse) << ", \"" << split
+            << "_mae\": " << shortNumber(s.mae) << ", \"" << split << "_r2\": " << shortNumber(s.r2);
+      out << ", \"seconds\": " << shortNumber(r.seconds) << ", \"samples_per_second\": " << shortNumber(rate)
+          << "}\n";
+    } else {
+      out << run << "," << r.epoch << "," << r.step << "," << shortNumber(r.lr) << "," << exact(r.trainLoss) << ","
+          << split << "," << exact(s.loss) << "," << opt(s.hasAccuracy, s.accuracy) << "," << opt(s.k > 0, s.topK) << ","
+          << opt(s.hasRegression, s.mse) << "," << opt(s.hasRegression, s.mae) << ","
+          << opt(s.hasRegression, s.r2) << "," << shortNumber(r.seconds) << "," << shortNumber(rate) << "\n";
+    }
+    return flush();
+  }
+  bool isOpen() const { return out.is_open(); }
+
+private:
+  // Every write is checked: a full disk must not pass as success.
+  Status flush() {
+    errno = 0;
+    if (!out.flush())
+      return Status::error(path + ": writing the metrics failed (" +
+                           std::string(errno ? std::strerror(errno) : "write error") + ")");
+    return Status::ok();
+  }
+  static std::string quote(const std::string &s) {
+    std::string q = "\"";
+    for (char c : s) {
+      if (c == '"' || c == '\\')
+        q += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20)
+        q += c;
+    }
+    return q + "\"";
+  }
+  std::ofstream out;
+  std::string path, run, split;
+  bool json = false;
+};
+
+/// A run id: the start time and the process, e.g. 20261207-014502-1a2b.
+std::string runId() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d%02d%02d-%02d%02d%02d-%04x", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<unsigned>(getpid()) & 0xffff);
+  return buf;
+}
+
+/// The scored set's part of an epoch line: "loss 0.1234, accuracy 97.50%".
+std::string describeScore(const Score &s) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "loss %.4f", s.loss);
+  std::string text = buf;
+  if (s.hasAccuracy) {
+    text += ", accuracy " + percent(s.accuracy);
+    if (s.k)
+      text += ", top-" + std::to_string(s.k) + " " + percent(s.topK);
+  }
+  if (s.hasRegression) {
+    std::snprintf(buf, sizeof buf, ", mse %.4g, mae %.4g, r2 %.4f", s.mse, s.mae, s.r2);
+    text += buf;
+  }
+  return text;
+}
+
+/// Early stopping's state: the best value of the monitored metric so far.
+struct Best {
+  bool seen = false;
+  double value = 0;
+  int64_t epoch = 0, wait = 0;
+};
+
+} // namespace
+
+int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
+  auto fail = [&](const std::string &message) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: error: %s\n", o.tool.c_str(), message.c_str());
+    return 1;
+  };
+  if (o.limit > 0 && o.limit < data.train.count) {
+    std::vector<int64_t> first(o.limit);
+    std::iota(first.begin(), first.end(), 0);
+    data.train = gather(data.train, first);
+  }
+  // Outputs are checked before any work, so a bad path fails in a second,
+  // not after the first epoch.
+  for (const auto &[path, what] : {std::pair{o.checkpoint, "the checkpoint"}, std::pair{o.saveBest, "the best model"}})
+    if (!path.empty())
+      if (Status s = checkOutputPath(path, what); !s)
+        return fail(s.message());
+  const int64_t count = data.train.count, batch = o.batch;
+  const int64_t steps = (count + batch - 1) / batch;
+  const bool loud = o.verbosity >= 1;
+  const std::string split = data.hasTest ? data.testName : "train_eval";
+  const double baseLr = m.learningRate();
+  const bool scheduled = !o.schedule.name.empty();
+  if (scheduled && o.schedule.name == "onecycle" && o.schedule.number("total_steps") > 0 &&
+      o.schedule.number("total_steps") < static_cast<double>(o.epochs * steps))
+    return fail("schedule onecycle: total_steps " + shortNumber(o.schedule.number("total_steps")) + " is fewer than the " +
+                std::to_string(o.epochs * steps) + " steps of " + std::to_string(o.epochs) + " epochs");
+  int64_t startEpoch = 1, startStep = 0;
+  double startLoss = 0;
+  Best best;
+  if (o.resume) {
+    Metadata meta;
+    if (Status s = restoreState(m, o.checkpoint, meta); !s)
+      return fail(s.message());
+    startEpoch = std::strtoll(meta["nnc.epoch"].c_str(), nullptr, 10) + 1;
+    // A run stopped by a signal saved where it was inside the next epoch.
+    int64_t done = 0;
+    if (Status s = metaInteger(o.checkpoint, meta, "nnc.epoch_step", steps, done); !s)
+      return fail(s.message());
+    if (done > 0) {
+      startStep = done;
+      startLoss = std::strtod(meta["nnc.epoch_loss"].c_str(), nullptr);
+      if (!std::isfinite(startLoss))
+        return fail(o.checkpoint + ": metadata nnc.epoch_loss is '" + meta["nnc.epoch_loss"] +
+                    "', not a finite number");
+    }
+    if (meta.count("nnc.best")) { // early stopping carries on where it was
+      best.seen = true;
+      best.value = std::strtod(meta["nnc.best"].c_str(), nullptr);
+      if (Status s = metaInteger(o.checkpoint, meta, "nnc.best_epoch", kMaxEpochs, best.epoch); !s)
+        return fail(s.message());
+      if (Status s = metaInteger(o.checkpoint, meta, "nnc.patience_wait", kMaxEpochs, best.wait); !s)
+        return fail(s.message());
+    }
+    if (startEpoch > o.epochs)
+      return fail(o.checkpoint + ": the checkpoint is at epoch " + std::to_string(startEpoch - 1) +
+                  ", and --epochs " + std::to_string(o.epochs) +
+                  " trains no further (give --epochs above " + std::to_string(startEpoch - 1) + ")");
+    if (loud) {
+      if (startStep > 0)
+        std::printf("resuming in epoch %lld after step %lld (step %llu)\n", static_cast<long long>(startEpoch),
+                    static_cast<long long>(startStep), static_cast<unsigned long long>(m.steps()));
+      else
+        std::printf("resuming after epoch %lld (step %llu)\n", static_cast<long long>(startEpoch - 1),
+                    static_cast<unsigned long long>(m.steps()));
+    }
+  }
+  MetricsLog metrics;
+  std::string run = runId();
+  if (!o.metrics.empty())
+    if (Status s = metrics.open(o, run, split); !s)
+      return fail(s.message());
+
+  if (loud)
+    std::printf("training %s: %lld sample%s, %lld epoch%s, batch %lld, seed %llu (%s)\n", m.modelName().c_str(),
+                static_cast<long long>(count), count == 1 ? "" : "s", static_cast<long long>(o.epochs),
+                o.epochs == 1 ? "" : "s", static_cast<long long>(batch), static_cast<unsigned long long>(o.seed),
+                m.backendName());
+  std::fflush(stdout);
+  StopOnSignal stopOnSignal;
+  Progress progress(loud ? stdout : nullptr);
+  const Pipeline *pipeline = data.pipeline.empty() ? nullptr : &data.pipeline;
+  // Transforms cost real time; plain gathers are cheaper than a hand-off.
+  BatchLoader loader(data.train, m.inputs(), pipeline, pipeline != nullptr);
+  int64_t samples = 0;
+  std::string lastLine;
+  auto metadata = [&]() {
+    Metadata extra;
+    if (best.seen)
+      extra = {{"nnc.best", exact(best.value)},
+               {"nnc.best_epoch", std::to_string(best.epoch)},
+               {"nnc.patience_wait", std::to_string(best.wait)}};
+    return extra;
+  };
+  for (int64_t epoch = startEpoch; epoch <= o.epochs; ++epoch) {
+    auto begin = Clock::now();
+    double waitedBefore = loader.waited;
+    std::vector<int64_t> order = epochOrder(count, o.seed, epoch, o.shuffle);
+    double lossSum = epoch == startEpoch ? startLoss : 0;
+    // Steps are started in groups of up to stepsInFlight() (a device
+    // overlaps the next batch's copy with the current step), then their
+    // losses are checked and counted.
+    const int64_t group = std::max<int64_t>(1, m.stepsInFlight());
+    std::vector<double> losses(static_cast<size_t>(steps));
+    std::vector<int64_t> sizes(static_cast<size_t>(steps));
+    auto rows = [&](int64_t k) {
+      return std::vector<int64_t>(order.begin() + k * batch, order.begin() + std::min(count, (k + 1) * batch));
+    };
+    const int64_t first = epoch == startEpoch ? startStep : 0;
+    if (first < steps)
+      loader.request(rows(first), epoch);
+    SchedulePoint at{epoch, 0, steps, o.epochs};
+    for (int64_t k = first, settled = first; k < steps; ++k) {
+      std::vector<HostTensor> &inputs = loader.take();
+      sizes[k] = inputs.empty() ? 0 : inputs[0].shape[0];
+      if (k + 1 < steps)
+        loader.request(rows(k + 1), epoch);
+      if (scheduled) {
+        at.step = static_cast<int64_t>(m.steps());
+        m.setLearningRate(scheduledRate(o.schedule, baseLr, at));
+      }
+      if (Status s = m.stepAsync(inputs, &losses[k]); !s) {
+        progress.finishLine();
+        return fail(s.message());
+      }
+      if ((k + 1) % group != 0 && k + 1 != steps)
+        continue;
+      if (Status s = m.sync(); !s) {
+        progress.finishLine();
+        return fail(s.message());
+      }
+      for (; settled <= k; ++settled) {
+        double loss = losses[settled];
+        if (!std::isfinite(loss)) {
+          progress.finishLine();
+          std::string value = std::isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf";
+          // The first step's loss comes before any update: no learning rate
+          // is to blame, the model or its data computes it.
+          if (samples == 0 && !o.resume)
+            return fail("the loss is " + value +
+                        " at the first step, before any update: the model computes a non-finite value "
+                        "from its initial parameters and the first batch (check initializers and data)");
+          return fail("the loss became " + value + " at epoch " + std::to_string(epoch) + ", step " +
+                      std::to_string(settled + 1) + "; try a smaller learning rate");
+        }
+        lossSum += loss * static_cast<double>(sizes[settled]);
+        samples += sizes[settled];
+      }
+      if (int sig = stopRequested()) {
+        // Stopped between steps: everything up to step k+1 is applied, so
+        // the checkpoint resumes exactly there.
+        progress.finishLine();
+        std::string where = "epoch " + std::to_string(epoch) + ", step " + std::to_string(k + 1) + " of " +
+                            std::to_string(steps);
+        const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+        if (o.checkpoint.empty()) {
+          std::fprintf(stderr, "%s: interrupted (%s) at %s; nothing saved (no --checkpoint)\n", o.tool.c_str(),
+                       name, where.c_str());
+        } else {
+          Metadata extra = metadata();
+          if (k + 1 != steps) {
+            extra["nnc.epoch_step"] = std::to_string(k + 1);
+            extra["nnc.epoch_loss"] = exact(lossSum);
+          }
+          Status s = saveState(m, o.checkpoint, k + 1 == steps ? epoch : epoch - 1, o.seed, extra);
+          if (!s)
+            return fail(s.message());
+          std::fprintf(stderr, "%s: interrupted (%s) at %s; saved %s\n", o.tool.c_str(), name, where.c_str(),
+                       o.checkpoint.c_str());
+          if (!o.resumeCommand.empty())
+            std::fprintf(stderr, "resume with: %s\n", o.resumeCommand.c_str());
+        }
+        std::fflush(stdout);
+        return 128 + sig;
+      }
+      progress.update(epoch, o.epochs, k + 1, steps,
+                      lossSum / static_cast<double>(std::min(count, (k + 1) * batch)), samples);
+    }
+    progress.finishLine();
+    EpochRecord r;
+    r.epoch = epoch;
+    r.step = m.steps();
+    r.lr = m.learningRate();
+    r.seconds = since(begin);
+    r.dataShare = (loader.waited - waitedBefore) / std::max(r.seconds, 1e-9);
+    r.trainLoss = lossSum / static_cast<double>(count);
+    if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)
+      return fail(s.message());
+    char head[160];
+    std::snprintf(head, sizeof head, "epoch %lld/%lld: loss %.4f", static_cast<long long>(epoch),
+                  static_cast<long long>(o.epochs), r.trainLoss);
+    std::string line = head;
+    if (scheduled)
+      line += ", lr " + shortNumber(r.lr);
+    line += data.hasTest ? "; " + data.testName + ": " : "; on the training set: ";
+    line += describeScore(r.score);
+    char tail[160];
+    std::snprintf(tail, sizeof tail, "; %.1f s, %.0f samples/s", r.seconds, static_cast<double>(count) / r.seconds);
+    line += tail;
+    if (o.verbosity >= 2)
+      line += "; data " + percent(r.dataShare) + " of the time" + (pipeline ? " (made in the background)" : "");
+    lastLine = line;
+    // Every epoch's line for up to 50 epochs, then about 50 lines in all.
+    int64_t every = std::max<int64_t>(1, o.epochs / 50);
+    if (loud && (epoch == o.epochs || epoch % every == 0 || o.verbosity >= 2)) {
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+    if (metrics.isOpen())
+      if (Status s = metrics.write(r, count); !s)
+        return fail(s.message());
+    // Early stopping and the best model, on the monitored metric.
+    bool byAccuracy = o.monitor == "accuracy";
+    if (byAccuracy && !r.score.hasAccuracy && (o.patience > 0 || !o.saveBest.empty()))
+      return fail("early stopping monitors accuracy, but this model reports none (monitor \"loss\" instead)");
+    double value = byAccuracy ? r.score.accuracy : r.score.loss;
+    bool improved = !best.seen || (byAccuracy ? value > best.value + o.minDelta : value < best.value - o.minDelta);
+    if (improved) {
+      best = Best{true, value, epoch, 0};
+      if (!o.saveBest.empty())
+        if (Status s = saveState(m, o.saveBest, epoch, o.seed, metadata()); !s)
+          return fail(s.message());
+    } else {
+      ++best.wait;
+    }
+    if (!o.checkpoint.empty())
+      if (Status s = saveState(m, o.checkpoint, epoch, o.seed, metadata()); !s)
+        return fail(s.message());
+    if (o.patience > 0 && best.wait >= o.patience && epoch < o.epochs) {
+      if (loud)
+        std::printf("early stopping after epoch %lld: %s %s has not improved for %lld epochs; best %s at epoch %lld\n",
+                    static_cast<long long>(epoch), split.c_str(), o.monitor.c_str(),
+                    static_cast<long long>(best.wait), shortNumber(best.value).c_str(),
+                    static_cast<long long>(best.epoch));
+      break;
+    }
+  }
+  if (!loud && !lastLine.empty())
+    std::printf("%s\n", lastLine.c_str());
+  if (o.verbosity >= 2 && loader.busy > 0)
+    std::printf("data loading: %.3f s making batches, %.3f s waited for by the steps\n", loader.busy, loader.waited);
+  std::fflush(stdout);
+  return 0;
+}
