@@ -357,6 +357,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
   // Transforms cost real time; plain gathers are cheaper than a hand-off.
   BatchLoader loader(data.train, m.inputs(), pipeline, pipeline != nullptr);
   int64_t samples = 0;
+  double trainSeconds = 0; // the epochs' steps, scoring excluded
   std::string lastLine;
   auto metadata = [&]() {
     Metadata extra;
@@ -456,6 +457,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     r.step = m.steps();
     r.lr = m.learningRate();
     r.seconds = since(begin);
+    trainSeconds += r.seconds;
     r.dataShare = (loader.waited - waitedBefore) / std::max(r.seconds, 1e-9);
     r.trainLoss = lossSum / static_cast<double>(count);
     if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)
@@ -511,8 +513,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
   }
   if (!loud && !lastLine.empty())
     std::printf("%s\n", lastLine.c_str());
-  if (o.verbosity >= 2 && loader.busy > 0)
-    std::printf("data loading: %.3f s making batches, %.3f s waited for by the steps\n", loader.busy, loader.waited);
+  if (o.verbosity >= 2 && loader.busy > 0) {
+    double total = std::max(trainSeconds, 1e-9);
+    std::printf("data loading: %.3f s making batches (%s of the training time), %.3f s waited for by the steps "
+                "(%s)\n",
+                loader.busy, percent(loader.busy / total).c_str(), loader.waited,
+                percent(loader.waited / total).c_str());
+  }
   std::fflush(stdout);
   return 0;
 }
