@@ -14,17 +14,26 @@
 
 namespace nnc::rt {
 
-void Field::copyRow(int64_t r, float *out) const {
+RowSource::~RowSource() = default;
+
+Status Field::copyRow(int64_t r, float *out) const {
+  if (from)
+    return from->copyRow(rows.empty() ? r : rows[static_cast<size_t>(r)], out);
   if (pixels.empty()) {
     std::copy_n(values.data() + r * width, width, out);
-    return;
+    return Status::ok();
   }
   const uint8_t *p = pixels.data() + r * width;
   for (int64_t i = 0; i < width; ++i)
     out[i] = pixelValue(p[i]);
+  return Status::ok();
 }
 
 void Field::prefetchRow(int64_t r) const {
+  if (from) {
+    from->prefetchRow(rows.empty() ? r : rows[static_cast<size_t>(r)]);
+    return;
+  }
   const char *p = pixels.empty() ? reinterpret_cast<const char *>(values.data() + r * width)
                                  : reinterpret_cast<const char *>(pixels.data() + r * width);
   size_t bytes = static_cast<size_t>(width) * (pixels.empty() ? sizeof(float) : 1);
@@ -41,7 +50,7 @@ std::string Table::where(const Field &f, int64_t r) const {
 uint64_t Table::bytes() const {
   uint64_t b = 0;
   for (const Field &f : fields)
-    b += f.values.size() * sizeof(float) + f.pixels.size();
+    b += f.values.size() * sizeof(float) + f.pixels.size() + (f.from ? f.from->residentBytes() : 0);
   return b;
 }
 
@@ -176,6 +185,13 @@ Table gather(const Table &t, const std::vector<int64_t> &indices) {
   for (const Field &f : t.fields) {
     Field g{f.name, f.width, f.integer, {}};
     g.source = f.source;
+    if (f.from) { // a subset of the source's rows: indices, no data
+      g.from = f.from;
+      for (int64_t i : indices)
+        g.rows.push_back(f.rows.empty() ? i : f.rows[static_cast<size_t>(i)]);
+      out.fields.push_back(std::move(g));
+      continue;
+    }
     auto pick = [&](const auto &from, auto &to) {
       to.reserve(indices.size() * f.width);
       for (int64_t i : indices)

@@ -14,10 +14,24 @@
 #include "runtime/Status.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace nnc::rt {
+
+/// Rows a field reads from elsewhere than memory it holds: a memory-mapped
+/// file, or files decoded when a batch needs them. Large data sets stream
+/// through these instead of being loaded whole.
+class RowSource {
+public:
+  virtual ~RowSource();
+  /// Row `r`'s values into `out`; an error names the file and the record.
+  virtual Status copyRow(int64_t r, float *out) const = 0;
+  virtual void prefetchRow(int64_t) const {}
+  /// Bytes the source holds in memory (not what it maps).
+  virtual uint64_t residentBytes() const { return 0; }
+};
 
 struct Field {
   std::string name;
@@ -30,9 +44,16 @@ struct Field {
   std::vector<uint8_t> pixels;
   /// The file the values were read from, for errors.
   std::string source;
+  /// Instead of `values` and `pixels`, when set: rows from a source, row r
+  /// being the source's row `rows[r]` (all of them in order when `rows` is
+  /// empty), so that subsets (a validation split, --limit) copy no data.
+  std::shared_ptr<const RowSource> from;
+  std::vector<int64_t> rows;
 
   /// Row `r`'s `width` values into `out`.
-  void copyRow(int64_t r, float *out) const;
+  Status copyRow(int64_t r, float *out) const;
+  /// Whether the rows are bytes (pixels), held or streamed.
+  bool isBytes() const { return !pixels.empty() || from != nullptr; }
   /// Starts loading row `r` into the cache.
   void prefetchRow(int64_t r) const;
 };

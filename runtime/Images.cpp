@@ -147,6 +147,70 @@ std::vector<std::string> entries(const std::string &dir, bool directories) {
   return names;
 }
 
+/// Whether the header of an image file reads (its size known), without
+/// decoding the pixels.
+Status checkHeader(const std::string &path, bool png) {
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f)
+    return Status::error(path + ": cannot open the file (" + std::strerror(errno) + ")");
+  std::string why;
+  if (png) {
+    png_image img;
+    std::memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_stdio(&img, f))
+      why = std::string("a corrupt PNG image (") + img.message + ")";
+    else if (img.width == 0 || img.height == 0)
+      why = "an image without pixels";
+    png_image_free(&img);
+  } else {
+    jpeg_decompress_struct c;
+    JpegError err;
+    c.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = jpegFail;
+    err.mgr.output_message = [](j_common_ptr) {};
+    if (setjmp(err.jump)) {
+      why = std::string("a corrupt JPEG image (") + err.message + ")";
+    } else {
+      jpeg_create_decompress(&c);
+      jpeg_stdio_src(&c, f);
+      jpeg_read_header(&c, TRUE);
+    }
+    jpeg_destroy_decompress(&c);
+  }
+  std::fclose(f);
+  return why.empty() ? Status::ok() : Status::error(path + ": " + why);
+}
+
+/// Image files decoded when a batch needs them, so that a folder of any
+/// size streams instead of being held decoded.
+class ImageFiles : public RowSource {
+public:
+  ImageFiles(std::vector<std::string> paths, int64_t channels, int64_t height, int64_t width)
+      : paths(std::move(paths)), channels(channels), height(height), width(width) {}
+  Status copyRow(int64_t r, float *out) const override {
+    const std::string &path = paths[static_cast<size_t>(r)];
+    std::vector<uint8_t> bytes;
+    if (Status s = readWholeFile(path, bytes); !s)
+      return s;
+    Image img;
+    bool png = endsWith(lower(path), ".png");
+    if (Status s = png ? decodePng(bytes, channels, path, img) : decodeJpeg(bytes, channels, path, img); !s)
+      return s;
+    if (img.width <= 0 || img.height <= 0 || img.channels != channels)
+      return Status::error(path + ": an image without pixels");
+    std::vector<uint8_t> planar(static_cast<size_t>(channels * height * width));
+    toPlanar(img, height, width, planar.data());
+    for (size_t i = 0; i < planar.size(); ++i)
+      out[i] = pixelValue(planar[i]);
+    return Status::ok();
+  }
+
+private:
+  std::vector<std::string> paths;
+  int64_t channels, height, width;
+};
+
 } // namespace
 
 Status nnc::rt::loadImageFolder(const std::string &dir, int64_t channels, int64_t height, int64_t width, Table &out,
@@ -161,10 +225,11 @@ Status nnc::rt::loadImageFolder(const std::string &dir, int64_t channels, int64_
   std::vector<std::string> classes = entries(dir, true);
   if (classes.empty())
     return Status::error(dir + ": no class subfolders (images(DIR) reads DIR/CLASS/*.png or *.jpg)");
-  Field images{"images", channels * height * width, false, {}}, labels{"labels", 1, true, {}};
-  images.source = labels.source = dir;
-  std::vector<uint8_t> bytes;
-  Image img;
+  Field labels{"labels", 1, true, {}};
+  labels.source = dir;
+  std::vector<std::string> paths;
+  // Every file's header is read now, so that a file that is no image fails
+  // before training starts; the pixels are decoded batch by batch.
   for (size_t k = 0; k < classes.size(); ++k) {
     for (const std::string &file : entries(dir + "/" + classes[k], false)) {
       std::string ext = lower(file);
@@ -172,21 +237,18 @@ Status nnc::rt::loadImageFolder(const std::string &dir, int64_t channels, int64_
       if (!png && !jpeg)
         continue;
       std::string path = dir + "/" + classes[k] + "/" + file;
-      if (Status s = readWholeFile(path, bytes); !s)
+      if (Status s = checkHeader(path, png); !s)
         return s;
-      if (Status s = png ? decodePng(bytes, channels, path, img) : decodeJpeg(bytes, channels, path, img); !s)
-        return s;
-      if (img.width <= 0 || img.height <= 0 || img.channels != channels)
-        return Status::error(path + ": an image without pixels");
-      size_t at = images.pixels.size();
-      images.pixels.resize(at + static_cast<size_t>(images.width));
-      toPlanar(img, height, width, images.pixels.data() + at);
+      paths.push_back(path);
       labels.values.push_back(static_cast<float>(k));
-      ++out.count;
     }
   }
+  out.count = static_cast<int64_t>(paths.size());
   if (out.count == 0)
     return Status::error(dir + ": no PNG or JPEG images in its class subfolders");
+  Field images{"images", channels * height * width, false, {}};
+  images.source = dir;
+  images.from = std::make_shared<ImageFiles>(std::move(paths), channels, height, width);
   out.fields.push_back(std::move(images));
   out.fields.push_back(std::move(labels));
   if (classNames)

@@ -86,10 +86,15 @@ Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, Bindi
       if (movedTo[field] < 0) {
         f.values = std::move(src.values);
         f.pixels = std::move(src.pixels);
+        f.from = std::move(src.from);
+        f.rows = std::move(src.rows);
         movedTo[field] = static_cast<int>(out.fields.size());
       } else {
-        f.values = out.fields[movedTo[field]].values;
-        f.pixels = out.fields[movedTo[field]].pixels;
+        const Field &first = out.fields[movedTo[field]];
+        f.values = first.values;
+        f.pixels = first.pixels;
+        f.from = first.from;
+        f.rows = first.rows;
       }
     } else {
       size_t first = next;
@@ -105,6 +110,8 @@ Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, Bindi
       if (src.width == in.width && binding == Binding::ByName) {
         f.values = std::move(src.values);
         f.pixels = std::move(src.pixels);
+        f.from = std::move(src.from);
+        f.rows = std::move(src.rows);
       } else if (src.width == in.width && src.width > 1) {
         return Status::error(src.source + ": '" + src.name + "' cannot feed input '" + in.name + "' by position");
       } else {
@@ -142,8 +149,8 @@ Status rt::bindInputs(Table &&data, const std::vector<ModelInput> &inputs, Bindi
 /// row this many ahead are started while a row is copied.
 constexpr size_t kAhead = 4;
 
-void rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
-                   std::vector<HostTensor> &out, const Pipeline *pipeline, int64_t epoch) {
+Status rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+                     std::vector<HostTensor> &out, const Pipeline *pipeline, int64_t epoch) {
   out.resize(inputs.size());
   std::vector<float> scratch;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -158,19 +165,19 @@ void rt::batchInto(const Table &t, const std::vector<ModelInput> &inputs, const 
       if (r + kAhead < indices.size())
         f.prefetchRow(indices[r + kAhead]);
       float *row = x.data.data() + r * f.width;
-      f.copyRow(indices[r], row);
+      if (Status s = f.copyRow(indices[r], row); !s)
+        return s;
       if (transform)
         applyTransforms(pipeline->transforms, pipeline->dims, row, epoch > 0,
                         SampleKey{pipeline->seed, epoch, indices[r]}, scratch);
     }
   }
+  return Status::ok();
 }
 
-std::vector<HostTensor> rt::batchOf(const Table &t, const std::vector<ModelInput> &inputs,
-                                    const std::vector<int64_t> &indices) {
-  std::vector<HostTensor> out;
-  batchInto(t, inputs, indices, out);
-  return out;
+Status rt::batchOf(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+                   std::vector<HostTensor> &out) {
+  return batchInto(t, inputs, indices, out);
 }
 
 static bool isDirectory(const std::string &path) {

@@ -34,7 +34,7 @@ Task taskOf(const std::vector<ModelInput> &inputs, const Table &data, int64_t wi
       continue;
     target = static_cast<int>(i);
     const Field &f = data.fields[i];
-    bool binary = f.pixels.empty() &&
+    bool binary = !f.isBytes() &&
                   std::all_of(f.values.begin(), f.values.end(), [](float v) { return v == 0.0f || v == 1.0f; });
     if (!binary)
       return Task::Regression;
@@ -61,7 +61,8 @@ Status rt::score(Trainable &m, const Table &data, Score &out, int64_t batch, con
   for (int64_t start = 0; start < data.count; start += batch) {
     std::vector<int64_t> idx(std::min(data.count, start + batch) - start);
     std::iota(idx.begin(), idx.end(), start);
-    batchInto(data, inputs, idx, in, pipeline, 0);
+    if (Status s = batchInto(data, inputs, idx, in, pipeline, 0); !s)
+      return s;
     std::vector<HostTensor> outputs;
     double loss = 0;
     if (Status s = m.evaluate(in, outputs, loss); !s)

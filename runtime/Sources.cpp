@@ -10,7 +10,10 @@
 #include <cstring>
 #include <dirent.h>
 #include <limits>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jpeglib.h>
 #include <png.h>
@@ -71,6 +74,72 @@ static std::vector<std::string> listDirectory(const std::string &dir) {
 // CIFAR-10
 //===----------------------------------------------------------------------===//
 
+namespace {
+
+/// Pixel rows of memory-mapped files: row r of file k at
+/// `offset + (r - first[k]) * stride`, `width` bytes, scaled by 1/255. The
+/// pages are the kernel's to keep or drop.
+class MappedPixels : public RowSource {
+public:
+  ~MappedPixels() override {
+    for (const Map &m : maps)
+      munmap(const_cast<uint8_t *>(m.data), m.size);
+  }
+  Status add(const std::string &path, const uint8_t *data, size_t size, int64_t rows) {
+    maps.push_back(Map{path, data, size, count});
+    count += rows;
+    return Status::ok();
+  }
+  Status copyRow(int64_t r, float *out) const override {
+    const uint8_t *p = row(r);
+    for (int64_t i = 0; i < width; ++i)
+      out[i] = pixelValue(p[i]);
+    return Status::ok();
+  }
+  void prefetchRow(int64_t r) const override {
+    const uint8_t *p = row(r);
+    for (int64_t at = 0; at < width; at += 64)
+      __builtin_prefetch(p + at);
+  }
+  int64_t width = 0, offset = 0, stride = 0, count = 0;
+
+private:
+  struct Map {
+    std::string path;
+    const uint8_t *data;
+    size_t size;
+    int64_t first;
+  };
+  const uint8_t *row(int64_t r) const {
+    size_t k = maps.size() - 1;
+    while (k > 0 && maps[k].first > r)
+      --k;
+    return maps[k].data + offset + (r - maps[k].first) * stride;
+  }
+  std::vector<Map> maps;
+};
+
+/// Maps `path` read-only; a gzipped or unreadable file is not mapped.
+Status mapFile(const std::string &path, const uint8_t *&data, size_t &size) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0)
+    return Status::error(path + ": cannot open the file (" + std::strerror(errno) + ")");
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    return Status::error(path + ": cannot read the file (" + std::strerror(errno) + ")");
+  }
+  size = static_cast<size_t>(st.st_size);
+  void *p = size ? mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+  ::close(fd);
+  if (size && p == MAP_FAILED)
+    return Status::error(path + ": cannot map the file (" + std::strerror(errno) + ")");
+  data = static_cast<const uint8_t *>(p);
+  return Status::ok();
+}
+
+} // namespace
+
 Status nnc::rt::loadCifar10(const std::string &dir, bool test, Table &out) {
   constexpr int64_t kPixels = 3072, kRecord = kPixels + 1;
   std::string base = dir;
@@ -83,31 +152,41 @@ Status nnc::rt::loadCifar10(const std::string &dir, bool test, Table &out) {
     for (int i = 1; i <= 5; ++i)
       files.push_back(base + "/data_batch_" + std::to_string(i) + ".bin");
   out = Table();
-  Field images{"images", kPixels, false, {}}, labels{"labels", 1, true, {}};
+  // The images stay in the files, mapped; the labels (a byte a record) are
+  // read out, every record checked before anything trains.
+  auto images = std::make_shared<MappedPixels>();
+  images->width = kPixels;
+  images->offset = 1;
+  images->stride = kRecord;
+  Field labels{"labels", 1, true, {}};
   for (const std::string &file : files) {
     if (!exists(file))
       return Status::error(file + ": no such file (CIFAR-10's binary release has data_batch_1.bin .. "
                                   "data_batch_5.bin and test_batch.bin)");
-    std::vector<uint8_t> bytes;
-    if (Status s = readWholeFile(file, bytes); !s)
+    const uint8_t *bytes = nullptr;
+    size_t size = 0;
+    if (Status s = mapFile(file, bytes, size); !s)
       return s;
-    int64_t records = static_cast<int64_t>(bytes.size()) / kRecord;
-    if (bytes.empty() || static_cast<int64_t>(bytes.size()) % kRecord != 0)
+    int64_t records = static_cast<int64_t>(size) / kRecord;
+    if (Status s = images->add(file, bytes, size, records); !s)
+      return s;
+    if (size == 0 || static_cast<int64_t>(size) % kRecord != 0)
       return Status::error(file + ": record " + std::to_string(records + 1) + " is short (" +
-                           std::to_string(bytes.size() % kRecord) + " of " + std::to_string(kRecord) +
-                           " bytes; the file has " + std::to_string(bytes.size()) + " bytes)");
+                           std::to_string(size % kRecord) + " of " + std::to_string(kRecord) +
+                           " bytes; the file has " + std::to_string(size) + " bytes)");
     for (int64_t r = 0; r < records; ++r) {
-      const uint8_t *rec = bytes.data() + r * kRecord;
-      if (rec[0] > 9)
-        return Status::error(file + ": record " + std::to_string(r + 1) + " has label " + std::to_string(rec[0]) +
+      uint8_t label = bytes[r * kRecord];
+      if (label > 9)
+        return Status::error(file + ": record " + std::to_string(r + 1) + " has label " + std::to_string(label) +
                              ", not a class 0-9");
-      labels.values.push_back(rec[0]);
-      images.pixels.insert(images.pixels.end(), rec + 1, rec + kRecord);
+      labels.values.push_back(label);
     }
     out.count += records;
   }
-  images.source = labels.source = files.size() == 1 ? files[0] : base + "/data_batch_*.bin";
-  out.fields.push_back(std::move(images));
+  Field pixels{"images", kPixels, false, {}};
+  pixels.from = std::move(images);
+  pixels.source = labels.source = files.size() == 1 ? files[0] : base + "/data_batch_*.bin";
+  out.fields.push_back(std::move(pixels));
   out.fields.push_back(std::move(labels));
   return Status::ok();
 }

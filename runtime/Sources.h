@@ -4,8 +4,11 @@
 // CIFAR-10's binary release, NumPy's .npy and .npz (through libzip), folders
 // of PNG and JPEG images (libpng, libjpeg) with one subfolder per class, and
 // gzip-compressed files (zlib). Image formats give pixels scaled to [0, 1]
-// (torchvision's ToTensor), held as the bytes; array formats give numbers as
-// written. Every error names the file and, where there is one, the record.
+// (torchvision's ToTensor); array formats give numbers as written. Large
+// image sets stream: CIFAR-10's files are memory-mapped, and an image
+// folder's files are decoded batch by batch (their headers are checked when
+// the set is loaded). Every error names the file and, where there is one,
+// the record.
 //
 //===----------------------------------------------------------------------===//
 
@@ -43,8 +46,8 @@ Status saveNpz(const std::string &path, const std::vector<HostTensor> &tensors);
 
 /// An image folder: one subfolder per class (classes numbered in the sorted
 /// order of their names, as torchvision's ImageFolder), each holding PNG or
-/// JPEG files, decoded to `channels` (1: grey, 3: RGB) and resized
-/// (bilinear) to `height` x `width` when their size differs. Fields "images"
+/// JPEG files, decoded (when a batch needs them) to `channels` (1: grey, 3:
+/// RGB) and resized (bilinear) to `height` x `width` when their size differs. Fields "images"
 /// ([channels, height, width] each) and "labels"; `classes` gets the names.
 Status loadImageFolder(const std::string &dir, int64_t channels, int64_t height, int64_t width, Table &out,
                        std::vector<std::string> *classes = nullptr);

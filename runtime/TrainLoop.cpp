@@ -86,8 +86,8 @@ public:
     lock.unlock();
     cv.notify_all();
   }
-  /// The batch requested last, once it is made.
-  std::vector<HostTensor> &take() {
+  /// The batch requested last, once it is made (or why it could not be).
+  Status take(std::vector<HostTensor> *&batch) {
     auto begin = Clock::now();
     if (!worker.joinable()) {
       make();
@@ -96,9 +96,9 @@ public:
       cv.wait(lock, [&] { return ready; });
     }
     waited += since(begin);
-    std::vector<HostTensor> &b = buffers[filled];
+    batch = &buffers[filled];
     filled ^= 1; // the next batch goes to the other buffer
-    return b;
+    return status;
   }
   double waited = 0; // seconds the training loop waited for batches
   double busy = 0;   // seconds spent making them
@@ -106,7 +106,7 @@ public:
 private:
   void make() {
     auto begin = Clock::now();
-    batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
+    status = batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
     busy += since(begin);
     pending = false;
     ready = true;
@@ -119,8 +119,9 @@ private:
         return;
       lock.unlock();
       auto begin = Clock::now();
-      batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
+      Status s = batchInto(t, inputs, next, buffers[filled], pipeline, nextEpoch);
       lock.lock();
+      status = s;
       busy += since(begin);
       pending = false;
       ready = true;
@@ -135,6 +136,7 @@ private:
   std::vector<int64_t> next;
   int64_t nextEpoch = 0;
   bool pending = false, ready = false, quit = false;
+  Status status;
   std::mutex mu;
   std::condition_variable cv;
   std::thread worker;
@@ -386,7 +388,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
       loader.request(rows(first), epoch);
     SchedulePoint at{epoch, 0, steps, o.epochs};
     for (int64_t k = first, settled = first; k < steps; ++k) {
-      std::vector<HostTensor> &inputs = loader.take();
+      std::vector<HostTensor> *batchPtr = nullptr;
+      if (Status s = loader.take(batchPtr); !s) {
+        progress.finishLine();
+        return fail(s.message() + " (training stopped at epoch " + std::to_string(epoch) + ", step " +
+                    std::to_string(k + 1) + "; the last checkpoint is intact)");
+      }
+      std::vector<HostTensor> &inputs = *batchPtr;
       sizes[k] = inputs.empty() ? 0 : inputs[0].shape[0];
       if (k + 1 < steps)
         loader.request(rows(k + 1), epoch);

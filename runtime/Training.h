@@ -142,14 +142,15 @@ Binding bindingOf(const Table &t, const std::vector<ModelInput> &inputs);
 Status bindInputs(Table &&data, const std::vector<ModelInput> &inputs, Binding binding, Table &out);
 
 /// The tensors of the rows `indices` of a bound table.
-std::vector<HostTensor> batchOf(const Table &t, const std::vector<ModelInput> &inputs,
-                                const std::vector<int64_t> &indices);
+Status batchOf(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+               std::vector<HostTensor> &out);
 /// The same into `out`, reusing its storage (a training loop gathers every
 /// batch into the same memory instead of fresh pages each step). With a
 /// pipeline, its transforms apply: all of them to training batches
 /// (`epoch` > 0), the deterministic ones otherwise.
-void batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
-               std::vector<HostTensor> &out, const Pipeline *pipeline = nullptr, int64_t epoch = 0);
+/// An error names a row that cannot be read (a streamed file that fails).
+Status batchInto(const Table &t, const std::vector<ModelInput> &inputs, const std::vector<int64_t> &indices,
+                 std::vector<HostTensor> &out, const Pipeline *pipeline = nullptr, int64_t epoch = 0);
 
 struct Score {
   double loss = 0;

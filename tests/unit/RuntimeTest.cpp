@@ -77,7 +77,8 @@ TEST(Runtime, MnistBatchesScaleTheStoredBytes) {
   ASSERT_TRUE(s.isOk()) << s.message();
   ASSERT_EQ(bound.fields.size(), 2u);
   EXPECT_EQ(bound.fields[0].pixels.size(), 20u); // still bytes
-  std::vector<HostTensor> batch = batchOf(bound, inputs, {3, 0, 4});
+  std::vector<HostTensor> batch;
+  ASSERT_TRUE(batchOf(bound, inputs, {3, 0, 4}, batch).isOk());
   ASSERT_EQ(batch.size(), 2u);
   EXPECT_EQ(batch[0].shape, (std::vector<int64_t>{3, 4}));
   for (int64_t r = 0; r < 3; ++r)
@@ -94,7 +95,8 @@ TEST(Runtime, MnistBatchesScaleTheStoredBytes) {
     std::vector<int64_t> all(t->count);
     for (int64_t i = 0; i < t->count; ++i)
       all[i] = i;
-    std::vector<HostTensor> b = batchOf(*t, inputs, all);
+    std::vector<HostTensor> b;
+    ASSERT_TRUE(batchOf(*t, inputs, all, b).isOk());
     seen.insert(b[0].data.begin(), b[0].data.end());
   }
   std::multiset<float> want;

@@ -60,7 +60,8 @@ int nnc::driver::runData(const Args &args) {
   std::iota(rows.begin(), rows.end(), 0);
   std::vector<rt::HostTensor> batch;
   // Evaluation data gets the deterministic transforms only (epoch 0).
-  rt::batchInto(t, inputs, rows, batch, &data.pipeline, split == "test" ? 0 : epoch);
+  if (rt::Status s = rt::batchInto(t, inputs, rows, batch, &data.pipeline, split == "test" ? 0 : epoch); !s)
+    return userError(s.message());
   if (rt::Status s = rt::saveNpz(args.get("o"), batch); !s)
     return userError(s.message());
   for (const rt::HostTensor &x : batch) {

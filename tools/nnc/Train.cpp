@@ -755,7 +755,9 @@ int nnc::driver::runPredict(const Args &args) {
     return rc;
   std::vector<int64_t> all(table.count);
   std::iota(all.begin(), all.end(), 0);
-  std::vector<rt::HostTensor> given = rt::batchOf(table, modelInputs(used), all);
+  std::vector<rt::HostTensor> given;
+  if (rt::Status s = rt::batchOf(table, modelInputs(used), all, given); !s)
+    return userError(s.message());
   std::vector<rt::HostTensor> inputs;
   for (const Input &in : m.inputs) {
     auto it = llvm::find_if(used, [&](const Input &u) { return u.arg == in.arg; });

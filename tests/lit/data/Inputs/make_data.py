@@ -77,7 +77,7 @@ def main():
         labels = [int(xs[2 * i] + xs[2 * i + 1] > 0) for i in range(40)]
         open(os.path.join(out, "x.npy"), "wb").write(npy((40, 2), xs))
         open(os.path.join(out, "y.npy"), "wb").write(npy((40,), labels, "<i8"))
-    elif kind in ("images", "images-corrupt"):
+    elif kind in ("images", "images-corrupt", "images-badbody"):
         # Two classes of 12x12 RGB images: bright ones and dark ones, stored at
         # 16x16 (and resized to the model's 12x12 when read).
         for split, n in (("train", 6), ("test", 2)):
@@ -87,10 +87,13 @@ def main():
                 for i in range(n):
                     px = [max(0, min(255, base + rng.randint(-20, 20))) for _ in range(16 * 16 * 3)]
                     open(os.path.join(d, "%d.png" % i), "wb").write(png(16, 16, 3, px))
-        if kind == "images-corrupt":
-            p = os.path.join(out, "train", "dark", "1.png")
-            data = open(p, "rb").read()
+        p = os.path.join(out, "train", "dark", "1.png")
+        data = open(p, "rb").read()
+        if kind == "images-corrupt":  # no whole header
             open(p, "wb").write(data[:60])
+        if kind == "images-badbody":  # a sound header, pixels that do not inflate
+            at = data.index(b"IDAT") + 8
+            open(p, "wb").write(data[:at] + bytes(b ^ 0x5a for b in data[at:at + 40]) + data[at + 40:])
     elif kind == "mnist-gz":
         os.makedirs(out, exist_ok=True)
         for split, n in (("train", 64), ("t10k", 16)):
