@@ -73,8 +73,12 @@ Status nnc::rt::checkTransform(Call &t, const std::vector<int64_t> &dims) {
       return bad("p must be a probability in [0, 1]");
   } else if (t.name == "translate") {
     double x = t.number("x"), y = t.number("y");
-    if (y < 0 && t.find("y") && t.find("y")->numbers[0] == -1)
+    if (y == -1) { // not given: as x (RandomAffine's translate=(x, y) written once)
       y = x;
+      for (CallArg &a : t.args)
+        if (a.name == "y")
+          a.numbers = {x};
+    }
     if (!(x >= 0 && x <= 1) || !(y >= 0 && y <= 1))
       return bad("x and y must be fractions in [0, 1]");
   } else if (t.name == "rotate") {

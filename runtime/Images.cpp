@@ -24,6 +24,16 @@ using namespace nnc::rt;
 
 namespace {
 
+/// The most pixels an image may have (a 16384 x 16384 image): decoding
+/// allocates them, and a header may claim anything.
+constexpr uint64_t kMaxPixels = uint64_t(1) << 28;
+
+std::string tooLarge(uint64_t w, uint64_t h) {
+  return "an image of " + std::to_string(w) + "x" + std::to_string(h) + " pixels, more than nnc decodes (" +
+         std::to_string(kMaxPixels) + ")";
+}
+
+
 /// A decoded image: `channels` interleaved bytes per pixel.
 struct Image {
   int64_t width = 0, height = 0, channels = 0;
@@ -37,6 +47,10 @@ Status decodePng(const std::vector<uint8_t> &bytes, int64_t channels, const std:
   if (!png_image_begin_read_from_memory(&img, bytes.data(), bytes.size()))
     return Status::error(where + ": a corrupt PNG image (" + img.message + ")");
   img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
+  if (uint64_t(img.width) * img.height > kMaxPixels) {
+    png_image_free(&img);
+    return Status::error(where + ": " + tooLarge(img.width, img.height));
+  }
   out.width = img.width;
   out.height = img.height;
   out.channels = channels;
@@ -75,6 +89,11 @@ Status decodeJpeg(const std::vector<uint8_t> &bytes, int64_t channels, const std
   jpeg_create_decompress(&c);
   jpeg_mem_src(&c, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&c, TRUE);
+  if (uint64_t(c.image_width) * c.image_height > kMaxPixels) {
+    std::string why = tooLarge(c.image_width, c.image_height);
+    jpeg_destroy_decompress(&c);
+    return Status::error(where + ": " + why);
+  }
   c.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&c);
   out.width = c.output_width;
@@ -162,6 +181,8 @@ Status checkHeader(const std::string &path, bool png) {
       why = std::string("a corrupt PNG image (") + img.message + ")";
     else if (img.width == 0 || img.height == 0)
       why = "an image without pixels";
+    else if (uint64_t(img.width) * img.height > kMaxPixels)
+      why = tooLarge(img.width, img.height);
     png_image_free(&img);
   } else {
     jpeg_decompress_struct c;
@@ -175,6 +196,8 @@ Status checkHeader(const std::string &path, bool png) {
       jpeg_create_decompress(&c);
       jpeg_stdio_src(&c, f);
       jpeg_read_header(&c, TRUE);
+      if (uint64_t(c.image_width) * c.image_height > kMaxPixels)
+        why = tooLarge(c.image_width, c.image_height);
     }
     jpeg_destroy_decompress(&c);
   }

@@ -257,15 +257,24 @@ Status parseNpy(const std::vector<uint8_t> &b, const std::string &where, const s
     return Status::error(where + ": a .npy header without descr or shape");
   if (fortran.find("True") != std::string::npos)
     return Status::error(where + ": the array is in Fortran order; save np.ascontiguousarray(a) instead");
+  // "(d0, d1, ...)": whole numbers, each checked, their product too, before
+  // anything is allocated.
   std::vector<int64_t> shape;
-  for (size_t i = 1; i < shapeText.size();) {
-    while (i < shapeText.size() && !std::isdigit(static_cast<unsigned char>(shapeText[i])))
-      ++i;
-    if (i >= shapeText.size())
-      break;
-    shape.push_back(std::strtoll(shapeText.c_str() + i, nullptr, 10));
-    while (i < shapeText.size() && std::isdigit(static_cast<unsigned char>(shapeText[i])))
-      ++i;
+  std::string inner = shapeText.substr(1, shapeText.size() - 2);
+  for (size_t at = 0; at < inner.size();) {
+    size_t comma = inner.find(',', at);
+    std::string item = inner.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    at = comma == std::string::npos ? inner.size() : comma + 1;
+    size_t b = item.find_first_not_of(' '), e = item.find_last_not_of(' ');
+    if (b == std::string::npos)
+      continue;
+    item = item.substr(b, e - b + 1);
+    char *end = nullptr;
+    errno = 0;
+    long long d = std::strtoll(item.c_str(), &end, 10);
+    if (*end != '\0' || errno == ERANGE || d < 0 || d > (int64_t(1) << 40))
+      return Status::error(where + ": shape " + shapeText + " has a dimension that is not a size");
+    shape.push_back(d);
   }
   if (shape.empty())
     return Status::error(where + ": a scalar array; data needs a first axis of samples");
@@ -280,9 +289,15 @@ Status parseNpy(const std::vector<uint8_t> &b, const std::string &where, const s
     return Status::error(where + ": dtype '" + descr + "' is not supported (floats, integers and booleans are)");
   count = shape[0];
   int64_t width = 1;
-  for (size_t i = 1; i < shape.size(); ++i)
+  size_t n = static_cast<size_t>(count), data = start + headerLen;
+  for (size_t i = 1; i < shape.size(); ++i) {
     width *= shape[i];
-  size_t n = static_cast<size_t>(count * width), data = start + headerLen;
+    if (shape[i] && n > (size_t(1) << 46) / static_cast<size_t>(shape[i]))
+      return Status::error(where + ": shape " + shapeText + " is larger than any file holds");
+    n *= static_cast<size_t>(shape[i]);
+  }
+  if (n > (size_t(1) << 46) / item)
+    return Status::error(where + ": shape " + shapeText + " is larger than any file holds");
   if (b.size() - data != n * item)
     return Status::error(where + ": " + std::to_string(b.size() - data) + " bytes of data, but the header's shape " +
                          shapeText + " of " + descr + " needs " + std::to_string(n * item) +
