@@ -194,6 +194,7 @@ public:
   Status getState(const std::string &name, HostTensor &out) const override;
   Status setState(const std::string &name, const HostTensor &value) override;
   bool isConstant(const std::string &name) const override { return isConstantOf(m, name); }
+  const ModelDesc *desc() const { return &m; }
   double learningRate() const override { return lr; }
   void setLearningRate(double v) override { lr = v; }
   bool isInteger(const std::string &name) const override { return isIntegerOf(m, name); }

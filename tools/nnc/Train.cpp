@@ -396,7 +396,7 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
   // Refused before anything is allocated: a model that cannot fit says so.
   if (rt::Status s = rt::checkFits(out.cpu.desc, fits.batch, fits.evalBatch, fits.dataBytes); !s)
     return userError(m.path + ": " + s.message());
-  if (fits.batch > 0)
+  if (fits.batch > 0 && !args.has("quiet"))
     llvm::outs() << "memory: "
                  << rt::stepMemory(out.cpu.desc, fits.batch, fits.evalBatch).describe(fits.batch, fits.evalBatch)
                  << "\n";
@@ -624,11 +624,11 @@ int nnc::driver::runTrain(const Args &args) {
     return rc;
   if (int rc = initFrom(args, m, *backend.model))
     return rc;
-  if (backend.cpu.jit)
+  if (backend.cpu.jit && o.verbosity > 0)
     llvm::outs() << llvm::format("compiled %s for the CPU in %.2f s%s\n", m.model.getName().str().c_str(),
                                  backend.cpu.seconds,
                                  backend.cpu.jit->cached() ? " (code from the cache)" : "");
-  if (!backend.cuda.arch.empty())
+  if (!backend.cuda.arch.empty() && o.verbosity > 0)
     llvm::outs() << llvm::format("compiled %s for CUDA (%s) in %.2f s; device: %s\n",
                                  m.model.getName().str().c_str(), backend.cuda.arch.c_str(),
                                  backend.cuda.seconds, backend.device.c_str());
