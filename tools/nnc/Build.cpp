@@ -287,7 +287,7 @@ int buildLibrary(const Args &args, Loaded &m, const std::string &output) {
        << "    nnc::rt::ModelDesc m;\n    m.name = " << quoted(name) << ";\n"
        << describe(d.model, "m.model") << "    m.model.call = call_" << cpu::kModelKernel << ";\n"
        << "    m.lossResult = " << d.lossResult << ";\n    m.trainStep = m.model;\n    return m;\n  }();\n"
-       << "  return m;\n}\nstd::string lastError;\n"
+       << "  return m;\n}\nthread_local std::string lastError; // model_create's, per thread\n"
        << "/// Empty when this CPU has every feature the code was compiled for.\nstd::string missingFeatures() {\n"
        << "  std::string missing;\n  __builtin_cpu_init();\n";
   for (const std::string &f : checks)
