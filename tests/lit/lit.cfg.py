@@ -42,3 +42,10 @@ try:
         config.available_features.add("cuda-device")
 except OSError:
     pass
+
+# The host CPU's AVX-512, for tests of code built for CPUs with or without it.
+try:
+    if " avx512f" in open("/proc/cpuinfo").read():
+        config.available_features.add("avx512")
+except OSError:
+    pass

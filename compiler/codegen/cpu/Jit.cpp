@@ -214,11 +214,16 @@ LogicalResult cpu::lowerToLLVM(ModuleOp module) {
 
 /// The host's target machine, at the highest optimization level; `pic` for
 /// object files linked into position-independent executables.
-static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp module,
-                                                                   bool pic = false) {
+static FailureOr<std::unique_ptr<llvm::TargetMachine>> hostMachine(ModuleOp module, bool pic = false,
+                                                                   StringRef cpu = "") {
   auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
   if (!builder)
     return module.emitError("cannot detect the host CPU: ") << llvm::toString(builder.takeError());
+  if (!cpu.empty() && cpu != "native") { // a named CPU: its features, not the host's
+    llvm::orc::JITTargetMachineBuilder named(builder->getTargetTriple());
+    named.setCPU(cpu.str());
+    *builder = std::move(named);
+  }
   builder->setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
   if (pic)
     builder->setRelocationModel(llvm::Reloc::PIC_);
@@ -593,7 +598,7 @@ struct HostCode {
   std::unique_ptr<llvm::Module> module;
 };
 
-FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context, bool pic) {
+FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context, bool pic, StringRef cpu = "") {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   DialectRegistry registry;
@@ -601,7 +606,7 @@ FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context,
   registerLLVMDialectTranslation(registry);
   registerOpenMPDialectTranslation(registry);
   module.getContext()->appendDialectRegistry(registry);
-  auto tm = hostMachine(module, pic);
+  auto tm = hostMachine(module, pic, cpu);
   if (failed(tm))
     return failure();
   auto parts = hostPartitions(module, **tm);
@@ -644,9 +649,9 @@ FailureOr<std::string> cpu::emitHostCode(ModuleOp module, bool asm_) {
   return std::string(buffer.str());
 }
 
-LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path) {
+LogicalResult cpu::emitObjectFile(ModuleOp module, StringRef path, StringRef cpu) {
   llvm::LLVMContext context;
-  auto code = optimizeForHost(module, context, /*pic=*/true);
+  auto code = optimizeForHost(module, context, /*pic=*/true, cpu);
   if (failed(code))
     return failure();
   std::error_code ec;

@@ -47,9 +47,10 @@ mlir::LogicalResult lowerToLLVM(mlir::ModuleOp module);
 /// module, as text.
 mlir::FailureOr<std::string> emitHostCode(mlir::ModuleOp module, bool asm_);
 
-/// Compiles an LLVM-dialect module to an object file for the host CPU, with
+/// Compiles an LLVM-dialect module to an object file for the host CPU (or
+/// for LLVM's CPU `cpu`, e.g. x86-64-v3, to run on older machines), with
 /// the optimizations the JIT applies, so that it computes the same numbers.
-mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path);
+mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path, llvm::StringRef cpu = "");
 
 class JitModule {
 public:
