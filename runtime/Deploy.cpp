@@ -3,6 +3,7 @@
 #include "runtime/Deploy.h"
 
 #include "runtime/Checkpoint.h"
+#include "runtime/StateDict.h"
 
 #include <algorithm>
 #include <cstring>
@@ -61,12 +62,23 @@ std::unique_ptr<deploy::Context> deploy::create(const ModelDesc &m, const std::s
   for (const TensorDesc &t : m.model.args) {
     if (t.role == "input")
       continue;
+    // nnc's names (a checkpoint), or PyTorch's (a state_dict, as
+    // --init-from reads it).
     auto it = std::find_if(tensors.begin(), tensors.end(), [&](const HostTensor &h) { return h.name == t.name; });
-    if (it == tensors.end()) {
-      error = where + ": no tensor '" + t.name + "' (the weights do not fit this model)";
-      return nullptr;
+    HostTensor value;
+    if (it != tensors.end()) {
+      value = *it;
+    } else {
+      std::string key = torchKey(t.name);
+      auto torch = std::find_if(tensors.begin(), tensors.end(), [&](const HostTensor &h) { return h.name == key; });
+      if (torch == tensors.end()) {
+        error = where + ": no tensor '" + t.name + "' or '" + key + "' (the weights do not fit this model)";
+        return nullptr;
+      }
+      value = fromTorch(*torch, t.name, t.shapeAt(1));
     }
-    if (Status s = c->model->setState(t.name, *it); !s) {
+    value.name = t.name;
+    if (Status s = c->model->setState(t.name, value); !s) {
       error = where + ": tensor '" + t.name + "' does not fit the model's shape";
       return nullptr;
     }

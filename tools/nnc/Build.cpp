@@ -15,6 +15,7 @@
 
 #include "runtime/Checkpoint.h"
 #include "runtime/Deploy.h"
+#include "runtime/StateDict.h"
 #include "runtime/System.h"
 
 #include "compiler/codegen/cpu/Jit.h"
@@ -243,8 +244,9 @@ int buildLibrary(const Args &args, Loaded &m, const std::string &output) {
     if (rt::Status s = rt::loadCheckpoint(weights, tensors, meta); !s)
       return userError(s.message());
     for (const rt::TensorDesc &t : desc->model.args)
-      if (t.role != "input" &&
-          std::none_of(tensors.begin(), tensors.end(), [&](const rt::HostTensor &h) { return h.name == t.name; }))
+      if (t.role != "input" && std::none_of(tensors.begin(), tensors.end(), [&](const rt::HostTensor &h) {
+            return h.name == t.name || h.name == rt::torchKey(t.name);
+          }))
         return userError(weights + ": no tensor '" + t.name + "' (the checkpoint does not fit this model)");
   }
   llvm::SmallString<128> dir;
