@@ -16,7 +16,7 @@ PACKAGES=(
   cmake ninja-build ccache g++ python3
   llvm-19-dev libmlir-19-dev mlir-19-tools llvm-19-tools clang-19 libclang-rt-19-dev
   libfmt-dev libzstd-dev libgtest-dev libgmock-dev libomp-19-dev libbenchmark-dev
-  zlib1g-dev libzip-dev libpng-dev libjpeg-dev gnuplot-nox graphviz
+  zlib1g-dev libzip-dev libpng-dev libjpeg-dev gnuplot-nox graphviz libonnx-dev libprotobuf-dev
 )
 
 # Installs those of the packages given that are missing (none: nothing).
@@ -37,7 +37,7 @@ install_missing "${PACKAGES[@]}"
 # PyTorch (with OpenBLAS, the peer as benchmarks/README.md sets it up) is optional:
 # without it the comparison test is skipped, so a failed install only warns.
 if [ $peer = 1 ]; then
-  install_missing python3-torch python3-torchvision python3-numpy libopenblas0-pthread ||
+  install_missing python3-torch python3-torchvision python3-numpy python3-onnx libopenblas0-pthread ||
     echo "==> warning: PyTorch could not be installed; the comparison with it will be skipped" >&2
 fi
 

@@ -58,6 +58,10 @@ struct Loaded {
   }
 };
 
+/// Writes `m`'s evaluation function with `tensors` (a checkpoint's) as an
+/// ONNX model at `path` (tools/nnc/Onnx.cpp).
+int exportOnnx(Loaded &m, const std::vector<rt::HostTensor> &tensors, const std::string &path);
+
 /// The inputs as the runtime binds data to them.
 std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs);
 

@@ -821,7 +821,10 @@ int nnc::driver::runExport(const Args &args) {
   if (auto rc = needFile(c, args))
     return *rc;
   if (!args.has("checkpoint") || !args.has("o"))
-    return usageError("export needs --checkpoint PATH and -o FILE.safetensors", &c);
+    return usageError("export needs --checkpoint PATH and -o FILE.safetensors (or FILE.onnx with --format onnx)", &c);
+  std::string format = args.get("format", llvm::StringRef(args.get("o")).ends_with(".onnx") ? "onnx" : "pt");
+  if (format != "pt" && format != "onnx")
+    return usageError("--format must be pt (a PyTorch state_dict as safetensors) or onnx, got '" + format + "'", &c);
   Loaded m;
   if (int rc = load(args.positional[0], std::nullopt, m))
     return rc;
@@ -835,6 +838,12 @@ int nnc::driver::runExport(const Args &args) {
   std::string model = m.model.getName().str();
   if (meta.count("nnc.model") && meta["nnc.model"] != model)
     return userError(from + ": the checkpoint is of model '" + meta["nnc.model"] + "', not '" + model + "'");
+  if (format == "onnx") {
+    if (int rc = exportOnnx(m, tensors, args.get("o")))
+      return rc;
+    llvm::outs() << "wrote " << model << " as ONNX (opset 13) to " << args.get("o") << "\n";
+    return kOk;
+  }
   std::vector<rt::HostTensor> out;
   for (const std::string &name : weightNames(m)) {
     auto it = std::find_if(tensors.begin(), tensors.end(), [&](const rt::HostTensor &t) { return t.name == name; });
