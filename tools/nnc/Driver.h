@@ -120,6 +120,7 @@ int runData(const Args &args);
 int runSummary(const Args &args);
 int runInspect(const Args &args);
 int runPlot(const Args &args);
+int runImport(const Args &args);
 
 } // namespace nnc::driver
 

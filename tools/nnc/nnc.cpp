@@ -136,6 +136,13 @@ const std::vector<Command> &commands() {
         {"o", "OUT", "Write the predictions to OUT (default: standard output)"},
         {"target", "T", "cpu|cuda|auto|reference"}},
        runPredict},
+      {"import", "nnc import MODEL.onnx [-o MODEL.nn] [--loss L --labels NAME]",
+       "Write an ONNX model as a .nn file, with its weights as safetensors beside it (for --init-from).",
+       {{"o", "FILE.nn", "The model to write (default: the ONNX file's name); weights go to FILE.safetensors"},
+        {"loss", "L", "The loss the model minimizes (an ONNX graph has none): auto (default: softmax_cross_entropy "
+                      "for class scores, else mse), softmax_cross_entropy, mse, binary_cross_entropy or none"},
+        {"labels", "NAME", "With --loss: the name of the labels or targets input (default y)"}},
+       runImport},
       {"summary", "nnc summary FILE",
        "Print the model layer by layer: op, output shape, parameters and FLOPs per sample, with totals.",
        {},
