@@ -20,6 +20,7 @@ config.environment["PATH"] = os.pathsep.join(
 config.substitutions.append(("%examples", os.path.join(config.nnc_src_root, "examples")))
 config.substitutions.append(("%srcroot", config.nnc_src_root))
 config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(("%cc", config.nnc_cc))
 
 # The CUDA Toolkit, when installed: NVRTC (loaded by nnc at run time) and
 # ptxas, to check generated kernels down to machine code without a GPU.
