@@ -272,6 +272,90 @@ struct Best {
   int64_t epoch = 0, wait = 0;
 };
 
+/// Where a resumed run starts: the checkpoint's state restored, the epoch
+/// (and step, when a signal stopped it inside one) after it, and early
+/// stopping's record.
+Status resume(Trainable &m, const TrainOptions &o, int64_t steps, int64_t &startEpoch, int64_t &startStep,
+              double &startLoss, Best &best) {
+  Metadata meta;
+  if (Status s = restoreState(m, o.checkpoint, meta); !s)
+    return s;
+  startEpoch = std::strtoll(meta["nnc.epoch"].c_str(), nullptr, 10) + 1;
+  // A run stopped by a signal saved where it was inside the next epoch.
+  int64_t done = 0;
+  if (Status s = metaInteger(o.checkpoint, meta, "nnc.epoch_step", steps, done); !s)
+    return s;
+  if (done > 0) {
+    startStep = done;
+    startLoss = std::strtod(meta["nnc.epoch_loss"].c_str(), nullptr);
+    if (!std::isfinite(startLoss))
+      return Status::error(o.checkpoint + ": metadata nnc.epoch_loss is '" + meta["nnc.epoch_loss"] +
+                           "', not a finite number");
+  }
+  if (meta.count("nnc.best")) { // early stopping carries on where it was
+    best.seen = true;
+    best.value = std::strtod(meta["nnc.best"].c_str(), nullptr);
+    if (Status s = metaInteger(o.checkpoint, meta, "nnc.best_epoch", kMaxEpochs, best.epoch); !s)
+      return s;
+    if (Status s = metaInteger(o.checkpoint, meta, "nnc.patience_wait", kMaxEpochs, best.wait); !s)
+      return s;
+  }
+  if (startEpoch > o.epochs)
+    return Status::error(o.checkpoint + ": the checkpoint is at epoch " + std::to_string(startEpoch - 1) +
+                         ", and --epochs " + std::to_string(o.epochs) + " trains no further (give --epochs above " +
+                         std::to_string(startEpoch - 1) + ")");
+  if (o.verbosity >= 1) {
+    if (startStep > 0)
+      std::printf("resuming in epoch %lld after step %lld (step %llu)\n", static_cast<long long>(startEpoch),
+                  static_cast<long long>(startStep), static_cast<unsigned long long>(m.steps()));
+    else
+      std::printf("resuming after epoch %lld (step %llu)\n", static_cast<long long>(startEpoch - 1),
+                  static_cast<unsigned long long>(m.steps()));
+  }
+  return Status::ok();
+}
+
+/// Saves where a signal stopped the run (after step `step` of `steps`) and
+/// says how to resume.
+Status stopped(Trainable &m, const TrainOptions &o, int sig, int64_t epoch, int64_t step, int64_t steps,
+               const Metadata &extra) {
+  std::string where = "epoch " + std::to_string(epoch) + ", step " + std::to_string(step) + " of " +
+                      std::to_string(steps);
+  const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  if (o.checkpoint.empty()) {
+    std::fprintf(stderr, "%s: interrupted (%s) at %s; nothing saved (no --checkpoint)\n", o.tool.c_str(), name,
+                 where.c_str());
+  } else {
+    if (Status s = saveState(m, o.checkpoint, step == steps ? epoch : epoch - 1, o.seed, extra); !s)
+      return s;
+    std::fprintf(stderr, "%s: interrupted (%s) at %s; saved %s\n", o.tool.c_str(), name, where.c_str(),
+                 o.checkpoint.c_str());
+    if (!o.resumeCommand.empty())
+      std::fprintf(stderr, "resume with: %s\n", o.resumeCommand.c_str());
+  }
+  std::fflush(stdout);
+  return Status::ok();
+}
+
+/// An epoch's line: "epoch 3/10: loss 0.1234, lr 0.01; test: loss ...; 1.2 s, ...".
+std::string epochLine(const EpochRecord &r, const TrainOptions &o, const BoundData &data, int64_t count,
+                      bool scheduled, bool background) {
+  char head[160];
+  std::snprintf(head, sizeof head, "epoch %lld/%lld: loss %.4f", static_cast<long long>(r.epoch),
+                static_cast<long long>(o.epochs), r.trainLoss);
+  std::string line = head;
+  if (scheduled)
+    line += ", lr " + shortNumber(r.lr);
+  line += data.hasTest ? "; " + data.testName + ": " : "; on the training set: ";
+  line += describeScore(r.score);
+  char tail[160];
+  std::snprintf(tail, sizeof tail, "; %.1f s, %.0f samples/s", r.seconds, static_cast<double>(count) / r.seconds);
+  line += tail;
+  if (o.verbosity >= 2)
+    line += "; data " + percent(r.dataShare) + " of the time" + (background ? " (made in the background)" : "");
+  return line;
+}
+
 } // namespace
 
 int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
@@ -304,43 +388,9 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
   int64_t startEpoch = 1, startStep = 0;
   double startLoss = 0;
   Best best;
-  if (o.resume) {
-    Metadata meta;
-    if (Status s = restoreState(m, o.checkpoint, meta); !s)
-      return fail(s.message());
-    startEpoch = std::strtoll(meta["nnc.epoch"].c_str(), nullptr, 10) + 1;
-    // A run stopped by a signal saved where it was inside the next epoch.
-    int64_t done = 0;
-    if (Status s = metaInteger(o.checkpoint, meta, "nnc.epoch_step", steps, done); !s)
-      return fail(s.message());
-    if (done > 0) {
-      startStep = done;
-      startLoss = std::strtod(meta["nnc.epoch_loss"].c_str(), nullptr);
-      if (!std::isfinite(startLoss))
-        return fail(o.checkpoint + ": metadata nnc.epoch_loss is '" + meta["nnc.epoch_loss"] +
-                    "', not a finite number");
-    }
-    if (meta.count("nnc.best")) { // early stopping carries on where it was
-      best.seen = true;
-      best.value = std::strtod(meta["nnc.best"].c_str(), nullptr);
-      if (Status s = metaInteger(o.checkpoint, meta, "nnc.best_epoch", kMaxEpochs, best.epoch); !s)
-        return fail(s.message());
-      if (Status s = metaInteger(o.checkpoint, meta, "nnc.patience_wait", kMaxEpochs, best.wait); !s)
-        return fail(s.message());
-    }
-    if (startEpoch > o.epochs)
-      return fail(o.checkpoint + ": the checkpoint is at epoch " + std::to_string(startEpoch - 1) +
-                  ", and --epochs " + std::to_string(o.epochs) +
-                  " trains no further (give --epochs above " + std::to_string(startEpoch - 1) + ")");
-    if (loud) {
-      if (startStep > 0)
-        std::printf("resuming in epoch %lld after step %lld (step %llu)\n", static_cast<long long>(startEpoch),
-                    static_cast<long long>(startStep), static_cast<unsigned long long>(m.steps()));
-      else
-        std::printf("resuming after epoch %lld (step %llu)\n", static_cast<long long>(startEpoch - 1),
-                    static_cast<unsigned long long>(m.steps()));
-    }
-  }
+  if (o.resume)
+    if (Status st = resume(m, o, steps, startEpoch, startStep, startLoss, best); !st)
+      return fail(st.message());
   MetricsLog metrics;
   std::string run = runId();
   if (!o.metrics.empty())
@@ -433,27 +483,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         // Stopped between steps: everything up to step k+1 is applied, so
         // the checkpoint resumes exactly there.
         progress.finishLine();
-        std::string where = "epoch " + std::to_string(epoch) + ", step " + std::to_string(k + 1) + " of " +
-                            std::to_string(steps);
-        const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
-        if (o.checkpoint.empty()) {
-          std::fprintf(stderr, "%s: interrupted (%s) at %s; nothing saved (no --checkpoint)\n", o.tool.c_str(),
-                       name, where.c_str());
-        } else {
-          Metadata extra = metadata();
-          if (k + 1 != steps) {
-            extra["nnc.epoch_step"] = std::to_string(k + 1);
-            extra["nnc.epoch_loss"] = exact(lossSum);
-          }
-          Status s = saveState(m, o.checkpoint, k + 1 == steps ? epoch : epoch - 1, o.seed, extra);
-          if (!s)
-            return fail(s.message());
-          std::fprintf(stderr, "%s: interrupted (%s) at %s; saved %s\n", o.tool.c_str(), name, where.c_str(),
-                       o.checkpoint.c_str());
-          if (!o.resumeCommand.empty())
-            std::fprintf(stderr, "resume with: %s\n", o.resumeCommand.c_str());
+        Metadata extra = metadata();
+        if (k + 1 != steps) {
+          extra["nnc.epoch_step"] = std::to_string(k + 1);
+          extra["nnc.epoch_loss"] = exact(lossSum);
         }
-        std::fflush(stdout);
+        if (Status s = stopped(m, o, sig, epoch, k + 1, steps, extra); !s)
+          return fail(s.message());
         return 128 + sig;
       }
       progress.update(epoch, o.epochs, k + 1, steps,
@@ -470,19 +506,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     r.trainLoss = lossSum / static_cast<double>(count);
     if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)
       return fail(s.message());
-    char head[160];
-    std::snprintf(head, sizeof head, "epoch %lld/%lld: loss %.4f", static_cast<long long>(epoch),
-                  static_cast<long long>(o.epochs), r.trainLoss);
-    std::string line = head;
-    if (scheduled)
-      line += ", lr " + shortNumber(r.lr);
-    line += data.hasTest ? "; " + data.testName + ": " : "; on the training set: ";
-    line += describeScore(r.score);
-    char tail[160];
-    std::snprintf(tail, sizeof tail, "; %.1f s, %.0f samples/s", r.seconds, static_cast<double>(count) / r.seconds);
-    line += tail;
-    if (o.verbosity >= 2)
-      line += "; data " + percent(r.dataShare) + " of the time" + (pipeline ? " (made in the background)" : "");
+    std::string line = epochLine(r, o, data, count, scheduled, pipeline != nullptr);
     lastLine = line;
     // Every epoch's line for up to 50 epochs, then about 50 lines in all.
     int64_t every = std::max<int64_t>(1, o.epochs / 50);

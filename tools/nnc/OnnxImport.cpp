@@ -131,6 +131,204 @@ std::string text(const std::map<std::string, const onnx::AttributeProto *> &a, c
   return it == a.end() ? "" : it->second->s();
 }
 
+/// The .nn text of an ONNX graph, node by node.
+struct Translation {
+  std::map<std::string, Initializer> &inits;
+  int64_t opset;
+  const onnx::GraphProto &g;
+  // Names in the language: inputs and weights from their ONNX names,
+  // intermediates `t_...`.
+  std::map<std::string, std::string> names;
+  std::set<std::string> taken;
+  std::ostringstream decls, body;
+  std::vector<rt::HostTensor> weights;
+  std::vector<std::string> unsupported;
+  int bn = 0;
+
+  std::string unique(std::string s) {
+    std::string base = s;
+    for (int k = 2; taken.count(s); ++k)
+      s = base + "_" + std::to_string(k);
+    taken.insert(s);
+    return s;
+  }
+
+  /// A weight as a parameter of the model (declared once), its values to the
+  /// weights file under the key --init-from looks up.
+  std::string param(const std::string &onnxName, bool transpose = false) {
+    auto it = names.find(onnxName);
+    if (it != names.end())
+      return it->second;
+    const Initializer &w = inits.at(onnxName);
+    std::string n = unique(identifier(onnxName, "w_"));
+    names[onnxName] = n;
+    rt::HostTensor h{rt::torchKey(n), w.shape, {}};
+    h.data.assign(w.floats.begin(), w.floats.end());
+    if (transpose) { // Gemm's transB: stored [out, in], used [in, out]
+      h.shape = {w.shape[1], w.shape[0]};
+      for (int64_t i = 0; i < w.shape[0]; ++i)
+        for (int64_t j = 0; j < w.shape[1]; ++j)
+          h.data[static_cast<size_t>(j * w.shape[0] + i)] = w.floats[static_cast<size_t>(i * w.shape[1] + j)];
+    }
+    decls << "  param " << n << ": f32" << list(h.shape) << " = zeros\n";
+    weights.push_back(std::move(h));
+    return n;
+  }
+
+  /// Node `n` as a statement of `body`, or an entry of `unsupported`.
+  void node(const onnx::NodeProto &n) {
+    const std::string &op = n.op_type();
+    if (op == "Constant")
+      return;
+    auto a = attributes(n);
+    auto arg = [&](int i) -> std::string {
+      const std::string &x = n.input(i);
+      if (names.count(x))
+        return names[x];
+      if (inits.count(x) && inits[x].isFloat)
+        return param(x);
+      return "";
+    };
+    std::string expr;
+    auto un = [&](const char *f) { expr = std::string(f) + "(" + arg(0) + ")"; };
+    auto bin = [&](const char *o) { expr = arg(0) + " " + o + " " + arg(1); };
+    if (op == "Relu") un("relu");
+    else if (op == "Sigmoid") un("sigmoid");
+    else if (op == "Tanh") un("tanh");
+    else if (op == "Softplus") un("softplus");
+    else if (op == "Exp") un("exp");
+    else if (op == "Log") un("log");
+    else if (op == "Sqrt") un("sqrt");
+    else if (op == "Abs") un("abs");
+    else if (op == "Identity" || op == "Dropout") un("identity");
+    else if (op == "Neg") expr = "-" + arg(0);
+    else if (op == "Add") bin("+");
+    else if (op == "Sub") bin("-");
+    else if (op == "Mul") bin("*");
+    else if (op == "Div") bin("/");
+    else if (op == "MatMul") bin("@");
+    else if (op == "LeakyRelu") expr = "leaky_relu(" + arg(0) + ", alpha=" + number(real(a, "alpha", 0.01)) + ")";
+    else if (op == "Softmax" || op == "LogSoftmax") {
+      int64_t axis = integer(a, "axis", opset >= 13 ? -1 : 1);
+      expr = std::string(op == "Softmax" ? "softmax(" : "log_softmax(") + arg(0) + ", axis=" + std::to_string(axis) + ")";
+    } else if (op == "Flatten") {
+      if (integer(a, "axis", 1) != 1)
+        unsupported.push_back(n.name() + " (Flatten with axis other than 1)");
+      un("flatten");
+    } else if (op == "GlobalAveragePool") {
+      expr = "adaptive_avg_pool2d(" + arg(0) + ", 1)";
+    } else if (op == "ReduceMean" || op == "ReduceSum" || op == "ReduceMax") {
+      // Axes: an attribute, or (ReduceSum from opset 13) a second input.
+      std::vector<int64_t> axes = ints(a, "axes");
+      if (op == "ReduceSum" && n.input_size() > 1 && inits.count(n.input(1)))
+        axes = inits[n.input(1)].ints;
+      if (axes.empty()) {
+        unsupported.push_back(n.name() + " (" + op + " over every axis)");
+        return;
+      }
+      expr = std::string(op == "ReduceMean" ? "mean(" : op == "ReduceSum" ? "sum(" : "max(") + arg(0) + ", axis=" +
+             list(axes) + ", keepdims=" + (integer(a, "keepdims", 1) ? "true" : "false") + ")";
+    } else if (op == "Transpose") {
+      expr = "transpose(" + arg(0) + ", perm=" + list(ints(a, "perm")) + ")";
+    } else if (op == "Concat") {
+      expr = "concat([";
+      for (int i = 0; i < n.input_size(); ++i)
+        expr += (i ? ", " : "") + arg(i);
+      expr += "], axis=" + std::to_string(integer(a, "axis", 1)) + ")";
+    } else if (op == "Reshape" && n.input_size() == 2 && inits.count(n.input(1)) && !inits[n.input(1)].isFloat) {
+      std::vector<int64_t> s = inits[n.input(1)].ints;
+      if (inits.count(n.input(0)) && inits[n.input(0)].isFloat) { // a weight: sizes all known
+        int64_t total = 1, known = 1;
+        for (int64_t d : inits[n.input(0)].shape)
+          total *= d;
+        for (int64_t d : s)
+          known *= d == -1 ? 1 : d;
+        for (int64_t &d : s)
+          if (d == -1)
+            d = total / std::max<int64_t>(1, known);
+        expr = "reshape(" + arg(0) + ", " + list(s) + ")";
+        std::string result = unique(identifier(n.output(0), "t_"));
+        names[n.output(0)] = result;
+        body << "  " << result << " = " << expr << "\n";
+        return;
+      }
+      bool batchFirst = !s.empty() && (s[0] == 0 || s[0] == -1);
+      std::vector<int64_t> rest(s.begin() + (s.empty() ? 0 : 1), s.end());
+      if (batchFirst && rest == std::vector<int64_t>{-1}) {
+        un("flatten");
+      } else if (batchFirst && std::find(rest.begin(), rest.end(), -1) == rest.end() &&
+                 std::find(rest.begin(), rest.end(), 0) == rest.end()) {
+        expr = "reshape(" + arg(0) + ", [B";
+        for (int64_t d : rest)
+          expr += ", " + std::to_string(d);
+        expr += "])";
+      } else {
+        unsupported.push_back(n.name() + " (Reshape to " + list(s) + ": only [batch, ...] shapes)");
+      }
+    } else if (op == "Gemm") {
+      std::string A = arg(0);
+      if (integer(a, "transA", 0))
+        A = "transpose(" + A + ")";
+      std::string B = integer(a, "transB", 0) && inits.count(n.input(1)) ? param(n.input(1), true)
+                      : integer(a, "transB", 0)                          ? "transpose(" + arg(1) + ")"
+                                                                         : arg(1);
+      double alpha = real(a, "alpha", 1), beta = real(a, "beta", 1);
+      expr = (alpha != 1 ? number(alpha) + " * " : "") + "(" + A + " @ " + B + ")";
+      if (n.input_size() > 2 && !n.input(2).empty())
+        expr += " + " + (beta != 1 ? number(beta) + " * " : "") + arg(2);
+    } else if (op == "Conv") {
+      std::vector<int64_t> pads = ints(a, "pads", {0, 0, 0, 0}), dil = ints(a, "dilations", {1, 1});
+      std::string autoPad = text(a, "auto_pad");
+      if (pads.size() != 4 || pads[0] != pads[2] || pads[1] != pads[3] || dil != std::vector<int64_t>{1, 1} ||
+          (!autoPad.empty() && autoPad != "NOTSET" && autoPad != "VALID")) {
+        unsupported.push_back(n.name() + " (Conv with asymmetric padding, dilation or auto_pad)");
+        return;
+      }
+      expr = "conv2d(" + arg(0) + ", " + arg(1) + ", stride=" + list(ints(a, "strides", {1, 1})) + ", padding=" +
+             list({pads[0], pads[1]}) + ", groups=" + std::to_string(integer(a, "group", 1)) + ")";
+      if (n.input_size() > 2 && !n.input(2).empty())
+        expr += " + reshape(" + arg(2) + ", [" + std::to_string(inits[n.input(2)].shape[0]) + ", 1, 1])";
+    } else if (op == "MaxPool" || op == "AveragePool") {
+      std::vector<int64_t> pads = ints(a, "pads", {0, 0, 0, 0});
+      if (pads.size() != 4 || pads[0] != pads[2] || pads[1] != pads[3] || integer(a, "ceil_mode", 0)) {
+        unsupported.push_back(n.name() + " (" + op + " with asymmetric padding or ceil_mode)");
+        return;
+      }
+      expr = std::string(op == "MaxPool" ? "max_pool2d(" : "avg_pool2d(") + arg(0) +
+             ", kernel=" + list(ints(a, "kernel_shape")) + ", stride=" + list(ints(a, "strides", {1, 1})) +
+             ", padding=" + list({pads[0], pads[1]});
+      if (op == "AveragePool")
+        expr += std::string(", count_include_pad=") + (integer(a, "count_include_pad", 0) ? "true" : "false");
+      expr += ")";
+    } else if (op == "BatchNormalization") {
+      // The layer form: its tensors named NAME.gamma, .beta, .running_mean,
+      // .running_var, which --init-from reads as NAME.weight, .bias, ...
+      std::string layer = unique("bn" + std::to_string(bn++));
+      const char *slots[] = {"gamma", "beta", "running_mean", "running_var"};
+      for (int k = 0; k < 4; ++k) {
+        const Initializer &w = inits.at(n.input(k + 1));
+        rt::HostTensor h{rt::torchKey(layer + "." + slots[k]), w.shape, {}};
+        h.data.assign(w.floats.begin(), w.floats.end());
+        weights.push_back(std::move(h));
+      }
+      expr = "batch_norm(" + arg(0) + ", eps=" + number(real(a, "epsilon", 1e-5)) +
+             ", momentum=" + number(1 - real(a, "momentum", 0.9)) + ", name=\"" + layer + "\")";
+    } else {
+      unsupported.push_back(n.name() + " (" + op + ")");
+      return;
+    }
+    // Graph outputs keep their names; intermediates are t_...
+    bool isOutput = std::any_of(g.output().begin(), g.output().end(),
+                                [&](const onnx::ValueInfoProto &v) { return v.name() == n.output(0); });
+    std::string result = unique(identifier(n.output(0), isOutput ? "" : "t_"));
+    if (std::isdigit(static_cast<unsigned char>(result[0])))
+      result = unique("y" + result);
+    names[n.output(0)] = result;
+    body << "  " << result << " = " << expr << "\n";
+
+  }
+};
+
 } // namespace
 
 int nnc::driver::runImport(const Args &args) {
@@ -181,51 +379,16 @@ int nnc::driver::runImport(const Args &args) {
         }
     }
 
-  // Names in the language: inputs and weights from their ONNX names,
-  // intermediates `t_...`.
-  std::map<std::string, std::string> names;
-  std::set<std::string> taken;
-  auto unique = [&](std::string s) {
-    std::string base = s;
-    for (int k = 2; taken.count(s); ++k)
-      s = base + "_" + std::to_string(k);
-    taken.insert(s);
-    return s;
-  };
-  std::ostringstream decls, body;
-  std::vector<rt::HostTensor> weights;
-  std::set<std::string> declared;
-  // A weight as a parameter of the model (declared once), its values to the
-  // weights file under the key --init-from looks up.
-  auto param = [&](const std::string &onnxName, bool transpose = false) -> std::string {
-    auto it = names.find(onnxName);
-    if (it != names.end())
-      return it->second;
-    const Initializer &w = inits.at(onnxName);
-    std::string n = unique(identifier(onnxName, "w_"));
-    names[onnxName] = n;
-    rt::HostTensor h{rt::torchKey(n), w.shape, {}};
-    h.data.assign(w.floats.begin(), w.floats.end());
-    if (transpose) { // Gemm's transB: stored [out, in], used [in, out]
-      h.shape = {w.shape[1], w.shape[0]};
-      for (int64_t i = 0; i < w.shape[0]; ++i)
-        for (int64_t j = 0; j < w.shape[1]; ++j)
-          h.data[static_cast<size_t>(j * w.shape[0] + i)] = w.floats[static_cast<size_t>(i * w.shape[1] + j)];
-    }
-    decls << "  param " << n << ": f32" << list(h.shape) << " = zeros\n";
-    weights.push_back(std::move(h));
-    return n;
-  };
-  std::string firstInput;
+  Translation t{inits, opset, g};
   for (const onnx::ValueInfoProto &v : g.input()) {
     if (inits.count(v.name()))
       continue;
-    const auto &t = v.type().tensor_type();
-    if (t.elem_type() != onnx::TensorProto::FLOAT)
+    const auto &tensor = v.type().tensor_type();
+    if (tensor.elem_type() != onnx::TensorProto::FLOAT)
       return userError(path + ": input '" + v.name() + "' is not float32");
     std::vector<std::string> dims;
-    for (int i = 0; i < t.shape().dim_size(); ++i) {
-      const auto &d = t.shape().dim(i);
+    for (int i = 0; i < tensor.shape().dim_size(); ++i) {
+      const auto &d = tensor.shape().dim(i);
       if (i == 0)
         dims.push_back("B"); // the batch axis, whatever the file fixed it to
       else if (d.has_dim_value() && d.dim_value() > 0)
@@ -236,181 +399,29 @@ int nnc::driver::runImport(const Args &args) {
     }
     if (dims.empty())
       return userError(path + ": input '" + v.name() + "' is a scalar; nnc's inputs have a batch axis");
-    std::string n = unique(identifier(v.name(), ""));
+    std::string n = t.unique(identifier(v.name(), ""));
     if (!n.empty() && std::isdigit(static_cast<unsigned char>(n[0])))
-      n = unique("x" + n);
-    names[v.name()] = n;
-    if (firstInput.empty())
-      firstInput = n;
-    decls << "  input " << n << ": f32[";
+      n = t.unique("x" + n);
+    t.names[v.name()] = n;
+    t.decls << "  input " << n << ": f32[";
     for (size_t i = 0; i < dims.size(); ++i)
-      decls << (i ? ", " : "") << dims[i];
-    decls << "]\n";
+      t.decls << (i ? ", " : "") << dims[i];
+    t.decls << "]\n";
   }
 
-  std::vector<std::string> unsupported;
-  int bn = 0;
-  for (const onnx::NodeProto &n : g.node()) {
-    const std::string &op = n.op_type();
-    if (op == "Constant")
-      continue;
-    auto a = attributes(n);
-    auto arg = [&](int i) -> std::string {
-      const std::string &x = n.input(i);
-      if (names.count(x))
-        return names[x];
-      if (inits.count(x) && inits[x].isFloat)
-        return param(x);
-      return "";
-    };
-    std::string expr;
-    auto un = [&](const char *f) { expr = std::string(f) + "(" + arg(0) + ")"; };
-    auto bin = [&](const char *o) { expr = arg(0) + " " + o + " " + arg(1); };
-    if (op == "Relu") un("relu");
-    else if (op == "Sigmoid") un("sigmoid");
-    else if (op == "Tanh") un("tanh");
-    else if (op == "Softplus") un("softplus");
-    else if (op == "Exp") un("exp");
-    else if (op == "Log") un("log");
-    else if (op == "Sqrt") un("sqrt");
-    else if (op == "Abs") un("abs");
-    else if (op == "Identity" || op == "Dropout") un("identity");
-    else if (op == "Neg") expr = "-" + arg(0);
-    else if (op == "Add") bin("+");
-    else if (op == "Sub") bin("-");
-    else if (op == "Mul") bin("*");
-    else if (op == "Div") bin("/");
-    else if (op == "MatMul") bin("@");
-    else if (op == "LeakyRelu") expr = "leaky_relu(" + arg(0) + ", alpha=" + number(real(a, "alpha", 0.01)) + ")";
-    else if (op == "Softmax" || op == "LogSoftmax") {
-      int64_t axis = integer(a, "axis", opset >= 13 ? -1 : 1);
-      expr = std::string(op == "Softmax" ? "softmax(" : "log_softmax(") + arg(0) + ", axis=" + std::to_string(axis) + ")";
-    } else if (op == "Flatten") {
-      if (integer(a, "axis", 1) != 1)
-        unsupported.push_back(n.name() + " (Flatten with axis other than 1)");
-      un("flatten");
-    } else if (op == "GlobalAveragePool") {
-      expr = "adaptive_avg_pool2d(" + arg(0) + ", 1)";
-    } else if (op == "ReduceMean" || op == "ReduceSum" || op == "ReduceMax") {
-      // Axes: an attribute, or (ReduceSum from opset 13) a second input.
-      std::vector<int64_t> axes = ints(a, "axes");
-      if (op == "ReduceSum" && n.input_size() > 1 && inits.count(n.input(1)))
-        axes = inits[n.input(1)].ints;
-      if (axes.empty()) {
-        unsupported.push_back(n.name() + " (" + op + " over every axis)");
-        continue;
-      }
-      expr = std::string(op == "ReduceMean" ? "mean(" : op == "ReduceSum" ? "sum(" : "max(") + arg(0) + ", axis=" +
-             list(axes) + ", keepdims=" + (integer(a, "keepdims", 1) ? "true" : "false") + ")";
-    } else if (op == "Transpose") {
-      expr = "transpose(" + arg(0) + ", perm=" + list(ints(a, "perm")) + ")";
-    } else if (op == "Concat") {
-      expr = "concat([";
-      for (int i = 0; i < n.input_size(); ++i)
-        expr += (i ? ", " : "") + arg(i);
-      expr += "], axis=" + std::to_string(integer(a, "axis", 1)) + ")";
-    } else if (op == "Reshape" && n.input_size() == 2 && inits.count(n.input(1)) && !inits[n.input(1)].isFloat) {
-      std::vector<int64_t> s = inits[n.input(1)].ints;
-      if (inits.count(n.input(0)) && inits[n.input(0)].isFloat) { // a weight: sizes all known
-        int64_t total = 1, known = 1;
-        for (int64_t d : inits[n.input(0)].shape)
-          total *= d;
-        for (int64_t d : s)
-          known *= d == -1 ? 1 : d;
-        for (int64_t &d : s)
-          if (d == -1)
-            d = total / std::max<int64_t>(1, known);
-        expr = "reshape(" + arg(0) + ", " + list(s) + ")";
-        std::string result = unique(identifier(n.output(0), "t_"));
-        names[n.output(0)] = result;
-        body << "  " << result << " = " << expr << "\n";
-        continue;
-      }
-      bool batchFirst = !s.empty() && (s[0] == 0 || s[0] == -1);
-      std::vector<int64_t> rest(s.begin() + (s.empty() ? 0 : 1), s.end());
-      if (batchFirst && rest == std::vector<int64_t>{-1}) {
-        un("flatten");
-      } else if (batchFirst && std::find(rest.begin(), rest.end(), -1) == rest.end() &&
-                 std::find(rest.begin(), rest.end(), 0) == rest.end()) {
-        expr = "reshape(" + arg(0) + ", [B";
-        for (int64_t d : rest)
-          expr += ", " + std::to_string(d);
-        expr += "])";
-      } else {
-        unsupported.push_back(n.name() + " (Reshape to " + list(s) + ": only [batch, ...] shapes)");
-      }
-    } else if (op == "Gemm") {
-      std::string A = arg(0);
-      if (integer(a, "transA", 0))
-        A = "transpose(" + A + ")";
-      std::string B = integer(a, "transB", 0) && inits.count(n.input(1)) ? param(n.input(1), true)
-                      : integer(a, "transB", 0)                          ? "transpose(" + arg(1) + ")"
-                                                                         : arg(1);
-      double alpha = real(a, "alpha", 1), beta = real(a, "beta", 1);
-      expr = (alpha != 1 ? number(alpha) + " * " : "") + "(" + A + " @ " + B + ")";
-      if (n.input_size() > 2 && !n.input(2).empty())
-        expr += " + " + (beta != 1 ? number(beta) + " * " : "") + arg(2);
-    } else if (op == "Conv") {
-      std::vector<int64_t> pads = ints(a, "pads", {0, 0, 0, 0}), dil = ints(a, "dilations", {1, 1});
-      std::string autoPad = text(a, "auto_pad");
-      if (pads.size() != 4 || pads[0] != pads[2] || pads[1] != pads[3] || dil != std::vector<int64_t>{1, 1} ||
-          (!autoPad.empty() && autoPad != "NOTSET" && autoPad != "VALID")) {
-        unsupported.push_back(n.name() + " (Conv with asymmetric padding, dilation or auto_pad)");
-        continue;
-      }
-      expr = "conv2d(" + arg(0) + ", " + arg(1) + ", stride=" + list(ints(a, "strides", {1, 1})) + ", padding=" +
-             list({pads[0], pads[1]}) + ", groups=" + std::to_string(integer(a, "group", 1)) + ")";
-      if (n.input_size() > 2 && !n.input(2).empty())
-        expr += " + reshape(" + arg(2) + ", [" + std::to_string(inits[n.input(2)].shape[0]) + ", 1, 1])";
-    } else if (op == "MaxPool" || op == "AveragePool") {
-      std::vector<int64_t> pads = ints(a, "pads", {0, 0, 0, 0});
-      if (pads.size() != 4 || pads[0] != pads[2] || pads[1] != pads[3] || integer(a, "ceil_mode", 0)) {
-        unsupported.push_back(n.name() + " (" + op + " with asymmetric padding or ceil_mode)");
-        continue;
-      }
-      expr = std::string(op == "MaxPool" ? "max_pool2d(" : "avg_pool2d(") + arg(0) +
-             ", kernel=" + list(ints(a, "kernel_shape")) + ", stride=" + list(ints(a, "strides", {1, 1})) +
-             ", padding=" + list({pads[0], pads[1]});
-      if (op == "AveragePool")
-        expr += std::string(", count_include_pad=") + (integer(a, "count_include_pad", 0) ? "true" : "false");
-      expr += ")";
-    } else if (op == "BatchNormalization") {
-      // The layer form: its tensors named NAME.gamma, .beta, .running_mean,
-      // .running_var, which --init-from reads as NAME.weight, .bias, ...
-      std::string layer = unique("bn" + std::to_string(bn++));
-      const char *slots[] = {"gamma", "beta", "running_mean", "running_var"};
-      for (int k = 0; k < 4; ++k) {
-        const Initializer &w = inits.at(n.input(k + 1));
-        rt::HostTensor h{rt::torchKey(layer + "." + slots[k]), w.shape, {}};
-        h.data.assign(w.floats.begin(), w.floats.end());
-        weights.push_back(std::move(h));
-      }
-      expr = "batch_norm(" + arg(0) + ", eps=" + number(real(a, "epsilon", 1e-5)) +
-             ", momentum=" + number(1 - real(a, "momentum", 0.9)) + ", name=\"" + layer + "\")";
-    } else {
-      unsupported.push_back(n.name() + " (" + op + ")");
-      continue;
-    }
-    // Graph outputs keep their names; intermediates are t_...
-    bool isOutput = std::any_of(g.output().begin(), g.output().end(),
-                                [&](const onnx::ValueInfoProto &v) { return v.name() == n.output(0); });
-    std::string result = unique(identifier(n.output(0), isOutput ? "" : "t_"));
-    if (std::isdigit(static_cast<unsigned char>(result[0])))
-      result = unique("y" + result);
-    names[n.output(0)] = result;
-    body << "  " << result << " = " << expr << "\n";
-  }
-  if (!unsupported.empty()) {
+  for (const onnx::NodeProto &n : g.node())
+    t.node(n);
+  if (!t.unsupported.empty()) {
     std::string all;
-    for (const std::string &u : unsupported)
+    for (const std::string &u : t.unsupported)
       all += "\n  " + u;
-    return userError(path + ": " + std::to_string(unsupported.size()) + " node(s) nnc cannot import:" + all);
+    return userError(path + ": " + std::to_string(t.unsupported.size()) + " node(s) nnc cannot import:" + all);
   }
   std::vector<std::string> outputs;
   for (const onnx::ValueInfoProto &v : g.output()) {
-    if (!names.count(v.name()))
+    if (!t.names.count(v.name()))
       return userError(path + ": output '" + v.name() + "' is computed by no node nnc imported");
-    outputs.push_back(names[v.name()]);
+    outputs.push_back(t.names[v.name()]);
   }
   // The first output's sizes after the batch axis, for the loss.
   std::vector<int64_t> outDims;
@@ -433,7 +444,7 @@ int nnc::driver::runImport(const Args &args) {
      << "); weights in " << llvm::sys::path::filename(weightsPath).str() << ":\n#   nnc predict "
      << llvm::sys::path::filename(out).str() << " --init-from " << llvm::sys::path::filename(weightsPath).str()
      << " --input rows.csv\nmodel " << modelName << " {\n"
-     << decls.str();
+     << t.decls.str();
   if (!loss.empty()) {
     nn << "  input " << labels << (loss == "softmax_cross_entropy" ? ": i32[B]" : ": f32[B");
     if (loss != "softmax_cross_entropy") {
@@ -443,18 +454,18 @@ int nnc::driver::runImport(const Args &args) {
     }
     nn << "\n";
   }
-  nn << body.str();
+  nn << t.body.str();
   for (const std::string &o : outputs)
     nn << "  output " << o << "\n";
   if (!loss.empty())
     nn << "  loss = " << loss << "(" << outputs[0] << ", " << labels << ")\n  minimize loss\n";
   nn << "}\n";
-  if (rt::Status s = rt::saveCheckpoint(weightsPath, weights, {{"format", "pt"}}); !s)
+  if (rt::Status s = rt::saveCheckpoint(weightsPath, t.weights, {{"format", "pt"}}); !s)
     return userError(s.message());
   if (int rc = writeOutput(out, nn.str()))
     return rc;
   llvm::outs() << "wrote " << out << " (" << g.node_size() << " nodes) and " << weightsPath << " ("
-               << weights.size() << " tensors)\n";
+               << t.weights.size() << " tensors)\n";
   return kOk;
 }
 #endif
