@@ -180,16 +180,6 @@ Status rt::batchOf(const Table &t, const std::vector<ModelInput> &inputs, const 
   return batchInto(t, inputs, indices, out);
 }
 
-static bool isDirectory(const std::string &path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static bool exists(const std::string &path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
 std::string rt::guessKind(const std::string &path) {
   auto ends = [&](const char *tail) {
     size_t n = std::strlen(tail);

@@ -47,12 +47,12 @@ Status nnc::rt::readWholeFile(const std::string &path, std::vector<uint8_t> &byt
   return Status::ok();
 }
 
-static bool isDirectory(const std::string &path) {
+bool nnc::rt::isDirectory(const std::string &path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static bool exists(const std::string &path) {
+bool nnc::rt::exists(const std::string &path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
 }

@@ -24,6 +24,10 @@
 
 namespace nnc::rt {
 
+/// Whether `path` names a directory; whether it names anything.
+bool isDirectory(const std::string &path);
+bool exists(const std::string &path);
+
 /// Reads a whole file, inflated when it is gzip-compressed (its first bytes
 /// say so, whatever its name).
 Status readWholeFile(const std::string &path, std::vector<uint8_t> &bytes);

@@ -16,6 +16,7 @@
 #include "runtime/Training.h"
 
 #include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/DenseSet.h"
 
 namespace nnc::rt {
 struct CudaDriver;
@@ -61,6 +62,10 @@ struct Loaded {
 /// Writes `m`'s evaluation function with `tensors` (a checkpoint's) as an
 /// ONNX model at `path` (tools/nnc/Onnx.cpp).
 int exportOnnx(Loaded &m, const std::vector<rt::HostTensor> &tensors, const std::string &path);
+
+/// The values `fn`'s outputs (every result but the loss) read, arguments
+/// included: what prediction and an inference graph need.
+llvm::DenseSet<mlir::Value> readByOutputs(mlir::func::FuncOp fn);
 
 /// The inputs as the runtime binds data to them.
 std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs);

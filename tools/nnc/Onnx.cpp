@@ -292,17 +292,7 @@ int nnc::driver::exportOnnx(Loaded &m, const std::vector<rt::HostTensor> &tensor
     if (!role || role.getValue() != "loss")
       outs.push_back(i);
   }
-  llvm::DenseSet<Value> needed;
-  SmallVector<Value> work;
-  for (unsigned i : outs)
-    work.push_back(ret->getOperand(i));
-  while (!work.empty()) {
-    Value v = work.pop_back_val();
-    if (!needed.insert(v).second)
-      continue;
-    if (Operation *def = v.getDefiningOp())
-      llvm::append_range(work, def->getOperands());
-  }
+  llvm::DenseSet<Value> needed = readByOutputs(fn);
   for (unsigned i = 0; i < fn.getNumArguments(); ++i) {
     Value a = fn.getArgument(i);
     if (!needed.contains(a))

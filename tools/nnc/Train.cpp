@@ -244,6 +244,25 @@ std::string nnc::driver::autoTarget() {
   return rt::probeCudaDevice().present && !cuda::nvrtcVersion().empty() ? "cuda" : "cpu";
 }
 
+llvm::DenseSet<Value> nnc::driver::readByOutputs(func::FuncOp fn) {
+  llvm::DenseSet<Value> needed;
+  SmallVector<Value> work;
+  Operation *ret = fn.front().getTerminator();
+  for (unsigned i = 0; i < fn.getNumResults(); ++i) {
+    auto role = fn.getResultAttrOfType<StringAttr>(i, nn::attr::kRole);
+    if (!role || role.getValue() != "loss")
+      work.push_back(ret->getOperand(i));
+  }
+  while (!work.empty()) {
+    Value v = work.pop_back_val();
+    if (!needed.insert(v).second)
+      continue;
+    if (Operation *def = v.getDefiningOp())
+      llvm::append_range(work, def->getOperands());
+  }
+  return needed;
+}
+
 std::vector<rt::ModelInput> nnc::driver::modelInputs(const std::vector<Input> &inputs) {
   return std::vector<rt::ModelInput>(inputs.begin(), inputs.end());
 }
@@ -728,18 +747,7 @@ int nnc::driver::runPredict(const Args &args) {
   // feed the loss alone.
   func::FuncOp fn = m.model;
   unsigned loss = *m.lossResult();
-  llvm::DenseSet<Value> needed;
-  SmallVector<Value> work;
-  for (unsigned i = 0; i < fn.getNumResults(); ++i)
-    if (i != loss)
-      work.push_back(fn.front().getTerminator()->getOperand(i));
-  while (!work.empty()) {
-    Value v = work.pop_back_val();
-    if (!needed.insert(v).second)
-      continue;
-    if (Operation *def = v.getDefiningOp())
-      llvm::append_range(work, def->getOperands());
-  }
+  llvm::DenseSet<Value> needed = readByOutputs(fn);
   std::vector<Input> used;
   for (const Input &in : m.inputs)
     if (needed.contains(fn.getArgument(in.arg)))
