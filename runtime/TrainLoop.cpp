@@ -9,6 +9,7 @@
 
 #include "runtime/Training.h"
 
+#include "runtime/Distributed.h"
 #include "runtime/Progress.h"
 #include "runtime/Schedule.h"
 #include "runtime/System.h"
@@ -265,6 +266,119 @@ std::string describeScore(const Score &s) {
   return text;
 }
 
+/// Checkpoints are written by rank 0 alone (every rank holds the same
+/// state); the others wait for it, so that no rank runs ahead of a file
+/// it may resume from.
+Status saveByLeader(Trainable &m, const std::string &path, int64_t epoch, uint64_t seed, const Metadata &extra) {
+  Status written = isLeader() ? saveState(m, path, epoch, seed, extra) : Status::ok();
+  Group *g = Group::current();
+  if (!g)
+    return written;
+  double failed = written ? 0 : 1;
+  if (Status s = g->max(&failed, 1); !s)
+    return s;
+  if (!written)
+    return written;
+  return failed ? Status::error("rank 0 could not write " + path) : Status::ok();
+}
+
+/// The rows of global batch `k` (`global` rows of `order`) this process
+/// trains on: all of them, or in a data-parallel run this rank's part of
+/// near-equal contiguous parts, and its share of the batch (a rank left
+/// without rows by a last batch smaller than the ranks gets one row at
+/// share 0, so that every rank runs the same steps).
+std::vector<int64_t> shardRows(const std::vector<int64_t> &order, int64_t k, int64_t global, double &share) {
+  int64_t count = static_cast<int64_t>(order.size());
+  int64_t begin = k * global, n = std::min(count, (k + 1) * global) - begin;
+  share = 1;
+  Group *g = Group::current();
+  if (g) {
+    int64_t r = g->rank(), ranks = g->size();
+    int64_t from = n * r / ranks, to = n * (r + 1) / ranks;
+    share = static_cast<double>(to - from) / static_cast<double>(n);
+    if (to == from)
+      to = from + 1;
+    begin += from;
+    n = to - from;
+  }
+  return std::vector<int64_t>(order.begin() + begin, order.begin() + begin + n);
+}
+
+/// A step's loss over the whole global batch: the ranks' losses summed
+/// (a summed loss) or weighted by their shares (a mean).
+/// A signal that stops one rank stops them all after the same step
+/// (`sig`: this rank's signal in, the run's out), so that every rank runs
+/// the same collectives.
+Status globalLoss(double &loss, double share, bool summed, int &sig) {
+  Group *g = Group::current();
+  if (!g)
+    return Status::ok();
+  double v[2] = {summed ? (share > 0 ? loss : 0) : loss * share, sig ? 1.0 : 0.0};
+  if (Status s = g->sum(v, 2); !s)
+    return s;
+  loss = v[0];
+  if (v[1] > 0 && !sig)
+    sig = SIGTERM;
+  return Status::ok();
+}
+
+/// --verify-replicas: whether every rank holds the same state (a hash of
+/// every state tensor's bytes).
+Status verifyReplicas(Trainable &m, int64_t epoch) {
+  Group *g = Group::current();
+  if (!g)
+    return Status::ok();
+  uint64_t h = 1469598103934665603ull; // FNV-1a
+  for (const std::string &name : m.stateNames()) {
+    HostTensor t;
+    if (Status s = m.getState(name, t); !s)
+      return s;
+    const auto *p = reinterpret_cast<const unsigned char *>(t.data.data());
+    for (size_t i = 0; i < t.data.size() * sizeof(float); ++i)
+      h = (h ^ p[i]) * 1099511628211ull;
+  }
+  bool equal = false;
+  if (Status s = g->same(h, equal); !s)
+    return s;
+  if (!equal)
+    return Status::error("--verify-replicas: the ranks' parameters and optimizer state differ after epoch " +
+                         std::to_string(epoch));
+  return Status::ok();
+}
+
+/// The rows of one step: in a data-parallel run, every rank's batch.
+int64_t globalBatch(const TrainOptions &o) { return o.batch * (Group::current() ? Group::current()->size() : 1); }
+
+/// What is checked and cut before any work, so that a bad path or setting
+/// fails in a second, not after the first epoch: the --limit subset, the
+/// output paths, and a onecycle schedule long enough for the run.
+Status prepareRun(BoundData &data, const TrainOptions &o) {
+  if (o.limit > 0 && o.limit < data.train.count) {
+    std::vector<int64_t> first(o.limit);
+    std::iota(first.begin(), first.end(), 0);
+    data.train = gather(data.train, first);
+  }
+  for (const auto &[path, what] : {std::pair{o.checkpoint, "the checkpoint"}, std::pair{o.saveBest, "the best model"}})
+    if (!path.empty())
+      if (Status s = checkOutputPath(path, what); !s)
+        return s;
+  int64_t global = globalBatch(o), steps = (data.train.count + global - 1) / global;
+  double total = o.schedule.name == "onecycle" ? o.schedule.number("total_steps") : 0;
+  if (total > 0 && total < static_cast<double>(o.epochs * steps))
+    return Status::error("schedule onecycle: total_steps " + shortNumber(total) + " is fewer than the " +
+                         std::to_string(o.epochs * steps) + " steps of " + std::to_string(o.epochs) + " epochs");
+  return Status::ok();
+}
+
+/// "64", or in a data-parallel run "64 (32 on each of 2 ranks)".
+std::string batchText(int64_t batch) {
+  Group *g = Group::current();
+  if (!g)
+    return std::to_string(batch);
+  return std::to_string(batch * g->size()) + " (" + std::to_string(batch) + " on each of " +
+         std::to_string(g->size()) + " ranks)";
+}
+
 /// Early stopping's state: the best value of the monitored metric so far.
 struct Best {
   bool seen = false;
@@ -286,6 +400,16 @@ Status resume(Trainable &m, const TrainOptions &o, int64_t steps, int64_t &start
   if (Status s = metaInteger(o.checkpoint, meta, "nnc.epoch_step", steps, done); !s)
     return s;
   if (done > 0) {
+    // Steps count global batches: the rest of the epoch is the same only
+    // with the same global batch (the ranks times their batch).
+    int64_t global = globalBatch(o), saved = global;
+    if (meta.count("nnc.global_batch"))
+      if (Status s = metaInteger(o.checkpoint, meta, "nnc.global_batch", int64_t(1) << 40, saved); !s)
+        return s;
+    if (saved != global)
+      return Status::error(o.checkpoint + ": the run stopped inside epoch " + std::to_string(startEpoch) +
+                           " with a global batch of " + std::to_string(saved) + " rows; resuming it needs the same "
+                           "(now " + std::to_string(global) + ": ranks x --batch)");
     startStep = done;
     startLoss = std::strtod(meta["nnc.epoch_loss"].c_str(), nullptr);
     if (!std::isfinite(startLoss))
@@ -304,7 +428,7 @@ Status resume(Trainable &m, const TrainOptions &o, int64_t steps, int64_t &start
     return Status::error(o.checkpoint + ": the checkpoint is at epoch " + std::to_string(startEpoch - 1) +
                          ", and --epochs " + std::to_string(o.epochs) + " trains no further (give --epochs above " +
                          std::to_string(startEpoch - 1) + ")");
-  if (o.verbosity >= 1) {
+  if (o.verbosity >= 1 && isLeader()) {
     if (startStep > 0)
       std::printf("resuming in epoch %lld after step %lld (step %llu)\n", static_cast<long long>(startEpoch),
                   static_cast<long long>(startStep), static_cast<unsigned long long>(m.steps()));
@@ -322,11 +446,13 @@ Status stopped(Trainable &m, const TrainOptions &o, int sig, int64_t epoch, int6
   std::string where = "epoch " + std::to_string(epoch) + ", step " + std::to_string(step) + " of " +
                       std::to_string(steps);
   const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  if (!isLeader())
+    return o.checkpoint.empty() ? Status::ok() : saveByLeader(m, o.checkpoint, 0, 0, extra);
   if (o.checkpoint.empty()) {
     std::fprintf(stderr, "%s: interrupted (%s) at %s; nothing saved (no --checkpoint)\n", o.tool.c_str(), name,
                  where.c_str());
   } else {
-    if (Status s = saveState(m, o.checkpoint, step == steps ? epoch : epoch - 1, o.seed, extra); !s)
+    if (Status s = saveByLeader(m, o.checkpoint, step == steps ? epoch : epoch - 1, o.seed, extra); !s)
       return s;
     std::fprintf(stderr, "%s: interrupted (%s) at %s; saved %s\n", o.tool.c_str(), name, where.c_str(),
                  o.checkpoint.c_str());
@@ -361,30 +487,18 @@ std::string epochLine(const EpochRecord &r, const TrainOptions &o, const BoundDa
 int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
   auto fail = [&](const std::string &message) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: %s\n", o.tool.c_str(), message.c_str());
+    std::string rank = isLeader() ? "" : "rank " + std::to_string(Group::current()->rank()) + ": ";
+    std::fprintf(stderr, "%s: error: %s%s\n", o.tool.c_str(), rank.c_str(), message.c_str());
     return 1;
   };
-  if (o.limit > 0 && o.limit < data.train.count) {
-    std::vector<int64_t> first(o.limit);
-    std::iota(first.begin(), first.end(), 0);
-    data.train = gather(data.train, first);
-  }
-  // Outputs are checked before any work, so a bad path fails in a second,
-  // not after the first epoch.
-  for (const auto &[path, what] : {std::pair{o.checkpoint, "the checkpoint"}, std::pair{o.saveBest, "the best model"}})
-    if (!path.empty())
-      if (Status s = checkOutputPath(path, what); !s)
-        return fail(s.message());
+  if (Status s = prepareRun(data, o); !s)
+    return fail(s.message());
   const int64_t count = data.train.count, batch = o.batch;
-  const int64_t steps = (count + batch - 1) / batch;
-  const bool loud = o.verbosity >= 1;
+  const int64_t global = globalBatch(o), steps = (count + global - 1) / global;
+  const bool loud = o.verbosity >= 1 && isLeader();
   const std::string split = data.hasTest ? data.testName : "train_eval";
   const double baseLr = m.learningRate();
   const bool scheduled = !o.schedule.name.empty();
-  if (scheduled && o.schedule.name == "onecycle" && o.schedule.number("total_steps") > 0 &&
-      o.schedule.number("total_steps") < static_cast<double>(o.epochs * steps))
-    return fail("schedule onecycle: total_steps " + shortNumber(o.schedule.number("total_steps")) + " is fewer than the " +
-                std::to_string(o.epochs * steps) + " steps of " + std::to_string(o.epochs) + " epochs");
   int64_t startEpoch = 1, startStep = 0;
   double startLoss = 0;
   Best best;
@@ -393,14 +507,14 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
       return fail(st.message());
   MetricsLog metrics;
   std::string run = runId();
-  if (!o.metrics.empty())
+  if (!o.metrics.empty() && isLeader())
     if (Status s = metrics.open(o, run, split); !s)
       return fail(s.message());
 
   if (loud)
-    std::printf("training %s: %lld sample%s, %lld epoch%s, batch %lld, seed %llu (%s)\n", m.modelName().c_str(),
+    std::printf("training %s: %lld sample%s, %lld epoch%s, batch %s, seed %llu (%s)\n", m.modelName().c_str(),
                 static_cast<long long>(count), count == 1 ? "" : "s", static_cast<long long>(o.epochs),
-                o.epochs == 1 ? "" : "s", static_cast<long long>(batch), static_cast<unsigned long long>(o.seed),
+                o.epochs == 1 ? "" : "s", batchText(batch).c_str(), static_cast<unsigned long long>(o.seed),
                 m.backendName());
   std::fflush(stdout);
   StopOnSignal stopOnSignal;
@@ -430,9 +544,8 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     const int64_t group = std::max<int64_t>(1, m.stepsInFlight());
     std::vector<double> losses(static_cast<size_t>(steps));
     std::vector<int64_t> sizes(static_cast<size_t>(steps));
-    auto rows = [&](int64_t k) {
-      return std::vector<int64_t>(order.begin() + k * batch, order.begin() + std::min(count, (k + 1) * batch));
-    };
+    std::vector<double> shares(static_cast<size_t>(steps));
+    auto rows = [&](int64_t k) { return shardRows(order, k, global, shares[k]); };
     const int64_t first = epoch == startEpoch ? startStep : 0;
     if (first < steps)
       loader.request(rows(first), epoch);
@@ -445,13 +558,15 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
                     std::to_string(k + 1) + "; the last checkpoint is intact)");
       }
       std::vector<HostTensor> &inputs = *batchPtr;
-      sizes[k] = inputs.empty() ? 0 : inputs[0].shape[0];
+      sizes[k] = std::min(count, (k + 1) * global) - k * global;
       if (k + 1 < steps)
         loader.request(rows(k + 1), epoch);
       if (scheduled) {
         at.step = static_cast<int64_t>(m.steps());
         m.setLearningRate(scheduledRate(o.schedule, baseLr, at));
       }
+      if (Group *g = Group::current())
+        g->setShare(shares[k]);
       if (Status s = m.stepAsync(inputs, &losses[k]); !s) {
         progress.finishLine();
         return fail(s.message());
@@ -462,8 +577,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         progress.finishLine();
         return fail(s.message());
       }
+      int sig = stopRequested();
       for (; settled <= k; ++settled) {
         double loss = losses[settled];
+        if (Status s = globalLoss(loss, shares[settled], o.lossIsSum, sig); !s) {
+          progress.finishLine();
+          return fail(s.message());
+        }
         if (!std::isfinite(loss)) {
           progress.finishLine();
           std::string value = std::isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf";
@@ -479,13 +599,14 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         lossSum += loss * static_cast<double>(sizes[settled]);
         samples += sizes[settled];
       }
-      if (int sig = stopRequested()) {
+      if (sig) {
         // Stopped between steps: everything up to step k+1 is applied, so
         // the checkpoint resumes exactly there.
         progress.finishLine();
         Metadata extra = metadata();
         if (k + 1 != steps) {
           extra["nnc.epoch_step"] = std::to_string(k + 1);
+          extra["nnc.global_batch"] = std::to_string(global);
           extra["nnc.epoch_loss"] = exact(lossSum);
         }
         if (Status s = stopped(m, o, sig, epoch, k + 1, steps, extra); !s)
@@ -493,7 +614,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         return 128 + sig;
       }
       progress.update(epoch, o.epochs, k + 1, steps,
-                      lossSum / static_cast<double>(std::min(count, (k + 1) * batch)), samples);
+                      lossSum / static_cast<double>(std::min(count, (k + 1) * global)), samples);
     }
     progress.finishLine();
     EpochRecord r;
@@ -506,6 +627,9 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     r.trainLoss = lossSum / static_cast<double>(count);
     if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)
       return fail(s.message());
+    if (o.verifyReplicas)
+      if (Status s = verifyReplicas(m, epoch); !s)
+        return fail(s.message());
     std::string line = epochLine(r, o, data, count, scheduled, pipeline != nullptr);
     lastLine = line;
     // Every epoch's line for up to 50 epochs, then about 50 lines in all.
@@ -526,13 +650,13 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     if (improved) {
       best = Best{true, value, epoch, 0};
       if (!o.saveBest.empty())
-        if (Status s = saveState(m, o.saveBest, epoch, o.seed, metadata()); !s)
+        if (Status s = saveByLeader(m, o.saveBest, epoch, o.seed, metadata()); !s)
           return fail(s.message());
     } else {
       ++best.wait;
     }
     if (!o.checkpoint.empty())
-      if (Status s = saveState(m, o.checkpoint, epoch, o.seed, metadata()); !s)
+      if (Status s = saveByLeader(m, o.checkpoint, epoch, o.seed, metadata()); !s)
         return fail(s.message());
     if (o.patience > 0 && best.wait >= o.patience && epoch < o.epochs) {
       if (loud)
@@ -543,7 +667,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
       break;
     }
   }
-  if (!loud && !lastLine.empty())
+  if (!loud && isLeader() && !lastLine.empty())
     std::printf("%s\n", lastLine.c_str());
   if (o.verbosity >= 2 && loader.busy > 0) {
     double total = std::max(trainSeconds, 1e-9);

@@ -224,6 +224,11 @@ struct TrainOptions {
   /// 0: errors and the final line only; 1: a line per epoch; 2: also where
   /// the time goes (data loading against the steps).
   int verbosity = 1;
+  /// A data-parallel run (runtime/Distributed.h): whether the loss sums
+  /// over the batch (the ranks' losses add up, instead of averaging), and
+  /// whether to check after each epoch that the replicas hold one state.
+  bool lossIsSum = false;
+  bool verifyReplicas = false;
   /// Every setting of the run, recorded in the metrics file.
   std::vector<std::pair<std::string, std::string>> settings;
 };

@@ -29,10 +29,11 @@ echo "==> unit and lit tests under the sanitizers"
 # benchmark runs, which drive the same code as the lit tests.
 # Left out here (the optimized run has them): tests whose time goes to
 # external compilers (ptxas, the C++ of built programs), to long searches
-# (gradcheck, tune), or that repeat another test with fusion off.
+# (gradcheck, tune), that repeat another test with fusion off, or that run
+# several processes under mpirun (the distributed check).
 export LIT_FILTER_OUT='tools/(build|build-cuda|build-lib-cpu|build-lib-refuse|gradcheck|tune)\.test|codegen/cuda/ptx\.test'
 (cd "$SAN_BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" \
-  -E "^(peer-|bench-)|CudaHost|CudaRuntime|UnfusedTrainingStep")
+  -E "^(peer-|bench-|distributed)|CudaHost|CudaRuntime|UnfusedTrainingStep")
 echo "==> replaying the fuzz corpora"
 for target in frontend checkpoint; do
   fuzzer="$MAIN_BUILD_DIR/tests/fuzz/nnc-fuzz-$target"

@@ -17,6 +17,7 @@ PACKAGES=(
   llvm-19-dev libmlir-19-dev mlir-19-tools llvm-19-tools clang-19 libclang-rt-19-dev
   libfmt-dev libzstd-dev libgtest-dev libgmock-dev libomp-19-dev libbenchmark-dev
   zlib1g-dev libzip-dev libpng-dev libjpeg-dev gnuplot-nox graphviz libonnx-dev libprotobuf-dev
+  openmpi-bin
 )
 
 # Installs those of the packages given that are missing (none: nothing).

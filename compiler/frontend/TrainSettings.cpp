@@ -53,7 +53,7 @@ const std::vector<OptimizerSpec> &optimizers() {
 DictionaryAttr MLIRGen::genTrain(const TrainSection &t) {
   static const std::vector<std::string> keys = {
       "optimizer", "batch", "epochs", "seed", "data", "test", "shuffle", "clip_norm", "validation", "freeze",
-      "transform", "schedule", "patience", "min_delta", "monitor", "top_k"};
+      "transform", "schedule", "patience", "min_delta", "monitor", "top_k", "sync_batch_norm"};
   SmallVector<NamedAttribute> out;
   llvm::StringMap<Loc> seen;
   unsigned before = errors;
@@ -77,9 +77,9 @@ DictionaryAttr MLIRGen::genTrain(const TrainSection &t) {
         continue;
       }
       out.push_back(b.getNamedAttr(key, b.getI64IntegerAttr(*n)));
-    } else if (key == "shuffle") {
+    } else if (key == "shuffle" || key == "sync_batch_norm") {
       if (v.kind != Expr::Bool) {
-        error(v.loc) << "train setting 'shuffle' must be true or false";
+        error(v.loc) << "train setting '" << key << "' must be true or false";
         continue;
       }
       out.push_back(b.getNamedAttr(key, b.getBoolAttr(v.number != 0)));

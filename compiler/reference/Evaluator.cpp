@@ -10,6 +10,7 @@
 
 #include "dialects/nn/NNOps.h"
 #include "dialects/nn/ShapeRules.h"
+#include "runtime/Distributed.h"
 #include "runtime/Init.h"
 #include "runtime/Random.h"
 
@@ -145,6 +146,22 @@ Kernel binary(std::function<double(double, double)> f) {
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+
+/// nn.all_reduce over the run's ranks (runtime/Distributed.h), in double.
+LogicalResult allReduce(Ctx &c) {
+  auto op = self<nnops::AllReduceOp>(c);
+  c.out.push_back(c.arg(0));
+  Tensor &t = c.out.back();
+  rt::Group *g = rt::Group::current();
+  if (!g)
+    return success();
+  double share = op.getSum() ? 1.0 : g->share();
+  for (double &v : t.data)
+    v *= share;
+  if (rt::Status s = g->sum(t.data.data(), static_cast<int64_t>(t.data.size())); !s)
+    return c.fail(s.message());
+  return success();
+}
 
 LogicalResult dropout(Ctx &c) {
   auto op = self<nnops::DropoutOp>(c);
@@ -858,6 +875,7 @@ const llvm::DenseMap<TypeID, Kernel> &kernels() {
       return unary([a](double x) { return x > 0 ? x : a * x; })(c);
     }));
     add(entry<nnops::DropoutOp>(dropout));
+    add(entry<nnops::AllReduceOp>(allReduce));
     add(entry<nnops::AddOp>(binary([](double a, double b) { return a + b; })));
     add(entry<nnops::SubOp>(binary([](double a, double b) { return a - b; })));
     add(entry<nnops::MulOp>(binary([](double a, double b) { return a * b; })));

@@ -22,6 +22,11 @@ namespace nnc {
 inline constexpr llvm::StringLiteral kGradSuffix = "_grad";
 inline constexpr llvm::StringLiteral kTrainStepSuffix = "_train_step";
 
+/// Whether a model's loss sums over the batch (a loss with reduction
+/// "sum", or a sum) rather than averaging: a data-parallel step then adds
+/// the ranks' gradients instead of averaging them (TrainStep.cpp).
+bool lossIsSum(mlir::Value loss);
+
 } // namespace nnc
 
 #endif // NNC_COMPILER_TRANSFORMS_PASSES_H

@@ -119,6 +119,67 @@ const std::vector<Optimizer> &optimizers() {
   return table;
 }
 
+/// Sync batch norm (torch.nn.SyncBatchNorm) in a data-parallel step: a
+/// training batch norm normalizes with the global batch's statistics,
+/// combined from each rank's (the variance by the parallel formula
+/// var = mean over ranks of (var_r + (mean_r - mean)^2)), and its gradient
+/// with the global sums of dy and dy * xhat. Every sum is a rank's own and
+/// nn.all_reduce weighs it by the rank's share, so that the formulas are
+/// PyTorch's batch_norm_backward over the global batch, scaled as each
+/// rank's gradients are before they are combined. Rewrites `bn` and its
+/// gradient ops with evaluation-mode normalization over the global
+/// statistics; returns them (mean, biased variance).
+std::pair<Value, Value> syncBatchNorm(OpBuilder &b, nnops::BatchNormOp bn) {
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPoint(bn);
+  Location loc = bn.getLoc();
+  GradBuilder g(b, loc);
+  Value x = bn.getInput(), gamma = bn.getGamma();
+  int64_t rank = cast<RankedTensorType>(x.getType()).getRank();
+  SmallVector<int64_t> axes = allButChannels(rank);
+  auto combined = [&](Value v) { return b.create<nnops::AllReduceOp>(loc, v, false).getResult(); };
+  // Sums over the spatial axes first, then over the batch: partial sums
+  // of similar size round less than one long running sum.
+  SmallVector<int64_t> spatial;
+  for (int64_t i = 2; i < rank; ++i)
+    spatial.push_back(i);
+  auto channelSum = [&](Value v) {
+    return rank > 2 ? g.sumAxes(g.sumAxes(v, spatial, false), {0}, false) : g.sumAxes(v, {0}, false);
+  };
+  Value n = g.count(x, axes);
+  Value localMean = g.div(channelSum(x), n);
+  Value centered = g.sub(x, g.channels(localMean, rank));
+  Value localVar = g.div(channelSum(g.mul(centered, centered)), n);
+  Value mean = combined(localMean);
+  Value apart = g.sub(localMean, mean);
+  Value var = combined(g.add(localVar, g.mul(apart, apart)));
+  Operation *normalized = g.op<nnops::BatchNormOp>(
+      {x, gamma, bn.getBeta(), mean, var},
+      {b.getNamedAttr("eps", bn.getEpsAttr()), b.getNamedAttr("momentum", bn.getMomentumAttr())});
+  bn.getResult().replaceAllUsesWith(normalized->getResult(0));
+
+  double eps = bn.getEps().convertToDouble();
+  for (Operation *user : llvm::make_early_inc_range(x.getUsers())) {
+    auto grad = dyn_cast<nnops::BatchNormGradOp>(user);
+    if (!grad || grad.getGamma() != gamma)
+      continue;
+    b.setInsertionPoint(grad);
+    Value dy = grad.getGrad();
+    Value rstd = g.div(g.scalar(1.0), g.make<nnops::SqrtOp>({g.add(var, eps)}));
+    Value xhat = g.mul(g.sub(x, g.channels(mean, rank)), g.channels(rstd, rank));
+    Value dbeta = channelSum(dy);
+    Value dgamma = channelSum(g.mul(dy, xhat));
+    Value meanDy = g.div(combined(dbeta), n), meanDyXhat = g.div(combined(dgamma), n);
+    Value inner = g.sub(g.sub(dy, g.channels(meanDy, rank)), g.mul(xhat, g.channels(meanDyXhat, rank)));
+    Value dx = g.mul(g.channels(g.mul(gamma, rstd), rank), inner);
+    grad.getResult(0).replaceAllUsesWith(dx);
+    grad.getResult(1).replaceAllUsesWith(dgamma);
+    grad.getResult(2).replaceAllUsesWith(dbeta);
+    grad.erase();
+  }
+  return {mean, var};
+}
+
 StringRef stringAttr(func::FuncOp fn, unsigned arg, StringRef name) {
   auto a = fn.getArgAttrOfType<StringAttr>(arg, name);
   return a ? a.getValue() : "";
@@ -222,8 +283,18 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
                                           b.getNamedAttr(nnops::attr::kRole, b.getStringAttr("lr")),
                                           b.getNamedAttr(nnops::attr::kValue, b.getF64FloatAttr(lr))}));
 
-  // Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_).
+  // Data parallelism: each rank's gradients, of its shard of the global
+  // batch, combined into the global batch's (before clipping, as DDP).
   SmallVector<Value> grads(gradsIn);
+  auto distributed = train ? dyn_cast_or_null<BoolAttr>(train.get("distributed")) : BoolAttr();
+  bool isDistributed = distributed && distributed.getValue();
+  if (isDistributed) {
+    bool summed = lossIsSum(results.front());
+    for (Value &d : grads)
+      d = b.create<nnops::AllReduceOp>(d.getLoc(), d, summed);
+  }
+
+  // Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_).
   auto clip = train ? dyn_cast_or_null<FloatAttr>(train.get("clip_norm")) : FloatAttr();
   if (clip) {
     Value total;
@@ -261,22 +332,33 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
 
   // Batch-norm running statistics from the batch statistics the op
   // normalized with, the variance made unbiased: var * n / (n - 1).
-  for (Operation &op : llvm::make_early_inc_range(body.without_terminator())) {
-    auto bn = dyn_cast<nnops::BatchNormOp>(op);
-    if (!bn || !bn.getTraining())
-      continue;
+  bool sync = isDistributed && train.get("sync_batch_norm") &&
+              cast<BoolAttr>(train.get("sync_batch_norm")).getValue();
+  SmallVector<nnops::BatchNormOp> norms;
+  for (Operation &op : body.without_terminator())
+    if (auto bn = dyn_cast<nnops::BatchNormOp>(op); bn && bn.getTraining())
+      norms.push_back(bn);
+  for (nnops::BatchNormOp bn : norms) {
     GradBuilder s(b, NameLoc::get(b.getStringAttr("running_stats"), bn.getLoc()));
-    auto x = bn.getInput();
+    Value x = bn.getInput(), runningMean = bn.getRunningMean(), runningVar = bn.getRunningVar();
     SmallVector<int64_t> axes = allButChannels(cast<RankedTensorType>(x.getType()).getRank());
-    Value n = s.count(x, axes);
-    Value mean = bn.getMean();
-    Value var = s.mul(bn.getVar(), s.div(n, s.sub(n, s.scalar(1.0))));
     double m = bn.getMomentum().convertToDouble();
-    for (auto [running, stat] : {std::pair{bn.getRunningMean(), mean}, std::pair{bn.getRunningVar(), var}}) {
+    Value n = s.count(x, axes), mean = bn.getMean(), var = bn.getVar();
+    if (sync) {
+      std::tie(mean, var) = syncBatchNorm(b, bn);
+      n = b.create<nnops::AllReduceOp>(bn.getLoc(), n, true); // the global batch's count
+    }
+    var = s.mul(var, s.div(n, s.sub(n, s.scalar(1.0))));
+    for (auto [running, stat] : {std::pair{runningMean, mean}, std::pair{runningVar, var}}) {
       auto arg = dyn_cast<BlockArgument>(running);
       if (!arg || stringAttr(step, arg.getArgNumber(), nnops::attr::kRole) != "state")
         continue;
-      results.push_back(s.add(s.mul(running, 1.0 - m), s.mul(stat, m)));
+      Value updated = s.add(s.mul(running, 1.0 - m), s.mul(stat, m));
+      // Replicas keep one set of statistics: the ranks' mean (each rank
+      // normalizes with its own batch's, as DDP does by default).
+      if (isDistributed && !sync)
+        updated = b.create<nnops::AllReduceOp>(updated.getLoc(), updated, false);
+      results.push_back(updated);
       resultAttrs.push_back(named(stringAttr(step, arg.getArgNumber(), nnops::attr::kName), "state"));
     }
   }
@@ -296,3 +378,13 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
 }
 
 } // namespace
+
+bool nnc::lossIsSum(Value loss) {
+  Operation *def = loss.getDefiningOp();
+  if (!def)
+    return false;
+  if (isa<nnops::ReduceSumOp>(def))
+    return true;
+  auto r = def->getAttrOfType<StringAttr>("reduction");
+  return r && r.getValue() == "sum";
+}

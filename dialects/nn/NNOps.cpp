@@ -115,6 +115,16 @@ LogicalResult LeakyReluOp::inferReturnTypes(MLIRContext *,
   return success();
 }
 
+LogicalResult AllReduceOp::inferReturnTypes(MLIRContext *,
+                                            std::optional<Location> loc,
+                                            Adaptor adaptor,
+                                            SmallVectorImpl<Type> &types) {
+  if (failed(checkedForInference(loc, adaptor)))
+    return failure();
+  types.push_back(adaptor.getInput().getType());
+  return success();
+}
+
 LogicalResult DropoutOp::inferReturnTypes(MLIRContext *,
                                           std::optional<Location> loc,
                                           Adaptor adaptor,

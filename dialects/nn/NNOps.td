@@ -101,6 +101,28 @@ def NN_DropoutOp : NN_Op<"dropout", [InferTypeOpAdaptor]> {
   let hasVerifier = 1;
 }
 
+def NN_AllReduceOp : NN_Op<"all_reduce", [InferTypeOpAdaptor]> {
+  let summary = "a value combined over the ranks of a data-parallel run";
+  let description = [{
+    In a data-parallel run (runtime/Distributed.h), every rank computes the
+    same ops on its shard of one global batch; `all_reduce` gives each rank
+    the combination of its operand over all ranks: with `sum`, the sum;
+    otherwise the mean weighted by each rank's share of the global batch's
+    rows, which is the value one process would compute on the whole batch
+    when the operand is a mean over the batch. The identity in a single
+    process. The training step of a distributed run applies it to the
+    gradients and the batch-norm running statistics. Not `Pure`: it
+    communicates, and every rank runs the same `all_reduce` ops in order.
+
+    ```mlir
+    %g = nn.all_reduce %dw : tensor<784x128xf32>
+    ```
+  }];
+  let arguments = (ins NN_F32Tensor:$input, UnitAttr:$sum);
+  let results = (outs NN_F32Tensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
 //===----------------------------------------------------------------------===//
 // Elementwise binary ops with numpy broadcasting
 //===----------------------------------------------------------------------===//

@@ -73,9 +73,11 @@ std::vector<rt::ModelInput> modelInputs(const std::vector<Input> &inputs);
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate and `freeze` (when given) the train section's
 /// list of tensors held fixed, before the step is built. Without `train`,
-/// only the model function (no loss needed, inputs of any shape).
+/// only the model function (no loss needed, inputs of any shape). With
+/// `distributed`, the step combines its gradients over a data-parallel
+/// run's ranks.
 int load(const std::string &path, std::optional<double> lr, Loaded &out, bool train = true,
-         const std::optional<std::vector<std::string>> &freeze = std::nullopt);
+         const std::optional<std::vector<std::string>> &freeze = std::nullopt, bool distributed = false);
 
 /// A model's training step and evaluation function compiled for this CPU
 /// and JIT-compiled, with the table that runs them (runtime/CompiledModel.h).

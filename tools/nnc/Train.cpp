@@ -14,10 +14,12 @@
 #include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/reference/Trainer.h"
+#include "compiler/transforms/Passes.h"
 #include "compiler/transforms/Pipeline.h"
 #include "dialects/nn/NNOps.h"
 #include "runtime/CudaDevice.h"
 #include "runtime/CudaModel.h"
+#include "runtime/Distributed.h"
 #include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
@@ -46,7 +48,7 @@ using ref::Tensor;
 /// Parses and compiles FILE to its training step; `lr` overrides the
 /// optimizer's learning rate before the step is built.
 int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded &out, bool train,
-                      const std::optional<std::vector<std::string>> &freeze) {
+                      const std::optional<std::vector<std::string>> &freeze, bool distributed) {
   out.path = path;
   if (!out.session.open(path))
     return kUserError;
@@ -82,6 +84,8 @@ int nnc::driver::load(const std::string &path, std::optional<double> lr, Loaded 
       patterns.push_back(b.getStringAttr(p));
     setting("freeze", b.getArrayAttr(patterns));
   }
+  if (distributed)
+    setting("distributed", b.getBoolAttr(true));
   out.model = *out.module->getOps<func::FuncOp>().begin();
   if (!train) {
     PassManager pm(ctx);
@@ -549,10 +553,92 @@ static int trainSettings(const Loaded &m, const Args &args, const Command &c, rt
   return kOk;
 }
 
-int nnc::driver::runTrain(const Args &args) {
+/// Joins a data-parallel run when a launcher started this process (or
+/// --distributed=mpi says so), before the step is compiled: a distributed
+/// step combines its gradients. Only rank 0 prints what goes wrong before
+/// training; every rank exits with an error. `run` gets the options each
+/// rank trains with (the CPU; rank 0 alone prints).
+static int joinRun(const Args &args, const Command &c, Args &run) {
+  run = args;
+  rt::DistributedMode mode = rt::DistributedMode::Auto;
+  if (args.has("distributed") && !rt::parseDistributedMode(args.get("distributed"), mode))
+    return usageError("--distributed must be auto, mpi or none, got '" + args.get("distributed") + "'", &c);
+  bool leader = rt::detectLaunch().rank == 0;
+  auto refuse = [&](const std::string &message) {
+    if (leader)
+      llvm::errs() << "nnc: error: " << message << "\n";
+    return kUserError;
+  };
+  if (rt::Status s = rt::Group::join(mode); !s)
+    return refuse(s.message());
+  std::atexit(rt::Group::leave);
+  rt::Group *group = rt::Group::current();
+  if (!group) {
+    if (args.has("global-batch"))
+      return usageError("--global-batch is for a data-parallel run (started by mpirun or srun); use --batch", &c);
+    return kOk;
+  }
+  std::string target = args.get("target", "auto");
+  if (target == "cuda")
+    return refuse("data-parallel training runs on the CPU backend (--target=cpu); NCCL for CUDA devices is not "
+                  "built yet");
+  if (target == "auto")
+    run.options["target"] = "cpu";
+  if (args.has("global-batch")) {
+    int64_t global = 0;
+    if (auto rc = numberOption(args, c, "global-batch", global, 1))
+      return *rc;
+    if (args.has("batch"))
+      return refuse("give --batch (per rank) or --global-batch, not both");
+    if (global % group->size() != 0)
+      return refuse("--global-batch " + std::to_string(global) + " is not a multiple of the " +
+                    std::to_string(group->size()) + " ranks");
+    run.options["batch"] = std::to_string(global / group->size());
+  }
+  if (group->rank() != 0) {
+    run.options.erase("verbose");
+    run.options["quiet"] = "";
+  }
+  return kOk;
+}
+
+/// That every rank runs the same model and settings: a hash of the model
+/// file and the settings, compared across the ranks.
+static int sameEverywhere(const Loaded &m, const rt::TrainOptions &o) {
+  rt::Group *group = rt::Group::current();
+  if (!group)
+    return kOk;
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](llvm::StringRef text) {
+    for (unsigned char ch : text)
+      h = (h ^ ch) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  };
+  std::string printed;
+  llvm::raw_string_ostream os(printed);
+  (*m.module)->print(os);
+  mix(os.str());
+  for (const auto &[k, v] : o.settings)
+    mix(k + "=" + v);
+  bool equal = false;
+  if (rt::Status s = group->same(h, equal); !s)
+    return userError(s.message());
+  if (!equal) {
+    if (group->rank() == 0)
+      llvm::errs() << "nnc: error: the ranks of this run differ in their model or settings (model file, batch, "
+                      "epochs, seed, optimizer, data); every rank must run the same training\n";
+    return kUserError;
+  }
+  return kOk;
+}
+
+int nnc::driver::runTrain(const Args &cliArgs) {
   const Command &c = command("train");
-  if (auto rc = needFile(c, args))
+  if (auto rc = needFile(c, cliArgs))
     return *rc;
+  Args args;
+  if (int rc = joinRun(cliArgs, c, args))
+    return rc;
   std::optional<double> lr;
   double lrValue = 0;
   rt::TrainOptions o;
@@ -592,7 +678,7 @@ int nnc::driver::runTrain(const Args &args) {
     }
   }
   Loaded m;
-  if (int rc = load(args.positional[0], lr, m, true, freeze))
+  if (int rc = load(args.positional[0], lr, m, true, freeze, rt::Group::current() != nullptr))
     return rc;
   o.epochs = epochs >= 0 ? epochs : m.setting("epochs", 1);
   o.batch = batch > 0 ? batch : m.setting("batch", 32);
@@ -634,6 +720,14 @@ int nnc::driver::runTrain(const Args &args) {
                 {"shuffle", o.shuffle ? "true" : "false"}};
   if (!source.testPath.empty())
     o.settings.push_back({"test", source.testKind + "(" + source.testPath + ")"});
+  if (rt::Group *g = rt::Group::current()) {
+    o.settings.push_back({"ranks", std::to_string(g->size())});
+    if (auto i = m.lossResult())
+      o.lossIsSum = lossIsSum(m.model.front().getTerminator()->getOperand(*i));
+  }
+  o.verifyReplicas = args.has("verify-replicas");
+  if (int rc = sameEverywhere(m, o))
+    return rc;
   Backend backend;
   int64_t scored = data.hasTest ? data.test.count : data.train.count; // what each epoch evaluates
   int64_t trained = o.limit > 0 ? std::min(o.limit, data.train.count) : data.train.count;

@@ -81,6 +81,8 @@ const std::vector<Command> &commands() {
                            "also kernels, bytes moved and peak memory per step, fused and not"},
         {"locs", nullptr, "Print the source location of every op"},
         {"batch", "N", "Fix the batch size for --emit=loops|llvm|asm (default: any, given at run time)"},
+        {"data-parallel", nullptr, "The training step of a data-parallel run (gradients combined over ranks by "
+                                   "nn.all_reduce)"},
         {"mlir-print-ir-after-all", nullptr, "Print the IR after every pass of every stage to stderr"},
         {"mlir-timing", nullptr, "Print the time each pass takes to stderr"},
         {"o", "OUT", "Write to OUT instead of standard output"}},
@@ -114,7 +116,10 @@ const std::vector<Command> &commands() {
         {"validation", "X", "Hold out this fraction of the training data for evaluation"},
         {"init-from", "FILE", "Start from a PyTorch state_dict saved as safetensors (PyTorch names, see docs/language.md)"},
         {"strict", nullptr, "With --init-from: a missing, unexpected or reshaped tensor is an error"},
-        {"freeze", "NAMES", "Hold these tensors fixed (names or prefixes, comma-separated; instead of the train section's)"}},
+        {"freeze", "NAMES", "Hold these tensors fixed (names or prefixes, comma-separated; instead of the train section's)"},
+        {"distributed", "MODE", "auto (default: MPI when mpirun or srun started more than one rank), mpi or none"},
+        {"global-batch", "N", "Rows per step over all ranks (instead of --batch per rank); the ranks must divide it"},
+        {"verify-replicas", nullptr, "Check after each epoch that every rank holds the same parameters and state"}},
        runTrain},
       {"eval", "nnc eval FILE (--checkpoint PATH | --init-from FILE) [--data PATH]",
        "Evaluate a trained model on its test data.",
@@ -493,6 +498,13 @@ int runCompile(const Args &args) {
     module = mlirGen(s.ctx, *file, args.positional[0]);
     if (!module)
       return kUserError;
+    if (args.has("data-parallel")) {
+      mlir::NamedAttrList train;
+      if (auto t = (*module)->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
+        train.append(t.getValue());
+      train.set("distributed", mlir::BoolAttr::get(&s.ctx, true));
+      (*module)->setAttr(nnc::nn::attr::kTrain, train.getDictionary(&s.ctx));
+    }
     bool hasLoss = false;
     module->walk([&](mlir::func::FuncOp fn) {
       for (unsigned i = 0; i < fn.getNumResults(); ++i)

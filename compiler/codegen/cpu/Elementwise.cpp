@@ -215,3 +215,52 @@ LogicalResult dropout(Emitter &e) {
 }
 
 } // namespace nnc::cpu::loops
+
+namespace nnc::cpu::loops {
+
+//===----------------------------------------------------------------------===//
+// Communication
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// The address of a contiguous buffer's first element, as an i64.
+Value address(Emitter &e, Value m) {
+  OpBuilder &b = e.b;
+  Value base = b.create<memref::ExtractAlignedPointerAsIndexOp>(e.loc, m);
+  auto meta = b.create<memref::ExtractStridedMetadataOp>(e.loc, m);
+  Value bytes = e.mul(meta.getOffset(), e.idx(sizeof(float)));
+  return b.create<arith::IndexCastOp>(e.loc, b.getI64Type(), e.add(base, bytes));
+}
+
+} // namespace
+
+/// nn.all_reduce: a call into the runtime (nnc_all_reduce, runtime/
+/// Distributed.h), which combines the buffer over the ranks with MPI.
+LogicalResult allReduce(Emitter &e) {
+  auto op = self<nnops::AllReduceOp>(e);
+  OpBuilder &b = e.b;
+  Value out = e.out[0], in = e.in.empty() ? Value() : e.in[0];
+  SmallVector<Value> shape = e.sizes(out);
+  if (!in || (!e.gen.empty() && e.gen[0])) { // computed in place: into `out` first
+    e.loops(shape, [&](ValueRange ivs) { e.store(e.read(0, ivs), out, ivs); });
+    in = out;
+  }
+  Value n = e.idx(1);
+  for (Value d : shape)
+    n = e.mul(n, d);
+  constexpr StringLiteral kName = "nnc_all_reduce";
+  if (!e.module.lookupSymbol(kName)) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(e.module.getBody());
+    Type i64 = b.getI64Type();
+    b.create<func::FuncOp>(e.loc, kName, b.getFunctionType({i64, i64, i64, i64}, {})).setPrivate();
+  }
+  Value sum = b.create<arith::ConstantOp>(e.loc, b.getI64IntegerAttr(op.getSum() ? 1 : 0));
+  b.create<func::CallOp>(e.loc, kName, TypeRange{},
+                         ValueRange{address(e, in), address(e, out),
+                                    b.create<arith::IndexCastOp>(e.loc, b.getI64Type(), n), sum});
+  return success();
+}
+
+} // namespace nnc::cpu::loops

@@ -6,6 +6,7 @@
 #include "compiler/codegen/common/CacheEntry.h"
 #include "compiler/codegen/common/Prepare.h"
 #include "runtime/Cache.h"
+#include "runtime/Distributed.h"
 #include "runtime/Profile.h"
 
 #include <atomic>
@@ -571,6 +572,8 @@ std::unique_ptr<cpu::JitModule> cpu::JitModule::load(std::vector<std::unique_ptr
                                         llvm::JITSymbolFlags::Exported};
   map[interner("nnc_profile_end")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_end),
                                       llvm::JITSymbolFlags::Exported};
+  map[interner("nnc_all_reduce")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_all_reduce),
+                                     llvm::JITSymbolFlags::Exported};
   if (llvm::Error err = lib.define(llvm::orc::absoluteSymbols(std::move(map)))) {
     llvm::consumeError(std::move(err));
     return nullptr;

@@ -296,6 +296,7 @@ bool worthThreads(Value v);
 LogicalResult elementwise(Emitter &e);
 Value mix64(Emitter &e, Value z);
 LogicalResult dropout(Emitter &e);
+LogicalResult allReduce(Emitter &e);
 LogicalResult constant(Emitter &e);
 LogicalResult transpose(Emitter &e);
 LogicalResult slice(Emitter &e);

@@ -64,6 +64,7 @@ const llvm::DenseMap<TypeID, Lowering> &lowerings() {
     for (auto &[id, f] : scalars())
       t.insert({id, elementwise});
     add(entry<nnops::DropoutOp>(dropout));
+    add(entry<nnops::AllReduceOp>(allReduce));
     add(entry<nnops::TransposeOp>(transpose));
     add(entry<nnops::SliceOp>(slice));
     add(entry<nnops::ConcatOp>(concat));

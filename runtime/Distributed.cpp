@@ -1,0 +1,257 @@
+//===- Distributed.cpp - data-parallel training over MPI ------------------===//
+//
+// Open MPI through dlopen: its handles (MPI_COMM_WORLD, MPI_FLOAT, MPI_SUM,
+// ...) are the addresses of exported globals (`ompi_mpi_comm_world`, ...),
+// so looking those up gives the same values mpi.h's macros would, and no
+// MPI header or library is needed to build nnc. Errors return codes
+// (MPI_ERRORS_RETURN) so that a failed collective becomes a message.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/Distributed.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <memory>
+#include <vector>
+
+using namespace nnc::rt;
+
+namespace {
+
+/// The entry points and handles of the loaded MPI library.
+struct Mpi {
+  using Handle = void *;
+  int (*initialized)(int *) = nullptr;
+  int (*initThread)(int *, char ***, int, int *) = nullptr;
+  int (*finalize)() = nullptr;
+  int (*finalized)(int *) = nullptr;
+  int (*commRank)(Handle, int *) = nullptr;
+  int (*commSize)(Handle, int *) = nullptr;
+  int (*setErrhandler)(Handle, Handle) = nullptr;
+  int (*allreduce)(const void *, void *, int, Handle, Handle, Handle) = nullptr;
+  int (*bcast)(void *, int, Handle, int, Handle) = nullptr;
+  int (*errorString)(int, char *, int *) = nullptr;
+  Handle world = nullptr, f32 = nullptr, f64 = nullptr, byte = nullptr, sum = nullptr, max = nullptr,
+         errorsReturn = nullptr;
+
+  /// Loads the library; an empty string or why not.
+  std::string load() {
+    // NNC_MPI_LIBRARY names another build of Open MPI (a cluster's own).
+    const char *given = std::getenv("NNC_MPI_LIBRARY");
+    std::vector<const char *> names = {"libmpi.so.40", "libmpi.so"};
+    if (given && *given)
+      names = {given};
+    void *lib = nullptr;
+    std::string why;
+    for (const char *n : names) {
+      // RTLD_GLOBAL: Open MPI's own plugins resolve symbols of libmpi.
+      lib = dlopen(n, RTLD_NOW | RTLD_GLOBAL);
+      if (lib)
+        break;
+      if (why.empty())
+        why = dlerror();
+    }
+    if (!lib)
+      return "cannot load Open MPI's library (" + why + "); install it (`apt-get install openmpi-bin`) or name it "
+             "in NNC_MPI_LIBRARY";
+    std::string missing;
+    auto get = [&](const char *name) {
+      void *p = dlsym(lib, name);
+      if (!p)
+        missing += std::string(missing.empty() ? "" : ", ") + name;
+      return p;
+    };
+    auto fn = [&](auto &slot, const char *name) { slot = reinterpret_cast<std::decay_t<decltype(slot)>>(get(name)); };
+    fn(initialized, "MPI_Initialized");
+    fn(initThread, "MPI_Init_thread");
+    fn(finalize, "MPI_Finalize");
+    fn(finalized, "MPI_Finalized");
+    fn(commRank, "MPI_Comm_rank");
+    fn(commSize, "MPI_Comm_size");
+    fn(setErrhandler, "MPI_Comm_set_errhandler");
+    fn(allreduce, "MPI_Allreduce");
+    fn(bcast, "MPI_Bcast");
+    fn(errorString, "MPI_Error_string");
+    world = get("ompi_mpi_comm_world");
+    f32 = get("ompi_mpi_float");
+    f64 = get("ompi_mpi_double");
+    byte = get("ompi_mpi_byte");
+    sum = get("ompi_mpi_op_sum");
+    max = get("ompi_mpi_op_max");
+    errorsReturn = get("ompi_mpi_errors_return");
+    if (!missing.empty())
+      return "the MPI library loaded is not Open MPI's (it lacks " + missing + ")";
+    return "";
+  }
+
+  std::string describe(int code) const {
+    char text[512];
+    int len = 0;
+    if (errorString && errorString(code, text, &len) == 0)
+      return std::string(text, static_cast<size_t>(std::clamp(len, 0, 511)));
+    return "MPI error " + std::to_string(code);
+  }
+};
+
+Mpi mpi;
+std::unique_ptr<Group> group;
+bool joined = false;
+
+/// An environment variable as an integer, or -1.
+int envInt(const char *name) {
+  const char *v = std::getenv(name);
+  if (!v || !*v)
+    return -1;
+  char *end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  return *end || x < 0 || x > (1 << 24) ? -1 : static_cast<int>(x);
+}
+
+// MPI counts are ints: large buffers go in pieces.
+constexpr int64_t kPiece = int64_t(1) << 30;
+
+template <typename T>
+Status reduce(T *data, int64_t n, Mpi::Handle type, Mpi::Handle op, const char *what) {
+  for (int64_t at = 0; at < n; at += kPiece) {
+    int count = static_cast<int>(std::min(kPiece, n - at));
+    // MPI_IN_PLACE is (void *)1 in Open MPI.
+    if (int rc = mpi.allreduce(reinterpret_cast<void *>(1), data + at, count, type, op, mpi.world); rc != 0)
+      return Status::error(std::string("MPI_Allreduce (") + what + " of " + std::to_string(n) +
+                           " values) failed: " + mpi.describe(rc));
+  }
+  return Status::ok();
+}
+
+} // namespace
+
+bool nnc::rt::parseDistributedMode(const std::string &text, DistributedMode &mode) {
+  if (text == "auto")
+    mode = DistributedMode::Auto;
+  else if (text == "none")
+    mode = DistributedMode::None;
+  else if (text == "mpi")
+    mode = DistributedMode::Mpi;
+  else
+    return false;
+  return true;
+}
+
+LaunchInfo nnc::rt::detectLaunch() {
+  LaunchInfo l;
+  struct Source {
+    const char *size, *rank, *launcher;
+  };
+  // Open MPI's mpirun, MPICH's Hydra (PMI), then a Slurm job step (srun;
+  // SLURM_STEP_ID tells it from a batch script's own process).
+  const Source sources[] = {{"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "mpirun"},
+                            {"PMI_SIZE", "PMI_RANK", "a PMI launcher"},
+                            {"SLURM_NTASKS", "SLURM_PROCID", "srun"}};
+  for (const Source &s : sources) {
+    int size = envInt(s.size), rank = envInt(s.rank);
+    if (size < 1 || rank < 0 || rank >= size)
+      continue;
+    if (std::strcmp(s.launcher, "srun") == 0 && !std::getenv("SLURM_STEP_ID"))
+      continue;
+    l.size = size;
+    l.rank = rank;
+    l.launcher = s.launcher;
+    break;
+  }
+  return l;
+}
+
+Group *Group::current() { return group.get(); }
+
+Status Group::join(DistributedMode mode) {
+  if (joined)
+    return Status::ok();
+  joined = true;
+  LaunchInfo launch = detectLaunch();
+  if (mode == DistributedMode::None || (mode == DistributedMode::Auto && launch.size <= 1))
+    return Status::ok();
+  if (std::string why = mpi.load(); !why.empty())
+    return Status::error(launch.launcher.empty()
+                             ? "--distributed=mpi: " + why
+                             : "started by " + launch.launcher + " as rank " + std::to_string(launch.rank) +
+                                   " of " + std::to_string(launch.size) + ", but " + why);
+  int ready = 0, provided = 0;
+  mpi.initialized(&ready);
+  // Only the training loop's thread calls MPI.
+  constexpr int kThreadFunneled = 1;
+  if (!ready)
+    if (int rc = mpi.initThread(nullptr, nullptr, kThreadFunneled, &provided); rc != 0)
+      return Status::error("MPI_Init_thread failed: " + mpi.describe(rc));
+  mpi.setErrhandler(mpi.world, mpi.errorsReturn);
+  int rank = 0, size = 1;
+  mpi.commRank(mpi.world, &rank);
+  mpi.commSize(mpi.world, &size);
+  group.reset(new Group(rank, size));
+  return Status::ok();
+}
+
+void Group::leave() {
+  if (!group)
+    return;
+  int done = 0;
+  mpi.finalized(&done);
+  if (!done)
+    mpi.finalize();
+  group.reset();
+}
+
+Status Group::sum(float *data, int64_t n) { return reduce(data, n, mpi.f32, mpi.sum, "sum"); }
+Status Group::sum(double *data, int64_t n) { return reduce(data, n, mpi.f64, mpi.sum, "sum"); }
+Status Group::max(double *data, int64_t n) { return reduce(data, n, mpi.f64, mpi.max, "max"); }
+
+Status Group::broadcast(void *data, int64_t n) {
+  auto *bytes = static_cast<char *>(data);
+  for (int64_t at = 0; at < n; at += kPiece)
+    if (int rc = mpi.bcast(bytes + at, static_cast<int>(std::min(kPiece, n - at)), mpi.byte, 0, mpi.world); rc != 0)
+      return Status::error("MPI_Bcast of " + std::to_string(n) + " bytes failed: " + mpi.describe(rc));
+  return Status::ok();
+}
+
+Status Group::same(uint64_t value, bool &equal) {
+  // The maxima of (v, -v) are (max, -min): equal when max == min. Doubles
+  // hold 32-bit halves exactly.
+  double v[4] = {double(value >> 32), double(value & 0xffffffffu), -double(value >> 32),
+                 -double(value & 0xffffffffu)};
+  if (Status s = max(v, 4); !s)
+    return s;
+  equal = v[0] == -v[2] && v[1] == -v[3];
+  return Status::ok();
+}
+
+Status Group::takeError() {
+  if (error_.empty())
+    return Status::ok();
+  Status s = Status::error(error_);
+  error_.clear();
+  return s;
+}
+
+void Group::noteError(std::string message) {
+  if (error_.empty())
+    error_ = std::move(message);
+}
+
+void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum) {
+  const auto *src = reinterpret_cast<const float *>(in);
+  auto *dst = reinterpret_cast<float *>(out);
+  Group *g = Group::current();
+  if (!g) {
+    if (src != dst)
+      std::memmove(dst, src, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  // Each rank's term of the weighted mean is its value times its share;
+  // the sum over the ranks is then the mean over the global batch.
+  float share = sum ? 1.0f : static_cast<float>(g->share());
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = src[i] * share;
+  if (Status s = g->sum(dst, n); !s)
+    g->noteError(s.message());
+}

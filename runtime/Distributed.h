@@ -1,0 +1,96 @@
+//===- Distributed.h - data-parallel training over MPI ----------*- C++ -*-===//
+//
+// A data-parallel run is several processes (ranks) started by a launcher
+// (`mpirun`, `srun`), each with a replica of the model. Every step, each
+// rank computes gradients on its shard of one global batch, and the
+// training step's `nn.all_reduce` ops combine them (compiled code calls
+// nnc_all_reduce), so every replica applies the same update.
+//
+// MPI is loaded at run time (dlopen of Open MPI's libmpi.so.40), never
+// linked: nnc starts and trains alone on a machine without MPI, and a
+// launcher without the library is a clear error, not a failure to start.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef NNC_RUNTIME_DISTRIBUTED_H
+#define NNC_RUNTIME_DISTRIBUTED_H
+
+#include "runtime/Status.h"
+
+#include <cstdint>
+#include <string>
+
+extern "C" {
+/// Called by compiled training steps: `out` (n floats) becomes the
+/// combination over the ranks of each rank's `in` (`sum` != 0: their sum;
+/// else their mean weighted by each rank's share of the global batch, see
+/// rt::Group::setShare). `in` may equal `out`. The identity in one process.
+void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum);
+}
+
+namespace nnc::rt {
+
+/// How a process takes part in a run: alone, or as one rank of MPI.
+enum class DistributedMode { Auto, None, Mpi };
+
+/// Parses `auto`, `none` or `mpi` (`--distributed=`).
+bool parseDistributedMode(const std::string &text, DistributedMode &mode);
+
+/// The ranks of this run as the launcher's environment describes them
+/// (Open MPI's mpirun, Slurm's srun, a PMI/PMIx launcher), or 1 and 0.
+struct LaunchInfo {
+  int size = 1;
+  int rank = 0;
+  std::string launcher; // "mpirun", "srun", ... ("" when alone)
+};
+LaunchInfo detectLaunch();
+
+/// The process group of a data-parallel run (one per process).
+class Group {
+public:
+  /// Joins the run: with `mode` Auto, MPI when a launcher started this
+  /// process with more than one rank; Mpi insists on MPI. Safe to call once.
+  static Status join(DistributedMode mode);
+  /// The group, or nullptr in a single-process run.
+  static Group *current();
+  /// Leaves MPI (MPI_Finalize); called at exit.
+  static void leave();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  /// This rank's weight in the mean of nnc_all_reduce for the next step:
+  /// its rows over the global batch's rows (1 / size for equal shards), so
+  /// that a ragged last batch averages as one batch of all rows would.
+  void setShare(double share) { share_ = share; }
+  double share() const { return share_; }
+
+  /// Sums over the ranks, in place.
+  Status sum(float *data, int64_t n);
+  Status sum(double *data, int64_t n);
+  /// Element-wise maxima over the ranks, in place.
+  Status max(double *data, int64_t n);
+  /// Copies rank 0's `n` bytes to every rank.
+  Status broadcast(void *data, int64_t n);
+  /// Whether every rank passed the same 64-bit value.
+  Status same(uint64_t value, bool &equal);
+
+  /// The first communication error since the last call (compiled code
+  /// cannot return one), cleared.
+  Status takeError();
+  void noteError(std::string message);
+
+private:
+  Group(int rank, int size) : rank_(rank), size_(size), share_(1.0 / size) {}
+  int rank_, size_;
+  double share_;
+  std::string error_;
+};
+
+/// Rank 0, or a process that trains alone: the one that prints, logs and
+/// writes checkpoints.
+inline bool isLeader() { return !Group::current() || Group::current()->rank() == 0; }
+
+} // namespace nnc::rt
+
+#endif // NNC_RUNTIME_DISTRIBUTED_H
