@@ -3,6 +3,7 @@
 #include "runtime/Aot.h"
 
 #include "runtime/CudaModel.h"
+#include "runtime/Distributed.h"
 #include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
@@ -46,10 +47,62 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
                "  --verbose           every epoch, and the time spent loading data\n"
                "  --limit N           train on the first N samples only\n"
                "  --validation F      hold out a fraction F of the training set\n"
+               "  --distributed MODE  auto (MPI when mpirun or srun started several ranks), mpi or none\n"
+               "  --global-batch N    rows per step over all ranks (instead of --batch per rank)\n"
+               "  --verify-replicas   check after each epoch that every rank holds the same state\n"
                "  --help              this text\n",
                argv0, m.name.c_str(), m.dataPath.empty() ? "none" : m.dataPath.c_str(),
                static_cast<long long>(m.epochs), static_cast<long long>(m.batch),
                static_cast<unsigned long long>(m.seed));
+}
+
+/// A program built with --data-parallel joins the run its launcher started
+/// (runtime/Distributed.h): each rank trains on its shard of a global
+/// batch, and rank 0 alone prints. Errors are printed by rank 0 alone and
+/// fail every rank (the exit code, or 0 to go on).
+int joinRun(const ModelDesc &m, std::map<std::string, std::string> &given, TrainOptions &o, const char *tool) {
+  LaunchInfo launch = detectLaunch();
+  auto refuse = [&](const std::string &message) {
+    if (launch.rank == 0)
+      std::fprintf(stderr, "%s: error: %s\n", tool, message.c_str());
+    return 1;
+  };
+  DistributedMode mode = DistributedMode::Auto;
+  if (given.count("--distributed") && !parseDistributedMode(given["--distributed"], mode))
+    return refuse("--distributed must be auto, mpi or none, got '" + given["--distributed"] + "'");
+  if (!m.dataParallel) {
+    if (mode == DistributedMode::Mpi || given.count("--global-batch") ||
+        (mode == DistributedMode::Auto && launch.size > 1))
+      return refuse("this program trains in one process: build it with `nnc build --data-parallel` to train with " +
+                    (launch.size > 1 ? "the " + std::to_string(launch.size) + " ranks " + launch.launcher + " started"
+                                     : std::string("MPI")));
+    return 0;
+  }
+  if (Status s = Group::join(mode); !s)
+    return refuse(s.message());
+  std::atexit(Group::leave);
+  Group *g = Group::current();
+  if (!g)
+    return given.count("--global-batch") ? refuse("--global-batch is for a data-parallel run (started by mpirun or "
+                                                  "srun); use --batch")
+                                         : 0;
+  if (given.count("--global-batch")) {
+    char *end = nullptr;
+    long long global = std::strtoll(given["--global-batch"].c_str(), &end, 10);
+    if (*end || global < 1 || given.count("--batch"))
+      return refuse("--global-batch takes a positive number of rows, and excludes --batch");
+    if (global % g->size() != 0)
+      return refuse("--global-batch " + std::to_string(global) + " is not a multiple of the " +
+                    std::to_string(g->size()) + " ranks");
+    o.batch = global / g->size();
+  }
+  o.lossIsSum = m.lossIsSum;
+  o.verifyReplicas = given.count("--verify-replicas") != 0;
+  if (g->rank() != 0) {
+    given.erase("--verbose");
+    given["--quiet"] = "1";
+  }
+  return 0;
 }
 
 } // namespace
@@ -105,13 +158,14 @@ static int run(const ModelDesc &m, int argc, char **argv) {
       strict = true;
       continue;
     }
-    if (a == "--quiet" || a == "--verbose" || a == "--append") {
+    if (a == "--quiet" || a == "--verbose" || a == "--append" || a == "--verify-replicas") {
       given[a] = "1";
       continue;
     }
     static const char *valued[] = {"--data",       "--epochs",  "--batch",      "--seed",     "--threads",
                                    "--checkpoint", "--metrics", "--limit",      "--validation", "--init-from",
-                                   "--test",       "--schedule", "--patience",  "--monitor",  "--save-best"};
+                                   "--test",       "--schedule", "--patience",  "--monitor",  "--save-best",
+                                   "--distributed", "--global-batch"};
     std::string value;
     size_t eq = a.find('=');
     std::string key = eq == std::string::npos ? a : a.substr(0, eq);
@@ -126,6 +180,8 @@ static int run(const ModelDesc &m, int argc, char **argv) {
     }
     given[key] = value;
   }
+  if (int rc = joinRun(m, given, o, tool))
+    return rc;
   auto integer = [&](const std::string &key, int64_t &out, int64_t min) -> bool {
     auto it = given.find(key);
     if (it == given.end())
@@ -269,6 +325,13 @@ static int run(const ModelDesc &m, int argc, char **argv) {
     if (Status s = initFrom(*model, names, from, strict, report); !s)
       return fail(s);
     std::printf("init-from %s", report.describe(from).c_str());
+  }
+  if (Group::current())
+    o.settings.push_back({"ranks", std::to_string(Group::current()->size())});
+  if (Status s = checkSameRun(o.settings, m.name); !s) {
+    if (isLeader())
+      fail(s);
+    return 1;
   }
   return train(*model, data, o);
 }

@@ -114,6 +114,11 @@ struct ModelDesc {
   int64_t patience = 0, topK = 5;
   std::string monitor = "loss";
   double minDelta = 0;
+  /// Built with `nnc build --data-parallel`: the step combines gradients
+  /// over a run's ranks (runtime/Distributed.h); the loss sums over the
+  /// batch (instead of averaging).
+  bool dataParallel = false;
+  bool lossIsSum = false;
 };
 
 /// How a training step's arguments and results meet the model: the inputs

@@ -255,3 +255,26 @@ void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum) {
   if (Status s = g->sum(dst, n); !s)
     g->noteError(s.message());
 }
+
+Status nnc::rt::checkSameRun(const std::vector<std::pair<std::string, std::string>> &settings,
+                             const std::string &model) {
+  Group *g = Group::current();
+  if (!g)
+    return Status::ok();
+  uint64_t h = 1469598103934665603ull; // FNV-1a, a separator after each text
+  auto mix = [&](const std::string &text) {
+    for (unsigned char ch : text)
+      h = (h ^ ch) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  };
+  mix(model);
+  for (const auto &[k, v] : settings)
+    mix(k + "=" + v);
+  bool equal = false;
+  if (Status s = g->same(h, equal); !s)
+    return s;
+  if (!equal)
+    return Status::error("the ranks of this run differ in their model or settings (model, batch, epochs, seed, "
+                         "optimizer, data); every rank must run the same training");
+  return Status::ok();
+}

@@ -19,6 +19,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 extern "C" {
 /// Called by compiled training steps: `out` (n floats) becomes the
@@ -86,6 +88,11 @@ private:
   double share_;
   std::string error_;
 };
+
+/// That every rank runs the same training: a hash of `settings` and
+/// `model` (its text) compared across the ranks; an error on every rank
+/// when they differ. Nothing to check in a single process.
+Status checkSameRun(const std::vector<std::pair<std::string, std::string>> &settings, const std::string &model);
 
 /// Rank 0, or a process that trains alone: the one that prints, logs and
 /// writes checkpoints.

@@ -86,6 +86,13 @@ def main():
     compare(one, glob, 1e-5, "mlp --global-batch 64 vs 64", tests)
     check(json.loads(open(two).readline())["settings"].get("ranks") == "2", "metrics record 2 ranks")
 
+    # A program made by `nnc build --data-parallel` trains the same way; one
+    # built without it refuses several ranks.
+    exe, built = os.path.join(tmp, "mlp_dp"), os.path.join(tmp, "built.jsonl")
+    run([NNC, "build", mlp, "--data-parallel", "-o", exe])
+    run(MPI + [exe, "--batch", "32", "--metrics", built, "--verify-replicas"] + common)
+    compare(one, built, 1e-5, "built --data-parallel 2x32 vs 64", tests)
+
     # 2. The MNIST CNN (batch norm) with sync_batch_norm: global statistics.
     src = open(os.path.join(EXAMPLES, "mnist_cnn.nn")).read()
     cnn = model(tmp, "cnn.nn", src.replace("adam(lr=1e-3)", "sgd(lr=0.01)").replace(
@@ -105,9 +112,9 @@ def main():
     check(len(e) == 2 and e[1]["train_loss"] < e[0]["train_loss"], "batch norm + dropout: loss falls, replicas equal")
 
     # 4. Bad launches: one line from rank 0, every rank fails.
-    def refused(cmd, text, env=None):
+    def refused(cmd, text, env=None, prefix="nnc: error:"):
         p = subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=120)
-        lines = [l for l in p.stderr.splitlines() if l.startswith("nnc: error:")]
+        lines = [l for l in p.stderr.splitlines() if l.startswith(prefix)]
         check(p.returncode != 0 and len(lines) == 1 and text in lines[0],
               "refused with one line (%s): %s" % (text, lines))
     refused(MPI + [NNC, "train", mlp, "--global-batch", "63"] + common, "not a multiple of the 2 ranks")
@@ -116,6 +123,9 @@ def main():
     refused(MPI + [NNC, "train", mlp] + common, "cannot load Open MPI",
             env=dict(ENV, NNC_MPI_LIBRARY=os.path.join(tmp, "no-such-libmpi.so")))
     refused([NNC, "train", mlp, "--global-batch", "64"] + common, "--global-batch is for a data-parallel run")
+    alone = os.path.join(tmp, "mlp_alone")
+    run([NNC, "build", mlp, "-o", alone])
+    refused(MPI + [alone] + common, "build it with `nnc build --data-parallel`", prefix=alone + ": error:")
 
     # 5. A rank that dies stops the run (no hang); the checkpoint it left
     #    resumes, here with one process instead of two.

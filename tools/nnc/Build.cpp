@@ -21,6 +21,7 @@
 #include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/CompileModel.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
+#include "compiler/transforms/Passes.h"
 
 #include "mlir/IR/Diagnostics.h"
 
@@ -425,7 +426,10 @@ int nnc::driver::runBuild(const Args &args) {
     return userError(s.message());
 
   Loaded m;
-  if (int rc = load(input, lr, m))
+  if (args.has("data-parallel") && (args.has("lib") || target != "cpu"))
+    return usageError("--data-parallel builds a training program for the CPU (not a library; NCCL for CUDA devices "
+                      "is not built yet)", &c);
+  if (int rc = load(input, lr, m, true, std::nullopt, args.has("data-parallel")))
     return rc;
   SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
   if (std::string cpu = args.get("cpu", "native"); cpu != "native") {
@@ -522,6 +526,11 @@ int nnc::driver::runBuild(const Args &args) {
        << ";\nm.minDelta = " << number(m.real("min_delta", 0)) << ";\n";
   if (!m.text("monitor").empty())
     glue << "m.monitor = " << quoted(m.text("monitor")) << ";\n";
+  if (args.has("data-parallel")) {
+    auto i = m.lossResult();
+    bool summed = i && lossIsSum(m.model.front().getTerminator()->getOperand(*i));
+    glue << "m.dataParallel = true;\nm.lossIsSum = " << (summed ? "true" : "false") << ";\n";
+  }
   glue << "return nnc::rt::aot::main(m, argc, argv);\n}\n";
 
   // Object code, the description, and the link, in a scratch directory; the

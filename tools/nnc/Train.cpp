@@ -602,31 +602,17 @@ static int joinRun(const Args &args, const Command &c, Args &run) {
   return kOk;
 }
 
-/// That every rank runs the same model and settings: a hash of the model
-/// file and the settings, compared across the ranks.
+/// That every rank runs the same model and settings (the model's IR).
 static int sameEverywhere(const Loaded &m, const rt::TrainOptions &o) {
   rt::Group *group = rt::Group::current();
   if (!group)
     return kOk;
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](llvm::StringRef text) {
-    for (unsigned char ch : text)
-      h = (h ^ ch) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
-  };
   std::string printed;
   llvm::raw_string_ostream os(printed);
   (*m.module)->print(os);
-  mix(os.str());
-  for (const auto &[k, v] : o.settings)
-    mix(k + "=" + v);
-  bool equal = false;
-  if (rt::Status s = group->same(h, equal); !s)
-    return userError(s.message());
-  if (!equal) {
+  if (rt::Status s = rt::checkSameRun(o.settings, os.str()); !s) {
     if (group->rank() == 0)
-      llvm::errs() << "nnc: error: the ranks of this run differ in their model or settings (model file, batch, "
-                      "epochs, seed, optimizer, data); every rank must run the same training\n";
+      llvm::errs() << "nnc: error: " << s.message() << "\n";
     return kUserError;
   }
   return kOk;

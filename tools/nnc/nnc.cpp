@@ -183,6 +183,8 @@ const std::vector<Command> &commands() {
         {"lib", nullptr, "An inference library instead: OUT.a, OUT.so and the C header OUT.h (model_create, "
                          "model_predict, model_destroy)"},
         {"checkpoint", "PATH", "With --lib: the weights to build in (else read from a file at model_create)"},
+        {"data-parallel", nullptr, "A program that trains data-parallel when mpirun or srun starts it on several "
+                                   "ranks (gradients combined over Open MPI)"},
         {"cpu", "CPU", "With --lib: native (default: this machine's CPU), or x86-64-v2|v3|v4 for older machines "
                        "(checked when the library loads)"},
         {"lr", "X", "Learning rate, instead of the train section's"},

@@ -46,6 +46,15 @@ func.func @elementwise(%x: tensor<?x10xf32>, %b: tensor<10xf32>) -> tensor<?x10x
   return %17 : tensor<?x10xf32>
 }
 
+// CHECK-LABEL: func.func @collectives
+func.func @collectives(%g: tensor<784x128xf32>, %n: tensor<f32>) -> (tensor<784x128xf32>, tensor<f32>) {
+  // CHECK: nn.all_reduce %{{.*}} : tensor<784x128xf32>
+  %0 = nn.all_reduce %g : tensor<784x128xf32>
+  // CHECK: nn.all_reduce %{{.*}} {sum} : tensor<f32>
+  %1 = nn.all_reduce %n {sum} : tensor<f32>
+  return %0, %1 : tensor<784x128xf32>, tensor<f32>
+}
+
 // CHECK-LABEL: func.func @shapes
 func.func @shapes(%x: tensor<?x784xf32>, %w: tensor<784x128xf32>, %a: tensor<4x3xf32>, %b: tensor<4x5xf32>)
     -> (tensor<?x128xf32>, tensor<?x1x28x28xf32>, tensor<3x4xf32>, tensor<4x8xf32>) {
