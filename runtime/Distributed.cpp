@@ -11,10 +11,15 @@
 #include "runtime/Distributed.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <dlfcn.h>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 using namespace nnc::rt;
@@ -179,22 +184,26 @@ Status Group::join(DistributedMode mode) {
                                    " of " + std::to_string(launch.size) + ", but " + why);
   int ready = 0, provided = 0;
   mpi.initialized(&ready);
-  // Only the training loop's thread calls MPI.
-  constexpr int kThreadFunneled = 1;
+  // Two threads call MPI, never at once: the communication thread while a
+  // step runs, the training loop's between steps (MPI_THREAD_SERIALIZED).
+  constexpr int kThreadSerialized = 2;
   if (!ready)
-    if (int rc = mpi.initThread(nullptr, nullptr, kThreadFunneled, &provided); rc != 0)
+    if (int rc = mpi.initThread(nullptr, nullptr, kThreadSerialized, &provided); rc != 0)
       return Status::error("MPI_Init_thread failed: " + mpi.describe(rc));
   mpi.setErrhandler(mpi.world, mpi.errorsReturn);
   int rank = 0, size = 1;
   mpi.commRank(mpi.world, &rank);
   mpi.commSize(mpi.world, &size);
-  group.reset(new Group(rank, size));
+  // A library without thread support gets its calls on the step's thread.
+  group.reset(new Group(rank, size, ready || provided >= kThreadSerialized));
   return Status::ok();
 }
 
 void Group::leave() {
   if (!group)
     return;
+  (void)group->wait();
+  group->worker_.reset(); // the thread ends before MPI does
   int done = 0;
   mpi.finalized(&done);
   if (!done)
@@ -202,9 +211,165 @@ void Group::leave() {
   group.reset();
 }
 
-Status Group::sum(float *data, int64_t n) { return reduce(data, n, mpi.f32, mpi.sum, "sum"); }
-Status Group::sum(double *data, int64_t n) { return reduce(data, n, mpi.f64, mpi.sum, "sum"); }
-Status Group::max(double *data, int64_t n) { return reduce(data, n, mpi.f64, mpi.max, "max"); }
+/// The communication thread: sends buckets of what compiled code started.
+/// Every rank must make the same MPI calls in the same order, so buckets
+/// are cut by a rule the timing cannot change: in the order the step
+/// starts combinations, closed when they reach kBucketFloats, or when the
+/// step waits.
+struct Group::Worker {
+  struct Job {
+    float *data;
+    int64_t n;
+  };
+  using Bucket = std::vector<Job>;
+  std::mutex mu;
+  std::condition_variable ready, drained;
+  std::deque<Bucket> queue;
+  Bucket open; // filled by the step's thread alone
+  int64_t openFloats = 0;
+  uint64_t started = 0, finished = 0; // buckets
+  bool stopping = false;
+  std::string error;
+  Traffic traffic;
+  std::vector<float> staging;
+  std::thread thread;
+
+  // A bucket's size: 1 MB keeps a call long enough to pay its latency and
+  // short enough to start while most of the backward pass is still ahead
+  // (DDP's first bucket is 1 MB too).
+  static constexpr int64_t kBucketFloats = int64_t(1) << 18;
+
+  /// Adds a job to the open bucket; a full bucket goes to the thread.
+  void add(float *data, int64_t n) {
+    open.push_back({data, n});
+    openFloats += n;
+    if (openFloats >= kBucketFloats)
+      close();
+  }
+  void close() {
+    if (open.empty())
+      return;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(std::move(open));
+      ++started;
+    }
+    open.clear();
+    openFloats = 0;
+    ready.notify_one();
+  }
+
+  Worker() : thread([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = true;
+    }
+    ready.notify_all();
+    thread.join();
+  }
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      ready.wait(lock, [&] { return stopping || !queue.empty(); });
+      if (queue.empty())
+        return;
+      Bucket bucket = std::move(queue.front());
+      queue.pop_front();
+      int64_t floats = 0;
+      for (const Job &j : bucket)
+        floats += j.n;
+      lock.unlock();
+      auto begin = std::chrono::steady_clock::now();
+      Status s = send(bucket, floats);
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+      lock.lock();
+      traffic.busy += seconds;
+      traffic.calls += 1;
+      traffic.bytes += floats * static_cast<int64_t>(sizeof(float));
+      if (!s && error.empty())
+        error = s.message();
+      ++finished;
+      drained.notify_all();
+    }
+  }
+
+  /// One MPI call for the bucket: a lone job in place, several packed.
+  Status send(const Bucket &bucket, int64_t floats) {
+    if (bucket.size() == 1)
+      return reduce(bucket[0].data, bucket[0].n, mpi.f32, mpi.sum, "sum");
+    staging.resize(static_cast<size_t>(floats));
+    float *at = staging.data();
+    for (const Job &j : bucket)
+      at = std::copy(j.data, j.data + j.n, at);
+    if (Status s = reduce(staging.data(), floats, mpi.f32, mpi.sum, "sum"); !s)
+      return s;
+    const float *from = staging.data();
+    for (const Job &j : bucket) {
+      std::copy(from, from + j.n, j.data);
+      from += j.n;
+    }
+    return Status::ok();
+  }
+};
+
+Group::Group(int rank, int size, bool background)
+    : rank_(rank), size_(size), share_(1.0 / size), worker_(background ? new Worker : nullptr) {}
+
+Group::~Group() = default;
+
+void Group::start(float *data, int64_t n) {
+  if (!worker_) {
+    if (Status s = reduce(data, n, mpi.f32, mpi.sum, "sum"); !s)
+      keepError(s.message());
+    return;
+  }
+  worker_->add(data, n);
+}
+
+Status Group::wait() {
+  std::string error;
+  if (worker_) {
+    worker_->close();
+    auto begin = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(worker_->mu);
+    worker_->drained.wait(lock, [&] { return worker_->finished == worker_->started; });
+    worker_->traffic.waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    error.swap(worker_->error);
+  }
+  if (error.empty())
+    error.swap(kept_);
+  kept_.clear();
+  return error.empty() ? Status::ok() : Status::error(error);
+}
+
+Group::Traffic Group::takeTraffic() {
+  if (!worker_)
+    return {};
+  std::lock_guard<std::mutex> lock(worker_->mu);
+  Traffic t = worker_->traffic;
+  worker_->traffic = {};
+  return t;
+}
+
+// The training loop's own calls come between steps: after what the step
+// started is complete (MPI_THREAD_SERIALIZED).
+Status Group::sum(float *data, int64_t n) {
+  if (Status s = wait(); !s)
+    return s;
+  return reduce(data, n, mpi.f32, mpi.sum, "sum");
+}
+Status Group::sum(double *data, int64_t n) {
+  if (Status s = wait(); !s)
+    return s;
+  return reduce(data, n, mpi.f64, mpi.sum, "sum");
+}
+Status Group::max(double *data, int64_t n) {
+  if (Status s = wait(); !s)
+    return s;
+  return reduce(data, n, mpi.f64, mpi.max, "max");
+}
 
 Status Group::broadcast(void *data, int64_t n) {
   auto *bytes = static_cast<char *>(data);
@@ -225,19 +390,6 @@ Status Group::same(uint64_t value, bool &equal) {
   return Status::ok();
 }
 
-Status Group::takeError() {
-  if (error_.empty())
-    return Status::ok();
-  Status s = Status::error(error_);
-  error_.clear();
-  return s;
-}
-
-void Group::noteError(std::string message) {
-  if (error_.empty())
-    error_ = std::move(message);
-}
-
 void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum) {
   const auto *src = reinterpret_cast<const float *>(in);
   auto *dst = reinterpret_cast<float *>(out);
@@ -252,8 +404,16 @@ void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum) {
   float share = sum ? 1.0f : static_cast<float>(g->share());
   for (int64_t i = 0; i < n; ++i)
     dst[i] = src[i] * share;
-  if (Status s = g->sum(dst, n); !s)
-    g->noteError(s.message());
+  g->start(dst, n);
+}
+
+void nnc_all_reduce_wait() {
+  // Errors surface at the training loop's next call (Group::wait).
+  if (Group *g = Group::current()) {
+    Status s = g->wait();
+    if (!s)
+      g->keepError(s.message());
+  }
 }
 
 Status nnc::rt::checkSameRun(const std::vector<std::pair<std::string, std::string>> &settings,

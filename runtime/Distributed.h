@@ -18,16 +18,21 @@
 #include "runtime/Status.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 extern "C" {
-/// Called by compiled training steps: `out` (n floats) becomes the
+/// Called by compiled training steps: starts making `out` (n floats) the
 /// combination over the ranks of each rank's `in` (`sum` != 0: their sum;
 /// else their mean weighted by each rank's share of the global batch, see
-/// rt::Group::setShare). `in` may equal `out`. The identity in one process.
+/// rt::Group::setShare). `in` may equal `out`; `in` may be reused on
+/// return, `out` is complete after nnc_all_reduce_wait. The identity in one
+/// process.
 void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum);
+/// Waits until every nnc_all_reduce started so far is complete.
+void nnc_all_reduce_wait();
 }
 
 namespace nnc::rt {
@@ -77,16 +82,37 @@ public:
   /// Whether every rank passed the same 64-bit value.
   Status same(uint64_t value, bool &equal);
 
-  /// The first communication error since the last call (compiled code
-  /// cannot return one), cleared.
-  Status takeError();
-  void noteError(std::string message);
+  /// Combinations started by compiled code run on a thread of their own,
+  /// so that a gradient is sent while the backward pass computes the next
+  /// (in the order the step computes them: last layer first); what is
+  /// queued when the thread takes work goes as one bucket (one MPI call).
+  void start(float *data, int64_t n);
+  /// Waits for every combination started; the first error of them.
+  Status wait();
+  /// Keeps an error for the next wait() (compiled code cannot return one).
+  void keepError(const std::string &message) {
+    if (kept_.empty())
+      kept_ = message;
+  }
+
+  /// Where communication time went since the last call: seconds the
+  /// thread spent in MPI, and seconds the training step waited for it
+  /// (the rest ran behind the computation); MPI calls and bytes sent.
+  struct Traffic {
+    double busy = 0, waited = 0;
+    int64_t calls = 0, bytes = 0;
+  };
+  Traffic takeTraffic();
+
+  ~Group();
 
 private:
-  Group(int rank, int size) : rank_(rank), size_(size), share_(1.0 / size) {}
+  Group(int rank, int size, bool background);
+  struct Worker;
   int rank_, size_;
   double share_;
-  std::string error_;
+  std::unique_ptr<Worker> worker_;
+  std::string kept_; // errors for the next wait()
 };
 
 /// That every rank runs the same training: a hash of `settings` and

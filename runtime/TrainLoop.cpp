@@ -148,6 +148,9 @@ struct EpochRecord {
   int64_t epoch = 0;
   uint64_t step = 0;
   double lr = 0, trainLoss = 0, seconds = 0, dataShare = 0;
+  /// A data-parallel run: seconds the gradients spent in MPI, and seconds
+  /// the steps waited for them (the rest overlapped the backward pass).
+  double commSeconds = 0, commWaited = 0;
   Score score;
 };
 
@@ -479,6 +482,9 @@ std::string epochLine(const EpochRecord &r, const TrainOptions &o, const BoundDa
   line += tail;
   if (o.verbosity >= 2)
     line += "; data " + percent(r.dataShare) + " of the time" + (background ? " (made in the background)" : "");
+  if (o.verbosity >= 2 && Group::current())
+    line += "; communication " + percent(r.commSeconds / std::max(r.seconds, 1e-9)) + " of the time, " +
+            percent(r.commWaited / std::max(r.seconds, 1e-9)) + " waited for (the rest behind the backward pass)";
   return line;
 }
 
@@ -624,6 +630,11 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     r.seconds = since(begin);
     trainSeconds += r.seconds;
     r.dataShare = (loader.waited - waitedBefore) / std::max(r.seconds, 1e-9);
+    if (Group *g = Group::current()) {
+      Group::Traffic t = g->takeTraffic();
+      r.commSeconds = t.busy;
+      r.commWaited = t.waited;
+    }
     r.trainLoss = lossSum / static_cast<double>(count);
     if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)
       return fail(s.message());

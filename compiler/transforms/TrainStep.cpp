@@ -289,9 +289,15 @@ LogicalResult BuildTrainStepPass::build(ModuleOp module, func::FuncOp gradFn) {
   auto distributed = train ? dyn_cast_or_null<BoolAttr>(train.get("distributed")) : BoolAttr();
   bool isDistributed = distributed && distributed.getValue();
   if (isDistributed) {
+    // Each right after its gradient, so that it travels while the backward
+    // pass computes the gradients of the layers before (runtime/
+    // Distributed.h); the updates that read them come after all of them.
     bool summed = lossIsSum(results.front());
-    for (Value &d : grads)
+    OpBuilder::InsertionGuard guard(b);
+    for (Value &d : grads) {
+      b.setInsertionPointAfterValue(d);
       d = b.create<nnops::AllReduceOp>(d.getLoc(), d, summed);
+    }
   }
 
   // Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_).

@@ -565,7 +565,8 @@ std::unique_ptr<cpu::JitModule> cpu::JitModule::load(std::vector<std::unique_ptr
   }
   lib.addGenerator(std::move(*process));
   lib.addGenerator(std::move(*omp));
-  // Profiled code calls the runtime's timers.
+  // Profiled code calls the runtime's timers; data-parallel steps its
+  // collectives.
   llvm::orc::MangleAndInterner interner(lljit->getExecutionSession(), lljit->getDataLayout());
   llvm::orc::SymbolMap map;
   map[interner("nnc_profile_begin")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_profile_begin),
@@ -574,6 +575,8 @@ std::unique_ptr<cpu::JitModule> cpu::JitModule::load(std::vector<std::unique_ptr
                                       llvm::JITSymbolFlags::Exported};
   map[interner("nnc_all_reduce")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_all_reduce),
                                      llvm::JITSymbolFlags::Exported};
+  map[interner("nnc_all_reduce_wait")] = {llvm::orc::ExecutorAddr::fromPtr(&nnc_all_reduce_wait),
+                                          llvm::JITSymbolFlags::Exported};
   if (llvm::Error err = lib.define(llvm::orc::absoluteSymbols(std::move(map)))) {
     llvm::consumeError(std::move(err));
     return nullptr;

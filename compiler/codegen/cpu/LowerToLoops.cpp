@@ -868,12 +868,17 @@ private:
       if (failed(view))
         return failure();
       buffers[op.getResult(0)] = *view;
+      if (inFlight.contains(op.getOperand(0)))
+        inFlight.insert(op.getResult(0));
       return success();
     }
     auto k = kernelOf.find(&op);
     if (k == kernelOf.end() || kernelList[k->second].front() != &op)
       return success(); // a literal, or a member of a kernel already emitted
     ArrayRef<Operation *> members = kernelList[k->second];
+    for (Operation *m : members)
+      if (llvm::any_of(m->getOperands(), [&](Value v) { return inFlight.contains(v); }))
+        waitForCollectives();
     auto isRoot = [&](Operation *m) { return !fused.contains(m) && !absorbed.contains(m); };
     int64_t id = static_cast<int64_t>(kernels.size());
     describe(members, *llvm::find_if(members, isRoot));
@@ -889,6 +894,9 @@ private:
     b.create<scf::YieldOp>(loc);
     b.setInsertionPointAfter(region);
     kernelRegion = nullptr;
+    for (Operation *m : members)
+      if (isa<nnops::AllReduceOp>(m))
+        inFlight.insert(m->getResult(0));
     if (profile)
       hook("nnc_profile_end", id);
     // Values read for the last time free their slots; so do results that
@@ -903,9 +911,27 @@ private:
     return success();
   }
 
+  /// nn.all_reduce only starts its combination (runtime/Distributed.h), so
+  /// that the step computes on while gradients travel; the first kernel
+  /// that reads a combined value (an optimizer update, after the whole
+  /// backward pass) waits for all of them.
+  void waitForCollectives() {
+    if (inFlight.empty())
+      return;
+    constexpr StringLiteral kWait = "nnc_all_reduce_wait";
+    if (!target.lookupSymbol(kWait)) {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(target.getBody());
+      b.create<func::FuncOp>(loc, kWait, b.getFunctionType({}, {})).setPrivate();
+    }
+    b.create<func::CallOp>(loc, kWait, TypeRange{}, ValueRange{});
+    inFlight.clear();
+  }
+
   /// Copies of results computed elsewhere; the plan and kernel table as
   /// attributes.
   void finish() {
+    waitForCollectives();
     for (auto [i, v] : llvm::enumerate(ret->getOperands()))
       if (!returnedAt.count(v))
         b.create<memref::CopyOp>(loc, buffers.lookup(v), resultBuffers[i]);
@@ -941,6 +967,7 @@ private:
   Operation *ret = nullptr; // the nn function's return
   llvm::DenseMap<Value, Value> buffers;
   SmallVector<Value> resultBuffers;
+  llvm::DenseSet<Value> inFlight; // nn.all_reduce results not yet waited for
   // Fusion roles (planFusion).
   std::vector<SmallVector<Operation *>> groups;
   llvm::DenseMap<Operation *, unsigned> groupOf;
