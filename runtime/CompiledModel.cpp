@@ -84,7 +84,7 @@ struct CompiledModel::Frame {
     const Floats &b = buffers[f.args.size() + r];
     std::copy_n(b.begin(), out.size(), out.begin());
   }
-  void call(const FunctionDesc &f, int64_t batch, int64_t rng[2]) {
+  void call(const FunctionDesc &f, int64_t batch, int64_t rng[3]) {
     pointers.clear();
     for (size_t i = 0; i < buffers.size(); ++i)
       pointers.push_back(i < borrowed.size() && borrowed[i] ? const_cast<float *>(borrowed[i])
@@ -234,7 +234,7 @@ void CompiledModel::run(const FunctionDesc &f, Frame &frame, const std::vector<H
     int64_t in = layout.inputOf(i);
     frame.set(i, f.args[i], in >= 0 ? batch[static_cast<size_t>(in)].data : state[i].data);
   }
-  int64_t rng[2] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount)};
+  int64_t rng[3] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount), firstRow};
   frame.call(f, n, rng);
 }
 

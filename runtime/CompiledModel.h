@@ -205,6 +205,7 @@ public:
   bool isInteger(const std::string &name) const override { return isIntegerOf(m, name); }
   uint64_t steps() const override { return stepCount; }
   void setSteps(uint64_t n) override { stepCount = n; }
+  void setFirstRow(int64_t row) override { firstRow = row; }
 
 private:
   struct Frame;
@@ -216,6 +217,7 @@ private:
   StepLayout layout;
   std::vector<HostTensor> state; // per training-step argument
   uint64_t stepCount = 0;
+  int64_t firstRow = 0;
   double lr = 0;
   std::unique_ptr<Frame> trainFrame, evalFrame;
 };

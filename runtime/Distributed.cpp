@@ -17,6 +17,7 @@
 #include <cstring>
 #include <deque>
 #include <dlfcn.h>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -202,7 +203,13 @@ Status Group::join(DistributedMode mode) {
 void Group::leave() {
   if (!group)
     return;
-  (void)group->wait();
+  if (!group->wait().isOk() && group->stuck_) {
+    // The thread is inside an MPI call that will not return: leave it and
+    // MPI as they are, and let the process end.
+    (void)group->worker_.release();
+    (void)group.release();
+    return;
+  }
   group->worker_.reset(); // the thread ends before MPI does
   int done = 0;
   mpi.finalized(&done);
@@ -211,7 +218,9 @@ void Group::leave() {
   group.reset();
 }
 
-/// The communication thread: sends buckets of what compiled code started.
+/// The communication thread: every MPI call after MPI_Init runs on it, so
+/// that a rank waits for the others with a time limit (a rank that hangs
+/// never hangs the rest). It sends buckets of what compiled code started.
 /// Every rank must make the same MPI calls in the same order, so buckets
 /// are cut by a rule the timing cannot change: in the order the step
 /// starts combinations, closed when they reach kBucketFloats, or when the
@@ -222,9 +231,14 @@ struct Group::Worker {
     int64_t n;
   };
   using Bucket = std::vector<Job>;
+  /// A bucket of gradients, or another call (the training loop's).
+  struct Work {
+    Bucket bucket;
+    std::function<Status()> call;
+  };
   std::mutex mu;
   std::condition_variable ready, drained;
-  std::deque<Bucket> queue;
+  std::deque<Work> queue;
   Bucket open; // filled by the step's thread alone
   int64_t openFloats = 0;
   uint64_t started = 0, finished = 0; // buckets
@@ -249,13 +263,16 @@ struct Group::Worker {
   void close() {
     if (open.empty())
       return;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      queue.push_back(std::move(open));
-      ++started;
-    }
+    push(Work{std::move(open), nullptr});
     open.clear();
     openFloats = 0;
+  }
+  void push(Work w) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(std::move(w));
+      ++started;
+    }
     ready.notify_one();
   }
 
@@ -275,19 +292,21 @@ struct Group::Worker {
       ready.wait(lock, [&] { return stopping || !queue.empty(); });
       if (queue.empty())
         return;
-      Bucket bucket = std::move(queue.front());
+      Work w = std::move(queue.front());
       queue.pop_front();
       int64_t floats = 0;
-      for (const Job &j : bucket)
+      for (const Job &j : w.bucket)
         floats += j.n;
       lock.unlock();
       auto begin = std::chrono::steady_clock::now();
-      Status s = send(bucket, floats);
+      Status s = w.call ? w.call() : send(w.bucket, floats);
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
       lock.lock();
-      traffic.busy += seconds;
-      traffic.calls += 1;
-      traffic.bytes += floats * static_cast<int64_t>(sizeof(float));
+      if (!w.call) {
+        traffic.busy += seconds;
+        traffic.calls += 1;
+        traffic.bytes += floats * static_cast<int64_t>(sizeof(float));
+      }
       if (!s && error.empty())
         error = s.message();
       ++finished;
@@ -328,13 +347,30 @@ void Group::start(float *data, int64_t n) {
   worker_->add(data, n);
 }
 
+/// How long a rank waits for the others (NNC_DISTRIBUTED_TIMEOUT, in
+/// seconds): longer than any step or checkpoint, shorter than a user's
+/// patience with a run that no longer moves.
+static std::chrono::seconds timeLimit() {
+  const char *v = std::getenv("NNC_DISTRIBUTED_TIMEOUT");
+  long s = v && *v ? std::strtol(v, nullptr, 10) : 0;
+  return std::chrono::seconds(s > 0 ? s : 300);
+}
+
 Status Group::wait() {
   std::string error;
+  if (stuck_) // the first message says why
+    return Status::error(kept_.empty() ? "the other ranks stopped answering" : kept_);
   if (worker_) {
     worker_->close();
     auto begin = std::chrono::steady_clock::now();
     std::unique_lock<std::mutex> lock(worker_->mu);
-    worker_->drained.wait(lock, [&] { return worker_->finished == worker_->started; });
+    auto limit = timeLimit();
+    if (!worker_->drained.wait_for(lock, limit, [&] { return worker_->finished == worker_->started; })) {
+      stuck_ = true;
+      kept_ = "no answer from the other ranks for " + std::to_string(limit.count()) +
+              " s: one of them stopped or hangs (NNC_DISTRIBUTED_TIMEOUT sets the limit)";
+      return Status::error(kept_);
+    }
     worker_->traffic.waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
     error.swap(worker_->error);
   }
@@ -353,25 +389,37 @@ Group::Traffic Group::takeTraffic() {
   return t;
 }
 
-// The training loop's own calls come between steps: after what the step
-// started is complete (MPI_THREAD_SERIALIZED).
-Status Group::sum(float *data, int64_t n) {
+// The training loop's own calls come between steps, after what the step
+// started, on the same thread (MPI_THREAD_SERIALIZED).
+Status Group::call(const std::function<Status()> &f) {
+  if (!worker_)
+    return f();
   if (Status s = wait(); !s)
     return s;
-  return reduce(data, n, mpi.f32, mpi.sum, "sum");
+  Status result;
+  worker_->push(Worker::Work{{}, [&] {
+                               result = f();
+                               return Status::ok();
+                             }});
+  if (Status s = wait(); !s)
+    return s;
+  return result;
+}
+Status Group::sum(float *data, int64_t n) {
+  return call([&] { return reduce(data, n, mpi.f32, mpi.sum, "sum"); });
 }
 Status Group::sum(double *data, int64_t n) {
-  if (Status s = wait(); !s)
-    return s;
-  return reduce(data, n, mpi.f64, mpi.sum, "sum");
+  return call([&] { return reduce(data, n, mpi.f64, mpi.sum, "sum"); });
 }
 Status Group::max(double *data, int64_t n) {
-  if (Status s = wait(); !s)
-    return s;
-  return reduce(data, n, mpi.f64, mpi.max, "max");
+  return call([&] { return reduce(data, n, mpi.f64, mpi.max, "max"); });
 }
 
 Status Group::broadcast(void *data, int64_t n) {
+  return call([&] { return broadcastBytes(data, n); });
+}
+
+Status Group::broadcastBytes(void *data, int64_t n) {
   auto *bytes = static_cast<char *>(data);
   for (int64_t at = 0; at < n; at += kPiece)
     if (int rc = mpi.bcast(bytes + at, static_cast<int>(std::min(kPiece, n - at)), mpi.byte, 0, mpi.world); rc != 0)
@@ -401,7 +449,8 @@ void nnc_all_reduce(int64_t in, int64_t out, int64_t n, int64_t sum) {
   }
   // Each rank's term of the weighted mean is its value times its share;
   // the sum over the ranks is then the mean over the global batch.
-  float share = sum ? 1.0f : static_cast<float>(g->share());
+  // A rank without rows of its own (share 0) adds nothing to a sum either.
+  float share = sum ? (g->share() > 0 ? 1.0f : 0.0f) : static_cast<float>(g->share());
   for (int64_t i = 0; i < n; ++i)
     dst[i] = src[i] * share;
   g->start(dst, n);
@@ -414,6 +463,16 @@ void nnc_all_reduce_wait() {
     if (!s)
       g->keepError(s.message());
   }
+}
+
+Shard nnc::rt::shardOf(int64_t n, int rank, int ranks) {
+  Shard s;
+  s.from = n * rank / ranks;
+  s.to = n * (rank + 1) / ranks;
+  s.share = n > 0 ? static_cast<double>(s.to - s.from) / static_cast<double>(n) : 0.0;
+  if (s.to == s.from)
+    s.to = s.from + 1;
+  return s;
 }
 
 Status nnc::rt::checkSameRun(const std::vector<std::pair<std::string, std::string>> &settings,

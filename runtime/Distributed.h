@@ -18,6 +18,7 @@
 #include "runtime/Status.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -108,12 +109,27 @@ public:
 
 private:
   Group(int rank, int size, bool background);
+  /// Runs an MPI call on the communication thread, after what the step
+  /// started, within the time limit.
+  Status call(const std::function<Status()> &f);
+  Status broadcastBytes(void *data, int64_t n);
   struct Worker;
   int rank_, size_;
   double share_;
   std::unique_ptr<Worker> worker_;
-  std::string kept_; // errors for the next wait()
+  std::string kept_;   // errors for the next wait()
+  bool stuck_ = false; // a wait ran out of time
 };
+
+/// A rank's part of a global batch of `n` rows: rows [from, to) of
+/// near-equal contiguous parts, and its share (to - from) / n. A rank left
+/// without rows (n below the ranks) gets one row, [from, from + 1), at
+/// share 0, so that every rank runs the same steps.
+struct Shard {
+  int64_t from = 0, to = 0;
+  double share = 1;
+};
+Shard shardOf(int64_t n, int rank, int ranks);
 
 /// That every rank runs the same training: a hash of `settings` and
 /// `model` (its text) compared across the ranks; an error on every rank

@@ -289,20 +289,20 @@ Status saveByLeader(Trainable &m, const std::string &path, int64_t epoch, uint64
 /// trains on: all of them, or in a data-parallel run this rank's part of
 /// near-equal contiguous parts, and its share of the batch (a rank left
 /// without rows by a last batch smaller than the ranks gets one row at
-/// share 0, so that every rank runs the same steps).
-std::vector<int64_t> shardRows(const std::vector<int64_t> &order, int64_t k, int64_t global, double &share) {
+/// share 0, so that every rank runs the same steps), and where its part
+/// starts in the global batch.
+std::vector<int64_t> shardRows(const std::vector<int64_t> &order, int64_t k, int64_t global, double &share,
+                               int64_t &first) {
   int64_t count = static_cast<int64_t>(order.size());
   int64_t begin = k * global, n = std::min(count, (k + 1) * global) - begin;
   share = 1;
-  Group *g = Group::current();
-  if (g) {
-    int64_t r = g->rank(), ranks = g->size();
-    int64_t from = n * r / ranks, to = n * (r + 1) / ranks;
-    share = static_cast<double>(to - from) / static_cast<double>(n);
-    if (to == from)
-      to = from + 1;
-    begin += from;
-    n = to - from;
+  first = 0;
+  if (Group *g = Group::current()) {
+    Shard s = shardOf(n, g->rank(), g->size());
+    share = s.share;
+    first = s.from;
+    begin += s.from;
+    n = s.to - s.from;
   }
   return std::vector<int64_t>(order.begin() + begin, order.begin() + begin + n);
 }
@@ -551,7 +551,8 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
     std::vector<double> losses(static_cast<size_t>(steps));
     std::vector<int64_t> sizes(static_cast<size_t>(steps));
     std::vector<double> shares(static_cast<size_t>(steps));
-    auto rows = [&](int64_t k) { return shardRows(order, k, global, shares[k]); };
+    std::vector<int64_t> firsts(static_cast<size_t>(steps));
+    auto rows = [&](int64_t k) { return shardRows(order, k, global, shares[k], firsts[k]); };
     const int64_t first = epoch == startEpoch ? startStep : 0;
     if (first < steps)
       loader.request(rows(first), epoch);
@@ -571,8 +572,10 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
         at.step = static_cast<int64_t>(m.steps());
         m.setLearningRate(scheduledRate(o.schedule, baseLr, at));
       }
-      if (Group *g = Group::current())
+      if (Group *g = Group::current()) {
         g->setShare(shares[k]);
+        m.setFirstRow(firsts[k]);
+      }
       if (Status s = m.stepAsync(inputs, &losses[k]); !s) {
         progress.finishLine();
         return fail(s.message());

@@ -73,6 +73,10 @@ public:
   /// setLearningRate changes it (a schedule, between steps).
   virtual double learningRate() const = 0;
   virtual void setLearningRate(double lr) = 0;
+  /// In a data-parallel run, the next steps' batch is rows [row, row + B)
+  /// of the global batch: dropout draws the masks one process would draw
+  /// for those rows. A backend that does not train data-parallel ignores it.
+  virtual void setFirstRow(int64_t row) {}
   /// Whether state tensor `name` is i32 (labels, indices): a checkpoint
   /// stores it as I32.
   virtual bool isInteger(const std::string &name) const { return false; }

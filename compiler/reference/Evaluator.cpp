@@ -155,7 +155,7 @@ LogicalResult allReduce(Ctx &c) {
   rt::Group *g = rt::Group::current();
   if (!g)
     return success();
-  double share = op.getSum() ? 1.0 : g->share();
+  double share = op.getSum() ? (g->share() > 0 ? 1.0 : 0.0) : g->share();
   for (double &v : t.data)
     v *= share;
   if (rt::Status s = g->sum(t.data.data(), static_cast<int64_t>(t.data.size())); !s)
@@ -170,8 +170,11 @@ LogicalResult dropout(Ctx &c) {
   Tensor y = x, mask = Tensor::filled(x.shape, 1.0);
   if (op.getTraining()) {
     uint64_t stream = rt::mix64(c.options.step * 1000003ULL + nnops::locationId(c.op->getLoc()));
+    // Elements count from the batch's first row in a global batch.
+    uint64_t perRow = x.shape.empty() || x.shape[0] == 0 ? 0 : mask.data.size() / static_cast<size_t>(x.shape[0]);
+    uint64_t base = static_cast<uint64_t>(c.options.firstRow) * perRow;
     for (size_t i = 0; i < mask.data.size(); ++i)
-      mask.data[i] = rt::uniform01(c.options.seed, stream, i) < rate ? 0.0 : 1.0 / (1.0 - rate);
+      mask.data[i] = rt::uniform01(c.options.seed, stream, base + i) < rate ? 0.0 : 1.0 / (1.0 - rate);
   }
   for (size_t i = 0; i < y.data.size(); ++i)
     y.data[i] *= mask.data[i];

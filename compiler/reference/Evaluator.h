@@ -35,6 +35,9 @@ struct Tensor {
 struct EvalOptions {
   uint64_t seed = 0; // dropout masks draw from (seed, step, op)
   uint64_t step = 0;
+  /// The batch's first row in a data-parallel run's global batch: dropout
+  /// counts elements from there, as one process would.
+  int64_t firstRow = 0;
 };
 
 /// Something that runs nn functions: the reference evaluator below, or a

@@ -78,7 +78,7 @@ FailureOr<double> Trainer::step(ArrayRef<Tensor> inputs) {
   args[stepArg] = Tensor::scalar(static_cast<double>(stepCount));
   if (lrArg) // as f32, the type the compiled code holds it in
     args[*lrArg] = Tensor::scalar(static_cast<double>(static_cast<float>(lr)));
-  auto results = executor->run(trainStep, args, EvalOptions{seed, stepCount});
+  auto results = executor->run(trainStep, args, EvalOptions{seed, stepCount, firstRow});
   if (failed(results))
     return failure();
   for (auto [r, a] : updates)

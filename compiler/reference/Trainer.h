@@ -43,6 +43,8 @@ public:
   std::vector<std::string> stateNames() const;
   uint64_t steps() const { return stepCount; }
   void setSteps(uint64_t n) { stepCount = n; }
+  /// The batch's first row in a data-parallel run's global batch (dropout).
+  void setFirstRow(int64_t row) { firstRow = row; }
   /// The learning rate of the next steps (the optimizer's `lr` at first).
   double learningRate() const { return lr; }
   void setLearningRate(double v) { lr = v; }
@@ -62,6 +64,7 @@ private:
   std::optional<unsigned> lrArg;
   double lr = 0;
   uint64_t seed = 0, stepCount = 0;
+  int64_t firstRow = 0;
 };
 
 } // namespace nnc::ref

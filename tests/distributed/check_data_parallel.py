@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 NNC = os.path.abspath(sys.argv[1])
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,7 +103,16 @@ def main():
     run(MPI + [NNC, "train", cnn, "--batch", "32", "--metrics", two, "--verify-replicas"] + common)
     compare(one, two, 3e-5, "cnn sync_batch_norm 2x32 vs 64", tests)
 
-    # 3. Batch norm with local statistics (DDP's default) and dropout: the
+    # 3. Dropout too: each rank draws the masks one process draws for its
+    #    rows of the global batch.
+    dropped = model(tmp, "dropped.nn", open(cnn).read().replace("logits = dense(flatten(p), 10)",
+                                                              "logits = dense(dropout(flatten(p), 0.25), 10)"))
+    one, two = os.path.join(tmp, "dropped1.jsonl"), os.path.join(tmp, "dropped2.jsonl")
+    run([NNC, "train", dropped, "--batch", "64", "--metrics", one] + common)
+    run(MPI + [NNC, "train", dropped, "--batch", "32", "--metrics", two] + common)
+    compare(one, two, 3e-5, "cnn sync_batch_norm + dropout 2x32 vs 64", tests)
+
+    #    Batch norm with local statistics (DDP's default) and dropout: the
     #    replicas stay identical and training goes on.
     drop = model(tmp, "drop.nn", src.replace("logits = dense(flatten(p), 10)",
                                              "logits = dense(dropout(flatten(p), 0.25), 10)"))
@@ -144,6 +154,17 @@ def main():
                  "--checkpoint", ckpt, "--resume"], expect_ok=False)
         check(r.returncode == 0 and ("resuming after epoch %d" % epoch) in r.stdout,
               "its checkpoint (epoch %d) resumes in one process: %s" % (epoch, (r.stdout + r.stderr)[-300:]))
+
+    #    A rank that hangs (stopped, so the launcher sees nothing wrong):
+    #    the others stop at the time limit with a message, and so does the run.
+    stopper = ("if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 3; kill -STOP $$) & fi; exec \"$@\"")
+    start = time.time()
+    p = subprocess.run(MPI + ["-x", "NNC_DISTRIBUTED_TIMEOUT=4", "sh", "-c", stopper, "sh", NNC, "train", mlp,
+                              "--batch", "8", "--epochs", "200", "--limit", "2000", "--threads", "1", "--quiet"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    check(p.returncode != 0 and "no answer from the other ranks for 4 s" in p.stderr,
+          "a hung rank stops the run after the time limit (%.0f s, exit %d): %s" %
+          (time.time() - start, p.returncode, p.stderr.strip().splitlines()[:1]))
 
     # 6. A checkpoint of 2 ranks resumes in one process of the global batch.
     ckpt = os.path.join(tmp, "two.safetensors")

@@ -9,6 +9,7 @@
 
 #include "runtime/Augment.h"
 #include "runtime/Call.h"
+#include "runtime/Distributed.h"
 #include "runtime/Schedule.h"
 #include "runtime/Training.h"
 
@@ -139,4 +140,55 @@ TEST(Transforms, CropsOfTheInputSizeOnly) {
   ASSERT_TRUE(parseCall("hflip()", c).isOk());
   EXPECT_EQ(checkTransform(c, {784}).message(),
             "transform hflip: needs an image input of sizes [C, H, W] after the batch axis");
+}
+
+// A data-parallel run cuts each global batch into contiguous near-equal
+// parts that cover it once; shares add up to 1 and weigh each part by its
+// rows, and a rank left without rows gets one at share 0.
+TEST(DataParallel, ShardsCoverTheGlobalBatchOnce) {
+  for (int ranks : {1, 2, 3, 4, 7}) {
+    for (int64_t n : {1, 2, 5, 63, 64, 65, 1000}) {
+      int64_t next = 0;
+      double total = 0;
+      for (int r = 0; r < ranks; ++r) {
+        nnc::rt::Shard s = nnc::rt::shardOf(n, r, ranks);
+        ASSERT_GE(s.from, 0);
+        ASSERT_LT(s.from, n);
+        ASSERT_LE(s.to, n);
+        if (s.share > 0) {
+          EXPECT_EQ(s.from, next) << "n " << n << " rank " << r << " of " << ranks;
+          EXPECT_DOUBLE_EQ(s.share, static_cast<double>(s.to - s.from) / static_cast<double>(n));
+          EXPECT_LE(s.to - s.from, (n + ranks - 1) / ranks);
+          EXPECT_GE(s.to - s.from, n / ranks);
+          next = s.to;
+        } else {
+          EXPECT_EQ(s.to - s.from, 1); // a stand-in row that counts for nothing
+          EXPECT_LT(n, ranks);
+        }
+        total += s.share;
+      }
+      EXPECT_EQ(next, n);
+      EXPECT_NEAR(total, 1.0, 1e-12);
+    }
+  }
+}
+
+// Outside a launched run nothing joins MPI: no group, every process leads,
+// and the check that ranks agree has nothing to compare.
+TEST(DataParallel, AloneWithoutALauncher) {
+  if (nnc::rt::detectLaunch().size > 1)
+    GTEST_SKIP() << "started by a launcher";
+  ASSERT_TRUE(nnc::rt::Group::join(nnc::rt::DistributedMode::Auto).isOk());
+  EXPECT_EQ(nnc::rt::Group::current(), nullptr);
+  EXPECT_TRUE(nnc::rt::isLeader());
+  EXPECT_TRUE(nnc::rt::checkSameRun({{"batch", "64"}}, "model").isOk());
+  nnc::rt::DistributedMode mode;
+  EXPECT_TRUE(nnc::rt::parseDistributedMode("mpi", mode));
+  EXPECT_EQ(mode, nnc::rt::DistributedMode::Mpi);
+  EXPECT_FALSE(nnc::rt::parseDistributedMode("nccl", mode));
+  // nnc_all_reduce is the identity in one process.
+  std::vector<float> in = {1.5f, -2.0f, 3.25f}, out(3, 0.0f);
+  nnc_all_reduce(reinterpret_cast<int64_t>(in.data()), reinterpret_cast<int64_t>(out.data()), 3, 0);
+  nnc_all_reduce_wait();
+  EXPECT_EQ(out, in);
 }

@@ -337,6 +337,7 @@ public:
   }
   uint64_t steps() const override { return t.steps(); }
   void setSteps(uint64_t n) override { t.setSteps(n); }
+  void setFirstRow(int64_t row) override { t.setFirstRow(row); }
   double learningRate() const override { return t.learningRate(); }
   void setLearningRate(double lr) override { t.setLearningRate(lr); }
   // The compiled backends' rule, so that a checkpoint means the same to all.

@@ -123,7 +123,7 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
     }
     ptrs.push_back(buf.data());
   }
-  int64_t rng[2] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step)};
+  int64_t rng[3] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step), options.firstRow};
   ptrs.push_back(rng);
   // The slots, 64-byte aligned in one float vector.
   size_t total = rt::placeSlots(c.slots, batch, nullptr, nullptr) + 64;

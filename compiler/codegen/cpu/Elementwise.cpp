@@ -189,6 +189,14 @@ LogicalResult dropout(Emitter &e) {
     return b.create<arith::ConstantOp>(loc, b.getI64IntegerAttr(static_cast<int64_t>(v)));
   };
   Value seed = e.load(e.rng, {e.idx(0)}), step = e.load(e.rng, {e.idx(1)});
+  // A data-parallel rank's batch is rows [first, first + B) of the global
+  // batch: counting from the first row's first element, it draws the masks
+  // one process would draw for those rows.
+  Value first = e.load(e.rng, {e.idx(2)});
+  Value perRow = e.idx(1);
+  for (size_t i = 1; i < shape.size(); ++i)
+    perRow = e.mul(perRow, shape[i]);
+  Value base = b.create<arith::MulIOp>(loc, first, b.create<arith::IndexCastOp>(loc, b.getI64Type(), perRow));
   // As the evaluator: stream = mix64(step * 1000003 + locationId),
   // key = mix64(seed ^ mix64(stream)), element i keeps if uniform >= rate.
   Value stream = mix64(e, b.create<arith::AddIOp>(loc, b.create<arith::MulIOp>(loc, step, i64(1000003)),
@@ -200,7 +208,7 @@ LogicalResult dropout(Emitter &e) {
     Value lin = e.idx(0);
     for (size_t i = 0; i < ivs.size(); ++i)
       lin = e.add(e.mul(lin, shape[i]), ivs[i]);
-    Value counter = b.create<arith::IndexCastOp>(loc, b.getI64Type(), lin);
+    Value counter = b.create<arith::AddIOp>(loc, base, b.create<arith::IndexCastOp>(loc, b.getI64Type(), lin));
     Value bits = mix64(e, b.create<arith::AddIOp>(loc, key, counter));
     Value top = b.create<arith::ShRUIOp>(loc, bits, i64(11));
     Value u = b.create<arith::MulFOp>(loc, b.create<arith::UIToFPOp>(loc, b.getF64Type(), top),

@@ -53,7 +53,7 @@ struct Emitter {
   /// Per operand, when its producer is fused into this op: computes the
   /// operand's value at an index, in place of a load.
   SmallVector<std::function<Value(ValueRange)>> gen;
-  Value rng;                  // memref<2xi64>: seed, step
+  Value rng;                  // memref<3xi64>: seed, step, first row
   Value batch;                // index: the batch size of this call
   unsigned &globals;          // counter for unique global names
   ModuleOp module;

@@ -162,7 +162,7 @@ private:
       argTypes.push_back(argType(t));
     for (Type t : fn.getResultTypes())
       argTypes.push_back(argType(t));
-    argTypes.push_back(MemRefType::get({2}, b.getI64Type()));
+    argTypes.push_back(MemRefType::get({3}, b.getI64Type()));
     argTypes.push_back(b.getIndexType());
     b.setInsertionPointToEnd(target.getBody());
     lowered = b.create<func::FuncOp>(loc, name, b.getFunctionType(argTypes, {}));

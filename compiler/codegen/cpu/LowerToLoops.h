@@ -23,10 +23,10 @@ namespace nnc::cpu {
 using codegen::BatchScaling;
 
 /// Adds to `target` a function `name` computing `fn` over memrefs:
-///   (args..., results..., rng: memref<2xi64>, batch: index, slots...) -> ()
+///   (args..., results..., rng: memref<3xi64>, batch: index, slots...) -> ()
 /// Buffers of static shape are passed as such; batch-dependent ones and the
 /// slots of the memory plan as memref<1xi8> (their address). The rng buffer
-/// holds the seed and step for dropout. The function carries `nnc.slots =
+/// holds the seed, the step and the batch's first row for dropout. The function carries `nnc.slots =
 /// [perBatch0, fixed0, perBatch1, ...]`: slot i takes perBatch_i * batch +
 /// fixed_i bytes, 64-byte aligned. No two buffers may overlap.
 /// Kernels are the `nn.kernel` ops of `fn` (the fusion pass's; flattened

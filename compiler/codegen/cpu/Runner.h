@@ -48,7 +48,7 @@ private:
   std::vector<std::vector<int32_t, rt::CacheLineAllocator<int32_t>>> buffers; // arguments, then results (32-bit words)
   std::vector<float> workspace;
   std::vector<void *> pointers, slots;
-  int64_t rng[2] = {1, 0};
+  int64_t rng[3] = {1, 0, 0};
   double seconds = 0;
 };
 
