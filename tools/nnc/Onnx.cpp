@@ -236,6 +236,23 @@ public:
       integer(n, "keepdims", r.getKeepdims());
       return true;
     }
+    if (isa<nn::StepOp>(op)) { // x > 0 as 0 or 1
+      float zero = 0.0f;
+      floats(name(out) + "_zero", {}, &zero, 1);
+      onnx::NodeProto &greater = *g.add_node();
+      greater.set_op_type("Greater");
+      greater.set_name("Greater_" + std::to_string(g.node_size()));
+      greater.add_input(in(0));
+      greater.add_input(name(out) + "_zero");
+      greater.add_output(name(out) + "_positive");
+      onnx::NodeProto &cast = node("Cast", {name(out) + "_positive"}, out);
+      integer(cast, "to", onnx::TensorProto::FLOAT);
+      return true;
+    }
+    if (auto n = dyn_cast<nn::GroupNormOp>(op))
+      return groupNorm(n);
+    if (auto n = dyn_cast<nn::LocalResponseNormOp>(op))
+      return localResponseNorm(n);
     if (auto c = dyn_cast<nn::ConstantOp>(op)) {
       auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
       auto type = cast<RankedTensorType>(out.getType());
@@ -249,6 +266,87 @@ public:
   }
 
 private:
+  /// A node with inputs and an output named in full.
+  onnx::NodeProto &raw(const char *type, std::initializer_list<std::string> inputs, const std::string &output) {
+    onnx::NodeProto &n = *g.add_node();
+    n.set_op_type(type);
+    n.set_name(std::string(type) + "_" + std::to_string(g.node_size()));
+    for (const std::string &i : inputs)
+      n.add_input(i);
+    n.add_output(output);
+    return n;
+  }
+
+  /// Group normalization (ONNX's own op is opset 18): the groups as the
+  /// channels of an InstanceNormalization over [N, G, rest], then the
+  /// per-channel scale and shift, as torch.onnx exports it.
+  bool groupNorm(nn::GroupNormOp op) {
+    auto type = cast<RankedTensorType>(op.getInput().getType());
+    if (type.getRank() < 2)
+      return false;
+    for (int64_t i = 1; i < type.getRank(); ++i)
+      if (type.isDynamicDim(i))
+        return false;
+    int64_t groups = op.getGroups(), channels = type.getDimSize(1);
+    std::string base = name(op.getResult());
+    std::vector<float> ones(static_cast<size_t>(groups), 1.0f), zeros(static_cast<size_t>(groups), 0.0f);
+    floats(base + "_ones", {groups}, ones.data(), ones.size());
+    floats(base + "_zeros", {groups}, zeros.data(), zeros.size());
+    raw("Reshape", {name(op.getInput()), int64s(base + "_grouped", {0, groups, -1})}, base + "_g");
+    real(raw("InstanceNormalization", {base + "_g", base + "_ones", base + "_zeros"}, base + "_n"), "epsilon",
+         op.getEps().convertToFloat());
+    SmallVector<int64_t> back = {0};
+    for (int64_t i = 1; i < type.getRank(); ++i)
+      back.push_back(type.getDimSize(i));
+    raw("Reshape", {base + "_n", int64s(base + "_shape", back)}, base + "_x");
+    SmallVector<int64_t> perChannel = {channels};
+    for (int64_t i = 2; i < type.getRank(); ++i)
+      perChannel.push_back(1);
+    std::string gamma = base + "_gamma", beta = base + "_beta";
+    raw("Reshape", {name(op.getGamma()), int64s(base + "_cshape", perChannel)}, gamma);
+    raw("Reshape", {name(op.getBeta()), base + "_cshape"}, beta);
+    raw("Mul", {base + "_x", gamma}, base + "_scaled");
+    node("Add", {base + "_scaled", beta}, op.getResult());
+    return true;
+  }
+
+  /// Local response normalization: ONNX's LRN for an odd window (the same
+  /// channels as PyTorch's); an even one centres its window differently
+  /// there, so its sum of squares is a 1x1 convolution with a band of ones.
+  bool localResponseNorm(nn::LocalResponseNormOp op) {
+    int64_t size = op.getSize();
+    float alpha = op.getAlpha().convertToFloat(), beta = op.getBeta().convertToFloat(), k = op.getK().convertToFloat();
+    if (size % 2 == 1) {
+      onnx::NodeProto &n = node("LRN", {name(op.getInput())}, op.getResult());
+      integer(n, "size", size);
+      real(n, "alpha", alpha);
+      real(n, "beta", beta);
+      real(n, "bias", k);
+      return true;
+    }
+    auto type = cast<RankedTensorType>(op.getInput().getType());
+    if (type.getRank() != 4)
+      return false;
+    int64_t c = type.getDimSize(1);
+    std::string base = name(op.getResult());
+    std::vector<float> band(static_cast<size_t>(c * c), 0.0f);
+    for (int64_t o = 0; o < c; ++o)
+      for (int64_t i = std::max<int64_t>(0, o - size / 2); i <= std::min(c - 1, o + (size - 1) / 2); ++i)
+        band[static_cast<size_t>(o * c + i)] = 1.0f;
+    floats(base + "_band", {c, c, 1, 1}, band.data(), band.size());
+    float coefficients[3] = {alpha / static_cast<float>(size), k, beta};
+    floats(base + "_scale", {}, &coefficients[0], 1);
+    floats(base + "_k", {}, &coefficients[1], 1);
+    floats(base + "_beta", {}, &coefficients[2], 1);
+    raw("Mul", {name(op.getInput()), name(op.getInput())}, base + "_sq");
+    raw("Conv", {base + "_sq", base + "_band"}, base + "_sum");
+    raw("Mul", {base + "_sum", base + "_scale"}, base + "_a");
+    raw("Add", {base + "_a", base + "_k"}, base + "_b");
+    raw("Pow", {base + "_b", base + "_beta"}, base + "_d");
+    node("Div", {name(op.getInput()), base + "_d"}, op.getResult());
+    return true;
+  }
+
   onnx::GraphProto &g;
   llvm::DenseMap<Value, std::string> names;
   int next = 0;
