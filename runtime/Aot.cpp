@@ -102,6 +102,8 @@ int joinRun(const ModelDesc &m, std::map<std::string, std::string> &given, Train
     given.erase("--verbose");
     given["--quiet"] = "1";
   }
+  if (!given.count("--threads"))
+    given["--threads"] = std::to_string(defaultThreadsPerRank(launch));
   return 0;
 }
 

@@ -10,6 +10,8 @@
 
 #include "runtime/Distributed.h"
 
+#include "runtime/System.h"
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -166,7 +168,16 @@ LaunchInfo nnc::rt::detectLaunch() {
     l.launcher = s.launcher;
     break;
   }
+  for (const char *name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (int local = envInt(name); local >= 1) {
+      l.local = std::min(local, l.size);
+      break;
+    }
   return l;
+}
+
+int64_t nnc::rt::defaultThreadsPerRank(const LaunchInfo &launch) {
+  return std::max<int64_t>(1, availableCpus() / std::max(1, launch.local));
 }
 
 Group *Group::current() { return group.get(); }

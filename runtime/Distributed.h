@@ -49,6 +49,7 @@ bool parseDistributedMode(const std::string &text, DistributedMode &mode);
 struct LaunchInfo {
   int size = 1;
   int rank = 0;
+  int local = 1; // ranks on this machine
   std::string launcher; // "mpirun", "srun", ... ("" when alone)
 };
 LaunchInfo detectLaunch();
@@ -130,6 +131,11 @@ struct Shard {
   double share = 1;
 };
 Shard shardOf(int64_t n, int rank, int ranks);
+
+/// Threads per rank when none are asked for: the CPUs this process may use
+/// shared by the ranks on its machine (at least 1), so that ranks that
+/// share a machine do not time-slice its cores.
+int64_t defaultThreadsPerRank(const LaunchInfo &launch);
 
 /// That every rank runs the same training: a hash of `settings` and
 /// `model` (its text) compared across the ranks; an error on every rank

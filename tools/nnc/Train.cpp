@@ -600,6 +600,8 @@ static int joinRun(const Args &args, const Command &c, Args &run) {
     run.options.erase("verbose");
     run.options["quiet"] = "";
   }
+  if (!args.has("threads"))
+    run.options["threads"] = std::to_string(rt::defaultThreadsPerRank(rt::detectLaunch()));
   return kOk;
 }
 
