@@ -9,38 +9,23 @@ usage: ddp_peer.py --data DIR [--ranks 2] [--batch 64] [--limit N]
 """
 import argparse
 import os
-import struct
 import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class CNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 32, 5, padding=2)
-        self.bn = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32 * 14 * 14, 10)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2), 1))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnist_peer import CNN, load_idx  # the same network as the MNIST comparison
 
 
 def load(data, limit):
-    with open(os.path.join(data, "train-images-idx3-ubyte"), "rb") as f:
-        _, n, rows, cols = struct.unpack(">IIII", f.read(16))
-        x = np.frombuffer(f.read(), dtype=np.uint8).reshape(n, 1, rows, cols)[:limit]
-    with open(os.path.join(data, "train-labels-idx1-ubyte"), "rb") as f:
-        f.read(8)
-        y = np.frombuffer(f.read(), dtype=np.uint8)[:limit]
-    return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
+    x, y = load_idx("train", data)
+    return x[:limit].reshape(-1, 1, 28, 28), y[:limit]
 
 
 def epoch(rank, ranks, args, out):
