@@ -40,9 +40,8 @@ struct Mpi {
   int (*commSize)(Handle, int *) = nullptr;
   int (*setErrhandler)(Handle, Handle) = nullptr;
   int (*allreduce)(const void *, void *, int, Handle, Handle, Handle) = nullptr;
-  int (*bcast)(void *, int, Handle, int, Handle) = nullptr;
   int (*errorString)(int, char *, int *) = nullptr;
-  Handle world = nullptr, f32 = nullptr, f64 = nullptr, byte = nullptr, sum = nullptr, max = nullptr,
+  Handle world = nullptr, f32 = nullptr, f64 = nullptr, sum = nullptr, max = nullptr,
          errorsReturn = nullptr;
 
   /// Loads the library; an empty string or why not.
@@ -81,12 +80,10 @@ struct Mpi {
     fn(commSize, "MPI_Comm_size");
     fn(setErrhandler, "MPI_Comm_set_errhandler");
     fn(allreduce, "MPI_Allreduce");
-    fn(bcast, "MPI_Bcast");
     fn(errorString, "MPI_Error_string");
     world = get("ompi_mpi_comm_world");
     f32 = get("ompi_mpi_float");
     f64 = get("ompi_mpi_double");
-    byte = get("ompi_mpi_byte");
     sum = get("ompi_mpi_op_sum");
     max = get("ompi_mpi_op_max");
     errorsReturn = get("ompi_mpi_errors_return");
@@ -426,18 +423,6 @@ Status Group::max(double *data, int64_t n) {
   return call([&] { return reduce(data, n, mpi.f64, mpi.max, "max"); });
 }
 
-Status Group::broadcast(void *data, int64_t n) {
-  return call([&] { return broadcastBytes(data, n); });
-}
-
-Status Group::broadcastBytes(void *data, int64_t n) {
-  auto *bytes = static_cast<char *>(data);
-  for (int64_t at = 0; at < n; at += kPiece)
-    if (int rc = mpi.bcast(bytes + at, static_cast<int>(std::min(kPiece, n - at)), mpi.byte, 0, mpi.world); rc != 0)
-      return Status::error("MPI_Bcast of " + std::to_string(n) + " bytes failed: " + mpi.describe(rc));
-  return Status::ok();
-}
-
 Status Group::same(uint64_t value, bool &equal) {
   // The maxima of (v, -v) are (max, -min): equal when max == min. Doubles
   // hold 32-bit halves exactly.
@@ -476,6 +461,13 @@ void nnc_all_reduce_wait() {
   }
 }
 
+uint64_t nnc::rt::hashBytes(uint64_t h, const void *data, size_t n) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  for (size_t i = 0; i < n; ++i)
+    h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
 Shard nnc::rt::shardOf(int64_t n, int rank, int ranks) {
   Shard s;
   s.from = n * rank / ranks;
@@ -491,11 +483,9 @@ Status nnc::rt::checkSameRun(const std::vector<std::pair<std::string, std::strin
   Group *g = Group::current();
   if (!g)
     return Status::ok();
-  uint64_t h = 1469598103934665603ull; // FNV-1a, a separator after each text
-  auto mix = [&](const std::string &text) {
-    for (unsigned char ch : text)
-      h = (h ^ ch) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
+  uint64_t h = kHashStart;
+  auto mix = [&](const std::string &text) { // a separator after each text
+    h = hashBytes(h, text.data(), text.size() + 1);
   };
   mix(model);
   for (const auto &[k, v] : settings)

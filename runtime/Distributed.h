@@ -79,8 +79,6 @@ public:
   Status sum(double *data, int64_t n);
   /// Element-wise maxima over the ranks, in place.
   Status max(double *data, int64_t n);
-  /// Copies rank 0's `n` bytes to every rank.
-  Status broadcast(void *data, int64_t n);
   /// Whether every rank passed the same 64-bit value.
   Status same(uint64_t value, bool &equal);
 
@@ -113,7 +111,6 @@ private:
   /// Runs an MPI call on the communication thread, after what the step
   /// started, within the time limit.
   Status call(const std::function<Status()> &f);
-  Status broadcastBytes(void *data, int64_t n);
   struct Worker;
   int rank_, size_;
   double share_;
@@ -136,6 +133,11 @@ Shard shardOf(int64_t n, int rank, int ranks);
 /// shared by the ranks on its machine (at least 1), so that ranks that
 /// share a machine do not time-slice its cores.
 int64_t defaultThreadsPerRank(const LaunchInfo &launch);
+
+/// FNV-1a over `n` bytes, continuing from `h` (start with kHashStart): the
+/// digests the ranks compare to agree on a run and on their state.
+constexpr uint64_t kHashStart = 1469598103934665603ull;
+uint64_t hashBytes(uint64_t h, const void *data, size_t n);
 
 /// That every rank runs the same training: a hash of `settings` and
 /// `model` (its text) compared across the ranks; an error on every rank

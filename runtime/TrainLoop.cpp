@@ -331,14 +331,12 @@ Status verifyReplicas(Trainable &m, int64_t epoch) {
   Group *g = Group::current();
   if (!g)
     return Status::ok();
-  uint64_t h = 1469598103934665603ull; // FNV-1a
+  uint64_t h = kHashStart;
   for (const std::string &name : m.stateNames()) {
     HostTensor t;
     if (Status s = m.getState(name, t); !s)
       return s;
-    const auto *p = reinterpret_cast<const unsigned char *>(t.data.data());
-    for (size_t i = 0; i < t.data.size() * sizeof(float); ++i)
-      h = (h ^ p[i]) * 1099511628211ull;
+    h = hashBytes(h, t.data.data(), t.data.size() * sizeof(float));
   }
   bool equal = false;
   if (Status s = g->same(h, equal); !s)
