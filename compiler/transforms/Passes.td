@@ -201,6 +201,21 @@ def OutlineKernels : Pass<"nnc-outline-kernels", "mlir::ModuleOp"> {
   }];
 }
 
+def PartitionCode : Pass<"nnc-partition-code", "mlir::ModuleOp"> {
+  let summary = "Deal the functions into nested modules lowered and compiled in parallel";
+  let description = [{
+    Moves every function of the module into one of `parts` nested modules,
+    largest first (by op count) into the lightest so far; each declares
+    what it calls in the others. The passes that follow run on the nested
+    modules (in parallel), and each becomes one LLVM module, optimized and
+    compiled on a thread of its own. The assignment depends on the IR
+    alone, so that the same model gives the same objects on any machine.
+  }];
+  let options = [
+    Option<"parts", "parts", "unsigned", /*default=*/"16", "Number of nested modules">,
+  ];
+}
+
 def AliasScopes : Pass<"nnc-alias-scopes", "mlir::ModuleOp"> {
   let summary = "State the noalias facts of buffer arguments on every access";
   let description = [{

@@ -10,6 +10,7 @@
 #include "runtime/Profile.h"
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
 #include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
@@ -38,16 +40,15 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
 #include "llvm/Analysis/InstructionSimplify.h"
-#include "llvm/Analysis/LoopInfo.h"
-#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/Bitcode/BitcodeReader.h"
 #include "llvm/Bitcode/BitcodeWriter.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/Linker/Linker.h"
-#include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/CodeExtractor.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
@@ -183,27 +184,30 @@ struct AliasScopesPass : nnc::impl::AliasScopesBase<AliasScopesPass> {
 
 void cpu::buildLLVMPipeline(OpPassManager &pm) {
   pm.addPass(createOutlineKernels());
-  pm.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
-  pm.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
-  pm.addPass(createLowerAffinePass());
-  pm.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
-  pm.addPass(createMathApproximationPass());
+  pm.addPass(createPartitionCode(PartitionCodeOptions{kCodePartitions}));
+  // The rest on each partition, in parallel.
+  OpPassManager &part = pm.nest<ModuleOp>();
+  part.addPass(memref::createExpandStridedMetadataPass()); // reshapes become casts
+  part.addPass(arith::createArithExpandOpsPass());          // ceildiv, floordiv
+  part.addPass(createLowerAffinePass());
+  part.addPass(createConvertSCFToOpenMPPass()); // scf.parallel -> omp.parallel + wsloop
+  part.addPass(createMathApproximationPass());
   // Math first: what LLVM has no intrinsic for (tanh) becomes libm calls,
   // lane by lane for vectors (epilogues), through vector ops lowered next.
-  pm.addPass(createConvertMathToLLVMPass());
-  pm.addPass(createConvertMathToLibmPass());
-  pm.addPass(createConvertVectorToLLVMPass()); // register-blocked kernels
-  pm.addPass(createFinalizeMemRefToLLVMConversionPass()); // before CF: alloca scopes
-  pm.addPass(createConvertSCFToCFPass());
-  pm.addPass(createArithToLLVMConversionPass());
-  pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  part.addPass(createConvertMathToLLVMPass());
+  part.addPass(createConvertMathToLibmPass());
+  part.addPass(createConvertVectorToLLVMPass()); // register-blocked kernels
+  part.addPass(createFinalizeMemRefToLLVMConversionPass()); // before CF: alloca scopes
+  part.addPass(createConvertSCFToCFPass());
+  part.addPass(createArithToLLVMConversionPass());
+  part.addPass(createFinalizeMemRefToLLVMConversionPass());
   ConvertFuncToLLVMPassOptions funcOptions;
   funcOptions.useBarePtrCallConv = true;
-  pm.addPass(createConvertFuncToLLVMPass(funcOptions));
-  pm.addPass(createConvertControlFlowToLLVMPass());
-  pm.addPass(createConvertOpenMPToLLVMPass());
-  pm.addPass(createReconcileUnrealizedCastsPass());
-  pm.addPass(createAliasScopes());
+  part.addPass(createConvertFuncToLLVMPass(funcOptions));
+  part.addPass(createConvertControlFlowToLLVMPass());
+  part.addPass(createConvertOpenMPToLLVMPass());
+  part.addPass(createReconcileUnrealizedCastsPass());
+  part.addPass(createAliasScopes());
 }
 
 LogicalResult cpu::lowerToLLVM(ModuleOp module) {
@@ -284,8 +288,12 @@ void addPackedWrappers(llvm::Module &m) {
     for (llvm::Argument &a : f->args())
       args.push_back(b.CreateLoad(a.getType(), slot(a.getArgNo())));
     // The function stays out of line: inlined, its code would be
-    // generated twice.
+    // generated twice. Its definition is not taken as the exact one
+    // (weak_odr), so that the wrapper's call keeps every argument: an entry
+    // point ignores many (the other function's buffers), and a call passing
+    // hundreds of poison values made instruction selection quadratic.
     f->addFnAttr(llvm::Attribute::NoInline);
+    f->setLinkage(llvm::GlobalValue::WeakODRLinkage);
     llvm::Value *r = b.CreateCall(f, args);
     if (!f->getReturnType()->isVoidTy())
       b.CreateStore(r, slot(f->arg_size()));
@@ -354,65 +362,31 @@ void outlineLoopNests(llvm::Module &m) {
   }
 }
 
-/// `m` as `n` modules (bitcode, to be read into contexts of their own):
-/// functions dealt largest first to the partition with the fewest
-/// instructions so far, global variables to the first; each partition
-/// declares what it uses of the others (local symbols become hidden global
-/// ones, their names being unique in `m`).
-std::vector<llvm::SmallVector<char, 0>> partition(llvm::Module &m, unsigned n) {
-  for (llvm::GlobalValue &gv : m.global_values()) {
-    if (gv.isDeclaration() || !gv.hasLocalLinkage())
-      continue;
-    if (!gv.hasName())
-      gv.setName("nnc.local");
-    gv.setLinkage(llvm::GlobalValue::ExternalLinkage);
-    gv.setVisibility(llvm::GlobalValue::HiddenVisibility);
+/// Partition `part` of a lowered module (LLVM dialect) as LLVM IR for the
+/// host in `context`: translated, with packed wrappers for the JIT, its
+/// loop nests outlined. Translation reads the MLIR context the other
+/// partitions' threads share, so it holds `translating`; the rest is LLVM's
+/// alone. The JIT and object files both start here, so that they compute
+/// the same numbers.
+llvm::Expected<std::unique_ptr<llvm::Module>> hostPart(ModuleOp part, llvm::LLVMContext &context,
+                                                       llvm::TargetMachine &tm, std::mutex &translating) {
+  std::unique_ptr<llvm::Module> m;
+  {
+    std::lock_guard<std::mutex> hold(translating);
+    m = translateForHost(part, context, tm);
   }
-  std::vector<llvm::Function *> fns;
-  for (llvm::Function &f : m)
-    if (!f.isDeclaration())
-      fns.push_back(&f);
-  llvm::stable_sort(fns, [](llvm::Function *a, llvm::Function *b) {
-    return a->getInstructionCount() > b->getInstructionCount();
-  });
-  llvm::DenseMap<const llvm::GlobalValue *, unsigned> partOf;
-  std::vector<uint64_t> load(n, 0);
-  for (llvm::Function *f : fns) {
-    unsigned least = std::min_element(load.begin(), load.end()) - load.begin();
-    partOf[f] = least;
-    load[least] += f->getInstructionCount();
-  }
-  std::vector<llvm::SmallVector<char, 0>> parts(n);
-  for (unsigned i = 0; i < n; ++i) {
-    llvm::ValueToValueMapTy map;
-    std::unique_ptr<llvm::Module> part = llvm::CloneModule(m, map, [&](const llvm::GlobalValue *gv) {
-      auto it = partOf.find(gv);
-      return it == partOf.end() ? i == 0 : it->second == i;
-    });
-    llvm::raw_svector_ostream os(parts[i]);
-    llvm::WriteBitcodeToFile(*part, os);
-  }
-  return parts;
+  if (!m)
+    return llvm::createStringError("translation to LLVM IR failed");
+  addPackedWrappers(*m);
+  outlineLoopNests(*m);
+  return m;
 }
 
-/// `module` (LLVM dialect) as the LLVM IR partitions whose code is
-/// generated apart (bitcode): translated for the host, with packed wrappers
-/// for the JIT, its loop nests outlined, partitioned. The JIT and object
-/// files both start here, so that they compute the same numbers.
-FailureOr<std::vector<llvm::SmallVector<char, 0>>> hostPartitions(ModuleOp module, llvm::TargetMachine &tm) {
-  llvm::LLVMContext context;
-  std::unique_ptr<llvm::Module> ir = translateForHost(module, context, tm);
-  if (!ir)
-    return module.emitError("translation to LLVM IR failed");
-  addPackedWrappers(*ir);
-  outlineLoopNests(*ir);
-  return partition(*ir, kParts);
-}
-
-/// A partition read into `context` and optimized (-O3) for `tm`.
-llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(llvm::StringRef bitcode, llvm::LLVMContext &context,
-                                                           llvm::TargetMachine &tm, bool pic) {
-  auto m = llvm::parseBitcodeFile(llvm::MemoryBufferRef(bitcode, "part"), context);
+/// Partition `part` as LLVM IR optimized (-O3) for `tm`.
+llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(ModuleOp part, llvm::LLVMContext &context,
+                                                           llvm::TargetMachine &tm, bool pic,
+                                                           std::mutex &translating) {
+  auto m = hostPart(part, context, tm, translating);
   if (!m)
     return m.takeError();
   if (pic)
@@ -424,14 +398,13 @@ llvm::Expected<std::unique_ptr<llvm::Module>> optimizePart(llvm::StringRef bitco
 
 /// One partition optimized and compiled to object code, on an LLVM context
 /// and target machine of its own (so partitions compile in parallel).
-llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> compilePart(llvm::StringRef bitcode,
-                                                                 llvm::orc::JITTargetMachineBuilder jtmb,
-                                                                 unsigned index) {
+llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> compilePart(ModuleOp part, llvm::orc::JITTargetMachineBuilder jtmb,
+                                                                 unsigned index, std::mutex &translating) {
   llvm::LLVMContext context;
   auto tm = jtmb.createTargetMachine();
   if (!tm)
     return tm.takeError();
-  auto m = optimizePart(bitcode, context, **tm, /*pic=*/false);
+  auto m = optimizePart(part, context, **tm, /*pic=*/false, translating);
   if (!m)
     return m.takeError();
   llvm::SmallVector<char, 0> object;
@@ -442,6 +415,39 @@ llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> compilePart(llvm::StringRef 
   pm.run(**m);
   return llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(object.data(), object.size()),
                                               "nnc-part-" + std::to_string(index));
+}
+
+/// run(0), ..., run(n - 1), taken in turn by one thread per core.
+void inParallel(unsigned n, llvm::function_ref<void(unsigned)> run) {
+  std::atomic<unsigned> next{0};
+  auto worker = [&] {
+    for (unsigned i = next++; i < n; i = next++)
+      run(i);
+  };
+  std::vector<std::thread> threads;
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned t = 1; t < std::min(cores, n); ++t)
+    threads.emplace_back(worker);
+  worker();
+  for (std::thread &t : threads)
+    t.join();
+}
+
+/// The partitions of a lowered module (PartitionCode's nested modules).
+SmallVector<ModuleOp> partsOf(ModuleOp module) { return llvm::to_vector(module.getOps<ModuleOp>()); }
+
+/// What identifies the code generator: the executable's size and time of
+/// change. Cache keys are taken on loops-level IR, before the passes of
+/// this file run, so a changed compiler must not read another's objects.
+std::string compilerIdentity() {
+  static const std::string identity = [] {
+    llvm::sys::fs::file_status status;
+    if (llvm::sys::fs::status("/proc/self/exe", status))
+      return std::string("unknown");
+    return std::to_string(status.getSize()) + ":" +
+           std::to_string(status.getLastModificationTime().time_since_epoch().count());
+  }();
+  return identity;
 }
 
 } // namespace
@@ -459,30 +465,30 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   registerLLVMDialectTranslation(registry);
   registerOpenMPDialectTranslation(registry);
   ctx->appendDialectRegistry(registry);
-  if (failed(lowerToLLVM(module)))
-    return failure();
-
   auto tm = hostMachine(module);
   if (failed(tm))
     return failure();
   std::unique_ptr<llvm::TargetMachine> machine = std::move(*tm);
+  // The entry points: the public functions (kernels become private ones).
   std::vector<std::string> names;
-  for (auto fn : module.getOps<LLVM::LLVMFuncOp>())
-    if (!fn.isExternal())
+  for (auto fn : module.getOps<func::FuncOp>())
+    if (!fn.isExternal() && fn.isPublic())
       names.push_back(fn.getName().str());
 
-  // The object code cache: keyed by the LLVM-dialect module (printed
-  // without locations), the CPU, its features and the LLVM version; one
-  // file per partition.
+  // The object code cache: keyed by the loops-level module (printed
+  // without locations), the compiler, the CPU, its features and the LLVM
+  // version; one file per partition. Taken before lowering, so that a hit
+  // skips the lowering too.
   std::string dir = rt::cacheDirectory();
   std::vector<std::string> paths;
   if (!dir.empty()) {
     std::string text;
     llvm::raw_string_ostream os(text);
     module.print(os);
+    std::string identity = compilerIdentity();
     llvm::SHA256 hash;
-    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-28"), llvm::StringRef(text),
-                                 machine->getTargetCPU(), machine->getTargetFeatureString(),
+    for (llvm::StringRef part : {llvm::StringRef("nnc-cpu-object-29"), llvm::StringRef(identity),
+                                 llvm::StringRef(text), machine->getTargetCPU(), machine->getTargetFeatureString(),
                                  llvm::StringRef(LLVM_VERSION_STRING)}) {
       hash.update(part);
       hash.update(llvm::StringRef("\0", 1));
@@ -503,34 +509,26 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
       llvm::sys::fs::remove(path);
   }
 
-  // LLVM IR in partitions (compiler/codegen/cpu/Jit.cpp: hostPartitions),
-  // each optimized and compiled on a thread of its own.
-  auto bitcode = hostPartitions(module, *machine);
-  if (failed(bitcode))
+  // Lowered in partitions (in parallel), each then translated, optimized
+  // and compiled on a thread of its own.
+  if (failed(lowerToLLVM(module)))
     return failure();
+  SmallVector<ModuleOp> parts = partsOf(module);
+  if (parts.size() != kParts)
+    return module.emitError("expected ") << kParts << " code partitions, got " << parts.size();
   llvm::orc::JITTargetMachineBuilder jtmb = builderLike(*machine);
   jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
-  std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects(bitcode->size());
-  std::vector<std::string> errors(bitcode->size());
+  std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects(parts.size());
+  std::vector<std::string> errors(parts.size());
+  std::mutex translating;
   auto run = [&](unsigned i) {
-    auto object = compilePart(llvm::StringRef((*bitcode)[i].data(), (*bitcode)[i].size()), jtmb, i);
+    auto object = compilePart(parts[i], jtmb, i, translating);
     if (object)
       objects[i] = std::move(*object);
     else
       errors[i] = llvm::toString(object.takeError());
   };
-  std::atomic<unsigned> next{0};
-  auto worker = [&] {
-    for (unsigned i = next++; i < bitcode->size(); i = next++)
-      run(i);
-  };
-  std::vector<std::thread> threads;
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  for (unsigned t = 1; t < std::min<unsigned>(cores, bitcode->size()); ++t)
-    threads.emplace_back(worker);
-  worker();
-  for (std::thread &t : threads)
-    t.join();
+  inParallel(parts.size(), run);
   for (const std::string &error : errors)
     if (!error.empty())
       return module.emitError("JIT compilation failed: ") << error;
@@ -615,14 +613,38 @@ FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context,
   auto tm = hostMachine(module, pic, cpu);
   if (failed(tm))
     return failure();
-  auto parts = hostPartitions(module, **tm);
-  if (failed(parts))
-    return failure();
-  // The partitions optimized apart, as the JIT does, then linked into one
-  // module.
+  // The partitions optimized apart, as the JIT does (in parallel, each in
+  // an LLVM context of its own), then linked into one module.
   HostCode code{std::move(*tm), nullptr};
-  for (const auto &bitcode : *parts) {
-    auto m = optimizePart(llvm::StringRef(bitcode.data(), bitcode.size()), context, *code.machine, pic);
+  SmallVector<ModuleOp> parts = partsOf(module);
+  std::vector<llvm::SmallVector<char, 0>> bitcode(parts.size());
+  std::vector<std::string> errors(parts.size());
+  std::mutex translating;
+  llvm::orc::JITTargetMachineBuilder jtmb = builderLike(*code.machine);
+  jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  if (pic)
+    jtmb.setRelocationModel(llvm::Reloc::PIC_);
+  inParallel(parts.size(), [&](unsigned i) {
+    llvm::LLVMContext own;
+    auto partMachine = jtmb.createTargetMachine();
+    if (!partMachine) {
+      errors[i] = llvm::toString(partMachine.takeError());
+      return;
+    }
+    auto m = optimizePart(parts[i], own, **partMachine, pic, translating);
+    if (!m) {
+      errors[i] = llvm::toString(m.takeError());
+      return;
+    }
+    llvm::raw_svector_ostream os(bitcode[i]);
+    llvm::WriteBitcodeToFile(**m, os);
+  });
+  for (unsigned i = 0; i < parts.size(); ++i) {
+    if (!errors[i].empty())
+      return module.emitError("LLVM optimization failed: ") << errors[i];
+    auto m = llvm::parseBitcodeFile(llvm::MemoryBufferRef(llvm::StringRef(bitcode[i].data(), bitcode[i].size()),
+                                                          "part"),
+                                    context);
     if (!m)
       return module.emitError("LLVM optimization failed: ") << llvm::toString(m.takeError());
     if (!code.module)
@@ -630,6 +652,8 @@ FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context,
     else if (llvm::Linker::linkModules(*code.module, std::move(*m)))
       return module.emitError("the code partitions do not link");
   }
+  if (!code.module)
+    return module.emitError("no code partitions: the module is not lowered");
   return code;
 }
 

@@ -34,10 +34,11 @@ namespace nnc::cpu {
 /// objects do not depend on the machine's cores; more partitions than
 /// cores, so that the threads finish together although a kernel's cost
 /// after optimization is hard to foresee. One object file each.
-constexpr unsigned kCodePartitions = 8;
+constexpr unsigned kCodePartitions = 16;
 
 /// The passes from loops-level IR to the LLVM dialect: kernels outlined,
-/// then the conversions, then alias scopes.
+/// functions dealt into kCodePartitions nested modules, then on each (in
+/// parallel) the conversions and alias scopes.
 void buildLLVMPipeline(mlir::OpPassManager &pm);
 
 /// Lowers loops-level IR in `module` to the LLVM dialect (in place).
@@ -54,13 +55,13 @@ mlir::LogicalResult emitObjectFile(mlir::ModuleOp module, llvm::StringRef path, 
 
 class JitModule {
 public:
-  /// Lowers and compiles `module`; reports failures as diagnostics. The
-  /// LLVM IR is split at function boundaries into partitions optimized and
-  /// compiled on threads of their own. The object code is kept in
-  /// rt::cacheDirectory() under a hash of the lowered module, the CPU and
-  /// the LLVM version; a later compile of the same module loads it instead
-  /// of optimizing and generating code again (cache files that do not load
-  /// are compiled over).
+  /// Lowers and compiles `module` (loops level); reports failures as
+  /// diagnostics. Its partitions are lowered in parallel, then translated,
+  /// optimized and compiled on threads of their own. The object code is
+  /// kept in rt::cacheDirectory() under a hash of `module`, the compiler
+  /// executable, the CPU and the LLVM version; a later compile of the same
+  /// module loads it instead of lowering and generating code again (cache
+  /// files that do not load are compiled over).
   static mlir::FailureOr<std::unique_ptr<JitModule>> compile(mlir::ModuleOp module);
   /// Whether the code came from the cache.
   bool cached() const { return fromCache; }

@@ -1042,6 +1042,7 @@ void cpu::registerPasses() {
   registerChooseTiling();
   registerLowerToLoops();
   registerOutlineKernels();
+  registerPartitionCode();
   registerAliasScopes();
   PassPipelineRegistration<>("nnc-cpu-loops", "Prepare and lower to loops for the CPU",
                              [](OpPassManager &pm) { buildLoopsPipeline(pm, std::nullopt, true, false); });

@@ -62,6 +62,11 @@ void registerPasses();
 /// kernels are the units compiled in parallel.
 mlir::LogicalResult outlineKernels(mlir::ModuleOp module);
 
+/// Moves every function of `module` into one of `parts` nested modules
+/// (largest first into the lightest), each declaring what it calls in the
+/// others: the units lowered, translated and compiled in parallel.
+mlir::LogicalResult partitionCode(mlir::ModuleOp module, unsigned parts);
+
 } // namespace nnc::cpu
 
 #endif // NNC_COMPILER_CODEGEN_CPU_LOWERTOLOOPS_H

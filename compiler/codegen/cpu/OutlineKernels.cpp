@@ -14,6 +14,7 @@
 #include "compiler/transforms/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
@@ -26,14 +27,46 @@
 using namespace mlir;
 using namespace nnc;
 
+/// Whether `v` can be a kernel's argument as a bare pointer: a view of a
+/// workspace slot with a static shape and the identity layout. Passed
+/// rather than rebuilt inside, so that two kernels that differ only in
+/// where their buffers lie are the same code (shareKernels).
+static bool isPassedView(Value v) {
+  auto view = v.getDefiningOp<memref::ViewOp>();
+  if (!view)
+    return false;
+  auto type = view.getType();
+  return type.hasStaticShape() && type.getLayout().isIdentity();
+}
+
+/// The argument of `fn` that `v` derives from through views and casts
+/// (null if none).
+static BlockArgument rootArgument(Value v) {
+  while (Operation *d = v.getDefiningOp()) {
+    if (auto view = dyn_cast<memref::ViewOp>(d))
+      v = view.getSource();
+    else if (auto cast = dyn_cast<memref::ReinterpretCastOp>(d))
+      v = cast.getSource();
+    else
+      return {};
+  }
+  return dyn_cast<BlockArgument>(v);
+}
+
 /// Outlines `region` (a kernel of `fn`) as `name`.
 static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp region, StringRef name) {
+  // The values it reads from above, in the order of first use (so that
+  // kernels that are the same code take their arguments in the same order).
   llvm::SetVector<Value> above;
-  getUsedValuesDefinedAbove(region.getRegion(), above);
+  region.walk([&](Operation *op) {
+    for (Value v : op->getOperands())
+      if (!region->isAncestor(v.getParentRegion()->getParentOp()))
+        above.insert(v);
+  });
   // The arguments it takes and the side-effect-free ops it rebuilds.
-  llvm::SetVector<BlockArgument> args;
+  llvm::SetVector<Value> args;
   llvm::SetVector<Operation *> rebuilt;
-  SmallVector<Value> work(above.begin(), above.end());
+  SmallVector<Value> work(llvm::reverse(above));
   while (!work.empty()) {
     Value v = work.pop_back_val();
     if (auto a = dyn_cast<BlockArgument>(v)) {
@@ -42,20 +75,31 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
       args.insert(a);
       continue;
     }
+    if (isPassedView(v)) {
+      args.insert(v);
+      continue;
+    }
     Operation *d = v.getDefiningOp();
     if (d->getNumRegions() || !isMemoryEffectFree(d))
       return d->emitError("a kernel reads a value computed outside it with side effects");
     if (rebuilt.insert(d))
-      work.append(d->operand_begin(), d->operand_end());
+      for (Value operand : llvm::reverse(d->getOperands()))
+        work.push_back(operand);
   }
   SmallVector<Operation *> order(rebuilt.begin(), rebuilt.end());
   llvm::sort(order, [](Operation *a, Operation *b) { return a->isBeforeInBlock(b); });
-  SmallVector<BlockArgument> argList(args.begin(), args.end());
-  llvm::sort(argList, [](BlockArgument a, BlockArgument b) { return a.getArgNumber() < b.getArgNumber(); });
 
+  // `noalias` as the step states it for its buffers: a view passed alone
+  // from its buffer keeps the buffer's fact; views of one buffer (an
+  // operand updated in place) state none.
+  llvm::DenseMap<BlockArgument, unsigned> viewsOf;
+  for (Value a : args)
+    if (!isa<BlockArgument>(a))
+      if (BlockArgument root = rootArgument(a))
+        ++viewsOf[root];
   OpBuilder b(fn);
   SmallVector<Type> types;
-  for (BlockArgument a : argList)
+  for (Value a : args)
     types.push_back(a.getType());
   auto kernel = b.create<func::FuncOp>(region.getLoc(), name, b.getFunctionType(types, {}));
   kernel.setPrivate();
@@ -63,9 +107,13 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
   kernel->setAttr("passthrough", b.getArrayAttr({b.getStringAttr("noinline")}));
   Block *body = kernel.addEntryBlock();
   IRMapping map;
-  for (auto [i, a] : llvm::enumerate(argList)) {
+  for (auto [i, a] : llvm::enumerate(args)) {
     map.map(a, body->getArgument(i));
-    if (DictionaryAttr attrs = fn.getArgAttrDict(a.getArgNumber()))
+    BlockArgument root = rootArgument(a);
+    bool alone = root == a ? !viewsOf.count(root) : viewsOf[root] == 1 && !args.contains(root);
+    if (!root || !alone)
+      continue;
+    if (DictionaryAttr attrs = fn.getArgAttrDict(root.getArgNumber()))
       kernel.setArgAttrs(i, attrs); // noalias holds here too: distinct buffers
   }
   b.setInsertionPointToStart(body);
@@ -81,7 +129,7 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
     replaceAllUsesInRegionWith(v, map.lookup(v), kernel.getBody());
 
   b.setInsertionPoint(region);
-  SmallVector<Value> operands(argList.begin(), argList.end());
+  SmallVector<Value> operands(args.begin(), args.end());
   b.create<func::CallOp>(region.getLoc(), kernel, operands);
   region.erase();
   return kernel;
