@@ -19,6 +19,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "mlir/Interfaces/ViewLikeInterface.h"
 #include "mlir/Transforms/RegionUtils.h"
 
 #include "llvm/ADT/SetVector.h"
@@ -39,16 +40,14 @@ static bool isPassedView(Value v) {
   return type.hasStaticShape() && type.getLayout().isIdentity();
 }
 
-/// The argument of `fn` that `v` derives from through views and casts
-/// (null if none).
+/// The argument of `fn` that `v` derives from through views, subviews,
+/// reshapes and casts (null if none).
 static BlockArgument rootArgument(Value v) {
   while (Operation *d = v.getDefiningOp()) {
-    if (auto view = dyn_cast<memref::ViewOp>(d))
-      v = view.getSource();
-    else if (auto cast = dyn_cast<memref::ReinterpretCastOp>(d))
-      v = cast.getSource();
-    else
+    auto view = dyn_cast<ViewLikeOpInterface>(d);
+    if (!view)
       return {};
+    v = view.getViewSource();
   }
   return dyn_cast<BlockArgument>(v);
 }
@@ -63,6 +62,14 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
       if (!region->isAncestor(v.getParentRegion()->getParentOp()))
         above.insert(v);
   });
+  // A view is passed when it is the kernel's only way to its buffer: views
+  // of one buffer (an operand updated in place) are rebuilt from the
+  // buffer, whose alias scope they then share (AliasScopes).
+  llvm::DenseMap<BlockArgument, unsigned> waysTo;
+  for (Value v : above)
+    if (BlockArgument root = rootArgument(v))
+      ++waysTo[root];
+  auto passed = [&](Value v) { return isPassedView(v) && waysTo.lookup(rootArgument(v)) == 1; };
   // The arguments it takes and the side-effect-free ops it rebuilds.
   llvm::SetVector<Value> args;
   llvm::SetVector<Operation *> rebuilt;
@@ -75,7 +82,7 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
       args.insert(a);
       continue;
     }
-    if (isPassedView(v)) {
+    if (passed(v)) {
       args.insert(v);
       continue;
     }
@@ -89,14 +96,6 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
   SmallVector<Operation *> order(rebuilt.begin(), rebuilt.end());
   llvm::sort(order, [](Operation *a, Operation *b) { return a->isBeforeInBlock(b); });
 
-  // `noalias` as the step states it for its buffers: a view passed alone
-  // from its buffer keeps the buffer's fact; views of one buffer (an
-  // operand updated in place) state none.
-  llvm::DenseMap<BlockArgument, unsigned> viewsOf;
-  for (Value a : args)
-    if (!isa<BlockArgument>(a))
-      if (BlockArgument root = rootArgument(a))
-        ++viewsOf[root];
   OpBuilder b(fn);
   SmallVector<Type> types;
   for (Value a : args)
@@ -109,12 +108,11 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
   IRMapping map;
   for (auto [i, a] : llvm::enumerate(args)) {
     map.map(a, body->getArgument(i));
-    BlockArgument root = rootArgument(a);
-    bool alone = root == a ? !viewsOf.count(root) : viewsOf[root] == 1 && !args.contains(root);
-    if (!root || !alone)
-      continue;
-    if (DictionaryAttr attrs = fn.getArgAttrDict(root.getArgNumber()))
-      kernel.setArgAttrs(i, attrs); // noalias holds here too: distinct buffers
+    // noalias holds here too: distinct buffers (a passed view is its
+    // buffer's only way in).
+    if (BlockArgument root = rootArgument(a))
+      if (DictionaryAttr attrs = fn.getArgAttrDict(root.getArgNumber()))
+        kernel.setArgAttrs(i, attrs);
   }
   b.setInsertionPointToStart(body);
   for (Operation *op : order)
