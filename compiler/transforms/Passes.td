@@ -206,7 +206,8 @@ def PartitionCode : Pass<"nnc-partition-code", "mlir::ModuleOp"> {
   let description = [{
     Moves every function of the module into one of `parts` nested modules,
     largest first (by op count) into the lightest so far; each declares
-    what it calls in the others. The passes that follow run on the nested
+    what it calls in the others and holds a copy of the private constants
+    (literal tensors) it reads. The passes that follow run on the nested
     modules (in parallel), and each becomes one LLVM module, optimized and
     compiled on a thread of its own. The assignment depends on the IR
     alone, so that the same model gives the same objects on any machine.

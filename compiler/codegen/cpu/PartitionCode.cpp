@@ -14,6 +14,7 @@
 #include "compiler/transforms/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
 
@@ -30,11 +31,19 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
   if (parts == 0)
     return module.emitError("partitionCode: no partitions");
   SmallVector<func::FuncOp> defined, declared;
+  SmallVector<memref::GlobalOp> constants;
   for (Operation &op : module.getBody()->getOperations()) {
-    auto fn = dyn_cast<func::FuncOp>(op);
-    if (!fn)
-      return op.emitError("partitionCode: only functions can be dealt into partitions, not ") << op.getName();
-    (fn.isExternal() ? declared : defined).push_back(fn);
+    if (auto fn = dyn_cast<func::FuncOp>(op)) {
+      (fn.isExternal() ? declared : defined).push_back(fn);
+      continue;
+    }
+    // A constant (a literal tensor's values) is copied into each partition
+    // that reads it; anything written could not be.
+    auto global = dyn_cast<memref::GlobalOp>(op);
+    if (!global || !global.getConstant() || !global.isPrivate())
+      return op.emitError("partitionCode: only functions and private constants can be dealt into partitions, not ")
+             << op.getName();
+    constants.push_back(global);
   }
   // Largest first into the lightest partition; ties keep the module's order
   // (stable), so the assignment follows from the IR alone.
@@ -85,10 +94,15 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
         }
     OpBuilder in = OpBuilder::atBlockEnd(nested[i].getBody());
     for (StringAttr name : order) {
-      auto callee = symbols.lookup<func::FuncOp>(name);
+      Operation *symbol = symbols.lookup(name);
+      if (auto global = dyn_cast_or_null<memref::GlobalOp>(symbol)) {
+        in.clone(*global);
+        continue;
+      }
+      auto callee = dyn_cast_or_null<func::FuncOp>(symbol);
       if (!callee)
         return module.emitError("partitionCode: a function refers to '") << name.getValue()
-                                                                           << "', which is not a function";
+                                                                           << "', which is not a function or constant";
       auto decl = in.create<func::FuncOp>(callee.getLoc(), name, callee.getFunctionType());
       decl.setPrivate();
     }
@@ -97,6 +111,8 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
   }
   for (func::FuncOp fn : declared)
     fn.erase();
+  for (memref::GlobalOp global : constants)
+    global.erase();
   return success();
 }
 

@@ -21,13 +21,25 @@
 // THREE: module @part1
 // THREE: module @part2
 
-// Anything but functions at the top level is refused.
+// A private constant (a literal tensor's values) is copied into each
+// partition that reads it; a global that could be written is refused.
+// RUN: nnc-opt --nnc-partition-code=parts=2 %s | FileCheck %s --check-prefix=CONST
+// CONST-LABEL: module @part0 {
+// CONST: memref.global "private" constant @table
+// CONST-LABEL: module @part1 {
+// CONST: memref.global "private" constant @table
 // RUN: echo 'memref.global "private" @g : memref<4xf32>' | not nnc-opt --nnc-partition-code 2>&1 | FileCheck %s --check-prefix=BAD
-// BAD: only functions can be dealt into partitions
+// BAD: only functions and private constants can be dealt into partitions
+
+// A literal tensor lowers through the partitions to the LLVM dialect.
+// RUN: nnc-opt --nnc-prepare --nnc-lower-to-loops --nnc-cpu-llvm %S/Inputs/literal.mlir | FileCheck %s --check-prefix=LIT
+// LIT: llvm.mlir.global private constant @m_const0(dense<[1.000000e+00, 2.000000e+00, 3.000000e+00]>
 
 func.func private @ext(f32) -> f32
+memref.global "private" constant @table : memref<2xf32> = dense<[1.0, 2.0]>
 
 func.func @big(%x: f32) -> f32 {
+  %t = memref.get_global @table : memref<2xf32>
   %0 = func.call @helper(%x) : (f32) -> f32
   %1 = func.call @ext(%0) : (f32) -> f32
   %2 = arith.addf %1, %1 : f32
@@ -38,6 +50,7 @@ func.func @big(%x: f32) -> f32 {
 
 func.func private @small(%x: f32) -> f32 {
   %0 = func.call @helper(%x) : (f32) -> f32
+  %t = memref.get_global @table : memref<2xf32>
   return %0 : f32
 }
 
