@@ -689,7 +689,8 @@ TEST(CpuMatmulBlocking, SameBitsOnAnyThreadCount) {
 
 /// Convolutions whose output-channel blocks take every kind of size (16,
 /// 12, 8, 6, 4, 3, 2 and 1 channels times one to three row vectors, grouped
-/// and not, with an epilogue), against the reference.
+/// and not, with an epilogue; wide strided rows in chunks), against the
+/// reference.
 TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
   struct Layer {
     const char *x, *w, *expr;
@@ -702,7 +703,11 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                   Layer{"[B, 6, 14, 14]", "[6, 6, 5, 5]", "conv2d(x, w, padding=4)"},  // 6 x 2
                   Layer{"[B, 4, 9, 10]", "[2, 4, 2, 2]", "conv2d(x, w)"},              // 2 x 1
                   Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=1)"},  // 8 x 2
-                  Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=[0, 11])"}}) // 4 x 3
+                  Layer{"[B, 3, 5, 20]", "[16, 3, 3, 3]", "conv2d(x, w, padding=[0, 11])"}, // 4 x 3
+                  // Wide strided rows in chunks: 4 x 3 vectors twice, then 2
+                  // (one partial); 5 x 2 vectors three times, then 1.
+                  Layer{"[B, 3, 9, 120]", "[8, 3, 7, 7]", "relu(conv2d(x, w, stride=2, padding=3))"},
+                  Layer{"[B, 2, 5, 97]", "[5, 2, 3, 3]", "conv2d(x, w, stride=2, padding=1)"}})
     expectMatchesReference(std::string("model m {\n  input x: f32") + l.x + "\n  input w: f32" + l.w +
                                "\n  y = " + l.expr + "\n  output y\n}\n",
                            3, 6, 1e-4);

@@ -103,6 +103,10 @@ inline std::vector<Case> cases() {
   v.push_back({"conv_narrow_strided", "  out = relu(conv2d(x, 3, kernel=3, stride=2, padding=1))\n",
                "  input x: f32[B, 2, 9, 7]\n"});
   v.push_back({"conv_narrow_valid", "  out = conv2d(x, 3, kernel=2)\n", "  input x: f32[B, 2, 6, 5]\n"});
+  // A strided row too wide for a block of channels beside it: chunks of
+  // its vectors in a loop, then the rest (a partial vector).
+  v.push_back({"conv_wide_strided", "  out = relu(conv2d(x, 3, kernel=3, stride=2, padding=1))\n",
+               "  input x: f32[B, 2, 3, 70]\n"});
   v.push_back({"conv_narrow_tall_kernel", "  out = conv2d(x, 2, kernel=[5, 3], padding=[2, 1])\n",
                "  input x: f32[B, 2, 7, 4]\n"});
   v.push_back({"conv_op_form", "  param w: f32[2, 4, 2, 2] = normal(std=0.5)\n"

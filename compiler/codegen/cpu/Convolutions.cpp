@@ -247,22 +247,44 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
       b.create<scf::YieldOp>(loc, pLoop.getResults());
       return SmallVector<Value>(cLoop.getResults());
     };
-    auto store = [&](ArrayRef<Value> sums) {
+    // Stores `count` vectors a channel of the block from vector `first` of
+    // the row (`from`, a constant where it is one: its vectors past the
+    // row's end are masked).
+    auto storeFrom = [&](ArrayRef<Value> sums, int64_t count, Value first, std::optional<int64_t> from) {
       for (int64_t k = 0; k < block; ++k)
-        for (int64_t v = 0; v < vectors; ++v) {
-          SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)};
+        for (int64_t v = 0; v < count; ++v) {
+          SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.mul(e.add(first, e.idx(v)), e.idx(kLanes))};
           if (e.epilogue) // through the epilogue, on whole vectors
-            e.emit(sums[k * vectors + v], at);
+            e.emit(sums[k * count + v], at);
           else
-            b.create<vector::TransferWriteOp>(loc, sums[k * vectors + v], Y, at,
-                                              ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+            b.create<vector::TransferWriteOp>(loc, sums[k * count + v], Y, at,
+                                              ArrayRef<bool>{!from || (*from + v + 1) * kLanes <= y[3]});
         }
     };
+    auto store = [&](ArrayRef<Value> sums) { storeFrom(sums, vectors, e.idx(0), 0); };
     if (!phased) {
-      store(accumulate(vectors, {}, [&](int64_t v, Value q) {
-        return c.transposed ? RowLanes(e, e.sub(e.idx(v * kLanes + p1), q), 1, x[3])
-                            : RowLanes(e, e.sub(e.add(q, e.idx(v * kLanes * s1)), e.idx(p1)), s1, x[3]);
-      }));
+      // The input lanes of the row's vector `first` + v.
+      auto lanesFrom = [&](Value first) {
+        return [&, first](int64_t v, Value q) {
+          Value col = e.mul(e.add(first, e.idx(v)), e.idx(kLanes)); // its first output column
+          return c.transposed ? RowLanes(e, e.sub(e.add(col, e.idx(p1)), q), 1, x[3])
+                              : RowLanes(e, e.sub(e.add(q, e.mul(col, e.idx(s1))), e.idx(p1)), s1, x[3]);
+        };
+      };
+      // Wide rows in chunks of `row_vectors` (Tiling.cpp): the chunks of
+      // whole vectors in a loop, the rest after it.
+      int64_t chunk = std::clamp<int64_t>(tilingOr(e.op, "row_vectors", vectors), 1, vectors);
+      int64_t chunks = chunk < vectors ? y[3] / kLanes / chunk : 0;
+      if (chunks > 0) {
+        auto jLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(chunks), e.idx(1));
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(jLoop.getBody());
+        Value first = e.mul(jLoop.getInductionVar(), e.idx(chunk));
+        storeFrom(accumulate(chunk, {}, lanesFrom(first)), chunk, first, std::nullopt);
+      }
+      int64_t done = chunks * chunk;
+      if (done < vectors)
+        storeFrom(accumulate(vectors - done, {}, lanesFrom(e.idx(done))), vectors - done, e.idx(done), done);
       return;
     }
     // Each phase's sums in registers, then interleaved lane by lane into

@@ -79,24 +79,51 @@ DictionaryAttr productTiling(Builder &b, nnops::MatmulOp mm, const cpu::Machine 
 /// weight takes a register too).
 int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m.registers - 4); }
 
-/// A convolution: a block of output channels times an output row's vectors
-/// (Convolutions.cpp, conv2dRows).
+/// The register block of a row convolution (Convolutions.cpp, conv2dRows):
+/// a block of `channels` times a row's `vectors`. The whole row while a
+/// block of two or more channels fits beside it. On wider rows read with a
+/// column stride (an ImageNet stem: 112 columns, 14 AVX2 vectors), where a
+/// block of one channel would load and shuffle two input vectors for a
+/// single multiply-add, chunks of `row_vectors` vectors: the split with the
+/// fewest weight broadcasts and input loads (three: two loads and a
+/// shuffle) per multiply-add. (Unit-stride rows measured slower in chunks:
+/// their loads are cheap, and the masks of a chunk's columns are computed
+/// at run time.)
+DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool strided, const cpu::Machine &m) {
+  int64_t acc = convAccumulators(m);
+  int64_t block = channelBlock(channels, vectors, acc, 16);
+  if (block >= 2 || vectors <= 1 || !strided)
+    return b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block))});
+  int64_t load = 3, bestBlock = block, bestVectors = vectors;
+  double best = static_cast<double>(block + vectors * load) / static_cast<double>(block * vectors);
+  for (int64_t cv = 1; cv < vectors && cv <= acc; ++cv) {
+    int64_t c = channelBlock(channels, cv, acc, 16);
+    double cost = static_cast<double>(c + cv * load) / static_cast<double>(c * cv);
+    if (cost < best) {
+      best = cost;
+      bestBlock = c;
+      bestVectors = cv;
+    }
+  }
+  SmallVector<NamedAttribute> choices{b.getNamedAttr("channel_block", b.getI64IntegerAttr(bestBlock))};
+  if (bestVectors < vectors)
+    choices.push_back(b.getNamedAttr("row_vectors", b.getI64IntegerAttr(bestVectors)));
+  return b.getDictionaryAttr(choices);
+}
+
+/// A convolution: a block of output channels times an output row's vectors.
 DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(conv.getWeight()), y = shapeOf(conv.getResult());
-  int64_t og = w[0] / conv.getGroups(), vectors = (y[3] + m.lanes - 1) / m.lanes;
-  int64_t acc = convAccumulators(m);
-  return b.getDictionaryAttr(
-      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(og, vectors, acc, 16)))});
+  ArrayRef<int64_t> stride = conv.getStride();
+  return rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1, m);
 }
 
 /// An input gradient, the transposed convolution of the output gradient
-/// (conv2dRows again): a block of the input channels.
+/// (conv2dRows again): a block of the input channels, over whole rows (it
+/// reads the output gradient with unit stride, per column phase).
 DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op.getResult());
-  int64_t cg = w[1], vectors = (y[3] + m.lanes - 1) / m.lanes;
-  int64_t acc = convAccumulators(m);
-  return b.getDictionaryAttr(
-      {b.getNamedAttr("channel_block", b.getI64IntegerAttr(channelBlock(cg, vectors, acc, 16)))});
+  return rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false, m);
 }
 
 /// A weight gradient: output channels by kernel taps in registers (and,
@@ -137,6 +164,15 @@ DictionaryAttr cpu::chooseTiling(Operation *op, const Machine &machine) {
   if (auto gi = dyn_cast<nnops::Conv2dGradInputOp>(op))
     return inputGradTiling(b, gi, machine);
   return nullptr;
+}
+
+int64_t cpu::tilingOr(Operation *op, StringRef name, int64_t otherwise) {
+  DictionaryAttr d = op->getAttrOfType<DictionaryAttr>(kTilingAttr);
+  if (auto v = d ? d.getAs<IntegerAttr>(name) : IntegerAttr())
+    return v.getInt();
+  if (auto v = chooseTiling(op).getAs<IntegerAttr>(name))
+    return v.getInt();
+  return otherwise;
 }
 
 int64_t cpu::tilingOf(Operation *op, StringRef name) {

@@ -41,6 +41,10 @@ mlir::LogicalResult verifyTiling(mlir::Operation *op);
 /// `op`'s choice `name`: recorded, or chosen now.
 int64_t tilingOf(mlir::Operation *op, llvm::StringRef name);
 
+/// The choice `name` of `op` as tilingOf gives it, or `otherwise` where
+/// neither the op nor the rules make one (a choice for some shapes only).
+int64_t tilingOr(mlir::Operation *op, llvm::StringRef name, int64_t otherwise);
+
 /// What a tuned choice is keyed by: the op's name, operand and result
 /// types and attributes (strides, padding, groups), as text.
 std::string tilingSignature(mlir::Operation *op);

@@ -55,3 +55,15 @@ func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x64xf32>) -> tensor<?
   %0 = nn.matmul %a, %b : tensor<?x32xf32>, tensor<32x64xf32>
   return %0 : tensor<?x64xf32>
 }
+
+// A strided row too wide for a block of channels beside it (an ImageNet
+// stem: 112 columns, 14 AVX2 vectors) is taken in chunks of vectors; a
+// unit-stride one keeps whole rows.
+// AVX2-LABEL: func.func @wide
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 4 : i64, row_vectors = 3 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 1 : i64}
+func.func @wide(%x: tensor<1x3x224x224xf32>, %w: tensor<64x3x7x7xf32>, %y: tensor<1x64x56x56xf32>, %v: tensor<64x64x3x3xf32>) -> (tensor<1x64x112x112xf32>, tensor<1x64x56x56xf32>) {
+  %0 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 3, 3>} : tensor<1x3x224x224xf32>, tensor<64x3x7x7xf32>
+  %1 = nn.conv2d %y, %v {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<1x64x56x56xf32>, tensor<64x64x3x3xf32>
+  return %0, %1 : tensor<1x64x112x112xf32>, tensor<1x64x56x56xf32>
+}
