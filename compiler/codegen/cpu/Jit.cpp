@@ -40,10 +40,10 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 
 #include "llvm/Analysis/InstructionSimplify.h"
-#include "llvm/Bitcode/BitcodeReader.h"
-#include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/Analysis/LoopInfo.h"
 #include "llvm/Analysis/ValueTracking.h"
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/IRBuilder.h"
@@ -417,6 +417,16 @@ llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> compilePart(ModuleOp part, l
                                               "nnc-part-" + std::to_string(index));
 }
 
+/// A builder of the target machines that optimize and compile partitions
+/// (one per thread), like `tm`, at the highest level.
+llvm::orc::JITTargetMachineBuilder partBuilder(llvm::TargetMachine &tm, bool pic) {
+  llvm::orc::JITTargetMachineBuilder jtmb = builderLike(tm);
+  jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  if (pic)
+    jtmb.setRelocationModel(llvm::Reloc::PIC_);
+  return jtmb;
+}
+
 /// run(0), ..., run(n - 1), taken in turn by one thread per core.
 void inParallel(unsigned n, llvm::function_ref<void(unsigned)> run) {
   std::atomic<unsigned> next{0};
@@ -516,8 +526,7 @@ FailureOr<std::unique_ptr<cpu::JitModule>> cpu::JitModule::compile(ModuleOp modu
   SmallVector<ModuleOp> parts = partsOf(module);
   if (parts.size() != kParts)
     return module.emitError("expected ") << kParts << " code partitions, got " << parts.size();
-  llvm::orc::JITTargetMachineBuilder jtmb = builderLike(*machine);
-  jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  llvm::orc::JITTargetMachineBuilder jtmb = partBuilder(*machine, /*pic=*/false);
   std::vector<std::unique_ptr<llvm::MemoryBuffer>> objects(parts.size());
   std::vector<std::string> errors(parts.size());
   std::mutex translating;
@@ -620,10 +629,7 @@ FailureOr<HostCode> optimizeForHost(ModuleOp module, llvm::LLVMContext &context,
   std::vector<llvm::SmallVector<char, 0>> bitcode(parts.size());
   std::vector<std::string> errors(parts.size());
   std::mutex translating;
-  llvm::orc::JITTargetMachineBuilder jtmb = builderLike(*code.machine);
-  jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
-  if (pic)
-    jtmb.setRelocationModel(llvm::Reloc::PIC_);
+  llvm::orc::JITTargetMachineBuilder jtmb = partBuilder(*code.machine, pic);
   inParallel(parts.size(), [&](unsigned i) {
     llvm::LLVMContext own;
     auto partMachine = jtmb.createTargetMachine();

@@ -57,11 +57,7 @@ static FailureOr<func::FuncOp> outline(func::FuncOp fn, scf::ExecuteRegionOp reg
   // The values it reads from above, in the order of first use (so that
   // kernels that are the same code take their arguments in the same order).
   llvm::SetVector<Value> above;
-  region.walk([&](Operation *op) {
-    for (Value v : op->getOperands())
-      if (!region->isAncestor(v.getParentRegion()->getParentOp()))
-        above.insert(v);
-  });
+  getUsedValuesDefinedAbove(region.getRegion(), above);
   // A view is passed when it is the kernel's only way to its buffer: views
   // of one buffer (an operand updated in place) are rebuilt from the
   // buffer, whose alias scope they then share (AliasScopes).

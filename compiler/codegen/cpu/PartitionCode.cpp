@@ -19,6 +19,7 @@
 #include "mlir/IR/SymbolTable.h"
 
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/SetVector.h"
 
 #include <algorithm>
 #include <string>
@@ -45,8 +46,8 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
              << op.getName();
     constants.push_back(global);
   }
-  // Largest first into the lightest partition; ties keep the module's order
-  // (stable), so the assignment follows from the IR alone.
+  // Largest first into the lightest partition; ties in the module's order,
+  // so the assignment follows from the IR alone.
   struct Sized {
     int64_t ops;
     size_t position;
@@ -69,9 +70,9 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
     members[least].push_back(fn);
   }
 
+  SymbolTable symbols(module); // (before the partitions' names join it)
   OpBuilder b(module.getContext());
   b.setInsertionPointToEnd(module.getBody());
-  SymbolTable symbols(module);
   SmallVector<ModuleOp> nested;
   for (unsigned i = 0; i < parts; ++i) {
     std::string name = "part" + std::to_string(i);
@@ -81,19 +82,17 @@ LogicalResult cpu::partitionCode(ModuleOp module, unsigned parts) {
     // What the members refer to outside the partition becomes a private
     // declaration in it (a definition elsewhere keeps external linkage in
     // the LLVM dialect, so the objects link).
-    llvm::DenseSet<StringAttr> own, wanted;
-    SmallVector<StringAttr> order;
+    llvm::DenseSet<StringAttr> own;
+    llvm::SetVector<StringAttr> wanted;
     for (func::FuncOp fn : members[i])
       own.insert(fn.getSymNameAttr());
     for (func::FuncOp fn : members[i])
       if (auto uses = SymbolTable::getSymbolUses(fn))
-        for (const SymbolTable::SymbolUse &use : *uses) {
-          StringAttr name = use.getSymbolRef().getRootReference();
-          if (!own.contains(name) && wanted.insert(name).second)
-            order.push_back(name);
-        }
+        for (const SymbolTable::SymbolUse &use : *uses)
+          if (StringAttr name = use.getSymbolRef().getRootReference(); !own.contains(name))
+            wanted.insert(name);
     OpBuilder in = OpBuilder::atBlockEnd(nested[i].getBody());
-    for (StringAttr name : order) {
+    for (StringAttr name : wanted) {
       Operation *symbol = symbols.lookup(name);
       if (auto global = dyn_cast_or_null<memref::GlobalOp>(symbol)) {
         in.clone(*global);

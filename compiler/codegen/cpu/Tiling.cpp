@@ -16,7 +16,9 @@
 
 #include "llvm/ADT/StringMap.h"
 
+#include <cassert>
 #include <mutex>
+#include <optional>
 
 using namespace mlir;
 using namespace nnc;
@@ -166,20 +168,26 @@ DictionaryAttr cpu::chooseTiling(Operation *op, const Machine &machine) {
   return nullptr;
 }
 
-int64_t cpu::tilingOr(Operation *op, StringRef name, int64_t otherwise) {
-  DictionaryAttr d = op->getAttrOfType<DictionaryAttr>(kTilingAttr);
+/// `op`'s choice `name`: recorded, or chosen now; none where neither makes
+/// one.
+static std::optional<int64_t> lookupTiling(Operation *op, StringRef name) {
+  DictionaryAttr d = op->getAttrOfType<DictionaryAttr>(cpu::kTilingAttr);
   if (auto v = d ? d.getAs<IntegerAttr>(name) : IntegerAttr())
     return v.getInt();
-  if (auto v = chooseTiling(op).getAs<IntegerAttr>(name))
-    return v.getInt();
-  return otherwise;
+  if (DictionaryAttr chosen = cpu::chooseTiling(op))
+    if (auto v = chosen.getAs<IntegerAttr>(name))
+      return v.getInt();
+  return std::nullopt;
+}
+
+int64_t cpu::tilingOr(Operation *op, StringRef name, int64_t otherwise) {
+  return lookupTiling(op, name).value_or(otherwise);
 }
 
 int64_t cpu::tilingOf(Operation *op, StringRef name) {
-  DictionaryAttr d = op->getAttrOfType<DictionaryAttr>(kTilingAttr);
-  if (auto v = d ? d.getAs<IntegerAttr>(name) : IntegerAttr())
-    return v.getInt();
-  return cast<IntegerAttr>(chooseTiling(op).get(name)).getInt();
+  std::optional<int64_t> v = lookupTiling(op, name);
+  assert(v && "a choice the rules always make");
+  return *v;
 }
 
 LogicalResult cpu::verifyTiling(Operation *op) {
