@@ -741,10 +741,11 @@ void expectGradientsMatch(const std::string &src, std::initializer_list<int64_t>
 }
 
 /// The weight gradient sums the batch in chunks (each chunk's output
-/// gradient sized to stay in L2) and adds each chunk's sums to the last:
-/// one, two and several chunks.
+/// gradient and input sized to stay in L2) and adds each chunk's sums to
+/// the last: one, two and several chunks.
 TEST(CpuConvBlocking, WeightGradientOverBatchChunks) {
-  // 8 channels of 38 x 38 outputs: 46 KiB a sample, 11 samples a chunk.
+  // 8 channels of 38 x 38 outputs and 2 of 40 x 40 inputs: 58 KiB a
+  // sample, 8 samples a chunk with 512 KiB of L2.
   expectGradientsMatch("model m {\n  input x: f32[B, 2, 40, 40]\n  input c: f32[B, 8, 38, 38]\n"
                        "  param w: f32[8, 2, 3, 3] = normal(std=0.1)\n"
                        "  loss = sum(conv2d(x, w) * c)\n  minimize loss\n}\n",
@@ -784,6 +785,36 @@ TEST(CpuConvBlocking, InputGradientWithLargeWeights) {
                        "  param w: f32[128, 128, 3, 3] = normal(std=0.05)\n"
                        "  loss = sum(tanh(conv2d(relu(conv2d(x, v)), w, padding=1)))\n  minimize loss\n}\n",
                        {2});
+}
+
+/// Convolutions and input gradients with the rows of a sample inside its
+/// channel blocks (`channels_outer`, which the rules choose for weights
+/// past L2): forced through the tuned table on small layers of every row
+/// path (whole rows, strided, chunks of vectors, per column phase), against
+/// the reference.
+TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
+  for (const char *layer : {"  y = conv2d(x, w, padding=1)\n", "  y = conv2d(x, w, stride=2, padding=1)\n"}) {
+    std::string src = std::string("model m {\n  input x: f32[B, 3, 9, 21]\n  param w: f32[8, 3, 3, 3] = normal(std=0.3)\n") +
+                      layer + "  loss = sum(tanh(y))\n  minimize loss\n}\n";
+    test::Compiled m(src, Stage::Train);
+    ASSERT_TRUE(m.module) << m.firstError();
+    cpu::clearTunedTilings();
+    int64_t forced = 0;
+    m.module->walk([&](mlir::Operation *op) {
+      if (!mlir::isa<nn::Conv2dOp, nn::Conv2dGradInputOp>(op))
+        return;
+      mlir::NamedAttrList choices(cpu::chooseTiling(op));
+      choices.set("channels_outer", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), 1));
+      std::string text;
+      llvm::raw_string_ostream os(text);
+      os << choices.getDictionary(&m.ctx);
+      cpu::setTunedTiling(cpu::tilingSignature(op), text);
+      ++forced;
+    });
+    EXPECT_GE(forced, 2) << src;
+    expectGradientsMatch(src, {1, 3});
+    cpu::clearTunedTilings();
+  }
 }
 
 /// Elementwise kernels over short trailing axes run as one flat loop when

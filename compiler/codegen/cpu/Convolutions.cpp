@@ -182,8 +182,13 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
   // consecutive output columns would each divide by s1 and gather, half of
   // them for nothing).
   bool phased = c.transposed && s1 > 1;
-  e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(y[2]), e.idx(y[1] / block)}, [&](ValueRange iv) {
-    Value n = iv[0], i = iv[1], o0 = e.mul(iv[2], e.idx(block));
+  // Rows inside channel blocks where the weights overflow L2 (Tiling.cpp).
+  bool oOuter = tilingOr(e.op, "channels_outer", 0) == 1;
+  Value nDim = e.valueDim(e.op->getResult(0), 0);
+  SmallVector<Value> bounds = oOuter ? SmallVector<Value>{nDim, e.idx(y[1] / block), e.idx(y[2])}
+                                     : SmallVector<Value>{nDim, e.idx(y[2]), e.idx(y[1] / block)};
+  e.loops(bounds, [&](ValueRange iv) {
+    Value n = iv[0], i = oOuter ? iv[2] : iv[1], o0 = e.mul(oOuter ? iv[1] : iv[2], e.idx(block));
     Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(oy));
     // The kernel rows that meet the input for output row i, in steps.
     Value pLo, pHi;
@@ -574,10 +579,10 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   int64_t perIn = block * taps; // accumulators per input channel of the block
   auto vt = VectorType::get({kLanes}, b.getF32Type());
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  // The batch in chunks whose output gradient for one channel block fits
-  // in half of L2, each chunk's sums added to the previous ones': every
-  // (input channel, kernel row) pass re-reads that block, from L2 instead
-  // of L3 (VGG-small's 32 x 32 x 32 x 32 gradient: a 1 MiB block).
+  // The batch in chunks whose output gradient and input fit in L2
+  // (Tiling.cpp), each chunk's sums added to the previous ones': the
+  // passes over (channel block, input channel block, kernel row) then
+  // re-read the chunk from L2 instead of L3.
   int64_t chunk = tilingOf(e.op, "batch_chunk");
   Value N = e.dim(DY, 0);
   auto chunks = b.create<scf::ForOp>(loc, e.idx(0), N, e.idx(chunk));
@@ -609,8 +614,12 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       OpBuilder::InsertionGuard g1(b);
       b.setInsertionPointToStart(nLoop.getBody());
       Value n = nLoop.getInductionVar();
-      auto iLoop = b.create<scf::ForOp>(loc, iLo, iHi, e.idx(grouped), nLoop.getRegionIterArgs());
-      {
+      // Output rows [lo, hi); `inside` when every kernel row of the pass
+      // meets the input there, so no load needs a row mask (and the
+      // column masks, constant, leave all but the row's edge vectors
+      // plain loads).
+      auto rowLoop = [&](Value lo, Value hi, ValueRange init, bool inside) -> ValueRange {
+        auto iLoop = b.create<scf::ForOp>(loc, lo, hi, e.idx(grouped), init);
         OpBuilder::InsertionGuard g2(b);
         b.setInsertionPointToStart(iLoop.getBody());
         Value i = iLoop.getInductionVar();
@@ -644,8 +653,8 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                                 : rowsVector(e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
                                              e.idx(q - pad[1]), y[3], grouped, stride[1]);
                 for (int64_t k = 0; k < block; ++k) {
-                  Value &a = acc[ci * perIn + k * taps + t];
-                  a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
+                  Value &sum = acc[ci * perIn + k * taps + t];
+                  sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
                 }
               }
             }
@@ -659,7 +668,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                 ArrayRef<bool>{(v + 1) * kLanes <= y[3]}));
           for (auto [r, p] : llvm::enumerate(rows)) {
             Value ih, rowOk;
-            if (allRows) { // (a row past the edge: loads clamped in and masked off)
+            if (allRows && !inside) { // (a row past the edge: loads clamped in and masked off)
               auto [at, ok] = e.window(i, stride[0], pad[0], p, x[2]);
               ih = select(e, ok, at, e.idx(0));
               rowOk = ok;
@@ -672,16 +681,31 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
               for (int64_t ci = 0; ci < inBlock; ++ci) {
                 Value xv = lanes.load(e, X, {n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih});
                 for (int64_t k = 0; k < block; ++k) {
-                  Value &a = acc[ci * perIn + k * taps + t];
-                  a = b.create<vector::FMAOp>(loc, xv, dy[k], a);
+                  Value &sum = acc[ci * perIn + k * taps + t];
+                  sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
                 }
               }
             }
           }
         }
         b.create<scf::YieldOp>(loc, acc);
+        return iLoop.getResults();
+      };
+      ValueRange sums = nLoop.getRegionIterArgs();
+      // Rows [a, b) read kernel rows 0..kh-1 all inside the input:
+      // a * stride >= pad and (b - 1) * stride - pad + kh <= height.
+      int64_t a = (pad[0] + stride[0] - 1) / stride[0];
+      int64_t last = x[2] - kh + pad[0] >= 0 ? (x[2] - kh + pad[0]) / stride[0] : -1;
+      int64_t bEnd = std::clamp<int64_t>(last + 1, a, y[2]);
+      if (allRows && grouped == 1 && a < bEnd) {
+        a = std::min<int64_t>(a, y[2]);
+        sums = rowLoop(e.idx(0), e.idx(a), sums, false);
+        sums = rowLoop(e.idx(a), e.idx(bEnd), sums, true);
+        sums = rowLoop(e.idx(bEnd), e.idx(y[2]), sums, false);
+      } else {
+        sums = rowLoop(iLo, iHi, sums, false);
       }
-      b.create<scf::YieldOp>(loc, iLoop.getResults());
+      b.create<scf::YieldOp>(loc, sums);
     }
     for (int64_t ci = 0; ci < inBlock; ++ci)
       for (int64_t k = 0; k < block; ++k)

@@ -91,11 +91,22 @@ int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m
 /// shuffle) per multiply-add. (Unit-stride rows measured slower in chunks:
 /// their loads are cheap, and the masks of a chunk's columns are computed
 /// at run time.)
-DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool strided, const cpu::Machine &m) {
+///
+/// The rows of a sample run inside its channel blocks (`channels_outer`)
+/// where the weights overflow L2 and the sample's input does not: each
+/// block's weights are then read once per sample from L3, not once per row,
+/// while the input stays in L2 (ResNet's last stages at batch 1).
+DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool strided, int64_t weightBytes,
+                         int64_t inputBytes, const cpu::Machine &m) {
   int64_t acc = convAccumulators(m);
   int64_t block = channelBlock(channels, vectors, acc, 16);
-  if (block >= 2 || vectors <= 1 || !strided)
-    return b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block))});
+  SmallVector<NamedAttribute> choices;
+  if (weightBytes > m.l2 && inputBytes <= m.l2 / 2)
+    choices.push_back(b.getNamedAttr("channels_outer", b.getI64IntegerAttr(1)));
+  if (block >= 2 || vectors <= 1 || !strided) {
+    choices.push_back(b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)));
+    return b.getDictionaryAttr(choices);
+  }
   int64_t load = 3, bestBlock = block, bestVectors = vectors;
   double best = static_cast<double>(block + vectors * load) / static_cast<double>(block * vectors);
   for (int64_t cv = 1; cv < vectors && cv <= acc; ++cv) {
@@ -107,7 +118,7 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool str
       bestVectors = cv;
     }
   }
-  SmallVector<NamedAttribute> choices{b.getNamedAttr("channel_block", b.getI64IntegerAttr(bestBlock))};
+  choices.push_back(b.getNamedAttr("channel_block", b.getI64IntegerAttr(bestBlock)));
   if (bestVectors < vectors)
     choices.push_back(b.getNamedAttr("row_vectors", b.getI64IntegerAttr(bestVectors)));
   return b.getDictionaryAttr(choices);
@@ -117,7 +128,9 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool str
 DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(conv.getWeight()), y = shapeOf(conv.getResult());
   ArrayRef<int64_t> stride = conv.getStride();
-  return rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1, m);
+  ArrayRef<int64_t> x = shapeOf(conv.getInput());
+  return rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1,
+                   w[0] * w[1] * w[2] * w[3] * 4, x[1] * x[2] * x[3] * 4, m);
 }
 
 /// An input gradient, the transposed convolution of the output gradient
@@ -125,14 +138,16 @@ DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &
 /// reads the output gradient with unit stride, per column phase).
 DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op.getResult());
-  return rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false, m);
+  ArrayRef<int64_t> dy = shapeOf(op->getOperand(0));
+  return rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false, w[0] * w[1] * w[2] * w[3] * 4,
+                   dy[1] * dy[2] * dy[3] * 4, m);
 }
 
 /// A weight gradient: output channels by kernel taps in registers (and,
 /// for one or two taps, a block of input channels; three quarters of the
 /// registers, the rest for the loads), over the batch in chunks whose
-/// output gradient for one channel block fits in half of L2
-/// (Convolutions.cpp, conv2dGradWeightRows).
+/// output gradient and input fit in L2 (Convolutions.cpp,
+/// conv2dGradWeightRows).
 DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op.getResult()), y = shapeOf(op->getOperand(1));
   int64_t groups = op.getGroups(), og = w[0] / groups, cg = w[1], kh = w[2], kw = w[3];
@@ -146,7 +161,13 @@ DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const 
   int64_t taps = kernelRows * kw;
   int64_t block = channelBlock(og, taps <= 2 && !strided ? 4 * taps : taps, acc, 8);
   int64_t inBlock = taps <= 2 && !strided ? channelBlock(cg, block * taps, acc, 8) : 1;
-  int64_t chunk = std::max<int64_t>(1, m.l2 / 2 / (block * y[2] * y[3] * 4));
+  // Every (channel block, input channel block) pass of a chunk reads the
+  // chunk's output gradient for its channels and its input for its input
+  // channels; together the passes read all of both, so the chunk's whole
+  // output gradient and input should stay in L2 between passes.
+  ArrayRef<int64_t> x = shapeOf(op->getOperand(0));
+  int64_t perSample = (y[1] * y[2] * y[3] + x[1] * x[2] * x[3]) * 4;
+  int64_t chunk = std::max<int64_t>(1, m.l2 / perSample);
   return b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
                               b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
                               b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
@@ -197,9 +218,13 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   DictionaryAttr chosen = chooseTiling(op);
   if (!chosen)
     return op->emitError("'") << kTilingAttr << "' on an op the CPU backend does not tile";
+  // Row convolutions' optional choices, which the rules make only where
+  // they pay, may be set anywhere (a tuner, a test).
+  bool rowConv = isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp>(op);
   for (NamedAttribute a : d) {
     auto v = dyn_cast<IntegerAttr>(a.getValue());
-    if (!chosen.get(a.getName()) || !v)
+    bool optional = rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer");
+    if ((!chosen.get(a.getName()) && !optional) || !v)
       return op->emitError("unknown or non-integer tiling choice '") << a.getName().getValue() << "'";
     if (v.getInt() < 1)
       return op->emitError("tiling choice '") << a.getName().getValue() << "' must be at least 1";
@@ -215,6 +240,8 @@ LogicalResult cpu::verifyTiling(Operation *op) {
       return op->emitError("a register block of at most 16 rows and 8 vectors");
     return success();
   }
+  if (std::optional<int64_t> outer = lookupTiling(op, "channels_outer"); outer && *outer != 1)
+    return op->emitError("tiling choice 'channels_outer' = ") << *outer << " is not 1 (present: rows inside channel blocks)";
   int64_t groups = cast<IntegerAttr>(op->getAttr("groups")).getInt();
   if (isa<nnops::Conv2dGradInputOp>(op)) // blocks of the input channels
     return divides("channel_block", shapeOf(op->getOperand(1))[1]);
@@ -313,6 +340,8 @@ SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &
       with({{"kernel_rows", rows == 1 ? kh : 1}, {"channel_block", other}});
     }
     with({{"batch_chunk", get("batch_chunk") * 2}});
+    if (get("batch_chunk") > 1)
+      with({{"batch_chunk", get("batch_chunk") / 2}});
   }
   return out;
 }

@@ -67,3 +67,30 @@ func.func @wide(%x: tensor<1x3x224x224xf32>, %w: tensor<64x3x7x7xf32>, %y: tenso
   %1 = nn.conv2d %y, %v {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<1x64x56x56xf32>, tensor<64x64x3x3xf32>
   return %0, %1 : tensor<1x64x112x112xf32>, tensor<1x64x56x56xf32>
 }
+
+// Weights past L2 with a sample's input inside half of it (ResNet's last
+// stage, 9 MiB of weights, a 98 KiB input): the rows of a sample run inside
+// its channel blocks; with a larger input (VGG-scale, 1.6 MiB) they do not.
+// The input gradient follows the same rule.
+// AVX2-LABEL: func.func @big_weights
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
+// AVX2: nn.conv2d_grad_input {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64}
+func.func @big_weights(%x: tensor<?x512x7x7xf32>, %w: tensor<512x512x3x3xf32>, %big: tensor<?x512x28x28xf32>, %dy: tensor<?x512x7x7xf32>) -> (tensor<?x512x7x7xf32>, tensor<?x512x28x28xf32>, tensor<?x512x7x7xf32>) {
+  %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x7x7xf32>, tensor<512x512x3x3xf32>
+  %1 = nn.conv2d %big, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x28x28xf32>, tensor<512x512x3x3xf32>
+  %2 = nn.conv2d_grad_input %dy, %w {groups = 1 : i64, input_size = array<i64: 7, 7>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x7x7xf32>, tensor<512x512x3x3xf32>
+  return %0, %1, %2 : tensor<?x512x7x7xf32>, tensor<?x512x28x28xf32>, tensor<?x512x7x7xf32>
+}
+
+// A weight gradient's batch chunk keeps the chunk's output gradient and
+// input in L2: 64 + 64 planes of 32 x 32 (512 KiB a sample) one sample a
+// chunk; 512 + 512 planes of 4 x 4 (64 KiB) eight.
+// AVX2-LABEL: func.func @chunks
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 1 : i64,
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 8 : i64,
+func.func @chunks(%x: tensor<?x64x32x32xf32>, %dy: tensor<?x64x32x32xf32>, %x4: tensor<?x512x4x4xf32>, %dy4: tensor<?x512x4x4xf32>) -> (tensor<64x64x3x3xf32>, tensor<512x512x3x3xf32>) {
+  %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<?x64x32x32xf32>
+  %1 = nn.conv2d_grad_weight %x4, %dy4 {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x4x4xf32>, tensor<?x512x4x4xf32>
+  return %0, %1 : tensor<64x64x3x3xf32>, tensor<512x512x3x3xf32>
+}
