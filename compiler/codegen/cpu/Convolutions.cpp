@@ -321,7 +321,7 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
         whole.push_back(row);
       }
     store(whole);
-  }, /*parallel=*/true);
+  }, /*parallel=*/true, /*collapse=*/2); // samples x (rows or channel blocks)
 }
 
 /// The lanes of a vector over R whole rows of OW columns (R * OW <= kLanes;
@@ -512,7 +512,7 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
       else
         e.when(b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, i, e.idx(y[2])), row);
     }
-  }, /*parallel=*/true);
+  }, /*parallel=*/true, /*collapse=*/2); // samples x groups of rows
 }
 
 LogicalResult conv2d(Emitter &e) {

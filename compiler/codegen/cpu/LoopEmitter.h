@@ -169,9 +169,12 @@ struct Emitter {
   }
   /// Nested loops over `bounds`; `body` gets the induction variables. With
   /// `parallel`, the outermost loop is an scf.parallel, which runs across
-  /// threads: its iterations must write disjoint elements.
+  /// threads: its iterations must write disjoint elements. With
+  /// `collapse` 2, the two outermost loops run as one parallel loop (so a
+  /// batch of one still spreads over the threads), each iteration writing
+  /// apart from the others.
   void loops(ArrayRef<Value> bounds, function_ref<void(ValueRange)> body,
-             bool parallel = false) {
+             bool parallel = false, int collapse = 1) {
     SmallVector<Value> ivs;
     std::function<void(size_t)> rec = [&](size_t d) {
       if (d == bounds.size()) {
@@ -179,6 +182,21 @@ struct Emitter {
         return;
       }
       OpBuilder::InsertionGuard guard(b);
+      if (d == 0 && parallel && collapse == 2 && bounds.size() >= 2) {
+        Value total = mul(bounds[0], bounds[1]);
+        std::optional<int64_t> trips = getConstantIntValue(total);
+        if (!trips || *trips > 1) {
+          auto f = b.create<scf::ParallelOp>(loc, ValueRange{idx(0)}, ValueRange{total}, ValueRange{idx(1)});
+          b.setInsertionPointToStart(f.getBody());
+          Value k = f.getInductionVars()[0];
+          ivs.push_back(b.create<arith::DivUIOp>(loc, k, bounds[1]));
+          ivs.push_back(b.create<arith::RemUIOp>(loc, k, bounds[1]));
+          rec(2);
+          ivs.pop_back();
+          ivs.pop_back();
+          return;
+        }
+      }
       std::optional<int64_t> trips = getConstantIntValue(bounds[0]);
       if (d == 0 && parallel && (!trips || *trips > 1)) {
         auto f = b.create<scf::ParallelOp>(loc, ValueRange{idx(0)}, ValueRange{bounds[0]},
