@@ -74,13 +74,22 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
 struct RowLanes {
   Value start;   // the first lane's column (contiguous lanes)
   Value columns; // the lanes' columns (gathered lanes), i32
-  Value mask, next; // next: the second vector's mask, for stride 2
+  Value mask, next; // next: the second vector's mask, for stride 2 (null: no mask needed)
+  int64_t stride = 1;
 
-  RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid = Value()) {
+  /// With `inside`, the caller knows that every element the loads touch
+  /// lies in the row: they need no mask (nor the work of making one).
+  RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid = Value(), bool inside = false) {
     OpBuilder &b = e.b;
     Location loc = e.loc;
+    if (inside && stride <= 2 && !valid) {
+      this->start = start;
+      this->stride = stride;
+      return;
+    }
     if (stride <= 2) {
       this->start = start;
+      this->stride = stride;
       mask = columnMask(e, start, width);
       if (stride == 2)
         next = columnMask(e, e.add(start, e.idx(kLanes)), width);
@@ -114,12 +123,17 @@ struct RowLanes {
     Value zero = e.b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
     SmallVector<Value> at(row);
     at.push_back(columns ? e.idx(0) : start);
-    if (!columns && !next)
-      return e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, mask, zero);
+    auto vload = [&](Value m) -> Value {
+      if (!mask)
+        return e.b.create<vector::LoadOp>(e.loc, vt, mem, at);
+      return e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, m, zero);
+    };
+    if (!columns && stride == 1)
+      return vload(mask);
     if (!columns) {
-      Value lo = e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, mask, zero);
+      Value lo = vload(mask);
       at.back() = e.add(start, e.idx(kLanes));
-      Value hi = e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, next, zero);
+      Value hi = vload(next);
       SmallVector<int64_t> even;
       for (int64_t l = 0; l < kLanes; ++l)
         even.push_back(2 * l);
@@ -268,28 +282,51 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
     };
     auto store = [&](ArrayRef<Value> sums) { storeFrom(sums, vectors, e.idx(0), 0); };
     if (!phased) {
-      // The input lanes of the row's vector `first` + v.
-      auto lanesFrom = [&](Value first) {
-        return [&, first](int64_t v, Value q) {
+      // Whether every tap of the vectors [from, to) of the row reads inside
+      // the input row (no padding, no lane past the end): their loads then
+      // need no masks.
+      auto inside = [&](int64_t from, int64_t to) {
+        int64_t lo = from * kLanes, hi = to * kLanes - 1; // output columns
+        if (c.transposed) // columns col + p1 - q, q in [0, kw)
+          return lo + p1 - (w[3] - 1) >= 0 && hi + p1 < x[3];
+        int64_t span = s1 <= 2 ? kLanes * s1 : (kLanes - 1) * s1 + 1; // elements a vector's loads touch
+        return lo * s1 - p1 >= 0 && lo * s1 - p1 + (w[3] - 1) + (hi - lo - kLanes + 1) * s1 + span <= x[3];
+      };
+      // The input lanes of the row's vector `first` + v (`known`: inside).
+      auto lanesFrom = [&](Value first, bool known) {
+        return [&, first, known](int64_t v, Value q) {
           Value col = e.mul(e.add(first, e.idx(v)), e.idx(kLanes)); // its first output column
-          return c.transposed ? RowLanes(e, e.sub(e.add(col, e.idx(p1)), q), 1, x[3])
-                              : RowLanes(e, e.sub(e.add(q, e.mul(col, e.idx(s1))), e.idx(p1)), s1, x[3]);
+          std::optional<int64_t> f = getConstantIntValue(first);
+          bool in = known || (f && inside(*f + v, *f + v + 1));
+          return c.transposed ? RowLanes(e, e.sub(e.add(col, e.idx(p1)), q), 1, x[3], Value(), in)
+                              : RowLanes(e, e.sub(e.add(q, e.mul(col, e.idx(s1))), e.idx(p1)), s1, x[3], Value(), in);
         };
       };
       // Wide rows in chunks of `row_vectors` (Tiling.cpp): the chunks of
-      // whole vectors in a loop, the rest after it.
+      // whole vectors in loops (those that read inside the row, without
+      // masks, between those that do not), the rest after them.
       int64_t chunk = std::clamp<int64_t>(tilingOr(e.op, "row_vectors", vectors), 1, vectors);
       int64_t chunks = chunk < vectors ? y[3] / kLanes / chunk : 0;
-      if (chunks > 0) {
-        auto jLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(chunks), e.idx(1));
+      int64_t jLo = 0, jHi = 0; // the chunks inside
+      while (jLo < chunks && !inside(jLo * chunk, (jLo + 1) * chunk))
+        ++jLo;
+      for (jHi = jLo; jHi < chunks && inside(jHi * chunk, (jHi + 1) * chunk);)
+        ++jHi;
+      auto chunkLoop = [&](int64_t from, int64_t to, bool known) {
+        if (from >= to)
+          return;
+        auto jLoop = b.create<scf::ForOp>(loc, e.idx(from), e.idx(to), e.idx(1));
         OpBuilder::InsertionGuard guard(b);
         b.setInsertionPointToStart(jLoop.getBody());
         Value first = e.mul(jLoop.getInductionVar(), e.idx(chunk));
-        storeFrom(accumulate(chunk, {}, lanesFrom(first)), chunk, first, std::nullopt);
-      }
+        storeFrom(accumulate(chunk, {}, lanesFrom(first, known)), chunk, first, std::nullopt);
+      };
+      chunkLoop(0, jLo, false);
+      chunkLoop(jLo, jHi, true);
+      chunkLoop(jHi, chunks, false);
       int64_t done = chunks * chunk;
       if (done < vectors)
-        storeFrom(accumulate(vectors - done, {}, lanesFrom(e.idx(done))), vectors - done, e.idx(done), done);
+        storeFrom(accumulate(vectors - done, {}, lanesFrom(e.idx(done), false)), vectors - done, e.idx(done), done);
       return;
     }
     // Each phase's sums in registers, then interleaved lane by lane into
