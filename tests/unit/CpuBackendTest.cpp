@@ -707,7 +707,11 @@ TEST(CpuConvBlocking, MatchesReferenceAtEveryBlockSize) {
                   // Wide strided rows in chunks: 4 x 3 vectors twice, then 2
                   // (one partial); 5 x 2 vectors three times, then 1.
                   Layer{"[B, 3, 9, 120]", "[8, 3, 7, 7]", "relu(conv2d(x, w, stride=2, padding=3))"},
-                  Layer{"[B, 2, 5, 97]", "[5, 2, 3, 3]", "conv2d(x, w, stride=2, padding=1)"}})
+                  Layer{"[B, 2, 5, 97]", "[5, 2, 3, 3]", "conv2d(x, w, stride=2, padding=1)"},
+                  // Strided rows narrower than half a vector, two to a vector
+                  // (read row by row, every tap unrolled): padded and not.
+                  Layer{"[B, 3, 8, 8]", "[6, 3, 3, 3]", "conv2d(x, w, stride=2, padding=1)"},
+                  Layer{"[B, 3, 9, 9]", "[4, 3, 3, 3]", "relu(conv2d(x, w, stride=2))"}})
     expectMatchesReference(std::string("model m {\n  input x: f32") + l.x + "\n  input w: f32" + l.w +
                                "\n  y = " + l.expr + "\n  output y\n}\n",
                            3, 6, 1e-4);
@@ -768,7 +772,8 @@ TEST(CpuConvBlocking, WeightGradientsMatchReference) {
                   Layer{"[B, 4, 9, 10]", "[16, 4, 1, 1]", ""},        // 4 x 1 by 4 input channels
                   Layer{"[B, 6, 5, 9]", "[4, 6, 1, 2]", "padding=[0, 1]"},  // 2 x 2 by 6
                   Layer{"[B, 3, 12, 12]", "[6, 3, 5, 5]", "padding=2"},                 // a row per pass
-                  Layer{"[B, 2, 12, 33]", "[4, 2, 5, 4]", "stride=[3, 1], padding=[2, 1]"}})
+                  Layer{"[B, 2, 12, 33]", "[4, 2, 5, 4]", "stride=[3, 1], padding=[2, 1]"},
+                  Layer{"[B, 3, 8, 8]", "[6, 3, 3, 3]", "stride=2, padding=1"}})            // 4 x 4 outputs
     expectGradientsMatch(std::string("model m {\n  input x: f32") + l.x + "\n  param w: f32" + l.w +
                              " = normal(std=0.3)\n  loss = sum(tanh(conv2d(x, w" +
                              (*l.args ? std::string(", ") + l.args : std::string()) +

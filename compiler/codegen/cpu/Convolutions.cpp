@@ -503,29 +503,45 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
       b.setInsertionPointToStart(cLoop.getBody());
       Value ci = cLoop.getInductionVar();
       Value ic = e.add(e.mul(g, e.idx(cx)), ci);
-      auto pLoop = b.create<scf::ForOp>(loc, pLo, b.create<arith::MaxSIOp>(loc, pLo, pHi), e.idx(1),
-                                        cLoop.getRegionIterArgs());
-      b.setInsertionPointToStart(pLoop.getBody());
-      Value p = pLoop.getInductionVar();
-      auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
-      b.setInsertionPointToStart(qLoop.getBody());
-      Value q = qLoop.getInductionVar();
-      Value row0 = transposed ? e.sub(e.add(i0, e.idx(pad[0])), p) : e.add(e.sub(e.mul(i0, e.idx(stride[0])), e.idx(pad[0])), p);
-      Value col0 = transposed ? e.sub(e.idx(pad[1]), q) : e.sub(q, e.idx(pad[1]));
-      Value xv = flat ? GroupLanes(e, row0, col0, ow, rows, x[2], x[3]).load(e, plane, n, ic)
-                      : rowsVector(e, X, n, ic, [&](int64_t r) { return e.add(row0, e.idx(r * stride[0])); }, col0, ow,
-                                   rows, stride[1]);
-      SmallVector<Value> acc(qLoop.getRegionIterArgs());
-      for (int64_t k = 0; k < block; ++k) {
-        Value o = e.add(o0, e.idx(k));
-        Value wk = b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, transposed, o, g, oy, ic, ci, p, q)));
-        acc[k] = b.create<vector::FMAOp>(loc, wk, xv, acc[k]);
+      // One tap: the group's input vector times the block's weights.
+      auto tap = [&](Value p, Value q, SmallVector<Value> &acc) {
+        Value row0 = transposed ? e.sub(e.add(i0, e.idx(pad[0])), p)
+                                : e.add(e.sub(e.mul(i0, e.idx(stride[0])), e.idx(pad[0])), p);
+        Value col0 = transposed ? e.sub(e.idx(pad[1]), q) : e.sub(q, e.idx(pad[1]));
+        Value xv = flat ? GroupLanes(e, row0, col0, ow, rows, x[2], x[3]).load(e, plane, n, ic)
+                        : rowsVector(e, X, n, ic, [&](int64_t r) { return e.add(row0, e.idx(r * stride[0])); }, col0,
+                                     ow, rows, stride[1]);
+        for (int64_t k = 0; k < block; ++k) {
+          Value o = e.add(o0, e.idx(k));
+          Value wk = b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, transposed, o, g, oy, ic, ci, p, q)));
+          acc[k] = b.create<vector::FMAOp>(loc, wk, xv, acc[k]);
+        }
+      };
+      if (!flat && w[2] * w[3] <= 9) {
+        // Rows read one by one (strided) with a small kernel: every tap
+        // unrolled, so that each tap's rows, masks and shuffles (which
+        // depend on the group of rows only) are worked out once for all
+        // input channels; kernel rows outside the input are masked off like
+        // the padding. (Contiguous groups measured no faster so.)
+        SmallVector<Value> acc(cLoop.getRegionIterArgs());
+        for (int64_t p = 0; p < w[2]; ++p)
+          for (int64_t q = 0; q < w[3]; ++q)
+            tap(e.idx(p), e.idx(q), acc);
+        b.create<scf::YieldOp>(loc, acc);
+      } else {
+        auto pLoop = b.create<scf::ForOp>(loc, pLo, b.create<arith::MaxSIOp>(loc, pLo, pHi), e.idx(1),
+                                          cLoop.getRegionIterArgs());
+        b.setInsertionPointToStart(pLoop.getBody());
+        auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
+        b.setInsertionPointToStart(qLoop.getBody());
+        SmallVector<Value> acc(qLoop.getRegionIterArgs());
+        tap(pLoop.getInductionVar(), qLoop.getInductionVar(), acc);
+        b.create<scf::YieldOp>(loc, acc);
+        b.setInsertionPointAfter(qLoop);
+        b.create<scf::YieldOp>(loc, qLoop.getResults());
+        b.setInsertionPointAfter(pLoop);
+        b.create<scf::YieldOp>(loc, pLoop.getResults());
       }
-      b.create<scf::YieldOp>(loc, acc);
-      b.setInsertionPointAfter(qLoop);
-      b.create<scf::YieldOp>(loc, qLoop.getResults());
-      b.setInsertionPointAfter(pLoop);
-      b.create<scf::YieldOp>(loc, pLoop.getResults());
     }
     for (int64_t r = 0; r < rows; ++r) {
       SmallVector<int64_t> lanes;
