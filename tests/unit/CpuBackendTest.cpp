@@ -794,9 +794,9 @@ TEST(CpuConvBlocking, InputGradientWithLargeWeights) {
 
 /// Convolutions and input gradients with the rows of a sample inside its
 /// channel blocks (`channels_outer`, which the rules choose for weights
-/// past L2): forced through the tuned table on small layers of every row
-/// path (whole rows, strided, chunks of vectors, per column phase), against
-/// the reference.
+/// past L2): forced through the tuned table on small layers (whole rows,
+/// unit-stride and strided, and the strided layer's input gradient per
+/// column phase), against the reference.
 TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
   for (const char *layer : {"  y = conv2d(x, w, padding=1)\n", "  y = conv2d(x, w, stride=2, padding=1)\n"}) {
     std::string src = std::string("model m {\n  input x: f32[B, 3, 9, 21]\n  param w: f32[8, 3, 3, 3] = normal(std=0.3)\n") +

@@ -299,8 +299,11 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
         int64_t lo = from * kLanes, hi = to * kLanes - 1; // output columns
         if (c.transposed) // columns col + p1 - q, q in [0, kw)
           return lo + p1 - (w[3] - 1) >= 0 && hi + p1 < x[3];
-        int64_t span = s1 <= 2 ? kLanes * s1 : (kLanes - 1) * s1 + 1; // elements a vector's loads touch
-        return lo * s1 - p1 >= 0 && lo * s1 - p1 + (w[3] - 1) + (hi - lo - kLanes + 1) * s1 + span <= x[3];
+        // The first vector's first tap starts at lo * s1 - p1; the last
+        // vector's (first column hi + 1 - kLanes) last tap touches `span`
+        // elements from its start.
+        int64_t span = s1 <= 2 ? kLanes * s1 : (kLanes - 1) * s1 + 1;
+        return lo * s1 - p1 >= 0 && (hi + 1 - kLanes) * s1 - p1 + (w[3] - 1) + span <= x[3];
       };
       // The input lanes of the row's vector `first` + v (`known`: inside).
       auto lanesFrom = [&](Value first, bool known) {
@@ -761,7 +764,6 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       int64_t last = x[2] - kh + pad[0] >= 0 ? (x[2] - kh + pad[0]) / stride[0] : -1;
       int64_t bEnd = std::clamp<int64_t>(last + 1, a, y[2]);
       if (allRows && grouped == 1 && a < bEnd) {
-        a = std::min<int64_t>(a, y[2]);
         sums = rowLoop(e.idx(0), e.idx(a), sums, false);
         sums = rowLoop(e.idx(a), e.idx(bEnd), sums, true);
         sums = rowLoop(e.idx(bEnd), e.idx(y[2]), sums, false);

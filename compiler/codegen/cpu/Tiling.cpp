@@ -89,8 +89,8 @@ int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m
 /// single multiply-add, chunks of `row_vectors` vectors: the split with the
 /// fewest weight broadcasts and input loads (three: two loads and a
 /// shuffle) per multiply-add. (Unit-stride rows measured slower in chunks:
-/// their loads are cheap, and the masks of a chunk's columns are computed
-/// at run time.)
+/// their loads are cheap, and the masks of an edge chunk's columns are
+/// computed at run time.)
 ///
 /// The rows of a sample run inside its channel blocks (`channels_outer`)
 /// where the weights overflow L2 and the sample's input does not: each
