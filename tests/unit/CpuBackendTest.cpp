@@ -822,6 +822,47 @@ TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
   }
 }
 
+/// 3x3 unit-stride convolutions by Winograd's F(2x2, 3x3), forced through
+/// the tuned table: the forward convolution (through a bias-and-relu
+/// epilogue, and without one) and the input gradient, at paddings 0, 1 and
+/// 2, odd and even planes (tiles past the output's edge), ragged channel
+/// counts, one tile row a block to the whole plane, and the run-time choice
+/// of the direct convolution for too few tiles; against the reference.
+TEST(CpuWinograd, MatchesReference) {
+  struct Case {
+    int c, k, h, w, pad, rows;
+  };
+  for (Case t : {Case{16, 16, 8, 8, 1, 1}, Case{16, 24, 9, 13, 1, 2}, Case{20, 16, 7, 21, 0, 3},
+                 Case{16, 16, 6, 5, 2, 8}, Case{17, 19, 34, 35, 1, 2}}) {
+    std::string src = "model m {\n  input x: f32[B, " + std::to_string(t.c) + ", " + std::to_string(t.h) + ", " +
+                      std::to_string(t.w) + "]\n  param w1: f32[" + std::to_string(t.k) + ", " + std::to_string(t.c) +
+                      ", 3, 3] = normal(std=0.2)\n  param b: f32[" + std::to_string(t.k) +
+                      ", 1, 1] = normal(std=0.2)\n  param w2: f32[" + std::to_string(t.k) + ", " + std::to_string(t.k) +
+                      ", 3, 3] = normal(std=0.2)\n  h = relu(conv2d(x, w1, padding=" + std::to_string(t.pad) +
+                      ") + b)\n  y = conv2d(h, w2, padding=" + std::to_string(t.pad) +
+                      ")\n  loss = sum(tanh(y))\n  minimize loss\n}\n";
+    test::Compiled m(src, Stage::Train);
+    ASSERT_TRUE(m.module) << m.firstError();
+    cpu::clearTunedTilings();
+    int64_t forced = 0;
+    m.module->walk([&](mlir::Operation *op) {
+      if (!cpu::winogradApplies(op))
+        return;
+      mlir::NamedAttrList choices(cpu::chooseTiling(op));
+      choices.set("winograd", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), t.rows));
+      std::string text;
+      llvm::raw_string_ostream os(text);
+      os << choices.getDictionary(&m.ctx);
+      cpu::setTunedTiling(cpu::tilingSignature(op), text);
+      ++forced;
+    });
+    EXPECT_GE(forced, 3) << src; // two convolutions and an input gradient
+    // Batch 1 takes the direct branch (too few tiles), batch 5 Winograd.
+    expectGradientsMatch(src, {1, 5});
+    cpu::clearTunedTilings();
+  }
+}
+
 /// Elementwise kernels over short trailing axes run as one flat loop when
 /// every buffer has the result's shape or one element; with an operand
 /// broadcast along an axis they keep the nested loops. Every result (a

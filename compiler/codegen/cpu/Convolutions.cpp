@@ -583,24 +583,34 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
 
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
-  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3], /*rowByRow=*/true);
-      rows > 1) {
-    conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
-                    /*transposed=*/false);
-    return success();
-  }
-  conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/false});
+  auto direct = [&] {
+    if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3], /*rowByRow=*/true);
+        rows > 1) {
+      conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
+                      /*transposed=*/false);
+      return;
+    }
+    conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()),
+                   /*transposed=*/false});
+  };
+  if (!conv2dWinograd(e, e.in[0], e.in[1], e.out[0], op.getPadding(), /*transposed=*/false, direct))
+    direct();
   return success();
 }
 
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
-  if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
-    conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
-                    /*transposed=*/true);
-    return success();
-  }
-  conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()), /*transposed=*/true});
+  auto direct = [&] {
+    if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
+      conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
+                      /*transposed=*/true);
+      return;
+    }
+    conv2dRows(e, {e.in[0], e.out[0], e.in[1], op.getStride(), op.getPadding(), static_cast<int64_t>(op.getGroups()),
+                   /*transposed=*/true});
+  };
+  if (!conv2dWinograd(e, e.in[0], e.in[1], e.out[0], op.getPadding(), /*transposed=*/true, direct))
+    direct();
   return success();
 }
 

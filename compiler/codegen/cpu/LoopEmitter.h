@@ -102,6 +102,9 @@ struct Emitter {
   /// With an epilogue (the op's elementwise consumer, fused into it),
   /// stores the consumer's value for the op's value `v` at `ivs` instead.
   std::function<void(Value v, ValueRange ivs)> epilogue;
+  /// Scratch memory of a static type for this kernel, from the memory
+  /// plan (no call allocates).
+  std::function<Value(MemRefType)> scratch;
   /// The lanes the epilogue takes its values in (0: scalars).
   int64_t epilogueLanes = 0;
   /// Stores the op's (first) result `v` at `ivs`, through the epilogue.
@@ -333,6 +336,13 @@ LogicalResult conv2d(Emitter &e);
 LogicalResult conv2dGradInput(Emitter &e);
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups);
 LogicalResult conv2dGradWeight(Emitter &e);
+/// A unit-stride 3x3 convolution (forward, or its input gradient) by
+/// Winograd's F(2x2, 3x3), where the op's `winograd` tiling choice asks for
+/// it (Winograd.cpp) and enough tiles make it pay, `direct` where they do
+/// not (a branch at run time on the batch); false, emitting nothing, where
+/// the choice is absent.
+bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad, bool transposed,
+                    function_ref<void()> direct);
 void windowRows2x2(Emitter &e, Value X, Value batch, ArrayRef<int64_t> out, function_ref<void(Value n, Value c, Value i, int64_t j0, bool full, Value h0, Value h1, ArrayRef<Value> taps)> body);
 void maxPool2x2(Emitter &e);
 LogicalResult maxPool(Emitter &e);

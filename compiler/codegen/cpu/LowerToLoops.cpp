@@ -255,6 +255,24 @@ private:
     return b.create<memref::ViewOp>(loc, memrefOf(v.getType()), flat, offset, dyn).getResult();
   }
 
+  /// Scratch memory of static type `t` for the kernel being emitted: a
+  /// slot of the plan, free again after the kernel (a Winograd
+  /// convolution's transformed weights).
+  Value scratch(MemRefType t) {
+    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    unsigned slot = planner.acquire({0, bytes});
+    while (slotArgs.size() < planner.sizes().size())
+      slotArgs.push_back(body->addArgument(MemRefType::get({1}, i8), loc));
+    kernelScratch.push_back(slot);
+    OpBuilder::InsertionGuard guard(b);
+    if (kernelRegion)
+      b.setInsertionPoint(kernelRegion);
+    Value flat = b.create<memref::ReinterpretCastOp>(
+        loc, rawType, slotArgs[slot], OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(bytes)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
+    return b.create<memref::ViewOp>(loc, t, flat, b.create<arith::ConstantIndexOp>(loc, 0), ValueRange{});
+  }
+
   // The kernels: the nn.kernel groups of the fusion pass (compiler/
   // transforms/Fusion.cpp decides; this lowering only follows), flattened
   // here so that values keep their identity; any other op is a kernel of
@@ -776,6 +794,7 @@ private:
     if (it == lowerings().end())
       return op->emitError("the CPU backend cannot lower '") << op->getName() << "'";
     Emitter e{b, op->getLoc(), op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
+    e.scratch = [this](MemRefType t) { return scratch(t); };
     // Column sums work on vectors of outputs, so their fused producers
     // (elementwise ops of the summed operand's shape) and their epilogue are
     // emitted as vectors along the last axis.
@@ -908,6 +927,9 @@ private:
       for (Value r : m->getResults())
         if (r.use_empty() && slotOf.count(r))
           planner.release(slotOf[r]);
+    for (unsigned slot : kernelScratch)
+      planner.release(slot);
+    kernelScratch.clear();
     return success();
   }
 
@@ -986,6 +1008,7 @@ private:
   SmallVector<int64_t> inPlace;
   codegen::SlotPlanner planner;
   SmallVector<Value> slotArgs; // per slot, its argument
+  SmallVector<unsigned> kernelScratch; // the slots of the kernel being emitted's scratch
   llvm::DenseMap<Value, unsigned> slotOf;
   // Emission (bind, lowerOne).
   /// Emitters of fused ops, kept alive while their consumers are emitted.

@@ -124,13 +124,59 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool str
   return b.getDictionaryAttr(choices);
 }
 
+/// The tile rows of a Winograd block (Winograd.cpp), or 0 where the
+/// direct convolution is kept: Winograd takes 3x3 unit-stride layers of 16
+/// channels or more both ways (with fewer, the transforms cost as much as
+/// the multiplies saved). A block's transformed input and products (16
+/// positions by its tiles by the channels in and out) should stay in L2,
+/// and its tiles fill whole vectors: the tile rows (of the batch: a block
+/// may span samples) that fill them best within L2 (the most of those),
+/// and none where that leaves a quarter of the lanes empty.
+int64_t winogradRows(Operation *op, const cpu::Machine &m) {
+  if (!cpu::winogradApplies(op))
+    return 0;
+  int64_t in = shapeOf(op->getOperand(0))[1];
+  ArrayRef<int64_t> y = shapeOf(op->getResult(0));
+  if (in < 16 || y[1] < 16)
+    return 0;
+  int64_t tw = (y[3] + 1) / 2;
+  if ((tw + m.lanes - 1) / m.lanes > 16) // a tile row's vectors are unrolled
+    return 0;
+  // Blocks take tile rows of the whole batch, so no more than it has.
+  int64_t most = typicalDim(op->getResult(0), 0) * ((y[2] + 1) / 2);
+  int64_t best = 0;
+  double bestFill = 0;
+  for (int64_t r = 1; r <= most; ++r) {
+    int64_t tiles = (r * tw + m.lanes - 1) / m.lanes * m.lanes;
+    if (r > 1 && 16 * (in + y[1]) * tiles * 4 > std::min(m.l2, cpu::kMaxWinogradBlockBytes))
+      break;
+    double fill = static_cast<double>(r * tw) / static_cast<double>(tiles);
+    if (fill >= bestFill) {
+      best = r;
+      bestFill = fill;
+    }
+  }
+  return bestFill >= 0.75 ? best : 0;
+}
+
+DictionaryAttr withWinograd(Builder &b, Operation *op, DictionaryAttr d, const cpu::Machine &m) {
+  int64_t rows = winogradRows(op, m);
+  if (!rows)
+    return d;
+  SmallVector<NamedAttribute> attrs(d.getValue());
+  attrs.push_back(b.getNamedAttr("winograd", b.getI64IntegerAttr(rows)));
+  return b.getDictionaryAttr(attrs);
+}
+
 /// A convolution: a block of output channels times an output row's vectors.
 DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(conv.getWeight()), y = shapeOf(conv.getResult());
   ArrayRef<int64_t> stride = conv.getStride();
   ArrayRef<int64_t> x = shapeOf(conv.getInput());
-  return rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1,
-                   w[0] * w[1] * w[2] * w[3] * 4, x[1] * x[2] * x[3] * 4, m);
+  return withWinograd(b, conv,
+                      rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1,
+                                w[0] * w[1] * w[2] * w[3] * 4, x[1] * x[2] * x[3] * 4, m),
+                      m);
 }
 
 /// An input gradient, the transposed convolution of the output gradient
@@ -139,8 +185,10 @@ DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &
 DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op, const cpu::Machine &m) {
   ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op.getResult());
   ArrayRef<int64_t> dy = shapeOf(op->getOperand(0));
-  return rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false, w[0] * w[1] * w[2] * w[3] * 4,
-                   dy[1] * dy[2] * dy[3] * 4, m);
+  return withWinograd(b, op,
+                      rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false,
+                                w[0] * w[1] * w[2] * w[3] * 4, dy[1] * dy[2] * dy[3] * 4, m),
+                      m);
 }
 
 /// A weight gradient: output channels by kernel taps in registers (and,
@@ -175,6 +223,16 @@ DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const 
 }
 
 } // namespace
+
+bool cpu::winogradApplies(Operation *op) {
+  if (!isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp>(op))
+    return false;
+  ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op->getResult(0));
+  auto stride = cast<DenseI64ArrayAttr>(op->getAttr("stride")).asArrayRef();
+  auto pad = cast<DenseI64ArrayAttr>(op->getAttr("padding")).asArrayRef();
+  return cast<IntegerAttr>(op->getAttr("groups")).getInt() == 1 && w[2] == 3 && w[3] == 3 && stride[0] == 1 &&
+         stride[1] == 1 && pad[0] <= 2 && pad[1] <= 2 && y[2] >= 2 && y[3] >= 2;
+}
 
 DictionaryAttr cpu::chooseTiling(Operation *op, const Machine &machine) {
   Builder b(op->getContext());
@@ -223,7 +281,8 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   bool rowConv = isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp>(op);
   for (NamedAttribute a : d) {
     auto v = dyn_cast<IntegerAttr>(a.getValue());
-    bool optional = rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer");
+    bool optional =
+        rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer" || a.getName() == "winograd");
     if ((!chosen.get(a.getName()) && !optional) || !v)
       return op->emitError("unknown or non-integer tiling choice '") << a.getName().getValue() << "'";
     if (v.getInt() < 1)
@@ -242,6 +301,17 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   }
   if (std::optional<int64_t> outer = lookupTiling(op, "channels_outer"); outer && *outer != 1)
     return op->emitError("tiling choice 'channels_outer' = ") << *outer << " is not 1 (present: rows inside channel blocks)";
+  if (std::optional<int64_t> rows = lookupTiling(op, "winograd")) {
+    if (!winogradApplies(op))
+      return op->emitError("tiling choice 'winograd' on a convolution that is not 3x3, unit-stride, one-group with "
+                           "padding of at most 2");
+    ArrayRef<int64_t> y = shapeOf(op->getResult(0));
+    int64_t tw = (y[3] + 1) / 2, r = *rows;
+    int64_t lanes = host().lanes, tiles = (r * tw + lanes - 1) / lanes * lanes;
+    if (int64_t bytes = 16 * (shapeOf(op->getOperand(0))[1] + y[1]) * tiles * 4; bytes > kMaxWinogradBlockBytes)
+      return op->emitError("tiling choice 'winograd' = ") << *rows << " takes " << bytes << " bytes a block, more than "
+                                                          << kMaxWinogradBlockBytes;
+  }
   int64_t groups = cast<IntegerAttr>(op->getAttr("groups")).getInt();
   if (isa<nnops::Conv2dGradInputOp>(op)) // blocks of the input channels
     return divides("channel_block", shapeOf(op->getOperand(1))[1]);
@@ -305,6 +375,14 @@ SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &
     with({{"depth", get("depth") / 2}});
     with({{"rows", get("rows") == 6 ? 4 : 6}});
     return out;
+  }
+  // A Winograd convolution is also timed direct.
+  if (chosen.get("winograd")) {
+    SmallVector<NamedAttribute> direct;
+    for (NamedAttribute a : chosen)
+      if (a.getName() != "winograd")
+        direct.push_back(a);
+    out.push_back(b.getDictionaryAttr(direct));
   }
   // A convolution's channel block: the next smaller block that divides the
   // channels; for the weight gradient also the other kernel-rows choice and

@@ -28,11 +28,23 @@ namespace nnc::cpu {
 inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
 
 /// The choices for `op` on this host: for a matmul `rows`, `vectors`,
-/// `depth` and `group`; for a convolution `channel_block`; for a
+/// `depth` and `group`; for a convolution `channel_block` (and, where
+/// they pay, `row_vectors`, `channels_outer`, `winograd`: tile rows per
+/// block of a Winograd convolution); for a
 /// convolution's weight gradient `channel_block`, `input_block`,
 /// `kernel_rows` (per pass: 1 or all) and `batch_chunk`. Null for other ops. Sized for `machine`: its vector
 /// registers and caches.
 mlir::DictionaryAttr chooseTiling(mlir::Operation *op, const Machine &machine = host());
+
+/// Whether `op` is a convolution Winograd's F(2x2, 3x3) can compute (the
+/// `winograd` choice): a forward convolution or input gradient, 3x3, unit
+/// strides, one group, padding of at most 2, an output of 2x2 or more.
+bool winogradApplies(mlir::Operation *op);
+
+/// The most a Winograd block's transformed input and products take (on the
+/// stack of the thread running the block): 16 positions by the block's
+/// tiles by the channels read and written, 4 bytes each.
+inline constexpr int64_t kMaxWinogradBlockBytes = int64_t{1} << 20;
 
 /// Checks recorded choices against the op's shapes (blocks that divide the
 /// channels, sizes in range); errors are located at the op.

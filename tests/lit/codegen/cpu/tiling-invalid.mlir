@@ -30,3 +30,19 @@ func.func @kernel_rows(%x: tensor<?x3x8x8xf32>, %dy: tensor<?x6x8x8xf32>) -> ten
   %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>, nnc.tiling = {kernel_rows = 2 : i64}} : tensor<?x3x8x8xf32>, tensor<?x6x8x8xf32>
   return %0 : tensor<6x3x3x3xf32>
 }
+
+// -----
+
+func.func @winograd_strided(%x: tensor<?x16x8x8xf32>, %w: tensor<16x16x3x3xf32>) -> tensor<?x16x4x4xf32> {
+  // expected-error @+1 {{tiling choice 'winograd' on a convolution that is not 3x3, unit-stride, one-group with padding of at most 2}}
+  %0 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 1, 1>, nnc.tiling = {channel_block = 1 : i64, winograd = 1 : i64}} : tensor<?x16x8x8xf32>, tensor<16x16x3x3xf32>
+  return %0 : tensor<?x16x4x4xf32>
+}
+
+// -----
+
+func.func @winograd_block(%x: tensor<?x512x56x56xf32>, %w: tensor<512x512x3x3xf32>) -> tensor<?x512x56x56xf32> {
+  // expected-error-re @+1 {{tiling choice 'winograd' = 28 takes {{[0-9]+}} bytes a block, more than 1048576}}
+  %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>, nnc.tiling = {channel_block = 1 : i64, winograd = 28 : i64}} : tensor<?x512x56x56xf32>, tensor<512x512x3x3xf32>
+  return %0 : tensor<?x512x56x56xf32>
+}

@@ -58,10 +58,10 @@ func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x64xf32>) -> tensor<?
 
 // A strided row too wide for a block of channels beside it (an ImageNet
 // stem: 112 columns, 14 AVX2 vectors) is taken in chunks of vectors; a
-// unit-stride one keeps whole rows.
+// unit-stride one keeps whole rows (and runs as Winograd's).
 // AVX2-LABEL: func.func @wide
 // AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 4 : i64, row_vectors = 3 : i64}
-// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 1 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 1 : i64, winograd = 2 : i64}
 func.func @wide(%x: tensor<1x3x224x224xf32>, %w: tensor<64x3x7x7xf32>, %y: tensor<1x64x56x56xf32>, %v: tensor<64x64x3x3xf32>) -> (tensor<1x64x112x112xf32>, tensor<1x64x56x56xf32>) {
   %0 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 3, 3>} : tensor<1x3x224x224xf32>, tensor<64x3x7x7xf32>
   %1 = nn.conv2d %y, %v {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<1x64x56x56xf32>, tensor<64x64x3x3xf32>
@@ -73,9 +73,9 @@ func.func @wide(%x: tensor<1x3x224x224xf32>, %w: tensor<64x3x7x7xf32>, %y: tenso
 // its channel blocks; with a larger input (VGG-scale, 1.6 MiB) they do not.
 // The input gradient follows the same rule.
 // AVX2-LABEL: func.func @big_weights
-// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64}
-// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
-// AVX2: nn.conv2d_grad_input {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64, winograd = 2 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 1 : i64}
+// AVX2: nn.conv2d_grad_input {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, channels_outer = 1 : i64, winograd = 2 : i64}
 func.func @big_weights(%x: tensor<?x512x7x7xf32>, %w: tensor<512x512x3x3xf32>, %big: tensor<?x512x28x28xf32>, %dy: tensor<?x512x7x7xf32>) -> (tensor<?x512x7x7xf32>, tensor<?x512x28x28xf32>, tensor<?x512x7x7xf32>) {
   %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x7x7xf32>, tensor<512x512x3x3xf32>
   %1 = nn.conv2d %big, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x28x28xf32>, tensor<512x512x3x3xf32>
@@ -93,4 +93,28 @@ func.func @chunks(%x: tensor<?x64x32x32xf32>, %dy: tensor<?x64x32x32xf32>, %x4: 
   %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<?x64x32x32xf32>
   %1 = nn.conv2d_grad_weight %x4, %dy4 {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x4x4xf32>, tensor<?x512x4x4xf32>
   return %0, %1 : tensor<64x64x3x3xf32>, tensor<512x512x3x3xf32>
+}
+
+// Winograd's F(2x2, 3x3) for 3x3 unit-stride layers of 16 channels or more
+// both ways, the most tile rows a block whose transformed input and
+// products (16 x 128 channels x tiles x 4 bytes) fit in L2: 4 rows of 16
+// tiles with AVX2's 512 KiB, 8 with AVX-512's 1 MiB. 4x4 planes (2x2
+// tiles) take their blocks' rows from several samples: 32 and 64 rows.
+// Not for strided layers or 8 input channels.
+// AVX2-LABEL: func.func @winograd
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 4 : i64}
+// AVX2: nn.conv2d_grad_input {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 4 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 32 : i64}
+// AVX512-LABEL: func.func @winograd
+// AVX512: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 8 : i64}
+// AVX512: nn.conv2d {{.*}}nnc.tiling = {channel_block = {{[0-9]+}} : i64, winograd = 64 : i64}
+func.func @winograd(%x: tensor<?x64x32x32xf32>, %w: tensor<64x64x3x3xf32>, %dy: tensor<?x64x32x32xf32>, %x8: tensor<?x8x32x32xf32>, %w8: tensor<64x8x3x3xf32>, %x4: tensor<?x64x4x4xf32>) -> (tensor<?x64x32x32xf32>, tensor<?x64x32x32xf32>, tensor<?x64x16x16xf32>, tensor<?x64x32x32xf32>, tensor<?x64x4x4xf32>) {
+  %0 = nn.conv2d %x, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<64x64x3x3xf32>
+  %1 = nn.conv2d_grad_input %dy, %w {groups = 1 : i64, input_size = array<i64: 32, 32>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<64x64x3x3xf32>
+  %2 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<64x64x3x3xf32>
+  %3 = nn.conv2d %x8, %w8 {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x8x32x32xf32>, tensor<64x8x3x3xf32>
+  %4 = nn.conv2d %x4, %w {stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x4x4xf32>, tensor<64x64x3x3xf32>
+  return %0, %1, %2, %3, %4 : tensor<?x64x32x32xf32>, tensor<?x64x32x32xf32>, tensor<?x64x16x16xf32>, tensor<?x64x32x32xf32>, tensor<?x64x4x4xf32>
 }

@@ -1,0 +1,399 @@
+//===- Winograd.cpp - 3x3 unit-stride convolutions by F(2x2, 3x3) ---------===//
+//
+// Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, 2016): each
+// 2x2 tile of the output is computed from a 4x4 tile of the input with 16
+// multiplies per channel pair instead of 36, the multiplies becoming 16
+// independent products over the channels (one per transformed position):
+//
+//   U[e][o][i] = (G g G^T)[e]      g: the 3x3 weights of output o, input i
+//   V[e][i][t] = (B^T d B)[e]      d: the 4x4 input patch of tile t
+//   M[e][o][t] = sum over i of U[e][o][i] V[e][i][t]
+//   Y tile t   = A^T M[.][o][t] A
+//
+// F(2x2, 3x3)'s transforms use only halves and sums, so its rounding stays
+// that of a direct convolution (larger tiles save more multiplies but lose
+// digits: F(4x4, 3x3)'s transforms scale by up to 4 and 1/24).
+//
+// Layout: tiles are vectorized (lanes of consecutive tiles of a tile row),
+// which keeps NCHW's rows contiguous in both transforms; a block of tile
+// rows (of the batch: small planes fill a block from several samples) is
+// transformed, multiplied and transformed back before the next, so
+// its V and M stay in L2 (the block's rows are the `winograd` tiling
+// choice, Tiling.cpp). U is made once per call, before the blocks.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/codegen/cpu/LoopEmitter.h"
+#include "compiler/codegen/cpu/Tiling.h"
+
+using namespace mlir;
+using namespace nnc;
+namespace nnops = nnc::nn;
+
+namespace nnc::cpu::loops {
+
+namespace {
+
+/// One Winograd convolution: the forward one (X the input, W its weights),
+/// or the input gradient, a forward convolution of the output gradient with
+/// the weights flipped and their channel axes swapped, padded by 2 - pad.
+struct Winograd {
+  Emitter &e;
+  OpBuilder &b;
+  Location loc;
+  Value X, W, Y;             // input, OIHW weights of the forward convolution, output (null: epilogue)
+  bool transposed;
+  int64_t in, out;           // channels read and written
+  int64_t h, w, oh, ow;      // input and output planes
+  int64_t q0, q1;            // padding of the convolution computed
+  int64_t th, tw;            // tile rows and columns
+  int64_t rows, tiles;       // tile rows a block (of the batch's), and its tiles padded to whole vectors
+  int64_t chunks;            // vectors per tile row
+  VectorType vt;
+  Value zero;
+
+  Winograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad, bool transposed)
+      : e(e), b(e.b), loc(e.loc), X(X), W(W), Y(Y), transposed(transposed) {
+    ArrayRef<int64_t> x = shapeOf(X), y = shapeOf(e.op->getResult(0));
+    in = x[1];
+    out = y[1];
+    h = x[2];
+    w = x[3];
+    oh = y[2];
+    ow = y[3];
+    q0 = transposed ? 2 - pad[0] : pad[0];
+    q1 = transposed ? 2 - pad[1] : pad[1];
+    th = (oh + 1) / 2;
+    tw = (ow + 1) / 2;
+    rows = tilingOf(e.op, "winograd");
+    tiles = (rows * tw + kLanes - 1) / kLanes * kLanes;
+    chunks = (tw + kLanes - 1) / kLanes;
+    vt = VectorType::get({kLanes}, b.getF32Type());
+    zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  }
+
+  /// Tile row `g` of the batch's `total`: its sample, its row in the
+  /// sample, and whether it exists (the last block may pass the end; it
+  /// then reads the last row, and computes zeros it never stores).
+  std::tuple<Value, Value, Value> tileRow(Value g, Value total) {
+    Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult, g, total);
+    Value at = b.create<arith::MinUIOp>(loc, g, e.sub(total, e.idx(1)));
+    return {b.create<arith::DivUIOp>(loc, at, e.idx(th)), b.create<arith::RemUIOp>(loc, at, e.idx(th)), inRange};
+  }
+
+  Value add(Value x, Value y) { return b.create<arith::AddFOp>(loc, x, y); }
+  Value sub(Value x, Value y) { return b.create<arith::SubFOp>(loc, x, y); }
+  Value half(Value x) {
+    Value h = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.5f));
+    return b.create<arith::MulFOp>(loc, x, h);
+  }
+  Value shuffle(Value x, Value y, ArrayRef<int64_t> lanes) {
+    return b.create<vector::ShuffleOp>(loc, x, y, lanes);
+  }
+  /// A block's scratch, on the stack of the thread running it (at most
+  /// kMaxWinogradBlockBytes, Tiling.h).
+  Value stackBuffer(ArrayRef<int64_t> shape) {
+    return b.create<memref::AllocaOp>(loc, MemRefType::get(shape, b.getF32Type()), b.getI64IntegerAttr(64));
+  }
+
+  /// U[e][o][i] = G g G^T for every weight kernel g, input channels in
+  /// vectors (gathered: a kernel's nine weights are contiguous).
+  void transformWeights(Value U) {
+    ArrayRef<int64_t> ws = shapeOf(W);
+    auto flatType = MemRefType::get({ws[0] * ws[1] * 9}, b.getF32Type());
+    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, W, ArrayRef<ReassociationIndices>{{0, 1, 2, 3}});
+    // Lane l reads input channel i0 + l: 9 floats apart forward, a whole
+    // output channel's kernels apart transposed.
+    int64_t laneStride = transposed ? ws[1] * 9 : 9;
+    auto i32v = VectorType::get({kLanes}, b.getI32Type());
+    SmallVector<int32_t> offsets;
+    for (int64_t l = 0; l < kLanes; ++l)
+      offsets.push_back(static_cast<int32_t>(l * laneStride));
+    e.loops(ArrayRef<int64_t>{out}, [&](ValueRange ov) {
+      Value o = ov[0];
+      Value lanes = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets)));
+      auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(kLanes));
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(loop.getBody());
+      Value i0 = loop.getInductionVar();
+      Value mask = columnMask(e, i0, in);
+      Value g[3][3];
+      for (int64_t r = 0; r < 3; ++r)
+        for (int64_t s = 0; s < 3; ++s) {
+          // Forward W[o][i][r][s]; transposed W[i][o][2 - r][2 - s].
+          Value base = transposed ? e.add(e.mul(e.add(e.mul(i0, e.idx(ws[1])), o), e.idx(9)), e.idx((2 - r) * 3 + 2 - s))
+                                  : e.add(e.mul(e.add(e.mul(o, e.idx(ws[1])), i0), e.idx(9)), e.idx(r * 3 + s));
+          g[r][s] = b.create<vector::GatherOp>(loc, vt, flat, ValueRange{base}, lanes, mask, zero);
+        }
+      // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], on rows then columns.
+      auto g4 = [&](Value a, Value m, Value c, Value out4[4]) {
+        Value ac = add(a, c);
+        out4[0] = a;
+        out4[1] = half(add(ac, m));
+        out4[2] = half(sub(ac, m));
+        out4[3] = c;
+      };
+      Value t[4][3];
+      for (int64_t s = 0; s < 3; ++s) {
+        Value col[4];
+        g4(g[0][s], g[1][s], g[2][s], col);
+        for (int64_t i = 0; i < 4; ++i)
+          t[i][s] = col[i];
+      }
+      for (int64_t i = 0; i < 4; ++i) {
+        Value u[4];
+        g4(t[i][0], t[i][1], t[i][2], u);
+        for (int64_t j = 0; j < 4; ++j)
+          b.create<vector::TransferWriteOp>(loc, u[j], U, ValueRange{e.idx(i * 4 + j), o, i0}, ArrayRef<bool>{false});
+      }
+    }, /*parallel=*/out * in >= 4096);
+  }
+
+  /// The four columns b of a 4x4 input patch, for the vector of tiles
+  /// from tile column 8j, from input row `row` (zero where `valid` is
+  /// false): lanes x = 2 (8j + l) - q1 + b, read as three vectors (masked
+  /// where they leave the row) and split into their even and odd lanes.
+  void patchRow(Value n, Value c, Value row, Value valid, int64_t j, Value d[4]) {
+    int64_t s0 = 2 * kLanes * j - q1;
+    Value v[3];
+    for (int64_t k = 0; k < 3; ++k) {
+      int64_t from = s0 + k * kLanes;
+      if (from >= w || from + kLanes <= 0) {
+        v[k] = zero;
+        continue;
+      }
+      SmallVector<Value> at{n, c, row, e.idx(from)};
+      if (from >= 0 && from + kLanes <= w) {
+        v[k] = b.create<vector::LoadOp>(loc, vt, X, at);
+      } else {
+        SmallVector<bool> lanes;
+        for (int64_t l = 0; l < kLanes; ++l)
+          lanes.push_back(from + l >= 0 && from + l < w);
+        Value mask = b.create<arith::ConstantOp>(
+            loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), ArrayRef<bool>(lanes)));
+        // (Lanes masked off are never touched, left of the row included.)
+        v[k] = b.create<vector::MaskedLoadOp>(loc, vt, X, at, mask, zero);
+      }
+      v[k] = b.create<arith::SelectOp>(loc, valid, v[k], zero);
+    }
+    // d[2] and d[3] are d[0] and d[1] a column pair on: their last lanes
+    // come from the third vector.
+    SmallVector<int64_t> even, odd, next, nextOdd;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      even.push_back(2 * l);
+      odd.push_back(2 * l + 1);
+      next.push_back(l + 1);
+      nextOdd.push_back(l + 1 < kLanes ? l + 1 : kLanes + 1);
+    }
+    d[0] = shuffle(v[0], v[1], even);
+    d[1] = shuffle(v[0], v[1], odd);
+    d[2] = shuffle(d[0], v[2], next);
+    d[3] = shuffle(d[1], v[2], nextOdd);
+  }
+
+  /// V[e][c][t] for the block's tiles: B^T d B, with B^T = [1 0 -1 0; 0 1
+  /// 1 0; 0 -1 1 0; 0 1 0 -1]. Tile rows in order: a vector's lanes past
+  /// its row land on the next row's first tiles, which overwrite them.
+  void transformInput(Value V, Value g0, Value total) {
+    e.loops(ArrayRef<int64_t>{in, rows}, [&](ValueRange iv) {
+      Value c = iv[0], r = iv[1];
+      auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
+      for (int64_t j = 0; j < chunks; ++j) {
+        Value d[4][4];
+        for (int64_t a = 0; a < 4; ++a) {
+          Value y = e.sub(e.add(e.mul(ty, e.idx(2)), e.idx(a)), e.idx(q0));
+          Value valid = b.create<arith::AndIOp>(
+              loc, inRange,
+              b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, y, e.idx(0)),
+                                      b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, y, e.idx(h))));
+          Value row = b.create<arith::MinSIOp>(loc, e.idx(h - 1), b.create<arith::MaxSIOp>(loc, e.idx(0), y));
+          patchRow(n, c, row, valid, j, d[a]);
+        }
+        auto bt = [&](Value p0, Value p1, Value p2, Value p3, Value o[4]) {
+          o[0] = sub(p0, p2);
+          o[1] = add(p1, p2);
+          o[2] = sub(p2, p1);
+          o[3] = sub(p1, p3);
+        };
+        Value t[4][4];
+        for (int64_t col = 0; col < 4; ++col) {
+          Value o[4];
+          bt(d[0][col], d[1][col], d[2][col], d[3][col], o);
+          for (int64_t i = 0; i < 4; ++i)
+            t[i][col] = o[i];
+        }
+        Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
+        for (int64_t i = 0; i < 4; ++i) {
+          Value o[4];
+          bt(t[i][0], t[i][1], t[i][2], t[i][3], o);
+          for (int64_t jj = 0; jj < 4; ++jj)
+            b.create<vector::TransferWriteOp>(loc, o[jj], V, ValueRange{e.idx(i * 4 + jj), c, at},
+                                              ArrayRef<bool>{false});
+        }
+      }
+    });
+  }
+
+  /// M[e] = U[e] V[e]: register blocks of `block` output channels by
+  /// `vectors` vectors of tiles, over the input channels.
+  void multiply(Value U, Value V, Value M) {
+    int64_t total = tiles / kLanes;
+    // As many accumulators as a convolution's register block takes
+    // (Tiling.cpp): 12 with AVX2, 16 with AVX-512.
+    int64_t accumulators = std::min<int64_t>(16, cpu::host().registers - 4);
+    int64_t vectors = std::min<int64_t>(total, accumulators / 4);
+    int64_t block = 1;
+    for (int64_t k = std::max<int64_t>(1, accumulators / vectors); k >= 1; --k)
+      if (out % k == 0) {
+        block = k;
+        break;
+      }
+    auto product = [&](Value pos, Value o0, int64_t t0, int64_t count) {
+      SmallVector<Value> init(block * count, zero);
+      auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(1), init);
+      {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(loop.getBody());
+        Value c = loop.getInductionVar();
+        SmallVector<Value> v, acc(loop.getRegionIterArgs());
+        for (int64_t k = 0; k < count; ++k)
+          v.push_back(b.create<vector::LoadOp>(loc, vt, V, ValueRange{pos, c, e.idx(t0 + k * kLanes)}));
+        for (int64_t o = 0; o < block; ++o) {
+          Value u = b.create<vector::BroadcastOp>(loc, vt, e.load(U, {pos, e.add(o0, e.idx(o)), c}));
+          for (int64_t k = 0; k < count; ++k)
+            acc[o * count + k] = b.create<vector::FMAOp>(loc, u, v[k], acc[o * count + k]);
+        }
+        b.create<scf::YieldOp>(loc, acc);
+      }
+      for (int64_t o = 0; o < block; ++o)
+        for (int64_t k = 0; k < count; ++k)
+          b.create<vector::StoreOp>(loc, loop.getResult(o * count + k), M,
+                                    ValueRange{pos, e.add(o0, e.idx(o)), e.idx(t0 + k * kLanes)});
+    };
+    e.loops(ArrayRef<int64_t>{16, out / block}, [&](ValueRange iv) {
+      Value o0 = e.mul(iv[1], e.idx(block));
+      int64_t t0 = 0;
+      for (; t0 + vectors <= total; t0 += vectors)
+        product(iv[0], o0, t0 * kLanes, vectors);
+      if (t0 < total)
+        product(iv[0], o0, t0 * kLanes, total - t0);
+    });
+  }
+
+  /// The output tiles A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], each row's pair
+  /// of columns interleaved into whole output vectors, stored through the
+  /// epilogue where there is one.
+  void transformOutput(Value M, Value g0, Value total) {
+    e.loops(ArrayRef<int64_t>{out, rows}, [&](ValueRange iv) {
+      Value o = iv[0], r = iv[1];
+      auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
+      Value scalarZero = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f));
+      for (int64_t j = 0; j < chunks; ++j) {
+        Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
+        Value m[4][4];
+        for (int64_t i = 0; i < 4; ++i)
+          for (int64_t jj = 0; jj < 4; ++jj)
+            m[i][jj] = b.create<vector::TransferReadOp>(loc, vt, M, ValueRange{e.idx(i * 4 + jj), o, at},
+                                                        scalarZero, ArrayRef<bool>{false});
+        auto at4 = [&](Value p0, Value p1, Value p2, Value p3, Value z[2]) {
+          z[0] = add(add(p0, p1), p2);
+          z[1] = sub(sub(p1, p2), p3);
+        };
+        Value t[2][4];
+        for (int64_t col = 0; col < 4; ++col) {
+          Value z[2];
+          at4(m[0][col], m[1][col], m[2][col], m[3][col], z);
+          t[0][col] = z[0];
+          t[1][col] = z[1];
+        }
+        SmallVector<int64_t> lo, hi;
+        for (int64_t l = 0; l < kLanes / 2; ++l) {
+          lo.append({l, l + kLanes});
+          hi.append({l + kLanes / 2, l + kLanes / 2 + kLanes});
+        }
+        for (int64_t i = 0; i < 2; ++i) {
+          Value z[2];
+          at4(t[i][0], t[i][1], t[i][2], t[i][3], z);
+          Value oy = e.add(e.mul(ty, e.idx(2)), e.idx(i));
+          Value first = shuffle(z[0], z[1], lo), second = shuffle(z[0], z[1], hi);
+          e.when(b.create<arith::AndIOp>(loc, inRange,
+                                         b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, oy, e.idx(oh))),
+                 [&] {
+            for (int64_t k = 0; k < 2; ++k) {
+              int64_t col = 2 * kLanes * j + k * kLanes;
+              if (col >= ow)
+                continue;
+              Value v = k == 0 ? first : second;
+              SmallVector<Value> idx{n, o, oy, e.idx(col)};
+              if (e.epilogue)
+                e.emit(v, idx);
+              else
+                b.create<vector::TransferWriteOp>(loc, v, Y, idx, ArrayRef<bool>{col + kLanes <= ow});
+            }
+          });
+        }
+      }
+    });
+  }
+
+  void run() {
+    // The transformed weights in the workspace (the memory plan's scratch).
+    Value U = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
+    transformWeights(U);
+    // Blocks of tile rows of the whole batch (small planes fill a block
+    // from several samples).
+    Value total = e.mul(e.valueDim(e.op->getResult(0), 0), e.idx(th));
+    Value blocks = b.create<arith::CeilDivUIOp>(loc, total, e.idx(rows));
+    e.loops(ArrayRef<Value>{blocks}, [&](ValueRange iv) {
+      // The scope frees the block's stack scratch at each iteration.
+      auto scope = b.create<memref::AllocaScopeOp>(loc, TypeRange{});
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(b.createBlock(&scope.getBodyRegion()));
+      Value V = stackBuffer({16, in, tiles}), M = stackBuffer({16, out, tiles});
+      Value g0 = e.mul(iv[0], e.idx(rows));
+      transformInput(V, g0, total);
+      multiply(U, V, M);
+      transformOutput(M, g0, total);
+      b.create<memref::AllocaScopeReturnOp>(loc);
+    }, /*parallel=*/true);
+  }
+};
+
+} // namespace
+
+bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad, bool transposed,
+                    function_ref<void()> direct) {
+  if (tilingOr(e.op, "winograd", 0) < 1 || !cpu::winogradApplies(e.op))
+    return false;
+  // The transforms index the input and the weights as plain arrays.
+  for (Value m : {X, W})
+    if (!cast<MemRefType>(m.getType()).getLayout().isIdentity())
+      return false;
+  // The weights' transform costs about as much as the products save on 48
+  // to 64 tiles (it writes and rereads 16/9 of the weights): fewer tiles a
+  // call (a batch of one on 7x7 planes) are computed directly, decided
+  // at run time where the batch is not known before.
+  constexpr int64_t kMinTiles = 48;
+  ArrayRef<int64_t> y = shapeOf(e.op->getResult(0));
+  int64_t perSample = ((y[2] + 1) / 2) * ((y[3] + 1) / 2);
+  auto winograd = [&] { Winograd(e, X, W, Y, pad, transposed).run(); };
+  if (!ShapedType::isDynamic(y[0])) {
+    if (y[0] * perSample >= kMinTiles)
+      winograd();
+    else
+      direct();
+    return true;
+  }
+  OpBuilder &b = e.b;
+  Value enough = b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::uge, e.mul(e.batch, e.idx(perSample)),
+                                         e.idx(kMinTiles));
+  auto branch = b.create<scf::IfOp>(e.loc, enough, /*withElseRegion=*/true);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&branch.getThenRegion().front());
+  winograd();
+  b.setInsertionPointToStart(&branch.getElseRegion().front());
+  direct();
+  return true;
+}
+
+} // namespace nnc::cpu::loops
