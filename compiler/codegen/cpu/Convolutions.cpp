@@ -801,7 +801,9 @@ LogicalResult conv2dGradWeight(Emitter &e) {
   auto op = self<nnops::Conv2dGradWeightOp>(e);
   // Register accumulators for one kernel row's columns.
   if (shapeOf(e.out[0])[3] <= 16) {
-    conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups());
+    auto direct = [&] { conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups()); };
+    if (!conv2dWinograd(e, e.in[0], e.out[0], e.in[1], op.getPadding(), /*transposed=*/false, direct))
+      direct();
     return success();
   }
   // Each weight element is a sum over the batch and the output positions:

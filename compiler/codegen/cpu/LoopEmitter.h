@@ -336,7 +336,8 @@ LogicalResult conv2d(Emitter &e);
 LogicalResult conv2dGradInput(Emitter &e);
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups);
 LogicalResult conv2dGradWeight(Emitter &e);
-/// A unit-stride 3x3 convolution (forward, or its input gradient) by
+/// A unit-stride 3x3 convolution (forward, input or weight gradient; for
+/// the weight gradient W is the result and Y the output gradient) by
 /// Winograd's F(2x2, 3x3), where the op's `winograd` tiling choice asks for
 /// it (Winograd.cpp) and enough tiles make it pay, `direct` where they do
 /// not (a branch at run time on the batch); false, emitting nothing, where

@@ -135,20 +135,26 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool str
 int64_t winogradRows(Operation *op, const cpu::Machine &m) {
   if (!cpu::winogradApplies(op))
     return 0;
+  // The weight gradient's tiles are those of the forward convolution's
+  // output, the output gradient.
+  bool weightGrad = isa<nnops::Conv2dGradWeightOp>(op);
   int64_t in = shapeOf(op->getOperand(0))[1];
-  ArrayRef<int64_t> y = shapeOf(op->getResult(0));
+  ArrayRef<int64_t> y = shapeOf(weightGrad ? op->getOperand(1) : op->getResult(0));
   if (in < 16 || y[1] < 16)
     return 0;
   int64_t tw = (y[3] + 1) / 2;
   if ((tw + m.lanes - 1) / m.lanes > 16) // a tile row's vectors are unrolled
     return 0;
   // Blocks take tile rows of the whole batch, so no more than it has.
-  int64_t most = typicalDim(op->getResult(0), 0) * ((y[2] + 1) / 2);
+  int64_t most = typicalDim(op->getOperand(weightGrad ? 1 : 0), 0) * ((y[2] + 1) / 2);
+  // A weight gradient's block lives in scratch slots and is read one
+  // position at a time by the products: each position's share, half of L2.
+  int64_t limit = weightGrad ? 16 * (m.l2 / 2) : std::min(m.l2, cpu::kMaxWinogradBlockBytes);
   int64_t best = 0;
   double bestFill = 0;
   for (int64_t r = 1; r <= most; ++r) {
     int64_t tiles = (r * tw + m.lanes - 1) / m.lanes * m.lanes;
-    if (r > 1 && 16 * (in + y[1]) * tiles * 4 > std::min(m.l2, cpu::kMaxWinogradBlockBytes))
+    if (r > 1 && 16 * (in + y[1]) * tiles * 4 > limit)
       break;
     double fill = static_cast<double>(r * tw) / static_cast<double>(tiles);
     if (fill >= bestFill) {
@@ -216,18 +222,22 @@ DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const 
   ArrayRef<int64_t> x = shapeOf(op->getOperand(0));
   int64_t perSample = (y[1] * y[2] * y[3] + x[1] * x[2] * x[3]) * 4;
   int64_t chunk = std::max<int64_t>(1, m.l2 / perSample);
-  return b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
-                              b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
-                              b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
-                              b.getNamedAttr("batch_chunk", b.getI64IntegerAttr(chunk))});
+  return withWinograd(b, op,
+                      b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
+                                           b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
+                                           b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
+                                           b.getNamedAttr("batch_chunk", b.getI64IntegerAttr(chunk))}),
+                      m);
 }
 
 } // namespace
 
 bool cpu::winogradApplies(Operation *op) {
-  if (!isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp>(op))
+  if (!isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp, nnops::Conv2dGradWeightOp>(op))
     return false;
-  ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op->getResult(0));
+  bool weightGrad = isa<nnops::Conv2dGradWeightOp>(op);
+  ArrayRef<int64_t> w = shapeOf(weightGrad ? op->getResult(0) : op->getOperand(1));
+  ArrayRef<int64_t> y = shapeOf(weightGrad ? op->getOperand(1) : op->getResult(0));
   auto stride = cast<DenseI64ArrayAttr>(op->getAttr("stride")).asArrayRef();
   auto pad = cast<DenseI64ArrayAttr>(op->getAttr("padding")).asArrayRef();
   return cast<IntegerAttr>(op->getAttr("groups")).getInt() == 1 && w[2] == 3 && w[3] == 3 && stride[0] == 1 &&
@@ -281,8 +291,8 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   bool rowConv = isa<nnops::Conv2dOp, nnops::Conv2dGradInputOp>(op);
   for (NamedAttribute a : d) {
     auto v = dyn_cast<IntegerAttr>(a.getValue());
-    bool optional =
-        rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer" || a.getName() == "winograd");
+    bool optional = (rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer")) ||
+                    a.getName() == "winograd";
     if ((!chosen.get(a.getName()) && !optional) || !v)
       return op->emitError("unknown or non-integer tiling choice '") << a.getName().getValue() << "'";
     if (v.getInt() < 1)
@@ -305,10 +315,12 @@ LogicalResult cpu::verifyTiling(Operation *op) {
     if (!winogradApplies(op))
       return op->emitError("tiling choice 'winograd' on a convolution that is not 3x3, unit-stride, one-group with "
                            "padding of at most 2");
+    // A forward or input-gradient block lives on a thread's stack (a
+    // weight gradient's in scratch slots, any size).
     ArrayRef<int64_t> y = shapeOf(op->getResult(0));
-    int64_t tw = (y[3] + 1) / 2, r = *rows;
-    int64_t lanes = host().lanes, tiles = (r * tw + lanes - 1) / lanes * lanes;
-    if (int64_t bytes = 16 * (shapeOf(op->getOperand(0))[1] + y[1]) * tiles * 4; bytes > kMaxWinogradBlockBytes)
+    int64_t lanes = host().lanes, tiles = (*rows * ((y[3] + 1) / 2) + lanes - 1) / lanes * lanes;
+    int64_t bytes = 16 * (shapeOf(op->getOperand(0))[1] + y[1]) * tiles * 4;
+    if (!isa<nnops::Conv2dGradWeightOp>(op) && bytes > kMaxWinogradBlockBytes)
       return op->emitError("tiling choice 'winograd' = ") << *rows << " takes " << bytes << " bytes a block, more than "
                                                           << kMaxWinogradBlockBytes;
   }

@@ -36,7 +36,9 @@ namespace {
 
 /// One Winograd convolution: the forward one (X the input, W its weights),
 /// or the input gradient, a forward convolution of the output gradient with
-/// the weights flipped and their channel axes swapped, padded by 2 - pad.
+/// the weights flipped and their channel axes swapped, padded by 2 - pad;
+/// or the weight gradient (X the input, Y the output gradient, W the
+/// weight gradient), whose tiles are the forward convolution's.
 struct Winograd {
   Emitter &e;
   OpBuilder &b;
@@ -52,9 +54,11 @@ struct Winograd {
   VectorType vt;
   Value zero;
 
-  Winograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad, bool transposed)
+  /// `y`: the shape of the output (of the forward convolution, for the
+  /// weight gradient).
+  Winograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad, bool transposed, ArrayRef<int64_t> y)
       : e(e), b(e.b), loc(e.loc), X(X), W(W), Y(Y), transposed(transposed) {
-    ArrayRef<int64_t> x = shapeOf(X), y = shapeOf(e.op->getResult(0));
+    ArrayRef<int64_t> x = shapeOf(X);
     in = x[1];
     out = y[1];
     h = x[2];
@@ -194,7 +198,7 @@ struct Winograd {
   /// V[e][c][t] for the block's tiles: B^T d B, with B^T = [1 0 -1 0; 0 1
   /// 1 0; 0 -1 1 0; 0 1 0 -1]. Tile rows in order: a vector's lanes past
   /// its row land on the next row's first tiles, which overwrite them.
-  void transformInput(Value V, Value g0, Value total) {
+  void transformInput(Value V, Value g0, Value total, bool parallel = false) {
     e.loops(ArrayRef<int64_t>{in, rows}, [&](ValueRange iv) {
       Value c = iv[0], r = iv[1];
       auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
@@ -231,7 +235,7 @@ struct Winograd {
                                               ArrayRef<bool>{false});
         }
       }
-    });
+    }, parallel);
   }
 
   /// M[e] = U[e] V[e]: register blocks of `block` output channels by
@@ -336,6 +340,181 @@ struct Winograd {
     });
   }
 
+  /// dM[e][o][t] = A dY A^T for the block's tiles of the output gradient
+  /// Y (A = [1 0; 1 1; 1 -1; 0 -1]): the transpose of the output
+  /// transform. A tile's two columns are a row's even and odd lanes; lanes
+  /// past the output are zero.
+  void transformOutputGradient(Value DM, Value g0, Value total) {
+    e.loops(ArrayRef<int64_t>{out, rows}, [&](ValueRange iv) {
+      Value o = iv[0], r = iv[1];
+      auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
+      SmallVector<int64_t> even, odd;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        even.push_back(2 * l);
+        odd.push_back(2 * l + 1);
+      }
+      for (int64_t j = 0; j < chunks; ++j) {
+        Value y[2][2];
+        for (int64_t i = 0; i < 2; ++i) {
+          Value oy = e.add(e.mul(ty, e.idx(2)), e.idx(i));
+          Value valid = b.create<arith::AndIOp>(loc, inRange,
+                                                b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, oy, e.idx(oh)));
+          Value row = b.create<arith::MinUIOp>(loc, oy, e.idx(oh - 1));
+          Value v[2];
+          for (int64_t k = 0; k < 2; ++k) {
+            int64_t from = 2 * kLanes * j + k * kLanes;
+            if (from >= ow) {
+              v[k] = zero;
+              continue;
+            }
+            SmallVector<Value> at{n, o, row, e.idx(from)};
+            if (from + kLanes <= ow) {
+              v[k] = b.create<vector::LoadOp>(loc, vt, Y, at);
+            } else {
+              SmallVector<bool> lanes;
+              for (int64_t l = 0; l < kLanes; ++l)
+                lanes.push_back(from + l < ow);
+              Value mask = b.create<arith::ConstantOp>(
+                  loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), ArrayRef<bool>(lanes)));
+              v[k] = b.create<vector::MaskedLoadOp>(loc, vt, Y, at, mask, zero);
+            }
+            v[k] = b.create<arith::SelectOp>(loc, valid, v[k], zero);
+          }
+          y[i][0] = shuffle(v[0], v[1], even);
+          y[i][1] = shuffle(v[0], v[1], odd);
+        }
+        auto a4 = [&](Value p0, Value p1, Value z[4]) {
+          z[0] = p0;
+          z[1] = add(p0, p1);
+          z[2] = sub(p0, p1);
+          z[3] = b.create<arith::NegFOp>(loc, p1);
+        };
+        Value t[4][2];
+        for (int64_t col = 0; col < 2; ++col) {
+          Value z[4];
+          a4(y[0][col], y[1][col], z);
+          for (int64_t a = 0; a < 4; ++a)
+            t[a][col] = z[a];
+        }
+        Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
+        for (int64_t a = 0; a < 4; ++a) {
+          Value z[4];
+          a4(t[a][0], t[a][1], z);
+          for (int64_t bb = 0; bb < 4; ++bb)
+            b.create<vector::TransferWriteOp>(loc, z[bb], DM, ValueRange{e.idx(a * 4 + bb), o, at},
+                                              ArrayRef<bool>{false});
+        }
+      }
+    }, /*parallel=*/true);
+  }
+
+  /// dU[e][o][i] (+)= sum over the block's tiles t of dM[e][o][t] V[e][i][t]:
+  /// register blocks of 4 x 4 channel pairs, each a vector of partial sums
+  /// over the tiles, reduced across lanes at the end. `first`: the first
+  /// block stores, later ones add.
+  void multiplyWeightGrad(Value DU, Value V, Value DM, Value first) {
+    int64_t ob = out % 4 == 0 ? 4 : out % 2 == 0 ? 2 : 1, ib = in % 4 == 0 ? 4 : in % 2 == 0 ? 2 : 1;
+    auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+    e.loops(ArrayRef<Value>{e.idx(16), e.idx(out / ob), e.idx(in / ib)}, [&](ValueRange iv) {
+      Value pos = iv[0], o0 = e.mul(iv[1], e.idx(ob)), i0 = e.mul(iv[2], e.idx(ib));
+      SmallVector<Value> init(ob * ib, zero);
+      auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(tiles), e.idx(kLanes), init);
+      {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(loop.getBody());
+        Value t = loop.getInductionVar();
+        SmallVector<Value> m, v, acc(loop.getRegionIterArgs());
+        for (int64_t o = 0; o < ob; ++o)
+          m.push_back(b.create<vector::LoadOp>(loc, vt, DM, ValueRange{pos, e.add(o0, e.idx(o)), t}));
+        for (int64_t i = 0; i < ib; ++i)
+          v.push_back(b.create<vector::LoadOp>(loc, vt, V, ValueRange{pos, e.add(i0, e.idx(i)), t}));
+        for (int64_t o = 0; o < ob; ++o)
+          for (int64_t i = 0; i < ib; ++i)
+            acc[o * ib + i] = b.create<vector::FMAOp>(loc, m[o], v[i], acc[o * ib + i]);
+        b.create<scf::YieldOp>(loc, acc);
+      }
+      for (int64_t o = 0; o < ob; ++o)
+        for (int64_t i = 0; i < ib; ++i) {
+          Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, loop.getResult(o * ib + i),
+                                                    Value(), flags);
+          SmallVector<Value> at{pos, e.add(o0, e.idx(o)), e.add(i0, e.idx(i))};
+          Value before = select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DU, at));
+          e.store(b.create<arith::AddFOp>(loc, before, sum), DU, at);
+        }
+    }, /*parallel=*/true, /*collapse=*/2);
+  }
+
+  /// W[o][i] = G^T dU[.][o][i] G, input channels in vectors (scattered:
+  /// a kernel's nine weights are contiguous).
+  void transformWeightGrad(Value DU) {
+    ArrayRef<int64_t> ws = shapeOf(W);
+    auto flatType = MemRefType::get({ws[0] * ws[1] * 9}, b.getF32Type());
+    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, W, ArrayRef<ReassociationIndices>{{0, 1, 2, 3}});
+    auto i32v = VectorType::get({kLanes}, b.getI32Type());
+    SmallVector<int32_t> offsets;
+    for (int64_t l = 0; l < kLanes; ++l)
+      offsets.push_back(static_cast<int32_t>(l * 9));
+    e.loops(ArrayRef<int64_t>{out}, [&](ValueRange ov) {
+      Value o = ov[0];
+      Value lanes = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets)));
+      auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(kLanes));
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(loop.getBody());
+      Value i0 = loop.getInductionVar();
+      Value mask = columnMask(e, i0, in);
+      Value u[4][4];
+      Value scalarZero = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f));
+      for (int64_t a = 0; a < 4; ++a)
+        for (int64_t c = 0; c < 4; ++c)
+          u[a][c] = b.create<vector::TransferReadOp>(loc, vt, DU, ValueRange{e.idx(a * 4 + c), o, i0}, scalarZero,
+                                                     ArrayRef<bool>{false});
+      // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1], on rows then columns.
+      auto g3 = [&](Value p0, Value p1, Value p2, Value p3, Value z[3]) {
+        Value s12 = half(add(p1, p2));
+        z[0] = add(p0, s12);
+        z[1] = half(sub(p1, p2));
+        z[2] = add(s12, p3);
+      };
+      Value t[3][4];
+      for (int64_t c = 0; c < 4; ++c) {
+        Value z[3];
+        g3(u[0][c], u[1][c], u[2][c], u[3][c], z);
+        for (int64_t r = 0; r < 3; ++r)
+          t[r][c] = z[r];
+      }
+      for (int64_t r = 0; r < 3; ++r) {
+        Value z[3];
+        g3(t[r][0], t[r][1], t[r][2], t[r][3], z);
+        for (int64_t q = 0; q < 3; ++q) {
+          Value base = e.add(e.mul(e.add(e.mul(o, e.idx(ws[1])), i0), e.idx(9)), e.idx(r * 3 + q));
+          b.create<vector::ScatterOp>(loc, flat, ValueRange{base}, lanes, mask, z[q]);
+        }
+      }
+    }, /*parallel=*/out * in >= 4096);
+  }
+
+  /// The weight gradient: the batch's tiles in blocks (the transformed input
+  /// and output gradient of a block in scratch slots), their products summed
+  /// into dU, transformed into W at the end.
+  void runWeightGrad() {
+    Value DU = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
+    Value V = e.scratch(MemRefType::get({16, in, tiles}, b.getF32Type()));
+    Value DM = e.scratch(MemRefType::get({16, out, tiles}, b.getF32Type()));
+    Value total = e.mul(e.dim(X, 0), e.idx(th));
+    Value blocks = b.create<arith::CeilDivUIOp>(loc, total, e.idx(rows));
+    auto loop = b.create<scf::ForOp>(loc, e.idx(0), blocks, e.idx(1));
+    {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(loop.getBody());
+      Value blk = loop.getInductionVar();
+      Value g0 = e.mul(blk, e.idx(rows));
+      transformInput(V, g0, total, /*parallel=*/true);
+      transformOutputGradient(DM, g0, total);
+      multiplyWeightGrad(DU, V, DM, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, blk, e.idx(0)));
+    }
+    transformWeightGrad(DU);
+  }
+
   void run() {
     // The transformed weights in the workspace (the memory plan's scratch).
     Value U = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
@@ -369,14 +548,22 @@ bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad
   for (Value m : {X, W})
     if (!cast<MemRefType>(m.getType()).getLayout().isIdentity())
       return false;
+  // The forward convolution's output: the weight gradient's tiles are its.
+  bool weightGrad = isa<nnops::Conv2dGradWeightOp>(e.op);
+  ArrayRef<int64_t> y = weightGrad ? shapeOf(e.op->getOperand(1)) : shapeOf(e.op->getResult(0));
   // The weights' transform costs about as much as the products save on 48
   // to 64 tiles (it writes and rereads 16/9 of the weights): fewer tiles a
   // call (a batch of one on 7x7 planes) are computed directly, decided
   // at run time where the batch is not known before.
   constexpr int64_t kMinTiles = 48;
-  ArrayRef<int64_t> y = shapeOf(e.op->getResult(0));
   int64_t perSample = ((y[2] + 1) / 2) * ((y[3] + 1) / 2);
-  auto winograd = [&] { Winograd(e, X, W, Y, pad, transposed).run(); };
+  auto winograd = [&] {
+    Winograd w(e, X, W, Y, pad, transposed, y);
+    if (weightGrad)
+      w.runWeightGrad();
+    else
+      w.run();
+  };
   if (!ShapedType::isDynamic(y[0])) {
     if (y[0] * perSample >= kMinTiles)
       winograd();
