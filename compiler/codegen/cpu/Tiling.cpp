@@ -148,8 +148,9 @@ int64_t winogradRows(Operation *op, const cpu::Machine &m) {
   // Blocks take tile rows of the whole batch, so no more than it has.
   int64_t most = typicalDim(op->getOperand(weightGrad ? 1 : 0), 0) * ((y[2] + 1) / 2);
   // A weight gradient's block lives in scratch slots and is read one
-  // position at a time by the products: each position's share, half of L2.
-  int64_t limit = weightGrad ? 16 * (m.l2 / 2) : std::min(m.l2, cpu::kMaxWinogradBlockBytes);
+  // position at a time by the products: each position's share, L2. Its
+  // sums are reduced across lanes once a block, so larger blocks pay.
+  int64_t limit = weightGrad ? 16 * m.l2 : std::min(m.l2, cpu::kMaxWinogradBlockBytes);
   int64_t best = 0;
   double bestFill = 0;
   for (int64_t r = 1; r <= most; ++r) {

@@ -87,11 +87,11 @@ func.func @big_weights(%x: tensor<?x512x7x7xf32>, %w: tensor<512x512x3x3xf32>, %
 // input in L2: 64 + 64 planes of 32 x 32 (512 KiB a sample) one sample a
 // chunk; 512 + 512 planes of 4 x 4 (64 KiB) eight.
 // Both are Winograd's too (the direct kernel below 48 tiles a call), in
-// blocks of tile rows whose transformed input and output gradient take half
-// of L2 per position: 32 rows of 16 and of 2 tiles.
+// blocks of tile rows whose transformed input and output gradient take L2
+// per position: 64 rows of 16 and of 2 tiles.
 // AVX2-LABEL: func.func @chunks
-// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 1 : i64, {{.*}}, winograd = 32 : i64}
-// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 8 : i64, {{.*}}, winograd = 32 : i64}
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 1 : i64, {{.*}}, winograd = 64 : i64}
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 8 : i64, {{.*}}, winograd = 64 : i64}
 func.func @chunks(%x: tensor<?x64x32x32xf32>, %dy: tensor<?x64x32x32xf32>, %x4: tensor<?x512x4x4xf32>, %dy4: tensor<?x512x4x4xf32>) -> (tensor<64x64x3x3xf32>, tensor<512x512x3x3xf32>) {
   %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<?x64x32x32xf32>
   %1 = nn.conv2d_grad_weight %x4, %dy4 {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x512x4x4xf32>, tensor<?x512x4x4xf32>
