@@ -822,6 +822,27 @@ TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
   }
 }
 
+/// Strided input gradients whose output is the output gradient's size
+/// times the stride run per output phase, several rows of a phase plane to
+/// a vector, the sums scattered (conv2dGradInputPhases): 3x3, 1x1 and 4x4
+/// kernels at stride 2, 3x3 at stride 3, a plane wider than tall; against
+/// the reference.
+TEST(CpuConvBlocking, StridedInputGradientPerPhase) {
+  struct Case {
+    int h, w, k, stride, pad;
+  };
+  for (Case t : {Case{8, 8, 3, 2, 1}, Case{8, 8, 1, 2, 0}, Case{8, 8, 4, 2, 1}, Case{9, 9, 3, 3, 0},
+                 Case{4, 12, 3, 2, 1}, Case{16, 16, 3, 2, 1}}) {
+    std::string src = "model m {\n  input x: f32[B, 3, " + std::to_string(t.h) + ", " + std::to_string(t.w) +
+                      "]\n  param w1: f32[8, 3, 3, 3] = normal(std=0.3)\n  param w2: f32[16, 8, " +
+                      std::to_string(t.k) + ", " + std::to_string(t.k) +
+                      "] = normal(std=0.3)\n  h = relu(conv2d(x, w1, padding=1))\n  y = conv2d(h, w2, stride=" +
+                      std::to_string(t.stride) + ", padding=" + std::to_string(t.pad) +
+                      ")\n  loss = sum(tanh(y))\n  minimize loss\n}\n";
+    expectGradientsMatch(src, {1, 3});
+  }
+}
+
 /// 3x3 unit-stride convolutions by Winograd's F(2x2, 3x3), forced through
 /// the tuned table: the forward convolution (through a bias-and-relu
 /// epilogue, and without one), the input and weight gradients, at paddings 0, 1 and

@@ -581,6 +581,99 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
   }, /*parallel=*/true, rowsInParallel(y, cx, w)); // samples x groups of rows
 }
 
+/// The rows of a phase plane a vector takes in conv2dGradInputPhases, or 0
+/// where it does not apply: an input gradient with equal strides of 2 or
+/// more, one group, whose every output phase plane (rows ph, ph + s, ...;
+/// columns likewise) is as large as the output gradient and narrower than
+/// half a vector, contiguous buffers.
+static int64_t phaseRows(Emitter &e, Value DY, Value DX, ArrayRef<int64_t> stride, int64_t groups) {
+  ArrayRef<int64_t> d = shapeOf(DY), x = shapeOf(e.op->getResult(0));
+  for (Value m : {DY, DX})
+    if (!m || !cast<MemRefType>(m.getType()).getLayout().isIdentity())
+      return 0;
+  int64_t s = stride[0];
+  if (groups != 1 || s < 2 || stride[1] != s || x[2] != s * d[2] || x[3] != s * d[3] || d[3] * 2 > kLanes)
+    return 0;
+  return kLanes / d[3];
+}
+
+/// A strided input gradient per output phase (ph, pw): the outputs (s i +
+/// ph, s j + pw) meet only the taps p = ph + pad (mod s), q likewise, each
+/// at the output gradient's (i + (ph + pad - p) / s, j + ...), a unit-stride
+/// read. Each phase plane is as wide as the output gradient, so a vector
+/// takes several of its rows in one masked load (GroupLanes), where a row
+/// of one phase alone would fill a fraction of the lanes; the sums are
+/// scattered to their rows and columns, s apart.
+static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, ArrayRef<int64_t> stride,
+                                  ArrayRef<int64_t> pad, int64_t rows) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> d = shapeOf(DY), w = shapeOf(W), x = shapeOf(e.op->getResult(0));
+  int64_t s = stride[0], hd = d[2], wd = d[3];
+  int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  auto i32v = VectorType::get({kLanes}, b.getI32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value plane = b.create<memref::CollapseShapeOp>(loc, DY, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
+  Value out = b.create<memref::CollapseShapeOp>(loc, DX, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
+  int64_t groupsOfRows = (hd + rows - 1) / rows;
+  e.loops(ArrayRef<Value>{e.valueDim(e.op->getResult(0), 0), e.idx(x[1] / block)}, [&](ValueRange iv) {
+    Value n = iv[0], c0 = e.mul(iv[1], e.idx(block));
+    for (int64_t ph = 0; ph < s; ++ph)
+      for (int64_t pw = 0; pw < s; ++pw) {
+        SmallVector<std::pair<int64_t, int64_t>> taps;
+        for (int64_t p = 0; p < w[2]; ++p)
+          for (int64_t q = 0; q < w[3]; ++q)
+            if ((ph + pad[0] - p) % s == 0 && (pw + pad[1] - q) % s == 0)
+              taps.push_back({p, q});
+        auto rowLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(groupsOfRows), e.idx(1));
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(rowLoop.getBody());
+        Value r0 = e.mul(rowLoop.getInductionVar(), e.idx(rows));
+        SmallVector<GroupLanes> lanes;
+        for (auto [p, q] : taps)
+          lanes.emplace_back(e, e.add(r0, e.idx((ph + pad[0] - p) / s)), e.idx((pw + pad[1] - q) / s), wd, rows, hd,
+                             wd);
+        SmallVector<Value> init(block, zero);
+        auto oLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[0]), e.idx(1), init);
+        {
+          OpBuilder::InsertionGuard g2(b);
+          b.setInsertionPointToStart(oLoop.getBody());
+          Value o = oLoop.getInductionVar();
+          SmallVector<Value> acc(oLoop.getRegionIterArgs());
+          for (size_t t = 0; t < taps.size(); ++t) {
+            Value v = lanes[t].load(e, plane, n, o);
+            for (int64_t k = 0; k < block; ++k) {
+              Value wt = e.load(W, {o, e.add(c0, e.idx(k)), e.idx(taps[t].first), e.idx(taps[t].second)});
+              acc[k] = b.create<vector::FMAOp>(loc, b.create<vector::BroadcastOp>(loc, vt, wt), v, acc[k]);
+            }
+          }
+          b.create<scf::YieldOp>(loc, acc);
+        }
+        // Lane r * wd + j holds output (s (r0 + r) + ph, s j + pw); rows
+        // past the plane are masked off.
+        SmallVector<int32_t> at, row;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          int64_t r = l / wd, j = l % wd;
+          at.push_back(static_cast<int32_t>((r * s + ph) * x[3] + j * s + pw));
+          row.push_back(static_cast<int32_t>(l < rows * wd ? r : 1 << 20));
+        }
+        auto splat = [&](Value i) -> Value {
+          return b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), i));
+        };
+        Value rowsLeft = splat(e.sub(e.idx(hd), r0));
+        Value mask = b.create<arith::CmpIOp>(
+            loc, arith::CmpIPredicate::slt, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(row))),
+            rowsLeft);
+        Value base = e.mul(r0, e.idx(s * x[3]));
+        Value index = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(at)));
+        for (int64_t k = 0; k < block; ++k)
+          b.create<vector::ScatterOp>(loc, out, ValueRange{n, e.add(c0, e.idx(k)), base}, index, mask,
+                                      taps.empty() ? zero : oLoop.getResult(k));
+      }
+  }, /*parallel=*/true, rowsInParallel(x, w[0], w));
+}
+
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
   auto direct = [&] {
@@ -601,6 +694,10 @@ LogicalResult conv2d(Emitter &e) {
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
   auto direct = [&] {
+    if (int64_t rows = phaseRows(e, e.in[0], e.out[0], op.getStride(), op.getGroups()); rows > 0) {
+      conv2dGradInputPhases(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), rows);
+      return;
+    }
     if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3]); rows > 1) {
       conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
                       /*transposed=*/true);
