@@ -822,17 +822,19 @@ TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
   }
 }
 
-/// Strided input gradients whose output is the output gradient's size
-/// times the stride run per output phase, several rows of a phase plane to
-/// a vector, the sums scattered (conv2dGradInputPhases): 3x3, 1x1 and 4x4
-/// kernels at stride 2, 3x3 at stride 3, a plane wider than tall; against
-/// the reference.
+/// Strided input and weight gradients whose input is the output
+/// gradient's size times the stride run per phase, several rows of a phase
+/// plane to a vector (conv2dGradInputPhases, conv2dGradWeightPhases): 3x3,
+/// 1x1 and 4x4 kernels at stride 2, 3x3 at stride 3, planes wider than
+/// tall (the weight gradient's rows a vector wide: one row a vector); the
+/// weight gradient also in chunks of 2 samples (the last one short);
+/// against the reference.
 TEST(CpuConvBlocking, StridedInputGradientPerPhase) {
   struct Case {
     int h, w, k, stride, pad;
   };
   for (Case t : {Case{8, 8, 3, 2, 1}, Case{8, 8, 1, 2, 0}, Case{8, 8, 4, 2, 1}, Case{9, 9, 3, 3, 0},
-                 Case{4, 12, 3, 2, 1}, Case{16, 16, 3, 2, 1}}) {
+                 Case{4, 12, 3, 2, 1}, Case{16, 16, 3, 2, 1}, Case{8, 32, 3, 2, 1}}) {
     std::string src = "model m {\n  input x: f32[B, 3, " + std::to_string(t.h) + ", " + std::to_string(t.w) +
                       "]\n  param w1: f32[8, 3, 3, 3] = normal(std=0.3)\n  param w2: f32[16, 8, " +
                       std::to_string(t.k) + ", " + std::to_string(t.k) +
@@ -840,6 +842,19 @@ TEST(CpuConvBlocking, StridedInputGradientPerPhase) {
                       std::to_string(t.stride) + ", padding=" + std::to_string(t.pad) +
                       ")\n  loss = sum(tanh(y))\n  minimize loss\n}\n";
     expectGradientsMatch(src, {1, 3});
+    test::Compiled m(src, Stage::Train);
+    ASSERT_TRUE(m.module) << m.firstError();
+    cpu::clearTunedTilings();
+    m.module->walk([&](nn::Conv2dGradWeightOp op) {
+      mlir::NamedAttrList choices(cpu::chooseTiling(op));
+      choices.set("batch_chunk", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), 2));
+      std::string text;
+      llvm::raw_string_ostream os(text);
+      os << choices.getDictionary(&m.ctx);
+      cpu::setTunedTiling(cpu::tilingSignature(op), text);
+    });
+    expectGradientsMatch(src, {5});
+    cpu::clearTunedTilings();
   }
 }
 

@@ -584,15 +584,16 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
 /// The rows of a phase plane a vector takes in conv2dGradInputPhases, or 0
 /// where it does not apply: an input gradient with equal strides of 2 or
 /// more, one group, whose every output phase plane (rows ph, ph + s, ...;
-/// columns likewise) is as large as the output gradient and narrower than
-/// half a vector, contiguous buffers.
-static int64_t phaseRows(Emitter &e, Value DY, Value DX, ArrayRef<int64_t> stride, int64_t groups) {
-  ArrayRef<int64_t> d = shapeOf(DY), x = shapeOf(e.op->getResult(0));
+/// columns likewise) is as large as the output gradient and no wider than
+/// `widest`, contiguous buffers.
+static int64_t phaseRows(Emitter &e, Value DY, Value DX, ArrayRef<int64_t> stride, int64_t groups,
+                         int64_t widest) {
+  ArrayRef<int64_t> d = shapeOf(DY), x = shapeOf(DX);
   for (Value m : {DY, DX})
     if (!m || !cast<MemRefType>(m.getType()).getLayout().isIdentity())
       return 0;
   int64_t s = stride[0];
-  if (groups != 1 || s < 2 || stride[1] != s || x[2] != s * d[2] || x[3] != s * d[3] || d[3] * 2 > kLanes)
+  if (groups != 1 || s < 2 || stride[1] != s || x[2] != s * d[2] || x[3] != s * d[3] || d[3] > widest)
     return 0;
   return kLanes / d[3];
 }
@@ -694,7 +695,8 @@ LogicalResult conv2d(Emitter &e) {
 LogicalResult conv2dGradInput(Emitter &e) {
   auto op = self<nnops::Conv2dGradInputOp>(e);
   auto direct = [&] {
-    if (int64_t rows = phaseRows(e, e.in[0], e.out[0], op.getStride(), op.getGroups()); rows > 0) {
+    // (Rows of a vector or more are read whole per phase by conv2dRows.)
+    if (int64_t rows = phaseRows(e, e.in[0], e.out[0], op.getStride(), op.getGroups(), kLanes / 2); rows > 0) {
       conv2dGradInputPhases(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), rows);
       return;
     }
@@ -894,11 +896,119 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   }, /*parallel=*/true);
 }
 
+/// The weight gradient of a strided convolution of small planes by output
+/// phases: each sample chunk's input is first split into its s x s phase
+/// planes (rows ph, ph + s, ...; columns likewise), as large as the output
+/// gradient, so that every tap reads one phase plane at a unit stride; a
+/// vector then takes several rows of the output gradient and of the
+/// tap's plane in one masked load each (GroupLanes), where rows alone would
+/// fill a fraction of the lanes. Accumulators per (output channel, tap)
+/// are reduced across lanes once a chunk. Applies where phaseRows does
+/// (with the input and output gradient in the roles of the input gradient
+/// and output gradient there).
+static void conv2dGradWeightPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t rows) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value X = e.in[0], DY = e.in[1], DW = e.out[0];
+  ArrayRef<int64_t> x = shapeOf(X), d = shapeOf(DY), w = shapeOf(DW);
+  int64_t s = stride[0], oh = d[2], ow = d[3], taps = w[2] * w[3];
+  int64_t chunk = tilingOf(e.op, "batch_chunk"); // (Tiling.cpp)
+  // Output channels a register block: their accumulators (one per tap)
+  // beside the loads.
+  int64_t most = std::max<int64_t>(1, (cpu::host().registers - 8) / taps), block = 1;
+  for (int64_t k = std::min(most, w[0]); k >= 1; --k)
+    if (w[0] % k == 0) {
+      block = k;
+      break;
+    }
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value phases = e.scratch(MemRefType::get({chunk, x[1] * s * s, oh * ow}, b.getF32Type()));
+  Value dy = b.create<memref::CollapseShapeOp>(loc, DY, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
+  Value batch = e.valueDim(e.op->getOperand(0), 0);
+  Value chunks = b.create<arith::CeilDivUIOp>(loc, batch, e.idx(chunk));
+  int64_t groupsOfRows = (oh + rows - 1) / rows;
+  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+  auto kLoop = b.create<scf::ForOp>(loc, e.idx(0), chunks, e.idx(1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(kLoop.getBody());
+  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
+  Value count = b.create<arith::MinUIOp>(loc, e.idx(chunk), e.sub(batch, n0));
+  // The chunk's phase planes.
+  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
+    Value c = iv[0], m = iv[1], y = iv[2], xc = iv[3];
+    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, y, e.idx(s)), e.idx(s)),
+                        b.create<arith::RemUIOp>(loc, xc, e.idx(s)));
+    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, y, e.idx(s)), e.idx(ow)),
+                     b.create<arith::DivUIOp>(loc, xc, e.idx(s)));
+    e.store(e.load(X, {e.add(n0, m), c, y, xc}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
+  }, /*parallel=*/true);
+  Value first = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
+  e.loops(ArrayRef<Value>{e.idx(w[0] / block), e.idx(w[1])}, [&](ValueRange iv) {
+    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1];
+    SmallVector<Value> init(block * taps, zero);
+    auto rgLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(groupsOfRows), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g1(b);
+      b.setInsertionPointToStart(rgLoop.getBody());
+      Value r0 = e.mul(rgLoop.getInductionVar(), e.idx(rows));
+      // The output gradient's rows of the group, and each tap's rows of
+      // its phase plane (the same masks for every sample).
+      GroupLanes out(e, r0, e.idx(0), ow, rows, oh, ow);
+      SmallVector<GroupLanes> in;
+      SmallVector<Value> planeOf;
+      for (int64_t p = 0; p < w[2]; ++p)
+        for (int64_t q = 0; q < w[3]; ++q) {
+          int64_t dp = p - pad[0], dq = q - pad[1];
+          int64_t ph = ((dp % s) + s) % s, pw = ((dq % s) + s) % s;
+          in.emplace_back(e, e.add(r0, e.idx((dp - ph) / s)), e.idx((dq - pw) / s), ow, rows, oh, ow);
+          planeOf.push_back(e.add(e.mul(c, e.idx(s * s)), e.idx(ph * s + pw)));
+        }
+      auto mLoop = b.create<scf::ForOp>(loc, e.idx(0), count, e.idx(1), rgLoop.getRegionIterArgs());
+      {
+        OpBuilder::InsertionGuard g2(b);
+        b.setInsertionPointToStart(mLoop.getBody());
+        Value m = mLoop.getInductionVar();
+        SmallVector<Value> acc(mLoop.getRegionIterArgs()), grads;
+        for (int64_t k = 0; k < block; ++k)
+          grads.push_back(out.load(e, dy, e.add(n0, m), e.add(o0, e.idx(k))));
+        for (int64_t t = 0; t < taps; ++t) {
+          Value v = in[t].load(e, phases, m, planeOf[t]);
+          for (int64_t k = 0; k < block; ++k)
+            acc[k * taps + t] = b.create<vector::FMAOp>(loc, grads[k], v, acc[k * taps + t]);
+        }
+        b.create<scf::YieldOp>(loc, acc);
+      }
+      b.create<scf::YieldOp>(loc, mLoop.getResults());
+    }
+    for (int64_t k = 0; k < block; ++k)
+      for (int64_t t = 0; t < taps; ++t) {
+        Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, rgLoop.getResult(k * taps + t),
+                                                  Value(), flags);
+        SmallVector<Value> at{e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])};
+        Value before = select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DW, at));
+        e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
+      }
+  }, /*parallel=*/true, /*collapse=*/2);
+}
+
 LogicalResult conv2dGradWeight(Emitter &e) {
   auto op = self<nnops::Conv2dGradWeightOp>(e);
   // Register accumulators for one kernel row's columns.
   if (shapeOf(e.out[0])[3] <= 16) {
-    auto direct = [&] { conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups()); };
+    auto direct = [&] {
+      // (The input and the output gradient in the roles phaseRows names.)
+      // Even a row a vector gains where there are several taps, each then
+      // reading its plane at a unit stride (a 1x1 kernel's one strided
+      // read costs less than the split).
+      ArrayRef<int64_t> k = shapeOf(e.out[0]);
+      int64_t widest = k[2] * k[3] > 1 ? kLanes : kLanes / 2;
+      if (int64_t rows = phaseRows(e, e.in[1], e.in[0], op.getStride(), op.getGroups(), widest); rows > 0) {
+        conv2dGradWeightPhases(e, op.getStride(), op.getPadding(), rows);
+        return;
+      }
+      conv2dGradWeightRows(e, op.getStride(), op.getPadding(), op.getGroups());
+    };
     if (!conv2dWinograd(e, e.in[0], e.out[0], e.in[1], op.getPadding(), /*transposed=*/false, direct))
       direct();
     return success();
