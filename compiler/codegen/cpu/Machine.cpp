@@ -65,6 +65,10 @@ cpu::Machine detect() {
   // Vectors of 8 lanes without AVX-512 (LLVM splits wider ones, and its
   // split of 16-lane masked loads read the masked-off half past a buffer's
   // end).
+  // NNC_CPU_VECTOR_BITS=256 keeps an AVX-512 host to AVX2's vectors and
+  // registers (the code for either width is then testable on one machine).
+  if (const char *env = std::getenv("NNC_CPU_VECTOR_BITS"); env && std::string(env) == "256")
+    avx512 = false;
   m.lanes = avx512 ? 16 : 8;
   m.registers = avx512 ? 32 : 16;
   readCaches(m);

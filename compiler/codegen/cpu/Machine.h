@@ -30,7 +30,8 @@ struct Machine {
 
 /// The host, detected once. NNC_CPU_CACHES=L1,L2,L3 (bytes, K or M
 /// suffixes) overrides the cache sizes, for machines whose sysfs does not
-/// report them and for experiments.
+/// report them and for experiments; NNC_CPU_VECTOR_BITS=256 makes an
+/// AVX-512 host generate AVX2's 8-lane vectors and count 16 registers.
 const Machine &host();
 
 /// Parses a cache size as sysfs writes it ("32K", "1024K", "32M", "512");
