@@ -792,6 +792,26 @@ TEST(CpuConvBlocking, InputGradientWithLargeWeights) {
                        {2});
 }
 
+/// Records in the tuned table, for every op of `m` that `applies` picks,
+/// the choices the rules make with `name` set to `value` (so the lowering
+/// takes them); returns how many ops.
+int64_t forceTiling(test::Compiled &m, llvm::function_ref<bool(mlir::Operation *)> applies, llvm::StringRef name,
+                    int64_t value) {
+  int64_t forced = 0;
+  m.module->walk([&](mlir::Operation *op) {
+    if (!applies(op))
+      return;
+    mlir::NamedAttrList choices(cpu::chooseTiling(op));
+    choices.set(name, mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), value));
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    os << choices.getDictionary(&m.ctx);
+    cpu::setTunedTiling(cpu::tilingSignature(op), text);
+    ++forced;
+  });
+  return forced;
+}
+
 /// Convolutions and input gradients with the rows of a sample inside its
 /// channel blocks (`channels_outer`, which the rules choose for weights
 /// past L2): forced through the tuned table on small layers (whole rows,
@@ -804,18 +824,8 @@ TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
     test::Compiled m(src, Stage::Train);
     ASSERT_TRUE(m.module) << m.firstError();
     cpu::clearTunedTilings();
-    int64_t forced = 0;
-    m.module->walk([&](mlir::Operation *op) {
-      if (!mlir::isa<nn::Conv2dOp, nn::Conv2dGradInputOp>(op))
-        return;
-      mlir::NamedAttrList choices(cpu::chooseTiling(op));
-      choices.set("channels_outer", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), 1));
-      std::string text;
-      llvm::raw_string_ostream os(text);
-      os << choices.getDictionary(&m.ctx);
-      cpu::setTunedTiling(cpu::tilingSignature(op), text);
-      ++forced;
-    });
+    int64_t forced = forceTiling(
+        m, [](mlir::Operation *op) { return mlir::isa<nn::Conv2dOp, nn::Conv2dGradInputOp>(op); }, "channels_outer", 1);
     EXPECT_GE(forced, 2) << src;
     expectGradientsMatch(src, {1, 3});
     cpu::clearTunedTilings();
@@ -845,14 +855,10 @@ TEST(CpuConvBlocking, StridedInputGradientPerPhase) {
     test::Compiled m(src, Stage::Train);
     ASSERT_TRUE(m.module) << m.firstError();
     cpu::clearTunedTilings();
-    m.module->walk([&](nn::Conv2dGradWeightOp op) {
-      mlir::NamedAttrList choices(cpu::chooseTiling(op));
-      choices.set("batch_chunk", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), 2));
-      std::string text;
-      llvm::raw_string_ostream os(text);
-      os << choices.getDictionary(&m.ctx);
-      cpu::setTunedTiling(cpu::tilingSignature(op), text);
-    });
+    EXPECT_GE(forceTiling(
+                  m, [](mlir::Operation *op) { return mlir::isa<nn::Conv2dGradWeightOp>(op); }, "batch_chunk", 2),
+              2)
+        << src;
     expectGradientsMatch(src, {5});
     cpu::clearTunedTilings();
   }
@@ -880,18 +886,7 @@ TEST(CpuWinograd, MatchesReference) {
     test::Compiled m(src, Stage::Train);
     ASSERT_TRUE(m.module) << m.firstError();
     cpu::clearTunedTilings();
-    int64_t forced = 0;
-    m.module->walk([&](mlir::Operation *op) {
-      if (!cpu::winogradApplies(op))
-        return;
-      mlir::NamedAttrList choices(cpu::chooseTiling(op));
-      choices.set("winograd", mlir::IntegerAttr::get(mlir::IntegerType::get(&m.ctx, 64), t.rows));
-      std::string text;
-      llvm::raw_string_ostream os(text);
-      os << choices.getDictionary(&m.ctx);
-      cpu::setTunedTiling(cpu::tilingSignature(op), text);
-      ++forced;
-    });
+    int64_t forced = forceTiling(m, cpu::winogradApplies, "winograd", t.rows);
     EXPECT_GE(forced, 5) << src; // two convolutions, an input gradient, two weight gradients
     // Batch 1 takes the direct branch (too few tiles), batch 5 Winograd.
     expectGradientsMatch(src, {1, 5});

@@ -85,6 +85,27 @@ struct Winograd {
     return {b.create<arith::DivUIOp>(loc, at, e.idx(th)), b.create<arith::RemUIOp>(loc, at, e.idx(th)), inRange};
   }
 
+  using Matrix = SmallVector<SmallVector<Value, 4>, 4>;
+  /// The 1-D transform `f` (a column of values in, its transform out)
+  /// applied to each column of `x`, then to each row of the result: F x F^T
+  /// for the matrix F of `f`. Every transform here is one.
+  Matrix separable(const Matrix &x, function_ref<SmallVector<Value, 4>(ArrayRef<Value>)> f) {
+    Matrix t;
+    for (size_t c = 0; c < x.front().size(); ++c) {
+      SmallVector<Value, 4> column;
+      for (const auto &row : x)
+        column.push_back(row[c]);
+      SmallVector<Value, 4> z = f(column);
+      t.resize(z.size());
+      for (size_t i = 0; i < z.size(); ++i)
+        t[i].push_back(z[i]);
+    }
+    Matrix out;
+    for (const auto &row : t)
+      out.push_back(f(row));
+    return out;
+  }
+
   Value add(Value x, Value y) { return b.create<arith::AddFOp>(loc, x, y); }
   Value sub(Value x, Value y) { return b.create<arith::SubFOp>(loc, x, y); }
   Value half(Value x) {
@@ -100,57 +121,54 @@ struct Winograd {
     return b.create<memref::AllocaOp>(loc, MemRefType::get(shape, b.getF32Type()), b.getI64IntegerAttr(64));
   }
 
-  /// U[e][o][i] = G g G^T for every weight kernel g, input channels in
-  /// vectors (gathered: a kernel's nine weights are contiguous).
-  void transformWeights(Value U) {
+  /// Runs `body` for every output channel o (in parallel) and vector of
+  /// input channels from i0, the weights viewed flat (`flat`), lane l at
+  /// `lanes[l]` = l * `laneStride` from a kernel's first weight, `mask` the
+  /// lanes of channels that exist. The weight transforms' loops.
+  void kernelVectors(int64_t laneStride,
+                     function_ref<void(Value flat, Value o, Value i0, Value lanes, Value mask)> body) {
     ArrayRef<int64_t> ws = shapeOf(W);
     auto flatType = MemRefType::get({ws[0] * ws[1] * 9}, b.getF32Type());
     Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, W, ArrayRef<ReassociationIndices>{{0, 1, 2, 3}});
-    // Lane l reads input channel i0 + l: 9 floats apart forward, a whole
-    // output channel's kernels apart transposed.
-    int64_t laneStride = transposed ? ws[1] * 9 : 9;
     auto i32v = VectorType::get({kLanes}, b.getI32Type());
     SmallVector<int32_t> offsets;
     for (int64_t l = 0; l < kLanes; ++l)
       offsets.push_back(static_cast<int32_t>(l * laneStride));
     e.loops(ArrayRef<int64_t>{out}, [&](ValueRange ov) {
-      Value o = ov[0];
       Value lanes = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets)));
       auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(kLanes));
       OpBuilder::InsertionGuard guard(b);
       b.setInsertionPointToStart(loop.getBody());
       Value i0 = loop.getInductionVar();
-      Value mask = columnMask(e, i0, in);
-      Value g[3][3];
+      body(flat, ov[0], i0, lanes, columnMask(e, i0, in));
+    }, /*parallel=*/out * in >= 4096);
+  }
+
+  /// U[e][o][i] = G g G^T for every weight kernel g, input channels in
+  /// vectors (gathered: a kernel's nine weights are contiguous).
+  void transformWeights(Value U) {
+    int64_t stride1 = shapeOf(W)[1];
+    // Lane l reads input channel i0 + l: 9 floats apart forward, a whole
+    // output channel's kernels apart transposed.
+    kernelVectors(transposed ? stride1 * 9 : 9, [&](Value flat, Value o, Value i0, Value lanes, Value mask) {
+      Matrix g(3, SmallVector<Value, 4>(3));
       for (int64_t r = 0; r < 3; ++r)
         for (int64_t s = 0; s < 3; ++s) {
           // Forward W[o][i][r][s]; transposed W[i][o][2 - r][2 - s].
-          Value base = transposed ? e.add(e.mul(e.add(e.mul(i0, e.idx(ws[1])), o), e.idx(9)), e.idx((2 - r) * 3 + 2 - s))
-                                  : e.add(e.mul(e.add(e.mul(o, e.idx(ws[1])), i0), e.idx(9)), e.idx(r * 3 + s));
+          Value base = transposed ? e.add(e.mul(e.add(e.mul(i0, e.idx(stride1)), o), e.idx(9)), e.idx((2 - r) * 3 + 2 - s))
+                                  : e.add(e.mul(e.add(e.mul(o, e.idx(stride1)), i0), e.idx(9)), e.idx(r * 3 + s));
           g[r][s] = b.create<vector::GatherOp>(loc, vt, flat, ValueRange{base}, lanes, mask, zero);
         }
-      // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], on rows then columns.
-      auto g4 = [&](Value a, Value m, Value c, Value out4[4]) {
-        Value ac = add(a, c);
-        out4[0] = a;
-        out4[1] = half(add(ac, m));
-        out4[2] = half(sub(ac, m));
-        out4[3] = c;
-      };
-      Value t[4][3];
-      for (int64_t s = 0; s < 3; ++s) {
-        Value col[4];
-        g4(g[0][s], g[1][s], g[2][s], col);
-        for (int64_t i = 0; i < 4; ++i)
-          t[i][s] = col[i];
-      }
-      for (int64_t i = 0; i < 4; ++i) {
-        Value u[4];
-        g4(t[i][0], t[i][1], t[i][2], u);
+      // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+      Matrix u = separable(g, [&](ArrayRef<Value> v) -> SmallVector<Value, 4> {
+        Value ac = add(v[0], v[2]);
+        return {v[0], half(add(ac, v[1])), half(sub(ac, v[1])), v[2]};
+      });
+      for (int64_t i = 0; i < 4; ++i)
         for (int64_t j = 0; j < 4; ++j)
-          b.create<vector::TransferWriteOp>(loc, u[j], U, ValueRange{e.idx(i * 4 + j), o, i0}, ArrayRef<bool>{false});
-      }
-    }, /*parallel=*/out * in >= 4096);
+          b.create<vector::TransferWriteOp>(loc, u[i][j], U, ValueRange{e.idx(i * 4 + j), o, i0},
+                                            ArrayRef<bool>{false});
+    });
   }
 
   /// The four columns b of a 4x4 input patch, for the vector of tiles
@@ -203,7 +221,7 @@ struct Winograd {
       Value c = iv[0], r = iv[1];
       auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
       for (int64_t j = 0; j < chunks; ++j) {
-        Value d[4][4];
+        Matrix d(4, SmallVector<Value, 4>(4));
         for (int64_t a = 0; a < 4; ++a) {
           Value y = e.sub(e.add(e.mul(ty, e.idx(2)), e.idx(a)), e.idx(q0));
           Value valid = b.create<arith::AndIOp>(
@@ -211,29 +229,16 @@ struct Winograd {
               b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, y, e.idx(0)),
                                       b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, y, e.idx(h))));
           Value row = b.create<arith::MinSIOp>(loc, e.idx(h - 1), b.create<arith::MaxSIOp>(loc, e.idx(0), y));
-          patchRow(n, c, row, valid, j, d[a]);
+          patchRow(n, c, row, valid, j, d[a].data());
         }
-        auto bt = [&](Value p0, Value p1, Value p2, Value p3, Value o[4]) {
-          o[0] = sub(p0, p2);
-          o[1] = add(p1, p2);
-          o[2] = sub(p2, p1);
-          o[3] = sub(p1, p3);
-        };
-        Value t[4][4];
-        for (int64_t col = 0; col < 4; ++col) {
-          Value o[4];
-          bt(d[0][col], d[1][col], d[2][col], d[3][col], o);
-          for (int64_t i = 0; i < 4; ++i)
-            t[i][col] = o[i];
-        }
+        Matrix v = separable(d, [&](ArrayRef<Value> p) -> SmallVector<Value, 4> {
+          return {sub(p[0], p[2]), add(p[1], p[2]), sub(p[2], p[1]), sub(p[1], p[3])};
+        });
         Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
-        for (int64_t i = 0; i < 4; ++i) {
-          Value o[4];
-          bt(t[i][0], t[i][1], t[i][2], t[i][3], o);
+        for (int64_t i = 0; i < 4; ++i)
           for (int64_t jj = 0; jj < 4; ++jj)
-            b.create<vector::TransferWriteOp>(loc, o[jj], V, ValueRange{e.idx(i * 4 + jj), c, at},
+            b.create<vector::TransferWriteOp>(loc, v[i][jj], V, ValueRange{e.idx(i * 4 + jj), c, at},
                                               ArrayRef<bool>{false});
-        }
       }
     }, parallel);
   }
@@ -294,30 +299,21 @@ struct Winograd {
       Value scalarZero = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f));
       for (int64_t j = 0; j < chunks; ++j) {
         Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
-        Value m[4][4];
+        Matrix m(4);
         for (int64_t i = 0; i < 4; ++i)
           for (int64_t jj = 0; jj < 4; ++jj)
-            m[i][jj] = b.create<vector::TransferReadOp>(loc, vt, M, ValueRange{e.idx(i * 4 + jj), o, at},
-                                                        scalarZero, ArrayRef<bool>{false});
-        auto at4 = [&](Value p0, Value p1, Value p2, Value p3, Value z[2]) {
-          z[0] = add(add(p0, p1), p2);
-          z[1] = sub(sub(p1, p2), p3);
-        };
-        Value t[2][4];
-        for (int64_t col = 0; col < 4; ++col) {
-          Value z[2];
-          at4(m[0][col], m[1][col], m[2][col], m[3][col], z);
-          t[0][col] = z[0];
-          t[1][col] = z[1];
-        }
+            m[i].push_back(b.create<vector::TransferReadOp>(loc, vt, M, ValueRange{e.idx(i * 4 + jj), o, at},
+                                                            scalarZero, ArrayRef<bool>{false}));
+        Matrix z2 = separable(m, [&](ArrayRef<Value> p) -> SmallVector<Value, 4> {
+          return {add(add(p[0], p[1]), p[2]), sub(sub(p[1], p[2]), p[3])};
+        });
         SmallVector<int64_t> lo, hi;
         for (int64_t l = 0; l < kLanes / 2; ++l) {
           lo.append({l, l + kLanes});
           hi.append({l + kLanes / 2, l + kLanes / 2 + kLanes});
         }
         for (int64_t i = 0; i < 2; ++i) {
-          Value z[2];
-          at4(t[i][0], t[i][1], t[i][2], t[i][3], z);
+          ArrayRef<Value> z = z2[i];
           Value oy = e.add(e.mul(ty, e.idx(2)), e.idx(i));
           Value first = shuffle(z[0], z[1], lo), second = shuffle(z[0], z[1], hi);
           e.when(b.create<arith::AndIOp>(loc, inRange,
@@ -354,7 +350,7 @@ struct Winograd {
         odd.push_back(2 * l + 1);
       }
       for (int64_t j = 0; j < chunks; ++j) {
-        Value y[2][2];
+        Matrix y(2, SmallVector<Value, 4>(2));
         for (int64_t i = 0; i < 2; ++i) {
           Value oy = e.add(e.mul(ty, e.idx(2)), e.idx(i));
           Value valid = b.create<arith::AndIOp>(loc, inRange,
@@ -383,27 +379,14 @@ struct Winograd {
           y[i][0] = shuffle(v[0], v[1], even);
           y[i][1] = shuffle(v[0], v[1], odd);
         }
-        auto a4 = [&](Value p0, Value p1, Value z[4]) {
-          z[0] = p0;
-          z[1] = add(p0, p1);
-          z[2] = sub(p0, p1);
-          z[3] = b.create<arith::NegFOp>(loc, p1);
-        };
-        Value t[4][2];
-        for (int64_t col = 0; col < 2; ++col) {
-          Value z[4];
-          a4(y[0][col], y[1][col], z);
-          for (int64_t a = 0; a < 4; ++a)
-            t[a][col] = z[a];
-        }
+        Matrix dm = separable(y, [&](ArrayRef<Value> p) -> SmallVector<Value, 4> {
+          return {p[0], add(p[0], p[1]), sub(p[0], p[1]), b.create<arith::NegFOp>(loc, p[1])};
+        });
         Value at = e.add(e.mul(r, e.idx(tw)), e.idx(j * kLanes));
-        for (int64_t a = 0; a < 4; ++a) {
-          Value z[4];
-          a4(t[a][0], t[a][1], z);
+        for (int64_t a = 0; a < 4; ++a)
           for (int64_t bb = 0; bb < 4; ++bb)
-            b.create<vector::TransferWriteOp>(loc, z[bb], DM, ValueRange{e.idx(a * 4 + bb), o, at},
+            b.create<vector::TransferWriteOp>(loc, dm[a][bb], DM, ValueRange{e.idx(a * 4 + bb), o, at},
                                               ArrayRef<bool>{false});
-        }
       }
     }, /*parallel=*/true);
   }
@@ -447,50 +430,25 @@ struct Winograd {
   /// W[o][i] = G^T dU[.][o][i] G, input channels in vectors (scattered:
   /// a kernel's nine weights are contiguous).
   void transformWeightGrad(Value DU) {
-    ArrayRef<int64_t> ws = shapeOf(W);
-    auto flatType = MemRefType::get({ws[0] * ws[1] * 9}, b.getF32Type());
-    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, W, ArrayRef<ReassociationIndices>{{0, 1, 2, 3}});
-    auto i32v = VectorType::get({kLanes}, b.getI32Type());
-    SmallVector<int32_t> offsets;
-    for (int64_t l = 0; l < kLanes; ++l)
-      offsets.push_back(static_cast<int32_t>(l * 9));
-    e.loops(ArrayRef<int64_t>{out}, [&](ValueRange ov) {
-      Value o = ov[0];
-      Value lanes = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets)));
-      auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(kLanes));
-      OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(loop.getBody());
-      Value i0 = loop.getInductionVar();
-      Value mask = columnMask(e, i0, in);
-      Value u[4][4];
+    int64_t stride1 = shapeOf(W)[1];
+    kernelVectors(9, [&](Value flat, Value o, Value i0, Value lanes, Value mask) {
+      Matrix u(4);
       Value scalarZero = b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f));
       for (int64_t a = 0; a < 4; ++a)
         for (int64_t c = 0; c < 4; ++c)
-          u[a][c] = b.create<vector::TransferReadOp>(loc, vt, DU, ValueRange{e.idx(a * 4 + c), o, i0}, scalarZero,
-                                                     ArrayRef<bool>{false});
-      // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1], on rows then columns.
-      auto g3 = [&](Value p0, Value p1, Value p2, Value p3, Value z[3]) {
-        Value s12 = half(add(p1, p2));
-        z[0] = add(p0, s12);
-        z[1] = half(sub(p1, p2));
-        z[2] = add(s12, p3);
-      };
-      Value t[3][4];
-      for (int64_t c = 0; c < 4; ++c) {
-        Value z[3];
-        g3(u[0][c], u[1][c], u[2][c], u[3][c], z);
-        for (int64_t r = 0; r < 3; ++r)
-          t[r][c] = z[r];
-      }
-      for (int64_t r = 0; r < 3; ++r) {
-        Value z[3];
-        g3(t[r][0], t[r][1], t[r][2], t[r][3], z);
+          u[a].push_back(b.create<vector::TransferReadOp>(loc, vt, DU, ValueRange{e.idx(a * 4 + c), o, i0},
+                                                          scalarZero, ArrayRef<bool>{false}));
+      // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+      Matrix g = separable(u, [&](ArrayRef<Value> p) -> SmallVector<Value, 4> {
+        Value s12 = half(add(p[1], p[2]));
+        return {add(p[0], s12), half(sub(p[1], p[2])), add(s12, p[3])};
+      });
+      for (int64_t r = 0; r < 3; ++r)
         for (int64_t q = 0; q < 3; ++q) {
-          Value base = e.add(e.mul(e.add(e.mul(o, e.idx(ws[1])), i0), e.idx(9)), e.idx(r * 3 + q));
-          b.create<vector::ScatterOp>(loc, flat, ValueRange{base}, lanes, mask, z[q]);
+          Value base = e.add(e.mul(e.add(e.mul(o, e.idx(stride1)), i0), e.idx(9)), e.idx(r * 3 + q));
+          b.create<vector::ScatterOp>(loc, flat, ValueRange{base}, lanes, mask, g[r][q]);
         }
-      }
-    }, /*parallel=*/out * in >= 4096);
+    });
   }
 
   /// The weight gradient: the batch's tiles in blocks (the transformed input
