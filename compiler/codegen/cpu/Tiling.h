@@ -28,12 +28,12 @@ namespace nnc::cpu {
 inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
 
 /// The choices for `op` on this host: for a matmul `rows`, `vectors`,
-/// `depth` and `group`; for a convolution `channel_block` (and, where
-/// they pay, `row_vectors`, `channels_outer`, `winograd`: tile rows per
-/// block of a Winograd convolution); for a
-/// convolution's weight gradient `channel_block`, `input_block`,
-/// `kernel_rows` (per pass: 1 or all) and `batch_chunk`. Null for other ops. Sized for `machine`: its vector
-/// registers and caches.
+/// `depth` and `group`; for a convolution or input gradient
+/// `channel_block` (and, where they pay, `row_vectors`, `channels_outer`);
+/// for a weight gradient `channel_block`, `input_block`, `kernel_rows` (per
+/// pass: 1 or all) and `batch_chunk`; for any of the three, where Winograd
+/// pays, `winograd` (tile rows a block, Winograd.cpp). Null for other ops.
+/// Sized for `machine`: its vector registers and caches.
 mlir::DictionaryAttr chooseTiling(mlir::Operation *op, const Machine &machine = host());
 
 /// Whether `op` is a convolution Winograd's F(2x2, 3x3) can compute (the
