@@ -971,6 +971,30 @@ TEST(CpuMaxPool2x2, MatchesReferenceAtRaggedWidths) {
                            });
 }
 
+/// Max pools of any window on row vectors: overlapping windows with
+/// padding (ResNet's 3 / 2 / 1), unit and large strides (a gather), rows
+/// shorter than a vector and spanning several, ties, a NaN (skipped unless
+/// it is a window's first tap, as in the scalar rule) and -inf; and a size
+/// past the unrolling limit (the scalar loop).
+TEST(CpuMaxPoolRows, MatchesReference) {
+  struct Case {
+    const char *shape, *call;
+  } cases[] = {{"2, 12, 37", "3, stride=2, padding=1"}, {"3, 9, 16", "3, stride=1, padding=1"},
+               {"1, 7, 70", "2, stride=1"},             {"2, 10, 50", "3, stride=3"},
+               {"1, 11, 45", "5, stride=2, padding=2"}, {"2, 5, 33", "[2, 3], stride=[1, 2], padding=[1, 1]"},
+               {"1, 4, 600", "3, stride=1, padding=1"}};
+  for (const Case &c : cases)
+    expectMatchesReference(std::string("model m {\n  input x: f32[B, ") + c.shape + "]\n  y = max_pool2d(x, " +
+                               c.call + ")\n  output y\n}\n",
+                           3, 6, 0, [](std::vector<Tensor> &in) {
+                             std::vector<double> &v = in[0].data;
+                             for (double &x : v) // ties within windows; below the padding's zeros
+                               x = std::round(x * 4) / 4 - 1;
+                             v[v.size() / 3] = std::nan("");
+                             v[v.size() / 2] = -std::numeric_limits<double>::infinity();
+                           });
+}
+
 /// Reductions over leading axes keeping trailing ones (column sums):
 /// vectors of outputs accumulated down the rows, against the reference.
 TEST(CpuReductionColumns, MatchReference) {

@@ -230,8 +230,11 @@ int nnc::driver::runBench(const Args &args) {
   } else if (args.has("backward")) {
     return usageError("--backward goes with --kernel (a model file's training step is its backward pass)", &c);
   }
+  bool infer = args.has("infer");
+  if (infer && !spec.empty())
+    return usageError("--infer goes with a model FILE (--kernel times the op's forward function already)", &c);
   Loaded m;
-  int loaded = load(path, std::nullopt, m, /*train=*/spec.empty() || args.has("backward"));
+  int loaded = load(path, std::nullopt, m, /*train=*/(spec.empty() && !infer) || args.has("backward"));
   if (!spec.empty()) {
     llvm::sys::fs::remove(path);
     llvm::sys::fs::remove(llvm::sys::path::parent_path(path));
@@ -240,14 +243,14 @@ int nnc::driver::runBench(const Args &args) {
     return loaded;
   SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);
   bool fuse = !args.has("no-fusion");
-  bool forward = !spec.empty() && !args.has("backward");
+  bool forward = (!spec.empty() && !args.has("backward")) || infer;
   if (batch == 0)
     batch = forward ? 1 : m.setting("batch", 32);
   std::string target = args.get("target", "cpu");
   if (target != "cpu" && target != "cuda")
     return usageError("--target must be cpu or cuda, got '" + target + "'", &c);
   if (target == "cuda" && forward)
-    return usageError("--target=cuda times training steps: with --kernel, add --backward", &c);
+    return usageError("--target=cuda times training steps: with --kernel, add --backward; --infer is for the CPU", &c);
   if (target == "cuda" && !fuse)
     return usageError("--no-fusion goes with --target=cpu", &c);
   std::vector<Row> rows;
@@ -273,6 +276,8 @@ int nnc::driver::runBench(const Args &args) {
     os << "{\"model\": " << rt::jsonString(m.model.getName().str());
     if (!spec.empty())
       os << ", \"kernel\": " << rt::jsonString(spec) << ", \"backward\": " << (forward ? "false" : "true");
+    if (infer)
+      os << ", \"infer\": true";
     os << ", \"target\": " << rt::jsonString(target) << ", \"cpu\": " << rt::jsonString(cpu::host().describe());
     if (!device.empty())
       os << ", \"device\": " << rt::jsonString(device);
@@ -308,7 +313,11 @@ int nnc::driver::runBench(const Args &args) {
     return kOk;
   }
   std::string on = device.empty() ? "" : " on " + device;
-  if (spec.empty())
+  if (infer)
+    os << llvm::format("%s: inference at batch %lld: %.3f ms (%zu kernels; compiled in %.2f s)\n",
+                       m.model.getName().str().c_str(), static_cast<long long>(batch), wall * 1e3, rows.size(),
+                       compileSeconds);
+  else if (spec.empty())
     os << llvm::format("%s: training step at batch %lld%s: %.3f ms (%zu %s; compiled in %.2f s)\n",
                        m.model.getName().str().c_str(), static_cast<long long>(batch), on.c_str(), wall * 1e3,
                        rows.size(), device.empty() ? "kernels" : "launches", compileSeconds);

@@ -204,7 +204,7 @@ const std::vector<Command> &commands() {
        runGradcheck},
       {"bench", "nnc bench FILE [options]  |  nnc bench --kernel SPEC [options]",
        "Time a model's training step, or one op at a named shape, kernel by kernel (synthetic data).",
-       {{"batch", "N", "Batch size (default: the train section's)"},
+       {{"batch", "N", "Batch size (default: the train section's; 1 with --infer)"},
         {"steps", "N", "Steps timed (default 20)"},
         {"warmup", "N", "Steps run first, untimed (default 3)"},
         {"threads", "N", "Worker threads (default: every core)"},
@@ -216,7 +216,8 @@ const std::vector<Command> &commands() {
         {"kernel", "SPEC",
          "One op at a shape: gemm:MxNxK | conv2d:N,C,H,W,O,K[,S[,P]] | elementwise:N:EXPR (of x, y, z) | "
          "reduction:RxC[:AXIS] | softmax_ce:NxC"},
-        {"backward", nullptr, "With --kernel: the op's forward and backward pass (a training step)"}},
+        {"backward", nullptr, "With --kernel: the op's forward and backward pass (a training step)"},
+        {"infer", nullptr, "Time the model's inference function (what nnc predict and nnc build --lib run) instead"}},
        runBench},
       {"tune", "nnc tune FILE [options]",
        "Time the blocking choices of each product and convolution of a model's training step; keep the fastest for this CPU.",

@@ -67,81 +67,66 @@ std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t 
   return {lo, b.create<arith::MaxSIOp>(e.loc, lo, hi)};
 }
 
-/// Lanes l of a row at columns start + l * stride, none outside [0, width)
-/// or (`valid` false) in a row outside the input. Unit stride loads
-/// contiguously (masked); stride 2 loads two vectors and keeps their even
-/// lanes (a shuffle costs less than a gather); larger strides gather.
-struct RowLanes {
-  Value start;   // the first lane's column (contiguous lanes)
-  Value columns; // the lanes' columns (gathered lanes), i32
-  Value mask, next; // next: the second vector's mask, for stride 2 (null: no mask needed)
-  int64_t stride = 1;
-
-  /// With `inside`, the caller knows that every element the loads touch
-  /// lies in the row: they need no mask (nor the work of making one).
-  RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid = Value(), bool inside = false) {
-    OpBuilder &b = e.b;
-    Location loc = e.loc;
-    if (inside && stride <= 2 && !valid) {
-      this->start = start;
-      this->stride = stride;
-      return;
-    }
-    if (stride <= 2) {
-      this->start = start;
-      this->stride = stride;
-      mask = columnMask(e, start, width);
-      if (stride == 2)
-        next = columnMask(e, e.add(start, e.idx(kLanes)), width);
-    } else {
-      auto i32v = VectorType::get({kLanes}, b.getI32Type());
-      SmallVector<int32_t> lanes;
-      for (int32_t l = 0; l < kLanes; ++l)
-        lanes.push_back(l * static_cast<int32_t>(stride));
-      auto splat = [&](int64_t v) -> Value {
-        return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, static_cast<int32_t>(v)));
-      };
-      columns = b.create<arith::AddIOp>(
-          loc, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lanes))),
-          b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), start)));
-      mask = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, columns, splat(0)),
-                                     b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, columns, splat(width)));
-    }
-    if (valid) {
-      Value none = b.create<arith::ConstantOp>(
-          loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
-      mask = select(e, valid, mask, none);
-      if (next)
-        next = select(e, valid, next, none);
-    }
+RowLanes::RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid, bool inside) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  if (inside && stride <= 2 && !valid) {
+    this->start = start;
+    this->stride = stride;
+    return;
   }
-
-  /// The lanes of `mem`'s row at `row` (every index but the last), zero
-  /// where masked off.
-  Value load(Emitter &e, Value mem, ValueRange row) const {
-    auto vt = VectorType::get({kLanes}, e.b.getF32Type());
-    Value zero = e.b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
-    SmallVector<Value> at(row);
-    at.push_back(columns ? e.idx(0) : start);
-    auto vload = [&](Value m) -> Value {
-      if (!mask)
-        return e.b.create<vector::LoadOp>(e.loc, vt, mem, at);
-      return e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, m, zero);
+  if (stride <= 2) {
+    this->start = start;
+    this->stride = stride;
+    mask = columnMask(e, start, width);
+    if (stride == 2)
+      next = columnMask(e, e.add(start, e.idx(kLanes)), width);
+  } else {
+    auto i32v = VectorType::get({kLanes}, b.getI32Type());
+    SmallVector<int32_t> lanes;
+    for (int32_t l = 0; l < kLanes; ++l)
+      lanes.push_back(l * static_cast<int32_t>(stride));
+    auto splat = [&](int64_t v) -> Value {
+      return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, static_cast<int32_t>(v)));
     };
-    if (!columns && stride == 1)
-      return vload(mask);
-    if (!columns) {
-      Value lo = vload(mask);
-      at.back() = e.add(start, e.idx(kLanes));
-      Value hi = vload(next);
-      SmallVector<int64_t> even;
-      for (int64_t l = 0; l < kLanes; ++l)
-        even.push_back(2 * l);
-      return e.b.create<vector::ShuffleOp>(e.loc, lo, hi, even);
-    }
-    return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
+    columns = b.create<arith::AddIOp>(
+        loc, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lanes))),
+        b.create<vector::BroadcastOp>(loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), start)));
+    mask = b.create<arith::AndIOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, columns, splat(0)),
+                                   b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, columns, splat(width)));
   }
-};
+  if (valid) {
+    Value none = b.create<arith::ConstantOp>(
+        loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), false));
+    mask = select(e, valid, mask, none);
+    if (next)
+      next = select(e, valid, next, none);
+  }
+}
+
+Value RowLanes::load(Emitter &e, Value mem, ValueRange row) const {
+  auto vt = VectorType::get({kLanes}, e.b.getF32Type());
+  Value zero = e.b.create<arith::ConstantOp>(e.loc, DenseElementsAttr::get(vt, 0.0f));
+  SmallVector<Value> at(row);
+  at.push_back(columns ? e.idx(0) : start);
+  auto vload = [&](Value m) -> Value {
+    if (!mask)
+      return e.b.create<vector::LoadOp>(e.loc, vt, mem, at);
+    return e.b.create<vector::MaskedLoadOp>(e.loc, vt, mem, at, m, zero);
+  };
+  if (!columns && stride == 1)
+    return vload(mask);
+  if (!columns) {
+    Value lo = vload(mask);
+    at.back() = e.add(start, e.idx(kLanes));
+    Value hi = vload(next);
+    SmallVector<int64_t> even;
+    for (int64_t l = 0; l < kLanes; ++l)
+      even.push_back(2 * l);
+    return e.b.create<vector::ShuffleOp>(e.loc, lo, hi, even);
+  }
+  return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
+}
 
 /// How many outer loops of a row convolution run in parallel: samples and
 /// rows (2) where one sample is worth splitting over threads (a batch of

@@ -332,6 +332,24 @@ LogicalResult argmax(Emitter &e);
 std::pair<Value, Value> tapRange(Emitter &e, Value k, int64_t stride, int64_t pad, int64_t size, int64_t out);
 Value columnMask(Emitter &e, Value start, int64_t width);
 std::pair<Value, Value> kernelRows(Emitter &e, Value i, int64_t stride, int64_t pad, int64_t size, int64_t k);
+/// Lanes l of a row at columns start + l * stride, none outside [0, width)
+/// or (`valid` false) in a row outside the input. Unit stride loads
+/// contiguously (masked); stride 2 loads two vectors and keeps their even
+/// lanes (a shuffle costs less than a gather); larger strides gather.
+struct RowLanes {
+  Value start;   // the first lane's column (contiguous lanes)
+  Value columns; // the lanes' columns (gathered lanes), i32
+  Value mask, next; // next: the second vector's mask, for stride 2 (null: no mask needed)
+  int64_t stride = 1;
+
+
+  /// With `inside`, the caller knows that every element the loads touch
+  /// lies in the row: they need no mask (nor the work of making one).
+  RowLanes(Emitter &e, Value start, int64_t stride, int64_t width, Value valid = Value(), bool inside = false);
+  /// The lanes of `mem`'s row at `row` (every index but the last), zero
+  /// where masked off.
+  Value load(Emitter &e, Value mem, ValueRange row) const;
+};
 LogicalResult conv2d(Emitter &e);
 LogicalResult conv2dGradInput(Emitter &e);
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups);

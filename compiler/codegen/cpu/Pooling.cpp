@@ -114,6 +114,71 @@ void maxPool2x2(Emitter &e) {
                 });
 }
 
+/// Any max pool on rows of output vectors, where the code stays small (the
+/// window's columns times the row's vectors, unrolled): each tap of a
+/// window is a RowLanes load of its input row, masked at the padding, taken
+/// lane by lane by the scalar rule (windowMax: the first tap inside the
+/// input, then a later one only if greater, so NaNs are skipped and ties
+/// keep the first). Which lanes lie inside is known when the kernel is
+/// emitted but for the rows, a branch-free select per window row.
+bool maxPoolRows(Emitter &e) {
+  auto op = self<nnops::MaxPool2dOp>(e);
+  ArrayRef<int64_t> k = op.getKernel(), s = op.getStride(), p = op.getPadding();
+  Value X = e.in[0], Y = e.out[0];
+  ArrayRef<int64_t> in = shapeOf(X), out = shapeOf(Y);
+  int64_t vectors = (out[3] + kLanes - 1) / kLanes;
+  if (e.epilogue || vectors * k[1] > 64)
+    return false;
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  auto mt = VectorType::get({kLanes}, b.getI1Type());
+  auto lanesInside = [&](int64_t start) { // columns start + l * s[1]
+    SmallVector<bool> inside;
+    for (int64_t l = 0; l < kLanes; ++l)
+      inside.push_back(start + l * s[1] >= 0 && start + l * s[1] < in[3]);
+    return b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(mt, ArrayRef<bool>(inside))).getResult();
+  };
+  Value lowest = b.create<arith::ConstantOp>(
+      loc, DenseElementsAttr::get(vt, -std::numeric_limits<float>::infinity()));
+  Value none = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(mt, false));
+  e.loops(ArrayRef<Value>{e.dim(Y, 0), e.idx(out[1]), e.idx(out[2])}, [&](ValueRange iv) {
+    Value n = iv[0], c = iv[1], i = iv[2];
+    // Per vector of the row: the maxima so far and the lanes that found one.
+    SmallVector<Value> init;
+    for (int64_t v = 0; v < vectors; ++v)
+      init.append({lowest, none});
+    auto rows = b.create<scf::ForOp>(loc, e.idx(0), e.idx(k[0]), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(rows.getBody());
+      auto [ih, okh] = e.window(i, s[0], p[0], rows.getInductionVar(), in[2]);
+      Value row = select(e, okh, ih, e.idx(0)); // a row inside, read by no lane when okh is false
+      Value rowInside = b.create<vector::BroadcastOp>(loc, mt, okh);
+      SmallVector<Value> state(rows.getRegionIterArgs());
+      for (int64_t v = 0; v < vectors; ++v)
+        for (int64_t q = 0; q < k[1]; ++q) {
+          int64_t start = v * kLanes * s[1] - p[1] + q;
+          Value tap = RowLanes(e, e.idx(start), s[1], in[3], okh).load(e, X, {n, c, row});
+          Value ok = b.create<arith::AndIOp>(loc, lanesInside(start), rowInside);
+          Value &acc = state[2 * v], &found = state[2 * v + 1];
+          Value first = b.create<arith::AndIOp>(
+              loc, ok, b.create<arith::XOrIOp>(loc, found, b.create<arith::ConstantOp>(
+                                                             loc, DenseElementsAttr::get(mt, true))));
+          Value greater = b.create<arith::AndIOp>(
+              loc, ok, b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OGT, tap, acc));
+          acc = b.create<arith::SelectOp>(loc, b.create<arith::OrIOp>(loc, first, greater), tap, acc);
+          found = b.create<arith::OrIOp>(loc, found, ok);
+        }
+      b.create<scf::YieldOp>(loc, state);
+    }
+    for (int64_t v = 0; v < vectors; ++v)
+      b.create<vector::TransferWriteOp>(loc, rows.getResult(2 * v), Y, ValueRange{n, c, i, e.idx(v * kLanes)},
+                                        ArrayRef<bool>{(v + 1) * kLanes <= out[3]});
+  }, /*parallel=*/true);
+  return true;
+}
+
 LogicalResult maxPool(Emitter &e) {
   auto op = self<nnops::MaxPool2dOp>(e);
   ArrayRef<int64_t> k = op.getKernel(), st = op.getStride(), pd = op.getPadding();
@@ -123,6 +188,8 @@ LogicalResult maxPool(Emitter &e) {
     maxPool2x2(e);
     return success();
   }
+  if (maxPoolRows(e))
+    return success();
   e.loops(e.sizes(e.out[0]), [&](ValueRange iv) {
     WindowMax m = windowMax(e, e.in[0], iv.take_front(2), iv[2], iv[3], op.getKernel(),
                             op.getStride(), op.getPadding(), shapeOf(e.in[0]));
