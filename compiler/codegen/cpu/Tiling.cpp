@@ -88,9 +88,12 @@ int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m
 /// block of one channel would load and shuffle two input vectors for a
 /// single multiply-add, chunks of `row_vectors` vectors: the split with the
 /// fewest weight broadcasts and input loads (three: two loads and a
-/// shuffle) per multiply-add. (Unit-stride rows measured slower in chunks:
-/// their loads are cheap, and the masks of an edge chunk's columns are
-/// computed at run time.)
+/// shuffle) per multiply-add. An AVX-512 multiply-add takes its weight as
+/// a broadcast memory operand, which costs a load-port slot and no
+/// instruction of its own, so there a tall block of channels on one vector
+/// wins; AVX2 broadcasts into a register first. (Unit-stride rows measured
+/// slower in chunks: their loads are cheap, and the masks of an edge
+/// chunk's columns are computed at run time.)
 ///
 /// The rows of a sample run inside its channel blocks (`channels_outer`)
 /// where the weights overflow L2 and the sample's input does not: each
@@ -103,15 +106,16 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool str
   SmallVector<NamedAttribute> choices;
   if (weightBytes > m.l2 && inputBytes <= m.l2 / 2)
     choices.push_back(b.getNamedAttr("channels_outer", b.getI64IntegerAttr(1)));
-  if (block >= 2 || vectors <= 1 || !strided) {
+  if (vectors <= 1 || !strided) {
     choices.push_back(b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)));
     return b.getDictionaryAttr(choices);
   }
-  int64_t load = 3, bestBlock = block, bestVectors = vectors;
-  double best = static_cast<double>(block + vectors * load) / static_cast<double>(block * vectors);
+  double load = 3, broadcast = m.registers >= 32 ? 0.25 : 1;
+  int64_t bestBlock = block, bestVectors = vectors;
+  double best = (broadcast * block + load * vectors) / static_cast<double>(block * vectors);
   for (int64_t cv = 1; cv < vectors && cv <= acc; ++cv) {
     int64_t c = channelBlock(channels, cv, acc, 16);
-    double cost = static_cast<double>(c + cv * load) / static_cast<double>(c * cv);
+    double cost = (broadcast * c + load * cv) / static_cast<double>(c * cv);
     if (cost < best) {
       best = cost;
       bestBlock = c;
