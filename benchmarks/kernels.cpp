@@ -138,7 +138,7 @@ struct Trainable {
                            std::pair{&desc.model, cpu::kModelKernel}}) {
       if (mlir::failed(jit->prepare(name)))
         return false;
-      size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
+      size_t buffers = f->buffers(), slots = f->slots.size() / 2;
       f->call = [j = jit.get(), name, buffers, slots](void **b, int64_t n, void **s) {
         (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
       };

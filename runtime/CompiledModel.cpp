@@ -26,12 +26,21 @@ size_t rt::placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *ba
   return at;
 }
 
+void *KernelCache::prepare(int64_t bytes, uint64_t v) {
+  size_t n = static_cast<size_t>(std::max<int64_t>(bytes, 64)) / 8;
+  if (words.size() != n)
+    words.assign(n, 0); // no result computed yet
+  words[0] = v;
+  return words.data();
+}
+
 /// Buffers of one function call: words for every argument and result (i32
-/// data in the same words), and the slots.
+/// data in the same words), the cache and the slots.
 struct CompiledModel::Frame {
   std::vector<Floats> buffers;
   std::vector<const float *> borrowed; // per argument: f32 data passed in place
   Floats workspace;
+  KernelCache cache;
   std::vector<void *> pointers, slots;
 
   void prepare(const FunctionDesc &f, int64_t batch) {
@@ -84,11 +93,12 @@ struct CompiledModel::Frame {
     const Floats &b = buffers[f.args.size() + r];
     std::copy_n(b.begin(), out.size(), out.begin());
   }
-  void call(const FunctionDesc &f, int64_t batch, int64_t rng[3]) {
+  void call(const FunctionDesc &f, int64_t batch, int64_t rng[3], uint64_t version) {
     pointers.clear();
     for (size_t i = 0; i < buffers.size(); ++i)
       pointers.push_back(i < borrowed.size() && borrowed[i] ? const_cast<float *>(borrowed[i])
                                                              : buffers[i].data());
+    pointers.push_back(cache.prepare(f.cache, version));
     pointers.push_back(rng);
     f.call(pointers.data(), batch, slots.data());
   }
@@ -128,7 +138,7 @@ StepLayout::StepLayout(const FunctionDesc &f) {
 /// Bytes of a function's buffers at `batch`: inputs, results and the slots
 /// of its memory plan (state arguments are counted apart).
 static uint64_t frameBytes(const FunctionDesc &f, int64_t batch) {
-  uint64_t bytes = placeSlots(f.slots, batch, nullptr, nullptr);
+  uint64_t bytes = placeSlots(f.slots, batch, nullptr, nullptr) + static_cast<uint64_t>(f.cache);
   for (const TensorDesc &t : f.args)
     if (t.role == "input")
       bytes += static_cast<uint64_t>(t.numel(batch)) * 4;
@@ -224,6 +234,7 @@ Status CompiledModel::initialize() {
         v = std::round(v);
     state[i].data = std::move(values);
   }
+  ++version;
   return Status::ok();
 }
 
@@ -235,7 +246,7 @@ void CompiledModel::run(const FunctionDesc &f, Frame &frame, const std::vector<H
     frame.set(i, f.args[i], in >= 0 ? batch[static_cast<size_t>(in)].data : state[i].data);
   }
   int64_t rng[3] = {static_cast<int64_t>(seed), static_cast<int64_t>(stepCount), firstRow};
-  frame.call(f, n, rng);
+  frame.call(f, n, rng, version);
 }
 
 Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
@@ -243,6 +254,7 @@ Status CompiledModel::step(const std::vector<HostTensor> &batch, double &loss) {
   const FunctionDesc &f = m.trainStep;
   Frame &frame = *trainFrame;
   ++stepCount;
+  ++version; // the step updates the weights
   if (layout.stepArg != SIZE_MAX)
     state[layout.stepArg].data.assign(1, static_cast<float>(stepCount));
   if (layout.lrArg != SIZE_MAX)
@@ -289,6 +301,7 @@ Status CompiledModel::setState(const std::string &name, const HostTensor &value)
       if (t.shape != value.shape)
         return Status::error("state tensor '" + name + "' does not fit");
       t.data = value.data;
+      ++version;
       return Status::ok();
     }
   return Status::error("no state tensor '" + name + "'");

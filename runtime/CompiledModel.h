@@ -8,9 +8,10 @@
 // the same loop (runtime/Training.h), so they compute the same numbers.
 //
 // The kernels follow the CPU backend's calling convention: one pointer per
-// argument and result buffer, the rng buffer (seed, step), the batch size,
-// then one pointer per slot of the memory plan (compiler/codegen/cpu/
-// LowerToLoops.h). `Kernel` receives them as arrays.
+// argument and result buffer, the cache (KernelCache), the rng buffer
+// (seed, step), the batch size, then one pointer per slot of the memory
+// plan (compiler/codegen/cpu/LowerToLoops.h). `Kernel` receives them as
+// arrays.
 //
 //===----------------------------------------------------------------------===//
 
@@ -18,6 +19,7 @@
 #define NNC_RUNTIME_COMPILEDMODEL_H
 
 #include "runtime/Init.h"
+#include "runtime/Memory.h"
 #include "runtime/Training.h"
 
 #include <cstdint>
@@ -89,6 +91,10 @@ struct FunctionDesc {
   CudaCode cuda;
   std::vector<TensorDesc> args, results;
   std::vector<int64_t> slots; // bytes per batch element and fixed bytes, per slot
+  int64_t cache = 0;          // bytes the function keeps across calls (KernelCache)
+  /// The buffer pointers `call` receives: the arguments, the results, the
+  /// cache and the rng block.
+  size_t buffers() const { return args.size() + results.size() + 2; }
   // Per result: the argument whose buffer the kernel overwrites with it
   // (an update in place), or -1 when it has a buffer of its own.
   std::vector<int64_t> inPlace;
@@ -160,6 +166,22 @@ HostTensor syntheticTensor(const TensorDesc &t, int64_t batch, uint64_t &counter
 size_t placeSlots(const std::vector<int64_t> &slots, int64_t batch, void *base,
                   std::vector<void *> *out);
 
+/// The memory a function keeps across calls (FunctionDesc::cache): the
+/// results of its kernels' weight-only work (Winograd's transformed
+/// weights). Each stays valid while the weights' version passed to
+/// `prepare` is the one it was computed at; version 0 (weights unknown)
+/// recomputes them every call. A caller must change the version whenever
+/// an argument other than an input (a weight) may have changed.
+class KernelCache {
+public:
+  /// The cache of `bytes` (FunctionDesc::cache) for a call at `version`,
+  /// zeroed when first sized.
+  void *prepare(int64_t bytes, uint64_t version);
+
+private:
+  std::vector<uint64_t, CacheLineAllocator<uint64_t>> words;
+};
+
 /// The host memory a model takes while it trains, by what it holds.
 struct StepMemory {
   uint64_t parameters = 0; // trained tensors
@@ -217,6 +239,9 @@ private:
   StepLayout layout;
   std::vector<HostTensor> state; // per training-step argument
   uint64_t stepCount = 0;
+  /// Changes with every write of the state: what the kernels' caches of
+  /// weight-only work are checked against (KernelCache).
+  uint64_t version = 1;
   int64_t firstRow = 0;
   double lr = 0;
   std::unique_ptr<Frame> trainFrame, evalFrame;

@@ -157,10 +157,11 @@ def LowerToLoops : Pass<"nnc-lower-to-loops", "mlir::ModuleOp"> {
     Each function of nn ops (fused into nn.kernel ops, batch scaling
     recorded) becomes a function of the same name over memrefs, built from
     scf loops, arith, math and vector ops, in destination-passing style:
-    `(args..., results..., rng, batch, slots...)`. Each kernel is an
+    `(args..., results..., cache, rng, batch, slots...)`. Each kernel is an
     `scf.execute_region {nnc.kernel = i}`. The function carries its memory
-    plan (`nnc.slots`), its kernels (`nnc.kernels`) and its in-place updates
-    (`nnc.inplace`).
+    plan (`nnc.slots`), its kernels (`nnc.kernels`), its in-place updates
+    (`nnc.inplace`) and the bytes of weight-only work it keeps across calls
+    in the cache (`nnc.cache`; functions marked `nnc.cache_weights`).
   }];
   let options = [
     Option<"profile", "profile", "bool", /*default=*/"false",

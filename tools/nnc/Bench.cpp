@@ -70,9 +70,10 @@ std::vector<rt::HostTensor> syntheticInputs(const rt::FunctionDesc &step, int64_
 
 /// Times the CPU code's kernels (per-kernel timers compiled in) over
 /// `steps` steps: rows in the kernel table's order, with the FLOPs and bytes
-/// estimated from the shapes.
+/// estimated from the shapes. With `fixedWeights` (an inference), the
+/// forward function keeps weight-only work across calls.
 int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse, bool forward,
-             std::vector<Row> &rows, double &wall, double &compileSeconds) {
+             std::vector<Row> &rows, double &wall, double &compileSeconds, bool fixedWeights = false) {
   // What one timed step runs: the training step, or the forward function.
   CpuCode cpu;
   std::unique_ptr<cpu::FunctionRunner> fwd;
@@ -81,7 +82,7 @@ int benchCpu(Loaded &m, int64_t batch, int64_t steps, int64_t warmup, bool fuse,
   std::function<rt::Status()> once;
   ArrayAttr table;
   if (forward) {
-    auto runner = cpu::FunctionRunner::create(m.model, batch, /*profile=*/true, fuse);
+    auto runner = cpu::FunctionRunner::create(m.model, batch, /*profile=*/true, fuse, fixedWeights);
     if (failed(runner))
       return kUserError;
     fwd = std::move(*runner);
@@ -259,7 +260,7 @@ int nnc::driver::runBench(const Args &args) {
   if (target == "cuda") {
     if (int rc = benchCuda(args, m, batch, steps, warmup, rows, wall, compileSeconds, device))
       return rc;
-  } else if (int rc = benchCpu(m, batch, steps, warmup, fuse, forward, rows, wall, compileSeconds)) {
+  } else if (int rc = benchCpu(m, batch, steps, warmup, fuse, forward, rows, wall, compileSeconds, infer)) {
     return rc;
   }
   double total = 0;

@@ -86,7 +86,7 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
   os << var << ".slots = {";
   for (size_t i = 0; i < f.slots.size(); ++i)
     os << (i ? ", " : "") << f.slots[i];
-  os << "};\n" << var << ".inPlace = {";
+  os << "};\n" << var << ".cache = " << f.cache << ";\n" << var << ".inPlace = {";
   for (size_t i = 0; i < f.inPlace.size(); ++i)
     os << (i ? ", " : "") << f.inPlace[i];
   os << "};\n";

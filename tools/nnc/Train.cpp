@@ -208,7 +208,7 @@ int nnc::driver::compileCpu(const Loaded &m, bool profile, CpuCode &out, bool fu
       llvm::errs() << "nnc: error: the JIT did not produce '" << name << "'\n";
       return kUserError;
     }
-    size_t buffers = f->args.size() + f->results.size() + 1, slots = f->slots.size() / 2;
+    size_t buffers = f->buffers(), slots = f->slots.size() / 2;
     f->call = [jit = out.jit.get(), name, buffers, slots](void **b, int64_t n, void **s) {
       (void)jit->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
     };

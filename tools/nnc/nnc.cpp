@@ -405,13 +405,14 @@ KernelTotals totals(mlir::ModuleOp loops, int64_t batch) {
   llvm::ArrayRef<int64_t> slots = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.slots").asArrayRef();
   for (size_t i = 0; i + 1 < slots.size(); i += 2)
     t.peak += static_cast<double>(slots[i] * batch + slots[i + 1]);
-  // Buffers: arguments, results, then the rng block and the batch size.
+  // Buffers: arguments, results, then the cache, the rng block and the
+  // batch size.
   llvm::ArrayRef<int64_t> inPlace = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("nnc.inplace").asArrayRef();
   auto types = kernel.getArgumentTypes();
-  size_t rngAt = llvm::find_if(types, [](mlir::Type t) { return t.isIndex(); }) - types.begin() - 1;
+  size_t cacheAt = llvm::find_if(types, [](mlir::Type t) { return t.isIndex(); }) - types.begin() - 2;
   for (size_t r = 0; r < inPlace.size(); ++r)
     if (inPlace[r] >= 0) {
-      auto m = llvm::cast<mlir::MemRefType>(types[rngAt - inPlace.size() + r]);
+      auto m = llvm::cast<mlir::MemRefType>(types[cacheAt - inPlace.size() + r]);
       ++t.inPlace;
       t.inPlaceBytes += static_cast<double>(m.getNumElements() * 4);
     }

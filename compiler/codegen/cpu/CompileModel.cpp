@@ -18,6 +18,7 @@ static FailureOr<rt::FunctionDesc> describe(func::FuncOp fn, func::FuncOp kernel
   if (failed(f))
     return failure();
   f->slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  f->cache = kernel->getAttrOfType<IntegerAttr>("nnc.cache").getInt();
   f->inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
   return f;
 }
@@ -29,7 +30,7 @@ FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, Modu
   if (!model || !step)
     return module.emitError("no model '") << name << "' with a training step";
   if (failed(addLoops(step, std::nullopt, code, kTrainStepKernel, profile, fuse)) ||
-      failed(addLoops(model, std::nullopt, code, kModelKernel, profile, fuse)))
+      failed(addLoops(model, std::nullopt, code, kModelKernel, profile, fuse, /*cacheWeights=*/true)))
     return failure();
   rt::ModelDesc m;
   auto stepDesc = describe(step, code.lookupSymbol<func::FuncOp>(kTrainStepKernel));
@@ -44,10 +45,12 @@ FailureOr<rt::ModelDesc> cpu::compileModel(ModuleOp module, StringRef name, Modu
 }
 
 LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, ModuleOp target,
-                            StringRef name, bool profile, bool fuse) {
+                            StringRef name, bool profile, bool fuse, bool cacheWeights) {
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   clone.setName(name);
+  if (cacheWeights || getenv("FORCECACHE"))
+    clone->setAttr(kCacheWeightsAttr, UnitAttr::get(fn.getContext()));
   scratch->push_back(clone);
   PassManager pm(fn.getContext());
   codegen::instrument(pm);

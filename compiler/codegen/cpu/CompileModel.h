@@ -36,14 +36,16 @@ mlir::FailureOr<rt::ModelDesc> compileModel(mlir::ModuleOp module, llvm::StringR
 
 /// Lowers `fn` (an nn function) to loops as `name` in `target`: the
 /// preparation and lowering passes (buildLoopsPipeline) on a copy, the
-/// result and its declarations moved into `target`.
+/// result and its declarations moved into `target`. With `cacheWeights`,
+/// weight-only work is kept across calls (kCacheWeightsAttr): for
+/// functions that do not update their weights (inference).
 mlir::LogicalResult addLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch,
                              mlir::ModuleOp target, llvm::StringRef name, bool profile = false,
-                             bool fuse = true);
+                             bool fuse = true, bool cacheWeights = false);
 
 /// The loops-level module of `fn`: a function `kernel(args..., results...,
-/// rng, batch, slots...)` over memrefs (what --emit=loops shows), for any
-/// batch size, or for `batch` alone when given.
+/// cache, rng, batch, slots...)` over memrefs (what --emit=loops shows), for
+/// any batch size, or for `batch` alone when given.
 mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
 buildLoops(mlir::func::FuncOp fn, std::optional<int64_t> batch = std::nullopt, bool fuse = true);
 

@@ -22,6 +22,8 @@ struct Compiled {
   OwningOpRef<ModuleOp> module; // keeps the IR the engine was built from
   std::unique_ptr<cpu::JitModule> jit;
   std::vector<int64_t> slots; // perBatch, fixed per slot
+  int64_t cacheBytes = 0;     // kept across calls (rt::KernelCache)
+  rt::KernelCache cache;
   std::vector<int64_t> inPlace; // per result: the argument it overwrites, or -1
   std::vector<bool> kinds;                 // per buffer: i32 (true) or f32
   std::vector<std::vector<float>> buffers; // per argument and result
@@ -54,6 +56,7 @@ FailureOr<Compiled *> CpuExecutor::get(func::FuncOp fn) {
   c.module = std::move(*loops);
   auto kernel = c.module->lookupSymbol<func::FuncOp>("kernel");
   c.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  c.cacheBytes = kernel->getAttrOfType<IntegerAttr>("nnc.cache").getInt();
   c.inPlace = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.inplace").asArrayRef().vec();
   for (Type t : fn.getArgumentTypes())
     c.kinds.push_back(cast<RankedTensorType>(t).getElementType().isInteger(32));
@@ -124,6 +127,7 @@ FailureOr<std::vector<Tensor>> CpuExecutor::run(func::FuncOp fn, ArrayRef<Tensor
     ptrs.push_back(buf.data());
   }
   int64_t rng[3] = {static_cast<int64_t>(options.seed), static_cast<int64_t>(options.step), options.firstRow};
+  ptrs.push_back(c.cache.prepare(c.cacheBytes, 0)); // arguments change from call to call
   ptrs.push_back(rng);
   // The slots, 64-byte aligned in one float vector.
   size_t total = rt::placeSlots(c.slots, batch, nullptr, nullptr) + 64;

@@ -105,6 +105,10 @@ struct Emitter {
   /// Scratch memory of a static type for this kernel, from the memory
   /// plan (no call allocates).
   std::function<Value(MemRefType)> scratch;
+  /// Memory of a static type kept across calls for weight-only work,
+  /// filled by the callback only when the weights changed since (or null:
+  /// the function caches nothing; see lowerToLoops).
+  std::function<Value(MemRefType, function_ref<void(Value)>)> cached;
   /// The lanes the epilogue takes its values in (0: scalars).
   int64_t epilogueLanes = 0;
   /// Stores the op's (first) result `v` at `ivs`, through the epilogue.

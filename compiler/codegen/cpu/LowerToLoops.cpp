@@ -162,6 +162,7 @@ private:
       argTypes.push_back(argType(t));
     for (Type t : fn.getResultTypes())
       argTypes.push_back(argType(t));
+    argTypes.push_back(MemRefType::get({1}, i8)); // the cache
     argTypes.push_back(MemRefType::get({3}, b.getI64Type()));
     argTypes.push_back(b.getIndexType());
     b.setInsertionPointToEnd(target.getBody());
@@ -169,8 +170,9 @@ private:
     body = lowered.addEntryBlock();
     b.setInsertionPointToStart(body);
     numBuffers = fn.getNumArguments() + fn.getNumResults();
-    rng = body->getArgument(numBuffers);
-    batch = body->getArgument(numBuffers + 1);
+    cacheArg = body->getArgument(numBuffers);
+    rng = body->getArgument(numBuffers + 1);
+    batch = body->getArgument(numBuffers + 2);
 
     for (unsigned i = 0; i < numBuffers; ++i) {
       Value arg = body->getArgument(i);
@@ -271,6 +273,46 @@ private:
         loc, rawType, slotArgs[slot], OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(bytes)},
         ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
     return b.create<memref::ViewOp>(loc, t, flat, b.create<arith::ConstantIndexOp>(loc, 0), ValueRange{});
+  }
+
+  /// A view of type `t` at byte `at` of the cache argument, built in the
+  /// function's body.
+  Value cacheView(MemRefType t, int64_t at) {
+    OpBuilder::InsertionGuard guard(b);
+    if (kernelRegion)
+      b.setInsertionPoint(kernelRegion);
+    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    Value flat = b.create<memref::ReinterpretCastOp>(
+        loc, rawType, cacheArg, OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(at + bytes)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
+    return b.create<memref::ViewOp>(loc, t, flat, b.create<arith::ConstantIndexOp>(loc, at), ValueRange{});
+  }
+
+  /// Memory of static type `t` kept across calls for weight-only work of
+  /// the kernel being emitted (Winograd's transformed weights), filled by
+  /// `compute` when stale: when the weights' version, which the caller
+  /// writes in the cache's first word, is 0 (unknown) or differs from the
+  /// one it was last computed at (its tag, the line before it).
+  Value cached(MemRefType t, function_ref<void(Value)> compute) {
+    auto word = MemRefType::get({1}, b.getI64Type());
+    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    int64_t tagAt = cacheBytes, at = tagAt + 64;
+    cacheBytes = at + (bytes + 63) / 64 * 64;
+    Value version = b.create<memref::LoadOp>(loc, cacheView(word, 0), ValueRange{b.create<arith::ConstantIndexOp>(loc, 0)});
+    Value tag = cacheView(word, tagAt), buffer = cacheView(t, at);
+    Value zero = b.create<arith::ConstantIndexOp>(loc, 0);
+    Value stale = b.create<arith::OrIOp>(
+        loc,
+        b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, version,
+                                b.create<arith::ConstantIntOp>(loc, 0, 64)),
+        b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ne, b.create<memref::LoadOp>(loc, tag, ValueRange{zero}),
+                                version));
+    auto refresh = b.create<scf::IfOp>(loc, stale, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&refresh.getThenRegion().front());
+    compute(buffer);
+    b.create<memref::StoreOp>(loc, version, tag, ValueRange{zero});
+    return buffer;
   }
 
   // The kernels: the nn.kernel groups of the fusion pass (compiler/
@@ -795,6 +837,8 @@ private:
       return op->emitError("the CPU backend cannot lower '") << op->getName() << "'";
     Emitter e{b, op->getLoc(), op, {}, {}, {}, rng, batch, globals, target, name, &scaling};
     e.scratch = [this](MemRefType t) { return scratch(t); };
+    if (fn->hasAttr(cpu::kCacheWeightsAttr))
+      e.cached = [this](MemRefType t, function_ref<void(Value)> compute) { return cached(t, compute); };
     // Column sums work on vectors of outputs, so their fused producers
     // (elementwise ops of the summed operand's shape) and their epilogue are
     // emitted as vectors along the last axis.
@@ -961,6 +1005,7 @@ private:
 
     lowered.setType(b.getFunctionType(body->getArgumentTypes(), {}));
     lowered->setAttr("nnc.slots", b.getDenseI64ArrayAttr(planner.flattened()));
+    lowered->setAttr("nnc.cache", b.getI64IntegerAttr(cacheBytes > 64 ? cacheBytes : 0));
     lowered->setAttr("nnc.kernels", b.getArrayAttr(kernels));
     lowered->setAttr("nnc.inplace", b.getDenseI64ArrayAttr(inPlace));
     // No two buffers overlap.
@@ -981,7 +1026,8 @@ private:
   func::FuncOp lowered;
   Block *body = nullptr;
   unsigned numBuffers = 0;
-  Value rng, batch;
+  Value cacheArg, rng, batch;
+  int64_t cacheBytes = 64; // the first line holds the weights' version
   /// The kernel being emitted (an scf.execute_region that OutlineKernels
   /// makes a function of), if any. Buffer views are built before it, in
   /// the function's body, as later kernels read them too.

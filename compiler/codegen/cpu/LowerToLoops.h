@@ -23,12 +23,20 @@ namespace nnc::cpu {
 using codegen::BatchScaling;
 
 /// Adds to `target` a function `name` computing `fn` over memrefs:
-///   (args..., results..., rng: memref<3xi64>, batch: index, slots...) -> ()
+///   (args..., results..., cache: memref<1xi8>, rng: memref<3xi64>,
+///    batch: index, slots...) -> ()
 /// Buffers of static shape are passed as such; batch-dependent ones and the
 /// slots of the memory plan as memref<1xi8> (their address). The rng buffer
 /// holds the seed, the step and the batch's first row for dropout. The function carries `nnc.slots =
 /// [perBatch0, fixed0, perBatch1, ...]`: slot i takes perBatch_i * batch +
 /// fixed_i bytes, 64-byte aligned. No two buffers may overlap.
+/// Where `fn` has the kCacheWeightsAttr attribute, weight-only work of its
+/// kernels (Winograd's transformed weights) is kept across calls in the
+/// cache, `nnc.cache` bytes (0: none; 64-byte aligned, zeroed before the
+/// first call, kept by the caller between calls): its first word is the
+/// weights' version, which the caller sets before each call and changes
+/// whenever an argument that is not an input changes (0: unknown,
+/// recomputed every call).
 /// Kernels are the `nn.kernel` ops of `fn` (the fusion pass's; flattened
 /// here, in place); without any, every op is a kernel of its own. The
 /// function lists its kernels in `nnc.kernels`: per kernel the member ops,
@@ -38,6 +46,9 @@ using codegen::BatchScaling;
 /// Each kernel is emitted as an `scf.execute_region` carrying its index in
 /// this attribute, for outlineKernels.
 inline constexpr llvm::StringLiteral kKernelAttr = "nnc.kernel";
+/// On an nn function: its arguments other than inputs (weights) change
+/// only between calls the caller tells apart by the cache's version.
+inline constexpr llvm::StringLiteral kCacheWeightsAttr = "nnc.cache_weights";
 
 mlir::LogicalResult lowerToLoops(mlir::func::FuncOp fn, const BatchScaling &scaling,
                                  mlir::ModuleOp target, llvm::StringRef name,

@@ -18,12 +18,12 @@ using namespace nnc::cpu;
 FunctionRunner::~FunctionRunner() = default;
 
 FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp fn, int64_t batch,
-                                                                  bool profile, bool fuse) {
+                                                                  bool profile, bool fuse, bool fixedWeights) {
   auto begin = std::chrono::steady_clock::now();
   std::unique_ptr<FunctionRunner> r(new FunctionRunner);
   r->batch = batch;
   r->code = ModuleOp::create(fn.getLoc());
-  if (failed(addLoops(fn, std::nullopt, *r->code, kModelKernel, profile, fuse)))
+  if (failed(addLoops(fn, std::nullopt, *r->code, kModelKernel, profile, fuse, fixedWeights)))
     return failure();
   auto d = codegen::describeSignature(fn);
   if (failed(d))
@@ -31,6 +31,7 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
   r->f = std::move(*d);
   auto kernel = r->code->lookupSymbol<func::FuncOp>(kModelKernel);
   r->f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
+  r->f.cache = kernel->getAttrOfType<IntegerAttr>("nnc.cache").getInt(); llvm::errs() << "CACHE " << r->f.cache << "\n";
   r->table = kernel->getAttrOfType<ArrayAttr>("nnc.kernels");
   auto jit = JitModule::compile(*r->code);
   if (failed(jit) || failed((*jit)->prepare(kModelKernel)))
@@ -51,6 +52,8 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
     rt::resizeLarge(r->buffers.emplace_back(), static_cast<size_t>(std::max<int64_t>(t.numel(batch), 1)));
   for (auto &b : r->buffers)
     r->pointers.push_back(b.data());
+  // Version 1 throughout: the weights never change; 0 recomputes.
+  r->pointers.push_back(r->cache.prepare(r->f.cache, fixedWeights ? 1 : 0));
   r->pointers.push_back(r->rng);
   rt::resizeLarge(r->workspace, rt::placeSlots(r->f.slots, batch, nullptr, nullptr) / 4 + 16);
   auto base = (reinterpret_cast<uintptr_t>(r->workspace.data()) + 63) & ~uintptr_t(63);

@@ -25,9 +25,12 @@ class JitModule;
 class FunctionRunner {
 public:
   /// Compiles `fn` (with per-kernel timers when `profile`) and binds it to
-  /// synthetic buffers for a batch of `batch`.
+  /// synthetic buffers for a batch of `batch`. With `fixedWeights`, its
+  /// weight-only work is kept across calls, as an inference keeps it
+  /// (rt::KernelCache); else every call does it, as a training step must.
   static mlir::FailureOr<std::unique_ptr<FunctionRunner>> create(mlir::func::FuncOp fn, int64_t batch,
-                                                                 bool profile = false, bool fuse = true);
+                                                                 bool profile = false, bool fuse = true,
+                                                                 bool fixedWeights = false);
   ~FunctionRunner();
 
   /// One call of the compiled function.
@@ -48,6 +51,7 @@ private:
   std::vector<std::vector<int32_t, rt::CacheLineAllocator<int32_t>>> buffers; // arguments, then results (32-bit words)
   std::vector<float> workspace;
   std::vector<void *> pointers, slots;
+  rt::KernelCache cache;
   int64_t rng[3] = {1, 0, 0};
   double seconds = 0;
 };

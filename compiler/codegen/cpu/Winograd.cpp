@@ -51,6 +51,7 @@ struct Winograd {
   int64_t th, tw;            // tile rows and columns
   int64_t rows, tiles;       // tile rows a block (of the batch's), and its tiles padded to whole vectors
   int64_t chunks;            // vectors per tile row
+  int64_t vectors, block;    // the multiply's register block: vectors of tiles by output channels
   VectorType vt;
   Value zero;
 
@@ -69,11 +70,27 @@ struct Winograd {
     q1 = transposed ? 2 - pad[1] : pad[1];
     th = (oh + 1) / 2;
     tw = (ow + 1) / 2;
-    rows = tilingOf(e.op, "winograd");
-    tiles = (rows * tw + kLanes - 1) / kLanes * kLanes;
     chunks = (tw + kLanes - 1) / kLanes;
     vt = VectorType::get({kLanes}, b.getF32Type());
     zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+    setRows(tilingOf(e.op, "winograd"));
+  }
+
+  /// `r` tile rows a block; the multiply's register block follows: as
+  /// many accumulators as a convolution's register block takes
+  /// (Tiling.cpp: 12 with AVX2, 16 with AVX-512), over `vectors` vectors
+  /// of tiles by `block` output channels (a divisor of `out`).
+  void setRows(int64_t r) {
+    rows = r;
+    tiles = (rows * tw + kLanes - 1) / kLanes * kLanes;
+    int64_t accumulators = std::min<int64_t>(16, cpu::host().registers - 4);
+    vectors = std::min<int64_t>(tiles / kLanes, accumulators / 4);
+    block = 1;
+    for (int64_t k = std::max<int64_t>(1, accumulators / vectors); k >= 1; --k)
+      if (out % k == 0) {
+        block = k;
+        break;
+      }
   }
 
   /// Tile row `g` of the batch's `total`: its sample, its row in the
@@ -244,19 +261,11 @@ struct Winograd {
   }
 
   /// M[e] = U[e] V[e]: register blocks of `block` output channels by
-  /// `vectors` vectors of tiles, over the input channels.
-  void multiply(Value U, Value V, Value M) {
+  /// `vectors` vectors of tiles, over the input channels. U is [16][out][in],
+  /// or `packed` (packWeights) [16][out / block][in][block], where a
+  /// block's weights are read as one stream.
+  void multiply(Value U, Value V, Value M, bool packed = false, bool parallel = false) {
     int64_t total = tiles / kLanes;
-    // As many accumulators as a convolution's register block takes
-    // (Tiling.cpp): 12 with AVX2, 16 with AVX-512.
-    int64_t accumulators = std::min<int64_t>(16, cpu::host().registers - 4);
-    int64_t vectors = std::min<int64_t>(total, accumulators / 4);
-    int64_t block = 1;
-    for (int64_t k = std::max<int64_t>(1, accumulators / vectors); k >= 1; --k)
-      if (out % k == 0) {
-        block = k;
-        break;
-      }
     auto product = [&](Value pos, Value o0, int64_t t0, int64_t count) {
       SmallVector<Value> init(block * count, zero);
       auto loop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(in), e.idx(1), init);
@@ -268,7 +277,10 @@ struct Winograd {
         for (int64_t k = 0; k < count; ++k)
           v.push_back(b.create<vector::LoadOp>(loc, vt, V, ValueRange{pos, c, e.idx(t0 + k * kLanes)}));
         for (int64_t o = 0; o < block; ++o) {
-          Value u = b.create<vector::BroadcastOp>(loc, vt, e.load(U, {pos, e.add(o0, e.idx(o)), c}));
+          Value u = b.create<vector::BroadcastOp>(
+              loc, vt,
+              packed ? e.load(U, {pos, b.create<arith::DivUIOp>(loc, o0, e.idx(block)), c, e.idx(o)})
+                     : e.load(U, {pos, e.add(o0, e.idx(o)), c}));
           for (int64_t k = 0; k < count; ++k)
             acc[o * count + k] = b.create<vector::FMAOp>(loc, u, v[k], acc[o * count + k]);
         }
@@ -286,13 +298,23 @@ struct Winograd {
         product(iv[0], o0, t0 * kLanes, vectors);
       if (t0 < total)
         product(iv[0], o0, t0 * kLanes, total - t0);
-    });
+    }, parallel);
+  }
+
+  /// U [16][out][in] rearranged into `P` [16][out / block][in][block]: a
+  /// register block's weights in the order the multiply reads them.
+  void packWeights(Value U, Value P) {
+    e.loops(ArrayRef<int64_t>{16, out / block, in}, [&](ValueRange iv) {
+      for (int64_t o = 0; o < block; ++o)
+        b.create<memref::StoreOp>(loc, e.load(U, {iv[0], e.add(e.mul(iv[1], e.idx(block)), e.idx(o)), iv[2]}), P,
+                                  ValueRange{iv[0], iv[1], iv[2], e.idx(o)});
+    }, /*parallel=*/true);
   }
 
   /// The output tiles A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], each row's pair
   /// of columns interleaved into whole output vectors, stored through the
   /// epilogue where there is one.
-  void transformOutput(Value M, Value g0, Value total) {
+  void transformOutput(Value M, Value g0, Value total, bool parallel = false) {
     e.loops(ArrayRef<int64_t>{out, rows}, [&](ValueRange iv) {
       Value o = iv[0], r = iv[1];
       auto [n, ty, inRange] = tileRow(e.add(g0, r), total);
@@ -333,7 +355,7 @@ struct Winograd {
           });
         }
       }
-    });
+    }, parallel);
   }
 
   /// dM[e][o][t] = A dY A^T for the block's tiles of the output gradient
@@ -473,7 +495,9 @@ struct Winograd {
     transformWeightGrad(DU);
   }
 
-  void run() {
+  void run(bool cache) {
+    if (cache)
+      return runCached();
     // The transformed weights in the workspace (the memory plan's scratch).
     Value U = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
     transformWeights(U);
@@ -494,6 +518,34 @@ struct Winograd {
       b.create<memref::AllocaScopeReturnOp>(loc);
     }, /*parallel=*/true);
   }
+
+  /// With the transformed weights kept across calls (an inference, often
+  /// of one sample): they are packed in the multiply's order once, and
+  /// each step of a block runs in parallel (one sample's block fills every
+  /// thread). The weights are read once a block, from memory where they
+  /// pass the caches, so where they take more than half of L2 a block
+  /// holds at least a sample.
+  void runCached() {
+    if (16 * out * in * 4 > cpu::host().l2 / 2)
+      setRows(std::max(rows, th));
+    auto packed = MemRefType::get({16, out / block, in, block}, b.getF32Type());
+    Value U = e.cached(packed, [&](Value P) {
+      Value plain = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
+      transformWeights(plain);
+      packWeights(plain, P);
+    });
+    Value V = e.scratch(MemRefType::get({16, in, tiles}, b.getF32Type()));
+    Value M = e.scratch(MemRefType::get({16, out, tiles}, b.getF32Type()));
+    Value total = e.mul(e.valueDim(e.op->getResult(0), 0), e.idx(th));
+    Value blocks = b.create<arith::CeilDivUIOp>(loc, total, e.idx(rows));
+    auto loop = b.create<scf::ForOp>(loc, e.idx(0), blocks, e.idx(1));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(loop.getBody());
+    Value g0 = e.mul(loop.getInductionVar(), e.idx(rows));
+    transformInput(V, g0, total, /*parallel=*/true);
+    multiply(U, V, M, /*packed=*/true, /*parallel=*/true);
+    transformOutput(M, g0, total, /*parallel=*/true);
+  }
 };
 
 } // namespace
@@ -509,21 +561,32 @@ bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad
   // The forward convolution's output: the weight gradient's tiles are its.
   bool weightGrad = isa<nnops::Conv2dGradWeightOp>(e.op);
   ArrayRef<int64_t> y = weightGrad ? shapeOf(e.op->getOperand(1)) : shapeOf(e.op->getResult(0));
+  // Weights that are arguments of a function whose weights change only
+  // between calls (an inference) keep their transform across calls
+  // (Emitter::cached).
+  bool cache = false;
+  if (e.cached && !weightGrad && !transposed && !getenv("NOCACHE"))
+    if (auto arg = dyn_cast<BlockArgument>(e.op->getOperand(1))) {
+      auto fn = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
+      auto role = fn ? fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(), nnops::attr::kRole) : StringAttr();
+      cache = role && role.getValue() != "input";
+    }
   // The weights' transform costs about as much as the products save on 48
   // to 64 tiles (it writes and rereads 16/9 of the weights): fewer tiles a
   // call (a batch of one on 7x7 planes) are computed directly, decided
-  // at run time where the batch is not known before.
-  constexpr int64_t kMinTiles = 48;
+  // at run time where the batch is not known before. Kept across calls,
+  // the transform costs nothing a call, and one vector of tiles pays.
+  int64_t minTiles = cache ? kLanes : 48;
   int64_t perSample = ((y[2] + 1) / 2) * ((y[3] + 1) / 2);
   auto winograd = [&] {
     Winograd w(e, X, W, Y, pad, transposed, y);
     if (weightGrad)
       w.runWeightGrad();
     else
-      w.run();
+      w.run(cache);
   };
   if (!ShapedType::isDynamic(y[0])) {
-    if (y[0] * perSample >= kMinTiles)
+    if (y[0] * perSample >= minTiles)
       winograd();
     else
       direct();
@@ -531,7 +594,7 @@ bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad
   }
   OpBuilder &b = e.b;
   Value enough = b.create<arith::CmpIOp>(e.loc, arith::CmpIPredicate::uge, e.mul(e.batch, e.idx(perSample)),
-                                         e.idx(kMinTiles));
+                                         e.idx(minTiles));
   auto branch = b.create<scf::IfOp>(e.loc, enough, /*withElseRegion=*/true);
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPointToStart(&branch.getThenRegion().front());

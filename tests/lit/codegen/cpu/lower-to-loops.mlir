@@ -4,7 +4,7 @@
 // CHECK-LABEL: func.func @m(
 // CHECK-SAME: memref<1xi8>
 // CHECK-SAME: index
-// CHECK-SAME: attributes {nnc.inplace = array<i64: -1>, nnc.kernels = [{{.*}}ops = "matmul+add+relu"{{.*}}nnc.slots = array<i64
+// CHECK-SAME: attributes {nnc.cache = 0 : i64, nnc.inplace = array<i64: -1>, nnc.kernels = [{{.*}}ops = "matmul+add+relu"{{.*}}nnc.slots = array<i64
 // CHECK: scf.execute_region {
 // CHECK: vector.fma
 // CHECK: } {nnc.kernel = 0 : i64}
