@@ -49,7 +49,7 @@ LogicalResult cpu::addLoops(func::FuncOp fn, std::optional<int64_t> batch, Modul
   OwningOpRef<ModuleOp> scratch = ModuleOp::create(fn.getLoc());
   auto clone = cast<func::FuncOp>(fn->clone());
   clone.setName(name);
-  if (cacheWeights || getenv("FORCECACHE"))
+  if (cacheWeights)
     clone->setAttr(kCacheWeightsAttr, UnitAttr::get(fn.getContext()));
   scratch->push_back(clone);
   PassManager pm(fn.getContext());

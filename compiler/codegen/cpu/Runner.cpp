@@ -31,7 +31,7 @@ FailureOr<std::unique_ptr<FunctionRunner>> FunctionRunner::create(func::FuncOp f
   r->f = std::move(*d);
   auto kernel = r->code->lookupSymbol<func::FuncOp>(kModelKernel);
   r->f.slots = kernel->getAttrOfType<DenseI64ArrayAttr>("nnc.slots").asArrayRef().vec();
-  r->f.cache = kernel->getAttrOfType<IntegerAttr>("nnc.cache").getInt(); llvm::errs() << "CACHE " << r->f.cache << "\n";
+  r->f.cache = kernel->getAttrOfType<IntegerAttr>("nnc.cache").getInt();
   r->table = kernel->getAttrOfType<ArrayAttr>("nnc.kernels");
   auto jit = JitModule::compile(*r->code);
   if (failed(jit) || failed((*jit)->prepare(kModelKernel)))

@@ -304,10 +304,31 @@ struct Winograd {
   /// U [16][out][in] rearranged into `P` [16][out / block][in][block]: a
   /// register block's weights in the order the multiply reads them.
   void packWeights(Value U, Value P) {
+    auto flatType = MemRefType::get({16 * out * in}, b.getF32Type());
+    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, U, ArrayRef<ReassociationIndices>{{0, 1, 2}});
+    auto i32v = VectorType::get({kLanes}, b.getI32Type());
+    SmallVector<int32_t> offsets;
+    SmallVector<bool> lanes;
     e.loops(ArrayRef<int64_t>{16, out / block, in}, [&](ValueRange iv) {
-      for (int64_t o = 0; o < block; ++o)
-        b.create<memref::StoreOp>(loc, e.load(U, {iv[0], e.add(e.mul(iv[1], e.idx(block)), e.idx(o)), iv[2]}), P,
-                                  ValueRange{iv[0], iv[1], iv[2], e.idx(o)});
+      // A register block's weights of one input channel: `block` output
+      // channels, `in` apart in U, gathered a vector at a time.
+      for (int64_t j = 0; j < block; j += kLanes) {
+        offsets.clear();
+        lanes.clear();
+        for (int64_t l = 0; l < kLanes; ++l) {
+          offsets.push_back(static_cast<int32_t>(l * in));
+          lanes.push_back(j + l < block);
+        }
+        Value o = e.add(e.mul(iv[1], e.idx(block)), e.idx(j));
+        Value base = e.add(e.mul(e.add(e.mul(iv[0], e.idx(out)), o), e.idx(in)), iv[2]);
+        Value mask = b.create<arith::ConstantOp>(
+            loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), ArrayRef<bool>(lanes)));
+        Value v = b.create<vector::GatherOp>(
+            loc, vt, flat, ValueRange{base},
+            b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets))), mask, zero);
+        b.create<vector::TransferWriteOp>(loc, v, P, ValueRange{iv[0], iv[1], iv[2], e.idx(j)},
+                                          ArrayRef<bool>{j + kLanes <= block});
+      }
     }, /*parallel=*/true);
   }
 
@@ -565,7 +586,7 @@ bool conv2dWinograd(Emitter &e, Value X, Value W, Value Y, ArrayRef<int64_t> pad
   // between calls (an inference) keep their transform across calls
   // (Emitter::cached).
   bool cache = false;
-  if (e.cached && !weightGrad && !transposed && !getenv("NOCACHE"))
+  if (e.cached && !weightGrad && !transposed)
     if (auto arg = dyn_cast<BlockArgument>(e.op->getOperand(1))) {
       auto fn = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
       auto role = fn ? fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(), nnops::attr::kRole) : StringAttr();
