@@ -276,6 +276,17 @@ struct Winograd {
         SmallVector<Value> v, acc(loop.getRegionIterArgs());
         for (int64_t k = 0; k < count; ++k)
           v.push_back(b.create<vector::LoadOp>(loc, vt, V, ValueRange{pos, c, e.idx(t0 + k * kLanes)}));
+        if (packed) {
+          // Packed weights kept across calls stream from memory once they
+          // pass the caches: fetched a DRAM access's time ahead (the
+          // hardware's prefetchers measured short of it), `block * count`
+          // multiply-adds a step. (Prefetches never fault past the end.)
+          constexpr int64_t kAheadCycles = 512;
+          int64_t ahead = (kAheadCycles + block * count - 1) / (block * count);
+          b.create<memref::PrefetchOp>(
+              loc, U, ValueRange{pos, b.create<arith::DivUIOp>(loc, o0, e.idx(block)), e.add(c, e.idx(ahead)), e.idx(0)},
+              /*isWrite=*/false, /*localityHint=*/3, /*isDataCache=*/true);
+        }
         for (int64_t o = 0; o < block; ++o) {
           Value u = b.create<vector::BroadcastOp>(
               loc, vt,
