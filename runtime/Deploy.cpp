@@ -83,6 +83,14 @@ std::unique_ptr<deploy::Context> deploy::create(const ModelDesc &m, const std::s
       return nullptr;
     }
   }
+  // One prediction on a zero sample: the kernels then do their weight-only
+  // work (Winograd's weight transforms) here, once, and keep it, so that
+  // every model_predict runs at the same speed.
+  std::vector<float> zeros(static_cast<size_t>(inputSize(m)), 0.0f), out(static_cast<size_t>(outputSize(m)));
+  if (Status s = predict(*c, zeros.data(), 1, out.data()); !s) {
+    error = s.message();
+    return nullptr;
+  }
   return c;
 }
 
