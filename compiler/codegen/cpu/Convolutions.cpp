@@ -698,6 +698,44 @@ LogicalResult conv2dGradInput(Emitter &e) {
   return success();
 }
 
+/// The lane sums of the vectors `vs`, kLanes vectors at a time as one tree
+/// of shuffles and adds: each level halves the lanes per vector and
+/// doubles the vectors per register (a transpose folded into the sums), 3
+/// operations per pair of registers a level, where summing each vector on
+/// its own takes log2(kLanes) shuffles and adds apiece. Weight gradients
+/// sum their accumulators' lanes so at the end of every batch chunk.
+static SmallVector<Value> laneSums(Emitter &e, ArrayRef<Value> vs) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+  SmallVector<Value> sums;
+  for (size_t first = 0; first < vs.size(); first += kLanes) {
+    SmallVector<Value> level(vs.begin() + first, vs.begin() + std::min<size_t>(vs.size(), first + kLanes));
+    size_t count = level.size();
+    level.resize(kLanes, zero);
+    // A register holds `rows` vectors' partial sums, `width` lanes each.
+    for (int64_t width = kLanes, rows = 1; width > 1; width /= 2, rows *= 2) {
+      SmallVector<int64_t> lo, hi;
+      for (int64_t from = 0; from < 2; ++from) // the pair's first register, then its second
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < width / 2; ++j) {
+            lo.push_back(from * kLanes + r * width + j);
+            hi.push_back(from * kLanes + r * width + width / 2 + j);
+          }
+      SmallVector<Value> next;
+      for (size_t i = 0; i + 1 < level.size(); i += 2)
+        next.push_back(b.create<arith::AddFOp>(loc, b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], lo),
+                                               b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], hi), flags));
+      level = std::move(next);
+    }
+    for (size_t i = 0; i < count; ++i)
+      sums.push_back(b.create<vector::ExtractOp>(loc, level[0], static_cast<int64_t>(i)));
+  }
+  return sums;
+}
+
 /// The weight gradient with unit column stride: for a block of output
 /// channels and one input channel, the products of every (channel, kernel
 /// tap) pair are accumulated in a vector register each over the batch and
@@ -866,14 +904,13 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
       }
       b.create<scf::YieldOp>(loc, sums);
     }
+    SmallVector<Value> sums = laneSums(e, SmallVector<Value>(nLoop.getResults()));
     for (int64_t ci = 0; ci < inBlock; ++ci)
       for (int64_t k = 0; k < block; ++k)
         for (auto [r, p] : llvm::enumerate(rows))
           for (int64_t q = 0; q < kw; ++q) {
             int64_t t = static_cast<int64_t>(r) * kw + q;
-            Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD,
-                                                      nLoop.getResult(ci * perIn + k * taps + t),
-                                                      arith::FastMathFlags::reassoc);
+            Value sum = sums[ci * perIn + k * taps + t];
             SmallVector<Value> at{e.add(o0, e.idx(k)), ci ? e.add(c0, e.idx(ci)) : c0, p, e.idx(q)};
             Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
             e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
@@ -913,7 +950,6 @@ static void conv2dGradWeightPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRe
   Value batch = e.valueDim(e.op->getOperand(0), 0);
   Value chunks = b.create<arith::CeilDivUIOp>(loc, batch, e.idx(chunk));
   int64_t groupsOfRows = (oh + rows - 1) / rows;
-  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
   auto kLoop = b.create<scf::ForOp>(loc, e.idx(0), chunks, e.idx(1));
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPointToStart(kLoop.getBody());
@@ -966,10 +1002,10 @@ static void conv2dGradWeightPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRe
       }
       b.create<scf::YieldOp>(loc, mLoop.getResults());
     }
+    SmallVector<Value> sums = laneSums(e, SmallVector<Value>(rgLoop.getResults()));
     for (int64_t k = 0; k < block; ++k)
       for (int64_t t = 0; t < taps; ++t) {
-        Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, rgLoop.getResult(k * taps + t),
-                                                  Value(), flags);
+        Value sum = sums[k * taps + t];
         SmallVector<Value> at{e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])};
         Value before = select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DW, at));
         e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
