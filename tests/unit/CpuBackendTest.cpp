@@ -894,6 +894,29 @@ TEST(CpuWinograd, MatchesReference) {
   }
 }
 
+/// Transformed weights past half of L2, made every call (a training step's
+/// forward and input gradient), are packed for the multiply and read once a
+/// block: blocks of a sample (a small batch) and of as many tiles as half
+/// of L2 holds one position's products for (a batch that has them), both
+/// against the reference. The channel count and batch follow this machine's
+/// L2.
+TEST(CpuWinograd, LargeWeightsPackedEveryCall) {
+  int64_t l2 = cpu::host().l2, c = 16;
+  while (64 * c * c <= l2 / 2)
+    c += 16;
+  int64_t large = l2 / 2 / (8 * c) / 16 + 2; // a large block's tiles, 16 tiles a sample
+  std::string ch = std::to_string(c);
+  std::string src = "model m {\n  input x: f32[B, " + ch + ", 8, 8]\n  input w: f32[" + ch + ", " + ch +
+                    ", 3, 3]\n  y = conv2d(x, w, padding=1)\n  output y\n}\n";
+  test::Compiled m(src, Stage::Nn);
+  ASSERT_TRUE(m.module) << m.firstError();
+  cpu::clearTunedTilings();
+  EXPECT_EQ(forceTiling(m, cpu::winogradApplies, "winograd", 2), 1);
+  for (int64_t batch : {int64_t{3}, large})
+    expectMatchesReference(src, batch, 8, 1e-4);
+  cpu::clearTunedTilings();
+}
+
 /// The model function keeps Winograd's transformed weights across calls
 /// (its cache); they must follow every change of the weights. Evaluations
 /// match the reference before and after training steps and after a weight

@@ -313,34 +313,49 @@ struct Winograd {
   }
 
   /// U [16][out][in] rearranged into `P` [16][out / block][in][block]: a
-  /// register block's weights in the order the multiply reads them.
+  /// register block's weights in the order the multiply reads them. A
+  /// block of a power of two channels (up to a vector) is a transpose of
+  /// its rows a vector of input channels at a time: log2(block) rounds of
+  /// interleaving rows i and i + block / 2 into rows 2i and 2i + 1,
+  /// contiguous loads and stores; other blocks, and input channels past
+  /// whole vectors, move one element at a time.
   void packWeights(Value U, Value P) {
-    auto flatType = MemRefType::get({16 * out * in}, b.getF32Type());
-    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, U, ArrayRef<ReassociationIndices>{{0, 1, 2}});
-    auto i32v = VectorType::get({kLanes}, b.getI32Type());
-    SmallVector<int32_t> offsets;
-    SmallVector<bool> lanes;
-    e.loops(ArrayRef<int64_t>{16, out / block, in}, [&](ValueRange iv) {
-      // A register block's weights of one input channel: `block` output
-      // channels, `in` apart in U, gathered a vector at a time.
-      for (int64_t j = 0; j < block; j += kLanes) {
-        offsets.clear();
-        lanes.clear();
-        for (int64_t l = 0; l < kLanes; ++l) {
-          offsets.push_back(static_cast<int32_t>(l * in));
-          lanes.push_back(j + l < block);
+    bool zip = block <= kLanes && (block & (block - 1)) == 0;
+    int64_t whole = zip ? in / kLanes * kLanes : 0;
+    auto flatType = MemRefType::get({16 * (out / block) * in * block}, b.getF32Type());
+    Value flat = b.create<memref::CollapseShapeOp>(loc, flatType, P, ArrayRef<ReassociationIndices>{{0, 1, 2, 3}});
+    SmallVector<int64_t> lo, hi;
+    for (int64_t l = 0; l < kLanes / 2; ++l) {
+      lo.append({l, l + kLanes});
+      hi.append({l + kLanes / 2, l + kLanes / 2 + kLanes});
+    }
+    if (whole > 0)
+      e.loops(ArrayRef<int64_t>{16, out / block, whole / kLanes}, [&](ValueRange iv) {
+        Value c0 = e.mul(iv[2], e.idx(kLanes));
+        SmallVector<Value> rows;
+        for (int64_t o = 0; o < block; ++o)
+          rows.push_back(b.create<vector::LoadOp>(loc, vt, U,
+                                                  ValueRange{iv[0], e.add(e.mul(iv[1], e.idx(block)), e.idx(o)), c0}));
+        for (int64_t round = 1; round < block; round *= 2) {
+          SmallVector<Value> next(rows.size());
+          for (int64_t i = 0, h = block / 2; i < h; ++i) {
+            next[2 * i] = shuffle(rows[i], rows[i + h], lo);
+            next[2 * i + 1] = shuffle(rows[i], rows[i + h], hi);
+          }
+          rows = std::move(next);
         }
-        Value o = e.add(e.mul(iv[1], e.idx(block)), e.idx(j));
-        Value base = e.add(e.mul(e.add(e.mul(iv[0], e.idx(out)), o), e.idx(in)), iv[2]);
-        Value mask = b.create<arith::ConstantOp>(
-            loc, DenseElementsAttr::get(VectorType::get({kLanes}, b.getI1Type()), ArrayRef<bool>(lanes)));
-        Value v = b.create<vector::GatherOp>(
-            loc, vt, flat, ValueRange{base},
-            b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(offsets))), mask, zero);
-        b.create<vector::TransferWriteOp>(loc, v, P, ValueRange{iv[0], iv[1], iv[2], e.idx(j)},
-                                          ArrayRef<bool>{j + kLanes <= block});
-      }
-    }, /*parallel=*/true);
+        // The tile's block * kLanes values from P[pos][ob][c0][0] on.
+        Value at = e.mul(e.add(e.mul(e.add(e.mul(iv[0], e.idx(out / block)), iv[1]), e.idx(in)), c0), e.idx(block));
+        for (int64_t k = 0; k < block; ++k)
+          b.create<vector::StoreOp>(loc, rows[k], flat, ValueRange{e.add(at, e.idx(k * kLanes))});
+      }, /*parallel=*/true);
+    if (whole < in)
+      e.loops(ArrayRef<int64_t>{16, out / block, in - whole}, [&](ValueRange iv) {
+        Value c = e.add(iv[2], e.idx(whole));
+        for (int64_t o = 0; o < block; ++o)
+          b.create<memref::StoreOp>(loc, e.load(U, {iv[0], e.add(e.mul(iv[1], e.idx(block)), e.idx(o)), c}), P,
+                                    ValueRange{iv[0], iv[1], c, e.idx(o)});
+      }, /*parallel=*/true);
   }
 
   /// The output tiles A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], each row's pair
@@ -530,6 +545,8 @@ struct Winograd {
   void run(bool cache) {
     if (cache)
       return runCached();
+    if (16 * out * in * 4 > cpu::host().l2 / 2)
+      return runLarge();
     // The transformed weights in the workspace (the memory plan's scratch).
     Value U = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
     transformWeights(U);
@@ -551,21 +568,13 @@ struct Winograd {
     }, /*parallel=*/true);
   }
 
-  /// With the transformed weights kept across calls (an inference, often
-  /// of one sample): they are packed in the multiply's order once, and
-  /// each step of a block runs in parallel (one sample's block fills every
-  /// thread). The weights are read once a block, from memory where they
-  /// pass the caches, so where they take more than half of L2 a block
-  /// holds at least a sample.
-  void runCached() {
-    if (16 * out * in * 4 > cpu::host().l2 / 2)
-      setRows(std::max(rows, th));
-    auto packed = MemRefType::get({16, out / block, in, block}, b.getF32Type());
-    Value U = e.cached(packed, [&](Value P) {
-      Value plain = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
-      transformWeights(plain);
-      packWeights(plain, P);
-    });
+  /// The packed weights' type for the current register block.
+  MemRefType packedType() { return MemRefType::get({16, out / block, in, block}, b.getF32Type()); }
+
+  /// The batch's tiles a block of `rows` tile rows at a time, the packed
+  /// weights U read once a block, each step of a block in parallel (its
+  /// transformed input and products in scratch slots).
+  void packedBlocks(Value U) {
     Value V = e.scratch(MemRefType::get({16, in, tiles}, b.getF32Type()));
     Value M = e.scratch(MemRefType::get({16, out, tiles}, b.getF32Type()));
     Value total = e.mul(e.valueDim(e.op->getResult(0), 0), e.idx(th));
@@ -577,6 +586,54 @@ struct Winograd {
     transformInput(V, g0, total, /*parallel=*/true);
     multiply(U, V, M, /*packed=*/true, /*parallel=*/true);
     transformOutput(M, g0, total, /*parallel=*/true);
+  }
+
+  /// With the transformed weights kept across calls (an inference, often
+  /// of one sample): they are packed in the multiply's order once, and
+  /// each step of a block runs in parallel (one sample's block fills every
+  /// thread). The weights are read once a block, from memory where they
+  /// pass the caches, so where they take more than half of L2 a block
+  /// holds at least a sample.
+  void runCached() {
+    if (16 * out * in * 4 > cpu::host().l2 / 2)
+      setRows(std::max(rows, th));
+    Value U = e.cached(packedType(), [&](Value P) {
+      Value plain = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
+      transformWeights(plain);
+      packWeights(plain, P);
+    });
+    packedBlocks(U);
+  }
+
+  /// Transformed weights past half of L2, made every call (a training
+  /// step): blocks of the stack's size would each stream all of them from
+  /// L3, so they are packed and read once a block of as many tiles as
+  /// keep one position's transformed input and products in half of L2
+  /// (the multiply's working set), where the batch has that many; smaller
+  /// batches take a sample a block (a branch at run time).
+  void runLarge() {
+    Value plain = e.scratch(MemRefType::get({16, out, in}, b.getF32Type()));
+    transformWeights(plain);
+    int64_t small = std::max(rows, th);
+    int64_t most = cpu::host().l2 / 2 / (4 * (in + out)); // tiles
+    int64_t large = std::max<int64_t>(small, most / kLanes * kLanes / tw);
+    auto variant = [&](int64_t r) {
+      setRows(r);
+      Value U = e.scratch(packedType());
+      packWeights(plain, U);
+      packedBlocks(U);
+    };
+    if (large == small)
+      return variant(small);
+    Value total = e.mul(e.valueDim(e.op->getResult(0), 0), e.idx(th));
+    auto branch = b.create<scf::IfOp>(loc, b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::uge, total,
+                                                                   e.idx(large)),
+                                      /*withElseRegion=*/true);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&branch.getThenRegion().front());
+    variant(large);
+    b.setInsertionPointToStart(&branch.getElseRegion().front());
+    variant(small);
   }
 };
 
