@@ -68,6 +68,10 @@ def peer_ms(model, x, reps):
 
 
 def nnc_ms(work, model_file, weights, x, reps, name):
+    # Run before the peer's work on each workload, and after a pause: the
+    # peer's worker threads spin for a while after their last region and
+    # would take the cores from the library's.
+    time.sleep(1)
     lib = os.path.join(work, "lib" + name)
     subprocess.run([NNC, "build", model_file, "--lib", "-o", lib], check=True, stdout=subprocess.DEVNULL)
     os.replace(lib + ".h", os.path.join(work, "model.h"))
@@ -93,8 +97,8 @@ def main():
         rows = []
         for batch, reps in ((1, 200), (64, 30)):
             x = torch.rand(batch, 1, 28, 28)
-            t_peer, y_peer = peer_ms(cnn, x, reps)
             t_nnc, y_nnc = nnc_ms(work, os.path.join(ROOT, "examples/mnist_cnn.nn"), w, x, reps, "cnn")
+            t_peer, y_peer = peer_ms(cnn, x, reps)
             rows.append(("mnist_cnn batch %d" % batch, t_nnc, t_peer, float(np.abs(y_nnc - y_peer.ravel()).max())))
         net = torchvision.models.resnet18()
         with torch.no_grad():
@@ -105,8 +109,8 @@ def main():
         w = os.path.join(work, "resnet18.safetensors")
         save(w, {k: v.numpy() for k, v in net.state_dict().items() if v.dtype == torch.float32})
         x = torch.rand(1, 3, 224, 224)
-        t_peer, y_peer = peer_ms(net, x, 10)
         t_nnc, y_nnc = nnc_ms(work, os.path.join(ROOT, "examples/resnet18.nn"), w, x, 10, "resnet18")
+        t_peer, y_peer = peer_ms(net, x, 10)
         rows.append(("resnet18_224 batch 1", t_nnc, t_peer, float(np.abs(y_nnc - y_peer.ravel()).max())))
         for name, a, b, d in rows:
             print("%-22s %10.3f %10.3f %7.2fx %12.2g" % (name, a, b, b / a, d))
