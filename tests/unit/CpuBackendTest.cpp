@@ -1071,6 +1071,30 @@ TEST(CpuMaxPool2x2, MatchesReferenceAtRaggedWidths) {
                            });
 }
 
+/// Strided forward convolutions of small planes per input phase plane:
+/// kernels of 3, 4 and 5 taps a side at strides 2 and 3, paddings 0-2,
+/// planes of one to four rows a vector, ragged channel blocks, with a bias
+/// and ReLU through the epilogue and without, and a layer whose samples
+/// take several chunks of phase planes; against the reference.
+TEST(CpuConvPhases, StridedForwardMatchesReference) {
+  struct Case {
+    int c, k, h, w, kernel, stride, pad;
+    bool epilogue;
+  } cases[] = {{16, 32, 8, 8, 3, 2, 1, true},   {5, 7, 14, 14, 3, 2, 1, false}, {8, 16, 12, 12, 3, 3, 1, true},
+               {6, 12, 8, 8, 4, 2, 1, false},   {4, 10, 8, 8, 5, 2, 2, true},   {3, 8, 6, 6, 3, 2, 0, false},
+               {256, 16, 16, 16, 3, 2, 1, true}};
+  for (const Case &t : cases) {
+    std::string conv = "conv2d(x, w, stride=" + std::to_string(t.stride) + ", padding=" + std::to_string(t.pad) + ")";
+    std::string src = "model m {\n  input x: f32[B, " + std::to_string(t.c) + ", " + std::to_string(t.h) + ", " +
+                      std::to_string(t.w) + "]\n  input w: f32[" + std::to_string(t.k) + ", " + std::to_string(t.c) +
+                      ", " + std::to_string(t.kernel) + ", " + std::to_string(t.kernel) + "]\n  input b: f32[" +
+                      std::to_string(t.k) + ", 1, 1]\n  y = " + (t.epilogue ? "relu(" + conv + " + b)" : conv) +
+                      "\n  output y\n}\n";
+    for (int64_t batch : {1, 5})
+      expectMatchesReference(src, batch, 9, 1e-4);
+  }
+}
+
 /// Max pools of any window on row vectors: overlapping windows with
 /// padding (ResNet's 3 / 2 / 1), unit and large strides (a gather), rows
 /// shorter than a vector and spanning several, ties, a NaN (skipped unless

@@ -459,6 +459,39 @@ Value rowsVector(Emitter &e, Value X, Value n, Value c, function_ref<Value(int64
   return acc;
 }
 
+/// Stores the sums of a group of `rows` output rows (lane r * ow + j: row
+/// i0 + r, column j), one vector per channel from o0, each row shifted down
+/// to lane 0; through the epilogue where there is one. Rows past the
+/// output's end are not stored.
+static void storeRowGroup(Emitter &e, Value Y, ArrayRef<Value> sums, Value n, Value o0, Value i0, int64_t rows) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> y = shapeOf(e.op->getResult(0));
+  int64_t ow = y[3];
+  for (int64_t r = 0; r < rows; ++r) {
+    SmallVector<int64_t> lanes;
+    for (int64_t l = 0; l < kLanes; ++l)
+      lanes.push_back(l < ow ? r * ow + l : 0);
+    Value i = e.add(i0, e.idx(r));
+    auto row = [&] {
+      for (auto [k, sum] : llvm::enumerate(sums)) {
+        Value v = sum;
+        if (r > 0)
+          v = b.create<vector::ShuffleOp>(loc, v, v, lanes);
+        SmallVector<Value> at{n, e.add(o0, e.idx(static_cast<int64_t>(k))), i, e.idx(0)};
+        if (e.epilogue) // through the epilogue: lanes past the row's end are not stored
+          e.emit(v, at);
+        else
+          b.create<vector::TransferWriteOp>(loc, v, Y, at, ArrayRef<bool>{false});
+      }
+    };
+    if (y[2] % rows == 0)
+      row();
+    else
+      e.when(b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, i, e.idx(y[2])), row);
+  }
+}
+
 /// Rows of the output narrower than a vector, as many per vector as fit
 /// (a 4 x 4 image fills 8 lanes with two rows, not half of them with one).
 /// The input is read a vector of rows at a time (GroupLanes, rowsVector),
@@ -541,28 +574,7 @@ static void conv2dRowGroups(Emitter &e, Value X, Value W, Value Y, ArrayRef<int6
         b.create<scf::YieldOp>(loc, pLoop.getResults());
       }
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      SmallVector<int64_t> lanes;
-      for (int64_t l = 0; l < kLanes; ++l)
-        lanes.push_back(l < ow ? r * ow + l : 0);
-      Value i = e.add(i0, e.idx(r));
-      auto row = [&] {
-        for (int64_t k = 0; k < block; ++k) {
-          Value v = cLoop.getResult(k);
-          if (r > 0)
-            v = b.create<vector::ShuffleOp>(loc, v, v, lanes);
-          SmallVector<Value> at{n, e.add(o0, e.idx(k)), i, e.idx(0)};
-          if (e.epilogue) // through the epilogue: lanes past the row's end are not stored
-            e.emit(v, at);
-          else
-            b.create<vector::TransferWriteOp>(loc, v, Y, at, ArrayRef<bool>{false});
-        }
-      };
-      if (y[2] % rows == 0)
-        row();
-      else
-        e.when(b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::slt, i, e.idx(y[2])), row);
-    }
+    storeRowGroup(e, Y, SmallVector<Value>(cLoop.getResults()), n, o0, i0, rows);
   }, /*parallel=*/true, rowsInParallel(y, cx, w)); // samples x groups of rows
 }
 
@@ -660,9 +672,101 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
   }, /*parallel=*/true, rowsInParallel(x, w[0], w));
 }
 
+/// The rows of a phase plane a vector takes in conv2dForwardPhases, or 0
+/// where it does not apply: equal strides of 2 or more, one group, an
+/// input (a contiguous buffer) the output's size times the stride, output
+/// rows no wider than half a vector.
+static int64_t forwardPhaseRows(nnops::Conv2dOp op, Value X) {
+  ArrayRef<int64_t> x = shapeOf(X), y = shapeOf(op.getResult());
+  ArrayRef<int64_t> stride = op.getStride();
+  int64_t s = stride[0];
+  if (!cast<MemRefType>(X.getType()).getLayout().isIdentity() || op.getGroups() != 1 || s < 2 || stride[1] != s ||
+      x[2] != s * y[2] || x[3] != s * y[3] || 2 * y[3] > kLanes)
+    return 0;
+  // A single tap reads one phase plane of s * s: splitting the others
+  // would cost more than it saves.
+  ArrayRef<int64_t> w = shapeOf(op->getOperand(1));
+  return w[2] * w[3] > 1 ? kLanes / y[3] : 0;
+}
+
+/// A strided forward convolution of small planes per input phase: each
+/// sample chunk's input is split into its s x s phase planes (rows ph, ph
+/// + s, ...; columns likewise), as large as the output, so that every tap
+/// reads one plane at a unit stride, several of its rows to a vector in one
+/// masked load (GroupLanes), where strided rows cost a load pair and a
+/// shuffle each and more shuffles to join them. Applies where phaseRows
+/// does (the output and input in the roles of the output gradient and
+/// input gradient there).
+static void conv2dForwardPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t rows) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  Value X = e.in[0], W = e.in[1], Y = e.out[0];
+  ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
+  int64_t s = stride[0], oh = y[2], ow = y[3];
+  int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
+  // Samples a chunk: their phase planes (the input's size) in half of L2.
+  int64_t chunk = std::max<int64_t>(1, cpu::host().l2 / 2 / (x[1] * x[2] * x[3] * 4));
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  Value phases = e.scratch(MemRefType::get({chunk, x[1] * s * s, oh * ow}, b.getF32Type()));
+  Value batch = e.valueDim(e.op->getResult(0), 0);
+  Value chunks = b.create<arith::CeilDivUIOp>(loc, batch, e.idx(chunk));
+  int64_t rowGroups = (oh + rows - 1) / rows;
+  auto kLoop = b.create<scf::ForOp>(loc, e.idx(0), chunks, e.idx(1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(kLoop.getBody());
+  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
+  Value count = b.create<arith::MinUIOp>(loc, e.idx(chunk), e.sub(batch, n0));
+  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
+    Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
+    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
+                        b.create<arith::RemUIOp>(loc, col, e.idx(s)));
+    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, r, e.idx(s)), e.idx(ow)),
+                     b.create<arith::DivUIOp>(loc, col, e.idx(s)));
+    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
+  }, /*parallel=*/true);
+  e.loops(ArrayRef<Value>{count, e.idx(rowGroups), e.idx(y[1] / block)}, [&](ValueRange iv) {
+    Value m = iv[0], i0 = e.mul(iv[1], e.idx(rows)), o0 = e.mul(iv[2], e.idx(block));
+    // Each tap's rows of its phase plane (the same masks for every input
+    // channel): tap (p, q) reads plane ((p - pad) mod s, (q - pad) mod s)
+    // at (i + floor((p - pad) / s), j + ...).
+    SmallVector<GroupLanes> in;
+    SmallVector<int64_t> planeOf;
+    for (int64_t p = 0; p < w[2]; ++p)
+      for (int64_t q = 0; q < w[3]; ++q) {
+        int64_t dp = p - pad[0], dq = q - pad[1];
+        int64_t ph = ((dp % s) + s) % s, pw = ((dq % s) + s) % s;
+        in.emplace_back(e, e.add(i0, e.idx((dp - ph) / s)), e.idx((dq - pw) / s), ow, rows, oh, ow);
+        planeOf.push_back(ph * s + pw);
+      }
+    SmallVector<Value> init(block, zero);
+    auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(x[1]), e.idx(1), init);
+    {
+      OpBuilder::InsertionGuard g1(b);
+      b.setInsertionPointToStart(cLoop.getBody());
+      Value c = cLoop.getInductionVar();
+      SmallVector<Value> acc(cLoop.getRegionIterArgs());
+      for (int64_t t = 0; t < w[2] * w[3]; ++t) {
+        Value v = in[t].load(e, phases, m, e.add(e.mul(c, e.idx(s * s)), e.idx(planeOf[t])));
+        for (int64_t k = 0; k < block; ++k) {
+          Value wk = b.create<vector::BroadcastOp>(
+              loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])}));
+          acc[k] = b.create<vector::FMAOp>(loc, wk, v, acc[k]);
+        }
+      }
+      b.create<scf::YieldOp>(loc, acc);
+    }
+    storeRowGroup(e, Y, SmallVector<Value>(cLoop.getResults()), e.add(n0, m), o0, i0, rows);
+  }, /*parallel=*/true, /*collapse=*/3);
+}
+
 LogicalResult conv2d(Emitter &e) {
   auto op = self<nnops::Conv2dOp>(e);
   auto direct = [&] {
+    if (int64_t rows = forwardPhaseRows(op, e.in[0]); rows > 0) {
+      conv2dForwardPhases(e, op.getStride(), op.getPadding(), rows);
+      return;
+    }
     if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3], /*rowByRow=*/true);
         rows > 1) {
       conv2dRowGroups(e, e.in[0], e.in[1], e.out[0], op.getStride(), op.getPadding(), op.getGroups(), rows,
