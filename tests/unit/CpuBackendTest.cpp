@@ -342,6 +342,20 @@ std::string optimizerName(size_t i) {
   return names[i];
 }
 
+/// Binds the training step and the model function of `desc` to their
+/// kernels in `jit`; false when one is missing.
+bool bindKernels(rt::ModelDesc &desc, cpu::JitModule &jit) {
+  for (auto [f, name] : {std::pair{&desc.trainStep, cpu::kTrainStepKernel}, std::pair{&desc.model, cpu::kModelKernel}}) {
+    if (failed(jit.prepare(name)))
+      return false;
+    size_t buffers = f->buffers(), slots = f->slots.size() / 2;
+    f->call = [j = &jit, name, buffers, slots](void **b, int64_t n, void **s) {
+      (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
+    };
+  }
+  return true;
+}
+
 class CompiledOptimizer : public ::testing::TestWithParam<const char *> {};
 
 /// Five steps of the JIT-compiled model through the runtime (which feeds
@@ -361,14 +375,7 @@ TEST_P(CompiledOptimizer, StepsMatchReferenceTrainer) {
   EXPECT_GT(inPlace, 0u) << "no state tensor was updated in place";
   auto jit = cpu::JitModule::compile(code);
   ASSERT_TRUE(succeeded(jit)) << m.firstError();
-  for (auto [f, name] : {std::pair{&desc->trainStep, cpu::kTrainStepKernel},
-                         std::pair{&desc->model, cpu::kModelKernel}}) {
-    ASSERT_TRUE(succeeded((*jit)->prepare(name)));
-    size_t buffers = f->buffers(), slots = f->slots.size() / 2;
-    f->call = [j = jit->get(), name, buffers, slots](void **b, int64_t n, void **s) {
-      (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
-    };
-  }
+  ASSERT_TRUE(bindKernels(*desc, **jit));
   rt::CompiledModel compiled(*desc, 3, "cpu");
   ASSERT_TRUE(compiled.initialize());
   auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
@@ -942,14 +949,7 @@ TEST(CpuWinograd, KeptWeightsFollowEveryChange) {
   EXPECT_EQ(desc->trainStep.cache, 0) << "the training step keeps weights it changes";
   auto jit = cpu::JitModule::compile(code);
   ASSERT_TRUE(succeeded(jit)) << m.firstError();
-  for (auto [f, name] : {std::pair{&desc->trainStep, cpu::kTrainStepKernel},
-                         std::pair{&desc->model, cpu::kModelKernel}}) {
-    ASSERT_TRUE(succeeded((*jit)->prepare(name)));
-    size_t buffers = f->buffers(), slots = f->slots.size() / 2;
-    f->call = [j = jit->get(), name, buffers, slots](void **b, int64_t n, void **s) {
-      (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
-    };
-  }
+  ASSERT_TRUE(bindKernels(*desc, **jit));
   rt::CompiledModel compiled(*desc, 3, "cpu");
   ASSERT_TRUE(compiled.initialize());
   auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));

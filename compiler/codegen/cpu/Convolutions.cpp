@@ -595,6 +595,31 @@ static int64_t phaseRows(Emitter &e, Value DY, Value DX, ArrayRef<int64_t> strid
   return kLanes / d[3];
 }
 
+/// The sums over channels [0, n) of each tap's vector of input lanes
+/// (`lanes(t, c)`, t < taps) times a block of weights broadcast
+/// (`weight(t, k, c)`, k < block), in `block` vector registers carried by
+/// one loop over the channels.
+static SmallVector<Value> tapSums(Emitter &e, int64_t n, int64_t taps, int64_t block,
+                                  function_ref<Value(int64_t t, Value c)> lanes,
+                                  function_ref<Value(int64_t t, int64_t k, Value c)> weight) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  SmallVector<Value> init(block, b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f)));
+  auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(n), e.idx(1), init);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(cLoop.getBody());
+  Value c = cLoop.getInductionVar();
+  SmallVector<Value> acc(cLoop.getRegionIterArgs());
+  for (int64_t t = 0; t < taps; ++t) {
+    Value v = lanes(t, c);
+    for (int64_t k = 0; k < block; ++k)
+      acc[k] = b.create<vector::FMAOp>(loc, b.create<vector::BroadcastOp>(loc, vt, weight(t, k, c)), v, acc[k]);
+  }
+  b.create<scf::YieldOp>(loc, acc);
+  return SmallVector<Value>(cLoop.getResults());
+}
+
 /// A strided input gradient per output phase (ph, pw): the outputs (s i +
 /// ph, s j + pw) meet only the taps p = ph + pad (mod s), q likewise, each
 /// at the output gradient's (i + (ph + pad - p) / s, j + ...), a unit-stride
@@ -609,9 +634,7 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
   ArrayRef<int64_t> d = shapeOf(DY), w = shapeOf(W), x = shapeOf(e.op->getResult(0));
   int64_t s = stride[0], hd = d[2], wd = d[3];
   int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
-  auto vt = VectorType::get({kLanes}, b.getF32Type());
   auto i32v = VectorType::get({kLanes}, b.getI32Type());
-  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value plane = b.create<memref::CollapseShapeOp>(loc, DY, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
   Value out = b.create<memref::CollapseShapeOp>(loc, DX, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
   int64_t groupsOfRows = (hd + rows - 1) / rows;
@@ -632,22 +655,12 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
         for (auto [p, q] : taps)
           lanes.emplace_back(e, e.add(r0, e.idx((ph + pad[0] - p) / s)), e.idx((pw + pad[1] - q) / s), wd, rows, hd,
                              wd);
-        SmallVector<Value> init(block, zero);
-        auto oLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[0]), e.idx(1), init);
-        {
-          OpBuilder::InsertionGuard g2(b);
-          b.setInsertionPointToStart(oLoop.getBody());
-          Value o = oLoop.getInductionVar();
-          SmallVector<Value> acc(oLoop.getRegionIterArgs());
-          for (size_t t = 0; t < taps.size(); ++t) {
-            Value v = lanes[t].load(e, plane, n, o);
-            for (int64_t k = 0; k < block; ++k) {
-              Value wt = e.load(W, {o, e.add(c0, e.idx(k)), e.idx(taps[t].first), e.idx(taps[t].second)});
-              acc[k] = b.create<vector::FMAOp>(loc, b.create<vector::BroadcastOp>(loc, vt, wt), v, acc[k]);
-            }
-          }
-          b.create<scf::YieldOp>(loc, acc);
-        }
+        SmallVector<Value> sums = tapSums(
+            e, w[0], static_cast<int64_t>(taps.size()), block,
+            [&](int64_t t, Value o) { return lanes[t].load(e, plane, n, o); },
+            [&](int64_t t, int64_t k, Value o) {
+              return e.load(W, {o, e.add(c0, e.idx(k)), e.idx(taps[t].first), e.idx(taps[t].second)});
+            });
         // Lane r * wd + j holds output (s (r0 + r) + ph, s j + pw); rows
         // past the plane are masked off.
         SmallVector<int32_t> at, row;
@@ -667,9 +680,58 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
         Value index = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(at)));
         for (int64_t k = 0; k < block; ++k)
           b.create<vector::ScatterOp>(loc, out, ValueRange{n, e.add(c0, e.idx(k)), base}, index, mask,
-                                      taps.empty() ? zero : oLoop.getResult(k));
+                                      sums[k]);
       }
   }, /*parallel=*/true, rowsInParallel(x, w[0], w));
+}
+
+/// Copies samples [n0, n0 + count) of X (N, C, H, W) into `phases`
+/// (chunk, C * s * s, H / s * ow): channel c's phase plane (ph, pw), its
+/// rows ph, ph + s, ... and columns likewise, at c * s * s + ph * s + pw.
+static void splitPhases(Emitter &e, Value X, Value phases, Value n0, Value count, int64_t s, int64_t ow) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> x = shapeOf(X);
+  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
+    Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
+    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
+                        b.create<arith::RemUIOp>(loc, col, e.idx(s)));
+    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, r, e.idx(s)), e.idx(ow)),
+                     b.create<arith::DivUIOp>(loc, col, e.idx(s)));
+    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
+  }, /*parallel=*/true);
+}
+
+/// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
+/// in order, each chunk's phase planes split into `phases` first: samples
+/// [n0, n0 + count) of X.
+static void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
+                          function_ref<void(Value n0, Value count)> body) {
+  OpBuilder &b = e.b;
+  Value chunks = b.create<arith::CeilDivUIOp>(e.loc, batch, e.idx(chunk));
+  auto kLoop = b.create<scf::ForOp>(e.loc, e.idx(0), chunks, e.idx(1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(kLoop.getBody());
+  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
+  Value count = b.create<arith::MinUIOp>(e.loc, e.idx(chunk), e.sub(batch, n0));
+  splitPhases(e, X, phases, n0, count, s, ow);
+  body(n0, count);
+}
+
+/// Per tap (p, q) of a kernel of `k` rows and columns at padding `pad`: the
+/// rows of its phase plane (ph, pw) = ((p - pad) mod s, (q - pad) mod s)
+/// that a group of `rows` output rows from i0 reads, at (i + floor((p -
+/// pad) / s), j + ...), the same masks for every channel (GroupLanes); and
+/// the plane's index among a channel's s * s.
+static void tapPlanes(Emitter &e, Value i0, ArrayRef<int64_t> k, ArrayRef<int64_t> pad, int64_t s, int64_t oh,
+                      int64_t ow, int64_t rows, SmallVector<GroupLanes> &in, SmallVector<int64_t> &planeOf) {
+  for (int64_t p = 0; p < k[0]; ++p)
+    for (int64_t q = 0; q < k[1]; ++q) {
+      int64_t dp = p - pad[0], dq = q - pad[1];
+      int64_t ph = ((dp % s) + s) % s, pw = ((dq % s) + s) % s;
+      in.emplace_back(e, e.add(i0, e.idx((dp - ph) / s)), e.idx((dq - pw) / s), ow, rows, oh, ow);
+      planeOf.push_back(ph * s + pw);
+    }
 }
 
 /// The rows of a phase plane a vector takes in conv2dForwardPhases, or 0
@@ -699,65 +761,34 @@ static int64_t forwardPhaseRows(nnops::Conv2dOp op, Value X) {
 /// input gradient there).
 static void conv2dForwardPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t rows) {
   OpBuilder &b = e.b;
-  Location loc = e.loc;
   Value X = e.in[0], W = e.in[1], Y = e.out[0];
   ArrayRef<int64_t> x = shapeOf(X), w = shapeOf(W), y = shapeOf(e.op->getResult(0));
   int64_t s = stride[0], oh = y[2], ow = y[3];
   int64_t block = tilingOf(e.op, "channel_block"); // (Tiling.cpp)
   // Samples a chunk: their phase planes (the input's size) in half of L2.
   int64_t chunk = std::max<int64_t>(1, cpu::host().l2 / 2 / (x[1] * x[2] * x[3] * 4));
-  auto vt = VectorType::get({kLanes}, b.getF32Type());
-  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value phases = e.scratch(MemRefType::get({chunk, x[1] * s * s, oh * ow}, b.getF32Type()));
-  Value batch = e.valueDim(e.op->getResult(0), 0);
-  Value chunks = b.create<arith::CeilDivUIOp>(loc, batch, e.idx(chunk));
   int64_t rowGroups = (oh + rows - 1) / rows;
-  auto kLoop = b.create<scf::ForOp>(loc, e.idx(0), chunks, e.idx(1));
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(kLoop.getBody());
-  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
-  Value count = b.create<arith::MinUIOp>(loc, e.idx(chunk), e.sub(batch, n0));
-  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
-    Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
-    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
-                        b.create<arith::RemUIOp>(loc, col, e.idx(s)));
-    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, r, e.idx(s)), e.idx(ow)),
-                     b.create<arith::DivUIOp>(loc, col, e.idx(s)));
-    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
-  }, /*parallel=*/true);
-  e.loops(ArrayRef<Value>{count, e.idx(rowGroups), e.idx(y[1] / block)}, [&](ValueRange iv) {
-    Value m = iv[0], i0 = e.mul(iv[1], e.idx(rows)), o0 = e.mul(iv[2], e.idx(block));
-    // Each tap's rows of its phase plane (the same masks for every input
-    // channel): tap (p, q) reads plane ((p - pad) mod s, (q - pad) mod s)
-    // at (i + floor((p - pad) / s), j + ...).
-    SmallVector<GroupLanes> in;
-    SmallVector<int64_t> planeOf;
-    for (int64_t p = 0; p < w[2]; ++p)
-      for (int64_t q = 0; q < w[3]; ++q) {
-        int64_t dp = p - pad[0], dq = q - pad[1];
-        int64_t ph = ((dp % s) + s) % s, pw = ((dq % s) + s) % s;
-        in.emplace_back(e, e.add(i0, e.idx((dp - ph) / s)), e.idx((dq - pw) / s), ow, rows, oh, ow);
-        planeOf.push_back(ph * s + pw);
-      }
-    SmallVector<Value> init(block, zero);
-    auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(x[1]), e.idx(1), init);
-    {
-      OpBuilder::InsertionGuard g1(b);
-      b.setInsertionPointToStart(cLoop.getBody());
-      Value c = cLoop.getInductionVar();
-      SmallVector<Value> acc(cLoop.getRegionIterArgs());
-      for (int64_t t = 0; t < w[2] * w[3]; ++t) {
-        Value v = in[t].load(e, phases, m, e.add(e.mul(c, e.idx(s * s)), e.idx(planeOf[t])));
-        for (int64_t k = 0; k < block; ++k) {
-          Value wk = b.create<vector::BroadcastOp>(
-              loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])}));
-          acc[k] = b.create<vector::FMAOp>(loc, wk, v, acc[k]);
-        }
-      }
-      b.create<scf::YieldOp>(loc, acc);
-    }
-    storeRowGroup(e, Y, SmallVector<Value>(cLoop.getResults()), e.add(n0, m), o0, i0, rows);
-  }, /*parallel=*/true, /*collapse=*/3);
+  inPhaseChunks(e, X, e.valueDim(e.op->getResult(0), 0), phases, chunk, s, ow, [&](Value n0, Value count) {
+    e.loops(
+        ArrayRef<Value>{count, e.idx(rowGroups), e.idx(y[1] / block)},
+        [&](ValueRange iv) {
+          Value m = iv[0], i0 = e.mul(iv[1], e.idx(rows)), o0 = e.mul(iv[2], e.idx(block));
+          SmallVector<GroupLanes> in;
+          SmallVector<int64_t> planeOf;
+          tapPlanes(e, i0, w.drop_front(2), pad, s, oh, ow, rows, in, planeOf);
+          SmallVector<Value> sums = tapSums(
+              e, x[1], w[2] * w[3], block,
+              [&](int64_t t, Value c) {
+                return in[t].load(e, phases, m, e.add(e.mul(c, e.idx(s * s)), e.idx(planeOf[t])));
+              },
+              [&](int64_t t, int64_t k, Value c) {
+                return e.load(W, {e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])});
+              });
+          storeRowGroup(e, Y, sums, e.add(n0, m), o0, i0, rows);
+        },
+        /*parallel=*/true, /*collapse=*/3);
+  });
 }
 
 LogicalResult conv2d(Emitter &e) {
@@ -800,44 +831,6 @@ LogicalResult conv2dGradInput(Emitter &e) {
   if (!conv2dWinograd(e, e.in[0], e.in[1], e.out[0], op.getPadding(), /*transposed=*/true, direct))
     direct();
   return success();
-}
-
-/// The lane sums of the vectors `vs`, kLanes vectors at a time as one tree
-/// of shuffles and adds: each level halves the lanes per vector and
-/// doubles the vectors per register (a transpose folded into the sums), 3
-/// operations per pair of registers a level, where summing each vector on
-/// its own takes log2(kLanes) shuffles and adds apiece. Weight gradients
-/// sum their accumulators' lanes so at the end of every batch chunk.
-static SmallVector<Value> laneSums(Emitter &e, ArrayRef<Value> vs) {
-  OpBuilder &b = e.b;
-  Location loc = e.loc;
-  auto vt = VectorType::get({kLanes}, b.getF32Type());
-  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
-  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
-  SmallVector<Value> sums;
-  for (size_t first = 0; first < vs.size(); first += kLanes) {
-    SmallVector<Value> level(vs.begin() + first, vs.begin() + std::min<size_t>(vs.size(), first + kLanes));
-    size_t count = level.size();
-    level.resize(kLanes, zero);
-    // A register holds `rows` vectors' partial sums, `width` lanes each.
-    for (int64_t width = kLanes, rows = 1; width > 1; width /= 2, rows *= 2) {
-      SmallVector<int64_t> lo, hi;
-      for (int64_t from = 0; from < 2; ++from) // the pair's first register, then its second
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t j = 0; j < width / 2; ++j) {
-            lo.push_back(from * kLanes + r * width + j);
-            hi.push_back(from * kLanes + r * width + width / 2 + j);
-          }
-      SmallVector<Value> next;
-      for (size_t i = 0; i + 1 < level.size(); i += 2)
-        next.push_back(b.create<arith::AddFOp>(loc, b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], lo),
-                                               b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], hi), flags));
-      level = std::move(next);
-    }
-    for (size_t i = 0; i < count; ++i)
-      sums.push_back(b.create<vector::ExtractOp>(loc, level[0], static_cast<int64_t>(i)));
-  }
-  return sums;
 }
 
 /// The weight gradient with unit column stride: for a block of output
@@ -1051,70 +1044,57 @@ static void conv2dGradWeightPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRe
   Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
   Value phases = e.scratch(MemRefType::get({chunk, x[1] * s * s, oh * ow}, b.getF32Type()));
   Value dy = b.create<memref::CollapseShapeOp>(loc, DY, SmallVector<ReassociationIndices>{{0}, {1}, {2, 3}});
-  Value batch = e.valueDim(e.op->getOperand(0), 0);
-  Value chunks = b.create<arith::CeilDivUIOp>(loc, batch, e.idx(chunk));
   int64_t groupsOfRows = (oh + rows - 1) / rows;
-  auto kLoop = b.create<scf::ForOp>(loc, e.idx(0), chunks, e.idx(1));
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(kLoop.getBody());
-  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
-  Value count = b.create<arith::MinUIOp>(loc, e.idx(chunk), e.sub(batch, n0));
-  // The chunk's phase planes.
-  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
-    Value c = iv[0], m = iv[1], y = iv[2], xc = iv[3];
-    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, y, e.idx(s)), e.idx(s)),
-                        b.create<arith::RemUIOp>(loc, xc, e.idx(s)));
-    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, y, e.idx(s)), e.idx(ow)),
-                     b.create<arith::DivUIOp>(loc, xc, e.idx(s)));
-    e.store(e.load(X, {e.add(n0, m), c, y, xc}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
-  }, /*parallel=*/true);
-  Value first = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
-  e.loops(ArrayRef<Value>{e.idx(w[0] / block), e.idx(w[1])}, [&](ValueRange iv) {
-    Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1];
-    SmallVector<Value> init(block * taps, zero);
-    auto rgLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(groupsOfRows), e.idx(1), init);
-    {
-      OpBuilder::InsertionGuard g1(b);
-      b.setInsertionPointToStart(rgLoop.getBody());
-      Value r0 = e.mul(rgLoop.getInductionVar(), e.idx(rows));
-      // The output gradient's rows of the group, and each tap's rows of
-      // its phase plane (the same masks for every sample).
-      GroupLanes out(e, r0, e.idx(0), ow, rows, oh, ow);
-      SmallVector<GroupLanes> in;
-      SmallVector<Value> planeOf;
-      for (int64_t p = 0; p < w[2]; ++p)
-        for (int64_t q = 0; q < w[3]; ++q) {
-          int64_t dp = p - pad[0], dq = q - pad[1];
-          int64_t ph = ((dp % s) + s) % s, pw = ((dq % s) + s) % s;
-          in.emplace_back(e, e.add(r0, e.idx((dp - ph) / s)), e.idx((dq - pw) / s), ow, rows, oh, ow);
-          planeOf.push_back(e.add(e.mul(c, e.idx(s * s)), e.idx(ph * s + pw)));
-        }
-      auto mLoop = b.create<scf::ForOp>(loc, e.idx(0), count, e.idx(1), rgLoop.getRegionIterArgs());
-      {
-        OpBuilder::InsertionGuard g2(b);
-        b.setInsertionPointToStart(mLoop.getBody());
-        Value m = mLoop.getInductionVar();
-        SmallVector<Value> acc(mLoop.getRegionIterArgs()), grads;
-        for (int64_t k = 0; k < block; ++k)
-          grads.push_back(out.load(e, dy, e.add(n0, m), e.add(o0, e.idx(k))));
-        for (int64_t t = 0; t < taps; ++t) {
-          Value v = in[t].load(e, phases, m, planeOf[t]);
+  inPhaseChunks(e, X, e.valueDim(e.op->getOperand(0), 0), phases, chunk, s, ow, [&](Value n0, Value count) {
+    Value first = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
+    e.loops(
+        ArrayRef<Value>{e.idx(w[0] / block), e.idx(w[1])},
+        [&](ValueRange iv) {
+          Value o0 = e.mul(iv[0], e.idx(block)), c = iv[1];
+          SmallVector<Value> init(block * taps, zero);
+          auto rgLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(groupsOfRows), e.idx(1), init);
+          {
+            OpBuilder::InsertionGuard g1(b);
+            b.setInsertionPointToStart(rgLoop.getBody());
+            Value r0 = e.mul(rgLoop.getInductionVar(), e.idx(rows));
+            // The output gradient's rows of the group, and each tap's rows
+            // of its phase plane (the same masks for every sample).
+            GroupLanes out(e, r0, e.idx(0), ow, rows, oh, ow);
+            SmallVector<GroupLanes> in;
+            SmallVector<int64_t> planes;
+            tapPlanes(e, r0, w.drop_front(2), pad, s, oh, ow, rows, in, planes);
+            SmallVector<Value> planeOf;
+            for (int64_t plane : planes)
+              planeOf.push_back(e.add(e.mul(c, e.idx(s * s)), e.idx(plane)));
+            auto mLoop = b.create<scf::ForOp>(loc, e.idx(0), count, e.idx(1), rgLoop.getRegionIterArgs());
+            {
+              OpBuilder::InsertionGuard g2(b);
+              b.setInsertionPointToStart(mLoop.getBody());
+              Value m = mLoop.getInductionVar();
+              SmallVector<Value> acc(mLoop.getRegionIterArgs()), grads;
+              for (int64_t k = 0; k < block; ++k)
+                grads.push_back(out.load(e, dy, e.add(n0, m), e.add(o0, e.idx(k))));
+              for (int64_t t = 0; t < taps; ++t) {
+                Value v = in[t].load(e, phases, m, planeOf[t]);
+                for (int64_t k = 0; k < block; ++k)
+                  acc[k * taps + t] = b.create<vector::FMAOp>(loc, grads[k], v, acc[k * taps + t]);
+              }
+              b.create<scf::YieldOp>(loc, acc);
+            }
+            b.create<scf::YieldOp>(loc, mLoop.getResults());
+          }
+          SmallVector<Value> sums = laneSums(e, SmallVector<Value>(rgLoop.getResults()));
           for (int64_t k = 0; k < block; ++k)
-            acc[k * taps + t] = b.create<vector::FMAOp>(loc, grads[k], v, acc[k * taps + t]);
-        }
-        b.create<scf::YieldOp>(loc, acc);
-      }
-      b.create<scf::YieldOp>(loc, mLoop.getResults());
-    }
-    SmallVector<Value> sums = laneSums(e, SmallVector<Value>(rgLoop.getResults()));
-    for (int64_t k = 0; k < block; ++k)
-      for (int64_t t = 0; t < taps; ++t) {
-        Value sum = sums[k * taps + t];
-        SmallVector<Value> at{e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])};
-        Value before = select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DW, at));
-        e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
-      }
-  }, /*parallel=*/true, /*collapse=*/2);
+            for (int64_t t = 0; t < taps; ++t) {
+              Value sum = sums[k * taps + t];
+              SmallVector<Value> at{e.add(o0, e.idx(k)), c, e.idx(t / w[3]), e.idx(t % w[3])};
+              Value before =
+                  select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DW, at));
+              e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
+            }
+        },
+        /*parallel=*/true, /*collapse=*/2);
+  });
 }
 
 LogicalResult conv2dGradWeight(Emitter &e) {

@@ -329,6 +329,9 @@ LogicalResult concat(Emitter &e);
 bool columnSums(Operation *op);
 SmallVector<ReassociationIndices> collapsedFrom(int64_t tail, int64_t rank);
 LogicalResult reduce(Emitter &e, bool max);
+/// The lane sums of each of the vectors `vs`, kLanes vectors at a time as
+/// one tree of shuffles and adds (Reductions.cpp).
+SmallVector<Value> laneSums(Emitter &e, ArrayRef<Value> vs);
 LogicalResult count(Emitter &e);
 LogicalResult matmul(Emitter &e);
 LogicalResult oneHot(Emitter &e);

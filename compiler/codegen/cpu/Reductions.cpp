@@ -739,4 +739,42 @@ LogicalResult argmax(Emitter &e) {
   return success();
 }
 
+/// The lane sums of the vectors `vs`, kLanes vectors at a time as one tree
+/// of shuffles and adds: each level halves the lanes per vector and
+/// doubles the vectors per register (a transpose folded into the sums), 3
+/// operations per pair of registers a level, where summing each vector on
+/// its own takes log2(kLanes) shuffles and adds apiece. Weight gradients
+/// sum their accumulators' lanes so at the end of every batch chunk.
+SmallVector<Value> laneSums(Emitter &e, ArrayRef<Value> vs) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  auto vt = VectorType::get({kLanes}, b.getF32Type());
+  Value zero = b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(vt, 0.0f));
+  auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+  SmallVector<Value> sums;
+  for (size_t first = 0; first < vs.size(); first += kLanes) {
+    SmallVector<Value> level(vs.begin() + first, vs.begin() + std::min<size_t>(vs.size(), first + kLanes));
+    size_t count = level.size();
+    level.resize(kLanes, zero);
+    // A register holds `rows` vectors' partial sums, `width` lanes each.
+    for (int64_t width = kLanes, rows = 1; width > 1; width /= 2, rows *= 2) {
+      SmallVector<int64_t> lo, hi;
+      for (int64_t from = 0; from < 2; ++from) // the pair's first register, then its second
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < width / 2; ++j) {
+            lo.push_back(from * kLanes + r * width + j);
+            hi.push_back(from * kLanes + r * width + width / 2 + j);
+          }
+      SmallVector<Value> next;
+      for (size_t i = 0; i + 1 < level.size(); i += 2)
+        next.push_back(b.create<arith::AddFOp>(loc, b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], lo),
+                                               b.create<vector::ShuffleOp>(loc, level[i], level[i + 1], hi), flags));
+      level = std::move(next);
+    }
+    for (size_t i = 0; i < count; ++i)
+      sums.push_back(b.create<vector::ExtractOp>(loc, level[0], static_cast<int64_t>(i)));
+  }
+  return sums;
+}
+
 } // namespace nnc::cpu::loops
