@@ -19,7 +19,9 @@
 // rows (of the batch: small planes fill a block from several samples) is
 // transformed, multiplied and transformed back before the next, so
 // its V and M stay in L2 (the block's rows are the `winograd` tiling
-// choice, Tiling.cpp). U is made once per call, before the blocks.
+// choice, Tiling.cpp). U is made once per call, before the blocks; an
+// inference keeps it across calls (Emitter::cached), and large U (past half
+// of L2) is packed in the multiply's order and read once a larger block.
 //
 //===----------------------------------------------------------------------===//
 
@@ -277,10 +279,10 @@ struct Winograd {
         for (int64_t k = 0; k < count; ++k)
           v.push_back(b.create<vector::LoadOp>(loc, vt, V, ValueRange{pos, c, e.idx(t0 + k * kLanes)}));
         if (packed) {
-          // Packed weights kept across calls stream from memory once they
-          // pass the caches: fetched a DRAM access's time ahead (the
-          // hardware's prefetchers measured short of it), `block * count`
-          // multiply-adds a step. (Prefetches never fault past the end.)
+          // Packed weights stream from memory once they pass the caches:
+          // fetched a DRAM access's time ahead (the hardware's prefetchers
+          // measured short of it), `block * count` multiply-adds a step.
+          // (Prefetches never fault past the end.)
           constexpr int64_t kAheadCycles = 512;
           int64_t ahead = (kAheadCycles + block * count - 1) / (block * count);
           b.create<memref::PrefetchOp>(
