@@ -342,18 +342,22 @@ std::string optimizerName(size_t i) {
   return names[i];
 }
 
-/// Binds the training step and the model function of `desc` to their
-/// kernels in `jit`; false when one is missing.
-bool bindKernels(rt::ModelDesc &desc, cpu::JitModule &jit) {
+/// `code` (compileModel's) JIT-compiled, with the training step and the
+/// model function of `desc` bound to its kernels; null on failure.
+std::unique_ptr<cpu::JitModule> jitModel(mlir::ModuleOp code, rt::ModelDesc &desc) {
+  auto jit = cpu::JitModule::compile(code);
+  if (failed(jit))
+    return nullptr;
+  cpu::JitModule *j = jit->get();
   for (auto [f, name] : {std::pair{&desc.trainStep, cpu::kTrainStepKernel}, std::pair{&desc.model, cpu::kModelKernel}}) {
-    if (failed(jit.prepare(name)))
-      return false;
+    if (failed(j->prepare(name)))
+      return nullptr;
     size_t buffers = f->buffers(), slots = f->slots.size() / 2;
-    f->call = [j = &jit, name, buffers, slots](void **b, int64_t n, void **s) {
+    f->call = [j, name, buffers, slots](void **b, int64_t n, void **s) {
       (void)j->call(name, llvm::ArrayRef<void *>(b, buffers), n, llvm::ArrayRef<void *>(s, slots));
     };
   }
-  return true;
+  return std::move(*jit);
 }
 
 class CompiledOptimizer : public ::testing::TestWithParam<const char *> {};
@@ -373,9 +377,8 @@ TEST_P(CompiledOptimizer, StepsMatchReferenceTrainer) {
   for (int64_t a : desc->trainStep.inPlace)
     inPlace += a >= 0;
   EXPECT_GT(inPlace, 0u) << "no state tensor was updated in place";
-  auto jit = cpu::JitModule::compile(code);
-  ASSERT_TRUE(succeeded(jit)) << m.firstError();
-  ASSERT_TRUE(bindKernels(*desc, **jit));
+  auto jit = jitModel(code, *desc);
+  ASSERT_TRUE(jit) << m.firstError();
   rt::CompiledModel compiled(*desc, 3, "cpu");
   ASSERT_TRUE(compiled.initialize());
   auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
@@ -947,9 +950,8 @@ TEST(CpuWinograd, KeptWeightsFollowEveryChange) {
   ASSERT_TRUE(succeeded(desc)) << m.firstError();
   EXPECT_GT(desc->model.cache, 0) << "the model function keeps no weights";
   EXPECT_EQ(desc->trainStep.cache, 0) << "the training step keeps weights it changes";
-  auto jit = cpu::JitModule::compile(code);
-  ASSERT_TRUE(succeeded(jit)) << m.firstError();
-  ASSERT_TRUE(bindKernels(*desc, **jit));
+  auto jit = jitModel(code, *desc);
+  ASSERT_TRUE(jit) << m.firstError();
   rt::CompiledModel compiled(*desc, 3, "cpu");
   ASSERT_TRUE(compiled.initialize());
   auto ref = ref::Trainer::create(*m.module, 3, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));

@@ -44,6 +44,11 @@ using namespace nnc;
 namespace nnops = nnc::nn;
 
 
+/// The bytes of a buffer of static type `t`.
+static int64_t staticBytes(MemRefType t) {
+  return t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+}
+
 namespace nnc::cpu::loops {
 
 //===----------------------------------------------------------------------===//
@@ -261,29 +266,24 @@ private:
   /// slot of the plan, free again after the kernel (a Winograd
   /// convolution's transformed weights).
   Value scratch(MemRefType t) {
-    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    int64_t bytes = staticBytes(t);
     unsigned slot = planner.acquire({0, bytes});
     while (slotArgs.size() < planner.sizes().size())
       slotArgs.push_back(body->addArgument(MemRefType::get({1}, i8), loc));
     kernelScratch.push_back(slot);
-    OpBuilder::InsertionGuard guard(b);
-    if (kernelRegion)
-      b.setInsertionPoint(kernelRegion);
-    Value flat = b.create<memref::ReinterpretCastOp>(
-        loc, rawType, slotArgs[slot], OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(bytes)},
-        ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
-    return b.create<memref::ViewOp>(loc, t, flat, b.create<arith::ConstantIndexOp>(loc, 0), ValueRange{});
+    return byteView(slotArgs[slot], t, 0);
   }
 
-  /// A view of type `t` at byte `at` of the cache argument, built in the
-  /// function's body.
-  Value cacheView(MemRefType t, int64_t at) {
+  /// A view of static type `t` at byte `at` of the raw buffer `raw`
+  /// (memref<1xi8>), built in the function's body (before the kernel
+  /// being emitted, whose outlining rebuilds it inside).
+  Value byteView(Value raw, MemRefType t, int64_t at) {
     OpBuilder::InsertionGuard guard(b);
     if (kernelRegion)
       b.setInsertionPoint(kernelRegion);
-    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    int64_t bytes = staticBytes(t);
     Value flat = b.create<memref::ReinterpretCastOp>(
-        loc, rawType, cacheArg, OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(at + bytes)},
+        loc, rawType, raw, OpFoldResult(b.getIndexAttr(0)), ArrayRef<OpFoldResult>{b.getIndexAttr(at + bytes)},
         ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
     return b.create<memref::ViewOp>(loc, t, flat, b.create<arith::ConstantIndexOp>(loc, at), ValueRange{});
   }
@@ -295,11 +295,11 @@ private:
   /// one it was last computed at (its tag, the line before it).
   Value cached(MemRefType t, function_ref<void(Value)> compute) {
     auto word = MemRefType::get({1}, b.getI64Type());
-    int64_t bytes = t.getNumElements() * static_cast<int64_t>(t.getElementTypeBitWidth() / 8);
+    int64_t bytes = staticBytes(t);
     int64_t tagAt = cacheBytes, at = tagAt + 64;
     cacheBytes = at + (bytes + 63) / 64 * 64;
-    Value version = b.create<memref::LoadOp>(loc, cacheView(word, 0), ValueRange{b.create<arith::ConstantIndexOp>(loc, 0)});
-    Value tag = cacheView(word, tagAt), buffer = cacheView(t, at);
+    Value version = b.create<memref::LoadOp>(loc, byteView(cacheArg, word, 0), ValueRange{b.create<arith::ConstantIndexOp>(loc, 0)});
+    Value tag = byteView(cacheArg, word, tagAt), buffer = byteView(cacheArg, t, at);
     Value zero = b.create<arith::ConstantIndexOp>(loc, 0);
     Value stale = b.create<arith::OrIOp>(
         loc,
