@@ -4,6 +4,7 @@
 
 #include "runtime/CudaModel.h"
 #include "runtime/Distributed.h"
+#include "runtime/Nccl.h"
 #include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
@@ -47,7 +48,8 @@ void usage(const ModelDesc &m, const char *argv0, FILE *out) {
                "  --verbose           every epoch, and the time spent loading data\n"
                "  --limit N           train on the first N samples only\n"
                "  --validation F      hold out a fraction F of the training set\n"
-               "  --distributed MODE  auto (MPI when mpirun or srun started several ranks), mpi or none\n"
+               "  --distributed MODE  auto (MPI when mpirun or srun started several ranks; NCCL on a CUDA device),\n"
+               "                      mpi, nccl or none\n"
                "  --global-batch N    rows per step over all ranks (instead of --batch per rank)\n"
                "  --verify-replicas   check after each epoch that every rank holds the same state\n"
                "  --help              this text\n",
@@ -69,9 +71,17 @@ int joinRun(const ModelDesc &m, std::map<std::string, std::string> &given, Train
   };
   DistributedMode mode = DistributedMode::Auto;
   if (given.count("--distributed") && !parseDistributedMode(given["--distributed"], mode))
-    return refuse("--distributed must be auto, mpi or none, got '" + given["--distributed"] + "'");
+    return refuse("--distributed must be auto, mpi, nccl or none, got '" + given["--distributed"] + "'");
+  // Gradients are combined where they are: by MPI on the CPU, by NCCL on a
+  // CUDA device.
+  bool gpu = !m.trainStep.call;
+  if (mode == DistributedMode::Nccl && !gpu)
+    return refuse("--distributed=nccl is for programs built with --target=cuda; this one trains on the CPU (MPI)");
+  if (mode == DistributedMode::Mpi && gpu)
+    return refuse("--distributed=mpi is for programs that train on the CPU; this one trains on a CUDA device "
+                  "(--distributed=nccl)");
   if (!m.dataParallel) {
-    if (mode == DistributedMode::Mpi || given.count("--global-batch") ||
+    if (mode == DistributedMode::Mpi || mode == DistributedMode::Nccl || given.count("--global-batch") ||
         (mode == DistributedMode::Auto && launch.size > 1))
       return refuse("this program trains in one process: build it with `nnc build --data-parallel` to train with " +
                     (launch.size > 1 ? "the " + std::to_string(launch.size) + " ranks " + launch.launcher + " started"
@@ -81,6 +91,9 @@ int joinRun(const ModelDesc &m, std::map<std::string, std::string> &given, Train
   if (Status s = Group::join(mode); !s)
     return refuse(s.message());
   std::atexit(Group::leave);
+  if (NcclLibrary nccl; gpu && Group::current())
+    if (Status s = loadNccl(nccl); !s)
+      return refuse(s.message());
   Group *g = Group::current();
   if (!g)
     return given.count("--global-batch") ? refuse("--global-batch is for a data-parallel run (started by mpirun or "
@@ -295,12 +308,20 @@ static int run(const ModelDesc &m, int argc, char **argv) {
       return fail(s);
     model = std::move(cpu);
   } else {
+    // A data-parallel rank on the GPU of its place among the machine's ranks.
     CudaDriver driver;
-    if (Status s = loadCudaDriver(driver); !s)
+    if (Status s = loadCudaDriver(driver, Group::current() ? detectLaunch().localRank : 0); !s)
       return fail(Status::error("this program trains on a CUDA device: " + s.message()));
     auto gpu = std::make_unique<CudaModel>(m, o.seed, driver);
     if (Status s = gpu->initialize(); !s)
       return fail(s);
+    if (Group::current()) {
+      std::unique_ptr<NcclComm> comm;
+      if (Status s = joinDevices(comm); !s)
+        return fail(s);
+      if (Status s = gpu->attach(std::move(comm), distributedTimeLimit()); !s)
+        return fail(s);
+    }
     std::printf("device: %s\n", driver.device.c_str());
     model = std::move(gpu);
   }

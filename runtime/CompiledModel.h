@@ -55,15 +55,25 @@ struct TensorDesc {
   }
 };
 
-/// One kernel launch of a function's CUDA code: the kernel's name, what it
+/// How a launch of CUDA code combines its buffer over a run's ranks
+/// (nn.all_reduce): not at all (a kernel), their mean weighted by each
+/// rank's share of the global batch, or their sum.
+enum class Collective : int8_t { None, Mean, Sum };
+
+/// One launch of a function's CUDA code: the kernel's name, what it
 /// computes ("ops at file:line:col", for errors), the buffers it takes
 /// (indices into CudaCode's buffers), whether it takes the rng buffer, and
-/// its threads: `threadsPerBatch * batch + threadsFixed`.
+/// its threads: `threadsPerBatch * batch + threadsFixed`. A collective is
+/// no kernel: it combines buffer 0 (that many floats) into buffer 1 over
+/// the ranks, on a stream of its own, and the first launch after it that
+/// reads a combined buffer `waits` for every collective before it.
 struct CudaLaunch {
   std::string kernel, what;
   std::vector<int32_t> buffers;
   int64_t threadsPerBatch = 0, threadsFixed = 0;
   bool rng = false;
+  Collective collective = Collective::None;
+  bool waits = false;
 };
 
 /// A function as CUDA kernels (`--target=cuda`): the module image the

@@ -16,7 +16,7 @@ Status CudaDriver::fail(const std::string &what, int rc) const {
                        std::to_string(rc) + ")");
 }
 
-Status nnc::rt::loadCudaDriver(CudaDriver &d) {
+Status nnc::rt::loadCudaDriver(CudaDriver &d, int ordinal) {
   CudaDevice probe = probeCudaDevice();
   if (!probe.present)
     return Status::error(probe.why);
@@ -30,10 +30,12 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d) {
   };
   int (*init)(unsigned) = nullptr;
   int (*deviceGet)(int *, int) = nullptr;
+  int (*deviceCount)(int *) = nullptr;
   int (*primaryRetain)(void **, int) = nullptr;
   int (*ctxSetCurrent)(void *) = nullptr;
   sym(init, "cuInit");
   sym(deviceGet, "cuDeviceGet");
+  sym(deviceCount, "cuDeviceGetCount");
   sym(primaryRetain, "cuDevicePrimaryCtxRetain");
   sym(ctxSetCurrent, "cuCtxSetCurrent");
   sym(d.moduleLoadDataEx, "cuModuleLoadDataEx");
@@ -54,6 +56,7 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d) {
   sym(d.eventDestroy, "cuEventDestroy_v2");
   sym(d.eventRecord, "cuEventRecord");
   sym(d.eventSynchronize, "cuEventSynchronize");
+  sym(d.eventQuery, "cuEventQuery");
   sym(d.eventElapsedTime, "cuEventElapsedTime");
   sym(d.launchKernel, "cuLaunchKernel");
   sym(d.getErrorString, "cuGetErrorString");
@@ -63,12 +66,19 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d) {
   void *ctx = nullptr;
   if (int rc = init(0))
     return d.fail("cuInit", rc);
-  if (int rc = deviceGet(&device, 0))
-    return d.fail("cuDeviceGet(0)", rc);
+  int count = 0;
+  if (int rc = deviceCount(&count))
+    return d.fail("cuDeviceGetCount", rc);
+  if (ordinal >= count)
+    return Status::error("this rank's device is GPU " + std::to_string(ordinal) +
+                         " (its place among the ranks on this machine), but the machine has " +
+                         std::to_string(count) + ": start at most one rank per GPU");
+  if (int rc = deviceGet(&device, ordinal))
+    return d.fail("cuDeviceGet(" + std::to_string(ordinal) + ")", rc);
   if (int rc = primaryRetain(&ctx, device))
     return d.fail("cuDevicePrimaryCtxRetain", rc);
   if (int rc = ctxSetCurrent(ctx))
     return d.fail("cuCtxSetCurrent", rc);
-  d.device = probe.name + ", " + probe.arch();
+  d.device = probe.name + ", " + probe.arch() + (ordinal ? " (GPU " + std::to_string(ordinal) + ")" : "");
   return Status::ok();
 }

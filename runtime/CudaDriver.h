@@ -40,6 +40,7 @@ struct CudaDriver {
   int (*eventDestroy)(void *event) = nullptr;
   int (*eventRecord)(void *event, void *stream) = nullptr;
   int (*eventSynchronize)(void *event) = nullptr;
+  int (*eventQuery)(void *event) = nullptr; // 600 (not ready) until the work before it is done
   int (*eventElapsedTime)(float *milliseconds, void *start, void *end) = nullptr;
   int (*launchKernel)(void *function, unsigned gridX, unsigned gridY, unsigned gridZ, unsigned blockX,
                       unsigned blockY, unsigned blockZ, unsigned sharedBytes, void *stream,
@@ -54,9 +55,10 @@ struct CudaDriver {
   Status fail(const std::string &what, int rc) const;
 };
 
-/// Opens libcuda, takes device 0's primary context and makes it current.
-/// Fails with one line saying why (no driver, no device, a stub driver).
-Status loadCudaDriver(CudaDriver &out);
+/// Opens libcuda, takes device `ordinal`'s primary context and makes it
+/// current. Fails with one line saying why (no driver, no device, a stub
+/// driver, fewer devices than `ordinal` + 1).
+Status loadCudaDriver(CudaDriver &out, int ordinal = 0);
 
 } // namespace nnc::rt
 

@@ -8,13 +8,23 @@
 // `consumed`). Per-step scalars and losses live in a pinned ring, drained
 // by sync().
 //
+// In a data-parallel run a third stream, `collectives`, runs the NCCL
+// allreduces of the step's gradients as the backward pass produces them:
+// each waits for the compute stream's work so far (event `produced`), and
+// the first launch that reads a combined buffer waits for all of them
+// (event `combined`), as does the end of every call.
+//
 //===----------------------------------------------------------------------===//
 
 #include "runtime/CudaModel.h"
 
+#include "runtime/Nccl.h"
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace nnc;
 using namespace nnc::rt;
@@ -54,7 +64,7 @@ void fromWords(const TensorDesc &t, const void *src, size_t n, float *dst) {
 
 /// What the host writes for each step, and the loss it reads back.
 struct Scalars {
-  int64_t rng[2];
+  int64_t rng[3]; // seed, step, the batch's first row in the global batch
   union {
     float f;
     int32_t i;
@@ -103,6 +113,13 @@ struct CudaModel::Impl {
   Scalars *ring = nullptr;
   std::vector<std::pair<size_t, double *>> pending; // ring entry, loss destination
   size_t next = 0;                                  // ring entry of the next step
+  /// A data-parallel run's collectives: the communicator, its stream, this
+  /// rank's share of the coming step's global batch and its first row.
+  std::unique_ptr<NcclComm> comm;
+  int64_t timeLimit = 300;
+  void *collectives = nullptr, *produced = nullptr, *combined = nullptr, *drained = nullptr;
+  double share = 1;
+  int64_t firstRow = 0;
   /// profileStep: while `timing`, the training step's launch k is preceded
   /// by an event record of marks[k], and the last followed by marks.back().
   std::vector<void *> marks;
@@ -116,10 +133,10 @@ struct CudaModel::Impl {
   }
 
   ~Impl() {
-    if (compute)
-      d.streamSynchronize(compute);
-    if (copy)
-      d.streamSynchronize(copy);
+    for (void *s : {compute, copy, collectives})
+      if (s)
+        d.streamSynchronize(s);
+    comm.reset(); // before its stream goes
     for (Function *fn : {&train, &eval}) {
       for (CuDevicePtr p : fn->own)
         if (p)
@@ -142,9 +159,12 @@ struct CudaModel::Impl {
     for (void *e : marks)
       if (e)
         d.eventDestroy(e);
+    for (void *e : {produced, combined, drained})
+      if (e)
+        d.eventDestroy(e);
     if (ring)
       d.memFreeHost(ring);
-    for (void *s : {compute, copy})
+    for (void *s : {compute, copy, collectives})
       if (s)
         d.streamDestroy(s);
   }
@@ -182,6 +202,10 @@ struct CudaModel::Impl {
     }
     for (const CudaLaunch &l : code.launches) {
       void *k = nullptr;
+      if (l.collective != Collective::None) { // the runtime's, not the module's
+        fn.kernels.push_back(nullptr);
+        continue;
+      }
       if (int rc = d.moduleGetFunction(&k, fn.module, l.kernel.c_str()))
         return d.fail("the CUDA module of " + std::string(fn.what) + " has no kernel " + l.kernel, rc);
       fn.kernels.push_back(k);
@@ -204,7 +228,7 @@ struct CudaModel::Impl {
           return d.fail("cuEventCreate", rc);
     if (int rc = d.memHostAlloc(reinterpret_cast<void **>(&ring), kRing * sizeof(Scalars), 0))
       return d.fail("cuMemHostAlloc (" + std::to_string(kRing * sizeof(Scalars)) + " bytes)", rc);
-    if (Status s = alloc(rng, 16, "the random seed"); !s)
+    if (Status s = alloc(rng, sizeof(Scalars::rng), "the random seed"); !s)
       return s;
     const FunctionDesc &f = m.trainStep;
     state.assign(f.args.size(), 0);
@@ -301,8 +325,20 @@ struct CudaModel::Impl {
     std::vector<CuDevicePtr> ptrs;
     std::vector<void *> params;
     long long batch = n;
+    bool inFlight = false; // collectives the compute stream has not waited for
     for (size_t k = 0; k < code.launches.size(); ++k) {
       const CudaLaunch &l = code.launches[k];
+      if (l.waits && inFlight) {
+        if (Status s = awaitCollectives(); !s)
+          return s;
+        inFlight = false;
+      }
+      if (l.collective != Collective::None) {
+        if (Status s = collective(fn, l, n); !s)
+          return s;
+        inFlight = comm.get() != nullptr;
+        continue;
+      }
       ptrs.clear();
       params.clear();
       for (int32_t b : l.buffers)
@@ -326,7 +362,82 @@ struct CudaModel::Impl {
         if (int rc = d.eventRecord(marks.back(), compute))
           return d.fail("cuEventRecord", rc);
     }
+    return inFlight ? awaitCollectives() : Status::ok();
+  }
+
+  /// Launch `l`, a collective: its buffer combined over the ranks on the
+  /// collectives' stream once the compute stream has produced it. Alone,
+  /// the mean of one rank's gradients is its own, and so is their sum.
+  Status collective(Function &fn, const CudaLaunch &l, int64_t n) {
+    CuDevicePtr in = fn.ptr[static_cast<size_t>(l.buffers[0])], out = fn.ptr[static_cast<size_t>(l.buffers[1])];
+    int64_t count = l.threadsPerBatch * n + l.threadsFixed;
+    if (!comm) {
+      if (in != out)
+        if (int rc = d.memcpyDtoDAsync(out, in, static_cast<size_t>(count) * 4, compute))
+          return d.fail(std::string(fn.what) + ": copying " + l.what, rc);
+      return Status::ok();
+    }
+    if (int rc = d.eventRecord(produced, compute))
+      return d.fail("cuEventRecord", rc);
+    if (int rc = d.streamWaitEvent(collectives, produced, 0))
+      return d.fail("cuStreamWaitEvent", rc);
+    double scale = l.collective == Collective::Mean ? share : 1.0;
+    if (Status s = comm->allReduce(in, out, count, scale, collectives); !s)
+      return Status::error(std::string(fn.what) + ": combining " + l.what + " over the ranks: " + s.message());
     return Status::ok();
+  }
+
+  /// The compute stream waits for every collective enqueued so far.
+  Status awaitCollectives() {
+    if (int rc = d.eventRecord(combined, collectives))
+      return d.fail("cuEventRecord", rc);
+    if (int rc = d.streamWaitEvent(compute, combined, 0))
+      return d.fail("cuStreamWaitEvent", rc);
+    return Status::ok();
+  }
+
+  /// Joins the ranks of `c` (before the first step).
+  Status attach(std::unique_ptr<NcclComm> c, int64_t seconds) {
+    comm = std::move(c);
+    timeLimit = seconds;
+    if (int rc = d.streamCreate(&collectives, 1 /*CU_STREAM_NON_BLOCKING*/))
+      return d.fail("cuStreamCreate", rc);
+    for (void **e : {&produced, &combined, &drained})
+      if (int rc = d.eventCreate(e, 2 /*CU_EVENT_DISABLE_TIMING*/))
+        return d.fail("cuEventCreate", rc);
+    return Status::ok();
+  }
+
+  /// Waits for the compute stream. A rank that died leaves the others'
+  /// NCCL kernels waiting for it forever, so with collectives the wait
+  /// polls, watches the communicator for errors and gives up (aborting
+  /// NCCL's kernels) after the run's time limit.
+  Status settle(const char *what) {
+    if (!comm || !d.eventQuery) {
+      if (int rc = d.streamSynchronize(compute))
+        return d.fail(what, rc);
+      return Status::ok();
+    }
+    if (int rc = d.eventRecord(drained, compute))
+      return d.fail("cuEventRecord", rc);
+    auto begin = std::chrono::steady_clock::now();
+    for (auto pause = std::chrono::microseconds(20);; pause = std::min(pause * 2, std::chrono::microseconds(2000))) {
+      int rc = d.eventQuery(drained);
+      if (rc == 0)
+        return Status::ok();
+      if (rc != 600) // CUDA_ERROR_NOT_READY
+        return d.fail(what, rc);
+      if (Status s = comm->asyncError(); !s) {
+        comm->abort();
+        return Status::error(std::string(what) + ": " + s.message());
+      }
+      if (std::chrono::steady_clock::now() - begin > std::chrono::seconds(timeLimit)) {
+        comm->abort();
+        return Status::error("no answer from the other ranks for " + std::to_string(timeLimit) +
+                             " s: one of them stopped or hangs (NNC_DISTRIBUTED_TIMEOUT sets the limit)");
+      }
+      std::this_thread::sleep_for(pause);
+    }
   }
 
   Status profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds) {
@@ -390,6 +501,7 @@ struct CudaModel::Impl {
     Scalars &s = ring[e];
     s.rng[0] = static_cast<int64_t>(seed);
     s.rng[1] = static_cast<int64_t>(stepCount);
+    s.rng[2] = firstRow;
     if (int rc = d.memcpyHtoDAsync(rng, s.rng, sizeof s.rng, compute))
       return d.fail("sending the random seed", rc);
     if (stepArg != SIZE_MAX) {
@@ -466,8 +578,8 @@ struct CudaModel::Impl {
 
   /// Waits for the steps started and hands out their losses.
   Status drain() {
-    if (int rc = d.streamSynchronize(compute))
-      return d.fail("the CUDA kernels of the training step", rc);
+    if (Status s = settle("the CUDA kernels of the training step"); !s)
+      return s;
     for (auto [e, loss] : pending)
       *loss = ring[e].loss;
     pending.clear();
@@ -583,6 +695,12 @@ Status CudaModel::step(const std::vector<HostTensor> &batch, double &loss) {
     return s;
   return impl->drain();
 }
+
+Status CudaModel::attach(std::unique_ptr<NcclComm> comm, int64_t timeLimitSeconds) {
+  return impl->attach(std::move(comm), timeLimitSeconds);
+}
+void CudaModel::setShare(double share) { impl->share = share; }
+void CudaModel::setFirstRow(int64_t row) { impl->firstRow = row; }
 
 Status CudaModel::profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds) {
   return impl->profileStep(batch, seconds);

@@ -22,6 +22,8 @@
 
 namespace nnc::rt {
 
+class NcclComm;
+
 class CudaModel : public Trainable {
 public:
   CudaModel(const ModelDesc &m, uint64_t seed, const CudaDriver &driver);
@@ -49,6 +51,14 @@ public:
   void setSteps(uint64_t n) override;
   double learningRate() const override;
   void setLearningRate(double lr) override;
+
+  /// Makes the training step's collectives (nn.all_reduce) combine over
+  /// the ranks of `comm`, giving up on ranks that do not answer within
+  /// `timeLimitSeconds`. Without it they are the identity, as in one
+  /// process.
+  Status attach(std::unique_ptr<NcclComm> comm, int64_t timeLimitSeconds);
+  void setShare(double share) override;
+  void setFirstRow(int64_t row) override;
 
   /// One training step (as `step`), each launch of it timed on the device
   /// between events: `seconds[k]` is the time of the training step's

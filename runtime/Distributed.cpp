@@ -139,6 +139,8 @@ bool nnc::rt::parseDistributedMode(const std::string &text, DistributedMode &mod
     mode = DistributedMode::None;
   else if (text == "mpi")
     mode = DistributedMode::Mpi;
+  else if (text == "nccl")
+    mode = DistributedMode::Nccl;
   else
     return false;
   return true;
@@ -170,6 +172,11 @@ LaunchInfo nnc::rt::detectLaunch() {
       l.local = std::min(local, l.size);
       break;
     }
+  for (const char *name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (int r = envInt(name); r >= 0) {
+      l.localRank = r;
+      break;
+    }
   return l;
 }
 
@@ -188,9 +195,10 @@ Status Group::join(DistributedMode mode) {
     return Status::ok();
   if (std::string why = mpi.load(); !why.empty())
     return Status::error(launch.launcher.empty()
-                             ? "--distributed=mpi: " + why
-                             : "started by " + launch.launcher + " as rank " + std::to_string(launch.rank) +
-                                   " of " + std::to_string(launch.size) + ", but " + why);
+                             ? std::string(mode == DistributedMode::Nccl ? "--distributed=nccl" : "--distributed=mpi") +
+                                   ": " + why
+                             : "started by " + launch.launcher + " as rank " + std::to_string(launch.rank) + " of " +
+                                   std::to_string(launch.size) + ", but " + why);
   int ready = 0, provided = 0;
   mpi.initialized(&ready);
   // Two threads call MPI, never at once: the communication thread while a
@@ -355,14 +363,13 @@ void Group::start(float *data, int64_t n) {
   worker_->add(data, n);
 }
 
-/// How long a rank waits for the others (NNC_DISTRIBUTED_TIMEOUT, in
-/// seconds): longer than any step or checkpoint, shorter than a user's
-/// patience with a run that no longer moves.
-static std::chrono::seconds timeLimit() {
+int64_t nnc::rt::distributedTimeLimit() {
   const char *v = std::getenv("NNC_DISTRIBUTED_TIMEOUT");
   long s = v && *v ? std::strtol(v, nullptr, 10) : 0;
-  return std::chrono::seconds(s > 0 ? s : 300);
+  return s > 0 ? s : 300;
 }
+
+static std::chrono::seconds timeLimit() { return std::chrono::seconds(distributedTimeLimit()); }
 
 Status Group::wait() {
   std::string error;

@@ -38,10 +38,12 @@ void nnc_all_reduce_wait();
 
 namespace nnc::rt {
 
-/// How a process takes part in a run: alone, or as one rank of MPI.
-enum class DistributedMode { Auto, None, Mpi };
+/// How a process takes part in a run: alone, or as one rank of MPI (its
+/// gradients combined on the CPU by MPI, or on its GPU by NCCL, which MPI
+/// starts).
+enum class DistributedMode { Auto, None, Mpi, Nccl };
 
-/// Parses `auto`, `none` or `mpi` (`--distributed=`).
+/// Parses `auto`, `none`, `mpi` or `nccl` (`--distributed=`).
 bool parseDistributedMode(const std::string &text, DistributedMode &mode);
 
 /// The ranks of this run as the launcher's environment describes them
@@ -50,6 +52,7 @@ struct LaunchInfo {
   int size = 1;
   int rank = 0;
   int local = 1; // ranks on this machine
+  int localRank = 0;    // this rank among them (its GPU in an NCCL run)
   std::string launcher; // "mpirun", "srun", ... ("" when alone)
 };
 LaunchInfo detectLaunch();
@@ -128,6 +131,11 @@ struct Shard {
   double share = 1;
 };
 Shard shardOf(int64_t n, int rank, int ranks);
+
+/// How long a rank waits for the others, in seconds (NNC_DISTRIBUTED_TIMEOUT,
+/// default 300): longer than any step or checkpoint, shorter than a user's
+/// patience with a run that no longer moves.
+int64_t distributedTimeLimit();
 
 /// Threads per rank when none are asked for: the CPUs this process may use
 /// shared by the ranks on its machine (at least 1), so that ranks that

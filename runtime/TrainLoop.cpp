@@ -572,6 +572,7 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
       }
       if (Group *g = Group::current()) {
         g->setShare(shares[k]);
+        m.setShare(shares[k]);
         m.setFirstRow(firsts[k]);
       }
       if (Status s = m.stepAsync(inputs, &losses[k]); !s) {

@@ -77,6 +77,10 @@ public:
   /// of the global batch: dropout draws the masks one process would draw
   /// for those rows. A backend that does not train data-parallel ignores it.
   virtual void setFirstRow(int64_t row) {}
+  /// In a data-parallel run, this rank's share of the next steps' global
+  /// batch, for a backend whose collectives weight the ranks' gradients
+  /// themselves (CUDA's NCCL; the CPU's take it from rt::Group).
+  virtual void setShare(double share) {}
   /// Whether state tensor `name` is i32 (labels, indices): a checkpoint
   /// stores it as I32.
   virtual bool isInteger(const std::string &name) const { return false; }

@@ -3,7 +3,8 @@
 # scripts/gpu-bundle.sh packed and unpacked), probe the device, train XOR,
 # the MNIST MLP and CNN on it (and on the CPU, same seed: time and
 # accuracy), train XOR with a CUDA executable made by `nnc build
-# --target=cuda`, time each kernel of the CNN's step there (`nnc bench
+# --target=cuda`, train the CNN data-parallel over NCCL (one rank, and one
+# per GPU where there are several; needs mpirun), time each kernel of the CNN's step there (`nnc bench
 # --target=cuda`), run every lit test (the device ones included) and the
 # PyTorch comparison of every op on the device, compile every example's
 # kernels for the device's architecture (NVRTC, then ptxas), and write a
@@ -42,6 +43,27 @@ cuda="${CUDA_HOME:-/usr/local/cuda}"
   done
   "$nnc" build examples/xor_mlp.nn --target=cuda -o "$build/xor-cuda" 2>&1 || true
   "$build/xor-cuda" --epochs 300 2>&1 | tail -1 || true
+  echo '```'
+  echo
+  echo "## Data-parallel training over NCCL (one rank per GPU)"
+  echo
+  echo "The MNIST CNN at a global batch of 64: one process, then ranks whose gradients NCCL combines (the"
+  echo "losses agree to f32 reduction order), then a program built with --data-parallel."
+  echo '```'
+  "$nnc" train examples/mnist_cnn.nn --target=cuda --epochs 1 --batch 64 2>&1 | tail -1 || true
+  if command -v mpirun >/dev/null; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    for np in 1 $([ "${gpus:-0}" -gt 1 ] && echo "$gpus"); do
+      echo "-- $np rank(s)"
+      mpirun -np "$np" "$nnc" train examples/mnist_cnn.nn --target=cuda --distributed=nccl --epochs 1 \
+        --global-batch 64 --verify-replicas --verbose 2>&1 | tail -3 || true
+    done
+    "$nnc" build examples/mnist_cnn.nn --data-parallel --target=cuda -o "$build/cnn-dp-cuda" 2>&1 | tail -1 || true
+    mpirun -np 1 "$build/cnn-dp-cuda" --epochs 1 --global-batch 64 2>&1 | tail -1 || true
+  else
+    echo "mpirun: not available (scripts/setup.sh installs openmpi-bin)"
+  fi
   echo '```'
   echo
   echo "## Where the CNN's training step spends its time on the device"

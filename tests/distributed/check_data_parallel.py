@@ -133,6 +133,15 @@ def main():
     refused(MPI + [NNC, "train", mlp] + common, "cannot load Open MPI",
             env=dict(ENV, NNC_MPI_LIBRARY=os.path.join(tmp, "no-such-libmpi.so")))
     refused([NNC, "train", mlp, "--global-batch", "64"] + common, "--global-batch is for a data-parallel run")
+    # On CUDA devices the gradients travel by NCCL, loaded at run time like MPI.
+    refused(MPI + [NNC, "train", mlp, "--target=cuda"] + common, "NCCL could not be loaded",
+            env=dict(ENV, NNC_NCCL_LIBRARY=os.path.join(tmp, "no-such-libnccl.so")))
+    if not os.path.exists("/dev/nvidiactl") and os.path.exists("/usr/local/cuda/lib64/libnccl.so.2"):
+        refused(MPI + [NNC, "train", mlp, "--target=cuda"] + common, "--target=cuda: no CUDA")
+    refused(MPI + [NNC, "train", mlp, "--distributed=nccl", "--target=cpu"] + common,
+            "--distributed=nccl combines gradients on CUDA devices")
+    refused(MPI + [NNC, "train", mlp, "--distributed=mpi", "--target=cuda"] + common,
+            "on CUDA devices use --distributed=nccl")
     # Without a launcher nothing of MPI is loaded: a missing library is no error.
     p = subprocess.run([NNC, "train", mlp, "--batch", "64"] + common, capture_output=True, text=True,
                        env=dict(ENV, NNC_MPI_LIBRARY=os.path.join(tmp, "no-such-libmpi.so")), timeout=120)

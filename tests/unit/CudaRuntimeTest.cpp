@@ -14,18 +14,25 @@
 
 #include "TestUtil.h"
 
+#include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/codegen/cuda/HostEmulation.h"
 #include "compiler/codegen/cuda/HostEmulationExecutor.h"
-#include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/reference/Trainer.h"
 #include "runtime/CudaModel.h"
+#include "runtime/Distributed.h"
+#include "runtime/Nccl.h"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <thread>
 
 using namespace nnc;
 using ref::Tensor;
@@ -33,12 +40,15 @@ using ref::Tensor;
 namespace {
 
 /// The emulated driver: its modules by image, its allocations, and faults
-/// to inject.
+/// to inject. Models on several threads (the ranks of a run) share it:
+/// allocations are guarded, and kernels run one at a time (the emulation's
+/// block state is global).
 struct FakeDriver {
   static inline std::map<std::string, cuda::HostKernels *> modules;
   static inline std::map<rt::CuDevicePtr, size_t> live; // device allocations
   static inline int allocsLeft = -1;                      // fail after this many (-1: never)
-  static inline int launches = 0;
+  static inline std::atomic<int> launches = 0;
+  static inline std::recursive_mutex mu;
 
   static int loadModule(void **m, const void *image, unsigned n, int *options, void **values) {
     auto it = modules.find(static_cast<const char *>(image));
@@ -57,6 +67,7 @@ struct FakeDriver {
     return e ? 0 : 500; // CUDA_ERROR_NOT_FOUND
   }
   static int alloc(rt::CuDevicePtr *p, size_t bytes) {
+    std::lock_guard<std::recursive_mutex> lock(mu);
     if (allocsLeft == 0)
       return 2; // CUDA_ERROR_OUT_OF_MEMORY
     if (allocsLeft > 0)
@@ -68,6 +79,7 @@ struct FakeDriver {
     return 0;
   }
   static int free(rt::CuDevicePtr p) {
+    std::lock_guard<std::recursive_mutex> lock(mu);
     if (!live.erase(p))
       return 1; // CUDA_ERROR_INVALID_VALUE
     std::free(reinterpret_cast<void *>(p));
@@ -94,6 +106,7 @@ struct FakeDriver {
   }
   /// Whether [p, p+n) lies in one live allocation.
   static bool inside(rt::CuDevicePtr p, size_t n) {
+    std::lock_guard<std::recursive_mutex> lock(mu);
     auto it = live.upper_bound(p);
     if (it == live.begin())
       return false;
@@ -123,6 +136,7 @@ struct FakeDriver {
                     void *, void **params, void **) {
     if (bx != cuda::kBlockSize || gx == 0 || gx > 65535)
       return 1;
+    std::lock_guard<std::recursive_mutex> lock(mu);
     ++launches;
     reinterpret_cast<cuda::HostKernels::Entry>(f)(params, gx);
     return 0;
@@ -152,6 +166,7 @@ struct FakeDriver {
     d.eventDestroy = destroy;
     d.eventRecord = record;
     d.eventSynchronize = done;
+    d.eventQuery = done;
     d.eventElapsedTime = elapsed;
     d.launchKernel = launch;
     d.getErrorString = errorString;
@@ -169,11 +184,11 @@ struct Compiled {
   std::vector<cuda::CudaModule> code;
   std::vector<std::unique_ptr<cuda::HostKernels>> kernels;
 
-  /// An example by name, or a model's source.
-  explicit Compiled(const std::string &example)
-      : m(example.find('{') != std::string::npos ? example
-                                                 : test::readSource("examples/" + example + ".nn"),
-          Stage::Train) {
+  /// An example by name, or a model's source; `distributed`: the training
+  /// step of a data-parallel run.
+  explicit Compiled(const std::string &example, bool distributed = false)
+      : m(example.find('{') != std::string::npos ? example : test::readSource("examples/" + example + ".nn"),
+          Stage::Train, "test.nn", distributed) {
     if (!m.module)
       return;
     auto t = ref::Trainer::create(*m.module, 0, std::shared_ptr<ref::Executor>(ref::createReferenceExecutor()));
@@ -429,6 +444,273 @@ TEST(CudaRuntimeErrors, ReleasesEverything) {
     EXPECT_GT(gpu.deviceBytes(), 0u);
   }
   EXPECT_EQ(FakeDriver::live.size(), before);
+}
+
+} // namespace
+
+namespace {
+
+/// NCCL emulated for ranks that are threads of this process: an allreduce
+/// waits until every rank has called it, then writes the sum of the ranks'
+/// values, each times its premultiplier, in f32 and rank order, into every
+/// rank's output.
+struct FakeNccl {
+  struct Comm {
+    int rank;
+  };
+  static inline std::mutex mu;
+  static inline std::condition_variable met;
+  static inline int ranks = 0, arrived = 0, calls = 0, nextOp = 100;
+  static inline uint64_t round = 0;
+  static inline std::vector<const float *> in;
+  static inline std::vector<float *> out;
+  static inline std::vector<float> scale;
+  static inline std::vector<size_t> count;
+  static inline std::map<int, float> ops;
+  static inline std::vector<float> premultipliers; // every one made
+  static inline int asyncError = 0;
+  static inline bool aborted = false;
+
+  static void start(int n) {
+    std::lock_guard<std::mutex> lock(mu);
+    ranks = n;
+    arrived = calls = 0;
+    in.assign(n, nullptr);
+    out.assign(n, nullptr);
+    scale.assign(n, 0);
+    count.assign(n, 0);
+    premultipliers.clear();
+    asyncError = 0;
+    aborted = false;
+  }
+  static int allReduce(const void *send, void *recv, size_t n, int type, int op, void *comm, void *) {
+    std::unique_lock<std::mutex> lock(mu);
+    int r = static_cast<Comm *>(comm)->rank;
+    if (type != rt::kNcclFloat32 || (op != rt::kNcclSum && !ops.count(op)))
+      return 4; // ncclInvalidArgument
+    in[r] = static_cast<const float *>(send);
+    out[r] = static_cast<float *>(recv);
+    scale[r] = op == rt::kNcclSum ? 1.0f : ops[op];
+    count[r] = n;
+    uint64_t mine = round;
+    if (++arrived < ranks) {
+      met.wait(lock, [&] { return round != mine; });
+      return 0;
+    }
+    std::vector<float> sum(n, 0.0f);
+    for (int k = 0; k < ranks; ++k) {
+      if (count[k] != n)
+        return 4;
+      for (size_t i = 0; i < n; ++i)
+        sum[i] += scale[k] * in[k][i];
+    }
+    for (int k = 0; k < ranks; ++k)
+      std::memcpy(out[k], sum.data(), n * sizeof(float));
+    ++calls;
+    arrived = 0;
+    ++round;
+    met.notify_all();
+    return 0;
+  }
+  static rt::NcclLibrary table() {
+    rt::NcclLibrary n;
+    n.commDestroy = [](void *c) {
+      delete static_cast<Comm *>(c);
+      return 0;
+    };
+    n.commAbort = [](void *c) {
+      aborted = true;
+      delete static_cast<Comm *>(c);
+      return 0;
+    };
+    n.commGetAsyncError = [](void *, int *e) {
+      *e = asyncError;
+      return 0;
+    };
+    n.allReduce = allReduce;
+    n.redOpCreatePreMulSum = [](int *op, void *scalar, int, int residence, void *) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (residence != rt::kNcclScalarHostImmediate)
+        return 4;
+      *op = nextOp++;
+      ops[*op] = *static_cast<float *>(scalar);
+      premultipliers.push_back(ops[*op]);
+      return 0;
+    };
+    n.redOpDestroy = [](int op, void *) {
+      std::lock_guard<std::mutex> lock(mu);
+      return ops.erase(op) ? 0 : 4;
+    };
+    n.getErrorString = [](int rc) { return rc == 6 ? "remote process exited or there was a network error" : "error"; };
+    return n;
+  }
+  static std::unique_ptr<rt::NcclComm> comm(int rank, int size) {
+    return std::make_unique<rt::NcclComm>(table(), new Comm{rank}, rank, size);
+  }
+};
+
+/// Rows [from, to) of each tensor of a batch.
+std::vector<rt::HostTensor> rowsOf(const std::vector<rt::HostTensor> &batch, int64_t from, int64_t to) {
+  std::vector<rt::HostTensor> out;
+  for (const rt::HostTensor &t : batch) {
+    size_t per = t.data.size() / static_cast<size_t>(t.shape[0]);
+    rt::HostTensor s{t.name, t.shape, {}};
+    s.shape[0] = to - from;
+    s.data.assign(t.data.begin() + from * per, t.data.begin() + to * per);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+/// Batch norm over the global batch (sync_batch_norm: collectives inside
+/// the forward pass too), dropout, momentum.
+constexpr const char *kDataParallel = R"(model ddp {
+  input x: f32[B, 2, 5, 5]
+  input y: i32[B]
+  h = relu(batch_norm(conv2d(x, 3, kernel=3, padding=1)))
+  f = dropout(relu(dense(flatten(h), 8)), rate=0.3)
+  logits = dense(f, 3)
+  loss = softmax_cross_entropy(logits, y)
+  output logits
+  minimize loss
+}
+train {
+  optimizer = sgd(lr=0.1, momentum=0.9)
+  sync_batch_norm = true
+}
+)";
+
+/// Two ranks of a data-parallel run on emulated devices, their gradients
+/// and batch statistics combined by the emulated NCCL, train as one
+/// process does with their global batch (an even one, then a ragged one
+/// whose ranks weigh 3/5 and 2/5): the same losses, parameters, momenta
+/// and running statistics to f32 reduction order, and replicas identical
+/// to the bit.
+TEST(CudaRuntimeNccl, RanksTrainAsOneProcess) {
+  Compiled alone(kDataParallel), ddp(kDataParallel, /*distributed=*/true);
+  ASSERT_TRUE(alone.ok()) << alone.m.firstError();
+  ASSERT_TRUE(ddp.ok()) << ddp.m.firstError();
+  rt::CudaModel one(alone.desc, 5, FakeDriver::table());
+  ASSERT_TRUE(one.initialize());
+  FakeNccl::start(2);
+  std::vector<std::unique_ptr<rt::CudaModel>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.push_back(std::make_unique<rt::CudaModel>(ddp.desc, 5, FakeDriver::table()));
+    ASSERT_TRUE(ranks.back()->initialize());
+    ASSERT_TRUE(ranks.back()->attach(FakeNccl::comm(r, 2), 30));
+  }
+  auto fn = alone.m.module->lookupSymbol<mlir::func::FuncOp>(alone.name);
+  uint64_t salt = 70;
+  for (int64_t rows : {6, 6, 5}) {
+    std::vector<rt::HostTensor> batch = hostBatch(test::inputsFor(fn, rows, salt++));
+    double want = 0;
+    ASSERT_TRUE(one.step(batch, want));
+    double loss[2] = {0, 0};
+    rt::Status status[2];
+    rt::Shard shard[2] = {rt::shardOf(rows, 0, 2), rt::shardOf(rows, 1, 2)};
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] {
+        ranks[r]->setShare(shard[r].share);
+        ranks[r]->setFirstRow(shard[r].from);
+        status[r] = ranks[r]->step(rowsOf(batch, shard[r].from, shard[r].to), loss[r]);
+      });
+    for (std::thread &t : threads)
+      t.join();
+    ASSERT_TRUE(status[0]) << status[0].message();
+    ASSERT_TRUE(status[1]) << status[1].message();
+    double global = shard[0].share * loss[0] + shard[1].share * loss[1];
+    EXPECT_NEAR(global, want, 1e-5 * (1 + std::abs(want))) << "the global batch of " << rows;
+  }
+  EXPECT_GT(FakeNccl::calls, 0);
+  EXPECT_NE(std::find(FakeNccl::premultipliers.begin(), FakeNccl::premultipliers.end(), 0.6f),
+            FakeNccl::premultipliers.end())
+      << "the ragged batch's first rank did not weigh its gradients by its share";
+  for (const std::string &name : one.stateNames()) {
+    rt::HostTensor a, b, want;
+    ASSERT_TRUE(one.getState(name, want));
+    ASSERT_TRUE(ranks[0]->getState(name, a)) << name;
+    ASSERT_TRUE(ranks[1]->getState(name, b)) << name;
+    EXPECT_EQ(a.data, b.data) << name << ": the replicas differ";
+    ASSERT_EQ(a.data.size(), want.data.size()) << name;
+    for (size_t i = 0; i < a.data.size(); ++i)
+      if (!(std::abs(a.data[i] - want.data[i]) <= 1e-5 * std::abs(want.data[i]) + 1e-6)) {
+        ADD_FAILURE() << name << ": element " << i << " is " << a.data[i] << ", one process has " << want.data[i];
+        break;
+      }
+  }
+}
+
+/// A rank whose peers stop answering gives up after the time limit, and an
+/// error NCCL reports (a peer gone) ends the wait at once in NCCL's words;
+/// either way NCCL's kernels are aborted, never left waiting.
+TEST(CudaRuntimeNccl, WaitsGiveUpOnRanksThatDoNotAnswer) {
+  Compiled c(kDataParallel, /*distributed=*/true);
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  rt::CudaDriver stuck = FakeDriver::table();
+  stuck.eventQuery = [](void *) { return 600; }; // CUDA_ERROR_NOT_READY, forever
+  auto fn = c.m.module->lookupSymbol<mlir::func::FuncOp>(c.name);
+  std::vector<rt::HostTensor> batch = hostBatch(test::inputsFor(fn, 3, 1));
+  {
+    FakeNccl::start(1);
+    rt::CudaModel gpu(c.desc, 1, stuck);
+    ASSERT_TRUE(gpu.initialize());
+    ASSERT_TRUE(gpu.attach(FakeNccl::comm(0, 1), 1));
+    double loss = 0;
+    auto begin = std::chrono::steady_clock::now();
+    rt::Status s = gpu.step(batch, loss);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.message().find("no answer from the other ranks for 1 s"), std::string::npos) << s.message();
+    EXPECT_GE(std::chrono::steady_clock::now() - begin, std::chrono::seconds(1));
+    EXPECT_TRUE(FakeNccl::aborted);
+  }
+  {
+    FakeNccl::start(1);
+    FakeNccl::asyncError = 6; // ncclRemoteError
+    rt::CudaModel gpu(c.desc, 1, stuck);
+    ASSERT_TRUE(gpu.initialize());
+    ASSERT_TRUE(gpu.attach(FakeNccl::comm(0, 1), 300));
+    double loss = 0;
+    rt::Status s = gpu.step(batch, loss);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.message().find("remote process exited"), std::string::npos) << s.message();
+    EXPECT_TRUE(FakeNccl::aborted);
+  }
+}
+
+/// The launch table of a data-parallel step: collectives (no kernel) take
+/// the gradient and its combined buffer; the first launch reading a
+/// combined buffer waits, no launch reads one before; and until that wait
+/// no launch touches a slot a collective in flight still uses.
+TEST(CudaRuntimePlan, CollectivesKeepTheirBuffersUntilWaitedFor) {
+  Compiled c(kDataParallel, /*distributed=*/true);
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  const rt::CudaCode &code = c.desc.trainStep.cuda;
+  size_t nargs = c.desc.trainStep.args.size();
+  auto slotOf = [&](int32_t b) {
+    return static_cast<size_t>(b) < nargs ? -1 : code.buffers[3 * (static_cast<size_t>(b) - nargs) + 2];
+  };
+  int collectives = 0, waits = 0;
+  for (size_t k = 0; k < code.launches.size(); ++k) {
+    const rt::CudaLaunch &l = code.launches[k];
+    waits += l.waits;
+    if (l.collective == rt::Collective::None)
+      continue;
+    ++collectives;
+    ASSERT_EQ(l.buffers.size(), 2u) << l.what;
+    size_t w = k + 1;
+    while (w < code.launches.size() && !code.launches[w].waits)
+      ++w;
+    for (size_t j = k + 1; j < w; ++j)
+      for (int32_t b : code.launches[j].buffers) {
+        EXPECT_NE(b, l.buffers[1]) << code.launches[j].what << " reads " << l.what << " before the wait";
+        if (b != l.buffers[0] && b != l.buffers[1] && slotOf(b) >= 0)
+          for (int32_t mine : l.buffers)
+            EXPECT_NE(slotOf(b), slotOf(mine)) << code.launches[j].what << " takes the slot of " << l.what;
+      }
+  }
+  EXPECT_GE(collectives, 8) << "gradients, batch statistics and running statistics are combined";
+  EXPECT_GE(waits, 2) << "the sync batch norm's forward and the updates wait";
 }
 
 } // namespace

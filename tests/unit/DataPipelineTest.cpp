@@ -185,7 +185,9 @@ TEST(DataParallel, AloneWithoutALauncher) {
   nnc::rt::DistributedMode mode;
   EXPECT_TRUE(nnc::rt::parseDistributedMode("mpi", mode));
   EXPECT_EQ(mode, nnc::rt::DistributedMode::Mpi);
-  EXPECT_FALSE(nnc::rt::parseDistributedMode("nccl", mode));
+  EXPECT_TRUE(nnc::rt::parseDistributedMode("nccl", mode));
+  EXPECT_EQ(mode, nnc::rt::DistributedMode::Nccl);
+  EXPECT_FALSE(nnc::rt::parseDistributedMode("gloo", mode));
   // nnc_all_reduce is the identity in one process.
   std::vector<float> in = {1.5f, -2.0f, 3.25f}, out(3, 0.0f);
   nnc_all_reduce(reinterpret_cast<int64_t>(in.data()), reinterpret_cast<int64_t>(out.data()), 3, 0);

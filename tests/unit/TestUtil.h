@@ -31,7 +31,10 @@ struct Compiled {
   mlir::OwningOpRef<mlir::ModuleOp> module;
   std::vector<std::string> errors;
 
-  Compiled(llvm::StringRef text, Stage stage, llvm::StringRef name = "test.nn") {
+  /// `distributed`: the training step of a data-parallel run (its
+  /// gradients combined by nn.all_reduce), as `nnc train` builds it under
+  /// a launcher.
+  Compiled(llvm::StringRef text, Stage stage, llvm::StringRef name = "test.nn", bool distributed = false) {
     ctx.loadDialect<nnc::nn::NNDialect, mlir::func::FuncDialect>();
     mlir::ScopedDiagnosticHandler handler(&ctx, [&](mlir::Diagnostic &d) {
       errors.push_back(d.str());
@@ -44,6 +47,13 @@ struct Compiled {
     module = mlirGen(ctx, *file, name);
     if (!module)
       return;
+    if (distributed) {
+      mlir::NamedAttrList train;
+      if (auto t = (*module)->getAttrOfType<mlir::DictionaryAttr>(nnc::nn::attr::kTrain))
+        train.append(t.getValue());
+      train.set("distributed", mlir::BoolAttr::get(&ctx, true));
+      (*module)->setAttr(nnc::nn::attr::kTrain, train.getDictionary(&ctx));
+    }
     mlir::PassManager pm(&ctx);
     buildPipeline(pm, stage);
     if (mlir::failed(pm.run(*module)))

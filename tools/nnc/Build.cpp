@@ -107,8 +107,9 @@ std::string describe(const rt::FunctionDesc &f, const std::string &var) {
     os << "  \"\"\n";
   os << ";\n" << var << ".cuda.launches = {\n";
   for (const rt::CudaLaunch &l : k.launches)
-    os << "  {" << quoted(l.kernel) << ", " << quoted(l.what) << ", " << list(l.buffers) << ", "
-       << l.threadsPerBatch << ", " << l.threadsFixed << ", " << (l.rng ? "true" : "false") << "},\n";
+    os << "  {" << quoted(l.kernel) << ", " << quoted(l.what) << ", " << list(l.buffers) << ", " << l.threadsPerBatch
+       << ", " << l.threadsFixed << ", " << (l.rng ? "true" : "false") << ", nnc::rt::Collective("
+       << static_cast<int>(l.collective) << "), " << (l.waits ? "true" : "false") << "},\n";
   os << "};\n"
      << var << ".cuda.buffers = " << list(k.buffers) << ";\n"
      << var << ".cuda.slots = " << list(k.slots) << ";\n"
@@ -431,9 +432,8 @@ int nnc::driver::runBuild(const Args &args) {
     return userError(s.message());
 
   Loaded m;
-  if (args.has("data-parallel") && (args.has("lib") || target != "cpu"))
-    return usageError("--data-parallel builds a training program for the CPU (not a library; NCCL for CUDA devices "
-                      "is not built yet)", &c);
+  if (args.has("data-parallel") && args.has("lib"))
+    return usageError("--data-parallel builds a training program, not a library", &c);
   if (int rc = load(input, lr, m, true, std::nullopt, args.has("data-parallel")))
     return rc;
   SourceMgrDiagnosticHandler handler(m.session.sourceMgr, &m.session.ctx);

@@ -104,10 +104,10 @@ struct CudaCode {
 /// Compiles `m` for CUDA devices of `arch` ("sm_90").
 int compileCuda(const Loaded &m, const std::string &arch, CudaCode &out);
 
-/// What --target=cuda needs before a model runs: the driver loaded (device
-/// 0 current), NVRTC present, and `m` compiled for the device (--cuda-arch
+/// What --target=cuda needs before a model runs: the driver loaded (GPU
+/// `device` current), NVRTC present, and `m` compiled for the device (--cuda-arch
 /// to override); a failure is reported here, its exit code returned.
-int prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out);
+int prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out, int device = 0);
 
 /// The architecture to compile CUDA for: --cuda-arch, else the device's,
 /// else sm_90.

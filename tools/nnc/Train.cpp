@@ -9,8 +9,8 @@
 
 #include "tools/nnc/ModelFile.h"
 
-#include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cpu/CompileModel.h"
+#include "compiler/codegen/cpu/Jit.h"
 #include "compiler/codegen/cuda/CompileModel.h"
 #include "compiler/codegen/cuda/Nvrtc.h"
 #include "compiler/reference/Trainer.h"
@@ -20,6 +20,7 @@
 #include "runtime/CudaDevice.h"
 #include "runtime/CudaModel.h"
 #include "runtime/Distributed.h"
+#include "runtime/Nccl.h"
 #include "runtime/Schedule.h"
 #include "runtime/StateDict.h"
 #include "runtime/System.h"
@@ -228,8 +229,8 @@ int nnc::driver::compileCuda(const Loaded &m, const std::string &arch, CudaCode 
   return kOk;
 }
 
-int nnc::driver::prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out) {
-  if (rt::Status s = rt::loadCudaDriver(driver); !s)
+int nnc::driver::prepareCuda(const Args &args, const Loaded &m, rt::CudaDriver &driver, CudaCode &out, int device) {
+  if (rt::Status s = rt::loadCudaDriver(driver, device); !s)
     return userError("--target=cuda: " + s.message());
   std::string why;
   if (cuda::nvrtcVersion(&why).empty())
@@ -402,13 +403,23 @@ int makeBackend(const Args &args, const Command &c, const Loaded &m, uint64_t se
     return kOk;
   }
   if (target == "cuda") {
-    // The generated kernels on device 0, the state kept there.
+    // The generated kernels on device 0, the state kept there; in a
+    // data-parallel run, each rank on the GPU of its place among the
+    // machine's ranks, its gradients combined by NCCL.
+    rt::Group *group = rt::Group::current();
     rt::CudaDriver driver;
-    if (int rc = prepareCuda(args, m, driver, out.cuda))
+    if (int rc = prepareCuda(args, m, driver, out.cuda, group ? rt::detectLaunch().localRank : 0))
       return rc;
     auto model = std::make_unique<rt::CudaModel>(out.cuda.desc, seed, driver);
     if (rt::Status s = model->initialize(); !s)
       return userError(m.path + ": " + s.message());
+    if (group) {
+      std::unique_ptr<rt::NcclComm> comm;
+      if (rt::Status s = rt::joinDevices(comm); !s)
+        return userError(s.message());
+      if (rt::Status s = model->attach(std::move(comm), rt::distributedTimeLimit()); !s)
+        return userError(s.message());
+    }
     out.device = driver.device;
     out.model = std::move(model);
     return kOk;
@@ -555,21 +566,29 @@ static int trainSettings(const Loaded &m, const Args &args, const Command &c, rt
 }
 
 /// Joins a data-parallel run when a launcher started this process (or
-/// --distributed=mpi says so), before the step is compiled: a distributed
-/// step combines its gradients. Only rank 0 prints what goes wrong before
-/// training; every rank exits with an error. `run` gets the options each
-/// rank trains with (the CPU; rank 0 alone prints).
+/// --distributed=mpi|nccl says so), before the step is compiled: a
+/// distributed step combines its gradients. Only rank 0 prints what goes
+/// wrong before training; every rank exits with an error. `run` gets the
+/// options each rank trains with (the CPU, or a CUDA device with NCCL;
+/// rank 0 alone prints).
 static int joinRun(const Args &args, const Command &c, Args &run) {
   run = args;
   rt::DistributedMode mode = rt::DistributedMode::Auto;
   if (args.has("distributed") && !rt::parseDistributedMode(args.get("distributed"), mode))
-    return usageError("--distributed must be auto, mpi or none, got '" + args.get("distributed") + "'", &c);
+    return usageError("--distributed must be auto, mpi, nccl or none, got '" + args.get("distributed") + "'", &c);
   bool leader = rt::detectLaunch().rank == 0;
   auto refuse = [&](const std::string &message) {
     if (leader)
       llvm::errs() << "nnc: error: " << message << "\n";
     return kUserError;
   };
+  // Gradients are combined where they are: by MPI on the CPU, by NCCL on
+  // CUDA devices (one rank per GPU).
+  std::string target = args.get("target", "auto");
+  if (mode == rt::DistributedMode::Nccl && target != "cuda" && target != "auto")
+    return refuse("--distributed=nccl combines gradients on CUDA devices (--target=cuda), not on --target=" + target);
+  if (mode == rt::DistributedMode::Mpi && target == "cuda")
+    return refuse("--distributed=mpi combines gradients on the CPU; on CUDA devices use --distributed=nccl");
   if (rt::Status s = rt::Group::join(mode); !s)
     return refuse(s.message());
   std::atexit(rt::Group::leave);
@@ -579,12 +598,16 @@ static int joinRun(const Args &args, const Command &c, Args &run) {
       return usageError("--global-batch is for a data-parallel run (started by mpirun or srun); use --batch", &c);
     return kOk;
   }
-  std::string target = args.get("target", "auto");
-  if (target == "cuda")
-    return refuse("data-parallel training runs on the CPU backend (--target=cpu); NCCL for CUDA devices is not "
-                  "built yet");
   if (target == "auto")
-    run.options["target"] = "cpu";
+    run.options["target"] = target = mode == rt::DistributedMode::Nccl ? "cuda" : "cpu";
+  if (target == "cuda") {
+    rt::NcclLibrary nccl;
+    if (rt::Status s = rt::loadNccl(nccl); !s)
+      return refuse(s.message());
+    // Said once here, rather than by every rank when it opens its device.
+    if (rt::CudaDevice probe = rt::probeCudaDevice(); !probe.present)
+      return refuse("--target=cuda: " + probe.why);
+  }
   if (args.has("global-batch")) {
     int64_t global = 0;
     if (auto rc = numberOption(args, c, "global-batch", global, 1))

@@ -34,9 +34,19 @@ FailureOr<rt::CudaCode> cuda::planBuffers(const CudaModule &code, size_t numArgs
   rt::CudaCode out;
   out.blockSize = kBlockSize;
   out.maxBlocks = kMaxBlocks;
+  // Collectives run on a stream of their own until the first launch that
+  // reads what one of them combined waits for all of them: until then
+  // their buffers stay theirs (no later launch may take their slots).
+  std::vector<int32_t> combining, combined; // buffers of collectives in flight
+  auto touch = [&](int32_t b, size_t k) {
+    if (static_cast<size_t>(b) >= numArgs)
+      uses[static_cast<size_t>(b) - numArgs].last = std::max(uses[static_cast<size_t>(b) - numArgs].last, k);
+  };
   for (size_t k = 0; k < code.launches.size(); ++k) {
     const Launch &l = code.launches[k];
     rt::CudaLaunch launch{l.name, l.ops + " at " + l.loc, {}, l.threadsPerBatch, l.threadsFixed, l.rng};
+    if (l.collective)
+      launch.collective = l.sum ? rt::Collective::Sum : rt::Collective::Mean;
     for (const Param &p : l.params) {
       const std::string &root = p.viewOf.empty() ? p.name : p.viewOf;
       auto [it, fresh] = index.try_emplace(root, static_cast<int32_t>(numArgs + uses.size()));
@@ -56,8 +66,25 @@ FailureOr<rt::CudaCode> cuda::planBuffers(const CudaModule &code, size_t numArgs
       u.first = std::min(u.first, k);
       u.last = std::max(u.last, k);
     }
+    if (!l.collective && llvm::any_of(llvm::zip(l.params, launch.buffers), [&](auto pb) {
+          return !std::get<0>(pb).output && llvm::is_contained(combined, std::get<1>(pb));
+        })) {
+      launch.waits = true;
+      for (int32_t b : combining)
+        touch(b, k);
+      combining.clear();
+      combined.clear();
+    }
+    if (l.collective) {
+      combining.insert(combining.end(), launch.buffers.begin(), launch.buffers.end());
+      combined.push_back(launch.buffers[1]);
+    }
     out.launches.push_back(std::move(launch));
   }
+  // What no launch reads (a combined result returned as it is) is waited
+  // for at the function's end.
+  for (int32_t b : combining)
+    touch(b, code.launches.size());
   std::vector<bool> isResult(uses.size());
   for (const std::string &r : code.results) {
     auto it = index.find(r);

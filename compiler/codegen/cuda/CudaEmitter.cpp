@@ -630,7 +630,8 @@ void KernelWriter::planKernel(Block &block, Operation *&unsupported) {
   using nnc::kFusedAttr;
   for (Operation &m : block.without_terminator()) {
     if (!isScalar(&m) && !isReduction(&m) && !isPointwise(&m) && !isWindowed(&m) &&
-        !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp, nnops::DropoutOp>(m)) {
+        !isa<nnops::MatmulOp, nnops::BatchNormOp, nnops::BatchNormGradOp, nnops::DropoutOp, nnops::AllReduceOp,
+             nnops::CountOp>(m)) {
       unsupported = unsupported ? unsupported : &m;
       continue;
     }
@@ -664,7 +665,16 @@ LogicalResult KernelWriter::emitLaunch(Operation *root, unsigned k, unsigned ind
   auto conv = dyn_cast<nnops::Conv2dOp>(root);
   auto convGrad = dyn_cast<nnops::Conv2dGradInputOp>(root);
   LogicalResult done = success();
-  if (auto mm = dyn_cast<nnops::MatmulOp>(root))
+  if (auto reduce = dyn_cast<nnops::AllReduceOp>(root)) {
+    // The runtime's to run (NCCL): a launch without code.
+    Value in = root->getOperand(0);
+    if (Operation *def = in.getDefiningOp(); def && members.contains(def) && !inMemory.contains(in))
+      return root->emitError("the CUDA backend combines only values in memory over the ranks");
+    param(in, false);
+    param(space, true);
+    launch.collective = true;
+    launch.sum = reduce.getSum();
+  } else if (auto mm = dyn_cast<nnops::MatmulOp>(root))
     done = matmulLaunch(mm);
   else if ((conv && conv.getGroups() == 1) || (convGrad && convGrad.getGroups() == 1))
     done = convLaunch(root, conv);
@@ -694,6 +704,13 @@ LogicalResult KernelWriter::emitLaunch(Operation *root, unsigned k, unsigned ind
   }
   launch.threadsPerBatch = dynamic ? per * fixed : 0;
   launch.threadsFixed = dynamic ? 0 : fixed;
+  if (launch.collective) {
+    src << "\n// " << launch.name << ": " << ops << " (" << where << "): no kernel; the runtime combines "
+        << params[0].name << " into " << params[1].name << " over the ranks (NCCL: "
+        << (launch.sum ? "their sum" : "their mean, each weighted by its share of the global batch") << ")\n";
+    out.launches.push_back(std::move(launch));
+    return success();
+  }
   src << "\n// " << launch.name << ": " << ops << " (" << where << ")\nNNC_KERNEL " << launch.name << "(";
   for (const Param &p : params)
     src << (p.output ? "" : "const ") << (p.integer ? "int" : "float") << " *__restrict__ " << p.name
@@ -1105,10 +1122,18 @@ if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
     return failure();
   if (drop.getTraining()) {
     launch.rng = true;
-    body << "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + "
-         << nnops::locationId(root->getLoc()) << "ULL);\n"
-         << "    const float mask = nnc_uniform01((u64)rng[0], stream, (u64)i) < " << llvm::formatv("{0:e17}", rate).str()
-         << " ? 0.0f : (float)(1.0 / (1.0 - " << llvm::formatv("{0:e17}", rate).str() << "));\n";
+    // A data-parallel rank's batch is rows [rng[2], rng[2] + n) of the
+    // global batch: counting from its first row's first element, it draws
+    // the masks one process draws for those rows.
+    std::string perRow = "(u64)1";
+    for (int64_t d = 1; d < typeOf(space).getRank(); ++d)
+      perRow += " * " + dim(space, d);
+    body << "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + " << nnops::locationId(root->getLoc())
+         << "ULL);\n"
+         << "    const u64 counter = (u64)rng[2] * " << perRow << " + (u64)i;\n"
+         << "    const float mask = nnc_uniform01((u64)rng[0], stream, counter) < "
+         << llvm::formatv("{0:e17}", rate).str() << " ? 0.0f : (float)(1.0 / (1.0 - "
+         << llvm::formatv("{0:e17}", rate).str() << "));\n";
   } else {
     body << "    const float mask = 1.0f;\n";
   }
@@ -1127,6 +1152,12 @@ if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
 } else if (isPointwise(root)) {
   if (failed(pointwise(root, idx)))
     return failure();
+} else if (isa<nnops::CountOp>(root)) {
+  // A count read whole (combined over a run's ranks) goes to memory.
+  auto n = literal(root);
+  if (failed(n))
+    return failure();
+  store(space, *n, idx);
 } else if (isReduction(root)) {
   // One thread per output element: loop over the reduced axes.
   Value x = root->getOperand(0);

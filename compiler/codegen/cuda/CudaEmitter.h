@@ -45,6 +45,10 @@ struct Launch {
   bool rng = false;
   /// Threads of a block meet at barriers (`__syncthreads`, shared memory).
   bool barriers = false;
+  /// nn.all_reduce: no kernel, but params[0] combined into params[1] over
+  /// a run's ranks (their sum with `sum`, else their weighted mean) by the
+  /// runtime; its threads are the elements.
+  bool collective = false, sum = false;
 };
 
 struct CudaModule {

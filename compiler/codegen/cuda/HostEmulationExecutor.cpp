@@ -76,7 +76,8 @@ public:
 
   FailureOr<std::vector<ref::Tensor>> run(func::FuncOp fn, ArrayRef<ref::Tensor> args,
                                           const ref::EvalOptions &options) override {
-    long long rng[2] = {static_cast<long long>(options.seed), static_cast<long long>(options.step)};
+    long long rng[3] = {static_cast<long long>(options.seed), static_cast<long long>(options.step),
+                        static_cast<long long>(options.firstRow)};
     int64_t batch = batchOf(fn, args);
     auto c = get(fn);
     if (failed(c))
