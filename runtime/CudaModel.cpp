@@ -326,8 +326,14 @@ struct CudaModel::Impl {
     std::vector<void *> params;
     long long batch = n;
     bool inFlight = false; // collectives the compute stream has not waited for
+    // A profiled step's marks: a collective's time is what the compute
+    // stream spends on it (nothing); the wait shows in the launch after it.
+    bool timed = timing && &fn == &train;
     for (size_t k = 0; k < code.launches.size(); ++k) {
       const CudaLaunch &l = code.launches[k];
+      if (timed)
+        if (int rc = d.eventRecord(marks[k], compute))
+          return d.fail("cuEventRecord", rc);
       if (l.waits && inFlight) {
         if (Status s = awaitCollectives(); !s)
           return s;
@@ -351,18 +357,17 @@ struct CudaModel::Impl {
       int64_t threads = l.threadsPerBatch * n + l.threadsFixed;
       unsigned blocks = static_cast<unsigned>(
           std::clamp<int64_t>((threads + code.blockSize - 1) / code.blockSize, 1, code.maxBlocks));
-      bool timed = timing && &fn == &train;
-      if (timed)
-        if (int rc = d.eventRecord(marks[k], compute))
-          return d.fail("cuEventRecord", rc);
       if (int rc = d.launchKernel(fn.kernels[k], blocks, 1, 1, static_cast<unsigned>(code.blockSize), 1, 1,
                                   0, compute, params.data(), nullptr))
         return d.fail(std::string(fn.what) + ": launching " + l.kernel + " (" + l.what + ")", rc);
-      if (timed && k + 1 == code.launches.size())
-        if (int rc = d.eventRecord(marks.back(), compute))
-          return d.fail("cuEventRecord", rc);
     }
-    return inFlight ? awaitCollectives() : Status::ok();
+    if (inFlight)
+      if (Status s = awaitCollectives(); !s)
+        return s;
+    if (timed)
+      if (int rc = d.eventRecord(marks.back(), compute))
+        return d.fail("cuEventRecord", rc);
+    return Status::ok();
   }
 
   /// Launch `l`, a collective: its buffer combined over the ranks on the
