@@ -828,9 +828,13 @@ int64_t forceTiling(test::Compiled &m, llvm::function_ref<bool(mlir::Operation *
 /// unit-stride and strided, and the strided layer's input gradient per
 /// column phase), against the reference.
 TEST(CpuConvBlocking, ChannelsOuterMatchesReference) {
-  for (const char *layer : {"  y = conv2d(x, w, padding=1)\n", "  y = conv2d(x, w, stride=2, padding=1)\n"}) {
-    std::string src = std::string("model m {\n  input x: f32[B, 3, 9, 21]\n  param w: f32[8, 3, 3, 3] = normal(std=0.3)\n") +
-                      layer + "  loss = sum(tanh(y))\n  minimize loss\n}\n";
+  // The last: an input twice the output, read per phase plane (PhaseRows.cpp).
+  for (auto [shape, layer] : {std::pair{"9, 21", "  y = conv2d(x, w, padding=1)\n"},
+                              std::pair{"9, 21", "  y = conv2d(x, w, stride=2, padding=1)\n"},
+                              std::pair{"10, 38", "  y = conv2d(x, w, stride=2, padding=1)\n"}}) {
+    std::string src = std::string("model m {\n  input x: f32[B, 3, ") + shape +
+                      "]\n  param w: f32[8, 3, 3, 3] = normal(std=0.3)\n" + layer +
+                      "  loss = sum(tanh(y))\n  minimize loss\n}\n";
     test::Compiled m(src, Stage::Train);
     ASSERT_TRUE(m.module) << m.firstError();
     cpu::clearTunedTilings();
@@ -1073,18 +1077,23 @@ TEST(CpuMaxPool2x2, MatchesReferenceAtRaggedWidths) {
                            });
 }
 
-/// Strided forward convolutions of small planes per input phase plane:
-/// kernels of 3, 4 and 5 taps a side at strides 2 and 3, paddings 0-2,
-/// planes of one to four rows a vector, ragged channel blocks, with a bias
-/// and ReLU through the epilogue and without, and a layer whose samples
-/// take several chunks of phase planes; against the reference.
+/// Strided forward convolutions per input phase plane: kernels of 3, 4
+/// and 5 taps a side at strides 2 and 3, paddings 0-2, planes of one to
+/// four rows a vector and rows of several vectors (the last one partial),
+/// ragged channel blocks, with a bias and ReLU through the epilogue and
+/// without, and a layer whose samples take several chunks of phase planes;
+/// against the reference.
 TEST(CpuConvPhases, StridedForwardMatchesReference) {
   struct Case {
     int c, k, h, w, kernel, stride, pad;
     bool epilogue;
   } cases[] = {{16, 32, 8, 8, 3, 2, 1, true},   {5, 7, 14, 14, 3, 2, 1, false}, {8, 16, 12, 12, 3, 3, 1, true},
                {6, 12, 8, 8, 4, 2, 1, false},   {4, 10, 8, 8, 5, 2, 2, true},   {3, 8, 6, 6, 3, 2, 0, false},
-               {256, 16, 16, 16, 3, 2, 1, true}};
+               {256, 16, 16, 16, 3, 2, 1, true},
+               // Rows wider than half a vector (PhaseRows.cpp): several
+               // vectors, the last one partial; 5x5 at padding 2; stride 3.
+               {6, 10, 12, 38, 3, 2, 1, true}, {4, 8, 10, 40, 5, 2, 2, false}, {3, 5, 9, 30, 3, 3, 0, true},
+               {8, 12, 8, 64, 3, 2, 1, false}};
   for (const Case &t : cases) {
     std::string conv = "conv2d(x, w, stride=" + std::to_string(t.stride) + ", padding=" + std::to_string(t.pad) + ")";
     std::string src = "model m {\n  input x: f32[B, " + std::to_string(t.c) + ", " + std::to_string(t.h) + ", " +

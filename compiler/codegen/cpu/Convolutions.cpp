@@ -686,8 +686,9 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
 }
 
 /// Copies samples [n0, n0 + count) of X (N, C, H, W) into `phases`
-/// (chunk, C * s * s, H / s * ow): channel c's phase plane (ph, pw), its
-/// rows ph, ph + s, ... and columns likewise, at c * s * s + ph * s + pw.
+/// (chunk, C * s * s, H / s * ow), or (chunk, C * s * s, H / s, ow):
+/// channel c's phase plane (ph, pw), its rows ph, ph + s, ... and columns
+/// likewise, at c * s * s + ph * s + pw.
 static void splitPhases(Emitter &e, Value X, Value phases, Value n0, Value count, int64_t s, int64_t ow) {
   OpBuilder &b = e.b;
   Location loc = e.loc;
@@ -696,17 +697,19 @@ static void splitPhases(Emitter &e, Value X, Value phases, Value n0, Value count
     Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
     Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
                         b.create<arith::RemUIOp>(loc, col, e.idx(s)));
-    Value at = e.add(e.mul(b.create<arith::DivUIOp>(loc, r, e.idx(s)), e.idx(ow)),
-                     b.create<arith::DivUIOp>(loc, col, e.idx(s)));
-    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, {m, e.add(e.mul(c, e.idx(s * s)), phase), at});
+    Value pr = b.create<arith::DivUIOp>(loc, r, e.idx(s)), pc = b.create<arith::DivUIOp>(loc, col, e.idx(s));
+    Value plane = e.add(e.mul(c, e.idx(s * s)), phase);
+    SmallVector<Value> at = shapeOf(phases).size() == 4 ? SmallVector<Value>{m, plane, pr, pc}
+                                                         : SmallVector<Value>{m, plane, e.add(e.mul(pr, e.idx(ow)), pc)};
+    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, at);
   }, /*parallel=*/true);
 }
 
 /// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
 /// in order, each chunk's phase planes split into `phases` first: samples
 /// [n0, n0 + count) of X.
-static void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
-                          function_ref<void(Value n0, Value count)> body) {
+void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
+                   function_ref<void(Value n0, Value count)> body) {
   OpBuilder &b = e.b;
   Value chunks = b.create<arith::CeilDivUIOp>(e.loc, batch, e.idx(chunk));
   auto kLoop = b.create<scf::ForOp>(e.loc, e.idx(0), chunks, e.idx(1));
@@ -735,20 +738,11 @@ static void tapPlanes(Emitter &e, Value i0, ArrayRef<int64_t> k, ArrayRef<int64_
 }
 
 /// The rows of a phase plane a vector takes in conv2dForwardPhases, or 0
-/// where it does not apply: equal strides of 2 or more, one group, an
-/// input (a contiguous buffer) the output's size times the stride, output
-/// rows no wider than half a vector.
+/// where it does not apply: phase planes (forwardPhasePlanes), output rows
+/// no wider than half a vector (wider ones: conv2dForwardPhaseRows).
 static int64_t forwardPhaseRows(nnops::Conv2dOp op, Value X) {
-  ArrayRef<int64_t> x = shapeOf(X), y = shapeOf(op.getResult());
-  ArrayRef<int64_t> stride = op.getStride();
-  int64_t s = stride[0];
-  if (!cast<MemRefType>(X.getType()).getLayout().isIdentity() || op.getGroups() != 1 || s < 2 || stride[1] != s ||
-      x[2] != s * y[2] || x[3] != s * y[3] || 2 * y[3] > kLanes)
-    return 0;
-  // A single tap reads one phase plane of s * s: splitting the others
-  // would cost more than it saves.
-  ArrayRef<int64_t> w = shapeOf(op->getOperand(1));
-  return w[2] * w[3] > 1 ? kLanes / y[3] : 0;
+  int64_t ow = shapeOf(op.getResult())[3];
+  return forwardPhasePlanes(op, X) && 2 * ow <= kLanes ? kLanes / ow : 0;
 }
 
 /// A strided forward convolution of small planes per input phase: each
@@ -796,6 +790,10 @@ LogicalResult conv2d(Emitter &e) {
   auto direct = [&] {
     if (int64_t rows = forwardPhaseRows(op, e.in[0]); rows > 0) {
       conv2dForwardPhases(e, op.getStride(), op.getPadding(), rows);
+      return;
+    }
+    if (forwardPhasePlanes(op, e.in[0])) {
+      conv2dForwardPhaseRows(e, op.getStride(), op.getPadding());
       return;
     }
     if (int64_t rows = groupedRows(e.in[0], op.getStride(), shapeOf(e.op->getResult(0))[3], /*rowByRow=*/true);

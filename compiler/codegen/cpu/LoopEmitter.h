@@ -358,6 +358,17 @@ struct RowLanes {
   Value load(Emitter &e, Value mem, ValueRange row) const;
 };
 LogicalResult conv2d(Emitter &e);
+/// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
+/// in order, each chunk's s x s phase planes split into `phases` first:
+/// samples [n0, n0 + count) of X (Convolutions.cpp).
+void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
+                   function_ref<void(Value n0, Value count)> body);
+/// Whether a forward convolution reads X per phase plane (PhaseRows.cpp):
+/// cpu::phasePlanesApply, X a contiguous buffer.
+bool forwardPhasePlanes(nnops::Conv2dOp op, Value X);
+/// A strided forward convolution of output rows wider than half a vector,
+/// per phase plane of its input (PhaseRows.cpp).
+void conv2dForwardPhaseRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad);
 LogicalResult conv2dGradInput(Emitter &e);
 void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t> pad, int64_t groups);
 LogicalResult conv2dGradWeight(Emitter &e);

@@ -84,11 +84,12 @@ int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m
 /// The register block of a row convolution (Convolutions.cpp, conv2dRows):
 /// a block of `channels` times a row's `vectors`. The whole row while a
 /// block of two or more channels fits beside it. On wider rows read with a
-/// column stride (an ImageNet stem: 112 columns, 14 AVX2 vectors), where a
-/// block of one channel would load and shuffle two input vectors for a
-/// single multiply-add, chunks of `row_vectors` vectors: the split with the
-/// fewest weight broadcasts and input loads (three: two loads and a
-/// shuffle) per multiply-add. An AVX-512 multiply-add takes its weight as
+/// column stride, where a block of one channel would load and shuffle two
+/// input vectors for a single multiply-add, chunks of `row_vectors`
+/// vectors: the split with the fewest weight broadcasts and input loads
+/// (`load`: three, two loads and a shuffle) per multiply-add; so too for
+/// rows read from phase planes (an ImageNet stem: 112 columns, 14 AVX2
+/// vectors; `load` one). An AVX-512 multiply-add takes its weight as
 /// a broadcast memory operand, which costs a load-port slot and no
 /// instruction of its own, so there a tall block of channels on one vector
 /// wins; AVX2 broadcasts into a register first. (Unit-stride rows measured
@@ -99,18 +100,18 @@ int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m
 /// where the weights overflow L2 and the sample's input does not: each
 /// block's weights are then read once per sample from L3, not once per row,
 /// while the input stays in L2 (ResNet's last stages at batch 1).
-DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, bool strided, int64_t weightBytes,
+DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, double load, int64_t weightBytes,
                          int64_t inputBytes, const cpu::Machine &m) {
   int64_t acc = convAccumulators(m);
   int64_t block = channelBlock(channels, vectors, acc, 16);
   SmallVector<NamedAttribute> choices;
   if (weightBytes > m.l2 && inputBytes <= m.l2 / 2)
     choices.push_back(b.getNamedAttr("channels_outer", b.getI64IntegerAttr(1)));
-  if (vectors <= 1 || !strided) {
+  if (vectors <= 1 || load == 0) {
     choices.push_back(b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)));
     return b.getDictionaryAttr(choices);
   }
-  double load = 3, broadcast = m.registers >= 32 ? 0.25 : 1;
+  double broadcast = m.registers >= 32 ? 0.25 : 1;
   int64_t bestBlock = block, bestVectors = vectors;
   double best = (broadcast * block + load * vectors) / static_cast<double>(block * vectors);
   for (int64_t cv = 1; cv < vectors && cv <= acc; ++cv) {
@@ -185,7 +186,8 @@ DictionaryAttr convTiling(Builder &b, nnops::Conv2dOp conv, const cpu::Machine &
   ArrayRef<int64_t> stride = conv.getStride();
   ArrayRef<int64_t> x = shapeOf(conv.getInput());
   return withWinograd(b, conv,
-                      rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes, stride[1] > 1,
+                      rowTiling(b, w[0] / conv.getGroups(), (y[3] + m.lanes - 1) / m.lanes,
+                                cpu::phasePlanesApply(conv) ? 1 : stride[1] > 1 ? 3 : 0,
                                 w[0] * w[1] * w[2] * w[3] * 4, x[1] * x[2] * x[3] * 4, m),
                       m);
 }
@@ -197,7 +199,7 @@ DictionaryAttr inputGradTiling(Builder &b, nnops::Conv2dGradInputOp op, const cp
   ArrayRef<int64_t> w = shapeOf(op->getOperand(1)), y = shapeOf(op.getResult());
   ArrayRef<int64_t> dy = shapeOf(op->getOperand(0));
   return withWinograd(b, op,
-                      rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*strided=*/false,
+                      rowTiling(b, w[1], (y[3] + m.lanes - 1) / m.lanes, /*load=*/0,
                                 w[0] * w[1] * w[2] * w[3] * 4, dy[1] * dy[2] * dy[3] * 4, m),
                       m);
 }
@@ -247,6 +249,13 @@ bool cpu::winogradApplies(Operation *op) {
   auto pad = cast<DenseI64ArrayAttr>(op->getAttr("padding")).asArrayRef();
   return cast<IntegerAttr>(op->getAttr("groups")).getInt() == 1 && w[2] == 3 && w[3] == 3 && stride[0] == 1 &&
          stride[1] == 1 && pad[0] <= 2 && pad[1] <= 2 && y[2] >= 2 && y[3] >= 2;
+}
+
+bool cpu::phasePlanesApply(nnops::Conv2dOp op) {
+  ArrayRef<int64_t> x = shapeOf(op.getInput()), y = shapeOf(op.getResult()), w = shapeOf(op.getWeight());
+  ArrayRef<int64_t> stride = op.getStride();
+  int64_t s = stride[0];
+  return op.getGroups() == 1 && s >= 2 && stride[1] == s && x[2] == s * y[2] && x[3] == s * y[3] && w[2] * w[3] > 1;
 }
 
 DictionaryAttr cpu::chooseTiling(Operation *op, const Machine &machine) {

@@ -23,6 +23,10 @@
 
 #include <string>
 
+namespace nnc::nn {
+class Conv2dOp;
+} // namespace nnc::nn
+
 namespace nnc::cpu {
 
 inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
@@ -40,6 +44,12 @@ mlir::DictionaryAttr chooseTiling(mlir::Operation *op, const Machine &machine = 
 /// `winograd` choice): a forward convolution or input gradient, 3x3, unit
 /// strides, one group, padding of at most 2, an output of 2x2 or more.
 bool winogradApplies(mlir::Operation *op);
+/// Whether a forward convolution reads its input split into phase planes
+/// (Convolutions.cpp, PhaseRows.cpp): equal strides of 2 or more, one
+/// group, an input the output's size times the stride, more than one tap
+/// (a single tap reads one plane of s * s: splitting the others would cost
+/// more than it saves). Its rows then read at a unit stride.
+bool phasePlanesApply(nnc::nn::Conv2dOp op);
 
 /// The most a Winograd block's transformed input and products take (on the
 /// stack of the thread running the block): 16 positions by the block's

@@ -57,12 +57,12 @@ func.func @chosen_depth(%a: tensor<?x32xf32>, %b: tensor<32x64xf32>) -> tensor<?
 }
 
 // A strided row too wide for a block of channels beside it (an ImageNet
-// stem: 112 columns, 14 AVX2 vectors) is taken in chunks of vectors; a
-// unit-stride one keeps whole rows (and runs as Winograd's). AVX-512's
-// multiply-adds broadcast their weights from memory, so there a block of
-// 16 channels takes one vector at a time.
+// stem: 112 columns, 14 AVX2 vectors), read from its phase planes, is
+// taken in chunks of vectors; a unit-stride one keeps whole rows (and runs
+// as Winograd's). AVX-512's multiply-adds broadcast their weights from
+// memory, so there a taller block of channels takes fewer vectors.
 // AVX512-LABEL: func.func @wide
-// AVX512: nn.conv2d {{.*}}nnc.tiling = {channel_block = 16 : i64, row_vectors = 1 : i64}
+// AVX512: nn.conv2d {{.*}}nnc.tiling = {channel_block = 8 : i64, row_vectors = 2 : i64}
 // AVX2-LABEL: func.func @wide
 // AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 4 : i64, row_vectors = 3 : i64}
 // AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 1 : i64, winograd = 2 : i64}
