@@ -463,12 +463,20 @@ struct Winograd {
   }
 
   /// dU[e][o][i] (+)= sum over the block's tiles t of dM[e][o][t] V[e][i][t]:
-  /// register blocks of 4 x 4 channel pairs, each a vector of partial sums
-  /// over the tiles, reduced across lanes at the end. `first`: the first
-  /// block stores, later ones add.
+  /// register blocks of ob x ib channel pairs, each a vector of partial sums
+  /// over the tiles, reduced across lanes at the end (one tree for the
+  /// block). The block fills the registers with its ob output-gradient
+  /// vectors and one input vector at a time: 4 x 4 with AVX-512's 32, 2 x 4
+  /// with AVX2's 16 (4 x 4 there spills accumulators every step). `first`:
+  /// the first block stores, later ones add.
   void multiplyWeightGrad(Value DU, Value V, Value DM, Value first) {
-    int64_t ob = out % 4 == 0 ? 4 : out % 2 == 0 ? 2 : 1, ib = in % 4 == 0 ? 4 : in % 2 == 0 ? 2 : 1;
-    auto flags = arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+    int64_t ob = 1, ib = 1;
+    for (int64_t o : {4, 2, 1})
+      for (int64_t i : {4, 2, 1})
+        if (out % o == 0 && in % i == 0 && o * i + o + 1 <= cpu::host().registers && o * i > ob * ib) {
+          ob = o;
+          ib = i;
+        }
     e.loops(ArrayRef<Value>{e.idx(16), e.idx(out / ob), e.idx(in / ib)}, [&](ValueRange iv) {
       Value pos = iv[0], o0 = e.mul(iv[1], e.idx(ob)), i0 = e.mul(iv[2], e.idx(ib));
       SmallVector<Value> init(ob * ib, zero);
@@ -487,10 +495,10 @@ struct Winograd {
             acc[o * ib + i] = b.create<vector::FMAOp>(loc, m[o], v[i], acc[o * ib + i]);
         b.create<scf::YieldOp>(loc, acc);
       }
+      SmallVector<Value> sums = laneSums(e, SmallVector<Value>(loop.getResults()));
       for (int64_t o = 0; o < ob; ++o)
         for (int64_t i = 0; i < ib; ++i) {
-          Value sum = b.create<vector::ReductionOp>(loc, vector::CombiningKind::ADD, loop.getResult(o * ib + i),
-                                                    Value(), flags);
+          Value sum = sums[o * ib + i];
           SmallVector<Value> at{pos, e.add(o0, e.idx(o)), e.add(i0, e.idx(i))};
           Value before = select(e, first, b.create<arith::ConstantOp>(loc, b.getF32FloatAttr(0.0f)), e.load(DU, at));
           e.store(b.create<arith::AddFOp>(loc, before, sum), DU, at);
