@@ -133,7 +133,7 @@ void conv2dForwardPhaseRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64
           if (int64_t done = chunks * chunk; done < vectors)
             run(e.idx(done), vectors - done, false, done);
         },
-        /*parallel=*/true, /*collapse=*/3);
+        /*parallel=*/true, /*collapse=*/2);
   });
 }
 
