@@ -214,10 +214,22 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
     }
     // The accumulators of `count` vectors per channel of the block, over
     // the input channels, the kernel rows and the taps `qs` (every column
-    // when empty, as a loop), the input read through `lanesAt(v, q)`.
-    auto accumulate = [&](int64_t count, ArrayRef<int64_t> qs,
-                          function_ref<RowLanes(int64_t v, Value q)> lanesAt) -> SmallVector<Value> {
-      SmallVector<Value> init(block * count, zero);
+    // when empty, as a loop), the input read through `lanesAt(v, q)`; of
+    // several such parts at once (a transposed convolution's column
+    // phases), one after the other.
+    struct Part {
+      int64_t count;
+      SmallVector<int64_t> qs;
+      std::function<RowLanes(int64_t v, Value q)> lanesAt;
+    };
+    auto accumulateParts = [&](ArrayRef<Part> parts) -> SmallVector<Value> {
+      SmallVector<int64_t> offsets;
+      int64_t total = 0;
+      for (const Part &part : parts) {
+        offsets.push_back(total);
+        total += block * part.count;
+      }
+      SmallVector<Value> init(total, zero);
       auto cLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(cx), e.idx(1), init);
       OpBuilder::InsertionGuard g1(b);
       b.setInsertionPointToStart(cLoop.getBody());
@@ -228,38 +240,45 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
       Value p = pLoop.getInductionVar();
       Value ih = c.transposed ? b.create<arith::DivUIOp>(loc, e.sub(e.add(i, e.idx(p0)), p), e.idx(s0)).getResult()
                               : e.tap(i, s0, p0, p);
-      auto tap = [&](Value q, SmallVector<Value> &acc) {
+      auto tap = [&](const Part &part, int64_t base, Value q, SmallVector<Value> &acc) {
         SmallVector<Value> weights;
         for (int64_t k = 0; k < block; ++k) {
           Value o = e.add(o0, e.idx(k));
           weights.push_back(
               b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, c.transposed, o, g, oy, ic, ci, p, q))));
         }
-        for (int64_t v = 0; v < count; ++v) {
-          Value xv = lanesAt(v, q).load(e, X, {n, ic, ih});
-          for (int64_t k = 0; k < block; ++k)
-            acc[k * count + v] = b.create<vector::FMAOp>(loc, weights[k], xv, acc[k * count + v]);
+        for (int64_t v = 0; v < part.count; ++v) {
+          Value xv = part.lanesAt(v, q).load(e, X, {n, ic, ih});
+          for (int64_t k = 0; k < block; ++k) {
+            Value &sum = acc[base + k * part.count + v];
+            sum = b.create<vector::FMAOp>(loc, weights[k], xv, sum);
+          }
         }
       };
-      if (qs.empty()) {
+      if (parts.size() == 1 && parts[0].qs.empty()) {
         auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());
         {
           OpBuilder::InsertionGuard g3(b);
           b.setInsertionPointToStart(qLoop.getBody());
           SmallVector<Value> acc(qLoop.getRegionIterArgs());
-          tap(qLoop.getInductionVar(), acc);
+          tap(parts[0], 0, qLoop.getInductionVar(), acc);
           b.create<scf::YieldOp>(loc, acc);
         }
         b.create<scf::YieldOp>(loc, qLoop.getResults());
       } else {
         SmallVector<Value> acc(pLoop.getRegionIterArgs());
-        for (int64_t q : qs)
-          tap(e.idx(q), acc);
+        for (auto [part, base] : llvm::zip(parts, offsets))
+          for (int64_t q : part.qs)
+            tap(part, base, e.idx(q), acc);
         b.create<scf::YieldOp>(loc, acc);
       }
       b.setInsertionPointAfter(pLoop);
       b.create<scf::YieldOp>(loc, pLoop.getResults());
       return SmallVector<Value>(cLoop.getResults());
+    };
+    auto accumulate = [&](int64_t count, ArrayRef<int64_t> qs,
+                          std::function<RowLanes(int64_t v, Value q)> lanesAt) -> SmallVector<Value> {
+      return accumulateParts({Part{count, SmallVector<int64_t>(qs), std::move(lanesAt)}});
     };
     // Stores `count` vectors a channel of the block from vector `first` of
     // the row (`from`, a constant where it is one: its vectors past the
@@ -327,10 +346,13 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
         storeFrom(accumulate(vectors - done, {}, lanesFrom(e.idx(done), false)), vectors - done, e.idx(done), done);
       return;
     }
-    // Each phase's sums in registers, then interleaved lane by lane into
-    // whole vectors of the row (LLVM makes the moves shuffles).
-    SmallVector<SmallVector<Value>> phases;
-    SmallVector<int64_t> counts;
+    // Every phase's sums in registers, accumulated in one pass over the
+    // channels (each weight and channel iteration then serves all the
+    // row's taps), then interleaved lane by lane into whole vectors of the
+    // row (LLVM makes the moves shuffles).
+    SmallVector<SmallVector<Value>> phases(s1);
+    SmallVector<int64_t> counts, computed;
+    SmallVector<Part> parts;
     for (int64_t phi = 0; phi < s1; ++phi) {
       int64_t columns = std::max<int64_t>(0, (y[3] - phi + s1 - 1) / s1), count = (columns + kLanes - 1) / kLanes;
       SmallVector<int64_t> qs;
@@ -338,11 +360,21 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
         if (((q - phi - p1) % s1 + s1) % s1 == 0)
           qs.push_back(q);
       counts.push_back(count);
-      phases.push_back(qs.empty() || count == 0 ? SmallVector<Value>(block * count, zero)
-                                                : accumulate(count, qs, [&](int64_t v, Value q) {
-                                                    int64_t shift = (phi + p1 - *getConstantIntValue(q)) / s1;
-                                                    return RowLanes(e, e.idx(v * kLanes + shift), 1, x[3]);
-                                                  }));
+      phases[phi].assign(block * count, zero);
+      if (qs.empty() || count == 0)
+        continue;
+      computed.push_back(phi);
+      parts.push_back({count, qs, [&, phi](int64_t v, Value q) {
+                         int64_t shift = (phi + p1 - *getConstantIntValue(q)) / s1;
+                         return RowLanes(e, e.idx(v * kLanes + shift), 1, x[3]);
+                       }});
+    }
+    if (!parts.empty()) {
+      SmallVector<Value> sums = accumulateParts(parts);
+      int64_t at = 0;
+      for (int64_t phi : computed)
+        for (Value &sum : phases[phi])
+          sum = sums[at++];
     }
     SmallVector<Value> whole;
     for (int64_t k = 0; k < block; ++k)
