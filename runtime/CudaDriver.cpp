@@ -3,6 +3,7 @@
 #include "runtime/CudaDriver.h"
 
 #include "runtime/CudaDevice.h"
+#include "runtime/Library.h"
 
 #include <dlfcn.h>
 
@@ -22,12 +23,7 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d, int ordinal) {
     return Status::error(probe.why);
   // The probe found the library; this handle stays open for the process.
   void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  std::string missing;
-  auto sym = [&](auto &fn, const char *name) {
-    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(lib ? dlsym(lib, name) : nullptr);
-    if (!fn && missing.empty())
-      missing = name;
-  };
+  Symbols sym(lib);
   int (*init)(unsigned) = nullptr;
   int (*deviceGet)(int *, int) = nullptr;
   int (*deviceCount)(int *) = nullptr;
@@ -60,8 +56,8 @@ Status nnc::rt::loadCudaDriver(CudaDriver &d, int ordinal) {
   sym(d.eventElapsedTime, "cuEventElapsedTime");
   sym(d.launchKernel, "cuLaunchKernel");
   sym(d.getErrorString, "cuGetErrorString");
-  if (!missing.empty())
-    return Status::error("the CUDA driver (libcuda.so.1) has no entry point " + missing);
+  if (!sym.missing().empty())
+    return Status::error("the CUDA driver (libcuda.so.1) has no entry point " + sym.missing());
   int device = 0;
   void *ctx = nullptr;
   if (int rc = init(0))

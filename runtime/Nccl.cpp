@@ -3,6 +3,7 @@
 #include "runtime/Nccl.h"
 
 #include "runtime/Distributed.h"
+#include "runtime/Library.h"
 
 #include <cstdlib>
 #include <dlfcn.h>
@@ -36,12 +37,7 @@ Status nnc::rt::loadNccl(NcclLibrary &n) {
   if (!lib)
     return Status::error("NCCL could not be loaded (" + why +
                          "); it comes with the CUDA toolkit or the nccl packages, or name it with NNC_NCCL_LIBRARY");
-  std::string missing;
-  auto sym = [&](auto &fn, const char *name) {
-    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-    if (!fn && missing.empty())
-      missing = name;
-  };
+  Symbols sym(lib);
   int (*getVersion)(int *) = nullptr;
   sym(getVersion, "ncclGetVersion");
   sym(n.getUniqueId, "ncclGetUniqueId");
@@ -53,8 +49,8 @@ Status nnc::rt::loadNccl(NcclLibrary &n) {
   sym(n.redOpCreatePreMulSum, "ncclRedOpCreatePreMulSum");
   sym(n.redOpDestroy, "ncclRedOpDestroy");
   sym(n.getErrorString, "ncclGetErrorString");
-  if (!missing.empty())
-    return Status::error("NCCL (" + names.front() + ") has no entry point " + missing +
+  if (!sym.missing().empty())
+    return Status::error("NCCL (" + names.front() + ") has no entry point " + sym.missing() +
                          "; nnc needs NCCL 2.11 or later");
   getVersion(&n.version);
   return Status::ok();

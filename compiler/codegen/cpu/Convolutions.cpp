@@ -128,6 +128,31 @@ Value RowLanes::load(Emitter &e, Value mem, ValueRange row) const {
   return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
 }
 
+void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64_t from, int64_t to)> inside,
+               function_ref<void(Value first, int64_t count, bool known, std::optional<int64_t> from)> run) {
+  OpBuilder &b = e.b;
+  int64_t vectors = (width + kLanes - 1) / kLanes;
+  int64_t chunks = chunk < vectors ? width / kLanes / chunk : 0;
+  int64_t jLo = 0, jHi = 0; // the chunks inside
+  while (jLo < chunks && !inside(jLo * chunk, (jLo + 1) * chunk))
+    ++jLo;
+  for (jHi = jLo; jHi < chunks && inside(jHi * chunk, (jHi + 1) * chunk);)
+    ++jHi;
+  auto chunkLoop = [&](int64_t lo, int64_t hi, bool known) {
+    if (lo >= hi)
+      return;
+    auto jLoop = b.create<scf::ForOp>(e.loc, e.idx(lo), e.idx(hi), e.idx(1));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(jLoop.getBody());
+    run(e.mul(jLoop.getInductionVar(), e.idx(chunk)), chunk, known, std::nullopt);
+  };
+  chunkLoop(0, jLo, false);
+  chunkLoop(jLo, jHi, true);
+  chunkLoop(jHi, chunks, false);
+  if (int64_t done = chunks * chunk; done < vectors)
+    run(e.idx(done), vectors - done, false, done);
+}
+
 /// How many outer loops of a row convolution run in parallel: samples and
 /// rows (2) where one sample is worth splitting over threads (a batch of
 /// one at inference), else samples only (1): a parallel region costs a few
@@ -319,31 +344,11 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
                               : RowLanes(e, e.sub(e.add(q, e.mul(col, e.idx(s1))), e.idx(p1)), s1, x[3], Value(), in);
         };
       };
-      // Wide rows in chunks of `row_vectors` (Tiling.cpp): the chunks of
-      // whole vectors in loops (those that read inside the row, without
-      // masks, between those that do not), the rest after them.
+      // Wide rows in chunks of `row_vectors` (Tiling.cpp).
       int64_t chunk = std::clamp<int64_t>(tilingOr(e.op, "row_vectors", vectors), 1, vectors);
-      int64_t chunks = chunk < vectors ? y[3] / kLanes / chunk : 0;
-      int64_t jLo = 0, jHi = 0; // the chunks inside
-      while (jLo < chunks && !inside(jLo * chunk, (jLo + 1) * chunk))
-        ++jLo;
-      for (jHi = jLo; jHi < chunks && inside(jHi * chunk, (jHi + 1) * chunk);)
-        ++jHi;
-      auto chunkLoop = [&](int64_t from, int64_t to, bool known) {
-        if (from >= to)
-          return;
-        auto jLoop = b.create<scf::ForOp>(loc, e.idx(from), e.idx(to), e.idx(1));
-        OpBuilder::InsertionGuard guard(b);
-        b.setInsertionPointToStart(jLoop.getBody());
-        Value first = e.mul(jLoop.getInductionVar(), e.idx(chunk));
-        storeFrom(accumulate(chunk, {}, lanesFrom(first, known)), chunk, first, std::nullopt);
-      };
-      chunkLoop(0, jLo, false);
-      chunkLoop(jLo, jHi, true);
-      chunkLoop(jHi, chunks, false);
-      int64_t done = chunks * chunk;
-      if (done < vectors)
-        storeFrom(accumulate(vectors - done, {}, lanesFrom(e.idx(done), false)), vectors - done, e.idx(done), done);
+      rowChunks(e, y[3], chunk, inside, [&](Value first, int64_t count, bool known, std::optional<int64_t> from) {
+        storeFrom(accumulate(count, {}, lanesFrom(first, known)), count, first, from);
+      });
       return;
     }
     // Every phase's sums in registers, accumulated in one pass over the

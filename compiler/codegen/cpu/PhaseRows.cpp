@@ -111,27 +111,7 @@ void conv2dForwardPhaseRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64
                                                     ArrayRef<bool>{from && (*from + v + 1) * kLanes <= ow});
               }
           };
-          // Chunks of whole vectors in loops (those that read inside the
-          // row, without masks, between those that do not), the rest after.
-          int64_t chunks = chunk < vectors ? ow / kLanes / chunk : 0;
-          int64_t jLo = 0, jHi = 0;
-          while (jLo < chunks && !inside(jLo * chunk, (jLo + 1) * chunk))
-            ++jLo;
-          for (jHi = jLo; jHi < chunks && inside(jHi * chunk, (jHi + 1) * chunk);)
-            ++jHi;
-          auto chunkLoop = [&](int64_t lo, int64_t hi, bool known) {
-            if (lo >= hi)
-              return;
-            auto jLoop = b.create<scf::ForOp>(loc, e.idx(lo), e.idx(hi), e.idx(1));
-            OpBuilder::InsertionGuard guard(b);
-            b.setInsertionPointToStart(jLoop.getBody());
-            run(e.mul(jLoop.getInductionVar(), e.idx(chunk)), chunk, known, std::nullopt);
-          };
-          chunkLoop(0, jLo, false);
-          chunkLoop(jLo, jHi, true);
-          chunkLoop(jHi, chunks, false);
-          if (int64_t done = chunks * chunk; done < vectors)
-            run(e.idx(done), vectors - done, false, done);
+          rowChunks(e, ow, chunk, inside, run);
         },
         /*parallel=*/true, /*collapse=*/2);
   });
