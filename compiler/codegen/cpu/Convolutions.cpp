@@ -818,7 +818,7 @@ static void conv2dForwardPhases(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<i
               });
           storeRowGroup(e, Y, sums, e.add(n0, m), o0, i0, rows);
         },
-        /*parallel=*/true, /*collapse=*/3);
+        /*parallel=*/true, /*collapse=*/2);
   });
 }
 
