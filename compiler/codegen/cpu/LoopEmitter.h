@@ -362,7 +362,7 @@ LogicalResult conv2d(Emitter &e);
 /// chunks of `chunk` vectors: whole chunks in loops (those whose every tap
 /// reads inside the row, `inside(from, to)` of vector indices, `known`,
 /// between those that do not), then the rest, with `from` its first vector
-/// (whose vectors past the row's end are masked) (Convolutions.cpp).
+/// (whose vectors past the row's end are masked) (PhaseRows.cpp).
 void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64_t from, int64_t to)> inside,
                function_ref<void(Value first, int64_t count, bool known, std::optional<int64_t> from)> run);
 /// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,

@@ -21,6 +21,31 @@ namespace nnops = nnc::nn;
 
 namespace nnc::cpu::loops {
 
+void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64_t from, int64_t to)> inside,
+               function_ref<void(Value first, int64_t count, bool known, std::optional<int64_t> from)> run) {
+  OpBuilder &b = e.b;
+  int64_t vectors = (width + kLanes - 1) / kLanes;
+  int64_t chunks = chunk < vectors ? width / kLanes / chunk : 0;
+  int64_t jLo = 0, jHi = 0; // the chunks inside
+  while (jLo < chunks && !inside(jLo * chunk, (jLo + 1) * chunk))
+    ++jLo;
+  for (jHi = jLo; jHi < chunks && inside(jHi * chunk, (jHi + 1) * chunk);)
+    ++jHi;
+  auto chunkLoop = [&](int64_t lo, int64_t hi, bool known) {
+    if (lo >= hi)
+      return;
+    auto jLoop = b.create<scf::ForOp>(e.loc, e.idx(lo), e.idx(hi), e.idx(1));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(jLoop.getBody());
+    run(e.mul(jLoop.getInductionVar(), e.idx(chunk)), chunk, known, std::nullopt);
+  };
+  chunkLoop(0, jLo, false);
+  chunkLoop(jLo, jHi, true);
+  chunkLoop(jHi, chunks, false);
+  if (int64_t done = chunks * chunk; done < vectors)
+    run(e.idx(done), vectors - done, false, done);
+}
+
 bool forwardPhasePlanes(nnops::Conv2dOp op, Value X) {
   return cast<MemRefType>(X.getType()).getLayout().isIdentity() && cpu::phasePlanesApply(op);
 }

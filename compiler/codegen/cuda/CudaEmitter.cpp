@@ -666,11 +666,9 @@ LogicalResult KernelWriter::emitLaunch(Operation *root, unsigned k, unsigned ind
   auto convGrad = dyn_cast<nnops::Conv2dGradInputOp>(root);
   LogicalResult done = success();
   if (auto reduce = dyn_cast<nnops::AllReduceOp>(root)) {
-    // The runtime's to run (NCCL): a launch without code.
-    Value in = root->getOperand(0);
-    if (Operation *def = in.getDefiningOp(); def && members.contains(def) && !inMemory.contains(in))
-      return root->emitError("the CUDA backend combines only values in memory over the ranks");
-    param(in, false);
+    // The runtime's to run (NCCL): a launch without code. (Fusion leaves
+    // it alone in its kernel, so its input is in memory.)
+    param(root->getOperand(0), false);
     param(space, true);
     launch.collective = true;
     launch.sum = reduce.getSum();
@@ -704,20 +702,7 @@ LogicalResult KernelWriter::emitLaunch(Operation *root, unsigned k, unsigned ind
   }
   launch.threadsPerBatch = dynamic ? per * fixed : 0;
   launch.threadsFixed = dynamic ? 0 : fixed;
-  if (launch.collective) {
-    src << "\n// " << launch.name << ": " << ops << " (" << where << "): no kernel; the runtime combines "
-        << params[0].name << " into " << params[1].name << " over the ranks (NCCL: "
-        << (launch.sum ? "their sum" : "their mean, each weighted by its share of the global batch") << ")\n";
-    out.launches.push_back(std::move(launch));
-    return success();
-  }
-  src << "\n// " << launch.name << ": " << ops << " (" << where << ")\nNNC_KERNEL " << launch.name << "(";
-  for (const Param &p : params)
-    src << (p.output ? "" : "const ") << (p.integer ? "int" : "float") << " *__restrict__ " << p.name
-        << ", ";
-  if (launch.rng)
-    src << "const i64 *__restrict__ rng, ";
-  src << "i64 n) {\n  const i64 total = " << totalExpr << ";\n" << body.str() << "}\n";
+  src << launchSource(launch, totalExpr, body.str());
   out.launches.push_back(std::move(launch));
   return success();
 }
@@ -1122,18 +1107,10 @@ if (auto drop = dyn_cast<nnops::DropoutOp>(root)) {
     return failure();
   if (drop.getTraining()) {
     launch.rng = true;
-    // A data-parallel rank's batch is rows [rng[2], rng[2] + n) of the
-    // global batch: counting from its first row's first element, it draws
-    // the masks one process draws for those rows.
     std::string perRow = "(u64)1";
     for (int64_t d = 1; d < typeOf(space).getRank(); ++d)
       perRow += " * " + dim(space, d);
-    body << "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + " << nnops::locationId(root->getLoc())
-         << "ULL);\n"
-         << "    const u64 counter = (u64)rng[2] * " << perRow << " + (u64)i;\n"
-         << "    const float mask = nnc_uniform01((u64)rng[0], stream, counter) < "
-         << llvm::formatv("{0:e17}", rate).str() << " ? 0.0f : (float)(1.0 / (1.0 - "
-         << llvm::formatv("{0:e17}", rate).str() << "));\n";
+    body << dropoutMask(nnops::locationId(root->getLoc()), rate, perRow);
   } else {
     body << "    const float mask = 1.0f;\n";
   }

@@ -114,3 +114,25 @@ std::string cuda::floatLiteral(double v) {
     return v > 0 ? "NNC_INF" : "(-NNC_INF)";
   return llvm::formatv("{0:e9}f", v).str();
 }
+
+std::string cuda::dropoutMask(uint64_t location, double rate, const std::string &perRow) {
+  std::string p = llvm::formatv("{0:e17}", rate).str();
+  return "    const u64 stream = nnc_mix64((u64)rng[1] * 1000003ULL + " + std::to_string(location) +
+         "ULL);\n    const u64 counter = (u64)rng[2] * " + perRow +
+         " + (u64)i;\n    const float mask = nnc_uniform01((u64)rng[0], stream, counter) < " + p +
+         " ? 0.0f : (float)(1.0 / (1.0 - " + p + "));\n";
+}
+
+std::string cuda::launchSource(const Launch &l, const std::string &total, const std::string &body) {
+  std::string head = "\n// " + l.name + ": " + l.ops + " (" + l.loc + ")";
+  if (l.collective)
+    return head + ": no kernel; the runtime combines " + l.params[0].name + " into " + l.params[1].name +
+           " over the ranks (NCCL: " +
+           (l.sum ? "their sum" : "their mean, each weighted by its share of the global batch") + ")\n";
+  std::string text = head + "\nNNC_KERNEL " + l.name + "(";
+  for (const Param &p : l.params)
+    text += std::string(p.output ? "" : "const ") + (p.integer ? "int" : "float") + " *__restrict__ " + p.name + ", ";
+  if (l.rng)
+    text += "const i64 *__restrict__ rng, ";
+  return text + "i64 n) {\n  const i64 total = " + total + ";\n" + body + "}\n";
+}
