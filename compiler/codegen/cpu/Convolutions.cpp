@@ -128,6 +128,32 @@ Value RowLanes::load(Emitter &e, Value mem, ValueRange row) const {
   return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
 }
 
+void blockFMAs(Emitter &e, MutableArrayRef<Value> acc, int64_t block, int64_t n, function_ref<Value(int64_t k)> weight,
+               function_ref<Value(int64_t v)> input) {
+  auto fma = [&](int64_t k, int64_t v, Value wk, Value xv) {
+    acc[k * n + v] = e.b.create<vector::FMAOp>(e.loc, wk, xv, acc[k * n + v]);
+  };
+  if (n < block) {
+    SmallVector<Value> inputs;
+    for (int64_t v = 0; v < n; ++v)
+      inputs.push_back(input(v));
+    for (int64_t k = 0; k < block; ++k) {
+      Value wk = weight(k);
+      for (int64_t v = 0; v < n; ++v)
+        fma(k, v, wk, inputs[v]);
+    }
+    return;
+  }
+  SmallVector<Value> weights;
+  for (int64_t k = 0; k < block; ++k)
+    weights.push_back(weight(k));
+  for (int64_t v = 0; v < n; ++v) {
+    Value xv = input(v);
+    for (int64_t k = 0; k < block; ++k)
+      fma(k, v, weights[k], xv);
+  }
+}
+
 /// How many outer loops of a row convolution run in parallel: samples and
 /// rows (2) where one sample is worth splitting over threads (a batch of
 /// one at inference), else samples only (1): a parallel region costs a few
@@ -241,19 +267,14 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
       Value ih = c.transposed ? b.create<arith::DivUIOp>(loc, e.sub(e.add(i, e.idx(p0)), p), e.idx(s0)).getResult()
                               : e.tap(i, s0, p0, p);
       auto tap = [&](const Part &part, int64_t base, Value q, SmallVector<Value> &acc) {
-        SmallVector<Value> weights;
-        for (int64_t k = 0; k < block; ++k) {
-          Value o = e.add(o0, e.idx(k));
-          weights.push_back(
-              b.create<vector::BroadcastOp>(loc, vt, e.load(W, weightIndex(e, c.transposed, o, g, oy, ic, ci, p, q))));
-        }
-        for (int64_t v = 0; v < part.count; ++v) {
-          Value xv = part.lanesAt(v, q).load(e, X, {n, ic, ih});
-          for (int64_t k = 0; k < block; ++k) {
-            Value &sum = acc[base + k * part.count + v];
-            sum = b.create<vector::FMAOp>(loc, weights[k], xv, sum);
-          }
-        }
+        blockFMAs(
+            e, MutableArrayRef<Value>(acc).slice(base, block * part.count), block, part.count,
+            [&](int64_t k) -> Value {
+              Value o = e.add(o0, e.idx(k));
+              return b.create<vector::BroadcastOp>(loc, vt,
+                                                   e.load(W, weightIndex(e, c.transposed, o, g, oy, ic, ci, p, q)));
+            },
+            [&](int64_t v) { return part.lanesAt(v, q).load(e, X, {n, ic, ih}); });
       };
       if (parts.size() == 1 && parts[0].qs.empty()) {
         auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());

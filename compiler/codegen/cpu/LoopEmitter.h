@@ -357,6 +357,14 @@ struct RowLanes {
   /// where masked off.
   Value load(Emitter &e, Value mem, ValueRange row) const;
 };
+/// The multiply-adds of a register block, acc[k * n + v] += weight(k) *
+/// input(v) for k < block, v < n (`weight` broadcasts). Emitted so that the
+/// smaller side is live beside the accumulators: every input and then one
+/// weight at a time, or every weight and then one input at a time (LLVM's
+/// scheduler keeps the order it is given; a 4 x 3 block on AVX2's 16
+/// registers fits only inputs first) (Convolutions.cpp).
+void blockFMAs(Emitter &e, MutableArrayRef<Value> acc, int64_t block, int64_t n, function_ref<Value(int64_t k)> weight,
+               function_ref<Value(int64_t v)> input);
 LogicalResult conv2d(Emitter &e);
 /// Runs `run(first, count, known, from)` over a row of `width` columns in
 /// chunks of `chunk` vectors: whole chunks in loops (those whose every tap

@@ -34,6 +34,13 @@ void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64
   auto chunkLoop = [&](int64_t lo, int64_t hi, bool known) {
     if (lo >= hi)
       return;
+    // The few chunks at a row's edges one by one: each then knows which of
+    // its vectors read inside, and masks only the others.
+    if (!known && hi - lo <= 2) {
+      for (int64_t j = lo; j < hi; ++j)
+        run(e.idx(j * chunk), chunk, false, j * chunk);
+      return;
+    }
     auto jLoop = b.create<scf::ForOp>(e.loc, e.idx(lo), e.idx(hi), e.idx(1));
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(jLoop.getBody());
@@ -108,17 +115,16 @@ void conv2dForwardPhaseRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64
               SmallVector<Value> acc(pLoop.getRegionIterArgs());
               for (int64_t q = 0; q < w[3]; ++q) {
                 auto [pw, shift] = shiftOf(q);
-                SmallVector<Value> weights;
-                for (int64_t k = 0; k < block; ++k)
-                  weights.push_back(
-                      b.create<vector::BroadcastOp>(loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, p, e.idx(q)})));
-                for (int64_t v = 0; v < n; ++v) {
-                  Value col = e.add(e.mul(e.add(first, e.idx(v)), e.idx(kLanes)), e.idx(shift));
-                  bool in = known || (from && inside(*from + v, *from + v + 1));
-                  Value xv = RowLanes(e, col, 1, ow, Value(), in).load(e, phases, {m, e.add(planes, e.idx(pw)), row});
-                  for (int64_t k = 0; k < block; ++k)
-                    acc[k * n + v] = b.create<vector::FMAOp>(loc, weights[k], xv, acc[k * n + v]);
-                }
+                blockFMAs(
+                    e, acc, block, n,
+                    [&](int64_t k) -> Value {
+                      return b.create<vector::BroadcastOp>(loc, vt, e.load(W, {e.add(o0, e.idx(k)), c, p, e.idx(q)}));
+                    },
+                    [&](int64_t v) {
+                      Value col = e.add(e.mul(e.add(first, e.idx(v)), e.idx(kLanes)), e.idx(shift));
+                      bool in = known || (from && inside(*from + v, *from + v + 1));
+                      return RowLanes(e, col, 1, ow, Value(), in).load(e, phases, {m, e.add(planes, e.idx(pw)), row});
+                    });
               }
               b.create<scf::YieldOp>(loc, acc);
               b.setInsertionPointAfter(pLoop);

@@ -81,6 +81,11 @@ DictionaryAttr productTiling(Builder &b, nnops::MatmulOp mm, const cpu::Machine 
 /// weight takes a register too).
 int64_t convAccumulators(const cpu::Machine &m) { return std::min<int64_t>(16, m.registers - 4); }
 
+/// Cycles from one multiply-add to the next on the same accumulator: 4 on
+/// the x86-64 cores since Skylake and Zen 3 (two units, so 8 independent
+/// sums keep them busy).
+constexpr int64_t kFmaLatency = 4;
+
 /// The register block of a row convolution (Convolutions.cpp, conv2dRows):
 /// a block of `channels` times a row's `vectors`. The whole row while a
 /// block of two or more channels fits beside it. On wider rows read with a
@@ -112,13 +117,31 @@ DictionaryAttr rowTiling(Builder &b, int64_t channels, int64_t vectors, double l
     return b.getDictionaryAttr(choices);
   }
   double broadcast = m.registers >= 32 ? 0.25 : 1;
+  // Per tap, a chunk of n vectors takes the longest of its multiply-adds
+  // and of its broadcasts and loads (two of each a cycle), and of one
+  // accumulator's chain (kFmaLatency cycles a multiply-add): a row's last
+  // chunk, what is left of it, may hold too few accumulators to hide that.
+  // The split with the fewest cycles per multiply-add over the whole row,
+  // then with the fewest loads.
+  auto cost = [&](int64_t c, int64_t cv) {
+    auto chunk = [&](int64_t n) {
+      return std::pair{std::max({c * n / 2.0, (broadcast * c + load * n) / 2.0, double(kFmaLatency)}),
+                       broadcast * c + load * n};
+    };
+    int64_t full = vectors / cv, rest = vectors % cv;
+    auto [cycles, loads] = chunk(cv);
+    double fmas = double(c * vectors);
+    if (rest == 0)
+      return std::pair{full * cycles / fmas, full * loads / fmas};
+    auto [restCycles, restLoads] = chunk(rest);
+    return std::pair{(full * cycles + restCycles) / fmas, (full * loads + restLoads) / fmas};
+  };
   int64_t bestBlock = block, bestVectors = vectors;
-  double best = (broadcast * block + load * vectors) / static_cast<double>(block * vectors);
+  auto best = cost(block, vectors);
   for (int64_t cv = 1; cv < vectors && cv <= acc; ++cv) {
     int64_t c = channelBlock(channels, cv, acc, 16);
-    double cost = (broadcast * c + load * cv) / static_cast<double>(c * cv);
-    if (cost < best) {
-      best = cost;
+    if (auto here = cost(c, cv); here < best) {
+      best = here;
       bestBlock = c;
       bestVectors = cv;
     }

@@ -72,6 +72,19 @@ func.func @wide(%x: tensor<1x3x224x224xf32>, %w: tensor<64x3x7x7xf32>, %y: tenso
   return %0, %1 : tensor<1x64x112x112xf32>, tensor<1x64x56x56xf32>
 }
 
+// A row that does not divide into chunks leaves a last one with fewer
+// accumulators than a multiply-add's latency needs: 28 columns (4 AVX2
+// vectors) take a block of 2 channels on the whole row, or 2 chunks of 2,
+// not a chunk of 3 and one of 1 (4 sums, each waiting on the last).
+// AVX2-LABEL: func.func @uneven
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 2 : i64}
+// AVX2: nn.conv2d {{.*}}nnc.tiling = {channel_block = 4 : i64, row_vectors = 2 : i64}
+func.func @uneven(%x: tensor<1x64x56x56xf32>, %w: tensor<128x64x3x3xf32>, %w1: tensor<128x64x1x1xf32>) -> (tensor<1x128x28x28xf32>, tensor<1x128x28x28xf32>) {
+  %0 = nn.conv2d %x, %w {stride = array<i64: 2, 2>, padding = array<i64: 1, 1>} : tensor<1x64x56x56xf32>, tensor<128x64x3x3xf32>
+  %1 = nn.conv2d %x, %w1 {stride = array<i64: 2, 2>, padding = array<i64: 0, 0>} : tensor<1x64x56x56xf32>, tensor<128x64x1x1xf32>
+  return %0, %1 : tensor<1x128x28x28xf32>, tensor<1x128x28x28xf32>
+}
+
 // Weights past L2 with a sample's input inside half of it (ResNet's last
 // stage, 9 MiB of weights, a 98 KiB input): the rows of a sample run inside
 // its channel blocks; with a larger input (VGG-scale, 1.6 MiB) they do not.
