@@ -128,32 +128,6 @@ Value RowLanes::load(Emitter &e, Value mem, ValueRange row) const {
   return e.b.create<vector::GatherOp>(e.loc, vt, mem, at, columns, mask, zero);
 }
 
-void blockFMAs(Emitter &e, MutableArrayRef<Value> acc, int64_t block, int64_t n, function_ref<Value(int64_t k)> weight,
-               function_ref<Value(int64_t v)> input) {
-  auto fma = [&](int64_t k, int64_t v, Value wk, Value xv) {
-    acc[k * n + v] = e.b.create<vector::FMAOp>(e.loc, wk, xv, acc[k * n + v]);
-  };
-  if (n < block) {
-    SmallVector<Value> inputs;
-    for (int64_t v = 0; v < n; ++v)
-      inputs.push_back(input(v));
-    for (int64_t k = 0; k < block; ++k) {
-      Value wk = weight(k);
-      for (int64_t v = 0; v < n; ++v)
-        fma(k, v, wk, inputs[v]);
-    }
-    return;
-  }
-  SmallVector<Value> weights;
-  for (int64_t k = 0; k < block; ++k)
-    weights.push_back(weight(k));
-  for (int64_t v = 0; v < n; ++v) {
-    Value xv = input(v);
-    for (int64_t k = 0; k < block; ++k)
-      fma(k, v, weights[k], xv);
-  }
-}
-
 /// How many outer loops of a row convolution run in parallel: samples and
 /// rows (2) where one sample is worth splitting over threads (a batch of
 /// one at inference), else samples only (1): a parallel region costs a few
@@ -274,7 +248,9 @@ static void conv2dRows(Emitter &e, const RowConvolution &c) {
               return b.create<vector::BroadcastOp>(loc, vt,
                                                    e.load(W, weightIndex(e, c.transposed, o, g, oy, ic, ci, p, q)));
             },
-            [&](int64_t v) { return part.lanesAt(v, q).load(e, X, {n, ic, ih}); });
+            [&](int64_t v) {
+              return part.lanesAt(v, q).load(e, X, {n, ic, ih});
+            });
       };
       if (parts.size() == 1 && parts[0].qs.empty()) {
         auto qLoop = b.create<scf::ForOp>(loc, e.idx(0), e.idx(w[3]), e.idx(1), pLoop.getRegionIterArgs());

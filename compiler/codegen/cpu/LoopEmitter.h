@@ -362,7 +362,7 @@ struct RowLanes {
 /// smaller side is live beside the accumulators: every input and then one
 /// weight at a time, or every weight and then one input at a time (LLVM's
 /// scheduler keeps the order it is given; a 4 x 3 block on AVX2's 16
-/// registers fits only inputs first) (Convolutions.cpp).
+/// registers fits only inputs first) (PhaseRows.cpp).
 void blockFMAs(Emitter &e, MutableArrayRef<Value> acc, int64_t block, int64_t n, function_ref<Value(int64_t k)> weight,
                function_ref<Value(int64_t v)> input);
 LogicalResult conv2d(Emitter &e);

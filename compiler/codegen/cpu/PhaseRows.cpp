@@ -21,6 +21,32 @@ namespace nnops = nnc::nn;
 
 namespace nnc::cpu::loops {
 
+void blockFMAs(Emitter &e, MutableArrayRef<Value> acc, int64_t block, int64_t n, function_ref<Value(int64_t k)> weight,
+               function_ref<Value(int64_t v)> input) {
+  auto fma = [&](int64_t k, int64_t v, Value wk, Value xv) {
+    acc[k * n + v] = e.b.create<vector::FMAOp>(e.loc, wk, xv, acc[k * n + v]);
+  };
+  if (n < block) {
+    SmallVector<Value> inputs;
+    for (int64_t v = 0; v < n; ++v)
+      inputs.push_back(input(v));
+    for (int64_t k = 0; k < block; ++k) {
+      Value wk = weight(k);
+      for (int64_t v = 0; v < n; ++v)
+        fma(k, v, wk, inputs[v]);
+    }
+    return;
+  }
+  SmallVector<Value> weights;
+  for (int64_t k = 0; k < block; ++k)
+    weights.push_back(weight(k));
+  for (int64_t v = 0; v < n; ++v) {
+    Value xv = input(v);
+    for (int64_t k = 0; k < block; ++k)
+      fma(k, v, weights[k], xv);
+  }
+}
+
 void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64_t from, int64_t to)> inside,
                function_ref<void(Value first, int64_t count, bool known, std::optional<int64_t> from)> run) {
   OpBuilder &b = e.b;
