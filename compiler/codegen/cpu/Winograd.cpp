@@ -306,11 +306,16 @@ struct Winograd {
     };
     e.loops(ArrayRef<int64_t>{16, out / block}, [&](ValueRange iv) {
       Value o0 = e.mul(iv[1], e.idx(block));
-      int64_t t0 = 0;
-      for (; t0 + vectors <= total; t0 += vectors)
-        product(iv[0], o0, t0 * kLanes, vectors);
-      if (t0 < total)
-        product(iv[0], o0, t0 * kLanes, total - t0);
+      // The tiles in as few chunks of at most `vectors` as they take, of
+      // sizes that differ by one at most: a last chunk of what is left (7
+      // vectors as 3, 3 and 1) would hold too few sums to hide the
+      // multiply-add's latency (3, 2 and 2 do).
+      int64_t parts = (total + vectors - 1) / vectors, t0 = 0;
+      for (int64_t k = 0; k < parts; ++k) {
+        int64_t count = total / parts + (k < total % parts ? 1 : 0);
+        product(iv[0], o0, t0 * kLanes, count);
+        t0 += count;
+      }
     }, parallel);
   }
 
