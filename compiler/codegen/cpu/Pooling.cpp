@@ -120,7 +120,7 @@ void maxPool2x2(Emitter &e) {
 /// lane by lane by the scalar rule (windowMax: the first tap inside the
 /// input, then a later one only if greater, so NaNs are skipped and ties
 /// keep the first). Which lanes lie inside is known when the kernel is
-/// emitted but for the rows, a branch-free select per window row.
+/// emitted; the rows run over those inside the input.
 bool maxPoolRows(Emitter &e) {
   auto op = self<nnops::MaxPool2dOp>(e);
   ArrayRef<int64_t> k = op.getKernel(), s = op.getStride(), p = op.getPadding();
@@ -148,19 +148,23 @@ bool maxPoolRows(Emitter &e) {
     SmallVector<Value> init;
     for (int64_t v = 0; v < vectors; ++v)
       init.append({lowest, none});
-    auto rows = b.create<scf::ForOp>(loc, e.idx(0), e.idx(k[0]), e.idx(1), init);
+    // Only the window rows inside the input: every load then knows its
+    // lanes when the kernel is emitted, and most need no mask.
+    auto [pLo, pHi] = kernelRows(e, i, s[0], p[0], in[2], k[0]);
+    auto rows = b.create<scf::ForOp>(loc, pLo, pHi, e.idx(1), init);
     {
       OpBuilder::InsertionGuard g(b);
       b.setInsertionPointToStart(rows.getBody());
-      auto [ih, okh] = e.window(i, s[0], p[0], rows.getInductionVar(), in[2]);
-      Value row = select(e, okh, ih, e.idx(0)); // a row inside, read by no lane when okh is false
-      Value rowInside = b.create<vector::BroadcastOp>(loc, mt, okh);
+      Value row = e.tap(i, s[0], p[0], rows.getInductionVar());
+      // Elements a tap's loads touch from its first column (RowLanes).
+      int64_t touched = s[1] == 1 ? kLanes : s[1] == 2 ? 2 * kLanes : (kLanes - 1) * s[1] + 1;
       SmallVector<Value> state(rows.getRegionIterArgs());
       for (int64_t v = 0; v < vectors; ++v)
         for (int64_t q = 0; q < k[1]; ++q) {
           int64_t start = v * kLanes * s[1] - p[1] + q;
-          Value tap = RowLanes(e, e.idx(start), s[1], in[3], okh).load(e, X, {n, c, row});
-          Value ok = b.create<arith::AndIOp>(loc, lanesInside(start), rowInside);
+          bool inside = start >= 0 && start + touched <= in[3];
+          Value tap = RowLanes(e, e.idx(start), s[1], in[3], Value(), inside).load(e, X, {n, c, row});
+          Value ok = lanesInside(start);
           Value &acc = state[2 * v], &found = state[2 * v + 1];
           Value first = b.create<arith::AndIOp>(
               loc, ok, b.create<arith::XOrIOp>(loc, found, b.create<arith::ConstantOp>(
