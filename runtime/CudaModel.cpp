@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 using namespace nnc;
 using namespace nnc::rt;
@@ -120,6 +121,18 @@ struct CudaModel::Impl {
   void *collectives = nullptr, *produced = nullptr, *combined = nullptr, *drained = nullptr;
   double share = 1;
   int64_t firstRow = 0;
+  /// With a communicator, per ring entry (a step in flight): timed events
+  /// in pairs, around each collective on its stream (`busy`) and around
+  /// each wait of the compute stream for them (`waited`), read once the
+  /// step is drained into the seconds takeTraffic hands out. `current`:
+  /// the entry of the step being launched.
+  struct Marks {
+    std::vector<void *> events;
+    size_t used = 0;
+  };
+  Marks busy[kRing], waited[kRing];
+  size_t current = 0;
+  double busySeconds = 0, waitedSeconds = 0;
   /// profileStep: while `timing`, the training step's launch k is preceded
   /// by an event record of marks[k], and the last followed by marks.back().
   std::vector<void *> marks;
@@ -162,6 +175,10 @@ struct CudaModel::Impl {
     for (void *e : {produced, combined, drained})
       if (e)
         d.eventDestroy(e);
+    for (Marks *set : {busy, waited})
+      for (size_t k = 0; k < kRing; ++k)
+        for (void *e : set[k].events)
+          d.eventDestroy(e);
     if (ring)
       d.memFreeHost(ring);
     for (void *s : {compute, copy, collectives})
@@ -386,18 +403,52 @@ struct CudaModel::Impl {
       return d.fail("cuEventRecord", rc);
     if (int rc = d.streamWaitEvent(collectives, produced, 0))
       return d.fail("cuStreamWaitEvent", rc);
+    if (Status s = mark(busy[current], collectives); !s)
+      return s;
     double scale = l.collective == Collective::Mean ? share : 1.0;
     if (Status s = comm->allReduce(in, out, count, scale, collectives); !s)
       return Status::error(std::string(fn.what) + ": combining " + l.what + " over the ranks: " + s.message());
-    return Status::ok();
+    return mark(busy[current], collectives);
   }
 
   /// The compute stream waits for every collective enqueued so far.
   Status awaitCollectives() {
     if (int rc = d.eventRecord(combined, collectives))
       return d.fail("cuEventRecord", rc);
+    if (Status s = mark(waited[current], compute); !s)
+      return s;
     if (int rc = d.streamWaitEvent(compute, combined, 0))
       return d.fail("cuStreamWaitEvent", rc);
+    return mark(waited[current], compute);
+  }
+
+  /// Records the next timed event of `marks` on `stream` (none where the
+  /// driver cannot time events).
+  Status mark(Marks &marks, void *stream) {
+    if (!d.eventElapsedTime)
+      return Status::ok();
+    if (marks.used == marks.events.size()) {
+      marks.events.push_back(nullptr);
+      if (int rc = d.eventCreate(&marks.events.back(), 0 /*CU_EVENT_DEFAULT: timed*/)) {
+        marks.events.pop_back();
+        return d.fail("cuEventCreate", rc);
+      }
+    }
+    if (int rc = d.eventRecord(marks.events[marks.used++], stream))
+      return d.fail("cuEventRecord", rc);
+    return Status::ok();
+  }
+
+  /// Adds the times between the pairs of `marks` (a drained step's) to
+  /// `seconds`, and frees them for the entry's next step.
+  Status harvest(Marks &marks, double &seconds) {
+    for (size_t k = 0; k + 1 < marks.used; k += 2) {
+      float ms = 0;
+      if (int rc = d.eventElapsedTime(&ms, marks.events[k], marks.events[k + 1]))
+        return d.fail("cuEventElapsedTime", rc);
+      seconds += ms * 1e-3;
+    }
+    marks.used = 0;
     return Status::ok();
   }
 
@@ -554,6 +605,7 @@ struct CudaModel::Impl {
         return s;
     int64_t n = batchSize(batch);
     size_t e = next;
+    current = e;
     if (Status s = run(train, batch, n, e, /*counts=*/true); !s)
       return s;
     next = (next + 1) % kRing;
@@ -585,8 +637,13 @@ struct CudaModel::Impl {
   Status drain() {
     if (Status s = settle("the CUDA kernels of the training step"); !s)
       return s;
-    for (auto [e, loss] : pending)
+    for (auto [e, loss] : pending) {
       *loss = ring[e].loss;
+      if (Status s = harvest(busy[e], busySeconds); !s)
+        return s;
+      if (Status s = harvest(waited[e], waitedSeconds); !s)
+        return s;
+    }
     pending.clear();
     return Status::ok();
   }
@@ -705,6 +762,14 @@ Status CudaModel::attach(std::unique_ptr<NcclComm> comm, int64_t timeLimitSecond
   return impl->attach(std::move(comm), timeLimitSeconds);
 }
 void CudaModel::setShare(double share) { impl->share = share; }
+
+bool CudaModel::takeDeviceTraffic(double &busy, double &waited) {
+  if (!impl->comm)
+    return false;
+  busy = std::exchange(impl->busySeconds, 0.0);
+  waited = std::exchange(impl->waitedSeconds, 0.0);
+  return true;
+}
 void CudaModel::setFirstRow(int64_t row) { impl->firstRow = row; }
 
 Status CudaModel::profileStep(const std::vector<HostTensor> &batch, std::vector<double> &seconds) {

@@ -59,6 +59,7 @@ public:
   Status attach(std::unique_ptr<NcclComm> comm, int64_t timeLimitSeconds);
   void setShare(double share) override;
   void setFirstRow(int64_t row) override;
+  bool takeDeviceTraffic(double &busy, double &waited) override;
 
   /// One training step (as `step`), each launch of it timed on the device
   /// between events: `seconds[k]` is the time of the training step's

@@ -636,6 +636,10 @@ int rt::train(Trainable &m, BoundData &data, const TrainOptions &o) {
       Group::Traffic t = g->takeTraffic();
       r.commSeconds = t.busy;
       r.commWaited = t.waited;
+      if (double busy = 0, waited = 0; m.takeDeviceTraffic(busy, waited)) {
+        r.commSeconds += busy;
+        r.commWaited += waited;
+      }
     }
     r.trainLoss = lossSum / static_cast<double>(count);
     if (Status s = score(m, data.hasTest ? data.test : data.train, r.score, batch, pipeline, o.topK); !s)

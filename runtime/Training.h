@@ -81,6 +81,11 @@ public:
   /// batch, for a backend whose collectives weight the ranks' gradients
   /// themselves (CUDA's NCCL; the CPU's take it from rt::Group).
   virtual void setShare(double share) {}
+  /// In a data-parallel run whose collectives run on the device (CUDA's
+  /// NCCL): the seconds they ran and the seconds the computation waited
+  /// for them, over the steps synced since the last call. False where the
+  /// backend's communication is rt::Group's (the CPU's MPI).
+  virtual bool takeDeviceTraffic(double &busy, double &waited) { return false; }
   /// Whether state tensor `name` is i32 (labels, indices): a checkpoint
   /// stores it as I32.
   virtual bool isInteger(const std::string &name) const { return false; }

@@ -470,6 +470,7 @@ struct FakeNccl {
   static inline std::vector<float> premultipliers; // every one made
   static inline int asyncError = 0;
   static inline bool aborted = false;
+  static inline int cost = 0; // milliseconds of FakeDriver's clock an allreduce takes
 
   static void start(int n) {
     std::lock_guard<std::mutex> lock(mu);
@@ -482,6 +483,7 @@ struct FakeNccl {
     premultipliers.clear();
     asyncError = 0;
     aborted = false;
+    cost = 0;
   }
   static int allReduce(const void *send, void *recv, size_t n, int type, int op, void *comm, void *) {
     std::unique_lock<std::mutex> lock(mu);
@@ -507,6 +509,7 @@ struct FakeNccl {
     for (int k = 0; k < ranks; ++k)
       std::memcpy(out[k], sum.data(), n * sizeof(float));
     ++calls;
+    FakeDriver::launches += cost;
     arrived = 0;
     ++round;
     met.notify_all();
@@ -639,6 +642,34 @@ TEST(CudaRuntimeNccl, RanksTrainAsOneProcess) {
         break;
       }
   }
+}
+
+/// A data-parallel step reports the time its collectives took (timed
+/// events around each on their stream) and the time the computation waited
+/// for them (around each wait), once its steps are synced. Here each
+/// allreduce takes 2 ms of the emulated clock and the waits none.
+TEST(CudaRuntimeNccl, ReportsTheTimeCollectivesTake) {
+  Compiled c(kDataParallel, /*distributed=*/true);
+  ASSERT_TRUE(c.ok()) << c.m.firstError();
+  auto fn = c.m.module->lookupSymbol<mlir::func::FuncOp>(c.name);
+  FakeNccl::start(1);
+  FakeNccl::cost = 2;
+  rt::CudaModel gpu(c.desc, 1, FakeDriver::table());
+  ASSERT_TRUE(gpu.initialize());
+  ASSERT_TRUE(gpu.attach(FakeNccl::comm(0, 1), 30));
+  double busy = -1, waited = -1, loss = 0;
+  for (uint64_t salt : {1, 2, 3})
+    ASSERT_TRUE(gpu.stepAsync(hostBatch(test::inputsFor(fn, 4, salt)), &loss));
+  ASSERT_TRUE(gpu.sync());
+  ASSERT_TRUE(gpu.takeDeviceTraffic(busy, waited));
+  EXPECT_GT(FakeNccl::calls, 0);
+  EXPECT_NEAR(busy, FakeNccl::calls * 2e-3, 1e-9);
+  EXPECT_EQ(waited, 0);
+  ASSERT_TRUE(gpu.takeDeviceTraffic(busy, waited));
+  EXPECT_EQ(busy, 0) << "handed out twice";
+  rt::CudaModel alone(c.desc, 1, FakeDriver::table());
+  ASSERT_TRUE(alone.initialize());
+  EXPECT_FALSE(alone.takeDeviceTraffic(busy, waited)) << "no communicator, nothing of its own to report";
 }
 
 /// A rank whose peers stop answering gives up after the time limit, and an
