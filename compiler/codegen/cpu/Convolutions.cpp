@@ -694,42 +694,6 @@ static void conv2dGradInputPhases(Emitter &e, Value DY, Value W, Value DX, Array
   }, /*parallel=*/true, rowsInParallel(x, w[0], w));
 }
 
-/// Copies samples [n0, n0 + count) of X (N, C, H, W) into `phases`
-/// (chunk, C * s * s, H / s * ow), or (chunk, C * s * s, H / s, ow):
-/// channel c's phase plane (ph, pw), its rows ph, ph + s, ... and columns
-/// likewise, at c * s * s + ph * s + pw.
-static void splitPhases(Emitter &e, Value X, Value phases, Value n0, Value count, int64_t s, int64_t ow) {
-  OpBuilder &b = e.b;
-  Location loc = e.loc;
-  ArrayRef<int64_t> x = shapeOf(X);
-  e.loops(ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])}, [&](ValueRange iv) {
-    Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
-    Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
-                        b.create<arith::RemUIOp>(loc, col, e.idx(s)));
-    Value pr = b.create<arith::DivUIOp>(loc, r, e.idx(s)), pc = b.create<arith::DivUIOp>(loc, col, e.idx(s));
-    Value plane = e.add(e.mul(c, e.idx(s * s)), phase);
-    SmallVector<Value> at = shapeOf(phases).size() == 4 ? SmallVector<Value>{m, plane, pr, pc}
-                                                         : SmallVector<Value>{m, plane, e.add(e.mul(pr, e.idx(ow)), pc)};
-    e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, at);
-  }, /*parallel=*/true);
-}
-
-/// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
-/// in order, each chunk's phase planes split into `phases` first: samples
-/// [n0, n0 + count) of X.
-void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
-                   function_ref<void(Value n0, Value count)> body) {
-  OpBuilder &b = e.b;
-  Value chunks = b.create<arith::CeilDivUIOp>(e.loc, batch, e.idx(chunk));
-  auto kLoop = b.create<scf::ForOp>(e.loc, e.idx(0), chunks, e.idx(1));
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(kLoop.getBody());
-  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
-  Value count = b.create<arith::MinUIOp>(e.loc, e.idx(chunk), e.sub(batch, n0));
-  splitPhases(e, X, phases, n0, count, s, ow);
-  body(n0, count);
-}
-
 /// Per tap (p, q) of a kernel of `k` rows and columns at padding `pad`: the
 /// rows of its phase plane (ph, pw) = ((p - pad) mod s, (q - pad) mod s)
 /// that a group of `rows` output rows from i0 reads, at (i + floor((p -
@@ -892,134 +856,169 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
   b.setInsertionPointToStart(chunks.getBody());
   Value n0 = chunks.getInductionVar(), n1 = b.create<arith::MinSIOp>(loc, N, e.add(n0, e.idx(chunk)));
   Value firstChunk = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, n0, e.idx(0));
+  // (Input channel blocks outside channel blocks: Tiling.cpp.)
+  bool inOuter = tilingOr(e.op, "inputs_outer", 0) == 1;
   SmallVector<Value> bounds = {e.idx(w[0] / block), e.idx(cg / inBlock)};
+  if (inOuter)
+    std::swap(bounds[0], bounds[1]);
   if (!allRows)
     bounds.push_back(e.idx(kh));
-  e.loops(bounds, [&](ValueRange iv) {
-    Value o0 = e.mul(iv[0], e.idx(block)), c0 = inBlock > 1 ? e.mul(iv[1], e.idx(inBlock)) : iv[1];
-    Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
-    Value ic0 = e.add(e.mul(g, e.idx(cg)), c0);
-    // The kernel rows of this pass, and the output rows that meet the
-    // input for at least one of them.
-    SmallVector<Value> rows;
-    Value iLo = e.idx(0), iHi = e.idx(y[2]);
-    if (allRows) {
-      for (int64_t p = 0; p < kh; ++p)
-        rows.push_back(e.idx(p));
-    } else {
-      rows.push_back(iv[2]);
-      std::tie(iLo, iHi) = tapRange(e, iv[2], stride[0], pad[0], x[2], y[2]);
-    }
-    SmallVector<Value> init(inBlock * perIn, zero);
-    auto nLoop = b.create<scf::ForOp>(loc, n0, n1, e.idx(1), init);
-    {
-      OpBuilder::InsertionGuard g1(b);
-      b.setInsertionPointToStart(nLoop.getBody());
-      Value n = nLoop.getInductionVar();
-      // Output rows [lo, hi); `inside` when every kernel row of the pass
-      // meets the input there, so no load needs a row mask (and the
-      // column masks, constant, leave all but the row's edge vectors
-      // plain loads).
-      auto rowLoop = [&](Value lo, Value hi, ValueRange init, bool inside) -> ValueRange {
-        auto iLoop = b.create<scf::ForOp>(loc, lo, hi, e.idx(grouped), init);
-        OpBuilder::InsertionGuard g2(b);
-        b.setInsertionPointToStart(iLoop.getBody());
-        Value i = iLoop.getInductionVar();
-        SmallVector<Value> acc(iLoop.getRegionIterArgs());
-        if (grouped > 1) {
-          // Lanes past the group's rows or the plane's end read as zero.
-          auto i32v = VectorType::get({kLanes}, b.getI32Type());
-          SmallVector<int32_t> lane;
-          for (int64_t l = 0; l < kLanes; ++l)
-            lane.push_back(static_cast<int32_t>(l < grouped * y[3] ? l : 1 << 20));
-          Value start = e.mul(i, e.idx(y[3]));
-          Value left = b.create<vector::BroadcastOp>(
-              loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), e.sub(e.idx(y[2] * y[3]), start)));
-          Value inPlane = b.create<arith::CmpIOp>(
-              loc, arith::CmpIPredicate::slt,
-              b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lane))), left);
-          SmallVector<Value> dy;
-          for (int64_t k = 0; k < block; ++k)
-            dy.push_back(b.create<vector::MaskedLoadOp>(loc, vt, dyPlane, ValueRange{n, e.add(o0, e.idx(k)), start},
-                                                        inPlane, zero));
-          for (auto [r, p] : llvm::enumerate(rows))
-            for (int64_t q = 0; q < kw; ++q) {
-              Value row0 = e.add(e.sub(e.mul(i, e.idx(stride[0])), e.idx(pad[0])), p);
-              std::optional<GroupLanes> lanes;
-              if (flat)
-                lanes.emplace(e, row0, e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
-              int64_t t = static_cast<int64_t>(r) * kw + q;
-              for (int64_t ci = 0; ci < inBlock; ++ci) {
-                Value c = ci ? e.add(ic0, e.idx(ci)) : ic0;
-                Value xv = flat ? lanes->load(e, xPlane, n, c)
-                                : rowsVector(e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
-                                             e.idx(q - pad[1]), y[3], grouped, stride[1]);
+  e.loops(
+      bounds,
+      [&](ValueRange iv) {
+        Value oi = iv[inOuter ? 1 : 0], ci = iv[inOuter ? 0 : 1];
+        Value o0 = e.mul(oi, e.idx(block)), c0 = inBlock > 1 ? e.mul(ci, e.idx(inBlock)) : ci;
+        Value g = b.create<arith::DivUIOp>(loc, o0, e.idx(og));
+        Value ic0 = e.add(e.mul(g, e.idx(cg)), c0);
+        // The kernel rows of this pass, and the output rows that meet the
+        // input for at least one of them.
+        SmallVector<Value> rows;
+        Value iLo = e.idx(0), iHi = e.idx(y[2]);
+        if (allRows) {
+          for (int64_t p = 0; p < kh; ++p)
+            rows.push_back(e.idx(p));
+        } else {
+          rows.push_back(iv[2]);
+          std::tie(iLo, iHi) = tapRange(e, iv[2], stride[0], pad[0], x[2], y[2]);
+        }
+        SmallVector<Value> init(inBlock * perIn, zero);
+        auto nLoop = b.create<scf::ForOp>(loc, n0, n1, e.idx(1), init);
+        {
+          OpBuilder::InsertionGuard g1(b);
+          b.setInsertionPointToStart(nLoop.getBody());
+          Value n = nLoop.getInductionVar();
+          // Output rows [lo, hi); `inside` when every kernel row of the pass
+          // meets the input there, so no load needs a row mask (and the
+          // column masks, constant, leave all but the row's edge vectors
+          // plain loads).
+          auto rowLoop = [&](Value lo, Value hi, ValueRange init, bool inside) -> ValueRange {
+            auto iLoop = b.create<scf::ForOp>(loc, lo, hi, e.idx(grouped), init);
+            OpBuilder::InsertionGuard g2(b);
+            b.setInsertionPointToStart(iLoop.getBody());
+            Value i = iLoop.getInductionVar();
+            SmallVector<Value> acc(iLoop.getRegionIterArgs());
+            if (grouped > 1) {
+              // Lanes past the group's rows or the plane's end read as zero.
+              auto i32v = VectorType::get({kLanes}, b.getI32Type());
+              SmallVector<int32_t> lane;
+              for (int64_t l = 0; l < kLanes; ++l)
+                lane.push_back(static_cast<int32_t>(l < grouped * y[3] ? l : 1 << 20));
+              Value start = e.mul(i, e.idx(y[3]));
+              Value left = b.create<vector::BroadcastOp>(
+                  loc, i32v, b.create<arith::IndexCastOp>(loc, b.getI32Type(), e.sub(e.idx(y[2] * y[3]), start)));
+              Value inPlane = b.create<arith::CmpIOp>(
+                  loc, arith::CmpIPredicate::slt,
+                  b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lane))), left);
+              SmallVector<Value> dy;
+              for (int64_t k = 0; k < block; ++k)
+                dy.push_back(b.create<vector::MaskedLoadOp>(loc, vt, dyPlane, ValueRange{n, e.add(o0, e.idx(k)), start},
+                                                            inPlane, zero));
+              for (auto [r, p] : llvm::enumerate(rows))
+                for (int64_t q = 0; q < kw; ++q) {
+                  Value row0 = e.add(e.sub(e.mul(i, e.idx(stride[0])), e.idx(pad[0])), p);
+                  std::optional<GroupLanes> lanes;
+                  if (flat)
+                    lanes.emplace(e, row0, e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
+                  int64_t t = static_cast<int64_t>(r) * kw + q;
+                  for (int64_t ci = 0; ci < inBlock; ++ci) {
+                    Value c = ci ? e.add(ic0, e.idx(ci)) : ic0;
+                    Value xv = flat ? lanes->load(e, xPlane, n, c)
+                                    : rowsVector(
+                                          e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
+                                          e.idx(q - pad[1]), y[3], grouped, stride[1]);
+                    for (int64_t k = 0; k < block; ++k) {
+                      Value &sum = acc[ci * perIn + k * taps + t];
+                      sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
+                    }
+                  }
+                }
+            }
+            for (int64_t v = 0; grouped == 1 && v < vectors; ++v) {
+              // Lanes past the row's end read as zero and add nothing.
+              auto dyAt = [&](int64_t k) -> Value {
+                return b.create<vector::TransferReadOp>(loc, vt, DY,
+                                                        ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)},
+                                                        e.f32(0), ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
+              };
+              // The input vectors (each with the first of its accumulators,
+              // acc[at + k * taps] for channel k of the block), loaded first
+              // where they are fewer than the block's output-gradient vectors
+              // (strided rows: three taps, four channels), so that one of
+              // the two sets is live beside the accumulators (as blockFMAs).
+              SmallVector<std::pair<int64_t, std::function<Value()>>> inputs;
+              for (auto [r, p] : llvm::enumerate(rows)) {
+                Value ih, rowOk;
+                if (allRows && !inside) { // (a row past the edge: loads clamped in and masked off)
+                  auto [at, ok] = e.window(i, stride[0], pad[0], p, x[2]);
+                  ih = select(e, ok, at, e.idx(0));
+                  rowOk = ok;
+                } else {
+                  ih = e.tap(i, stride[0], pad[0], p);
+                }
+                for (int64_t q = 0; q < kw; ++q) {
+                  RowLanes lanes(e, e.idx(v * kLanes * stride[1] + q - pad[1]), stride[1], x[3], rowOk);
+                  int64_t t = static_cast<int64_t>(r) * kw + q;
+                  for (int64_t ci = 0; ci < inBlock; ++ci)
+                    inputs.emplace_back(ci * perIn + t, [&, lanes, ih, ci]() -> Value {
+                      return lanes.load(e, X, {n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih});
+                    });
+                }
+              }
+              if (static_cast<int64_t>(inputs.size()) < block) {
+                SmallVector<Value> xs;
+                for (auto &[at, load] : inputs)
+                  xs.push_back(load());
                 for (int64_t k = 0; k < block; ++k) {
-                  Value &sum = acc[ci * perIn + k * taps + t];
+                  Value d = dyAt(k);
+                  for (auto [j, in] : llvm::enumerate(inputs)) {
+                    Value &sum = acc[in.first + k * taps];
+                    sum = b.create<vector::FMAOp>(loc, xs[j], d, sum);
+                  }
+                }
+                continue;
+              }
+              SmallVector<Value> dy;
+              for (int64_t k = 0; k < block; ++k)
+                dy.push_back(dyAt(k));
+              for (auto &[at, load] : inputs) {
+                Value xv = load();
+                for (int64_t k = 0; k < block; ++k) {
+                  Value &sum = acc[at + k * taps];
                   sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
                 }
               }
             }
+            b.create<scf::YieldOp>(loc, acc);
+            return iLoop.getResults();
+          };
+          ValueRange sums = nLoop.getRegionIterArgs();
+          // Rows [a, b) read kernel rows 0..kh-1 all inside the input:
+          // a * stride >= pad and (b - 1) * stride - pad + kh <= height.
+          int64_t a = (pad[0] + stride[0] - 1) / stride[0];
+          int64_t last = x[2] - kh + pad[0] >= 0 ? (x[2] - kh + pad[0]) / stride[0] : -1;
+          int64_t bEnd = std::clamp<int64_t>(last + 1, a, y[2]);
+          if (allRows && grouped == 1 && a < bEnd) {
+            sums = rowLoop(e.idx(0), e.idx(a), sums, false);
+            sums = rowLoop(e.idx(a), e.idx(bEnd), sums, true);
+            sums = rowLoop(e.idx(bEnd), e.idx(y[2]), sums, false);
+          } else {
+            sums = rowLoop(iLo, iHi, sums, false);
+          }
+          b.create<scf::YieldOp>(loc, sums);
         }
-        for (int64_t v = 0; grouped == 1 && v < vectors; ++v) {
-          // Lanes past the row's end read as zero and add nothing.
-          SmallVector<Value> dy;
+        SmallVector<Value> sums = laneSums(e, SmallVector<Value>(nLoop.getResults()));
+        for (int64_t ci = 0; ci < inBlock; ++ci)
           for (int64_t k = 0; k < block; ++k)
-            dy.push_back(b.create<vector::TransferReadOp>(
-                loc, vt, DY, ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)}, e.f32(0),
-                ArrayRef<bool>{(v + 1) * kLanes <= y[3]}));
-          for (auto [r, p] : llvm::enumerate(rows)) {
-            Value ih, rowOk;
-            if (allRows && !inside) { // (a row past the edge: loads clamped in and masked off)
-              auto [at, ok] = e.window(i, stride[0], pad[0], p, x[2]);
-              ih = select(e, ok, at, e.idx(0));
-              rowOk = ok;
-            } else {
-              ih = e.tap(i, stride[0], pad[0], p);
-            }
-            for (int64_t q = 0; q < kw; ++q) {
-              RowLanes lanes(e, e.idx(v * kLanes * stride[1] + q - pad[1]), stride[1], x[3], rowOk);
-              int64_t t = static_cast<int64_t>(r) * kw + q;
-              for (int64_t ci = 0; ci < inBlock; ++ci) {
-                Value xv = lanes.load(e, X, {n, ci ? e.add(ic0, e.idx(ci)) : ic0, ih});
-                for (int64_t k = 0; k < block; ++k) {
-                  Value &sum = acc[ci * perIn + k * taps + t];
-                  sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
-                }
+            for (auto [r, p] : llvm::enumerate(rows))
+              for (int64_t q = 0; q < kw; ++q) {
+                int64_t t = static_cast<int64_t>(r) * kw + q;
+                Value sum = sums[ci * perIn + k * taps + t];
+                SmallVector<Value> at{e.add(o0, e.idx(k)), ci ? e.add(c0, e.idx(ci)) : c0, p, e.idx(q)};
+                Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
+                e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
               }
-            }
-          }
-        }
-        b.create<scf::YieldOp>(loc, acc);
-        return iLoop.getResults();
-      };
-      ValueRange sums = nLoop.getRegionIterArgs();
-      // Rows [a, b) read kernel rows 0..kh-1 all inside the input:
-      // a * stride >= pad and (b - 1) * stride - pad + kh <= height.
-      int64_t a = (pad[0] + stride[0] - 1) / stride[0];
-      int64_t last = x[2] - kh + pad[0] >= 0 ? (x[2] - kh + pad[0]) / stride[0] : -1;
-      int64_t bEnd = std::clamp<int64_t>(last + 1, a, y[2]);
-      if (allRows && grouped == 1 && a < bEnd) {
-        sums = rowLoop(e.idx(0), e.idx(a), sums, false);
-        sums = rowLoop(e.idx(a), e.idx(bEnd), sums, true);
-        sums = rowLoop(e.idx(bEnd), e.idx(y[2]), sums, false);
-      } else {
-        sums = rowLoop(iLo, iHi, sums, false);
-      }
-      b.create<scf::YieldOp>(loc, sums);
-    }
-    SmallVector<Value> sums = laneSums(e, SmallVector<Value>(nLoop.getResults()));
-    for (int64_t ci = 0; ci < inBlock; ++ci)
-      for (int64_t k = 0; k < block; ++k)
-        for (auto [r, p] : llvm::enumerate(rows))
-          for (int64_t q = 0; q < kw; ++q) {
-            int64_t t = static_cast<int64_t>(r) * kw + q;
-            Value sum = sums[ci * perIn + k * taps + t];
-            SmallVector<Value> at{e.add(o0, e.idx(k)), ci ? e.add(c0, e.idx(ci)) : c0, p, e.idx(q)};
-            Value before = select(e, firstChunk, e.f32(0), e.load(DW, at));
-            e.store(b.create<arith::AddFOp>(loc, before, sum), DW, at);
-          }
-  }, /*parallel=*/true);
+      },
+      /*parallel=*/true);
 }
 
 /// The weight gradient of a strided convolution of small planes by output

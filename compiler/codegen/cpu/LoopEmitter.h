@@ -375,7 +375,7 @@ void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64
                function_ref<void(Value first, int64_t count, bool known, std::optional<int64_t> from)> run);
 /// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
 /// in order, each chunk's s x s phase planes split into `phases` first:
-/// samples [n0, n0 + count) of X (Convolutions.cpp).
+/// samples [n0, n0 + count) of X (PhaseRows.cpp).
 void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
                    function_ref<void(Value n0, Value count)> body);
 /// Whether a forward convolution reads X per phase plane (PhaseRows.cpp):

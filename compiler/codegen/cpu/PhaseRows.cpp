@@ -79,6 +79,46 @@ void rowChunks(Emitter &e, int64_t width, int64_t chunk, function_ref<bool(int64
     run(e.idx(done), vectors - done, false, done);
 }
 
+/// Copies samples [n0, n0 + count) of X (N, C, H, W) into `phases`
+/// (chunk, C * s * s, H / s * ow), or (chunk, C * s * s, H / s, ow):
+/// channel c's phase plane (ph, pw), its rows ph, ph + s, ... and columns
+/// likewise, at c * s * s + ph * s + pw.
+static void splitPhases(Emitter &e, Value X, Value phases, Value n0, Value count, int64_t s, int64_t ow) {
+  OpBuilder &b = e.b;
+  Location loc = e.loc;
+  ArrayRef<int64_t> x = shapeOf(X);
+  e.loops(
+      ArrayRef<Value>{e.idx(x[1]), count, e.idx(x[2]), e.idx(x[3])},
+      [&](ValueRange iv) {
+        Value c = iv[0], m = iv[1], r = iv[2], col = iv[3];
+        Value phase = e.add(e.mul(b.create<arith::RemUIOp>(loc, r, e.idx(s)), e.idx(s)),
+                            b.create<arith::RemUIOp>(loc, col, e.idx(s)));
+        Value pr = b.create<arith::DivUIOp>(loc, r, e.idx(s)), pc = b.create<arith::DivUIOp>(loc, col, e.idx(s));
+        Value plane = e.add(e.mul(c, e.idx(s * s)), phase);
+        SmallVector<Value> at = shapeOf(phases).size() == 4
+                                    ? SmallVector<Value>{m, plane, pr, pc}
+                                    : SmallVector<Value>{m, plane, e.add(e.mul(pr, e.idx(ow)), pc)};
+        e.store(e.load(X, {e.add(n0, m), c, r, col}), phases, at);
+      },
+      /*parallel=*/true);
+}
+
+/// Runs `body(n0, count)` over the samples of `batch`, `chunk` at a time,
+/// in order, each chunk's phase planes split into `phases` first: samples
+/// [n0, n0 + count) of X.
+void inPhaseChunks(Emitter &e, Value X, Value batch, Value phases, int64_t chunk, int64_t s, int64_t ow,
+                   function_ref<void(Value n0, Value count)> body) {
+  OpBuilder &b = e.b;
+  Value chunks = b.create<arith::CeilDivUIOp>(e.loc, batch, e.idx(chunk));
+  auto kLoop = b.create<scf::ForOp>(e.loc, e.idx(0), chunks, e.idx(1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(kLoop.getBody());
+  Value n0 = e.mul(kLoop.getInductionVar(), e.idx(chunk));
+  Value count = b.create<arith::MinUIOp>(e.loc, e.idx(chunk), e.sub(batch, n0));
+  splitPhases(e, X, phases, n0, count, s, ow);
+  body(n0, count);
+}
+
 bool forwardPhasePlanes(nnops::Conv2dOp op, Value X) {
   return cast<MemRefType>(X.getType()).getLayout().isIdentity() && cpu::phasePlanesApply(op);
 }

@@ -248,16 +248,24 @@ DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const 
   // Every (channel block, input channel block) pass of a chunk reads the
   // chunk's output gradient for its channels and its input for its input
   // channels; together the passes read all of both, so the chunk's whole
-  // output gradient and input should stay in L2 between passes.
+  // output gradient and input should stay in L2 between passes. Where a
+  // sample's input is the larger (a strided layer's), the input channel
+  // blocks run outside the channel blocks (`inputs_outer`): each input
+  // block is then read once, from L3, and stays in L1 while the passes
+  // re-read the output gradient, which alone takes three quarters of L2, in
+  // chunks of several samples where the other order fits one (a chunk's
+  // lane sums, the passes' fixed cost, then weigh less).
   ArrayRef<int64_t> x = shapeOf(op->getOperand(0));
-  int64_t perSample = (y[1] * y[2] * y[3] + x[1] * x[2] * x[3]) * 4;
-  int64_t chunk = std::max<int64_t>(1, m.l2 / perSample);
-  return withWinograd(b, op,
-                      b.getDictionaryAttr({b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
-                                           b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
-                                           b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
-                                           b.getNamedAttr("batch_chunk", b.getI64IntegerAttr(chunk))}),
-                      m);
+  int64_t xBytes = x[1] * x[2] * x[3] * 4, dyBytes = y[1] * y[2] * y[3] * 4;
+  bool inputsOuter = xBytes > dyBytes;
+  int64_t chunk = std::max<int64_t>(1, inputsOuter ? m.l2 * 3 / 4 / dyBytes : m.l2 / (xBytes + dyBytes));
+  SmallVector<NamedAttribute> choices = {b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
+                                         b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
+                                         b.getNamedAttr("kernel_rows", b.getI64IntegerAttr(kernelRows)),
+                                         b.getNamedAttr("batch_chunk", b.getI64IntegerAttr(chunk))};
+  if (inputsOuter)
+    choices.push_back(b.getNamedAttr("inputs_outer", b.getI64IntegerAttr(1)));
+  return withWinograd(b, op, b.getDictionaryAttr(choices), m);
 }
 
 } // namespace
@@ -329,7 +337,7 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   for (NamedAttribute a : d) {
     auto v = dyn_cast<IntegerAttr>(a.getValue());
     bool optional = (rowConv && (a.getName() == "row_vectors" || a.getName() == "channels_outer")) ||
-                    a.getName() == "winograd";
+                    (isa<nnops::Conv2dGradWeightOp>(op) && a.getName() == "inputs_outer") || a.getName() == "winograd";
     if ((!chosen.get(a.getName()) && !optional) || !v)
       return op->emitError("unknown or non-integer tiling choice '") << a.getName().getValue() << "'";
     if (v.getInt() < 1)
@@ -348,6 +356,9 @@ LogicalResult cpu::verifyTiling(Operation *op) {
   }
   if (std::optional<int64_t> outer = lookupTiling(op, "channels_outer"); outer && *outer != 1)
     return op->emitError("tiling choice 'channels_outer' = ") << *outer << " is not 1 (present: rows inside channel blocks)";
+  if (std::optional<int64_t> outer = lookupTiling(op, "inputs_outer"); outer && *outer != 1)
+    return op->emitError("tiling choice 'inputs_outer' = ")
+           << *outer << " is not 1 (present: channel blocks inside input channel blocks)";
   if (std::optional<int64_t> rows = lookupTiling(op, "winograd")) {
     if (!winogradApplies(op))
       return op->emitError("tiling choice 'winograd' on a convolution that is not 3x3, unit-stride, one-group with "
@@ -469,6 +480,14 @@ SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &
     with({{"batch_chunk", get("batch_chunk") * 2}});
     if (get("batch_chunk") > 1)
       with({{"batch_chunk", get("batch_chunk") / 2}});
+    // Channel blocks outside again, where the rules put input blocks there.
+    if (chosen.get("inputs_outer")) {
+      SmallVector<NamedAttribute> other;
+      for (NamedAttribute a : chosen)
+        if (a.getName() != "inputs_outer")
+          other.push_back(a);
+      out.push_back(b.getDictionaryAttr(other));
+    }
   }
   return out;
 }

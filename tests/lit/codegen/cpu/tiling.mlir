@@ -85,6 +85,21 @@ func.func @uneven(%x: tensor<1x64x56x56xf32>, %w: tensor<128x64x3x3xf32>, %w1: t
   return %0, %1 : tensor<1x128x28x28xf32>, tensor<1x128x28x28xf32>
 }
 
+// A strided weight gradient, whose input (64 planes of 32 x 32, 256 KiB a
+// sample) outweighs its output gradient (128 of 16 x 16, 128 KiB): input
+// channel blocks outside, and chunks of the samples whose output gradient
+// takes three quarters of L2 (3); a unit-stride one, its input and output
+// gradient the same size, keeps channel blocks outside, its chunk holding
+// both.
+// AVX2-LABEL: func.func @strided_weight_grad
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 3 : i64, channel_block = 4 : i64, input_block = 1 : i64, inputs_outer = 1 : i64, kernel_rows = 1 : i64}
+// AVX2: nn.conv2d_grad_weight {{.*}}nnc.tiling = {batch_chunk = 20 : i64, channel_block = 1 : i64, input_block = 1 : i64, kernel_rows = 3 : i64, winograd = {{[0-9]+}} : i64}
+func.func @strided_weight_grad(%x: tensor<?x64x32x32xf32>, %dy: tensor<?x128x16x16xf32>, %x7: tensor<?x64x7x7xf32>, %dy7: tensor<?x64x7x7xf32>) -> (tensor<128x64x3x3xf32>, tensor<64x64x3x3xf32>) {
+  %0 = nn.conv2d_grad_weight %x, %dy {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 2, 2>, padding = array<i64: 1, 1>} : tensor<?x64x32x32xf32>, tensor<?x128x16x16xf32>
+  %1 = nn.conv2d_grad_weight %x7, %dy7 {groups = 1 : i64, kernel = array<i64: 3, 3>, stride = array<i64: 1, 1>, padding = array<i64: 1, 1>} : tensor<?x64x7x7xf32>, tensor<?x64x7x7xf32>
+  return %0, %1 : tensor<128x64x3x3xf32>, tensor<64x64x3x3xf32>
+}
+
 // Weights past L2 with a sample's input inside half of it (ResNet's last
 // stage, 9 MiB of weights, a 98 KiB input): the rows of a sample run inside
 // its channel blocks; with a larger input (VGG-scale, 1.6 MiB) they do not.
