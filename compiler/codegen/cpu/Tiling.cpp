@@ -249,15 +249,19 @@ DictionaryAttr weightGradTiling(Builder &b, nnops::Conv2dGradWeightOp op, const 
   // chunk's output gradient for its channels and its input for its input
   // channels; together the passes read all of both, so the chunk's whole
   // output gradient and input should stay in L2 between passes. Where a
-  // sample's input is the larger (a strided layer's), the input channel
-  // blocks run outside the channel blocks (`inputs_outer`): each input
-  // block is then read once, from L3, and stays in L1 while the passes
-  // re-read the output gradient, which alone takes three quarters of L2, in
-  // chunks of several samples where the other order fits one (a chunk's
-  // lane sums, the passes' fixed cost, then weigh less).
+  // sample's input is the larger (a strided layer's) and a row vector
+  // loads more of it than of the output gradient (three taps of strided
+  // loads, two vectors each, against a block of four channels' one), the
+  // input channel blocks run outside the channel blocks (`inputs_outer`):
+  // the input block, the heavier stream, then stays in L1 while the
+  // passes re-read the output gradient, which alone takes three quarters
+  // of L2, in chunks of several samples where the other order fits one.
+  // (Rows grouped several to a vector, and 1x1 kernels, measured slower
+  // so.)
   ArrayRef<int64_t> x = shapeOf(op->getOperand(0));
   int64_t xBytes = x[1] * x[2] * x[3] * 4, dyBytes = y[1] * y[2] * y[3] * 4;
-  bool inputsOuter = xBytes > dyBytes;
+  int64_t inputLoads = taps * inBlock * (strided ? 2 : 1);
+  bool inputsOuter = xBytes > dyBytes && inputLoads > block && 2 * y[3] > m.lanes;
   int64_t chunk = std::max<int64_t>(1, inputsOuter ? m.l2 * 3 / 4 / dyBytes : m.l2 / (xBytes + dyBytes));
   SmallVector<NamedAttribute> choices = {b.getNamedAttr("channel_block", b.getI64IntegerAttr(block)),
                                          b.getNamedAttr("input_block", b.getI64IntegerAttr(inBlock)),
