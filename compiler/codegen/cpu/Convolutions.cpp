@@ -887,6 +887,39 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
           OpBuilder::InsertionGuard g1(b);
           b.setInsertionPointToStart(nLoop.getBody());
           Value n = nLoop.getInductionVar();
+          // The input vectors of a row vector, each with the first of its
+          // accumulators (acc[at + k * taps] for channel k of the block), times
+          // the block's output-gradient vectors (`dyAt(k)`): the inputs loaded
+          // first where they are fewer (strided rows: three taps, four
+          // channels), so that one of the two sets is live beside the
+          // accumulators (as blockFMAs).
+          using Inputs = SmallVector<std::pair<int64_t, std::function<Value()>>>;
+          auto accumulateInputs = [&](SmallVector<Value> &acc, const Inputs &inputs,
+                                      function_ref<Value(int64_t)> dyAt) {
+            if (static_cast<int64_t>(inputs.size()) < block) {
+              SmallVector<Value> xs;
+              for (const auto &in : inputs)
+                xs.push_back(in.second());
+              for (int64_t k = 0; k < block; ++k) {
+                Value d = dyAt(k);
+                for (auto [j, in] : llvm::enumerate(inputs)) {
+                  Value &sum = acc[in.first + k * taps];
+                  sum = b.create<vector::FMAOp>(loc, xs[j], d, sum);
+                }
+              }
+              return;
+            }
+            SmallVector<Value> dy;
+            for (int64_t k = 0; k < block; ++k)
+              dy.push_back(dyAt(k));
+            for (const auto &in : inputs) {
+              Value xv = in.second();
+              for (int64_t k = 0; k < block; ++k) {
+                Value &sum = acc[in.first + k * taps];
+                sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
+              }
+            }
+          };
           // Output rows [lo, hi); `inside` when every kernel row of the pass
           // meets the input there, so no load needs a row mask (and the
           // column masks, constant, leave all but the row's edge vectors
@@ -909,10 +942,11 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
               Value inPlane = b.create<arith::CmpIOp>(
                   loc, arith::CmpIPredicate::slt,
                   b.create<arith::ConstantOp>(loc, DenseElementsAttr::get(i32v, ArrayRef<int32_t>(lane))), left);
-              SmallVector<Value> dy;
-              for (int64_t k = 0; k < block; ++k)
-                dy.push_back(b.create<vector::MaskedLoadOp>(loc, vt, dyPlane, ValueRange{n, e.add(o0, e.idx(k)), start},
-                                                            inPlane, zero));
+              auto dyAt = [&](int64_t k) -> Value {
+                return b.create<vector::MaskedLoadOp>(loc, vt, dyPlane, ValueRange{n, e.add(o0, e.idx(k)), start},
+                                                      inPlane, zero);
+              };
+              Inputs inputs;
               for (auto [r, p] : llvm::enumerate(rows))
                 for (int64_t q = 0; q < kw; ++q) {
                   Value row0 = e.add(e.sub(e.mul(i, e.idx(stride[0])), e.idx(pad[0])), p);
@@ -920,18 +954,16 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                   if (flat)
                     lanes.emplace(e, row0, e.idx(q - pad[1]), y[3], grouped, x[2], x[3]);
                   int64_t t = static_cast<int64_t>(r) * kw + q;
-                  for (int64_t ci = 0; ci < inBlock; ++ci) {
-                    Value c = ci ? e.add(ic0, e.idx(ci)) : ic0;
-                    Value xv = flat ? lanes->load(e, xPlane, n, c)
-                                    : rowsVector(
-                                          e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
-                                          e.idx(q - pad[1]), y[3], grouped, stride[1]);
-                    for (int64_t k = 0; k < block; ++k) {
-                      Value &sum = acc[ci * perIn + k * taps + t];
-                      sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
-                    }
-                  }
+                  for (int64_t ci = 0; ci < inBlock; ++ci)
+                    inputs.emplace_back(ci * perIn + t, [&, lanes, row0, q, ci]() -> Value {
+                      Value c = ci ? e.add(ic0, e.idx(ci)) : ic0;
+                      return flat ? lanes->load(e, xPlane, n, c)
+                                  : rowsVector(
+                                        e, X, n, c, [&](int64_t rr) { return e.add(row0, e.idx(rr * stride[0])); },
+                                        e.idx(q - pad[1]), y[3], grouped, stride[1]);
+                    });
                 }
+              accumulateInputs(acc, inputs, dyAt);
             }
             for (int64_t v = 0; grouped == 1 && v < vectors; ++v) {
               // Lanes past the row's end read as zero and add nothing.
@@ -940,12 +972,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                                                         ValueRange{n, e.add(o0, e.idx(k)), i, e.idx(v * kLanes)},
                                                         e.f32(0), ArrayRef<bool>{(v + 1) * kLanes <= y[3]});
               };
-              // The input vectors (each with the first of its accumulators,
-              // acc[at + k * taps] for channel k of the block), loaded first
-              // where they are fewer than the block's output-gradient vectors
-              // (strided rows: three taps, four channels), so that one of
-              // the two sets is live beside the accumulators (as blockFMAs).
-              SmallVector<std::pair<int64_t, std::function<Value()>>> inputs;
+              Inputs inputs;
               for (auto [r, p] : llvm::enumerate(rows)) {
                 Value ih, rowOk;
                 if (allRows && !inside) { // (a row past the edge: loads clamped in and masked off)
@@ -964,29 +991,7 @@ void conv2dGradWeightRows(Emitter &e, ArrayRef<int64_t> stride, ArrayRef<int64_t
                     });
                 }
               }
-              if (static_cast<int64_t>(inputs.size()) < block) {
-                SmallVector<Value> xs;
-                for (auto &[at, load] : inputs)
-                  xs.push_back(load());
-                for (int64_t k = 0; k < block; ++k) {
-                  Value d = dyAt(k);
-                  for (auto [j, in] : llvm::enumerate(inputs)) {
-                    Value &sum = acc[in.first + k * taps];
-                    sum = b.create<vector::FMAOp>(loc, xs[j], d, sum);
-                  }
-                }
-                continue;
-              }
-              SmallVector<Value> dy;
-              for (int64_t k = 0; k < block; ++k)
-                dy.push_back(dyAt(k));
-              for (auto &[at, load] : inputs) {
-                Value xv = load();
-                for (int64_t k = 0; k < block; ++k) {
-                  Value &sum = acc[at + k * taps];
-                  sum = b.create<vector::FMAOp>(loc, xv, dy[k], sum);
-                }
-              }
+              accumulateInputs(acc, inputs, dyAt);
             }
             b.create<scf::YieldOp>(loc, acc);
             return iLoop.getResults();
