@@ -30,10 +30,13 @@ echo "==> unit and lit tests under the sanitizers"
 # Left out here (the optimized run has them): tests whose time goes to
 # external compilers (ptxas, the C++ of built programs), to long searches
 # (gradcheck, tune), that repeat another test with fusion off, or that run
-# several processes under mpirun (the distributed check).
+# several processes under mpirun (the distributed check), and the two
+# longest repeats of what smaller cases cover (VGG-small's training step
+# beside the other examples', MNIST training on real data beside the
+# compiled steps' checks).
 export LIT_FILTER_OUT='tools/(build|build-cuda|build-lib-cpu|build-lib-refuse|gradcheck|tune)\.test|codegen/cuda/ptx\.test'
 (cd "$SAN_BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" \
-  -E "^(peer-|bench-|distributed)|CudaHost|CudaRuntime|UnfusedTrainingStep")
+  -E "^(peer-|bench-|distributed)|CudaHost|CudaRuntime|UnfusedTrainingStep|vgg_small|OnRealData")
 echo "==> replaying the fuzz corpora"
 for target in frontend checkpoint; do
   fuzzer="$MAIN_BUILD_DIR/tests/fuzz/nnc-fuzz-$target"

@@ -35,7 +35,8 @@ inline constexpr llvm::StringLiteral kTilingAttr = "nnc.tiling";
 /// `depth` and `group`; for a convolution or input gradient
 /// `channel_block` (and, where they pay, `row_vectors`, `channels_outer`);
 /// for a weight gradient `channel_block`, `input_block`, `kernel_rows` (per
-/// pass: 1 or all) and `batch_chunk`; for any of the three, where Winograd
+/// pass: 1 or all) and `batch_chunk` (and, where it pays, `inputs_outer`);
+/// for any of the three, where Winograd
 /// pays, `winograd` (tile rows a block, Winograd.cpp). Null for other ops.
 /// Sized for `machine`: its vector registers and caches.
 mlir::DictionaryAttr chooseTiling(mlir::Operation *op, const Machine &machine = host());
