@@ -440,14 +440,17 @@ SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &
     with({{"rows", get("rows") == 6 ? 4 : 6}});
     return out;
   }
-  // A Winograd convolution is also timed direct.
-  if (chosen.get("winograd")) {
-    SmallVector<NamedAttribute> direct;
+  // The choices without an optional one, `name`.
+  auto without = [&](StringRef name) {
+    SmallVector<NamedAttribute> rest;
     for (NamedAttribute a : chosen)
-      if (a.getName() != "winograd")
-        direct.push_back(a);
-    out.push_back(b.getDictionaryAttr(direct));
-  }
+      if (a.getName() != name)
+        rest.push_back(a);
+    out.push_back(b.getDictionaryAttr(rest));
+  };
+  // A Winograd convolution is also timed direct.
+  if (chosen.get("winograd"))
+    without("winograd");
   // A convolution's channel block: the next smaller block that divides the
   // channels; for the weight gradient also the other kernel-rows choice and
   // a larger batch chunk.
@@ -485,13 +488,8 @@ SmallVector<DictionaryAttr> cpu::tilingCandidates(Operation *op, const Machine &
     if (get("batch_chunk") > 1)
       with({{"batch_chunk", get("batch_chunk") / 2}});
     // Channel blocks outside again, where the rules put input blocks there.
-    if (chosen.get("inputs_outer")) {
-      SmallVector<NamedAttribute> other;
-      for (NamedAttribute a : chosen)
-        if (a.getName() != "inputs_outer")
-          other.push_back(a);
-      out.push_back(b.getDictionaryAttr(other));
-    }
+    if (chosen.get("inputs_outer"))
+      without("inputs_outer");
   }
   return out;
 }
