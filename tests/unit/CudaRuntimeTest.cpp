@@ -647,7 +647,8 @@ TEST(CudaRuntimeNccl, RanksTrainAsOneProcess) {
 /// A data-parallel step reports the time its collectives took (timed
 /// events around each on their stream) and the time the computation waited
 /// for them (around each wait), once its steps are synced. Here each
-/// allreduce takes 2 ms of the emulated clock and the waits none.
+/// allreduce advances the emulated clock by FakeNccl::cost, and the waits
+/// not at all.
 TEST(CudaRuntimeNccl, ReportsTheTimeCollectivesTake) {
   Compiled c(kDataParallel, /*distributed=*/true);
   ASSERT_TRUE(c.ok()) << c.m.firstError();
